@@ -1,0 +1,1 @@
+"""Export: figures from the data the widgets show (PNG, SVG, standalone HTML)."""

@@ -1,0 +1,6 @@
+"""Models: load a Hugging Face language model with its tokenizer and facts."""
+
+from .language_model import LanguageModel, ModelFacts
+from .loading import BUNDLED_MODELS, cache_dir, load_model
+
+__all__ = ["BUNDLED_MODELS", "LanguageModel", "ModelFacts", "cache_dir", "load_model"]

@@ -1,0 +1,116 @@
+"""`LanguageModel`: a Hugging Face model, its tokenizer, and the facts about it
+that every other layer needs (layers, heads, context length, attention)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the trace engine and the widgets need to know about a model."""
+
+    name: str
+    architecture: str  # the model class, e.g. "LlamaForCausalLM"
+    model_type: str  # the config's model_type, e.g. "llama"
+    kind: str  # "causal" (generates left to right) or "masked" (bidirectional encoder)
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    hidden_size: int
+    vocab_size: int
+    context_length: int | None
+    n_parameters: int
+    dtype: str
+    device: str
+    attn_implementation: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _config_int(config: Any, *names: str) -> int | None:
+    for name in names:
+        value = getattr(config, name, None)
+        if isinstance(value, int):
+            return value
+    return None
+
+
+class LanguageModel:
+    """A Hugging Face language model with its tokenizer.
+
+    Build one with `lw.load_model(...)`, or wrap a model you already hold:
+    `lw.LanguageModel(hf_model, tokenizer)`.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, *, name: str | None = None, source: dict | None = None):
+        if not isinstance(model, torch.nn.Module) or not hasattr(model, "config"):
+            raise TypeError(
+                f"LanguageModel needs a Hugging Face transformers model (a torch.nn.Module with a .config), "
+                f"got {type(model).__name__}. Load one with lw.load_model(name_or_path) or "
+                f"transformers.AutoModelForCausalLM.from_pretrained(...)."
+            )
+        if tokenizer is None:
+            raise ValueError(
+                f"LanguageModel({type(model).__name__}) needs a tokenizer: pass one, e.g. "
+                f"lw.LanguageModel(model, transformers.AutoTokenizer.from_pretrained(path)). "
+                f"Text goes in and comes out through it, so it cannot be guessed."
+            )
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name or getattr(model.config, "name_or_path", None) or type(model).__name__
+        # where the weights came from (path, revision, weights hash): goes into run records
+        self.source = dict(source or {})
+
+    @property
+    def config(self) -> Any:
+        return self.model.config
+
+    @property
+    def facts(self) -> ModelFacts:
+        model = self.model
+        text = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        n_heads = _config_int(text, "num_attention_heads", "n_head") or 0
+        hidden = _config_int(text, "hidden_size", "n_embd", "d_model") or 0
+        head_dim = _config_int(text, "head_dim") or (hidden // n_heads if n_heads else 0)
+        param = next(model.parameters(), None)
+        can_generate = getattr(model, "can_generate", lambda: False)()
+        return ModelFacts(
+            name=self.name,
+            architecture=type(model).__name__,
+            model_type=getattr(text, "model_type", "") or getattr(model.config, "model_type", ""),
+            kind="causal" if can_generate else "masked",
+            n_layers=_config_int(text, "num_hidden_layers", "n_layer") or 0,
+            n_heads=n_heads,
+            n_kv_heads=_config_int(text, "num_key_value_heads") or n_heads,
+            head_dim=head_dim,
+            hidden_size=hidden,
+            vocab_size=_config_int(text, "vocab_size") or len(self.tokenizer),
+            context_length=_config_int(text, "max_position_embeddings", "n_positions"),
+            n_parameters=sum(p.numel() for p in model.parameters()),
+            dtype=str(param.dtype).removeprefix("torch.") if param is not None else "unknown",
+            device=str(param.device) if param is not None else "cpu",
+            attn_implementation=str(getattr(model.config, "_attn_implementation", None) or "eager"),
+        )
+
+    def __repr__(self) -> str:
+        f = self.facts
+        kv = f" ({f.n_kv_heads} KV)" if f.n_kv_heads != f.n_heads else ""
+        context = f", context {f.context_length:,}" if f.context_length else ""
+        return (
+            f"LanguageModel({self.name!r}: {f.architecture}, {f.n_layers} layers x {f.n_heads} heads{kv}, "
+            f"{_human(f.n_parameters)} parameters{context}, {f.dtype} on {f.device}, "
+            f"attention {f.attn_implementation})"
+        )
+
+
+def _human(n: int) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f}{unit}"
+    return str(n)

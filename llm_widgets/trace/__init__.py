@@ -1,0 +1,1 @@
+"""The trace engine: instrumented forward and generate runs (pure torch, no widget code)."""

@@ -1,0 +1,28 @@
+"""`ModelCard`: a model's facts (architecture, layers, heads, context, dtype) inline."""
+
+from __future__ import annotations
+
+import anywidget
+import traitlets
+
+from ..models import LanguageModel
+from ._frontend import bundle
+
+
+class ModelCard(anywidget.AnyWidget):
+    """Shows what `lw.load_model` returned: `lw.ModelCard(model)`."""
+
+    _esm = bundle("model_card")
+    _css = bundle("model_card", ".css")
+
+    facts = traitlets.Dict().tag(sync=True)
+    source = traitlets.Dict().tag(sync=True)
+
+    def __init__(self, model: LanguageModel, **kwargs):
+        if not isinstance(model, LanguageModel):
+            raise TypeError(
+                f"ModelCard takes a LanguageModel (from lw.load_model or lw.LanguageModel(model, tokenizer)), "
+                f"got {type(model).__name__}."
+            )
+        source = {k: str(v) for k, v in model.source.items()}
+        super().__init__(facts=model.facts.to_dict(), source=source, **kwargs)
