@@ -72,11 +72,45 @@ def evaluate(model: GPT2LMHeadModel, valid: torch.Tensor, s: dict) -> float:
     return sum(losses) / len(losses)
 
 
+def plot_loss_curve(csv_path: Path, svg_path: Path) -> None:
+    """A dependency-free SVG of train (every step, smoothed) and validation loss."""
+    rows = list(csv.DictReader(open(csv_path)))
+    steps = [int(r["step"]) for r in rows]
+    train = [float(r["train_loss"]) for r in rows]
+    smooth, acc = [], train[0]
+    for value in train:  # exponential moving average, as training dashboards show it
+        acc = 0.95 * acc + 0.05 * value
+        smooth.append(acc)
+    valid = [(int(r["step"]), float(r["valid_loss"])) for r in rows if r["valid_loss"]]
+    w, h, pad = 640, 320, 48
+    lo, hi = 3.0, max(train[:5] + [8.5])
+    x = lambda step: pad + (w - 2 * pad) * step / steps[-1]  # noqa: E731
+    y = lambda loss: h - pad - (h - 2 * pad) * (min(loss, hi) - lo) / (hi - lo)  # noqa: E731
+    line = lambda pts: " ".join(f"{x(s):.1f},{y(v):.1f}" for s, v in pts)  # noqa: E731
+    ticks = "".join(f'<text x="{pad - 6}" y="{y(v) + 4:.1f}" text-anchor="end">{v:.0f}</text>'
+                    f'<line x1="{pad}" x2="{w - pad}" y1="{y(v):.1f}" y2="{y(v):.1f}" stroke="#ddd"/>'
+                    for v in range(int(lo), int(hi) + 1))
+    svg = f"""<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">
+<rect width="100%" height="100%" fill="white"/>{ticks}
+<polyline fill="none" stroke="#9ecae1" stroke-width="1" points="{line(zip(steps, train))}"/>
+<polyline fill="none" stroke="#08519c" stroke-width="2" points="{line(zip(steps, smooth))}"/>
+<polyline fill="none" stroke="#d94801" stroke-width="2" stroke-dasharray="6 3" points="{line(valid)}"/>
+<text x="{w / 2}" y="{h - 12}" text-anchor="middle">step (batch of {SETTINGS["batch_size"]} x {SETTINGS["seq_len"]} tokens)</text>
+<text x="{pad}" y="20">tiny-gpt2 loss (nats/token): train (light), smoothed (dark), validation (dashed)</text>
+</svg>
+"""
+    svg_path.write_text(svg)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=SETTINGS["steps"])
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--plot-only", action="store_true", help="redraw loss_curve.svg from loss_curve.csv")
     args = parser.parse_args()
+    if args.plot_only:
+        plot_loss_curve(args.out / "loss_curve.csv", args.out / "loss_curve.svg")
+        return
     s = dict(SETTINGS, steps=args.steps)
     torch.manual_seed(s["seed"])
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -127,6 +161,7 @@ def main() -> None:
         writer = csv.DictWriter(f, fieldnames=["step", "train_loss", "valid_loss"])
         writer.writeheader()
         writer.writerows(curve)
+    plot_loss_curve(args.out / "loss_curve.csv", args.out / "loss_curve.svg")
     summary = {"settings": s, "parameters": model.num_parameters(), "train_tokens": len(train),
                "valid_tokens": len(valid), "final_valid_loss": curve[-1]["valid_loss"],
                "seconds": round(time.time() - start), "torch": torch.__version__}
