@@ -5,13 +5,15 @@
     lw.ModelCard(model)
 """
 
-from .models import BUNDLED_MODELS, LanguageModel, ModelFacts, load_model
+__version__ = "0.1.0"  # before the imports: the run records read it
 
-__version__ = "0.1.0"
+from .models import BUNDLED_MODELS, LanguageModel, ModelFacts, load_model
+from .trace import AblateHead, ScaleAttention, Trace, replay
 
 _WIDGETS = {"ModelCard"}
 
-__all__ = ["BUNDLED_MODELS", "LanguageModel", "ModelFacts", "load_model", "__version__", *sorted(_WIDGETS)]
+__all__ = ["AblateHead", "BUNDLED_MODELS", "LanguageModel", "ModelFacts", "ScaleAttention", "Trace", "load_model",
+           "replay", "__version__", *sorted(_WIDGETS)]
 
 
 def __getattr__(name: str):

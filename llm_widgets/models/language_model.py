@@ -98,6 +98,18 @@ class LanguageModel:
             attn_implementation=str(getattr(model.config, "_attn_implementation", None) or "eager"),
         )
 
+    def trace(self, prompt: Any, *, max_new_tokens: int = 0, edits: Any = (), seed: int | None = None,
+              do_sample: bool = False, **generation_kwargs: Any):
+        """One instrumented run: the prompt's forward pass and, with max_new_tokens, generation.
+
+        `prompt` is a string, a chat message list or token ids. `edits` are
+        lw.ScaleAttention / lw.AblateHead. Returns a `lw.Trace`. See llm_widgets.trace.
+        """
+        from ..trace import run_trace  # the engine sits above the models layer; imported on use
+
+        return run_trace(self, prompt, max_new_tokens=max_new_tokens, edits=edits, seed=seed, do_sample=do_sample,
+                         **generation_kwargs)
+
     def __repr__(self) -> str:
         f = self.facts
         kv = f" ({f.n_kv_heads} KV)" if f.n_kv_heads != f.n_heads else ""

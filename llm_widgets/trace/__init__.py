@@ -1,1 +1,12 @@
-"""The trace engine: instrumented forward and generate runs (pure torch, no widget code)."""
+"""The trace engine: instrumented forward and generate runs (pure torch, no widget code).
+
+    tr = model.trace("The capital of France is", max_new_tokens=8, seed=0)
+    tr.attention(layer=3, head=2)          # probabilities, recomputed on demand
+    model.trace(prompt, edits=[ScaleAttention(4.0, keys=(0, 4), layers=[5])])
+"""
+
+from .edits import AblateHead, ScaleAttention, edit_from_dict
+from .run import replay, run_trace
+from .trace import Trace
+
+__all__ = ["AblateHead", "ScaleAttention", "Trace", "edit_from_dict", "replay", "run_trace"]

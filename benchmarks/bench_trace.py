@@ -1,0 +1,179 @@
+"""Cost of tracing, as ratios measured side by side in one run.
+
+(a) traced forward, capturing every layer, vs the plain SDPA forward   (target <= 1.05x)
+(b) eager with output_attentions=True (what other tools do), same input, for comparison
+(c) traced generate with edits on 12 heads vs plain generate           (target <= 1.10x)
+(d) peak memory above the loaded model, for each
+
+Models: a GPT-2-small-shaped random model (124M) and SmolLM2-135M, at 256 and
+1024 tokens (--lengths). Runs alternate and the median of --repeats is kept.
+On a GPU, --model can name a local 7B-shaped config and --lengths 4096 16384.
+
+    .venv/bin/python benchmarks/bench_trace.py [--repeats 3] [--lengths 256 1024] [--new-tokens 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import threading
+import time
+
+import torch
+import transformers
+
+import llm_widgets as lw
+
+
+class PeakMemory:
+    """Peak memory above the level at entry: CUDA's allocator stats on a GPU, else RSS sampled at 1 kHz."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.peak = device, 0
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+        else:
+            self.base = self.top = _rss()
+            self.running = True
+            self.thread = threading.Thread(target=self._sample, daemon=True)
+            self.thread.start()
+        return self
+
+    def _sample(self):
+        while self.running:
+            self.top = max(self.top, _rss())
+            time.sleep(0.001)
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            self.peak = torch.cuda.max_memory_allocated() - self.base
+        else:
+            self.running = False
+            self.thread.join()
+            self.peak = max(self.top, _rss()) - self.base
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def measure(fn, device) -> tuple[float, int]:
+    with PeakMemory(device) as mem:
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - start
+    return elapsed, mem.peak
+
+
+def gpt2_small(device, dtype) -> lw.LanguageModel:
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_positions=2048)  # GPT-2 small's shape: 12 layers, 12 heads, 768 wide
+    model = transformers.GPT2LMHeadModel(config).to(device=device, dtype=dtype).eval()
+    tokenizer = lw.load_model("tiny-gpt2").tokenizer  # any tokenizer: the inputs below are ids
+    return lw.LanguageModel(model, tokenizer, name="gpt2-small-shaped (random)")
+
+
+def twelve_heads(facts) -> list:
+    """12 (layer, head) pairs spread over the model, each emphasising the first 8 keys."""
+    pairs = [(layer, head) for layer in range(0, facts.n_layers, max(1, facts.n_layers // 6))
+             for head in (0, facts.n_heads - 1)][:12]
+    return [lw.ScaleAttention(3.0, keys=(0, 8), layers=[layer], heads=[head]) for layer, head in pairs]
+
+
+def bench(lm: lw.LanguageModel, length: int, repeats: int, new_tokens: int) -> list[str]:
+    model, device = lm.model, next(lm.model.parameters()).device
+    g = torch.Generator().manual_seed(length)
+    ids = torch.randint(100, lm.facts.vocab_size - 100, (1, length), generator=g).to(device)
+    original = model.config._attn_implementation
+
+    def plain():
+        with torch.no_grad():
+            model(input_ids=ids, use_cache=False)
+
+    def traced():
+        lm.trace(ids[0])
+
+    def eager():
+        model.set_attn_implementation("eager")
+        try:
+            with torch.no_grad():
+                model(input_ids=ids, use_cache=False, output_attentions=True)
+        finally:
+            model.set_attn_implementation(original)
+
+    pad = lm.tokenizer.eos_token_id
+
+    def generate_plain():
+        with torch.no_grad():
+            model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                           min_new_tokens=new_tokens, do_sample=False, pad_token_id=pad)
+
+    edits = twelve_heads(lm.facts)
+
+    def generate_edited():
+        lm.trace(ids[0], max_new_tokens=new_tokens, min_new_tokens=new_tokens, edits=edits)
+
+    cases = {"plain": plain, "traced": traced, "eager": eager, "gen_plain": generate_plain, "gen_edited": generate_edited}
+    for fn in cases.values():  # warm-up
+        fn()
+    results = {name: [] for name in cases}
+    for _ in range(repeats):
+        for name, fn in cases.items():
+            results[name].append(measure(fn, device))
+    t = {name: statistics.median(r[0] for r in runs) for name, runs in results.items()}
+    m = {name: max(r[1] for r in runs) / 2**20 for name, runs in results.items()}
+    rows = [
+        f"| {lm.name} | {length} | (a) traced forward, all layers captured | {t['traced']:.3f} s vs {t['plain']:.3f} s "
+        f"| **{t['traced'] / t['plain']:.2f}x** (target <= 1.05x) | {m['traced']:.0f} vs {m['plain']:.0f} MiB |",
+        f"| {lm.name} | {length} | (b) eager + output_attentions | {t['eager']:.3f} s vs {t['plain']:.3f} s "
+        f"| {t['eager'] / t['plain']:.2f}x | {m['eager']:.0f} vs {m['plain']:.0f} MiB |",
+        f"| {lm.name} | {length} | (c) generate {new_tokens} tokens, edits on 12 heads | {t['gen_edited']:.3f} s vs "
+        f"{t['gen_plain']:.3f} s | **{t['gen_edited'] / t['gen_plain']:.2f}x** (target <= 1.10x) "
+        f"| {m['gen_edited']:.0f} vs {m['gen_plain']:.0f} MiB |",
+    ]
+    for row in rows:
+        print(row, flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--lengths", type=int, nargs="+", default=[256, 1024])
+    parser.add_argument("--new-tokens", type=int, default=20)
+    parser.add_argument("--models", nargs="+", default=["gpt2-small", "smollm2-135m"])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="float32")
+    args = parser.parse_args()
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    print(f"torch {torch.__version__}, transformers {transformers.__version__}, device {device}, dtype {dtype}, "
+          f"{torch.get_num_threads()} CPU threads, median of {args.repeats}; memory is the peak above the loaded model\n")
+    print("| model | tokens | case | time (ours vs plain) | ratio | peak memory (ours vs plain) |")
+    print("|---|---|---|---|---|---|")
+    for name in args.models:
+        if name == "gpt2-small":
+            lm = gpt2_small(device, dtype)
+        elif os.path.isdir(name) and not os.path.exists(os.path.join(name, "model.safetensors")):
+            # a directory with only config.json (and a tokenizer): random weights of that shape
+            config = transformers.AutoConfig.from_pretrained(name)
+            with torch.device(device):
+                model = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
+            lm = lw.LanguageModel(model, transformers.AutoTokenizer.from_pretrained(name), name=config.model_type + " (random)")
+        else:
+            lm = lw.load_model(name, dtype=dtype, device=device)
+        for length in args.lengths:
+            bench(lm, length, args.repeats, args.new_tokens)
+        del lm
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+"""Attention edits: what a user changes in a run, as plain data.
+
+Positions are absolute token positions of the traced sequence (prompt then
+generated tokens), never cache slots. Spans are (start, stop), stop exclusive.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable, Sequence
+
+Span = tuple[int, int]
+
+
+def _as_spans(value: Any, what: str) -> tuple[Span, ...] | None:
+    """Accept (start, stop), [(start, stop), ...], an int, or a list of ints."""
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return ((value, value + 1),)
+    items: Sequence[Any] = value
+    if len(items) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in items):
+        items = [tuple(items)]
+    spans = []
+    for item in items:
+        if isinstance(item, int) and not isinstance(item, bool):
+            item = (item, item + 1)
+        if not (isinstance(item, (tuple, list)) and len(item) == 2 and all(isinstance(v, int) for v in item)):
+            raise ValueError(f"{what} must be a position, a (start, stop) span or a list of them; got {value!r}")
+        start, stop = item
+        if start < 0 or stop <= start:
+            raise ValueError(f"{what} span {tuple(item)} is empty or negative: use (start, stop) with 0 <= start < stop")
+        spans.append((int(start), int(stop)))
+    if not spans:
+        raise ValueError(f"{what} is empty: give at least one position or (start, stop) span")
+    return tuple(spans)
+
+
+def _as_ints(value: Any, what: str) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return (int(value),)
+    if isinstance(value, range):
+        value = list(value)
+    out = tuple(value)
+    if not out or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in out):
+        raise ValueError(f"{what} must be a non-empty list of non-negative integers (or None for all); got {value!r}")
+    return out
+
+
+def positions(spans: Iterable[Span]) -> list[int]:
+    return sorted({p for start, stop in spans for p in range(start, stop)})
+
+
+@dataclass(frozen=True)
+class ScaleAttention:
+    """Multiply the attention on `keys` by `factor` and renormalise each row.
+
+    Equivalent to adding log(factor) to those scores, so it rides on the model's
+    own attention as an additive mask. `factor=0` masks the keys; a query row
+    whose every key would be masked is left unchanged (with a warning).
+    `queries`, `layers`, `heads` default to all.
+    """
+
+    factor: float
+    keys: Any
+    queries: Any = None
+    layers: Any = None
+    heads: Any = None
+    kind: str = field(default="scale_attention", init=False)
+
+    def __post_init__(self):
+        factor = self.factor
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not math.isfinite(factor) or factor < 0:
+            raise ValueError(f"ScaleAttention factor must be a finite number >= 0 (0 masks the keys, 1 changes "
+                             f"nothing); got {factor!r}")
+        object.__setattr__(self, "factor", float(factor))
+        object.__setattr__(self, "keys", _as_spans(self.keys, "keys"))
+        object.__setattr__(self, "queries", _as_spans(self.queries, "queries"))
+        object.__setattr__(self, "layers", _as_ints(self.layers, "layers"))
+        object.__setattr__(self, "heads", _as_ints(self.heads, "heads"))
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        for key in ("keys", "queries"):
+            if d[key] is not None:
+                d[key] = [list(span) for span in d[key]]
+        for key in ("layers", "heads"):
+            if d[key] is not None:
+                d[key] = list(d[key])
+        return d
+
+
+@dataclass(frozen=True)
+class AblateHead:
+    """Remove one head's contribution at its output (before the output projection).
+
+    mode="zero" sets it to zero; mode="mean" replaces it by its mean over the
+    prompt's positions, a gentler ablation that keeps the output's scale.
+    """
+
+    layer: int
+    head: int
+    mode: str = "zero"
+    kind: str = field(default="ablate_head", init=False)
+
+    def __post_init__(self):
+        for name in ("layer", "head"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"AblateHead {name} must be a non-negative integer; got {value!r}")
+        if self.mode not in ("zero", "mean"):
+            raise ValueError(f"AblateHead mode must be 'zero' or 'mean'; got {self.mode!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+Edit = ScaleAttention | AblateHead
+EDIT_TYPES = {"scale_attention": ScaleAttention, "ablate_head": AblateHead}
+
+
+def edit_from_dict(d: dict) -> Edit:
+    d = dict(d)
+    kind = d.pop("kind", None)
+    if kind not in EDIT_TYPES:
+        raise ValueError(f"unknown edit kind {kind!r}; known: {sorted(EDIT_TYPES)}")
+    return EDIT_TYPES[kind](**d)
+
+
+def validate_edits(edits: Iterable[Edit], *, n_layers: int, n_heads: int, sequence_length: int) -> tuple[Edit, ...]:
+    """Check every edit against the model and the sequence; a ValueError names what is out of range."""
+    out = []
+    for edit in edits:
+        if isinstance(edit, dict):
+            edit = edit_from_dict(edit)
+        if isinstance(edit, AblateHead):
+            layers, heads = (edit.layer,), (edit.head,)
+        elif isinstance(edit, ScaleAttention):
+            layers, heads = edit.layers or (), edit.heads or ()
+            for what, spans in (("keys", edit.keys), ("queries", edit.queries or ())):
+                for start, stop in spans:
+                    if stop > sequence_length:
+                        raise ValueError(
+                            f"ScaleAttention {what} span ({start}, {stop}) is outside the sequence: positions run "
+                            f"from 0 to {sequence_length - 1} (prompt plus new tokens), so stop must be <= "
+                            f"{sequence_length}"
+                        )
+        else:
+            raise TypeError(f"edits must be ScaleAttention or AblateHead, got {type(edit).__name__}")
+        for layer in layers:
+            if layer >= n_layers:
+                raise ValueError(f"{type(edit).__name__}: layer {layer} is out of range; this model has layers "
+                                 f"0 to {n_layers - 1}")
+        for head in heads:
+            if head >= n_heads:
+                raise ValueError(f"{type(edit).__name__}: head {head} is out of range; this model has heads "
+                                 f"0 to {n_heads - 1} in each layer")
+        out.append(edit)
+    return tuple(out)

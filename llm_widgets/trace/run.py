@@ -1,0 +1,171 @@
+"""Running a traced forward or generation, and replaying one from its record."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import warnings
+from typing import Any
+
+import torch
+
+from .. import __version__
+from .capture import Run, instrument
+from .edits import edit_from_dict, validate_edits
+from .trace import Trace, assemble, probability_of, top_k_of
+
+TOP_K_KEPT = 20
+
+
+def prompt_ids(lm, prompt: Any) -> torch.Tensor:
+    """A string, a chat message list, or token ids -> 1-D LongTensor of ids."""
+    tok = lm.tokenizer
+    if isinstance(prompt, str):
+        if not prompt:
+            raise ValueError("the prompt is empty: give some text, a chat message list or token ids")
+        ids = tok(prompt, return_tensors="pt")["input_ids"][0]
+    elif isinstance(prompt, (list, tuple)) and prompt and all(isinstance(m, dict) for m in prompt):
+        if not getattr(tok, "chat_template", None):
+            raise ValueError(f"{lm.name} has no chat template, so a message list cannot be formatted: pass a string")
+        out = tok.apply_chat_template(list(prompt), add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        ids = out["input_ids"][0]
+    elif isinstance(prompt, torch.Tensor) or (isinstance(prompt, (list, tuple)) and all(isinstance(i, int) for i in prompt)):
+        ids = torch.as_tensor(prompt, dtype=torch.long).reshape(-1)
+        vocab = lm.facts.vocab_size
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
+            raise ValueError(f"token ids must be between 0 and {vocab - 1} for {lm.name}")
+    else:
+        raise ValueError(f"prompt must be a string, a list of chat messages ({{'role': ..., 'content': ...}}) or token "
+                         f"ids; got {type(prompt).__name__}")
+    if ids.numel() == 0:
+        raise ValueError("the prompt is empty after tokenisation: give some text or token ids")
+    return ids
+
+
+def _json_safe(value: dict) -> dict:
+    try:
+        json.dumps(value)
+    except TypeError as error:
+        raise ValueError(f"generation settings must be JSON-serialisable so the run can be replayed: {error}") from None
+    return value
+
+
+def run_trace(lm, prompt: Any, *, max_new_tokens: int = 0, edits=(), seed: int | None = None, do_sample: bool = False,
+              keep_logits: bool = False, capture: bool = True, **generation_kwargs) -> Trace:
+    facts = lm.facts
+    if facts.n_heads == 0:
+        raise ValueError(f"{lm.name} ({facts.architecture}) has no attention heads; llm-widgets traces attention models")
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be an integer >= 0; got {max_new_tokens!r}")
+    if facts.kind != "causal" and max_new_tokens:
+        raise ValueError(f"{lm.name} is a masked (bidirectional) model: it does not generate, use max_new_tokens=0")
+    ids = prompt_ids(lm, prompt)
+    total = len(ids) + max_new_tokens
+    if facts.context_length and total > facts.context_length:
+        raise ValueError(f"the prompt ({len(ids)} tokens) plus max_new_tokens ({max_new_tokens}) is {total} tokens, "
+                         f"longer than the context of {lm.name} ({facts.context_length}); shorten one of them")
+    edits = validate_edits(edits, n_layers=facts.n_layers, n_heads=facts.n_heads, sequence_length=total)
+    supported = type(lm.model)._supports_attention_backend if hasattr(type(lm.model), "_supports_attention_backend") else False
+    if edits and not supported:
+        raise ValueError(
+            f"attention edits need a model whose attention goes through transformers' AttentionInterface; "
+            f"{facts.architecture} (model_type {facts.model_type!r}) computes attention its own way. Viewing works "
+            f"(through eager output_attentions); edits work on Llama, Mistral, Qwen2/3, Gemma 1-3, Phi-3, GPT-2, BERT "
+            f"and the other models that use the registry."
+        )
+    if do_sample and seed is None:
+        seed = secrets.randbits(31)  # recorded, so a sampled run replays
+    generation = _json_safe({"max_new_tokens": max_new_tokens, "do_sample": do_sample, "seed": seed, **generation_kwargs})
+
+    model = lm.model
+    device = next(model.parameters()).device
+    input_ids = ids[None].to(device)
+    was_training = model.training
+    run = Run(facts.n_layers, facts.n_heads, edits, capture=capture and supported)
+    devices = [device] if device.type == "cuda" else []
+    eager_attentions = None
+    try:
+        model.eval()
+        with torch.no_grad(), torch.random.fork_rng(devices=devices):
+            if seed is not None:
+                torch.manual_seed(seed)
+            if supported:
+                with instrument(model, run):
+                    sequence, step_logits, prompt_logits = _forward_or_generate(model, lm, input_ids, max_new_tokens,
+                                                                               do_sample, generation_kwargs, keep_logits)
+            else:
+                sequence, step_logits, prompt_logits = _forward_or_generate(model, lm, input_ids, max_new_tokens,
+                                                                           do_sample, generation_kwargs, keep_logits)
+                eager_attentions = _eager_attentions(model, sequence) if capture else None
+    finally:
+        model.train(was_training)
+
+    top_k = [top_k_of(logits, TOP_K_KEPT) for logits in step_logits]
+    generated = sequence[0, len(ids):].tolist()
+    chosen = [probability_of(logits, token) for logits, token in zip(step_logits, generated)]
+    record = {
+        "llm_widgets": __version__,
+        "torch": torch.__version__,
+        "transformers": _transformers_version(),
+        "model": {"name": lm.name, "source": {k: str(v) for k, v in lm.source.items()},
+                  "architecture": facts.architecture, "dtype": facts.dtype, "device": facts.device,
+                  "attn_implementation": facts.attn_implementation},
+        "prompt_ids": ids.tolist(),
+        "generation": generation,
+        "edits": [e.to_dict() for e in edits],
+        "output_ids": generated,
+    }
+    layers = [assemble(r, sequence.shape[1]) for r in run.layers] if run.capture else None
+    return Trace(model=lm, input_ids=sequence[0].cpu(), n_prompt=len(ids), layers=layers,
+                 eager_attentions=eager_attentions, edits=edits, top_k=top_k, chosen=chosen,
+                 logits=prompt_logits, record=record)
+
+
+def _forward_or_generate(model, lm, input_ids, max_new_tokens, do_sample, generation_kwargs, keep_logits):
+    if max_new_tokens == 0:
+        out = model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), use_cache=False)
+        logits = out.logits[0]
+        step_logits = [logits[-1]] if lm.facts.kind == "causal" else list(logits)
+        return input_ids, step_logits, logits.float().cpu() if keep_logits else None
+    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else lm.tokenizer.eos_token_id
+    kwargs = {"pad_token_id": pad, **generation_kwargs}
+    out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=max_new_tokens,
+                         do_sample=do_sample, return_dict_in_generate=True, output_logits=True, **kwargs)
+    return out.sequences, [step[0] for step in out.logits], None
+
+
+def _eager_attentions(model, sequence: torch.Tensor) -> list[torch.Tensor]:
+    """For models outside the attention registry: one eager forward of the whole
+    sequence with output_attentions (what other tools do for every model)."""
+    out = model(input_ids=sequence, output_attentions=True, use_cache=False)
+    if not out.attentions:
+        raise ValueError(f"{type(model).__name__} returned no attentions even with output_attentions=True; "
+                         f"load it with attn_implementation='eager' to view its attention")
+    return [a[0].detach() for a in out.attentions]
+
+
+def _transformers_version() -> str:
+    import transformers
+
+    return transformers.__version__
+
+
+def replay(record: dict, model=None, *, check: bool = True) -> Trace:
+    """Run again what `record` (a `Trace.record`) describes; with check=True, raise if the tokens differ."""
+    from ..models import load_model
+
+    if model is None:
+        source = record["model"].get("source", {})
+        model = load_model(source.get("bundled") or source.get("path") or record["model"]["name"])
+    weights = record["model"].get("source", {}).get("weights_sha256")
+    if weights and model.source.get("weights_sha256") and weights != model.source["weights_sha256"]:
+        warnings.warn("the model's weights differ from the recorded ones (weights_sha256): replay may diverge",
+                      stacklevel=2)
+    generation = dict(record["generation"])
+    trace = run_trace(model, record["prompt_ids"], edits=[edit_from_dict(e) for e in record["edits"]],
+                      max_new_tokens=generation.pop("max_new_tokens"), seed=generation.pop("seed"),
+                      do_sample=generation.pop("do_sample"), **generation)
+    if check and trace.generated_ids != record["output_ids"]:
+        raise RuntimeError(f"replay produced different tokens: {trace.generated_ids} instead of the recorded "
+                           f"{record['output_ids']} (different hardware, dtype or library versions can do this)")
+    return trace

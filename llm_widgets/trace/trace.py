@@ -1,0 +1,237 @@
+"""`Trace`: one instrumented run, and attention recomputed from it on demand.
+
+A trace keeps each layer's post-rotary queries [heads, T, d] and keys
+[kv_heads, T, d], not probabilities. `attention()` computes the probabilities
+of one head for the tile asked for, normalising each row over all its keys
+blockwise, so no T x T matrix of a whole layer (or even a head) is ever held
+unless a caller asks for exactly that tile.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .capture import LayerRecord, allowed_mask, edit_bias
+from .edits import ScaleAttention
+
+BLOCK = 1024  # key (and query) block for blockwise work: at most BLOCK x BLOCK scores per head at once
+
+
+@dataclass(frozen=True)
+class LayerAttention:
+    """What recomputing one layer's attention needs."""
+
+    queries: torch.Tensor  # [heads, T, d]
+    keys: torch.Tensor  # [kv_heads, T, d]
+    scaling: float
+    softcap: float | None
+    sliding_window: int | None
+    is_causal: bool
+
+
+def assemble(record: LayerRecord, length: int) -> LayerAttention | None:
+    """Scatter a layer's captured chunks into position-indexed tensors (later chunks win,
+    as when generation runs without a cache and recomputes every position)."""
+    if not record.queries:
+        return None
+    q0, k0 = record.queries[0][1], record.keys[0][1]
+    queries = q0.new_zeros(q0.shape[0], length, q0.shape[-1])
+    keys = k0.new_zeros(k0.shape[0], length, k0.shape[-1])
+    for pos, chunk in record.queries:
+        queries[:, pos.to(queries.device)] = chunk
+    for pos, chunk in record.keys:
+        keys[:, pos.to(keys.device)] = chunk
+    return LayerAttention(queries, keys, float(record.scaling), record.softcap, record.sliding_window, record.is_causal)
+
+
+def _as_positions(value: Any, length: int, what: str) -> torch.Tensor:
+    if value is None:
+        return torch.arange(length)
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value]
+    elif isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, int) for v in value):
+        value = range(*value)
+    elif isinstance(value, slice):
+        value = range(length)[value]
+    pos = torch.as_tensor(list(value), dtype=torch.long)
+    if pos.numel() == 0:
+        raise ValueError(f"{what} is empty: give positions between 0 and {length - 1}")
+    if int(pos.min()) < 0 or int(pos.max()) >= length:
+        raise ValueError(f"{what} {value!r} is outside the sequence: positions run from 0 to {length - 1}")
+    return pos
+
+
+class Trace:
+    """One run of a model: tokens, output, top-k predictions, and attention on demand."""
+
+    def __init__(self, *, model, input_ids: torch.Tensor, n_prompt: int, layers: list[LayerAttention | None] | None,
+                 eager_attentions: list[torch.Tensor] | None, edits: tuple, top_k: list[tuple[torch.Tensor, torch.Tensor]],
+                 chosen: list[float], logits: torch.Tensor | None, record: dict):
+        self.model = model
+        self.input_ids = input_ids  # [T]: prompt then generated
+        self.n_prompt = n_prompt
+        self.edits = edits
+        self.logits = logits  # [T_prompt, vocab] when keep_logits=True
+        self.record = record
+        self._layers = layers
+        self._eager = eager_attentions  # [heads, T, T] per layer, for models outside the attention registry
+        self._top_k = top_k
+        self._chosen = chosen
+        facts = model.facts
+        self.n_layers, self.n_heads, self.n_kv_heads = facts.n_layers, facts.n_heads, facts.n_kv_heads
+        tok = model.tokenizer
+        self.tokens: list[str] = [tok.decode([i]) for i in input_ids.tolist()]
+        self.prompt_text: str = tok.decode(input_ids[:n_prompt].tolist())
+        self.output_text: str = tok.decode(input_ids[n_prompt:].tolist(), skip_special_tokens=True)
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def generated_ids(self) -> list[int]:
+        return self.input_ids[self.n_prompt:].tolist()
+
+    def __repr__(self) -> str:
+        edits = f", {len(self.edits)} edits" if self.edits else ""
+        return (f"Trace({self.model.name!r}: {self.n_prompt} prompt + {len(self) - self.n_prompt} generated tokens"
+                f"{edits}; output {self.output_text!r})")
+
+    # --- predictions ---
+
+    def top_k(self, step: int = 0, k: int = 10) -> list[tuple[str, float]]:
+        """The k most likely next tokens at generation step `step` (0: right after the prompt),
+        from the model's own distribution (before sampling settings), with probabilities."""
+        if not 0 <= step < len(self._top_k):
+            raise ValueError(f"step {step} is out of range: this trace has steps 0 to {len(self._top_k) - 1}")
+        ids, probs = self._top_k[step]
+        if not 1 <= k <= len(ids):
+            raise ValueError(f"k must be between 1 and {len(ids)}; got {k}")
+        tok = self.model.tokenizer
+        return [(tok.decode([i]), float(p)) for i, p in zip(ids[:k].tolist(), probs[:k].tolist())]
+
+    def chosen_probability(self, step: int) -> float:
+        """Probability the model gave the token that was actually generated at `step`."""
+        return self._chosen[step]
+
+    # --- attention ---
+
+    def _check_layer_head(self, layer: int, head: int) -> None:
+        if not isinstance(layer, int) or not 0 <= layer < self.n_layers:
+            raise ValueError(f"layer {layer!r} is out of range: this model has layers 0 to {self.n_layers - 1}")
+        if not isinstance(head, int) or not 0 <= head < self.n_heads:
+            raise ValueError(f"head {head!r} is out of range: this model has heads 0 to {self.n_heads - 1}")
+
+    def _layer(self, layer: int) -> LayerAttention:
+        data = self._layers[layer] if self._layers is not None else None
+        if data is None:
+            raise ValueError(f"layer {layer} was not captured in this trace (capture was limited or turned off)")
+        return data
+
+    def attention(self, layer: int, head: int, queries: Any = None, keys: Any = None) -> torch.Tensor:
+        """Attention probabilities [len(queries), len(keys)] of one head, float32 on the CPU.
+
+        queries / keys: None (all), a position, a (start, stop) span, a slice or a
+        list of positions. Rows are normalised over all keys, whatever tile you ask.
+        """
+        self._check_layer_head(layer, head)
+        q_pos = _as_positions(queries, len(self), "queries")
+        k_pos = _as_positions(keys, len(self), "keys")
+        if self._eager is not None:
+            return self._eager[layer][head][q_pos][:, k_pos].float().cpu()
+        lse = self._row_logsumexp(layer, head, q_pos)
+        return torch.exp(self._scores(layer, head, q_pos, k_pos) - lse[:, None]).cpu()
+
+    def attention_overview(self, layer: int, head: int, size: int = 512) -> torch.Tensor:
+        """Max-pooled probabilities [min(T, size), min(T, size)]: the first paint of a long sequence.
+
+        Computed blockwise: at most BLOCK x BLOCK scores exist at once.
+        """
+        self._check_layer_head(layer, head)
+        if not isinstance(size, int) or size < 1:
+            raise ValueError(f"size must be a positive integer; got {size!r}")
+        n = len(self)
+        bins = min(n, size)
+        edges = torch.linspace(0, n, bins + 1).round().long()
+        bin_of = torch.bucketize(torch.arange(n), edges[1:], right=True)  # position -> bin
+        out = torch.zeros(bins, bins)
+        for q_start in range(0, n, BLOCK):
+            q_pos = torch.arange(q_start, min(n, q_start + BLOCK))
+            lse = self._row_logsumexp(layer, head, q_pos) if self._eager is None else None
+            rows = torch.zeros(len(q_pos), bins)
+            for k_start in range(0, n, BLOCK):
+                k_pos = torch.arange(k_start, min(n, k_start + BLOCK))
+                if self._eager is not None:
+                    probs = self._eager[layer][head][q_pos][:, k_pos].float().cpu()
+                else:
+                    probs = torch.exp(self._scores(layer, head, q_pos, k_pos) - lse[:, None]).cpu()
+                rows.scatter_reduce_(1, bin_of[k_pos].expand(len(q_pos), -1), probs, reduce="amax")
+            out.scatter_reduce_(0, bin_of[q_pos][:, None].expand(-1, bins), rows, reduce="amax")
+        return out
+
+    def _scores(self, layer: int, head: int, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
+        """Masked, edited scores [nq, nk] in float32, exactly as the run's softmax saw them."""
+        data = self._layer(layer)
+        group = self.n_heads // self.n_kv_heads
+        dev = data.queries.device
+        q = data.queries[head, q_pos.to(dev)].float()
+        k = data.keys[head // group, k_pos.to(dev)].float()
+        scores = (q @ k.T) * data.scaling
+        if data.softcap:
+            scores = torch.tanh(scores / data.softcap) * data.softcap
+        allowed = allowed_mask(q_pos.to(dev), k_pos.to(dev), data.is_causal, data.sliding_window)
+        bias = self._bias(layer, head, q_pos, k_pos, allowed, dev)
+        if bias is not None:
+            scores = scores + bias
+        return scores.masked_fill(~allowed, float("-inf"))
+
+    def _scale_edits(self) -> tuple[ScaleAttention, ...]:
+        return tuple(e for e in self.edits if isinstance(e, ScaleAttention))
+
+    def _bias(self, layer, head, q_pos, k_pos, allowed, dev) -> torch.Tensor | None:
+        edits = tuple(e for e in self._scale_edits() if e.heads is None or head in e.heads)
+        if not edits:
+            return None
+        bias = edit_bias(edits, layer, 1, q_pos.to(dev), k_pos.to(dev), torch.ones_like(allowed))
+        if bias is None:
+            return None
+        bias = bias[0]
+        exempt = self._fully_masked_rows(layer, head, q_pos, edits)  # judged over whole rows, not this tile
+        bias[exempt.to(dev)] = 0.0
+        return bias
+
+    def _fully_masked_rows(self, layer, head, q_pos, edits) -> torch.Tensor:
+        if not any(e.factor == 0 for e in edits):
+            return torch.zeros(len(q_pos), dtype=torch.bool)
+        data = self._layer(layer)
+        dev = data.queries.device
+        any_allowed = torch.zeros(len(q_pos), dtype=torch.bool, device=dev)
+        any_alive = torch.zeros_like(any_allowed)
+        for k_start in range(0, len(self), BLOCK):
+            k_pos = torch.arange(k_start, min(len(self), k_start + BLOCK), device=dev)
+            allowed = allowed_mask(q_pos.to(dev), k_pos, data.is_causal, data.sliding_window)
+            raw = edit_bias(edits, layer, 1, q_pos.to(dev), k_pos, torch.ones_like(allowed))[0]
+            any_allowed |= allowed.any(-1)
+            any_alive |= (allowed & ~torch.isneginf(raw)).any(-1)
+        return (any_allowed & ~any_alive).cpu()
+
+    def _row_logsumexp(self, layer: int, head: int, q_pos: torch.Tensor) -> torch.Tensor:
+        running = None
+        for k_start in range(0, len(self), BLOCK):
+            k_pos = torch.arange(k_start, min(len(self), k_start + BLOCK))
+            block = torch.logsumexp(self._scores(layer, head, q_pos, k_pos), dim=-1)
+            running = block if running is None else torch.logaddexp(running, block)
+        return running
+
+
+def top_k_of(logits: torch.Tensor, k: int = 20) -> tuple[torch.Tensor, torch.Tensor]:
+    probs = torch.softmax(logits.float(), dim=-1)
+    values, ids = torch.topk(probs, min(k, probs.shape[-1]))
+    return ids.cpu(), values.cpu()
+
+
+def probability_of(logits: torch.Tensor, token: int) -> float:
+    return float(torch.softmax(logits.float(), dim=-1)[token])
+

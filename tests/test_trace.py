@@ -1,0 +1,220 @@
+"""The trace engine's contract: records and replay, leaving no trace, and clear errors."""
+
+from __future__ import annotations
+
+import gc
+import json
+import tracemalloc
+import warnings
+
+import pytest
+import torch
+import transformers
+
+import llm_widgets as lw
+from llm_widgets.trace import capture
+
+from .test_trace_architectures import PROMPT, ToyTokenizer, build
+
+
+def test_trace_of_text_has_tokens_output_and_top_k(tiny_gpt2):
+    tr = tiny_gpt2.trace("It is a truth universally acknowledged", max_new_tokens=6)
+    assert len(tr.tokens) == len(tr) == tr.n_prompt + 6
+    assert "".join(tr.tokens[: tr.n_prompt]) == "It is a truth universally acknowledged"
+    assert tr.output_text == tiny_gpt2.tokenizer.decode(tr.generated_ids)
+    top = tr.top_k(0, k=5)
+    assert len(top) == 5 and top[0][1] >= top[-1][1] > 0
+    # greedy: the generated token is the most likely one, and its probability is kept
+    assert top[0][0] == tr.tokens[tr.n_prompt]
+    assert tr.chosen_probability(0) == pytest.approx(top[0][1])
+    assert tr.attention(3, 7, queries=len(tr) - 1).shape == (1, len(tr))
+    assert "Trace('tiny-gpt2'" in repr(tr)
+
+
+def test_overview_is_max_pooled(tiny_gpt2):
+    tr = tiny_gpt2.trace("The " * 40)
+    full = tr.attention(2, 1)
+    pooled = tr.attention_overview(2, 1, size=8)
+    assert pooled.shape == (8, 8)
+    n = len(tr)
+    edges = torch.linspace(0, n, 9).round().long()
+    for i in range(8):
+        for j in range(8):
+            block = full[edges[i]:edges[i + 1], edges[j]:edges[j + 1]]
+            assert pooled[i, j] == pytest.approx(block.max().item(), abs=1e-6)
+    assert tr.attention_overview(2, 1, size=1000).shape == (n, n)
+
+
+def test_record_is_json_and_replays_a_sampled_run(tiny_gpt2):
+    tr = tiny_gpt2.trace("Call me Ishmael.", max_new_tokens=12, do_sample=True, temperature=1.3,
+                         edits=[lw.ScaleAttention(3.0, keys=(0, 2), layers=[1, 2]), lw.AblateHead(0, 5, mode="mean")])
+    record = json.loads(json.dumps(tr.record))
+    assert record["generation"]["seed"] is not None and record["generation"]["temperature"] == 1.3
+    assert record["model"]["source"]["weights_sha256"] == tiny_gpt2.source["weights_sha256"]
+    again = lw.replay(record, tiny_gpt2)
+    assert again.generated_ids == tr.generated_ids
+    assert lw.replay(record).generated_ids == tr.generated_ids  # loads the bundled model by name
+    other_seed = tiny_gpt2.trace("Call me Ishmael.", max_new_tokens=12, do_sample=True, temperature=1.3,
+                                 seed=record["generation"]["seed"] + 1)
+    assert other_seed.generated_ids != tr.generated_ids
+
+
+def test_tracing_leaves_the_global_random_state_alone(tiny_gpt2):
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    tiny_gpt2.trace("Call me", max_new_tokens=3, do_sample=True, seed=7)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_chat_messages_use_the_chat_template(smollm2):
+    tr = smollm2.trace([{"role": "user", "content": "Say hi."}], max_new_tokens=3)
+    assert "<|im_start|>user" in tr.prompt_text and tr.prompt_text.rstrip().endswith("<|im_start|>assistant")
+
+
+def _model_state(lm):
+    return (lm.model.config._attn_implementation, lm.model.training,
+            sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in lm.model.modules()),
+            [k for m in lm.model.modules() for k in m.__dict__ if k.startswith("_llm_widgets")])
+
+
+def test_restored_after_errors_and_interrupts(monkeypatch):
+    lm = build("llama")
+    lm.model.train()  # whatever mode the user left it in comes back
+    before = _model_state(lm)
+    for error in (RuntimeError("boom"), KeyboardInterrupt()):
+        def explode(*args, **kwargs):
+            raise error
+
+        monkeypatch.setattr(capture.Run, "attend", explode)
+        with pytest.raises(type(error)):
+            lm.trace(PROMPT, max_new_tokens=3, edits=[lw.ScaleAttention(2.0, keys=(0, 3))])
+        monkeypatch.undo()
+        assert _model_state(lm) == before
+    assert lm.model.training
+
+
+def test_two_models_from_one_config_do_not_interfere():
+    config = transformers.LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2)
+    torch.manual_seed(0)
+    a = lw.LanguageModel(transformers.LlamaForCausalLM(config).eval(), ToyTokenizer(), name="a")
+    b = lw.LanguageModel(transformers.LlamaForCausalLM(config).eval(), ToyTokenizer(), name="b")
+    ids = torch.tensor([PROMPT])
+    with torch.no_grad():
+        b_plain = b.model(ids).logits
+
+    # while a runs with an edit, b (sharing a's config object) runs plain, untouched
+    seen = {}
+    original = capture.Run.attend
+
+    def attend_and_run_b(self, *args, **kwargs):
+        if "b" not in seen:
+            seen["b"] = b.model(ids).logits
+        return original(self, *args, **kwargs)
+
+    capture.Run.attend = attend_and_run_b
+    try:
+        a.trace(PROMPT, edits=[lw.ScaleAttention(0.0, keys=(0, 8))])
+    finally:
+        capture.Run.attend = original
+    torch.testing.assert_close(seen["b"], b_plain, atol=0, rtol=0)
+
+
+def test_no_growth_over_many_runs():
+    lm = build("gpt2")
+    edits = [lw.ScaleAttention(2.0, keys=(0, 4)), lw.AblateHead(1, 2)]
+    for _ in range(20):  # warm-up: allocator pools and caches settle
+        lm.trace(PROMPT[:6], max_new_tokens=2, edits=edits)
+    gc.collect()
+    tracemalloc.start()
+    first = tracemalloc.take_snapshot()
+    before = _model_state(lm)
+    for _ in range(1000):
+        lm.trace(PROMPT[:6], max_new_tokens=2, edits=edits)
+    gc.collect()
+    grown = sum(s.size_diff for s in tracemalloc.take_snapshot().compare_to(first, "filename"))
+    tracemalloc.stop()
+    assert _model_state(lm) == before
+    assert grown < 256 * 1024, f"python memory grew by {grown} bytes over 1000 runs"
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(prompt=""), "prompt is empty"),
+    (dict(prompt=[]), "prompt"),
+    (dict(prompt=[1, 2, 999]), "token ids must be between 0 and 95"),
+    (dict(max_new_tokens=-1), "max_new_tokens must be an integer >= 0"),
+    (dict(max_new_tokens=200), "longer than the context"),
+    (dict(edits=[lw.ScaleAttention(2.0, keys=(10, 40))]), r"outside the sequence: positions run from 0 to 17"),
+    (dict(edits=[lw.ScaleAttention(2.0, keys=(0, 2), layers=[2])]), "layer 2 is out of range; this model has layers 0 to 1"),
+    (dict(edits=[lw.ScaleAttention(2.0, keys=(0, 2), heads=[4])]), "head 4 is out of range"),
+    (dict(edits=[lw.AblateHead(5, 0)]), "layer 5 is out of range"),
+])
+def test_bad_input_is_a_clear_error_and_changes_nothing(bad, message):
+    lm = build("llama")
+    before = _model_state(lm)
+    kwargs = {"prompt": PROMPT, "max_new_tokens": 4, **bad}
+    with pytest.raises(ValueError, match=message):
+        lm.trace(kwargs.pop("prompt"), **kwargs)
+    assert _model_state(lm) == before
+
+
+@pytest.mark.parametrize("factor", [-1.0, float("nan"), float("inf"), "2"])
+def test_bad_factor(factor):
+    with pytest.raises(ValueError, match="factor must be a finite number >= 0"):
+        lw.ScaleAttention(factor, keys=(0, 2))
+
+
+def test_bad_spans_and_heads():
+    with pytest.raises(ValueError, match="empty or negative"):
+        lw.ScaleAttention(2.0, keys=(4, 2))
+    with pytest.raises(ValueError, match="mode must be 'zero' or 'mean'"):
+        lw.AblateHead(0, 0, mode="half")
+    tr = build("gpt2").trace(PROMPT)
+    with pytest.raises(ValueError, match="layer 2 is out of range"):
+        tr.attention(2, 0)
+    with pytest.raises(ValueError, match="head 9 is out of range"):
+        tr.attention(0, 9)
+    with pytest.raises(ValueError, match="outside the sequence: positions run from 0 to 13"):
+        tr.attention(0, 0, queries=(10, 20))
+    with pytest.raises(ValueError, match="step 3 is out of range"):
+        tr.top_k(3)
+
+
+def test_fully_masked_rows_warn_and_stay_finite():
+    lm = build("llama")
+    with pytest.warns(UserWarning, match="masked every key of some query rows"):
+        tr = lm.trace(PROMPT, keep_logits=True, edits=[lw.ScaleAttention(0.0, keys=(0, 4))])
+    assert torch.isfinite(tr.logits).all()
+    assert torch.isfinite(tr.attention(0, 0)).all()
+
+
+def test_models_outside_the_registry_view_through_eager_and_refuse_edits():
+    config = transformers.GPTJConfig(vocab_size=96, n_embd=64, n_layer=2, n_head=4, rotary_dim=8, n_positions=128)
+    torch.manual_seed(0)
+    model = transformers.GPTJForCausalLM(config).eval()
+    lm = lw.LanguageModel(model, ToyTokenizer(), name="tiny-gptj")
+    tr = lm.trace(PROMPT, max_new_tokens=3)
+    with torch.no_grad():
+        reference = model(torch.tensor([tr.input_ids.tolist()]), output_attentions=True).attentions
+    torch.testing.assert_close(tr.attention(1, 2), reference[1][0, 2].float())
+    with pytest.raises(ValueError, match=r"GPTJForCausalLM \(model_type 'gptj'\) computes attention its own way"):
+        lm.trace(PROMPT, edits=[lw.ScaleAttention(2.0, keys=(0, 2))])
+
+
+def test_models_without_attention_are_refused():
+    config = transformers.MambaConfig(vocab_size=96, hidden_size=32, num_hidden_layers=1, state_size=4)
+    lm = lw.LanguageModel(transformers.MambaForCausalLM(config).eval(), ToyTokenizer(), name="tiny-mamba")
+    with pytest.raises(ValueError, match="has no attention heads"):
+        lm.trace(PROMPT)
+
+
+def test_masked_models_do_not_generate():
+    with pytest.raises(ValueError, match="masked .* does not generate"):
+        build("bert").trace(PROMPT, max_new_tokens=2)
+
+
+def test_warnings_do_not_leak_from_plain_runs(tiny_gpt2):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tiny_gpt2.trace("Hello", max_new_tokens=2)
