@@ -13,21 +13,47 @@ cells = [
         "The first load converts its 4-bit GGUF file to safetensors in `~/.cache/llm-widgets` (about 30 s); "
         "later loads take a few seconds."
     ),
-    new_code_cell("import torch\nimport llm_widgets as lw\n\nmodel = lw.load_model(\"smollm2-135m\")\nmodel"),
+    new_code_cell("import llm_widgets as lw\n\nmodel = lw.load_model(\"smollm2-135m\")\nmodel"),
     new_markdown_cell("## What is this model?\n\nThe model card shows the facts the other widgets build on: "
                       "layers, heads (SmolLM2 groups its 9 query heads over 3 key/value heads), context length, "
                       "dtype and the attention implementation in use."),
     new_code_cell("lw.ModelCard(model)"),
-    new_markdown_cell("## Run it\n\nA greedy completion, with the plain Hugging Face model and tokenizer that "
-                      "`model.model` and `model.tokenizer` hold."),
+    new_markdown_cell("## Trace a run\n\n`model.trace` runs the prompt (and, with `max_new_tokens`, generation with the "
+                      "KV cache) through the model's own fast attention, keeping each layer's queries and keys. "
+                      "Attention probabilities are computed when you ask for them, for one head and the tile you "
+                      "ask, so long inputs stay cheap."),
     new_code_cell(
-        "prompt = \"The capital of France is\"\n"
-        "ids = model.tokenizer(prompt, return_tensors=\"pt\")\n"
-        "with torch.no_grad():\n"
-        "    out = model.model.generate(**ids, max_new_tokens=8, do_sample=False)\n"
-        "completion = model.tokenizer.decode(out[0, ids[\"input_ids\"].shape[1]:])\n"
-        "print(prompt + completion)\n"
-        "assert \"Paris\" in completion"
+        "tr = model.trace(\"The capital of France is\", max_new_tokens=8)\n"
+        "print(tr.prompt_text + tr.output_text)\n"
+        "assert \"Paris\" in tr.output_text\n"
+        "tr.top_k(step=0, k=5)  # what the model considered right after the prompt"
+    ),
+    new_code_cell(
+        "# where the last prompt token looks, in layer 15, head 4 (the row sums to 1 over all keys)\n"
+        "row = tr.attention(layer=15, head=4, queries=tr.n_prompt - 1)[0]\n"
+        "sorted(zip(row.tolist(), tr.tokens), reverse=True)[:4]"
+    ),
+    new_markdown_cell("## Steer attention\n\n`lw.ScaleAttention(factor, keys=(start, stop))` multiplies the attention "
+                      "on those key positions and renormalises: emphasise an instruction and the answer changes. "
+                      "It rides on the model's SDPA as an additive mask, so it costs almost nothing."),
+    new_code_cell(
+        "prompt = \"Write the word 'cat' or the word 'dog'. The answer is:\"\n"
+        "plain = model.trace(prompt, max_new_tokens=8)\n"
+        "print(list(enumerate(plain.tokens))[:13])\n"
+        "dog = (7, 12)  # the tokens of \"the word 'dog'\"\n"
+        "steered = model.trace(prompt, max_new_tokens=8, edits=[lw.ScaleAttention(30.0, keys=dog)])\n"
+        "print(\"plain:  \", repr(plain.output_text))\n"
+        "print(\"steered:\", repr(steered.output_text))\n"
+        "assert \"'dog'\" in steered.output_text and \"dog\" not in plain.output_text"
+    ),
+    new_markdown_cell("## Reproduce\n\nEvery trace carries a JSON-able record (model and weights hash, prompt ids, seed, "
+                      "generation settings, edits, library versions). `lw.replay` runs it again, token for token."),
+    new_code_cell(
+        "sampled = model.trace(\"Once upon a time\", max_new_tokens=12, do_sample=True)\n"
+        "again = lw.replay(sampled.record, model)\n"
+        "print(sampled.output_text)\n"
+        "assert again.generated_ids == sampled.generated_ids\n"
+        "sampled.record[\"generation\"]"
     ),
     new_markdown_cell("## The small model\n\n`tiny-gpt2` is the project's own 4-layer GPT-2, trained on public-domain "
                       "books (Jane Austen, Moby Dick, the King James Bible, The Devil's Dictionary). Its text is toy "

@@ -115,7 +115,7 @@ def test_two_models_from_one_config_do_not_interfere():
 
     capture.Run.attend = attend_and_run_b
     try:
-        a.trace(PROMPT, edits=[lw.ScaleAttention(0.0, keys=(0, 8))])
+        a.trace(PROMPT, edits=[lw.ScaleAttention(0.2, keys=(0, 8))])
     finally:
         capture.Run.attend = original
     torch.testing.assert_close(seen["b"], b_plain, atol=0, rtol=0)

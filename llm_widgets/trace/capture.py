@@ -19,7 +19,6 @@ and removes the state in `finally`, on errors and interrupts too.
 from __future__ import annotations
 
 import sys
-import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
@@ -274,6 +273,3 @@ def instrument(model: torch.nn.Module, run: Run) -> Iterator[str]:
         for module in modules:
             module.__dict__.pop(STATE, None)
         model.set_attn_implementation(original)
-        if run.fully_masked_rows:
-            warnings.warn("ScaleAttention with factor 0 masked every key of some query rows; those rows were left "
-                          "unchanged (a softmax over no keys has no answer).", stacklevel=4)

@@ -99,6 +99,9 @@ def run_trace(lm, prompt: Any, *, max_new_tokens: int = 0, edits=(), seed: int |
                 eager_attentions = _eager_attentions(model, sequence) if capture else None
     finally:
         model.train(was_training)
+    if run.fully_masked_rows:
+        warnings.warn("ScaleAttention with factor 0 masked every key of some query rows; those rows were left "
+                      "unchanged (a softmax over no keys has no answer).", stacklevel=3)
 
     top_k = [top_k_of(logits, TOP_K_KEPT) for logits in step_logits]
     generated = sequence[0, len(ids):].tolist()

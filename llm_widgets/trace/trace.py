@@ -37,6 +37,10 @@ def assemble(record: LayerRecord, length: int) -> LayerAttention | None:
     as when generation runs without a cache and recomputes every position)."""
     if not record.queries:
         return None
+    meta = (float(record.scaling), record.softcap, record.sliding_window, record.is_causal)
+    if _in_order(record.queries, length) and _in_order(record.keys, length):
+        # the usual case (prompt pass, then one position per step): one concatenation, or none
+        return LayerAttention(_joined(record.queries), _joined(record.keys), *meta)
     q0, k0 = record.queries[0][1], record.keys[0][1]
     queries = q0.new_zeros(q0.shape[0], length, q0.shape[-1])
     keys = k0.new_zeros(k0.shape[0], length, k0.shape[-1])
@@ -44,7 +48,21 @@ def assemble(record: LayerRecord, length: int) -> LayerAttention | None:
         queries[:, pos.to(queries.device)] = chunk
     for pos, chunk in record.keys:
         keys[:, pos.to(keys.device)] = chunk
-    return LayerAttention(queries, keys, float(record.scaling), record.softcap, record.sliding_window, record.is_causal)
+    return LayerAttention(queries, keys, *meta)
+
+
+def _joined(chunks: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    return chunks[0][1] if len(chunks) == 1 else torch.cat([chunk for _, chunk in chunks], dim=1)
+
+
+def _in_order(chunks: list[tuple[torch.Tensor, torch.Tensor]], length: int) -> bool:
+    """True when the chunks' positions are exactly 0, 1, ..., length - 1 in order."""
+    expected = 0
+    for pos, _ in chunks:
+        if len(pos) == 0 or int(pos[0]) != expected or int(pos[-1]) != expected + len(pos) - 1:
+            return False
+        expected += len(pos)
+    return expected == length
 
 
 def _as_positions(value: Any, length: int, what: str) -> torch.Tensor:
@@ -79,6 +97,7 @@ class Trace:
         self._layers = layers
         self._eager = eager_attentions  # [heads, T, T] per layer, for models outside the attention registry
         self._top_k = top_k
+        self._lse: dict[tuple[int, int], torch.Tensor] = {}  # (layer, head) -> row normalisers, NaN until needed
         self._chosen = chosen
         facts = model.facts
         self.n_layers, self.n_heads, self.n_kv_heads = facts.n_layers, facts.n_heads, facts.n_kv_heads
@@ -218,12 +237,17 @@ class Trace:
         return (any_allowed & ~any_alive).cpu()
 
     def _row_logsumexp(self, layer: int, head: int, q_pos: torch.Tensor) -> torch.Tensor:
-        running = None
-        for k_start in range(0, len(self), BLOCK):
-            k_pos = torch.arange(k_start, min(len(self), k_start + BLOCK))
-            block = torch.logsumexp(self._scores(layer, head, q_pos, k_pos), dim=-1)
-            running = block if running is None else torch.logaddexp(running, block)
-        return running
+        """Each row's normaliser over all its keys, computed blockwise once per row and kept."""
+        cache = self._lse.setdefault((layer, head), torch.full((len(self),), float("nan")))
+        missing = q_pos[torch.isnan(cache[q_pos])].unique()
+        if len(missing):
+            running = None
+            for k_start in range(0, len(self), BLOCK):
+                k_pos = torch.arange(k_start, min(len(self), k_start + BLOCK))
+                block = torch.logsumexp(self._scores(layer, head, missing, k_pos), dim=-1).cpu()
+                running = block if running is None else torch.logaddexp(running, block)
+            cache[missing] = running
+        return cache[q_pos].to(self._layer(layer).queries.device)
 
 
 def top_k_of(logits: torch.Tensor, k: int = 20) -> tuple[torch.Tensor, torch.Tensor]:

@@ -124,7 +124,16 @@ def accept_kernel_dialog(page) -> None:
 
 
 def run_all_cells(page) -> None:
-    page.locator(".jp-Notebook").click()
-    page.get_by_role("menuitem", name="Run", exact=True).click()
-    page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
-    accept_kernel_dialog(page)
+    """Run > Run All Cells, again until the first cell has started: a click that
+    lands while the kernel is still connecting runs nothing."""
+    first_prompt = page.locator(".jp-CodeCell .jp-InputPrompt").first
+    for _ in range(6):
+        page.locator(".jp-Notebook").click()
+        page.get_by_role("menuitem", name="Run", exact=True).click()
+        page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+        accept_kernel_dialog(page)
+        for _ in range(20):
+            if first_prompt.inner_text().strip() not in ("[ ]:", ""):
+                return
+            page.wait_for_timeout(500)
+    raise AssertionError("Run All Cells did not start the notebook (kernel not connected?)")

@@ -20,6 +20,7 @@ def test_tour_notebook_runs_and_shows_model_cards(jupyter_server, page):
     assert "9 (3 key/value heads, grouped)" in first and "8,192 tokens" in first
     assert "GPT2LMHeadModel" in second
     assert page.locator(".jp-OutputArea-output", has_text="The capital of France is Paris").count() == 1
+    assert page.locator(".jp-OutputArea-output", has_text="steered: ").count() == 1
     assert page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']",
                         has_text="Error").count() == 0
     cards.nth(0).scroll_into_view_if_needed()
