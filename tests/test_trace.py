@@ -218,3 +218,18 @@ def test_warnings_do_not_leak_from_plain_runs(tiny_gpt2):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         tiny_gpt2.trace("Hello", max_new_tokens=2)
+
+
+def test_recomputed_attention_shows_a_per_head_edit():
+    """On the first edited layer, queries and keys are unchanged by the edit, so the
+    edited head's probabilities are the plain ones times the factor, renormalised."""
+    lm = build("llama")
+    plain = lm.trace(PROMPT)
+    edited = lm.trace(PROMPT, edits=[lw.ScaleAttention(4.0, keys=(0, 5), layers=[0], heads=[2])])
+    weights = torch.ones(len(PROMPT))
+    weights[:5] = 4.0
+    expected = plain.attention(0, 2) * weights
+    expected /= expected.sum(-1, keepdim=True)
+    torch.testing.assert_close(edited.attention(0, 2), expected, atol=1e-6, rtol=0)
+    torch.testing.assert_close(edited.attention(0, 1), plain.attention(0, 1))  # other heads untouched
+    assert (edited.attention(1, 0) - plain.attention(1, 0)).abs().max() > 1e-4  # later layers see the change

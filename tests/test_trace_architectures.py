@@ -51,6 +51,9 @@ class ToyTokenizer:
     def decode(self, ids, skip_special_tokens=False):
         return " ".join(str(i) for i in ids)
 
+    def batch_decode(self, sequences):
+        return [self.decode(ids) for ids in sequences]
+
     def __len__(self):
         return VOCAB
 

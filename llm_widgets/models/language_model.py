@@ -103,7 +103,10 @@ class LanguageModel:
         """One instrumented run: the prompt's forward pass and, with max_new_tokens, generation.
 
         `prompt` is a string, a chat message list or token ids. `edits` are
-        lw.ScaleAttention / lw.AblateHead. Returns a `lw.Trace`. See llm_widgets.trace.
+        lw.ScaleAttention / lw.AblateHead. `seed` makes sampling repeatable (one is
+        drawn and recorded when sampling without it). Other keyword arguments go to
+        `generate` (temperature, top_p, use_cache, ...), or are the engine's own:
+        keep_logits, capture, capture_device. Returns a `lw.Trace`.
         """
         from ..trace import run_trace  # the engine sits above the models layer; imported on use
 

@@ -18,6 +18,7 @@ and removes the state in `finally`, on errors and interrupts too.
 
 from __future__ import annotations
 
+import math
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -43,34 +44,35 @@ def allowed_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, is_causal: bool, slid
     return allowed
 
 
-def edit_bias(edits: tuple[ScaleAttention, ...], layer: int, n_heads: int, q_pos: torch.Tensor, k_pos: torch.Tensor,
-              allowed: torch.Tensor, on_fully_masked: Callable[[], None] | None = None) -> torch.Tensor | None:
-    """[heads, q, k] float32 log-factors of the ScaleAttention edits on this layer, or None.
+def edit_bias(edits: tuple[ScaleAttention, ...], n_heads: int, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
+    """[heads or 1, q or 1, k] float32 log-factors of these edits (already chosen for the layer).
 
-    Rows whose every allowed key would get factor 0 keep no bias at all: they
-    stay as the model computes them, never NaN.
+    One row for all heads unless an edit names heads, and one row for all
+    queries unless an edit names queries: it broadcasts onto the mask.
     """
-    bias = None
+    per_head = any(edit.heads is not None for edit in edits)
+    per_query = any(edit.queries is not None for edit in edits)
+    bias = torch.zeros(n_heads if per_head else 1, len(q_pos) if per_query else 1, len(k_pos), device=k_pos.device)
     for edit in edits:
-        if edit.layers is not None and layer not in edit.layers:
-            continue
-        if bias is None:
-            bias = torch.zeros(n_heads, len(q_pos), len(k_pos), device=q_pos.device)
-        key_hit = _in_spans(k_pos, edit.keys)
-        query_hit = _in_spans(q_pos, edit.queries) if edit.queries is not None else torch.ones_like(q_pos, dtype=torch.bool)
-        cell = query_hit[:, None] & key_hit[None, :]
+        cell = _in_spans(k_pos, edit.keys)[None, :]
+        if edit.queries is not None:
+            cell = _in_spans(q_pos, edit.queries)[:, None] & cell
         heads = list(edit.heads) if edit.heads is not None else slice(None)
-        value = torch.log(torch.tensor(edit.factor)).item() if edit.factor > 0 else float("-inf")
+        value = math.log(edit.factor) if edit.factor > 0 else float("-inf")
         bias[heads] += torch.where(cell, value, 0.0)
-    if bias is None:
-        return None
-    dead = torch.isneginf(bias) | ~allowed  # [h, q, k]
-    fully_masked = dead.all(-1) & allowed.any(-1)  # rows that had keys and would lose them all
-    if fully_masked.any():
-        bias[fully_masked] = 0.0
-        if on_fully_masked is not None:
-            on_fully_masked()
     return bias
+
+
+def spare_fully_masked(bias: torch.Tensor, allowed: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """Drop the bias of rows whose every allowed key it would mask (factor 0):
+    a softmax over no keys has no answer, so those rows stay as the model made them.
+    Returns the bias, expanded to [heads or 1, q, k], and whether any row was spared."""
+    bias = bias.expand(-1, allowed.shape[0], -1).clone()
+    fully_masked = (torch.isneginf(bias) | ~allowed).all(-1) & allowed.any(-1)
+    if not fully_masked.any():
+        return bias, False
+    bias[fully_masked] = 0.0
+    return bias, True
 
 
 def _in_spans(pos: torch.Tensor, spans) -> torch.Tensor:
@@ -93,16 +95,20 @@ class LayerRecord:
     softcap: float | None = None
     sliding_window: int | None = None
     is_causal: bool = True
+    next_position: int = 0  # positions this layer has seen so far in the run
 
 
 class Run:
     """What one traced run captures and changes. Lives on the modules only while the run lasts."""
 
-    def __init__(self, n_layers: int, n_heads: int, edits: tuple = (), capture: bool = True,
+    def __init__(self, n_layers: int, n_heads: int, length: int, edits: tuple = (), capture: bool = True,
                  capture_device: torch.device | str | None = None):
         self.n_layers = n_layers
         self.n_heads = n_heads
+        self.length = length  # prompt plus new tokens: every position the run can reach
         self.scale_edits = tuple(e for e in edits if isinstance(e, ScaleAttention))
+        self.edits_by_layer = {layer: tuple(e for e in self.scale_edits if e.layers is None or layer in e.layers)
+                               for layer in range(n_layers)}
         self.ablations: dict[int, list[AblateHead]] = {}
         for e in edits:
             if isinstance(e, AblateHead):
@@ -112,6 +118,7 @@ class Run:
         self.layers = [LayerRecord() for _ in range(n_layers)]
         self.layer_of: dict[int, int] = {}  # id(module) -> layer, for modules whose layer_idx is None
         self.head_means: dict[tuple[int, int], torch.Tensor] = {}
+        self.key_bias: dict[int, torch.Tensor] = {}  # layer -> bias over every key position, when queries don't matter
         self.fully_masked_rows = False
 
     @property
@@ -125,26 +132,31 @@ class Run:
     def attend(self, fn: Callable, module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
                value: torch.Tensor, attention_mask: Any, kwargs: dict) -> tuple[torch.Tensor, Any]:
         layer = self.layer_index(module)
+        record = self.layers[layer]
         q_len, kv_len = query.shape[2], key.shape[2]
-        q_pos = _query_positions(kwargs.get("position_ids"), q_len, kv_len, query.device)
-        k_pos = _key_positions(q_pos, kv_len)
+        # Absolute positions, kept on the CPU (no device sync): a pass over as many
+        # keys as queries starts at 0 (the prompt, or generation without a cache);
+        # a cached step continues where this layer left off.
+        q_start = 0 if kv_len == q_len else record.next_position
+        record.next_position = q_start + q_len
+        k_start = q_start + q_len - kv_len if kv_len <= q_start + q_len else 0  # caches keep the latest keys;
+        # a static cache (more slots than tokens) is indexed by position
         is_causal = kwargs.get("is_causal")
         if is_causal is None:
             is_causal = getattr(module, "is_causal", True)
         sliding_window = kwargs.get("sliding_window")
-        record = self.layers[layer]
         if self.capture:
             record.scaling = kwargs.get("scaling") or query.shape[-1] ** -0.5
             record.softcap = kwargs.get("softcap")
             record.sliding_window = sliding_window
             record.is_causal = bool(is_causal)
-            # the new keys are the slots of this call's query positions: a contiguous run
-            first = int(torch.searchsorted(k_pos, q_pos[0]))
-            last = int(torch.searchsorted(k_pos, q_pos[-1], right=True))
-            record.queries.append((q_pos.cpu(), self._keep(query[0], query)))
-            record.keys.append((k_pos[first:last].cpu(), self._keep(key[0, :, first:last], key)))
-        if self.scale_edits:
-            attention_mask = self._edited_mask(layer, attention_mask, query, q_pos, k_pos, bool(is_causal), sliding_window)
+            new = slice(q_start - k_start, q_start - k_start + q_len)  # the key slots of this call's positions
+            record.queries.append((torch.arange(q_start, q_start + q_len), self._keep(query[0], query)))
+            record.keys.append((torch.arange(q_start, q_start + q_len), self._keep(key[0, :, new], key)))
+        edits = self.edits_by_layer.get(layer)
+        if edits:
+            attention_mask = self._edited_mask(layer, edits, attention_mask, query, q_start, k_start, kv_len,
+                                               bool(is_causal), sliding_window)
         out, weights = fn(module, query, key, value, attention_mask, **kwargs)
         if layer in self.ablations:
             out = self._ablate(layer, out)
@@ -159,12 +171,15 @@ class Run:
             return part.to(self.capture_device, copy=True)
         return part if part.numel() == whole.numel() else part.clone()
 
-    def _edited_mask(self, layer, mask, query, q_pos, k_pos, is_causal, sliding_window) -> torch.Tensor | Any:
+    def _edited_mask(self, layer, edits, mask, query, q_start, k_start, kv_len, is_causal, sliding_window):
+        """The model's own mask as an additive float mask, plus the edits' log-factors."""
         if mask is not None and not isinstance(mask, torch.Tensor):
             raise NotImplementedError("attention edits need a tensor mask; this attention implementation uses "
                                       f"{type(mask).__name__}")
-        dtype = query.dtype
-        if mask is None:
+        dtype, device, q_len = query.dtype, query.device, query.shape[2]
+        q_pos = torch.arange(q_start, q_start + q_len, device=device)
+        k_pos = torch.arange(k_start, k_start + kv_len, device=device)
+        if mask is None:  # plain causal (or bidirectional): SDPA's flag, spelt out
             allowed = allowed_mask(q_pos, k_pos, is_causal, sliding_window)
             mask = torch.where(allowed, 0.0, torch.finfo(dtype).min).to(dtype)[None, None]
         elif mask.dtype == torch.bool:
@@ -172,13 +187,17 @@ class Run:
             mask = torch.where(mask, 0.0, torch.finfo(dtype).min).to(dtype)
         else:
             allowed = mask[0, 0] > torch.finfo(mask.dtype).min / 2
-        bias = edit_bias(self.scale_edits, layer, self.n_heads, q_pos, k_pos, allowed, self._warn_fully_masked)
-        if bias is None:
-            return mask if mask.dtype != torch.bool else mask
+        if any(edit.queries is not None for edit in edits):
+            bias = edit_bias(edits, self.n_heads, q_pos, k_pos)
+        else:  # keys only (the usual case): one bias row per layer for the whole run, sliced per call
+            if layer not in self.key_bias:
+                everywhere = torch.arange(self.length, device=device)
+                self.key_bias[layer] = edit_bias(edits, self.n_heads, everywhere[:1], everywhere)
+            bias = self.key_bias[layer][:, :, k_start:k_start + kv_len]
+        if any(edit.factor == 0 for edit in edits):
+            bias, spared = spare_fully_masked(bias, allowed)
+            self.fully_masked_rows |= spared
         return mask + bias.to(dtype)[None]
-
-    def _warn_fully_masked(self) -> None:
-        self.fully_masked_rows = True
 
     def _ablate(self, layer: int, out: torch.Tensor) -> torch.Tensor:
         out = out.clone()  # [batch, q, heads, head_dim]
@@ -189,25 +208,6 @@ class Run:
                 mean = self.head_means.setdefault((layer, edit.head), out[:, :, edit.head].mean(dim=1, keepdim=True))
                 out[:, :, edit.head] = mean
         return out
-
-
-def _query_positions(position_ids: Any, q_len: int, kv_len: int, device) -> torch.Tensor:
-    if isinstance(position_ids, torch.Tensor) and position_ids.shape[-1] == q_len:
-        pos = position_ids.reshape(-1, q_len)[0]
-        return pos.to(device=device, dtype=torch.long)
-    # no positions passed (GPT-2, BERT): full caches hold every earlier key, so
-    # the queries are the last q_len of kv_len
-    return torch.arange(kv_len - q_len, kv_len, device=device)
-
-
-def _key_positions(q_pos: torch.Tensor, kv_len: int) -> torch.Tensor:
-    """Absolute position of each key slot: caches hold the most recent keys, so
-    the slots end at the last query. A static cache (more slots than tokens
-    seen) is indexed by position directly."""
-    last = int(q_pos[-1])
-    if kv_len <= last + 1:
-        return torch.arange(last + 1 - kv_len, last + 1, device=q_pos.device)
-    return torch.arange(kv_len, device=q_pos.device)
 
 
 # --- registration with transformers, and installing a run on a model ---

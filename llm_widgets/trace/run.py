@@ -51,7 +51,11 @@ def _json_safe(value: dict) -> dict:
 
 
 def run_trace(lm, prompt: Any, *, max_new_tokens: int = 0, edits=(), seed: int | None = None, do_sample: bool = False,
-              keep_logits: bool = False, capture: bool = True, **generation_kwargs) -> Trace:
+              keep_logits: bool = False, capture: bool = True, capture_device: str | torch.device | None = None,
+              **generation_kwargs) -> Trace:
+    """See LanguageModel.trace. keep_logits keeps the prompt's logits [T, vocab] on the trace;
+    capture=False skips keeping queries and keys (no attention views); capture_device moves
+    them off the accelerator as they are captured (e.g. "cpu" for long contexts on a GPU)."""
     facts = lm.facts
     if facts.n_heads == 0:
         raise ValueError(f"{lm.name} ({facts.architecture}) has no attention heads; llm-widgets traces attention models")
@@ -81,7 +85,7 @@ def run_trace(lm, prompt: Any, *, max_new_tokens: int = 0, edits=(), seed: int |
     device = next(model.parameters()).device
     input_ids = ids[None].to(device)
     was_training = model.training
-    run = Run(facts.n_layers, facts.n_heads, edits, capture=capture and supported)
+    run = Run(facts.n_layers, facts.n_heads, total, edits, capture=capture and supported, capture_device=capture_device)
     devices = [device] if device.type == "cuda" else []
     eager_attentions = None
     try:

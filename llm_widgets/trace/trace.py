@@ -9,7 +9,7 @@ unless a caller asks for exactly that tile.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -102,7 +102,7 @@ class Trace:
         facts = model.facts
         self.n_layers, self.n_heads, self.n_kv_heads = facts.n_layers, facts.n_heads, facts.n_kv_heads
         tok = model.tokenizer
-        self.tokens: list[str] = [tok.decode([i]) for i in input_ids.tolist()]
+        self.tokens: list[str] = tok.batch_decode([[i] for i in input_ids.tolist()])  # one token each, as text
         self.prompt_text: str = tok.decode(input_ids[:n_prompt].tolist())
         self.output_text: str = tok.decode(input_ids[n_prompt:].tolist(), skip_special_tokens=True)
 
@@ -206,22 +206,21 @@ class Trace:
             scores = scores + bias
         return scores.masked_fill(~allowed, float("-inf"))
 
-    def _scale_edits(self) -> tuple[ScaleAttention, ...]:
-        return tuple(e for e in self.edits if isinstance(e, ScaleAttention))
+    def _head_edits(self, layer: int, head: int) -> tuple[ScaleAttention, ...]:
+        """This head's ScaleAttention edits on this layer, as single-head edits."""
+        return tuple(replace(e, heads=None) for e in self.edits if isinstance(e, ScaleAttention)
+                     and (e.layers is None or layer in e.layers) and (e.heads is None or head in e.heads))
 
     def _bias(self, layer, head, q_pos, k_pos, allowed, dev) -> torch.Tensor | None:
-        edits = tuple(e for e in self._scale_edits() if e.heads is None or head in e.heads)
+        edits = self._head_edits(layer, head)
         if not edits:
             return None
-        bias = edit_bias(edits, layer, 1, q_pos.to(dev), k_pos.to(dev), torch.ones_like(allowed))
-        if bias is None:
-            return None
-        bias = bias[0]
-        exempt = self._fully_masked_rows(layer, head, q_pos, edits)  # judged over whole rows, not this tile
-        bias[exempt.to(dev)] = 0.0
+        bias = edit_bias(edits, 1, q_pos.to(dev), k_pos.to(dev))[0].expand(len(q_pos), -1).clone()
+        bias[self._fully_masked_rows(layer, q_pos, edits).to(dev)] = 0.0  # judged over whole rows, not this tile
         return bias
 
-    def _fully_masked_rows(self, layer, head, q_pos, edits) -> torch.Tensor:
+    def _fully_masked_rows(self, layer, q_pos, edits) -> torch.Tensor:
+        """Rows the run left unedited because factor 0 would have masked every key they see."""
         if not any(e.factor == 0 for e in edits):
             return torch.zeros(len(q_pos), dtype=torch.bool)
         data = self._layer(layer)
@@ -231,7 +230,7 @@ class Trace:
         for k_start in range(0, len(self), BLOCK):
             k_pos = torch.arange(k_start, min(len(self), k_start + BLOCK), device=dev)
             allowed = allowed_mask(q_pos.to(dev), k_pos, data.is_causal, data.sliding_window)
-            raw = edit_bias(edits, layer, 1, q_pos.to(dev), k_pos, torch.ones_like(allowed))[0]
+            raw = edit_bias(edits, 1, q_pos.to(dev), k_pos)[0]
             any_allowed |= allowed.any(-1)
             any_alive |= (allowed & ~torch.isneginf(raw)).any(-1)
         return (any_allowed & ~any_alive).cpu()
