@@ -110,7 +110,8 @@ def test_recomputed_attention_equals_eager(arch, lm):
 def test_edits_match_with_and_without_cache(arch, lm):
     if arch in MASKED:
         pytest.skip("masked models do not generate")
-    edits = [lw.ScaleAttention(0.05, keys=(1, 6), layers=[0, 1]), lw.AblateHead(layer=1, head=3)]
+    edits = [lw.ScaleAttention(0.05, keys=(1, 6), layers=[0]), lw.AblateHead(layer=1, head=3),
+             lw.ScaleAttention(8.0, keys=(3, 9), layers=[1], heads=[1])]  # one head: its group alone is masked
     cached = lm.trace(PROMPT, max_new_tokens=8, edits=edits)
     uncached = lm.trace(PROMPT, max_new_tokens=8, edits=edits, use_cache=False)
     assert cached.generated_ids == uncached.generated_ids
@@ -141,3 +142,14 @@ def test_strong_edit_changes_output(arch, lm):
     else:
         assert attn[10:, :10].abs().max() < 1e-6
         torch.testing.assert_close(attn[:10], plain.attention(0, 0)[:10])  # rows with no other key: unchanged
+
+
+def test_per_head_edits_agree_between_sdpa_and_eager(arch, lm):
+    """SDPA runs the edited heads' group with the edit mask and the others on the
+    model's own mask; eager runs every head with the full mask. Same numbers."""
+    edits = [lw.ScaleAttention(6.0, keys=(2, 7), layers=[0, 1], heads=[1])]
+    eager = build(arch, "eager", lm.model.state_dict())
+    ours = lm.trace(PROMPT, keep_logits=True, edits=edits)
+    reference = eager.trace(PROMPT, keep_logits=True, edits=edits)
+    torch.testing.assert_close(ours.logits, reference.logits, atol=1e-4, rtol=1e-4)
+    assert (ours.logits - lm.trace(PROMPT, keep_logits=True).logits).abs().max() > 1e-4

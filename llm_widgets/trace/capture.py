@@ -118,6 +118,10 @@ class Run:
         self.layers = [LayerRecord() for _ in range(n_layers)]
         self.layer_of: dict[int, int] = {}  # id(module) -> layer, for modules whose layer_idx is None
         self.head_means: dict[tuple[int, int], torch.Tensor] = {}
+        # layer -> heads named by its edits (None: an edit there covers every head)
+        self.edited_heads = {layer: (None if any(e.heads is None for e in es) else {h for e in es for h in e.heads})
+                             for layer, es in self.edits_by_layer.items() if es}
+        self.inner = "sdpa"  # the wrapped implementation; instrument() sets it
         self.key_bias: dict[int, torch.Tensor] = {}  # layer -> bias over every key position, when queries don't matter
         self.fully_masked_rows = False
 
@@ -154,13 +158,37 @@ class Run:
             record.queries.append((torch.arange(q_start, q_start + q_len), self._keep(query[0], query)))
             record.keys.append((torch.arange(q_start, q_start + q_len), self._keep(key[0, :, new], key)))
         edits = self.edits_by_layer.get(layer)
+        edited_mask = None
         if edits:
-            attention_mask = self._edited_mask(layer, edits, attention_mask, query, q_start, k_start, kv_len,
-                                               bool(is_causal), sliding_window)
-        out, weights = fn(module, query, key, value, attention_mask, **kwargs)
+            edited_mask = self._edited_mask(layer, edits, attention_mask, query, q_start, k_start, kv_len,
+                                            bool(is_causal), sliding_window)
+        heads = self.edited_heads.get(layer)
+        if edited_mask is not None and heads is not None and self.inner == "sdpa":
+            # An explicit mask takes SDPA off its fused causal kernel: give it only to
+            # the (whole key/value groups of) edited heads, the rest keep the model's own.
+            out = self._split_heads(fn, module, query, key, value, attention_mask, edited_mask, heads, kwargs)
+            weights = None
+        else:
+            out, weights = fn(module, query, key, value,
+                              edited_mask if edited_mask is not None else attention_mask, **kwargs)
         if layer in self.ablations:
             out = self._ablate(layer, out)
         return out, weights
+
+    def _split_heads(self, fn, module, query, key, value, mask, edited_mask, heads, kwargs) -> torch.Tensor:
+        n_kv = key.shape[1]
+        group = query.shape[1] // n_kv
+        kv_edited = sorted({h // group for h in heads})
+        kv_rest = [g for g in range(n_kv) if g not in kv_edited]
+        q_of = lambda groups: [g * group + i for g in groups for i in range(group)]  # noqa: E731
+        out = query.new_empty(query.shape[0], query.shape[2], query.shape[1], value.shape[-1])
+        for groups, m in ((kv_edited, edited_mask), (kv_rest, mask)):
+            q_heads = q_of(groups)
+            if m is not None and m.shape[1] > 1:
+                m = m[:, q_heads]
+            part, _ = fn(module, query[:, q_heads], key[:, groups], value[:, groups], m, **kwargs)
+            out[:, :, q_heads] = part
+        return out
 
     def _keep(self, part: torch.Tensor, whole: torch.Tensor) -> torch.Tensor:
         """A view when `part` is all of a fresh tensor (the prompt pass: no copy, no
@@ -261,6 +289,7 @@ def instrument(model: torch.nn.Module, run: Run) -> Iterator[str]:
     if run.changes_attention and inner not in ("sdpa", "eager"):
         inner = "sdpa"  # flash and flex kernels take no additive mask: edits run on SDPA
     name = registered_name(inner)
+    run.inner = inner
     modules = attention_modules(model)
     for index, module in enumerate(modules):
         if not isinstance(getattr(module, "layer_idx", None), int):
