@@ -33,6 +33,11 @@ cells = [
         "row = tr.attention(layer=15, head=4, queries=tr.n_prompt - 1)[0]\n"
         "sorted(zip(row.tolist(), tr.tokens), reverse=True)[:4]"
     ),
+    new_markdown_cell("## See it\n\n`lw.AttentionView(trace)`: the tokens (generated ones dashed; click one to colour "
+                      "the strip by where it attends), the selected head as a heatmap (hover for query, key and "
+                      "weight; click a row to pick its query) and every layer x head as a grid (click to open one). "
+                      "Matrices travel as compact binary buffers, asked for as you look."),
+    new_code_cell("lw.AttentionView(tr, layer=15, head=4)"),
     new_markdown_cell("## Steer attention\n\n`lw.ScaleAttention(factor, keys=(start, stop))` multiplies the attention "
                       "on those key positions and renormalises: emphasise an instruction and the answer changes. "
                       "It rides on the model's SDPA as an additive mask, so it costs almost nothing."),
@@ -59,6 +64,8 @@ cells = [
                       "books (Jane Austen, Moby Dick, the King James Bible, The Devil's Dictionary). Its text is toy "
                       "quality; it is there for fast experiments and tests."),
     new_code_cell("tiny = lw.load_model(\"tiny-gpt2\")\nlw.ModelCard(tiny)"),
+    new_markdown_cell("Token text is data, never markup: a prompt holding HTML shows as text and runs nothing."),
+    new_code_cell("lw.AttentionView(tiny.trace(\"<img src=x onerror=alert(1)> Call me Ishmael.\", max_new_tokens=6))"),
 ]
 nb = new_notebook(cells=cells, metadata={
     "kernelspec": {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"},

@@ -233,3 +233,15 @@ def test_recomputed_attention_shows_a_per_head_edit():
     torch.testing.assert_close(edited.attention(0, 2), expected, atol=1e-6, rtol=0)
     torch.testing.assert_close(edited.attention(0, 1), plain.attention(0, 1))  # other heads untouched
     assert (edited.attention(1, 0) - plain.attention(1, 0)).abs().max() > 1e-4  # later layers see the change
+
+
+def test_every_generated_token_has_attention(tiny_gpt2):
+    """generate() never runs its last token through the model; the trace does, so
+    the last row is real attention (it matches a plain full forward), not a gap."""
+    tr = tiny_gpt2.trace("Call me Ishmael.", max_new_tokens=5)
+    full = tiny_gpt2.trace(tr.input_ids.tolist())  # the whole sequence in one forward pass
+    for layer in range(4):
+        torch.testing.assert_close(tr.attention(layer, 3, queries=len(tr) - 1), full.attention(layer, 3, queries=len(tr) - 1),
+                                   atol=1e-5, rtol=0)
+    uncached = tiny_gpt2.trace("Call me Ishmael.", max_new_tokens=5, use_cache=False)
+    torch.testing.assert_close(uncached.attention(2, 1), full.attention(2, 1), atol=1e-5, rtol=0)

@@ -95,11 +95,13 @@ def run_trace(lm, prompt: Any, *, max_new_tokens: int = 0, edits=(), seed: int |
                 torch.manual_seed(seed)
             if supported:
                 with instrument(model, run):
-                    sequence, step_logits, prompt_logits = _forward_or_generate(model, lm, input_ids, max_new_tokens,
-                                                                               do_sample, generation_kwargs, keep_logits)
+                    sequence, step_logits, prompt_logits, cache = _forward_or_generate(
+                        model, lm, input_ids, max_new_tokens, do_sample, generation_kwargs, keep_logits)
+                    if run.capture and max_new_tokens:
+                        _last_token_step(model, sequence, cache)
             else:
-                sequence, step_logits, prompt_logits = _forward_or_generate(model, lm, input_ids, max_new_tokens,
-                                                                           do_sample, generation_kwargs, keep_logits)
+                sequence, step_logits, prompt_logits, _ = _forward_or_generate(
+                    model, lm, input_ids, max_new_tokens, do_sample, generation_kwargs, keep_logits)
                 eager_attentions = _eager_attentions(model, sequence) if capture else None
     finally:
         model.train(was_training)
@@ -133,12 +135,22 @@ def _forward_or_generate(model, lm, input_ids, max_new_tokens, do_sample, genera
         out = model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), use_cache=False)
         logits = out.logits[0]
         step_logits = [logits[-1]] if lm.facts.kind == "causal" else list(logits)
-        return input_ids, step_logits, logits.float().cpu() if keep_logits else None
+        return input_ids, step_logits, logits.float().cpu() if keep_logits else None, None
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else lm.tokenizer.eos_token_id
     kwargs = {"pad_token_id": pad, **generation_kwargs}
     out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=max_new_tokens,
                          do_sample=do_sample, return_dict_in_generate=True, output_logits=True, **kwargs)
-    return out.sequences, [step[0] for step in out.logits], None
+    return out.sequences, [step[0] for step in out.logits], None, out.past_key_values
+
+
+def _last_token_step(model, sequence: torch.Tensor, cache) -> None:
+    """generate() samples the last token but never runs it through the model: one
+    more step (on the cache, or the whole sequence without one) gives its queries
+    and keys, so every generated token has attention to show."""
+    if cache is not None:
+        model(input_ids=sequence[:, -1:], past_key_values=cache, attention_mask=torch.ones_like(sequence))
+    else:
+        model(input_ids=sequence, attention_mask=torch.ones_like(sequence), use_cache=False)
 
 
 def _eager_attentions(model, sequence: torch.Tensor) -> list[torch.Tensor]:

@@ -1,5 +1,6 @@
 """Widgets: anywidget classes that show a model or a trace in the notebook."""
 
+from .attention_view import AttentionView
 from .model_card import ModelCard
 
-__all__ = ["ModelCard"]
+__all__ = ["AttentionView", "ModelCard"]

@@ -1,0 +1,64 @@
+import { describe, expect, it } from "vitest";
+import { asDataView, binRange, cellAt, colour, decodeRowsUint8, luminance, maxOf, toPixels } from "./heatmap";
+
+function buffers(values: number[], scales: number[]): [DataView, DataView] {
+  const s = new DataView(new ArrayBuffer(scales.length * 4));
+  scales.forEach((v, i) => s.setFloat32(i * 4, v, true));
+  return [new DataView(Uint8Array.from(values).buffer), s];
+}
+
+describe("decodeRowsUint8", () => {
+  it("applies one scale per row", () => {
+    const [v, s] = buffers([255, 0, 51, 255], [0.5, 1.0]);
+    const m = decodeRowsUint8([2, 2], v, s);
+    expect(Array.from(m.data).map((x) => +x.toFixed(3))).toEqual([0.5, 0, 0.2, 1]);
+  });
+  it("refuses buffers of the wrong size", () => {
+    const [v, s] = buffers([1, 2, 3], [1]);
+    expect(() => decodeRowsUint8([2, 2], v, s)).toThrow(/do not match/);
+  });
+  it("honours the byteOffset of a sliced buffer", () => {
+    const backing = new Uint8Array([9, 9, 9, 255, 128]);
+    const view = asDataView(backing.subarray(3));
+    expect(view.byteLength).toBe(2);
+    expect(view.getUint8(0)).toBe(255);
+  });
+});
+
+describe("colour", () => {
+  it("runs from white to dark, and darkens monotonically (reads in greyscale)", () => {
+    expect(colour(0)).toEqual([255, 255, 255]);
+    let last = Infinity;
+    for (let i = 0; i <= 100; i++) {
+      const l = luminance(colour(i / 100));
+      expect(l).toBeLessThanOrEqual(last + 1e-9);
+      last = l;
+    }
+    expect(luminance(colour(1))).toBeLessThan(0.05);
+  });
+  it("clamps and survives NaN", () => {
+    expect(colour(-1)).toEqual(colour(0));
+    expect(colour(7)).toEqual(colour(1));
+    expect(colour(Number.NaN)).toEqual(colour(0));
+  });
+});
+
+describe("pixels and geometry", () => {
+  it("makes one RGBA pixel per cell, the max in full colour", () => {
+    const m = { rows: 1, cols: 2, data: Float32Array.from([0, 0.5]) };
+    expect(maxOf(m)).toBe(0.5);
+    const px = toPixels(m);
+    expect(px.length).toBe(8);
+    expect(Array.from(px.slice(4, 8))).toEqual([...colour(1), 255]);
+  });
+  it("finds the cell under the pointer", () => {
+    expect(cellAt(0, 0, 100, 100, 4, 4)).toEqual({ row: 0, col: 0 });
+    expect(cellAt(99, 30, 100, 100, 4, 4)).toEqual({ row: 1, col: 3 });
+    expect(cellAt(100, 5, 100, 100, 4, 4)).toBeNull();
+  });
+  it("splits positions into bins like the Python side", () => {
+    expect(binRange(0, 3, 10)).toEqual([0, 3]);
+    expect(binRange(1, 3, 10)).toEqual([3, 7]);
+    expect(binRange(2, 3, 10)).toEqual([7, 10]);
+  });
+});

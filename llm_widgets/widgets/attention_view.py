@@ -1,0 +1,96 @@
+"""`AttentionView`: a trace's attention per layer and head, inline.
+
+Small state (tokens, selection) lives in traitlets; matrices go out on request,
+one binary buffer per answer (see transport.py): the front end asks for what it
+draws, so a long trace never travels whole.
+"""
+
+from __future__ import annotations
+
+import anywidget
+import torch
+import traitlets
+
+from ..trace import Trace
+from ._frontend import bundle
+from .transport import encode_rows_uint8
+
+OVERVIEW = 512  # first paint: at most 512 x 512 cells, max-pooled
+GRID_CELL = 24  # each small map of the layers x heads grid
+
+
+class AttentionView(anywidget.AnyWidget):
+    """`lw.AttentionView(trace)`: heatmap of one head, all heads as a grid, tokens to click."""
+
+    _esm = bundle("attention_view")
+    _css = bundle("attention_view", ".css")
+
+    model_name = traitlets.Unicode().tag(sync=True)
+    tokens = traitlets.List(traitlets.Unicode()).tag(sync=True)
+    n_prompt = traitlets.Int().tag(sync=True)
+    n_layers = traitlets.Int().tag(sync=True)
+    n_heads = traitlets.Int().tag(sync=True)
+    layer = traitlets.Int(0).tag(sync=True)
+    head = traitlets.Int(0).tag(sync=True)
+    query = traitlets.Int(-1).tag(sync=True)  # selected query position, -1 for none
+    output_text = traitlets.Unicode().tag(sync=True)
+
+    def __init__(self, trace: Trace, *, layer: int = 0, head: int = 0, **kwargs):
+        if not isinstance(trace, Trace):
+            raise TypeError(f"AttentionView takes a Trace (from model.trace(...)), got {type(trace).__name__}")
+        self.trace = trace
+        super().__init__(model_name=trace.model.name, tokens=trace.tokens, n_prompt=trace.n_prompt,
+                         n_layers=trace.n_layers, n_heads=trace.n_heads, output_text=trace.output_text, **kwargs)
+        self.layer, self.head = layer, head  # validated by the observers below
+        self.on_msg(self._on_request)
+
+    @traitlets.validate("layer")
+    def _check_layer(self, proposal):
+        if not 0 <= proposal.value < self.trace.n_layers:
+            raise traitlets.TraitError(f"layer {proposal.value} is out of range: 0 to {self.trace.n_layers - 1}")
+        return proposal.value
+
+    @traitlets.validate("head")
+    def _check_head(self, proposal):
+        if not 0 <= proposal.value < self.trace.n_heads:
+            raise traitlets.TraitError(f"head {proposal.value} is out of range: 0 to {self.trace.n_heads - 1}")
+        return proposal.value
+
+    @traitlets.validate("query")
+    def _check_query(self, proposal):
+        if not -1 <= proposal.value < len(self.trace):
+            raise traitlets.TraitError(f"query {proposal.value} is out of range: -1 (none) or 0 to {len(self.trace) - 1}")
+        return proposal.value
+
+    # --- what the front end asks for ---
+
+    def answer(self, request: dict) -> tuple[dict, list[bytes]]:
+        """The reply to one request, as (message, buffers). Used by the front end and by tests."""
+        what = request.get("what")
+        if what == "overview":
+            matrix = self.trace.attention_overview(int(request["layer"]), int(request["head"]),
+                                                   size=int(request.get("size", OVERVIEW)))
+        elif what == "row":
+            matrix = self.trace.attention(int(request["layer"]), int(request["head"]), queries=int(request["query"]))
+        elif what == "grid":
+            matrix = self.grid(int(request.get("size", GRID_CELL)))
+        else:
+            raise ValueError(f"unknown request {what!r}: ask for 'overview', 'row' or 'grid'")
+        meta, buffers = encode_rows_uint8(matrix)
+        return {"type": "reply", "id": request.get("id"), "what": what, **meta}, buffers
+
+    def grid(self, size: int = GRID_CELL) -> torch.Tensor:
+        """Every head's pooled map, stacked: [layers * heads * cell, cell]."""
+        maps = [self.trace.attention_overview(layer, head, size=size)
+                for layer in range(self.trace.n_layers) for head in range(self.trace.n_heads)]
+        return torch.cat(maps, dim=0)
+
+    def _on_request(self, _widget, content: dict, _buffers) -> None:
+        if not isinstance(content, dict) or content.get("type") != "request":
+            return
+        try:
+            message, buffers = self.answer(content)
+        except (ValueError, KeyError, TypeError) as error:
+            self.send({"type": "error", "id": content.get("id"), "message": str(error)})
+            return
+        self.send(message, buffers)
