@@ -158,35 +158,39 @@ class Run:
             record.queries.append((torch.arange(q_start, q_start + q_len), self._keep(query[0], query)))
             record.keys.append((torch.arange(q_start, q_start + q_len), self._keep(key[0, :, new], key)))
         edits = self.edits_by_layer.get(layer)
-        edited_mask = None
-        if edits:
-            edited_mask = self._edited_mask(layer, edits, attention_mask, query, q_start, k_start, kv_len,
-                                            bool(is_causal), sliding_window)
-        heads = self.edited_heads.get(layer)
-        if edited_mask is not None and heads is not None and self.inner == "sdpa":
+        heads = self.edited_heads.get(layer) if self.inner == "sdpa" else None
+        if edits and heads is not None and len(heads) < query.shape[1] and q_len > 1:
             # An explicit mask takes SDPA off its fused causal kernel: give it only to
             # the (whole key/value groups of) edited heads, the rest keep the model's own.
-            out = self._split_heads(fn, module, query, key, value, attention_mask, edited_mask, heads, kwargs)
+            # (A single-query step has no fused path to lose: one masked call is cheaper.)
+            out = self._split_heads(fn, module, query, key, value, attention_mask, kwargs, heads,
+                                    lambda q_heads: self._edited_mask(layer, edits, attention_mask, query, q_start,
+                                                                      k_start, kv_len, bool(is_causal),
+                                                                      sliding_window, q_heads))
             weights = None
+        elif edits:
+            out, weights = fn(module, query, key, value, self._edited_mask(
+                layer, edits, attention_mask, query, q_start, k_start, kv_len, bool(is_causal), sliding_window),
+                **kwargs)
         else:
-            out, weights = fn(module, query, key, value,
-                              edited_mask if edited_mask is not None else attention_mask, **kwargs)
+            out, weights = fn(module, query, key, value, attention_mask, **kwargs)
         if layer in self.ablations:
             out = self._ablate(layer, out)
         return out, weights
 
-    def _split_heads(self, fn, module, query, key, value, mask, edited_mask, heads, kwargs) -> torch.Tensor:
+    def _split_heads(self, fn, module, query, key, value, mask, kwargs, heads, edited_mask_for) -> torch.Tensor:
         n_kv = key.shape[1]
         group = query.shape[1] // n_kv
         kv_edited = sorted({h // group for h in heads})
         kv_rest = [g for g in range(n_kv) if g not in kv_edited]
         q_of = lambda groups: [g * group + i for g in groups for i in range(group)]  # noqa: E731
         out = query.new_empty(query.shape[0], query.shape[2], query.shape[1], value.shape[-1])
-        for groups, m in ((kv_edited, edited_mask), (kv_rest, mask)):
+        for groups, edited in ((kv_edited, True), (kv_rest, False)):
+            if not groups:
+                continue
             q_heads = q_of(groups)
-            if m is not None and m.shape[1] > 1:
-                m = m[:, q_heads]
-            part, _ = fn(module, query[:, q_heads], key[:, groups], value[:, groups], m, **kwargs)
+            m = edited_mask_for(q_heads) if edited else mask
+            part, _ = fn(module, _heads(query, q_heads), _heads(key, groups), _heads(value, groups), m, **kwargs)
             out[:, :, q_heads] = part
         return out
 
@@ -199,8 +203,10 @@ class Run:
             return part.to(self.capture_device, copy=True)
         return part if part.numel() == whole.numel() else part.clone()
 
-    def _edited_mask(self, layer, edits, mask, query, q_start, k_start, kv_len, is_causal, sliding_window):
-        """The model's own mask as an additive float mask, plus the edits' log-factors."""
+    def _edited_mask(self, layer, edits, mask, query, q_start, k_start, kv_len, is_causal, sliding_window,
+                     q_heads: list[int] | None = None) -> torch.Tensor:
+        """The model's own mask as an additive float mask, plus the edits' log-factors
+        (for the query heads `q_heads` only, when given)."""
         if mask is not None and not isinstance(mask, torch.Tensor):
             raise NotImplementedError("attention edits need a tensor mask; this attention implementation uses "
                                       f"{type(mask).__name__}")
@@ -222,6 +228,8 @@ class Run:
                 everywhere = torch.arange(self.length, device=device)
                 self.key_bias[layer] = edit_bias(edits, self.n_heads, everywhere[:1], everywhere)
             bias = self.key_bias[layer][:, :, k_start:k_start + kv_len]
+        if q_heads is not None and bias.shape[0] > 1:
+            bias = bias[q_heads]
         if any(edit.factor == 0 for edit in edits):
             bias, spared = spare_fully_masked(bias, allowed)
             self.fully_masked_rows |= spared
@@ -236,6 +244,13 @@ class Run:
                 mean = self.head_means.setdefault((layer, edit.head), out[:, :, edit.head].mean(dim=1, keepdim=True))
                 out[:, :, edit.head] = mean
         return out
+
+
+def _heads(t: torch.Tensor, index: list[int]) -> torch.Tensor:
+    """t[:, index]: a view when the heads are contiguous, a copy only when they are not."""
+    if index == list(range(index[0], index[-1] + 1)):
+        return t[:, index[0]:index[-1] + 1]
+    return t[:, index]
 
 
 # --- registration with transformers, and installing a run on a model ---
