@@ -50,10 +50,6 @@ def _as_ints(value: Any, what: str) -> tuple[int, ...] | None:
     return out
 
 
-def positions(spans: Iterable[Span]) -> list[int]:
-    return sorted({p for start, stop in spans for p in range(start, stop)})
-
-
 @dataclass(frozen=True)
 class ScaleAttention:
     """Multiply the attention on `keys` by `factor` and renormalise each row.
