@@ -80,7 +80,7 @@ function render({ model, el: root }: RenderProps<ViewState>): () => void {
   let overview: Matrix | null = null;
   let alive = true;
 
-  const view = el("div", "lw-attn");
+  const view = el("div", "lw-panel lw-attn");
   const header = el("div", "lw-attn-header");
   header.append(el("span", "lw-attn-title", model.get("model_name")));
   const [layerLabel, layerBox] = select("layer", model.get("n_layers"), "L");

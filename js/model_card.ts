@@ -18,7 +18,7 @@ function el<K extends keyof HTMLElementTagNameMap>(tag: K, cls: string, text?: s
 function draw(root: HTMLElement, model: AnyModel<CardState>): void {
   const facts = model.get("facts");
   const source = model.get("source") ?? {};
-  const card = el("div", "lw-card");
+  const card = el("div", "lw-panel lw-card");
   card.append(el("div", "lw-card-title", facts.name));
   const list = el("dl", "lw-card-facts");
   for (const [label, value] of factRows(facts)) {
