@@ -98,3 +98,21 @@ def test_selection_is_validated(view):
     assert view.query == 3
     with pytest.raises(TypeError, match="AttentionView takes a Trace"):
         lw.AttentionView("not a trace")
+
+
+def test_grid_of_a_long_trace_samples_one_exact_row_per_bin(tiny_gpt2, monkeypatch):
+    from llm_widgets.widgets import attention_view
+
+    monkeypatch.setattr(attention_view, "EXACT_GRID", 8)  # treat this trace as long
+    view = lw.AttentionView(tiny_gpt2.trace("Call me Ishmael. Some years ago, never mind how long"))
+    n = len(view.trace)
+    grid = view.grid(size=4)
+    assert grid.shape == (4 * 8 * 4, 4)
+    edges = torch.linspace(0, n, 5).round().long()
+    layer, head = 2, 5
+    thumb = grid[(layer * 8 + head) * 4:(layer * 8 + head + 1) * 4]
+    full = view.trace.attention(layer, head)
+    for b in range(4):
+        row = full[edges[b + 1] - 1]  # the bin's last query, exactly
+        expected = [row[edges[k]:edges[k + 1]].max().item() for k in range(4)]
+        assert thumb[b].tolist() == pytest.approx(expected, abs=1e-6)

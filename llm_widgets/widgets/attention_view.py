@@ -17,6 +17,7 @@ from .transport import encode_rows_uint8
 
 OVERVIEW = 512  # first paint: at most 512 x 512 cells, max-pooled
 GRID_CELL = 24  # each small map of the layers x heads grid
+EXACT_GRID = 512  # up to this many tokens the grid's thumbnails are exact max-pools
 
 
 class AttentionView(anywidget.AnyWidget):
@@ -80,9 +81,27 @@ class AttentionView(anywidget.AnyWidget):
         return {"type": "reply", "id": request.get("id"), "what": what, **meta}, buffers
 
     def grid(self, size: int = GRID_CELL) -> torch.Tensor:
-        """Every head's pooled map, stacked: [layers * heads * cell, cell]."""
-        maps = [self.trace.attention_overview(layer, head, size=size)
-                for layer in range(self.trace.n_layers) for head in range(self.trace.n_heads)]
+        """Every head's thumbnail, stacked: [layers * heads * cell, cell].
+
+        Up to EXACT_GRID tokens each thumbnail is the exact max-pooled map. Beyond,
+        it shows one real query row per bin (the bin's last), keys max-pooled:
+        exact rows, sampled queries, so all heads of a long trace paint in about a
+        second instead of costing T x T per head.
+        """
+        n = len(self.trace)
+        if n <= EXACT_GRID:
+            maps = [self.trace.attention_overview(layer, head, size=size)
+                    for layer in range(self.trace.n_layers) for head in range(self.trace.n_heads)]
+            return torch.cat(maps, dim=0)
+        bins = min(n, size)
+        edges = torch.linspace(0, n, bins + 1).round().long()
+        rows = (edges[1:] - 1).tolist()
+        key_bin = torch.bucketize(torch.arange(n), edges[1:], right=True).expand(bins, -1)
+        maps = []
+        for layer in range(self.trace.n_layers):
+            for head in range(self.trace.n_heads):
+                sampled = self.trace.attention(layer, head, queries=rows)  # [bins, n]
+                maps.append(torch.zeros(bins, bins).scatter_reduce_(1, key_bin, sampled, reduce="amax"))
         return torch.cat(maps, dim=0)
 
     def _on_request(self, _widget, content: dict, _buffers) -> None:
