@@ -214,13 +214,10 @@ class Run:
         q_pos = torch.arange(q_start, q_start + q_len, device=device)
         k_pos = torch.arange(k_start, k_start + kv_len, device=device)
         if mask is None:  # plain causal (or bidirectional): SDPA's flag, spelt out
-            allowed = allowed_mask(q_pos, k_pos, is_causal, sliding_window)
-            mask = torch.where(allowed, 0.0, torch.finfo(dtype).min).to(dtype)[None, None]
+            mask = torch.where(allowed_mask(q_pos, k_pos, is_causal, sliding_window), 0.0,
+                               torch.finfo(dtype).min).to(dtype)[None, None]
         elif mask.dtype == torch.bool:
-            allowed = mask[0, 0]
             mask = torch.where(mask, 0.0, torch.finfo(dtype).min).to(dtype)
-        else:
-            allowed = mask[0, 0] > torch.finfo(mask.dtype).min / 2
         if any(edit.queries is not None for edit in edits):
             bias = edit_bias(edits, self.n_heads, q_pos, k_pos)
         else:  # keys only (the usual case): one bias row per layer for the whole run, sliced per call
@@ -230,7 +227,8 @@ class Run:
             bias = self.key_bias[layer][:, :, k_start:k_start + kv_len]
         if q_heads is not None and bias.shape[0] > 1:
             bias = bias[q_heads]
-        if any(edit.factor == 0 for edit in edits):
+        if any(edit.factor == 0 for edit in edits):  # only then does it matter which keys a row may see
+            allowed = mask[0, 0] > torch.finfo(mask.dtype).min / 2
             bias, spared = spare_fully_masked(bias, allowed)
             self.fully_masked_rows |= spared
         return mask + bias.to(dtype)[None]

@@ -69,7 +69,7 @@ def run_trace(lm, prompt: Any, *, max_new_tokens: int = 0, edits=(), seed: int |
         raise ValueError(f"the prompt ({len(ids)} tokens) plus max_new_tokens ({max_new_tokens}) is {total} tokens, "
                          f"longer than the context of {lm.name} ({facts.context_length}); shorten one of them")
     edits = validate_edits(edits, n_layers=facts.n_layers, n_heads=facts.n_heads, sequence_length=total)
-    supported = type(lm.model)._supports_attention_backend if hasattr(type(lm.model), "_supports_attention_backend") else False
+    supported = getattr(type(lm.model), "_supports_attention_backend", False)
     if edits and not supported:
         raise ValueError(
             f"attention edits need a model whose attention goes through transformers' AttentionInterface; "

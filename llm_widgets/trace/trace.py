@@ -65,6 +65,14 @@ def _in_order(chunks: list[tuple[torch.Tensor, torch.Tensor]], length: int) -> b
     return expected == length
 
 
+def pooling_bins(n: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split n positions into min(n, size) near-equal bins: (edges [bins + 1], bin of each position).
+    The front end's binRange (js/lib/heatmap.ts) splits the same way."""
+    bins = min(n, size)
+    edges = torch.linspace(0, n, bins + 1).round().long()
+    return edges, torch.bucketize(torch.arange(n), edges[1:], right=True)
+
+
 def _as_positions(value: Any, length: int, what: str) -> torch.Tensor:
     if value is None:
         return torch.arange(length)
@@ -158,9 +166,12 @@ class Trace:
         self._check_layer_head(layer, head)
         q_pos = _as_positions(queries, len(self), "queries")
         k_pos = _as_positions(keys, len(self), "keys")
+        return self._probs(layer, head, q_pos, k_pos)
+
+    def _probs(self, layer: int, head: int, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
         if self._eager is not None:
             return self._eager[layer][head][q_pos][:, k_pos].float().cpu()
-        lse = self._row_logsumexp(layer, head, q_pos)
+        lse = self._row_logsumexp(layer, head, q_pos)  # kept per row: cheap on the next tile
         return torch.exp(self._scores(layer, head, q_pos, k_pos) - lse[:, None]).cpu()
 
     def attention_overview(self, layer: int, head: int, size: int = 512) -> torch.Tensor:
@@ -172,20 +183,15 @@ class Trace:
         if not isinstance(size, int) or size < 1:
             raise ValueError(f"size must be a positive integer; got {size!r}")
         n = len(self)
-        bins = min(n, size)
-        edges = torch.linspace(0, n, bins + 1).round().long()
-        bin_of = torch.bucketize(torch.arange(n), edges[1:], right=True)  # position -> bin
+        edges, bin_of = pooling_bins(n, size)
+        bins = len(edges) - 1
         out = torch.zeros(bins, bins)
         for q_start in range(0, n, BLOCK):
             q_pos = torch.arange(q_start, min(n, q_start + BLOCK))
-            lse = self._row_logsumexp(layer, head, q_pos) if self._eager is None else None
             rows = torch.zeros(len(q_pos), bins)
             for k_start in range(0, n, BLOCK):
                 k_pos = torch.arange(k_start, min(n, k_start + BLOCK))
-                if self._eager is not None:
-                    probs = self._eager[layer][head][q_pos][:, k_pos].float().cpu()
-                else:
-                    probs = torch.exp(self._scores(layer, head, q_pos, k_pos) - lse[:, None]).cpu()
+                probs = self._probs(layer, head, q_pos, k_pos)
                 rows.scatter_reduce_(1, bin_of[k_pos].expand(len(q_pos), -1), probs, reduce="amax")
             out.scatter_reduce_(0, bin_of[q_pos][:, None].expand(-1, bins), rows, reduce="amax")
         return out

@@ -12,6 +12,7 @@ import torch
 import traitlets
 
 from ..trace import Trace
+from ..trace.trace import pooling_bins
 from ._frontend import bundle
 from .transport import encode_rows_uint8
 
@@ -93,10 +94,10 @@ class AttentionView(anywidget.AnyWidget):
             maps = [self.trace.attention_overview(layer, head, size=size)
                     for layer in range(self.trace.n_layers) for head in range(self.trace.n_heads)]
             return torch.cat(maps, dim=0)
-        bins = min(n, size)
-        edges = torch.linspace(0, n, bins + 1).round().long()
+        edges, bin_of = pooling_bins(n, size)
+        bins = len(edges) - 1
         rows = (edges[1:] - 1).tolist()
-        key_bin = torch.bucketize(torch.arange(n), edges[1:], right=True).expand(bins, -1)
+        key_bin = bin_of.expand(bins, -1)
         maps = []
         for layer in range(self.trace.n_layers):
             for head in range(self.trace.n_heads):
