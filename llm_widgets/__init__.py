@@ -10,7 +10,7 @@ __version__ = "0.1.0"  # before the imports: the run records read it
 from .models import BUNDLED_MODELS, LanguageModel, ModelFacts, load_model
 from .trace import AblateHead, ScaleAttention, Trace, replay
 
-_WIDGETS = {"AttentionView", "ModelCard"}
+_WIDGETS = {"AttentionEditor", "AttentionView", "ModelCard"}
 
 __all__ = ["AblateHead", "BUNDLED_MODELS", "LanguageModel", "ModelFacts", "ScaleAttention", "Trace", "load_model",
            "replay", "__version__", *sorted(_WIDGETS)]

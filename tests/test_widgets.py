@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -116,3 +118,188 @@ def test_grid_of_a_long_trace_samples_one_exact_row_per_bin(tiny_gpt2, monkeypat
         row = full[edges[b + 1] - 1]  # the bin's last query, exactly
         expected = [row[edges[k]:edges[k + 1]].max().item() for k in range(4)]
         assert thumb[b].tolist() == pytest.approx(expected, abs=1e-6)
+
+
+def test_zoom_tiles_and_head_rows(view):
+    tr = view.trace
+    message, buffers = view.answer({"what": "tile", "layer": 1, "head": 2, "q0": 3, "q1": 9, "k0": 0, "k1": 5})
+    assert message["shape"] == [6, 5]
+    np.testing.assert_allclose(decode_rows_uint8(message, buffers), tr.attention(1, 2)[3:9, 0:5].numpy(), atol=1 / 255)
+    pooled = tr.attention_overview(1, 2, size=2, queries=(2, 10), keys=(0, 8))
+    full = tr.attention(1, 2)[2:10, 0:8]
+    torch.testing.assert_close(pooled, full.reshape(2, 4, 2, 4).amax(dim=(1, 3)))
+    message, buffers = view.answer({"what": "heads", "layer": 3, "query": 5})
+    assert message["shape"] == [8, len(tr)]
+    rows = decode_rows_uint8(message, buffers)
+    for head in (0, 7):
+        np.testing.assert_allclose(rows[head], tr.attention(3, head)[5].numpy(), atol=1 / 255)
+    with pytest.raises(ValueError, match="outside the sequence"):
+        tr.attention_overview(0, 0, queries=(5, 999))
+    with pytest.raises(traitlets.TraitError, match="zoom must be"):
+        view.zoom = [0, 3, 2]
+
+
+# --- export: what is on screen, as files ---
+
+def test_save_png_svg_html_keep_the_selection(view, tmp_path):
+    from PIL import Image
+
+    view.layer, view.head, view.query, view.zoom = 2, 3, 6, [0, 10, 0, 10]
+    try:
+        png, svg, page = (view.save(tmp_path / f"fig.{ext}") for ext in ("png", "svg", "html"))
+    finally:
+        view.zoom, view.query = [], -1
+    image = Image.open(png)
+    assert image.format == "PNG" and image.width > 400 and len(np.unique(np.asarray(image.convert("L")))) > 10
+    text = svg.read_text()
+    assert text.startswith("<svg") and "layer 2, head 3" in text and "queries 0-9, keys 0-9" in text
+    assert "&lt;" in text and "<img" not in text  # token text escaped, drawn as <text>
+    from html import escape
+
+    from llm_widgets.export.attention import shown
+    for token in view.trace.tokens[:10]:  # the zoomed region's tokens label the axes, as text
+        assert f">{escape(shown(token))}</text>" in text
+    html_text = page.read_text()
+    assert html_text.startswith("<!doctype html>") and "&lt;" in html_text
+    assert "<img" not in html_text and "<script src" not in html_text
+    for needle in ("http://", "https://"):  # only the SVG namespace may mention a URL
+        assert needle not in html_text.replace('xmlns="http://www.w3.org/2000/svg"', "")
+    import json
+    import re
+
+    data = json.loads(re.search(r'<script type="application/json" id="llm-widgets-data">(.*?)</script>',
+                                html_text, re.S).group(1))
+    assert (data["layer"], data["head"], data["query"], data["queries"]) == (2, 3, 6, [0, 10])
+    assert data["tokens"] == view.trace.tokens and data["record"]["output_ids"] == view.trace.generated_ids
+    assert data["query_row"] == pytest.approx(view.trace.attention(2, 3)[6].tolist(), abs=1e-6)
+    with pytest.raises(ValueError, match="must end in .png, .svg or .html"):
+        view.save(tmp_path / "fig.pdf")
+
+
+def test_export_request_returns_the_file(view):
+    message, buffers = view.answer({"what": "export", "id": 2, "format": "svg"})
+    assert message["type"] == "file" and message["name"] == f"attention-L{view.layer}-H{view.head}.svg"
+    assert buffers[0].startswith(b"<svg")
+    message, buffers = view.answer({"what": "export", "format": "png"})
+    assert buffers[0][:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="unknown export format"):
+        view.answer({"what": "export", "format": "gif"})
+
+
+def test_exported_html_escapes_script_breaking_tokens(tiny_gpt2, tmp_path):
+    tr = tiny_gpt2.trace("</script><script>alert(1)</script> hello")
+    page = lw.AttentionView(tr).save(tmp_path / "x.html").read_text()
+    assert "<script>alert(1)" not in page and page.count("<script") == 1
+
+
+# --- AttentionEditor: steering from the UI's edit dicts ---
+
+PROMPT = "It was a truth universally acknowledged, that a single man"
+
+
+@pytest.fixture()
+def editor(tiny_gpt2):
+    return lw.AttentionEditor(tiny_gpt2, PROMPT, max_new_tokens=8)
+
+
+def _scale(factor, keys, layers=None, heads=None):
+    return {"kind": "scale_attention", "factor": factor, "keys": [list(keys)], "queries": None,
+            "layers": layers, "heads": heads}
+
+
+def test_editor_starts_from_the_run_without_edits(editor, tiny_gpt2):
+    plain = tiny_gpt2.trace(PROMPT, max_new_tokens=8, seed=0)
+    assert editor.fidelity == 0.0
+    assert editor.edit_specs == [] and editor.edits == []
+    assert editor.baseline_tokens == editor.new_tokens == plain.tokens[plain.n_prompt:]
+    assert editor.target == editor.new_tokens[0]
+    assert editor.p_before == pytest.approx(plain.chosen_probability(0)) == pytest.approx(editor.p_after)
+    assert json.loads(editor.record_json)["output_ids"] == plain.generated_ids
+
+
+def test_ui_edits_regenerate_and_equal_model_trace(editor, tiny_gpt2):
+    revision = editor.revision
+    editor.edit_specs = [_scale(10.0, (4, 6)), {"kind": "ablate_head", "layer": 1, "head": 2, "mode": "zero"}]
+    direct = tiny_gpt2.trace(PROMPT, max_new_tokens=8, seed=0, edits=editor.edits)
+    assert editor.edits == [lw.ScaleAttention(10.0, keys=(4, 6)), lw.AblateHead(1, 2)]
+    assert editor.new_tokens == direct.tokens[direct.n_prompt:] != editor.baseline_tokens
+    assert editor.tokens == direct.tokens and editor.revision == revision + 1 and not editor.busy
+    assert editor.p_after == pytest.approx(direct.probability(editor.baseline.next_token_id))
+    assert json.loads(editor.record_json)["edits"][1] == {"kind": "ablate_head", "layer": 1, "head": 2, "mode": "zero"}
+    message, buffers = editor.answer({"what": "row", "layer": 0, "head": 0, "query": 5})  # the view shows the new run
+    np.testing.assert_allclose(decode_rows_uint8(message, buffers)[0], direct.attention(0, 0)[5].numpy(), atol=1 / 255)
+    editor.reset()
+    assert editor.edit_specs == [] and editor.new_tokens == editor.baseline_tokens
+
+
+def test_setting_edits_from_python_updates_the_ui_state(editor):
+    editor.edits = [lw.ScaleAttention(0.0, keys=(2, 5), layers=[1, 2])]
+    assert editor.edit_specs == [lw.ScaleAttention(0.0, keys=(2, 5), layers=[1, 2]).to_dict()]
+    assert editor.runs == 2
+
+
+def test_a_failed_regenerate_keeps_everything_and_says_why(editor, tiny_gpt2, monkeypatch):
+    editor.edit_specs = [_scale(3.0, (1, 3))]
+    before = (editor.edit_specs, editor.new_tokens, editor.tokens, editor.revision, editor.trace)
+    editor.edit_specs = [_scale(3.0, (0, 999))]  # as the front end would send it: no exception, a message
+    assert "outside the sequence" in editor.error and not editor.busy
+    assert (editor.edit_specs, editor.new_tokens, editor.tokens, editor.revision, editor.trace) == before
+    with pytest.raises(ValueError, match="layer 7 is out of range|layers"):
+        editor.edits = [lw.ScaleAttention(2.0, keys=(0, 1), layers=[7])]
+    assert editor.edit_specs == before[0]
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(tiny_gpt2, "trace", boom)
+    editor.edit_specs = [_scale(5.0, (1, 3))]
+    assert editor.error == "RuntimeError: out of memory" and editor.edit_specs == before[0]
+    assert tiny_gpt2.model.config._attn_implementation == "sdpa" and not tiny_gpt2.model.training
+    monkeypatch.undo()
+    editor.edit_specs = [_scale(5.0, (1, 3))]
+    assert editor.error == "" and editor.edits[0].factor == 5.0
+
+
+def test_an_interrupt_during_regenerate_puts_the_edits_back(editor, tiny_gpt2, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tiny_gpt2, "trace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        editor.edit_specs = [_scale(5.0, (1, 3))]
+    assert editor.edit_specs == [] and not editor.busy and "interrupted" in editor.error
+
+
+def test_busy_is_sent_while_the_model_runs(editor):
+    seen = []
+    editor.observe(lambda change: seen.append(change["new"]), names="busy")
+    editor.edit_specs = [_scale(2.0, (1, 2))]
+    assert seen == [True, False]
+
+
+def test_two_editors_do_not_interfere(tiny_gpt2):
+    a = lw.AttentionEditor(tiny_gpt2, PROMPT, max_new_tokens=6)
+    b = lw.AttentionEditor(tiny_gpt2, "Call me Ishmael. Some years ago", max_new_tokens=6)
+    b_tokens = list(b.new_tokens)
+    a.edit_specs = [_scale(0.0, (1, 4))]
+    assert b.new_tokens == b_tokens and b.edit_specs == [] and b.tokens[0] != a.tokens[4]
+    assert a.new_tokens != a.baseline_tokens or a.p_after != a.p_before
+
+
+def test_editor_refuses_bad_input(tiny_gpt2):
+    with pytest.raises(TypeError, match="takes a LanguageModel"):
+        lw.AttentionEditor(tiny_gpt2.model, PROMPT)
+    with pytest.raises(ValueError, match="prompt is empty"):
+        lw.AttentionEditor(tiny_gpt2, "")
+    with pytest.raises(TypeError, match="ScaleAttention"):
+        lw.AttentionEditor(tiny_gpt2, PROMPT, edits=["mask it"])
+
+
+def test_trace_probability_of_any_token(tiny_gpt2):
+    tr = tiny_gpt2.trace(PROMPT, max_new_tokens=3)
+    first = tr.generated_ids[0]
+    assert tr.probability(first) == pytest.approx(tr.chosen_probability(0), rel=1e-5)
+    assert tr.probability(tr.tokens[-2], step=1) == pytest.approx(tr.chosen_probability(1), rel=1e-5)
+    assert 0 < tr.probability(" the") < 1
+    with pytest.raises(ValueError, match="tokens for this tokenizer"):
+        tr.probability(" acknowledgedness and more")

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { asDataView, binRange, cellAt, colour, decodeRowsUint8, luminance, maxOf, toPixels } from "./heatmap";
+import { asDataView, binRange, cellAt, colour, decodeRowsUint8, luminance, maxOf, toPixels, headColour, headViewKeys, regionOf } from "./heatmap";
 
 function buffers(values: number[], scales: number[]): [DataView, DataView] {
   const s = new DataView(new ArrayBuffer(scales.length * 4));
@@ -60,5 +60,23 @@ describe("pixels and geometry", () => {
     expect(binRange(0, 3, 10)).toEqual([0, 3]);
     expect(binRange(1, 3, 10)).toEqual([3, 7]);
     expect(binRange(2, 3, 10)).toEqual([7, 10]);
+  });
+});
+
+describe("head view and zoom geometry", () => {
+  it("keeps each head's strong keys, in token order", () => {
+    const rows = { rows: 2, cols: 5, data: new Float32Array([0.7, 0.2, 0.05, 0.04, 0.01, 0.0, 0.0, 0.1, 0.0, 0.9]) };
+    expect(headViewKeys(rows, 2, 0.02)).toEqual([0, 1, 2, 4]);
+    expect(headViewKeys(rows, 2, 0.5)).toEqual([0, 4]);
+    expect(headViewKeys(rows, 5, 0.02, 2)).toEqual([0, 4]);
+  });
+  it("gives heads distinct colours", () => {
+    const colours = new Set(Array.from({ length: 12 }, (_, h) => headColour(h, 12)));
+    expect(colours.size).toBe(12);
+  });
+  it("maps a dragged rectangle back to token positions, inside a zoomed region too", () => {
+    expect(regionOf({ row: 1, col: 3 }, { row: 0, col: 2 }, 4, 4, [0, 4, 0, 4])).toEqual([0, 2, 2, 4]);
+    // 100 tokens pooled into 10 bins, zoomed to queries 50-100, keys 0-50
+    expect(regionOf({ row: 0, col: 0 }, { row: 4, col: 9 }, 10, 10, [50, 100, 0, 50])).toEqual([50, 75, 0, 50]);
   });
 });

@@ -88,3 +88,32 @@ export function binRange(bin: number, bins: number, n: number): [number, number]
   const edge = (i: number) => Math.round((i * n) / bins);
   return [edge(bin), edge(bin + 1)];
 }
+
+/** The keys the head view draws for one query: each head's strongest keys (weight at
+ *  least `min`, at most `perHead` per head), at most `limit` in all, in token order. */
+export function headViewKeys(rows: Matrix, perHead = 5, min = 0.02, limit = 24): number[] {
+  const score = new Map<number, number>();
+  for (let h = 0; h < rows.rows; h++) {
+    const row = Array.from(rows.data.subarray(h * rows.cols, (h + 1) * rows.cols));
+    const top = row.map((w, k) => [w, k]).sort((a, b) => b[0] - a[0]).slice(0, perHead);
+    for (const [w, k] of top) if (w >= min) score.set(k, Math.max(score.get(k) ?? 0, w));
+  }
+  return [...score.entries()].sort((a, b) => b[1] - a[1]).slice(0, limit).map(([k]) => k).sort((a, b) => a - b);
+}
+
+/** A distinct colour per head (hues spread round the wheel, mid lightness: visible on light and dark). */
+export function headColour(head: number, heads: number): string {
+  return `hsl(${Math.round((head * 360) / Math.max(1, heads)) % 360}, 70%, 45%)`;
+}
+
+/** The region [q0, q1, k0, k1] covered by a dragged rectangle between two cells of a map that
+ *  shows `region` pooled into rows x cols cells (stop exclusive). */
+export function regionOf(a: { row: number; col: number }, b: { row: number; col: number }, rows: number, cols: number,
+  region: [number, number, number, number]): [number, number, number, number] {
+  const [q0, q1, k0, k1] = region;
+  const [r0, r1] = [Math.min(a.row, b.row), Math.max(a.row, b.row)];
+  const [c0, c1] = [Math.min(a.col, b.col), Math.max(a.col, b.col)];
+  const qs = [binRange(r0, rows, q1 - q0)[0], binRange(r1, rows, q1 - q0)[1]];
+  const ks = [binRange(c0, cols, k1 - k0)[0], binRange(c1, cols, k1 - k0)[1]];
+  return [q0 + qs[0], q0 + qs[1], k0 + ks[0], k0 + ks[1]];
+}

@@ -6,7 +6,7 @@
 """
 
 from .edits import AblateHead, ScaleAttention, edit_from_dict
-from .run import replay, run_trace
+from .run import fidelity, replay, run_trace
 from .trace import Trace
 
-__all__ = ["AblateHead", "ScaleAttention", "Trace", "edit_from_dict", "replay", "run_trace"]
+__all__ = ["AblateHead", "ScaleAttention", "Trace", "edit_from_dict", "fidelity", "replay", "run_trace"]

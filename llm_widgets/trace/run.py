@@ -112,6 +112,7 @@ def run_trace(lm, prompt: Any, *, max_new_tokens: int = 0, edits=(), seed: int |
     top_k = [top_k_of(logits, TOP_K_KEPT) for logits in step_logits]
     generated = sequence[0, len(ids):].tolist()
     chosen = [probability_of(logits, token) for logits, token in zip(step_logits, generated)]
+    first_logprobs = torch.log_softmax(step_logits[0].float(), dim=-1).cpu()  # any token's p at step 0
     record = {
         "llm_widgets": __version__,
         "torch": torch.__version__,
@@ -126,7 +127,7 @@ def run_trace(lm, prompt: Any, *, max_new_tokens: int = 0, edits=(), seed: int |
     }
     layers = [assemble(r, sequence.shape[1]) for r in run.layers] if run.capture else None
     return Trace(model=lm, input_ids=sequence[0].cpu(), n_prompt=len(ids), layers=layers,
-                 eager_attentions=eager_attentions, edits=edits, top_k=top_k, chosen=chosen,
+                 eager_attentions=eager_attentions, edits=edits, top_k=top_k, chosen=chosen, first_logprobs=first_logprobs,
                  logits=prompt_logits, record=record)
 
 
@@ -188,3 +189,20 @@ def replay(record: dict, model=None, *, check: bool = True) -> Trace:
         raise RuntimeError(f"replay produced different tokens: {trace.generated_ids} instead of the recorded "
                            f"{record['output_ids']} (different hardware, dtype or library versions can do this)")
     return trace
+
+
+def fidelity(lm, prompt: Any) -> float:
+    """Max |logit difference| between the instrumented and the plain model on `prompt`, no edits:
+    0.0 when capturing changes nothing (what the editor's badge shows)."""
+    ids = prompt_ids(lm, prompt)
+    traced = run_trace(lm, ids, keep_logits=True).logits
+    model = lm.model
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            device = next(model.parameters()).device
+            plain = model(input_ids=ids[None].to(device), use_cache=False).logits[0].float().cpu()
+    finally:
+        model.train(was_training)
+    return float((traced - plain).abs().max())

@@ -95,7 +95,8 @@ class Trace:
 
     def __init__(self, *, model, input_ids: torch.Tensor, n_prompt: int, layers: list[LayerAttention | None] | None,
                  eager_attentions: list[torch.Tensor] | None, edits: tuple, top_k: list[tuple[torch.Tensor, torch.Tensor]],
-                 chosen: list[float], logits: torch.Tensor | None, record: dict):
+                 chosen: list[float], logits: torch.Tensor | None, record: dict,
+                 first_logprobs: torch.Tensor | None = None):
         self.model = model
         self.input_ids = input_ids  # [T]: prompt then generated
         self.n_prompt = n_prompt
@@ -107,6 +108,7 @@ class Trace:
         self._top_k = top_k
         self._lse: dict[tuple[int, int], torch.Tensor] = {}  # (layer, head) -> row normalisers, NaN until needed
         self._chosen = chosen
+        self._first_logprobs = first_logprobs  # [vocab] log-probabilities right after the prompt
         facts = model.facts
         self.n_layers, self.n_heads, self.n_kv_heads = facts.n_layers, facts.n_heads, facts.n_kv_heads
         tok = model.tokenizer
@@ -120,6 +122,11 @@ class Trace:
     @property
     def generated_ids(self) -> list[int]:
         return self.input_ids[self.n_prompt:].tolist()
+
+    @property
+    def next_token_id(self) -> int:
+        """The token that followed the prompt: the first generated one, or else the most likely."""
+        return self.generated_ids[0] if self.generated_ids else int(self._top_k[0][0][0])
 
     def __repr__(self) -> str:
         edits = f", {len(self.edits)} edits" if self.edits else ""
@@ -142,6 +149,39 @@ class Trace:
     def chosen_probability(self, step: int) -> float:
         """Probability the model gave the token that was actually generated at `step`."""
         return self._chosen[step]
+
+    def token_id(self, token: str | int) -> int:
+        """The id of a token given as an id or as text; text that is several tokens is refused."""
+        tok = self.model.tokenizer
+        if isinstance(token, int) and not isinstance(token, bool):
+            if not 0 <= token < len(tok):
+                raise ValueError(f"token id {token} is outside the vocabulary (0 to {len(tok) - 1})")
+            return token
+        if not isinstance(token, str) or not token:
+            raise ValueError(f"give a token as text (e.g. ' Paris') or as an id; got {token!r}")
+        ids = tok.encode(token, add_special_tokens=False)
+        if len(ids) != 1:
+            pieces = tok.batch_decode([[i] for i in ids])
+            raise ValueError(f"{token!r} is {len(ids)} tokens for this tokenizer ({pieces}); give one token, e.g. "
+                             f"{pieces[0]!r} (mind the leading space)")
+        return ids[0]
+
+    def probability(self, token: str | int, step: int = 0) -> float:
+        """p(token) at generation step `step`: exact at step 0 (right after the prompt); at later
+        steps known for the generated token and the top tokens kept per step."""
+        token_id = self.token_id(token)
+        if step == 0 and self._first_logprobs is not None:
+            return float(self._first_logprobs[token_id].exp())
+        if not 0 <= step < len(self._top_k):
+            raise ValueError(f"step {step} is out of range: this trace has steps 0 to {len(self._top_k) - 1}")
+        if step < len(self.generated_ids) and self.generated_ids[step] == token_id:
+            return self._chosen[step]
+        ids, probs = self._top_k[step]
+        hits = (ids == token_id).nonzero()
+        if len(hits) == 0:
+            raise ValueError(f"{token!r} is not among the {len(ids)} most likely tokens kept for step {step}; "
+                             f"only step 0 keeps every token's probability")
+        return float(probs[hits[0, 0]])
 
     # --- attention ---
 
@@ -174,27 +214,41 @@ class Trace:
         lse = self._row_logsumexp(layer, head, q_pos)  # kept per row: cheap on the next tile
         return torch.exp(self._scores(layer, head, q_pos, k_pos) - lse[:, None]).cpu()
 
-    def attention_overview(self, layer: int, head: int, size: int = 512) -> torch.Tensor:
-        """Max-pooled probabilities [min(T, size), min(T, size)]: the first paint of a long sequence.
+    def attention_overview(self, layer: int, head: int, size: int = 512, queries: tuple[int, int] | None = None,
+                           keys: tuple[int, int] | None = None) -> torch.Tensor:
+        """Max-pooled probabilities of a region, at most size x size: the first paint of a long
+        sequence (the whole matrix) and the detail tiles of a zoom (queries / keys as (start, stop)).
 
         Computed blockwise: at most BLOCK x BLOCK scores exist at once.
         """
         self._check_layer_head(layer, head)
         if not isinstance(size, int) or size < 1:
             raise ValueError(f"size must be a positive integer; got {size!r}")
-        n = len(self)
-        edges, bin_of = pooling_bins(n, size)
-        bins = len(edges) - 1
-        out = torch.zeros(bins, bins)
-        for q_start in range(0, n, BLOCK):
-            q_pos = torch.arange(q_start, min(n, q_start + BLOCK))
-            rows = torch.zeros(len(q_pos), bins)
-            for k_start in range(0, n, BLOCK):
-                k_pos = torch.arange(k_start, min(n, k_start + BLOCK))
+        (q0, q1), (k0, k1) = self._span(queries, "queries"), self._span(keys, "keys")
+        q_edges, q_bin = pooling_bins(q1 - q0, size)
+        k_edges, k_bin = pooling_bins(k1 - k0, size)
+        q_bins, k_bins = len(q_edges) - 1, len(k_edges) - 1
+        out = torch.zeros(q_bins, k_bins)
+        for q_start in range(q0, q1, BLOCK):
+            q_pos = torch.arange(q_start, min(q1, q_start + BLOCK))
+            rows = torch.zeros(len(q_pos), k_bins)
+            for k_start in range(k0, k1, BLOCK):
+                k_pos = torch.arange(k_start, min(k1, k_start + BLOCK))
                 probs = self._probs(layer, head, q_pos, k_pos)
-                rows.scatter_reduce_(1, bin_of[k_pos].expand(len(q_pos), -1), probs, reduce="amax")
-            out.scatter_reduce_(0, bin_of[q_pos][:, None].expand(-1, bins), rows, reduce="amax")
+                rows.scatter_reduce_(1, k_bin[k_pos - k0].expand(len(q_pos), -1), probs, reduce="amax")
+            out.scatter_reduce_(0, q_bin[q_pos - q0][:, None].expand(-1, k_bins), rows, reduce="amax")
         return out
+
+    def _span(self, span: tuple[int, int] | None, what: str) -> tuple[int, int]:
+        if span is None:
+            return 0, len(self)
+        try:
+            start, stop = (int(v) for v in span)
+        except (TypeError, ValueError):
+            raise ValueError(f"{what} must be a (start, stop) span; got {span!r}") from None
+        if not 0 <= start < stop <= len(self):
+            raise ValueError(f"{what} span {span!r} is outside the sequence: use 0 <= start < stop <= {len(self)}")
+        return start, stop
 
     def _scores(self, layer: int, head: int, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
         """Masked, edited scores [nq, nk] in float32, exactly as the run's softmax saw them."""

@@ -1,6 +1,7 @@
 """Widgets: anywidget classes that show a model or a trace in the notebook."""
 
+from .attention_editor import AttentionEditor
 from .attention_view import AttentionView
 from .model_card import ModelCard
 
-__all__ = ["AttentionView", "ModelCard"]
+__all__ = ["AttentionEditor", "AttentionView", "ModelCard"]

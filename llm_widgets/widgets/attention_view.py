@@ -7,10 +7,13 @@ draws, so a long trace never travels whole.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import anywidget
 import torch
 import traitlets
 
+from ..export import attention as export
 from ..trace import Trace
 from ..trace.trace import pooling_bins
 from ._frontend import bundle
@@ -36,6 +39,8 @@ class AttentionView(anywidget.AnyWidget):
     head = traitlets.Int(0).tag(sync=True)
     query = traitlets.Int(-1).tag(sync=True)  # selected query position, -1 for none
     output_text = traitlets.Unicode().tag(sync=True)
+    zoom = traitlets.List(traitlets.Int()).tag(sync=True)  # [q0, q1, k0, k1] of the region shown, [] for all
+    revision = traitlets.Int(0).tag(sync=True)  # bumped when the trace is replaced: the front end reloads
 
     def __init__(self, trace: Trace, *, layer: int = 0, head: int = 0, **kwargs):
         if not isinstance(trace, Trace):
@@ -64,6 +69,30 @@ class AttentionView(anywidget.AnyWidget):
             raise traitlets.TraitError(f"query {proposal.value} is out of range: -1 (none) or 0 to {len(self.trace) - 1}")
         return proposal.value
 
+    @traitlets.validate("zoom")
+    def _check_zoom(self, proposal):
+        zoom = list(proposal.value)
+        if zoom:
+            try:
+                self.trace._span(zoom[:2], "zoom queries"), self.trace._span(zoom[2:], "zoom keys")
+                assert len(zoom) == 4
+            except (ValueError, AssertionError) as error:
+                raise traitlets.TraitError(f"zoom must be [] or [q0, q1, k0, k1] within the {len(self.trace)} "
+                                           f"tokens: {error}") from None
+        return zoom
+
+    # --- figures ---
+
+    def figure(self) -> export.AttentionFigure:
+        """What is on screen (head, zoom, query) as figure data."""
+        region = {"queries": tuple(self.zoom[:2]), "keys": tuple(self.zoom[2:])} if self.zoom else {}
+        return export.attention_figure(self.trace, self.layer, self.head, query=self.query, **region)
+
+    def save(self, path: str | Path) -> Path:
+        """`view.save("fig.png" | "fig.svg" | "fig.html")`: the current selection as a file; returns its path.
+        The HTML is standalone: data embedded, no kernel or network needed to open it."""
+        return export.save(self.figure(), path)
+
     # --- what the front end asks for ---
 
     def answer(self, request: dict) -> tuple[dict, list[bytes]]:
@@ -74,10 +103,24 @@ class AttentionView(anywidget.AnyWidget):
                                                    size=int(request.get("size", OVERVIEW)))
         elif what == "row":
             matrix = self.trace.attention(int(request["layer"]), int(request["head"]), queries=int(request["query"]))
+        elif what == "tile":
+            matrix = self.trace.attention_overview(int(request["layer"]), int(request["head"]),
+                                                   size=int(request.get("size", OVERVIEW)),
+                                                   queries=(int(request["q0"]), int(request["q1"])),
+                                                   keys=(int(request["k0"]), int(request["k1"])))
+        elif what == "heads":  # one query's row in every head of a layer: the head view's lines
+            layer, query = int(request["layer"]), int(request["query"])
+            matrix = torch.cat([self.trace.attention(layer, head, queries=query) for head in range(self.trace.n_heads)])
         elif what == "grid":
             matrix = self.grid(int(request.get("size", GRID_CELL)))
+        elif what == "export":
+            fmt = str(request.get("format"))
+            data = export.render(self.figure(), fmt)
+            name = f"attention-L{self.layer}-H{self.head}.{fmt}"
+            return {"type": "file", "id": request.get("id"), "name": name, "format": fmt}, [data]
         else:
-            raise ValueError(f"unknown request {what!r}: ask for 'overview', 'row' or 'grid'")
+            raise ValueError(f"unknown request {what!r}: ask for 'overview', 'tile', 'row', 'heads', 'grid' or "
+                             f"'export'")
         meta, buffers = encode_rows_uint8(matrix)
         return {"type": "reply", "id": request.get("id"), "what": what, **meta}, buffers
 

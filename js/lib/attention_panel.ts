@@ -1,0 +1,556 @@
+// The attention panel shared by AttentionView and AttentionEditor: token strip,
+// heatmap of one head (hover, click a query, drag to zoom), the layers x heads
+// grid, the head view (one query's lines to its keys in every head of a layer),
+// and export buttons. Matrices arrive on request as binary buffers; token text
+// only ever goes through textContent or canvas fillText, never innerHTML.
+import type { AnyModel } from "@anywidget/types";
+import {
+  asDataView, binRange, cellAt, colour, decodeRowsUint8, headColour, headViewKeys, type Matrix, maxOf, regionOf,
+  toPixels,
+} from "./heatmap";
+
+export interface ViewState {
+  model_name: string;
+  tokens: string[];
+  n_prompt: number;
+  n_layers: number;
+  n_heads: number;
+  layer: number;
+  head: number;
+  query: number;
+  output_text: string;
+  zoom: number[];
+  revision: number;
+}
+
+type Reply = { type: string; id: number; shape: [number, number]; message?: string; name?: string; format?: string };
+const HEATMAP_PX = 420;
+const GRID_CELL_PX = 22;
+const GRID_SIZE = 24;
+const OVERVIEW = 512;
+const HEADVIEW_ROW_PX = 18;
+const MIME: Record<string, string> = { png: "image/png", svg: "image/svg+xml", html: "text/html" };
+
+export function el<K extends keyof HTMLElementTagNameMap>(tag: K, cls = "", text?: string): HTMLElementTagNameMap[K] {
+  const node = document.createElement(tag);
+  if (cls) node.className = cls;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+/** Visible form of a token: spaces and newlines shown, never interpreted. */
+export function shown(token: string): string {
+  return token.replace(/\n/g, "↵").replace(/\t/g, "⇥") || "∅";
+}
+
+/** Save bytes or text as a file through the browser's download (no network). */
+export function download(name: string, data: BlobPart, mime: string): void {
+  const url = URL.createObjectURL(new Blob([data], { type: mime }));
+  const link = el("a");
+  link.href = url;
+  link.download = name;
+  link.style.display = "none";
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 10_000);
+}
+
+/** Requests to the Python side over the widget's comm, answered by id. */
+export class Requests {
+  private next = 1;
+  private pending = new Map<number, { resolve: (r: [Reply, DataView[]]) => void; reject: (e: Error) => void }>();
+  constructor(private model: AnyModel<ViewState>) {
+    this.onMessage = this.onMessage.bind(this);
+    model.on("msg:custom", this.onMessage);
+  }
+  raw(what: string, params: Record<string, number | string>): Promise<[Reply, DataView[]]> {
+    const id = this.next++;
+    return new Promise((resolve, reject) => {
+      this.pending.set(id, { resolve, reject });
+      this.model.send({ type: "request", id, what, ...params });
+    });
+  }
+  async ask(what: string, params: Record<string, number | string>): Promise<Matrix> {
+    const [msg, buffers] = await this.raw(what, params);
+    return decodeRowsUint8(msg.shape, buffers[0], buffers[1]);
+  }
+  onMessage(msg: Reply, buffers: (ArrayBuffer | DataView)[]) {
+    const waiting = this.pending.get(msg.id);
+    if (!waiting) return;
+    this.pending.delete(msg.id);
+    if (msg.type === "error") waiting.reject(new Error(msg.message ?? "request failed"));
+    else waiting.resolve([msg, buffers.map(asDataView)]);
+  }
+  close() {
+    this.model.off("msg:custom", this.onMessage);
+    this.pending.clear();
+  }
+}
+
+function select(label: string, count: number, prefix: string): [HTMLLabelElement, HTMLSelectElement] {
+  const wrap = el("label", "lw-select", `${label} `);
+  const box = el("select");
+  for (let i = 0; i < count; i++) {
+    const option = el("option", "", `${prefix}${i}`);
+    option.value = String(i);
+    box.append(option);
+  }
+  wrap.append(box);
+  return [wrap, box];
+}
+
+export interface PanelOptions {
+  /** What a click on a token does: pick the query (default) or select keys (the editor). */
+  stripMode?: () => "query" | "keys";
+  onKeys?: (span: [number, number]) => void;
+  keySpan?: () => number[];
+  /** Outlines drawn on the grid (picked or ablated heads). */
+  gridMarks?: () => { layer: number; head: number; colour: string }[];
+  /** Return true when the click was handled (e.g. shift-click picks a head). */
+  onGridClick?: (layer: number, head: number, event: MouseEvent) => boolean;
+}
+
+export interface Panel {
+  element: HTMLElement;
+  /** Redraw what depends on outside state: key highlight, grid marks. */
+  refresh(): void;
+  destroy(): void;
+}
+
+export function mountAttention(model: AnyModel<ViewState>, options: PanelOptions = {}): Panel {
+  const requests = new Requests(model);
+  let tokens = model.get("tokens");
+  let alive = true;
+  let overview: Matrix | null = null;
+  let gridMaps: Matrix | null = null;
+  const nHeads = model.get("n_heads");
+  const nLayers = model.get("n_layers");
+  const region = (): [number, number, number, number] => {
+    const z = model.get("zoom");
+    return z.length === 4 ? [z[0], z[1], z[2], z[3]] : [0, tokens.length, 0, tokens.length];
+  };
+
+  const view = el("div", "lw-attn");
+  const header = el("div", "lw-attn-header");
+  const [layerLabel, layerBox] = select("layer", nLayers, "L");
+  const [headLabel, headBox] = select("head", nHeads, "H");
+  const status = el("span", "lw-attn-status");
+  const unzoom = el("button", "lw-button", "reset zoom");
+  unzoom.hidden = true;
+  const exports = el("span", "lw-attn-export");
+  exports.append(el("span", "", "export "));
+  for (const fmt of ["png", "svg", "html"]) {
+    const button = el("button", "lw-button", fmt.toUpperCase());
+    button.dataset.format = fmt;
+    button.title = `download what is shown as ${fmt.toUpperCase()}`;
+    button.addEventListener("click", () => void exportAs(fmt));
+    exports.append(button);
+  }
+  header.append(layerLabel, headLabel, unzoom, status, exports);
+
+  const strip = el("div", "lw-attn-tokens");
+  strip.setAttribute("aria-label", "tokens: click one to see where it attends");
+  let chips: HTMLSpanElement[] = [];
+
+  const body = el("div", "lw-attn-body");
+  const mapBox = el("div", "lw-attn-map");
+  const canvas = el("canvas", "lw-attn-heatmap");
+  canvas.width = canvas.height = HEATMAP_PX;
+  canvas.setAttribute("aria-label", "attention heatmap: rows are queries, columns are keys; drag to zoom");
+  const tooltip = el("div", "lw-attn-tooltip");
+  tooltip.hidden = true;
+  const lasso = el("div", "lw-attn-lasso");
+  lasso.hidden = true;
+  mapBox.append(el("div", "lw-attn-caption", "queries ↓  keys →  (drag to zoom)"), canvas, tooltip, lasso);
+  const gridBox = el("div", "lw-attn-gridbox");
+  const grid = el("canvas", "lw-attn-grid");
+  grid.width = nHeads * GRID_CELL_PX;
+  grid.height = nLayers * GRID_CELL_PX;
+  grid.setAttribute("aria-label", "all layers (rows) by heads (columns): click one to show it");
+  gridBox.append(el("div", "lw-attn-caption", "all heads: layer ↓ head →"), grid);
+  const headViewBox = el("div", "lw-attn-headview");
+  const headCaption = el("div", "lw-attn-caption", "head view: pick a query token");
+  const legend = el("div", "lw-attn-legend");
+  const lines = el("canvas", "lw-attn-lines");
+  lines.width = 300;
+  lines.height = 60;
+  headViewBox.append(headCaption, legend, lines);
+  body.append(mapBox, gridBox, headViewBox);
+  view.append(header, strip, body);
+
+  for (let h = 0; h < nHeads; h++) {
+    const swatch = el("button", "lw-attn-swatch", String(h));
+    swatch.style.borderColor = headColour(h, nHeads);
+    swatch.style.color = headColour(h, nHeads);
+    swatch.title = `head ${h}: show it in the heatmap`;
+    swatch.addEventListener("click", () => {
+      model.set("head", h);
+      model.save_changes();
+    });
+    legend.append(swatch);
+  }
+
+  const ctx = canvas.getContext("2d")!;
+  const gctx = grid.getContext("2d")!;
+  const lctx = lines.getContext("2d")!;
+
+  // --- the token strip ---
+  let anchor = -1; // where a key selection started (click, drag or shift-click extends from it)
+  let dragging = false;
+  function keysPicked(a: number, b: number) {
+    options.onKeys?.([Math.min(a, b), Math.max(a, b) + 1]);
+  }
+  function buildStrip() {
+    const nPrompt = model.get("n_prompt");
+    chips = tokens.map((token, i) => {
+      const chip = el("span", i < nPrompt ? "lw-tok" : "lw-tok lw-tok-gen", shown(token));
+      chip.tabIndex = 0;
+      chip.setAttribute("role", "button");
+      chip.dataset.index = String(i);
+      chip.title = `${i}: ${JSON.stringify(token)}${i < nPrompt ? "" : " (generated)"}`;
+      return chip;
+    });
+    strip.replaceChildren(...chips);
+    refreshKeys();
+  }
+  const chipIndex = (target: EventTarget | null) => {
+    const index = (target as HTMLElement | null)?.dataset?.index;
+    return index === undefined ? -1 : Number(index);
+  };
+  function pickQuery(i: number) {
+    model.set("query", model.get("query") === i ? -1 : i);
+    model.save_changes();
+  }
+  strip.addEventListener("mousedown", (event) => {
+    const i = chipIndex(event.target);
+    if (i < 0 || options.stripMode?.() !== "keys") return;
+    event.preventDefault(); // no text selection while dragging a span
+    dragging = true;
+    if (event.shiftKey && anchor >= 0) keysPicked(anchor, i);
+    else {
+      anchor = i;
+      keysPicked(i, i);
+    }
+  });
+  strip.addEventListener("mouseover", (event) => {
+    const i = chipIndex(event.target);
+    if (dragging && i >= 0 && anchor >= 0) keysPicked(anchor, i);
+  });
+  const stopDrag = () => (dragging = false);
+  window.addEventListener("mouseup", stopDrag);
+  strip.addEventListener("click", (event) => {
+    const i = chipIndex(event.target);
+    if (i >= 0 && options.stripMode?.() !== "keys") pickQuery(i);
+  });
+  strip.addEventListener("keydown", (event) => {
+    const i = chipIndex(event.target);
+    if (i < 0 || (event.key !== "Enter" && event.key !== " ")) return;
+    event.preventDefault();
+    if (options.stripMode?.() !== "keys") pickQuery(i);
+    else if (event.shiftKey && anchor >= 0) keysPicked(anchor, i);
+    else {
+      anchor = i;
+      keysPicked(i, i);
+    }
+  });
+  function refreshKeys() {
+    const span = options.keySpan?.() ?? [];
+    chips.forEach((chip, i) => chip.classList.toggle("lw-tok-key", span.length === 2 && i >= span[0] && i < span[1]));
+  }
+
+  // --- heatmap ---
+  function drawHeatmap() {
+    if (!overview) return;
+    const started = performance.now();
+    const image = new ImageData(toPixels(overview), overview.cols, overview.rows);
+    const off = document.createElement("canvas");
+    off.width = overview.cols;
+    off.height = overview.rows;
+    off.getContext("2d")!.putImageData(image, 0, 0);
+    ctx.imageSmoothingEnabled = false;
+    ctx.clearRect(0, 0, HEATMAP_PX, HEATMAP_PX);
+    ctx.drawImage(off, 0, 0, HEATMAP_PX, HEATMAP_PX);
+    const [q0, q1] = region();
+    const q = model.get("query");
+    if (q >= q0 && q < q1) { // mark the selected query's row
+      const row = Math.floor(((q - q0) * overview.rows) / (q1 - q0));
+      ctx.strokeStyle = "#e6550d";
+      ctx.lineWidth = 2;
+      const h = HEATMAP_PX / overview.rows;
+      ctx.strokeRect(1, row * h + 1, HEATMAP_PX - 2, Math.max(2, h - 2));
+    }
+    canvas.dataset.drawn = "true";
+    canvas.dataset.drawMs = (performance.now() - started).toFixed(2); // read by the benchmark
+  }
+
+  function drawGrid() {
+    if (!gridMaps) return;
+    const size = gridMaps.cols;
+    gctx.clearRect(0, 0, grid.width, grid.height);
+    for (let layer = 0; layer < nLayers; layer++) {
+      for (let head = 0; head < nHeads; head++) {
+        const start = (layer * nHeads + head) * size;
+        const one = { rows: size, cols: size, data: gridMaps.data.subarray(start * size, (start + size) * size) };
+        const off = document.createElement("canvas");
+        off.width = off.height = size;
+        off.getContext("2d")!.putImageData(new ImageData(toPixels(one, maxOf(one)), size, size), 0, 0);
+        gctx.imageSmoothingEnabled = false;
+        gctx.drawImage(off, head * GRID_CELL_PX + 1, layer * GRID_CELL_PX + 1, GRID_CELL_PX - 2, GRID_CELL_PX - 2);
+      }
+    }
+    grid.dataset.drawn = "true";
+    const outline = (layer: number, head: number, colour: string, inset: number) => {
+      gctx.strokeStyle = colour;
+      gctx.lineWidth = 2;
+      gctx.strokeRect(head * GRID_CELL_PX + inset, layer * GRID_CELL_PX + inset, GRID_CELL_PX - 2 * inset,
+        GRID_CELL_PX - 2 * inset);
+    };
+    for (const mark of options.gridMarks?.() ?? []) outline(mark.layer, mark.head, mark.colour, 3);
+    outline(model.get("layer"), model.get("head"), "#e6550d", 1);
+  }
+
+  async function loadOverview() {
+    const layer = model.get("layer");
+    const head = model.get("head");
+    const [q0, q1, k0, k1] = region();
+    const zoomed = model.get("zoom").length === 4;
+    unzoom.hidden = !zoomed;
+    status.textContent = "loading…";
+    try {
+      const m = zoomed
+        ? await requests.ask("tile", { layer, head, q0, q1, k0, k1, size: OVERVIEW })
+        : await requests.ask("overview", { layer, head, size: OVERVIEW });
+      if (!alive || layer !== model.get("layer") || head !== model.get("head")) return;
+      overview = m;
+      status.textContent = zoomed
+        ? `layer ${layer}, head ${head}: queries ${q0}–${q1 - 1}, keys ${k0}–${k1 - 1}`
+        : `layer ${layer}, head ${head}: ${tokens.length} tokens`;
+      drawHeatmap();
+      drawGrid();
+    } catch (error) {
+      status.textContent = `error: ${(error as Error).message}`;
+    }
+  }
+
+  async function loadRow() {
+    const q = model.get("query");
+    chips.forEach((chip, i) => chip.classList.toggle("lw-tok-query", i === q));
+    if (q < 0) {
+      chips.forEach((chip) => {
+        chip.style.removeProperty("background-color");
+        chip.classList.remove("lw-tok-dark");
+      });
+      drawHeatmap();
+      drawHeadView(null, q);
+      return;
+    }
+    try {
+      const layer = model.get("layer");
+      const rows = await requests.ask("heads", { layer, query: q });
+      if (!alive || q !== model.get("query") || layer !== model.get("layer")) return;
+      const head = model.get("head");
+      const row = rows.data.subarray(head * rows.cols, (head + 1) * rows.cols);
+      let max = 0;
+      for (const v of row) max = Math.max(max, v);
+      max = max || 1;
+      chips.forEach((chip, i) => {
+        const [r, g, b] = colour(row[i] / max);
+        chip.style.backgroundColor = `rgb(${r}, ${g}, ${b})`;
+        chip.classList.toggle("lw-tok-dark", row[i] / max > 0.55);
+      });
+      drawHeatmap();
+      drawHeadView(rows, q);
+    } catch (error) {
+      status.textContent = `error: ${(error as Error).message}`;
+    }
+  }
+
+  // --- head view: the query on the left, its strongest keys on the right, a line per head ---
+  function drawHeadView(rows: Matrix | null, q: number) {
+    if (!rows || q < 0) {
+      lines.height = 60;
+      lctx.clearRect(0, 0, lines.width, lines.height);
+      headCaption.textContent = "head view: pick a query token";
+      delete lines.dataset.drawn;
+      return;
+    }
+    const keys = headViewKeys(rows);
+    lines.height = Math.max(60, keys.length * HEADVIEW_ROW_PX + 10);
+    const width = lines.width;
+    lctx.clearRect(0, 0, width, lines.height);
+    const style = getComputedStyle(view);
+    lctx.font = `12px ${style.getPropertyValue("--jp-code-font-family") || "monospace"}`;
+    lctx.fillStyle = style.color || "#000";
+    lctx.textBaseline = "middle";
+    const qy = lines.height / 2;
+    const label = (text: string) => (text.length > 14 ? `${text.slice(0, 13)}…` : text);
+    lctx.textAlign = "right";
+    lctx.fillText(label(shown(tokens[q])), 95, qy);
+    lctx.textAlign = "left";
+    keys.forEach((k, i) => lctx.fillText(`${label(shown(tokens[k]))} ${k}`, width - 95, 14 + i * HEADVIEW_ROW_PX));
+    const current = model.get("head");
+    lctx.globalAlpha = 0.55;
+    for (let h = 0; h < rows.rows; h++) {
+      lctx.strokeStyle = headColour(h, rows.rows);
+      keys.forEach((k, i) => {
+        const w = rows.data[h * rows.cols + k];
+        if (w < 0.01) return;
+        lctx.lineWidth = Math.max(0.5, w * (h === current ? 10 : 6));
+        lctx.beginPath();
+        lctx.moveTo(100, qy);
+        lctx.lineTo(width - 100, 14 + i * HEADVIEW_ROW_PX);
+        lctx.stroke();
+      });
+    }
+    lctx.globalAlpha = 1;
+    headCaption.textContent = `head view: layer ${model.get("layer")}, query ${q}, line width = weight`;
+    lines.dataset.drawn = "true";
+  }
+
+  // --- pointer on the heatmap: hover tooltip, click picks a query, drag zooms ---
+  let pressed: { row: number; col: number; x: number; y: number } | null = null;
+  const cellFromEvent = (event: MouseEvent) => {
+    if (!overview) return null;
+    const box = canvas.getBoundingClientRect();
+    return cellAt(event.clientX - box.left, event.clientY - box.top, box.width, box.height, overview.rows, overview.cols);
+  };
+  canvas.addEventListener("mousemove", (event) => {
+    const cell = cellFromEvent(event);
+    const box = canvas.getBoundingClientRect();
+    if (pressed) {
+      const [x0, y0] = [pressed.x, pressed.y];
+      const [x1, y1] = [event.clientX - box.left, event.clientY - box.top];
+      Object.assign(lasso.style, {
+        left: `${canvas.offsetLeft + Math.min(x0, x1)}px`, top: `${canvas.offsetTop + Math.min(y0, y1)}px`,
+        width: `${Math.abs(x1 - x0)}px`, height: `${Math.abs(y1 - y0)}px`,
+      });
+      lasso.hidden = Math.abs(x1 - x0) < 4 && Math.abs(y1 - y0) < 4;
+    }
+    if (!cell || !overview) {
+      tooltip.hidden = true;
+      return;
+    }
+    const [rq0, rq1, rk0, rk1] = region();
+    const [q0, q1] = binRange(cell.row, overview.rows, rq1 - rq0).map((v) => v + rq0);
+    const [k0, k1] = binRange(cell.col, overview.cols, rk1 - rk0).map((v) => v + rk0);
+    const name = (a: number, b: number) => (b - a === 1 ? `${a} ${JSON.stringify(tokens[a])}` : `${a}-${b - 1}`);
+    const weight = overview.data[cell.row * overview.cols + cell.col];
+    tooltip.textContent = `query ${name(q0, q1)} → key ${name(k0, k1)}: ${weight.toFixed(3)}${q1 - q0 > 1 || k1 - k0 > 1 ? " (max)" : ""}`;
+    tooltip.style.left = `${event.clientX - box.left + 12}px`;
+    tooltip.style.top = `${event.clientY - box.top + 12}px`;
+    tooltip.hidden = false;
+  });
+  canvas.addEventListener("mouseleave", () => (tooltip.hidden = true));
+  canvas.addEventListener("mousedown", (event) => {
+    const cell = cellFromEvent(event);
+    if (!cell) return;
+    event.preventDefault();
+    const box = canvas.getBoundingClientRect();
+    pressed = { ...cell, x: event.clientX - box.left, y: event.clientY - box.top };
+  });
+  const release = (event: MouseEvent) => {
+    if (!pressed || !overview) return;
+    const start = pressed;
+    pressed = null;
+    lasso.hidden = true;
+    const box = canvas.getBoundingClientRect();
+    const x = Math.min(Math.max(event.clientX - box.left, 0), box.width - 1);
+    const y = Math.min(Math.max(event.clientY - box.top, 0), box.height - 1);
+    const end = cellAt(x, y, box.width, box.height, overview.rows, overview.cols)!;
+    if (Math.abs(x - start.x) < 4 && Math.abs(y - start.y) < 4) { // a click: pick that query
+      const [q0, q1] = region();
+      model.set("query", binRange(end.row, overview.rows, q1 - q0)[0] + q0);
+      model.save_changes();
+      return;
+    }
+    const zoom = regionOf(start, end, overview.rows, overview.cols, region());
+    if (zoom[1] - zoom[0] < 2 && zoom[3] - zoom[2] < 2) return;
+    model.set("zoom", zoom);
+    model.save_changes();
+  };
+  window.addEventListener("mouseup", release);
+  unzoom.addEventListener("click", () => {
+    model.set("zoom", []);
+    model.save_changes();
+  });
+
+  grid.addEventListener("click", (event) => {
+    const box = grid.getBoundingClientRect();
+    const cell = cellAt(event.clientX - box.left, event.clientY - box.top, box.width, box.height, nLayers, nHeads);
+    if (!cell || options.onGridClick?.(cell.row, cell.col, event)) return;
+    model.set("layer", cell.row);
+    model.set("head", cell.col);
+    model.save_changes();
+  });
+  layerBox.addEventListener("change", () => {
+    model.set("layer", Number(layerBox.value));
+    model.save_changes();
+  });
+  headBox.addEventListener("change", () => {
+    model.set("head", Number(headBox.value));
+    model.save_changes();
+  });
+
+  async function exportAs(fmt: string) {
+    status.textContent = `exporting ${fmt.toUpperCase()}…`;
+    try {
+      const [msg, buffers] = await requests.raw("export", { format: fmt });
+      const view = buffers[0];
+      download(msg.name ?? `attention.${fmt}`, new Uint8Array(view.buffer as ArrayBuffer, view.byteOffset, view.byteLength), MIME[fmt]);
+      status.textContent = `saved ${msg.name}`;
+    } catch (error) {
+      status.textContent = `error: ${(error as Error).message}`;
+    }
+  }
+
+  function loadGrid() {
+    requests.ask("grid", { size: GRID_SIZE }).then((m) => {
+      if (!alive) return;
+      gridMaps = m;
+      drawGrid();
+    }).catch((error) => (status.textContent = `error: ${(error as Error).message}`));
+  }
+
+  const onSelection = () => {
+    layerBox.value = String(model.get("layer"));
+    headBox.value = String(model.get("head"));
+    loadOverview().then(loadRow);
+  };
+  const onQuery = () => void loadRow();
+  const onRevision = () => { // a new run (the editor regenerated): new tokens, new maps
+    tokens = model.get("tokens");
+    overview = null;
+    buildStrip();
+    onSelection();
+    loadGrid();
+  };
+  model.on("change:layer", onSelection);
+  model.on("change:head", onSelection);
+  model.on("change:zoom", onSelection);
+  model.on("change:query", onQuery);
+  model.on("change:revision", onRevision);
+
+  buildStrip();
+  onSelection();
+  loadGrid();
+
+  return {
+    element: view,
+    refresh() {
+      refreshKeys();
+      drawGrid();
+    },
+    destroy() {
+      alive = false;
+      requests.close();
+      window.removeEventListener("mouseup", stopDrag);
+      window.removeEventListener("mouseup", release);
+      model.off("change:layer", onSelection);
+      model.off("change:head", onSelection);
+      model.off("change:zoom", onSelection);
+      model.off("change:query", onQuery);
+      model.off("change:revision", onRevision);
+    },
+  };
+}

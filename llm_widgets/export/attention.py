@@ -1,0 +1,264 @@
+"""Attention figures as files: PNG, SVG (tokens as text) and standalone HTML.
+
+Built from the same data the widget draws (the pooled map of the selected
+head and region, the selected query's row), so a figure is what was on screen.
+No network: the heatmap travels as an embedded PNG, token text is escaped.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from ..trace import Trace
+
+OVERVIEW = 512  # the pooled size the widget paints, and the figure's resolution
+SIDE = 420  # drawn size of the heatmap, px (as in the widget)
+LABELLED = 48  # up to this many tokens per axis, each is labelled
+FORMATS = (".png", ".svg", ".html")
+
+# The colour map of js/lib/heatmap.ts (light to dark, monotone in lightness).
+STOPS = np.array([[255, 255, 255], [224, 236, 244], [158, 188, 218], [140, 150, 198],
+                  [136, 86, 167], [110, 1, 107], [50, 0, 60]], dtype=np.float64)
+
+
+def colours(values: np.ndarray) -> np.ndarray:
+    """uint8 RGB of weights in [0, 1] (clamped), shape [..., 3]."""
+    v = np.clip(np.nan_to_num(values), 0, 1) * (len(STOPS) - 1)
+    i = np.minimum(len(STOPS) - 2, np.floor(v).astype(int))
+    t = (v - i)[..., None]
+    return np.round(STOPS[i] + (STOPS[i + 1] - STOPS[i]) * t).astype(np.uint8)
+
+
+def shown(token: str) -> str:
+    """Visible form of a token, as the widget shows it."""
+    return token.replace("\n", "↵").replace("\t", "⇥") or "∅"
+
+
+@dataclass
+class AttentionFigure:
+    """What one figure shows: a head, a region of its map, and maybe a query's row."""
+
+    model_name: str
+    layer: int
+    head: int
+    tokens: list[str]
+    n_prompt: int
+    matrix: np.ndarray  # pooled [rows, cols] of the region
+    queries: tuple[int, int]
+    keys: tuple[int, int]
+    query: int = -1
+    query_row: np.ndarray | None = None  # the query's attention over all keys
+    record: dict = field(default_factory=dict)
+
+    @property
+    def title(self) -> str:
+        region = ""
+        if self.queries != (0, len(self.tokens)) or self.keys != (0, len(self.tokens)):
+            region = f", queries {self.queries[0]}-{self.queries[1] - 1}, keys {self.keys[0]}-{self.keys[1] - 1}"
+        return f"{self.model_name}: layer {self.layer}, head {self.head}{region}"
+
+    def top_keys(self, k: int = 8) -> list[tuple[int, float]]:
+        if self.query_row is None:
+            return []
+        order = np.argsort(-self.query_row, kind="stable")[:k]
+        return [(int(i), float(self.query_row[i])) for i in order]
+
+    def heatmap_png(self) -> bytes:
+        """The map alone, one pixel per cell (scaled without smoothing where drawn)."""
+        m = self.matrix
+        rgb = colours(m / (m.max() if m.max() > 0 else 1.0))
+        buffer = io.BytesIO()
+        Image.fromarray(rgb, "RGB").save(buffer, format="PNG", optimize=True)
+        return buffer.getvalue()
+
+
+def attention_figure(trace: Trace, layer: int, head: int, *, query: int = -1,
+                     queries: tuple[int, int] | None = None, keys: tuple[int, int] | None = None) -> AttentionFigure:
+    n = len(trace)
+    matrix = trace.attention_overview(layer, head, size=OVERVIEW, queries=queries, keys=keys)
+    if not -1 <= query < n:
+        raise ValueError(f"query {query} is out of range: -1 (none) or 0 to {n - 1}")
+    row = trace.attention(layer, head, queries=query)[0].numpy() if query >= 0 else None
+    return AttentionFigure(model_name=trace.model.name, layer=layer, head=head, tokens=list(trace.tokens),
+                           n_prompt=trace.n_prompt, matrix=matrix.numpy(), queries=tuple(queries or (0, n)),
+                           keys=tuple(keys or (0, n)), query=query, query_row=row, record=trace.record)
+
+
+# --- layout shared by SVG and PNG ---
+
+def _layout(fig: AttentionFigure) -> dict:
+    rows, cols = fig.matrix.shape
+    labelled_q = fig.queries[1] - fig.queries[0] <= LABELLED
+    labelled_k = fig.keys[1] - fig.keys[0] <= LABELLED
+    left = 110 if labelled_q else 50
+    top = 40
+    bottom = 110 if labelled_k else 40
+    lines = len(fig.top_keys()) + 1 if fig.query >= 0 else 0
+    width = left + SIDE + 30
+    height = top + SIDE + bottom + 16 * lines
+    return dict(rows=rows, cols=cols, left=left, top=top, width=width, height=height,
+                labelled_q=labelled_q, labelled_k=labelled_k, notes_y=top + SIDE + bottom)
+
+
+def _ticks(span: tuple[int, int], labelled: bool, fig: AttentionFigure) -> list[tuple[float, str]]:
+    """(fraction along the axis, label) pairs: every token when few, else positions."""
+    start, stop = span
+    n = stop - start
+    if labelled:
+        return [((i + 0.5) / n, shown(fig.tokens[start + i])) for i in range(n)]
+    step = max(1, round(n / 8))
+    return [((i + 0.5) / n, str(start + i)) for i in range(0, n, step)]
+
+
+def _notes(fig: AttentionFigure) -> list[str]:
+    if fig.query < 0:
+        return []
+    out = [f"query {fig.query} {shown(fig.tokens[fig.query])!r} attends most to:"]
+    out += [f"  {k:>5} {shown(fig.tokens[k])!r}: {w:.3f}" for k, w in fig.top_keys()]
+    return out
+
+
+def to_svg(fig: AttentionFigure) -> str:
+    lay = _layout(fig)
+    esc = html.escape
+    left, top = lay["left"], lay["top"]
+    png = base64.b64encode(fig.heatmap_png()).decode("ascii")
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{lay["width"]}" height="{lay["height"]}" '
+        f'viewBox="0 0 {lay["width"]} {lay["height"]}" font-family="monospace" font-size="11">',
+        f'<rect width="100%" height="100%" fill="#fff"/>',
+        f'<text x="{left}" y="20" font-size="13" font-weight="bold">{esc(fig.title)}</text>',
+        f'<image x="{left}" y="{top}" width="{SIDE}" height="{SIDE}" preserveAspectRatio="none" '
+        f'style="image-rendering:pixelated" href="data:image/png;base64,{png}"/>',
+        f'<rect x="{left}" y="{top}" width="{SIDE}" height="{SIDE}" fill="none" stroke="#999"/>',
+    ]
+    for frac, label in _ticks(fig.queries, lay["labelled_q"], fig):
+        y = top + frac * SIDE
+        parts.append(f'<text x="{left - 4}" y="{y:.1f}" text-anchor="end" dominant-baseline="middle">{esc(label)}</text>')
+    for frac, label in _ticks(fig.keys, lay["labelled_k"], fig):
+        x = left + frac * SIDE
+        parts.append(f'<text transform="translate({x:.1f},{top + SIDE + 6}) rotate(60)" '
+                     f'dominant-baseline="middle">{esc(label)}</text>')
+    if fig.query >= 0 and fig.queries[0] <= fig.query < fig.queries[1]:
+        h = SIDE / lay["rows"]
+        row = int((fig.query - fig.queries[0]) * lay["rows"] / (fig.queries[1] - fig.queries[0]))
+        parts.append(f'<rect x="{left}" y="{top + row * h:.1f}" width="{SIDE}" height="{max(h, 2):.1f}" '
+                     f'fill="none" stroke="#e6550d" stroke-width="2"/>')
+    for i, line in enumerate(_notes(fig)):
+        parts.append(f'<text x="{left}" y="{lay["notes_y"] + 16 * i}" xml:space="preserve">{esc(line)}</text>')
+    parts.append("</svg>")
+    return "\n".join(parts)
+
+
+def to_png(fig: AttentionFigure, scale: int = 2) -> bytes:
+    lay = _layout(fig)
+    left, top = lay["left"] * scale, lay["top"] * scale
+    side = SIDE * scale
+    image = Image.new("RGB", (lay["width"] * scale, lay["height"] * scale), "white")
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default(size=11 * scale)
+    draw.text((left, 8 * scale), fig.title, fill="black", font=ImageFont.load_default(size=13 * scale))
+    heat = Image.open(io.BytesIO(fig.heatmap_png())).resize((side, side), Image.Resampling.NEAREST)
+    image.paste(heat, (left, top))
+    draw.rectangle([left, top, left + side, top + side], outline="#999999")
+    for frac, label in _ticks(fig.queries, lay["labelled_q"], fig):
+        draw.text((left - 4 * scale, top + frac * side), label, fill="black", font=font, anchor="rm")
+    for frac, label in _ticks(fig.keys, lay["labelled_k"], fig):
+        box = font.getbbox(label)
+        text = Image.new("RGBA", (box[2] + 4, box[3] + 4), (255, 255, 255, 0))
+        ImageDraw.Draw(text).text((0, 0), label, fill="black", font=font)
+        turned = text.rotate(-60, expand=True)
+        image.paste(turned, (int(left + frac * side - 4 * scale), top + side + 4 * scale), turned)
+    if fig.query >= 0 and fig.queries[0] <= fig.query < fig.queries[1]:
+        h = side / lay["rows"]
+        row = int((fig.query - fig.queries[0]) * lay["rows"] / (fig.queries[1] - fig.queries[0]))
+        draw.rectangle([left, top + row * h, left + side, top + row * h + max(h, 2 * scale)], outline="#e6550d",
+                       width=2 * scale)
+    for i, line in enumerate(_notes(fig)):
+        draw.text((left, (lay["notes_y"] + 16 * i) * scale), line, fill="black", font=font)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
+def _json_for_script(value) -> str:
+    # Inside <script>, "</" would end the element and "<!--" could open a comment: escape "<".
+    return json.dumps(value).replace("<", "\\u003c")
+
+
+def to_html(fig: AttentionFigure) -> str:
+    """A page that opens anywhere: the figure inline, tokens coloured by the query's row, data embedded."""
+    esc = html.escape
+    row = fig.query_row
+    peak = float(row.max()) if row is not None and row.max() > 0 else 1.0
+    chips = []
+    for i, token in enumerate(fig.tokens):
+        cls = "tok gen" if i >= fig.n_prompt else "tok"
+        style = ""
+        if row is not None:
+            r, g, b = colours(np.array(row[i] / peak)).tolist()
+            dark = row[i] / peak > 0.55
+            style = f' style="background:rgb({r},{g},{b});{"color:#fff;" if dark else ""}"'
+        if i == fig.query:
+            cls += " query"
+        weight = f": {row[i]:.3f}" if row is not None else ""
+        chips.append(f'<span class="{cls}"{style} title="{esc(f"{i}: {token!r}{weight}")}">{esc(shown(token))}</span>')
+    values = (fig.matrix / max(float(fig.matrix.max()), 1e-12) * 255).round().astype(np.uint8)
+    data = {
+        "model": fig.model_name, "layer": fig.layer, "head": fig.head, "query": fig.query,
+        "queries": list(fig.queries), "keys": list(fig.keys), "tokens": fig.tokens, "n_prompt": fig.n_prompt,
+        "map": {"shape": list(values.shape), "dtype": "uint8", "max": float(fig.matrix.max()),
+                "base64": base64.b64encode(values.tobytes()).decode("ascii")},
+        "query_row": row.tolist() if row is not None else None,
+        "record": fig.record,
+    }
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<title>{esc(fig.title)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 24px; color: #111; background: #fff; }}
+.tokens {{ font-family: monospace; display: flex; flex-wrap: wrap; gap: 2px; max-width: 900px; margin: 12px 0; }}
+.tok {{ padding: 1px 3px; border: 1px solid #ddd; border-radius: 3px; white-space: pre; }}
+.gen {{ border-style: dashed; border-color: #e6550d; }}
+.query {{ outline: 2px solid #e6550d; }}
+footer {{ color: #666; font-size: 12px; }}
+</style></head><body>
+<h1 style="font-size:16px">{esc(fig.title)}</h1>
+<div class="tokens" aria-label="tokens{', coloured by the query' if row is not None else ''}">{''.join(chips)}</div>
+{to_svg(fig)}
+<footer>Exported by llm-widgets. Prompt tokens solid, generated dashed. The data (pooled map, the query's row,
+the run record) is embedded below as JSON.</footer>
+<script type="application/json" id="llm-widgets-data">{_json_for_script(data)}</script>
+</body></html>
+"""
+
+
+def save(fig: AttentionFigure, path: str | Path) -> Path:
+    """Write the figure; the format follows the suffix (.png, .svg, .html)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in FORMATS:
+        raise ValueError(f"cannot save {path.name!r}: the file name must end in .png, .svg or .html")
+    if suffix == ".png":
+        path.write_bytes(to_png(fig))
+    else:
+        path.write_text(to_svg(fig) if suffix == ".svg" else to_html(fig), encoding="utf-8")
+    return path
+
+
+def render(fig: AttentionFigure, fmt: str) -> bytes:
+    """The file's bytes for a format name ("png", "svg", "html"): what the widget's buttons download."""
+    if fmt == "png":
+        return to_png(fig)
+    if fmt in ("svg", "html"):
+        return (to_svg(fig) if fmt == "svg" else to_html(fig)).encode("utf-8")
+    raise ValueError(f"unknown export format {fmt!r}: use 'png', 'svg' or 'html'")

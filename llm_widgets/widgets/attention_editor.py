@@ -1,0 +1,150 @@
+"""`AttentionEditor`: the attention view plus steering, regenerating live.
+
+The front end turns sliders and clicks into edit dicts (the same as
+`ScaleAttention.to_dict()` / `AblateHead.to_dict()`) and sets `edit_specs`;
+this side reruns the model with them and publishes the new output next to the
+one without edits. A run that fails leaves the previous edits, output and model
+as they were, and says why in the widget.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import traitlets
+
+from ..models import LanguageModel
+from ..trace import Trace, edit_from_dict, fidelity
+from ..trace.edits import AblateHead, ScaleAttention
+from ._frontend import bundle
+from .attention_view import AttentionView
+
+Edit = ScaleAttention | AblateHead
+
+
+def _as_spec(edit: Any) -> dict:
+    if isinstance(edit, (ScaleAttention, AblateHead)):
+        return edit.to_dict()
+    if isinstance(edit, dict):
+        return edit_from_dict(edit).to_dict()  # validated and normalised
+    raise TypeError(f"an edit is lw.ScaleAttention(...), lw.AblateHead(...) or their dict; got {type(edit).__name__}")
+
+
+class AttentionEditor(AttentionView):
+    """`lw.AttentionEditor(model, prompt, max_new_tokens=20)`: steer attention with sliders.
+
+    Select key tokens in the strip, move the factor slider (0 masks, 1 changes
+    nothing, 10 emphasises), choose the layers and heads, ablate heads; on
+    release the model regenerates and the new output shows beside the old one.
+    `editor.edits` is the list the UI built: pass it to `model.trace(..., edits=...)`,
+    or set it from Python to update the UI.
+    """
+
+    _esm = bundle("attention_editor")
+    _css = bundle("attention_editor", ".css")
+
+    prompt_text = traitlets.Unicode().tag(sync=True)
+    edit_specs = traitlets.List(traitlets.Dict()).tag(sync=True)
+    key_span = traitlets.List(traitlets.Int()).tag(sync=True)  # [start, stop) selected in the strip, [] for none
+    picked = traitlets.List(traitlets.List(traitlets.Int())).tag(sync=True)  # [[layer, head], ...] for "picked"
+    baseline_tokens = traitlets.List(traitlets.Unicode()).tag(sync=True)  # generated without edits
+    new_tokens = traitlets.List(traitlets.Unicode()).tag(sync=True)  # generated with the edits
+    target = traitlets.Unicode().tag(sync=True)  # the token that followed the prompt without edits
+    p_before = traitlets.Float().tag(sync=True)
+    p_after = traitlets.Float().tag(sync=True)
+    busy = traitlets.Bool(False).tag(sync=True)
+    error = traitlets.Unicode().tag(sync=True)
+    fidelity = traitlets.Float().tag(sync=True)
+    record_json = traitlets.Unicode().tag(sync=True)
+    runs = traitlets.Int(0).tag(sync=True)  # regenerations so far
+
+    def __init__(self, model: LanguageModel, prompt: Any, *, max_new_tokens: int = 20, edits: Any = (),
+                 seed: int | None = 0, do_sample: bool = False, layer: int = 0, head: int = 0, **generation_kwargs):
+        if not isinstance(model, LanguageModel):
+            raise TypeError(f"AttentionEditor takes a LanguageModel (from lw.load_model), got {type(model).__name__}")
+        if model.facts.kind != "causal":
+            raise ValueError(f"{model.name} does not generate (a masked model): the editor needs a causal LM; "
+                             f"use lw.AttentionView(model.trace(prompt)) to see its attention")
+        self.lm = model
+        self._settings = dict(max_new_tokens=max_new_tokens, seed=seed, do_sample=do_sample, **generation_kwargs)
+        self.baseline: Trace = model.trace(prompt, **self._settings)
+        self._prompt = self.baseline.input_ids[:self.baseline.n_prompt].tolist()  # ids: what every rerun uses
+        specs = [_as_spec(e) for e in edits]
+        current = self._run(specs) if specs else self.baseline
+        self._reverting = False
+        self._failure: Exception | None = None
+        super().__init__(current, layer=layer, head=head, prompt_text=self.baseline.prompt_text,
+                         baseline_tokens=self.baseline.tokens[self.baseline.n_prompt:],
+                         target=model.tokenizer.decode([self.baseline.next_token_id]),
+                         p_before=self.baseline.probability(self.baseline.next_token_id),
+                         fidelity=fidelity(model, self._prompt))
+        self.edit_specs = specs
+        self._publish(current, specs)
+        self.observe(self._on_edit_specs, names="edit_specs")
+
+    # --- the edits, as Python objects ---
+
+    @property
+    def edits(self) -> list[Edit]:
+        """The active edits (what the sliders and toggles built)."""
+        return [edit_from_dict(spec) for spec in self.edit_specs]
+
+    @edits.setter
+    def edits(self, value: Any) -> None:
+        specs = [_as_spec(e) for e in value]
+        self._failure = None
+        self.edit_specs = specs
+        if self._failure is not None:  # shown in the widget too; the previous edits are still in place
+            raise self._failure
+
+    def reset(self) -> None:
+        """Back to the run without edits."""
+        self.edit_specs = []
+
+    # --- regenerating ---
+
+    def _run(self, specs: list[dict]) -> Trace:
+        return self.lm.trace(self._prompt, edits=[edit_from_dict(s) for s in specs], **self._settings)
+
+    def _on_edit_specs(self, change) -> None:
+        if self._reverting:
+            return
+        self.busy = True  # sent now: the front end shows it while the model runs
+        try:
+            trace = self._run(change["new"]) if change["new"] else self.baseline
+        except Exception as error:  # shown in the widget; the previous state stays
+            self._failure = error
+            self._revert(change["old"], f"{type(error).__name__}: {error}")
+            return
+        except BaseException:  # KeyboardInterrupt: put things back, then let it through
+            self._revert(change["old"], "interrupted: the previous edits and output are kept")
+            raise
+        finally:
+            self.busy = False
+        with self.hold_sync():
+            self._publish(trace, change["new"])
+
+    def _revert(self, old: list[dict], message: str) -> None:
+        self._reverting = True
+        try:
+            with self.hold_sync():
+                self.edit_specs = old
+                self.error = message
+        finally:
+            self._reverting = False
+
+    def _publish(self, trace: Trace, specs: list[dict]) -> None:
+        """Show `trace` (made with `specs`) as the current run."""
+        self.query = -1  # before the tokens change: a kept position might not exist any more
+        self.zoom = []
+        self.trace = trace
+        self.tokens = trace.tokens
+        self.n_prompt = trace.n_prompt
+        self.output_text = trace.output_text
+        self.new_tokens = trace.tokens[trace.n_prompt:]
+        self.p_after = trace.probability(self.baseline.next_token_id)
+        self.record_json = json.dumps(trace.record, indent=1)
+        self.error = ""
+        self.runs += 1
+        self.revision += 1
