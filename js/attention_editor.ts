@@ -24,6 +24,7 @@ interface EditorState extends ViewState {
   fidelity: number;
   record_json: string;
   runs: number;
+  run_seconds: number;
 }
 
 const DEBOUNCE_MS = 250;
@@ -167,8 +168,11 @@ function render({ model, el: root }: RenderProps<EditorState>): () => void {
     m.save_changes();
   }
   let timer: ReturnType<typeof setTimeout> | undefined;
+  let pointer = false; // a mouse or touch release commits at once; key presses are debounced
   function commitSlider() {
     clearTimeout(timer);
+    const delay = pointer ? 0 : DEBOUNCE_MS;
+    pointer = false;
     timer = setTimeout(() => {
       const span = m.get("key_span");
       if (span.length !== 2) return;
@@ -179,10 +183,11 @@ function render({ model, el: root }: RenderProps<EditorState>): () => void {
         return;
       }
       send(applySteer(m.get("edit_specs"), made));
-    }, DEBOUNCE_MS);
+    }, delay);
   }
   slider.addEventListener("input", () => (factorText.textContent = `×${sliderToFactor(Number(slider.value))}`));
-  slider.addEventListener("change", commitSlider); // on release (mouse) or each key press, debounced
+  slider.addEventListener("pointerdown", () => (pointer = true));
+  slider.addEventListener("change", commitSlider); // on release, or on each key press (debounced)
   scope.addEventListener("change", drawControls);
   ablate.addEventListener("click", () => send(toggleAblation(m.get("edit_specs"), m.get("layer"), m.get("head"))));
   pick.addEventListener("click", () => togglePick(m.get("layer"), m.get("head")));
@@ -254,9 +259,12 @@ function render({ model, el: root }: RenderProps<EditorState>): () => void {
     };
     side(before, "without edits", old, diff.before);
     const changes = diff.after.filter(Boolean).length;
-    side(after, m.get("edit_specs").length ? `with edits (${changes} tokens changed)` : "with edits (none yet)", now, diff.after);
+    const took = m.get("run_seconds") ? `, ${m.get("run_seconds").toFixed(1)} s` : "";
+    side(after, m.get("edit_specs").length ? `with edits (${changes} tokens changed${took})` : "with edits (none yet)", now,
+      diff.after);
     after.dataset.text = now.join("");
     after.dataset.runs = String(m.get("runs"));
+    after.dataset.runSeconds = String(m.get("run_seconds"));
     const [p0, p1] = [m.get("p_before"), m.get("p_after")];
     const delta = p1 - p0;
     prob.textContent = `p(${JSON.stringify(m.get("target"))} next) ${p0.toFixed(3)} → ${p1.toFixed(3)} ` +
@@ -293,7 +301,7 @@ function render({ model, el: root }: RenderProps<EditorState>): () => void {
   const events: [string, () => void][] = [
     ["change:edit_specs", onEdits], ["change:key_span", drawControls], ["change:picked", drawControls],
     ["change:layer", drawControls], ["change:head", drawControls], ["change:tokens", onEdits],
-    ["change:new_tokens", onOutputs], ["change:runs", onOutputs], ["change:p_after", onOutputs],
+    ["change:new_tokens", onOutputs], ["change:runs", onOutputs], ["change:run_seconds", onOutputs], ["change:p_after", onOutputs],
     ["change:busy", drawStatus], ["change:error", drawStatus], ["change:fidelity", drawBadge],
   ];
   for (const [name, handler] of events) m.on(name, handler);

@@ -51,6 +51,33 @@ cells = [
         "print(\"steered:\", repr(steered.output_text))\n"
         "assert \"'dog'\" in steered.output_text and \"dog\" not in plain.output_text"
     ),
+    new_markdown_cell("## Steer it with sliders\n\n`lw.AttentionEditor(model, prompt)` does the same with the mouse. "
+                      "Click or drag over key tokens in the strip (here \"the word 'dog'\", tokens 7 to 11), move the "
+                      "factor slider (0 masks, 1 in the middle changes nothing, 10 emphasises) and choose the layers "
+                      "and heads it applies to; `ablate` removes the selected head. On release the model "
+                      "regenerates: the output without edits and with them stand side by side, changed tokens "
+                      "marked, with the change in probability of the token that came first. The badge is the "
+                      "largest logit difference between the instrumented and the plain model (0 here)."),
+    new_code_cell("editor = lw.AttentionEditor(model, prompt, max_new_tokens=8, layer=15, head=4)\neditor"),
+    new_markdown_cell("`editor.edits` is the list the sliders built, ready for `model.trace(..., edits=...)`; setting "
+                      "it from Python updates the widget."),
+    new_code_cell(
+        "editor.edits = [lw.ScaleAttention(30.0, keys=dog)]\n"
+        "print(repr(editor.output_text), f\"p({editor.target!r}) {editor.p_before:.2f} -> {editor.p_after:.2f}\")\n"
+        "assert editor.output_text == model.trace(prompt, max_new_tokens=8, edits=editor.edits).output_text\n"
+        "editor.reset()  # back to the run without edits: try the sliders above"
+    ),
+    new_markdown_cell("## Export a figure\n\nThe export buttons of a view download what is on screen (head, zoom, "
+                      "selected query) as PNG, SVG (tokens as text) or a standalone HTML page (opens with no kernel "
+                      "and no network). From Python: `view.save(...)`."),
+    new_code_cell(
+        "from pathlib import Path\n\n"
+        "view = lw.AttentionView(tr, layer=15, head=4)\n"
+        "view.query = tr.n_prompt - 1  # the last prompt token: where does it look?\n"
+        "Path(\"figures\").mkdir(exist_ok=True)\n"
+        "for name in (\"attention.png\", \"attention.svg\", \"attention.html\"):\n"
+        "    print(view.save(Path(\"figures\") / name))"
+    ),
     new_markdown_cell("## Reproduce\n\nEvery trace carries a JSON-able record (model and weights hash, prompt ids, seed, "
                       "generation settings, edits, library versions). `lw.replay` runs it again, token for token."),
     new_code_cell(

@@ -123,7 +123,6 @@ export function mountAttention(model: AnyModel<ViewState>, options: PanelOptions
   let tokens = model.get("tokens");
   let alive = true;
   let overview: Matrix | null = null;
-  let gridMaps: Matrix | null = null;
   const nHeads = model.get("n_heads");
   const nLayers = model.get("n_layers");
   const region = (): [number, number, number, number] => {
@@ -284,21 +283,32 @@ export function mountAttention(model: AnyModel<ViewState>, options: PanelOptions
     canvas.dataset.drawMs = (performance.now() - started).toFixed(2); // read by the benchmark
   }
 
-  function drawGrid() {
-    if (!gridMaps) return;
-    const size = gridMaps.cols;
-    gctx.clearRect(0, 0, grid.width, grid.height);
+  let gridImage: HTMLCanvasElement | null = null; // the thumbnails, painted once per answer
+  function paintThumbnails(maps: Matrix): HTMLCanvasElement {
+    const size = maps.cols;
+    const image = document.createElement("canvas");
+    image.width = grid.width;
+    image.height = grid.height;
+    const ictx = image.getContext("2d")!;
+    ictx.imageSmoothingEnabled = false;
+    const off = document.createElement("canvas");
+    off.width = off.height = size;
+    const octx = off.getContext("2d")!;
     for (let layer = 0; layer < nLayers; layer++) {
       for (let head = 0; head < nHeads; head++) {
         const start = (layer * nHeads + head) * size;
-        const one = { rows: size, cols: size, data: gridMaps.data.subarray(start * size, (start + size) * size) };
-        const off = document.createElement("canvas");
-        off.width = off.height = size;
-        off.getContext("2d")!.putImageData(new ImageData(toPixels(one, maxOf(one)), size, size), 0, 0);
-        gctx.imageSmoothingEnabled = false;
-        gctx.drawImage(off, head * GRID_CELL_PX + 1, layer * GRID_CELL_PX + 1, GRID_CELL_PX - 2, GRID_CELL_PX - 2);
+        const one = { rows: size, cols: size, data: maps.data.subarray(start * size, (start + size) * size) };
+        octx.putImageData(new ImageData(toPixels(one, maxOf(one)), size, size), 0, 0);
+        ictx.drawImage(off, head * GRID_CELL_PX + 1, layer * GRID_CELL_PX + 1, GRID_CELL_PX - 2, GRID_CELL_PX - 2);
       }
     }
+    return image;
+  }
+
+  function drawGrid() {
+    gctx.clearRect(0, 0, grid.width, grid.height);
+    if (!gridImage) return;
+    gctx.drawImage(gridImage, 0, 0);
     grid.dataset.drawn = "true";
     const outline = (layer: number, head: number, colour: string, inset: number) => {
       gctx.strokeStyle = colour;
@@ -507,7 +517,7 @@ export function mountAttention(model: AnyModel<ViewState>, options: PanelOptions
   function loadGrid() {
     requests.ask("grid", { size: GRID_SIZE }).then((m) => {
       if (!alive) return;
-      gridMaps = m;
+      gridImage = paintThumbnails(m);
       drawGrid();
     }).catch((error) => (status.textContent = `error: ${(error as Error).message}`));
   }
@@ -521,6 +531,9 @@ export function mountAttention(model: AnyModel<ViewState>, options: PanelOptions
   const onRevision = () => { // a new run (the editor regenerated): new tokens, new maps
     tokens = model.get("tokens");
     overview = null;
+    gridImage = null;
+    delete canvas.dataset.drawn; // "drawn" means drawn for this run
+    delete grid.dataset.drawn;
     buildStrip();
     onSelection();
     loadGrid();

@@ -10,6 +10,7 @@ as they were, and says why in the widget.
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import traitlets
@@ -58,6 +59,7 @@ class AttentionEditor(AttentionView):
     fidelity = traitlets.Float().tag(sync=True)
     record_json = traitlets.Unicode().tag(sync=True)
     runs = traitlets.Int(0).tag(sync=True)  # regenerations so far
+    run_seconds = traitlets.Float(0.0).tag(sync=True)  # how long the last regenerate took in Python
 
     def __init__(self, model: LanguageModel, prompt: Any, *, max_new_tokens: int = 20, edits: Any = (),
                  seed: int | None = 0, do_sample: bool = False, layer: int = 0, head: int = 0, **generation_kwargs):
@@ -111,6 +113,7 @@ class AttentionEditor(AttentionView):
         if self._reverting:
             return
         self.busy = True  # sent now: the front end shows it while the model runs
+        started = time.perf_counter()
         try:
             trace = self._run(change["new"]) if change["new"] else self.baseline
         except Exception as error:  # shown in the widget; the previous state stays
@@ -124,6 +127,7 @@ class AttentionEditor(AttentionView):
             self.busy = False
         with self.hold_sync():
             self._publish(trace, change["new"])
+            self.run_seconds = time.perf_counter() - started
 
     def _revert(self, old: list[dict], message: str) -> None:
         self._reverting = True

@@ -7,6 +7,7 @@ committed notebooks must stay without outputs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -41,6 +42,13 @@ def _free_port() -> int:
 def jupyter_server(tmp_path_factory, smollm2):  # smollm2: convert the weights before the kernel needs them
     root = tmp_path_factory.mktemp("lab")
     shutil.copytree(ROOT / "notebooks", root / "notebooks")
+    with jupyter_lab(root) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def jupyter_lab(root: Path):
+    """JupyterLab serving root/notebooks on a free port of 127.0.0.1, with a token; stopped on exit."""
     port, token = _free_port(), secrets.token_hex(16)
     settings = root / "settings"
     for plugin, values in LAB_SETTINGS.items():
@@ -58,34 +66,48 @@ def jupyter_server(tmp_path_factory, smollm2):  # smollm2: convert the weights b
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=root)
     base = f"http://127.0.0.1:{port}"
     deadline = time.time() + 90
-    while True:
-        try:
-            urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=2)
-            break
-        except OSError:
-            if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"JupyterLab did not start; see {ARTIFACTS / 'jupyterlab.log'}")
-            time.sleep(0.5)
-    yield {"base": base, "token": token, "root": root / "notebooks"}
-    proc.terminate()
     try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+        while True:
+            try:
+                urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=2)
+                break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError(f"JupyterLab did not start; see {ARTIFACTS / 'jupyterlab.log'}")
+                time.sleep(0.5)
+        yield {"base": base, "token": token, "root": root / "notebooks"}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
 
 
-@pytest.fixture(scope="session")
-def browser():
+@contextlib.contextmanager
+def chromium():
+    """Debian's chromium through playwright (which cannot download its own browser here)."""
     from playwright.sync_api import sync_playwright
 
     executable = shutil.which("chromium") or "/usr/bin/chromium"
     if not Path(executable).exists():
-        pytest.fail("Debian's chromium is missing: `make test` installs it (apt-get install chromium)")
+        raise RuntimeError("Debian's chromium is missing: `make test` installs it (apt-get install chromium)")
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS, headless=True)
-        yield browser
-        browser.close()
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture(scope="session")
+def browser():
+    try:
+        with chromium() as browser:
+            yield browser
+    except RuntimeError as error:
+        pytest.fail(str(error))
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from .conftest import ARTIFACTS, open_notebook, run_all_cells
@@ -34,7 +36,7 @@ def test_tour_notebook_runs_and_shows_its_widgets(jupyter_server, page):
     assert page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']",
                         has_text="Error").count() == 0
     # the attention views: heatmaps drawn, a token click colours the strip, HTML in tokens stays text
-    views = page.locator(".lw-attn")
+    views = page.locator(".lw-attn-view")
     views.nth(1).wait_for(timeout=120_000)  # the last cell
     assert views.count() == 2
     for i in range(2):
@@ -47,11 +49,88 @@ def test_tour_notebook_runs_and_shows_its_widgets(jupyter_server, page):
     chip.click()
     page.wait_for_function("el => el.style.backgroundColor !== ''", arg=first.locator(".lw-tok").nth(0).element_handle())
     assert "lw-tok-query" in chip.get_attribute("class")
+    first.locator("canvas.lw-attn-lines[data-drawn]").wait_for(timeout=30_000)  # the head view's lines
+    assert canvas_ink(first.locator("canvas.lw-attn-lines")) > 0.005
     xss = views.nth(1)
     assert xss.locator(".lw-attn-tokens").text_content().startswith("<img src=x onerror=alert(1)>")
     assert xss.locator("img").count() == 0 and page.dialogs == []
     first.scroll_into_view_if_needed()
     page.screenshot(path=str(ARTIFACTS / "attention_view.png"))
+
+    # export what is on screen: the files arrive through the browser's download
+    for fmt, magic in (("png", b"\x89PNG"), ("svg", b"<svg"), ("html", b"<!doctype html>")):
+        with page.expect_download() as download:
+            first.locator(f"button[data-format='{fmt}']").click()
+        path = ARTIFACTS / download.value.suggested_filename
+        download.value.save_as(path)
+        assert path.name == f"attention-L15-H4.{fmt}" and path.read_bytes().startswith(magic)
+
+    # zoom: drag a rectangle on the heatmap, the detail tile replaces the overview
+    heatmap = first.locator("canvas.lw-attn-heatmap")
+    box = heatmap.bounding_box()
+    page.mouse.move(box["x"] + 5, box["y"] + 5)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.6, box["y"] + box["height"] * 0.6, steps=5)
+    page.mouse.up()
+    first.locator("button", has_text="reset zoom").wait_for(state="visible", timeout=30_000)
+    page.wait_for_function("el => el.textContent.includes('queries 0')", arg=first.locator(".lw-attn-status").element_handle())
+    first.locator("button", has_text="reset zoom").click()
+
+    # the editor: no keys, no slider; select "the word 'dog'", slide to 10, the output regenerates
+    editor = page.locator(".lw-editor")
+    assert editor.count() == 1
+    editor.locator("canvas.lw-attn-heatmap[data-drawn]").wait_for(timeout=60_000)
+    assert "0" in editor.locator(".lw-ed-badge").inner_text()
+    slider = editor.locator("input.lw-ed-factor")
+    assert slider.is_disabled() and "select key tokens" in editor.locator(".lw-ed-hint").inner_text()
+    after = editor.locator(".lw-ed-after")
+    original, runs = after.get_attribute("data-text"), int(after.get_attribute("data-runs"))
+    chips = editor.locator(".lw-tok")
+    chips.nth(7).scroll_into_view_if_needed()
+    chips.nth(7).hover()
+    page.mouse.down()
+    chips.nth(9).hover()
+    chips.nth(11).hover()
+    page.mouse.up()
+    assert [("lw-tok-key" in (chips.nth(i).get_attribute("class") or "")) for i in range(6, 13)] == \
+        [False, True, True, True, True, True, False]
+    assert editor.locator(".lw-ed-keys").inner_text().startswith("7–11")
+    assert slider.is_enabled()
+    slider.focus()
+    page.keyboard.press("End")  # the slider's far right: factor 10
+    assert editor.locator(".lw-ed-factor-value").inner_text() == "×10"
+    page.wait_for_function(f"el => Number(el.dataset.runs) > {runs}", arg=after.element_handle(), timeout=120_000)
+    assert after.get_attribute("data-text") != original
+    assert editor.locator(".lw-ed-after .lw-changed").count() > 0
+    assert "×10 on keys 7–11" in editor.locator(".lw-ed-edits li").first.inner_text()
+    assert editor.locator(".lw-ed-error").inner_text() == ""
+    page.set_viewport_size({"width": 1280, "height": 1700})  # the whole editor in one picture
+    editor.scroll_into_view_if_needed()
+    editor.screenshot(path=str(ARTIFACTS / "attention_editor.png"))
+    page.set_viewport_size({"width": 1280, "height": 1000})
+    with page.expect_download() as download:
+        editor.locator("button.lw-ed-record").click()
+    record = json.loads(open(download.value.path()).read())
+    assert record["edits"][0]["factor"] == 10.0 and record["edits"][0]["keys"] == [[7, 12]]
+
     cards.nth(0).scroll_into_view_if_needed()
     page.screenshot(path=str(ARTIFACTS / "tour.png"), full_page=False)
     cards.nth(0).screenshot(path=str(ARTIFACTS / "model_card.png"))
+
+    # re-running a cell replaces its widget without leaving listeners behind
+    page.evaluate("""() => {
+        window.__lwListeners = 0;
+        const add = window.addEventListener, remove = window.removeEventListener;
+        window.addEventListener = function (type, ...rest) { if (type === 'mouseup') window.__lwListeners++; return add.call(this, type, ...rest); };
+        window.removeEventListener = function (type, ...rest) { if (type === 'mouseup') window.__lwListeners--; return remove.call(this, type, ...rest); };
+    }""")
+    last = page.locator(".jp-CodeCell").last
+    prompt = last.locator(".jp-InputPrompt")
+    for _ in range(3):
+        before = prompt.inner_text().strip()
+        last.locator(".jp-InputArea-editor").click()
+        page.keyboard.press("Control+Enter")
+        page.wait_for_function("([el, before]) => { const t = el.textContent.trim(); return t !== before && t !== '[*]:'; }",
+                               arg=[prompt.element_handle(), before], timeout=60_000)
+        last.locator("canvas.lw-attn-heatmap[data-drawn]").wait_for(timeout=60_000)
+    assert page.evaluate("window.__lwListeners") == 0  # each new view's listeners replace the old one's
