@@ -9,6 +9,7 @@ unless a caller asks for exactly that tile.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -182,6 +183,25 @@ class Trace:
             raise ValueError(f"{token!r} is not among the {len(ids)} most likely tokens kept for step {step}; "
                              f"only step 0 keeps every token's probability")
         return float(probs[hits[0, 0]])
+
+    # --- gradients ---
+
+    def attribute(self, target: str | int | None = None, contrast: str | int | None = None,
+                  method: str = "grad_x_input", step: int | None = None, n_steps: int = 64):
+        """Which input tokens drove the token at `step` (0: right after the prompt).
+
+        Scores log p(target), or with `contrast` logit(target) - logit(contrast)
+        ("why X, not Y"). target defaults to the token the run produced. method:
+        "grad_x_input", "integrated_gradients" (n_steps, zero-embedding baseline),
+        "attention_x_grad" (also head importance [layers, heads]) or "occlusion".
+        Returns an `Attribution`; the model's parameters are untouched.
+        """
+        from .attribution import attribute
+
+        if self.edits:
+            warnings.warn("this trace was run with attention edits; attribution explains the model without them",
+                          stacklevel=2)
+        return attribute(self, target=target, contrast=contrast, method=method, step=step, n_steps=n_steps)
 
     # --- attention ---
 

@@ -1,0 +1,216 @@
+"""Which input tokens drove an output: gradient attribution of a traced run.
+
+The score is log p(target) at one step, or, with a contrast, logit(target) -
+logit(contrast) ("why X, not Y"; the normaliser cancels, so it is also the
+difference of the two log-probabilities). Captum computes grad x input,
+integrated gradients and occlusion over the input embeddings; attention x
+gradient (attention weights times the score's gradient with respect to them)
+is ours, as Captum has no such method, and also gives each head's importance.
+
+The model's parameters are frozen for the computation (no parameter gradients
+are built or kept) and everything is restored afterwards: requires_grad flags,
+training mode, the attention implementation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+
+METHODS = ("grad_x_input", "integrated_gradients", "attention_x_grad", "occlusion")
+
+
+@dataclass
+class Attribution:
+    """Per input token scores for one output token (and optionally a contrast)."""
+
+    tokens: list[str]  # the input the scores are over: the prompt and the tokens generated before `step`
+    scores: torch.Tensor  # [len(tokens)], float32; positive pushed towards the target (or away from the contrast)
+    target: str
+    target_id: int
+    contrast: str | None
+    contrast_id: int | None
+    method: str
+    step: int
+    p_target: float
+    p_contrast: float | None
+    score: float  # the attributed quantity at the input
+    n_prompt: int
+    head_importance: torch.Tensor | None = None  # [layers, heads] for attention_x_grad
+    delta: float | None = None  # integrated gradients: completeness gap, sum(scores) - (f(x) - f(baseline))
+    notes: list[str] = field(default_factory=list)
+    trace: object = field(default=None, repr=False)
+
+    @property
+    def quantity(self) -> str:
+        if self.contrast is None:
+            return f"log p({self.target!r})"
+        return f"logit({self.target!r}) - logit({self.contrast!r})"
+
+    def top(self, k: int = 5) -> list[tuple[int, str, float]]:
+        """The k tokens with the largest |score|: (position, token, score)."""
+        order = torch.argsort(self.scores.abs(), descending=True)[:k].tolist()
+        return [(i, self.tokens[i], float(self.scores[i])) for i in order]
+
+    def __repr__(self) -> str:
+        top = ", ".join(f"{t!r} {s:+.3g}" for _, t, s in self.top(3))
+        return (f"Attribution({self.method}, step {self.step}, {self.quantity} = {self.score:.3f}; "
+                f"strongest: {top})")
+
+
+def attribute(trace, target=None, contrast=None, method: str = "grad_x_input", step: int | None = None,
+              n_steps: int = 64) -> Attribution:
+    """See Trace.attribute."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    lm = trace.model
+    n_steps_available = max(1, len(trace.generated_ids))
+    step = 0 if step is None else step
+    if not isinstance(step, int) or not 0 <= step < n_steps_available:
+        raise ValueError(f"step {step!r} is out of range: this trace has steps 0 to {n_steps_available - 1} "
+                         f"(step s attributes the token generated after the prompt and s earlier ones)")
+    notes: list[str] = []
+    ids = trace.input_ids[:trace.n_prompt + step]
+    if lm.facts.kind == "causal":
+        position = len(ids) - 1
+    else:
+        mask = getattr(lm.tokenizer, "mask_token_id", None)
+        hits = (ids == mask).nonzero() if mask is not None else []
+        if len(hits) == 0:
+            raise ValueError(f"{lm.name} is a masked model: put its mask token "
+                             f"{getattr(lm.tokenizer, 'mask_token', None)!r} in the prompt, and the attribution is for "
+                             f"what it predicts there")
+        position = int(hits[0, 0])
+    if target is None:
+        target_id = trace.generated_ids[step] if trace.generated_ids else trace.next_token_id
+    else:
+        target_id = _one_token(trace, target, "target", notes)
+    contrast_id = None if contrast is None else _one_token(trace, contrast, "contrast", notes)
+    if contrast_id is not None and contrast_id == target_id:
+        raise ValueError(f"target and contrast are the same token ({target!r}): give two different tokens")
+
+    def score_of(logits: torch.Tensor) -> torch.Tensor:  # logits [batch, T, vocab] -> [batch]
+        last = logits[:, position].float()
+        if contrast_id is None:
+            return torch.log_softmax(last, dim=-1)[:, target_id]
+        return last[:, target_id] - last[:, contrast_id]
+
+    model = lm.model
+    with _frozen(model):
+        embeds = model.get_input_embeddings()(ids[None].to(_device(model))).detach()
+        head_importance = delta = None
+        if method == "attention_x_grad":
+            scores, head_importance, logits = _attention_x_grad(lm, embeds, score_of)
+        else:
+            scores, delta, logits = _captum(model, embeds, score_of, method, n_steps)
+    probs = torch.softmax(logits[position].float(), dim=-1)
+    value = score_of(logits[None]).item()
+    tok = lm.tokenizer
+    return Attribution(
+        tokens=list(trace.tokens[:len(ids)]), scores=scores.float().cpu(), target=tok.decode([target_id]),
+        target_id=target_id, contrast=None if contrast_id is None else tok.decode([contrast_id]),
+        contrast_id=contrast_id, method=method, step=step, p_target=float(probs[target_id]),
+        p_contrast=None if contrast_id is None else float(probs[contrast_id]), score=value,
+        n_prompt=trace.n_prompt, head_importance=head_importance, delta=delta, notes=notes, trace=trace)
+
+
+def _one_token(trace, token, what: str, notes: list[str]) -> int:
+    """A token given as text or id. Text that is several tokens: the first is used, and said so."""
+    if isinstance(token, str):
+        ids = trace.model.tokenizer.encode(token, add_special_tokens=False)
+        if not ids:
+            raise ValueError(f"{what} {token!r} is no token at all: give a word, e.g. ' Paris' (mind the space)")
+        if len(ids) > 1:
+            pieces = trace.model.tokenizer.batch_decode([[i] for i in ids])
+            message = (f"{what} {token!r} is {len(ids)} tokens {pieces}; attributing its first token "
+                       f"{pieces[0]!r}, the one the model must choose first")
+            notes.append(message)
+            warnings.warn(message, stacklevel=4)
+            return ids[0]
+    return trace.token_id(token)
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+@contextlib.contextmanager
+def _frozen(model):
+    """Eval mode, no parameter gradients; flags, mode and any stray .grad restored afterwards."""
+    params = list(model.parameters())
+    flags = [p.requires_grad for p in params]
+    grads = [p.grad for p in params]
+    was_training = model.training
+    try:
+        model.eval()
+        for p in params:
+            p.requires_grad_(False)
+        with torch.enable_grad():
+            yield
+    finally:
+        for p, flag, grad in zip(params, flags, grads):
+            p.requires_grad_(flag)
+            p.grad = grad
+        model.train(was_training)
+
+
+def _forward(model, embeds: torch.Tensor) -> torch.Tensor:
+    mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
+    return model(inputs_embeds=embeds, attention_mask=mask, use_cache=False).logits
+
+
+def _captum(model, embeds, score_of, method: str, n_steps: int):
+    from captum.attr import InputXGradient, IntegratedGradients, Occlusion
+
+    def forward(x):
+        return score_of(_forward(model, x))
+
+    embeds = embeds.float() if embeds.dtype in (torch.float16, torch.bfloat16) and embeds.device.type == "cpu" \
+        else embeds
+    delta = None
+    if method == "grad_x_input":
+        attr = InputXGradient(forward).attribute(embeds.clone().requires_grad_(True))
+    elif method == "integrated_gradients":
+        if not isinstance(n_steps, int) or n_steps < 2:
+            raise ValueError(f"n_steps must be an integer >= 2 for integrated gradients; got {n_steps!r}")
+        attr, gap = IntegratedGradients(forward).attribute(
+            embeds.clone().requires_grad_(True), baselines=torch.zeros_like(embeds), n_steps=n_steps,
+            internal_batch_size=min(n_steps, 16), return_convergence_delta=True)
+        delta = float(gap.abs().max())
+    else:  # occlusion: each token's embedding replaced by zeros, one at a time
+        with torch.no_grad():
+            attr = Occlusion(forward).attribute(embeds, sliding_window_shapes=(1, embeds.shape[-1]),
+                                                strides=(1, embeds.shape[-1]), baselines=0.0)
+        attr = attr / embeds.shape[-1]  # Occlusion spreads each token's effect over its features
+    with torch.no_grad():
+        logits = _forward(model, embeds)[0]
+    return attr[0].sum(dim=-1).detach(), delta, logits.detach()
+
+
+def _attention_x_grad(lm, embeds, score_of):
+    """Attention weights x d score / d weights, from one eager forward with output_attentions."""
+    model = lm.model
+    supported = getattr(type(model), "_supports_attention_backend", False)
+    before = getattr(model.config, "_attn_implementation", None)
+    try:
+        if supported and before != "eager":
+            model.set_attn_implementation("eager")
+        x = embeds.clone().requires_grad_(True)  # so the graph (and the weights' gradients) exists
+        mask = torch.ones(x.shape[:2], dtype=torch.long, device=x.device)
+        out = model(inputs_embeds=x, attention_mask=mask, output_attentions=True, use_cache=False)
+        attentions = [a for a in out.attentions if a is not None]
+        if not attentions:
+            raise ValueError(f"{lm.name} returned no attention weights; use another method")
+        for a in attentions:
+            a.retain_grad()
+        score_of(out.logits).sum().backward()
+        contributions = [(a * a.grad)[0].detach().float() for a in attentions]  # [heads, T, T] each
+    finally:
+        if supported and before != "eager":
+            model.set_attn_implementation(before)
+    heads = torch.stack([c.sum(dim=(1, 2)) for c in contributions]).cpu()  # [layers, heads]
+    tokens = torch.stack([c.sum(dim=(0, 1)) for c in contributions]).sum(0)  # per key position
+    return tokens, heads, out.logits[0].detach()
