@@ -1,0 +1,366 @@
+"""`GradientMonitor`: gradient health per layer while a model trains, and steering.
+
+Call `monitor.step()` after `loss.backward()` and before `optimizer.step()` (or
+let it hook the optimizer: `with GradientMonitor(model, optimizer=opt):`, or
+`trainer.add_callback(monitor.callback)`). Each step it reads the gradients
+already there (no hooks in the backward pass): one fused norm per parameter
+(`torch._foreach_norm`), summed per group of parameters; it applies the
+steering (scale, clip) to groups before the optimizer sees them; after the
+optimizer step it measures the update-to-weight ratio per group. Every N steps
+it adds a histogram of log10 |gradient| per group, on fixed bins.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+import warnings
+import weakref
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+HIST_EDGES = torch.linspace(-12, 4, 65)  # log10 |g|: 64 fixed bins from 1e-12 to 1e4; zeros counted apart
+_LAYER = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)\.")
+KINDS = ("nonfinite", "exploding", "vanishing")
+
+
+class GradientWarning(UserWarning):
+    """A gradient alert: vanishing, exploding or not finite, naming the group and the step."""
+
+
+class TrainingStopped(RuntimeError):
+    """Raised by `monitor.step()` when an alert kind listed in `stop_on` fires."""
+
+
+@dataclass
+class Steering:
+    pattern: str
+    groups: tuple[str, ...]
+    scale: float = 1.0
+    clip: float | None = None
+
+
+def layer_group(name: str) -> str:
+    """Default grouping: 'layer 3' for parameters inside block 3, else 'embeddings' or 'other'."""
+    match = _LAYER.search(name)
+    if match:
+        return f"layer {int(match.group(1))}"
+    if "embed" in name or name.split(".")[-2:-1] in (["wte"], ["wpe"]):
+        return "embeddings"
+    return "other"
+
+
+def _sort_key(group: str):
+    match = re.fullmatch(r"layer (\d+)", group)
+    return (0 if group == "embeddings" else 1 if match else 2, int(match.group(1)) if match else 0, group)
+
+
+class GradientMonitor:
+    """Gradient norms per layer (or per group), alerts, histograms and steering while training.
+
+    model: a torch module or lw.LanguageModel. groups: "layers" (by block index),
+    "parameters" (one group each), or {name: regex} / [regex, ...] over parameter
+    names. vanishing / exploding: thresholds on a group's gradient norm; spike: a norm
+    above spike x the group's median over its last 20 recorded steps is exploding too.
+    stop_on: alert kinds ("nonfinite", "exploding", "vanishing") that stop training.
+    """
+
+    def __init__(self, model: Any, *, every: int = 1, histograms_every: int = 50, groups: Any = "layers",
+                 vanishing: float = 1e-7, exploding: float = 1e3, spike: float | None = 10.0, stop_on: Any = (),
+                 optimizer: Any = None, warn: bool = True):
+        module = getattr(model, "model", model)  # a LanguageModel holds the torch module
+        if not isinstance(module, torch.nn.Module):
+            raise TypeError(f"GradientMonitor takes a torch module or lw.LanguageModel; got {type(model).__name__}")
+        for name, value in (("every", every), ("histograms_every", histograms_every)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer; got {value!r}")
+        if not (0 <= vanishing < exploding):
+            raise ValueError(f"thresholds must satisfy 0 <= vanishing < exploding; got {vanishing}, {exploding}")
+        stop_on = (stop_on,) if isinstance(stop_on, str) else tuple(stop_on)
+        unknown = set(stop_on) - set(KINDS)
+        if unknown:
+            raise ValueError(f"stop_on takes {', '.join(KINDS)}; got {sorted(unknown)}")
+        current = getattr(module, "_llm_widgets_monitor", None)
+        if current is not None and current() is not None:
+            raise RuntimeError("this model already has a GradientMonitor attached: use that one, or call its "
+                               ".detach() before attaching another (two would both steer the same gradients)")
+        named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+        if not named:
+            raise ValueError("every parameter of this model is frozen (requires_grad=False): there are no gradients "
+                             "to monitor. Unfreeze what you train, e.g. model.requires_grad_(True)")
+        self.module = module
+        self.every, self.histograms_every = every, histograms_every
+        if spike is not None and not spike > 1:
+            raise ValueError(f"spike must be a factor > 1 (or None to turn it off); got {spike!r}")
+        self.vanishing, self.exploding, self.spike, self.stop_on, self.warn = vanishing, exploding, spike, stop_on, warn
+        self.names = [n for n, _ in named]
+        self.params = [p for _, p in named]
+        self.frozen = sum(1 for p in module.parameters() if not p.requires_grad)
+        self.group_of = self._assign_groups(groups)
+        self.groups = sorted(set(self.group_of), key=_sort_key)
+        index = {g: i for i, g in enumerate(self.groups)}
+        self._group_index = torch.tensor([index[g] for g in self.group_of])
+        self.step_count = 0
+        self.rows: list[dict] = []  # one per (step, group)
+        self.steps: list[dict] = []  # one per step: loss, lr, global norm
+        self.histograms: list[dict] = []  # {"step", "group", "counts", "zeros"}
+        self.alerts: list[dict] = []  # {"step", "group", "kind", "value", "message"}
+        self.steering: dict[str, Steering] = {}
+        self.steering_log: list[dict] = []  # every change, with the step it took effect from
+        self._alerting: set[tuple[str, str]] = set()
+        self._snapshot: tuple[int, list[torch.Tensor]] | None = None
+        self._listeners: list[Callable[[dict], None]] = []
+        self._optimizer = optimizer
+        self._hooks: list[Any] = []
+        module._llm_widgets_monitor = weakref.ref(self)
+
+    # --- groups ---
+
+    def _assign_groups(self, groups: Any) -> list[str]:
+        if groups == "layers":
+            return [layer_group(n) for n in self.names]
+        if groups == "parameters":
+            return list(self.names)
+        if isinstance(groups, (list, tuple)):
+            groups = {pattern: pattern for pattern in groups}
+        if not isinstance(groups, dict) or not groups:
+            raise ValueError("groups must be 'layers', 'parameters', a list of name patterns (regular expressions) "
+                             "or a dict {group name: pattern}")
+        out = []
+        for name in self.names:
+            hit = next((g for g, pattern in groups.items() if re.search(pattern, name)), "other")
+            out.append(hit)
+        for group, pattern in groups.items():
+            if group not in out:
+                raise ValueError(f"group {group!r} ({pattern!r}) matches no trainable parameter; "
+                                 f"close names: {difflib.get_close_matches(pattern, self.names, n=5, cutoff=0.3)}")
+        return out
+
+    # --- steering ---
+
+    def steer(self, pattern: str, *, scale: float = 1.0, clip: float | None = None) -> list[str]:
+        """Scale and/or clip (by group norm) the gradients of the groups matching `pattern`
+        (a regex over group names, or an exact group name) before each optimizer step, from
+        the next step on. scale=1 and clip=None remove the steering. Returns the groups."""
+        if not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale < 0:
+            raise ValueError(f"scale must be a finite number >= 0; got {scale!r}")
+        if clip is not None and (not isinstance(clip, (int, float)) or not clip > 0 or not math.isfinite(clip)):
+            raise ValueError(f"clip must be a positive number (a maximum group norm) or None; got {clip!r}")
+        hits = [g for g in self.groups if g == pattern or re.fullmatch(pattern, g)]
+        if not hits:
+            close = difflib.get_close_matches(pattern, self.groups, n=5, cutoff=0.3) or self.groups[:8]
+            raise ValueError(f"{pattern!r} matches no group of this monitor; close names: {close} "
+                             f"(groups are {', '.join(self.groups[:3])}, ...; a regex matches whole names)")
+        if scale == 1.0 and clip is None:
+            self.steering.pop(pattern, None)
+        else:
+            self.steering[pattern] = Steering(pattern, tuple(hits), float(scale), None if clip is None else float(clip))
+        self.steering_log.append({"step": self.step_count + 1, "pattern": pattern, "groups": hits,
+                                  "scale": float(scale), "clip": clip})
+        return hits
+
+    # --- the step ---
+
+    def step(self, loss: Any = None, lr: float | None = None) -> dict:
+        """Read (and steer) this step's gradients. Call after backward(), before optimizer.step()."""
+        self._finish_update()
+        self.step_count += 1
+        step = self.step_count
+        pairs = [(i, p.grad) for i, p in enumerate(self.params) if p.grad is not None]
+        if not pairs:
+            raise RuntimeError("no parameter has a gradient: call monitor.step() after loss.backward() and before "
+                               "optimizer.zero_grad()")
+        idx = torch.tensor([i for i, _ in pairs])
+        grads = [g for _, g in pairs]
+        measure = step % self.every == 0 or bool(self.steering)
+        record: dict = {"step": step}
+        if measure:
+            norms = torch.stack(torch._foreach_norm(grads)).float().cpu()
+            squares = torch.zeros(len(self.groups)).index_add_(0, self._group_index[idx], norms.double().pow(2).float())
+            group_norms = squares.sqrt()
+            applied = self._apply_steering(grads, idx, group_norms)
+            if step % self.every == 0:
+                record.update(self._record(step, loss, lr, group_norms, applied, grads, idx))
+        if self._optimizer is not None or self._snapshot_wanted(step):
+            self._snapshot = (step, [p.detach().clone() for p in self.params])
+        for listener in list(self._listeners):
+            listener(record)
+        return record
+
+    def _snapshot_wanted(self, step: int) -> bool:
+        return step % self.every == 0
+
+    def _apply_steering(self, grads, idx, group_norms) -> torch.Tensor:
+        factors = torch.ones(len(self.groups))
+        for rule in self.steering.values():
+            for group in rule.groups:
+                g = self.groups.index(group)
+                factor = rule.scale
+                if rule.clip is not None and group_norms[g] * factor > rule.clip:
+                    factor = rule.clip / float(group_norms[g])
+                factors[g] *= factor
+        if (factors != 1).any():
+            per_param = factors[self._group_index[idx]].tolist()
+            for factor in sorted(set(per_param)):
+                if factor != 1.0:
+                    chosen = [g for g, f in zip(grads, per_param) if f == factor]
+                    torch._foreach_mul_(chosen, factor)
+        return group_norms * factors
+
+    def _record(self, step, loss, lr, group_norms, applied, grads, idx) -> dict:
+        if lr is None and self._optimizer is not None:
+            lr = self._optimizer.param_groups[0].get("lr")
+        if isinstance(loss, torch.Tensor):
+            loss = float(loss.detach().float().mean())
+        total = float(group_norms.pow(2).sum().sqrt())
+        self.steps.append({"step": step, "loss": loss, "lr": None if lr is None else float(lr), "global_norm": total})
+        rows = []
+        for g, group in enumerate(self.groups):
+            rows.append({"step": step, "group": group, "grad_norm": float(group_norms[g]),
+                         "steered_norm": float(applied[g]), "update_ratio": None})
+        self.rows.extend(rows)
+        self._check(step, group_norms)
+        if step % self.histograms_every == 0 or step == 1:
+            self._histograms(step, grads, idx)
+        return {"steps": self.steps[-1], "rows": rows}
+
+    def _typical(self, group: str) -> float | None:
+        """The group's median norm over its last 20 recorded steps before this one (None if fewer than 3)."""
+        n = len(self.groups)
+        past = [r["grad_norm"] for r in self.rows[-21 * n:-n] if r["group"] == group and math.isfinite(r["grad_norm"])]
+        return float(torch.tensor(past).median()) if len(past) >= 3 else None
+
+    def _check(self, step: int, group_norms: torch.Tensor) -> None:
+        for g, group in enumerate(self.groups):
+            norm = float(group_norms[g])
+            typical = self._typical(group) if self.spike else None
+            spiking = typical is not None and typical > 0 and norm > self.spike * typical
+            kind = ("nonfinite" if not math.isfinite(norm) else "exploding" if norm > self.exploding or spiking
+                    else "vanishing" if norm < self.vanishing else None)
+            for k in KINDS:
+                if k != kind:
+                    self._alerting.discard((k, group))
+            if kind is None:
+                continue
+            limit = {"exploding": f" > {self.exploding:g}" if norm > self.exploding else
+                     f", {norm / typical:.0f}x its median {typical:.3g}" if spiking else "",
+                     "vanishing": f" < {self.vanishing:g}"}.get(kind, "")
+            message = f"step {step}: {kind} gradient in {group} (norm {norm:.3g}{limit})"
+            self.alerts.append({"step": step, "group": group, "kind": kind, "value": norm, "message": message})
+            if (kind, group) not in self._alerting:  # warn when it starts, not every step it lasts
+                self._alerting.add((kind, group))
+                if self.warn:
+                    warnings.warn(message, GradientWarning, stacklevel=4)
+            if kind in self.stop_on:
+                raise TrainingStopped(f"{message}; stopping (stop_on={self.stop_on})")
+
+    def _histograms(self, step: int, grads, idx) -> None:
+        per_group: dict[int, list[torch.Tensor]] = {}
+        for g, i in zip(grads, self._group_index[idx].tolist()):
+            per_group.setdefault(i, []).append(g.detach().reshape(-1))
+        for i, parts in per_group.items():
+            values = torch.cat(parts).float().abs()
+            zeros = int((values == 0).sum())
+            logs = torch.log10(values[values > 0]).clamp(float(HIST_EDGES[0]), float(HIST_EDGES[-1]))
+            counts = torch.histc(logs.cpu(), bins=len(HIST_EDGES) - 1, min=float(HIST_EDGES[0]),
+                                 max=float(HIST_EDGES[-1]))
+            self.histograms.append({"step": step, "group": self.groups[i], "counts": counts.long().tolist(),
+                                    "zeros": zeros})
+
+    def _finish_update(self) -> None:
+        """Update-to-weight ratio of the optimizer step that followed the last snapshot."""
+        if self._snapshot is None:
+            return
+        step, before = self._snapshot
+        self._snapshot = None
+        with torch.no_grad():
+            deltas = torch._foreach_sub([p.detach() for p in self.params], before)
+            change = torch.stack(torch._foreach_norm(deltas)).float().cpu().double().pow(2)
+            size = torch.stack(torch._foreach_norm(before)).float().cpu().double().pow(2)
+        n = len(self.groups)
+        ratios = (torch.zeros(n, dtype=torch.float64).index_add_(0, self._group_index, change).sqrt()
+                  / torch.zeros(n, dtype=torch.float64).index_add_(0, self._group_index, size).sqrt().clamp_min(1e-30))
+        for row in self.rows[-n:]:
+            if row["step"] == step:
+                row["update_ratio"] = float(ratios[self.groups.index(row["group"])])
+
+    def log(self, loss: Any = None, lr: float | None = None) -> None:
+        """Attach the loss (and lr) to the latest recorded step: for `with monitor:` loops, where
+        the step is read from the optimizer's hook before the loss is at hand."""
+        if not self.steps:
+            return
+        if isinstance(loss, torch.Tensor):
+            loss = float(loss.detach().float().mean())
+        if loss is not None:
+            self.steps[-1]["loss"] = float(loss)
+        if lr is not None:
+            self.steps[-1]["lr"] = float(lr)
+
+    def after_optimizer_step(self) -> None:
+        """Measure the update now (the next step() would do it anyway)."""
+        self._finish_update()
+
+    # --- reading it ---
+
+    def to_dataframe(self):
+        """One row per (step, group): grad_norm, steered_norm, update_ratio, and the step's loss, lr, global_norm."""
+        import pandas as pd
+
+        self._finish_update()
+        rows = pd.DataFrame(self.rows, columns=["step", "group", "grad_norm", "steered_norm", "update_ratio"])
+        steps = pd.DataFrame(self.steps, columns=["step", "loss", "lr", "global_norm"])
+        return rows.merge(steps, on="step", how="left")
+
+    def subscribe(self, listener: Callable[[dict], None]) -> None:
+        self._listeners.append(listener)
+
+    @property
+    def widget(self):
+        """Live charts of this monitor (bokeh), with steering sliders and alerts."""
+        if getattr(self, "_widget", None) is None:
+            from ..widgets.gradient_monitor import GradientMonitorWidget  # widgets sit above the engine
+
+            self._widget = GradientMonitorWidget(self)
+        return self._widget
+
+    @property
+    def callback(self):
+        """A transformers TrainerCallback: `trainer.add_callback(monitor.callback)`."""
+        from .monitor_callback import MonitorCallback
+
+        return MonitorCallback(self)
+
+    # --- optimizer hooks: `with monitor:` ---
+
+    def __enter__(self) -> "GradientMonitor":
+        if self._optimizer is None:
+            raise RuntimeError("`with monitor:` hooks the optimizer: create it as GradientMonitor(model, "
+                               "optimizer=opt), or call monitor.step() yourself after backward()")
+        def before(*_):
+            self.step()  # a pre-hook must return None
+
+        def after(*_):
+            self.after_optimizer_step()
+
+        self._hooks = [self._optimizer.register_step_pre_hook(before),
+                       self._optimizer.register_step_post_hook(after)]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
+        self._finish_update()
+
+    def detach(self) -> None:
+        """Stop monitoring this model (another monitor may attach)."""
+        self.__exit__()
+        if getattr(self.module, "_llm_widgets_monitor", None) is not None:
+            del self.module._llm_widgets_monitor
+
+    def __repr__(self) -> str:
+        return (f"GradientMonitor({len(self.params)} parameters in {len(self.groups)} groups, step {self.step_count}, "
+                f"{len(self.alerts)} alerts, steering {list(self.steering) or 'none'})")
