@@ -115,6 +115,7 @@ class GradientMonitor:
         self._listeners: list[Callable[[dict], None]] = []
         self._optimizer = optimizer
         self._hooks: list[Any] = []
+        self._widget = None
         module._llm_widgets_monitor = weakref.ref(self)
 
     # --- groups ---
@@ -299,6 +300,12 @@ class GradientMonitor:
         if lr is not None:
             self.steps[-1]["lr"] = float(lr)
 
+    def flush(self) -> None:
+        """Draw every step so far now (the widget otherwise sends at most every half second)."""
+        self._finish_update()
+        if self._widget is not None:
+            self._widget.flush()
+
     def after_optimizer_step(self) -> None:
         """Measure the update now (the next step() would do it anyway)."""
         self._finish_update()
@@ -320,7 +327,7 @@ class GradientMonitor:
     @property
     def widget(self):
         """Live charts of this monitor (bokeh), with steering sliders and alerts."""
-        if getattr(self, "_widget", None) is None:
+        if self._widget is None:
             from ..widgets.gradient_monitor import GradientMonitorWidget  # widgets sit above the engine
 
             self._widget = GradientMonitorWidget(self)
@@ -353,7 +360,7 @@ class GradientMonitor:
         for hook in self._hooks:
             hook.remove()
         self._hooks = []
-        self._finish_update()
+        self.flush()
 
     def detach(self) -> None:
         """Stop monitoring this model (another monitor may attach)."""

@@ -31,3 +31,7 @@ class MonitorCallback(TrainerCallback):
         if logs and "loss" in logs:
             self.monitor.log(loss=logs["loss"], lr=logs.get("learning_rate"))
         return control
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.monitor.flush()
+        return control

@@ -1,0 +1,134 @@
+// GradientMonitor controls: status, alerts, and per group a scale slider and a
+// clip box that steer the gradients (Python applies them before the optimizer
+// step). The charts beside this are bokeh (jupyter_bokeh), fed from Python.
+import type { AnyModel, RenderProps } from "@anywidget/types";
+import { download, el, Requests, type ViewState } from "./lib/attention_panel";
+
+interface Alert { step: number; group: string; kind: string; message: string }
+interface Setting { scale: number; clip: number | null }
+interface MonitorState {
+  groups: string[];
+  colours: string[];
+  step: number;
+  steps_plotted: number;
+  loss: number | null;
+  global_norm: number | null;
+  alerts: Alert[];
+  n_alerts: number;
+  steering: Record<string, Setting>;
+  applied: Record<string, Setting & { groups: string[] }>;
+  error: string;
+}
+const MIME: Record<string, string> = { png: "image/png", svg: "image/svg+xml", html: "text/html" };
+
+function render({ model, el: root }: RenderProps<MonitorState>): () => void {
+  const m = model as AnyModel<MonitorState>;
+  const frame = el("div", "lw-panel lw-monitor");
+  const header = el("div", "lw-mon-header");
+  const status = el("span", "lw-mon-status");
+  status.setAttribute("role", "status");
+  const exports = el("span", "lw-attn-export");
+  exports.append(el("span", "", "export "));
+  const requests = new Requests(m as unknown as AnyModel<ViewState>);
+  for (const fmt of ["png", "svg", "html"]) {
+    const button = el("button", "lw-button", fmt.toUpperCase());
+    button.dataset.format = fmt;
+    button.addEventListener("click", async () => {
+      try {
+        const [msg, buffers] = await requests.raw("export", { format: fmt });
+        const view = buffers[0];
+        download(msg.name ?? `gradient-monitor.${fmt}`,
+          new Uint8Array(view.buffer as ArrayBuffer, view.byteOffset, view.byteLength), MIME[fmt]);
+      } catch (error) {
+        errorBox.textContent = (error as Error).message;
+      }
+    });
+    exports.append(button);
+  }
+  header.append(el("span", "lw-attn-title", "Gradient monitor"), status, exports);
+  const alertsBox = el("div", "lw-mon-alerts");
+  alertsBox.setAttribute("role", "alert");
+  const errorBox = el("div", "lw-ed-error");
+  const details = el("details", "lw-mon-steer");
+  const summary = el("summary", "", "steer gradients per group (scale, clip) — applied before the optimizer step");
+  const table = el("div", "lw-mon-table");
+  details.append(summary, table);
+  frame.append(header, alertsBox, errorBox, details);
+  root.replaceChildren(frame);
+
+  function send(group: string, setting: Setting) {
+    const steering = { ...m.get("steering") };
+    if (setting.scale === 1 && setting.clip === null) delete steering[group];
+    else steering[group] = setting;
+    m.set("steering", steering);
+    m.save_changes();
+  }
+
+  const rows = m.get("groups").map((group, i) => {
+    const name = el("span", "lw-mon-group", group);
+    name.style.borderLeftColor = m.get("colours")[i];
+    const slider = el("input", "lw-mon-scale");
+    slider.type = "range";
+    slider.min = "0";
+    slider.max = "2";
+    slider.step = "0.05";
+    slider.value = "1";
+    slider.setAttribute("aria-label", `gradient scale of ${group}`);
+    slider.dataset.group = group;
+    const value = el("span", "lw-mon-value", "×1.00");
+    const clip = el("input", "lw-mon-clip");
+    clip.type = "number";
+    clip.min = "0";
+    clip.step = "any";
+    clip.placeholder = "no clip";
+    clip.setAttribute("aria-label", `clip the gradient norm of ${group} at`);
+    const applied = el("span", "lw-mon-applied");
+    const current = (): Setting => ({
+      scale: Number(slider.value),
+      clip: clip.value === "" || !(Number(clip.value) > 0) ? null : Number(clip.value),
+    });
+    slider.addEventListener("input", () => (value.textContent = `×${Number(slider.value).toFixed(2)}`));
+    slider.addEventListener("change", () => send(group, current()));
+    clip.addEventListener("change", () => send(group, current()));
+    const row = el("div", "lw-mon-row");
+    row.append(name, slider, value, el("span", "lw-ed-scale", "clip"), clip, applied);
+    table.append(row);
+    return { group, slider, value, clip, applied };
+  });
+
+  function draw() {
+    const loss = m.get("loss");
+    const norm = m.get("global_norm");
+    status.textContent = `step ${m.get("step")}` +
+      (loss === null || loss === undefined ? "" : `, loss ${loss.toFixed(4)}`) +
+      (norm === null || norm === undefined ? "" : `, global gradient norm ${norm.toPrecision(3)}`) +
+      `, ${m.get("n_alerts")} alerts`;
+    status.dataset.stepsPlotted = String(m.get("steps_plotted"));
+    const alerts = m.get("alerts");
+    const list = el("ul");
+    for (const alert of alerts.slice(-5).reverse()) list.append(el("li", `lw-mon-${alert.kind}`, alert.message));
+    alertsBox.replaceChildren(...(alerts.length ? [el("span", "lw-ed-label", `alerts (${m.get("n_alerts")}), newest first`), list] : []));
+    errorBox.textContent = m.get("error");
+    errorBox.hidden = !m.get("error");
+    const applied = m.get("applied");
+    for (const row of rows) {
+      const rule = Object.values(applied).find((r) => r.groups.includes(row.group));
+      row.applied.textContent = rule ? `applied: ×${rule.scale}${rule.clip ? `, clip ${rule.clip}` : ""}` : "";
+      row.applied.dataset.scale = String(rule ? rule.scale : 1);
+      const wanted = m.get("steering")[row.group];
+      if (wanted && document.activeElement !== row.slider) {
+        row.slider.value = String(wanted.scale);
+        row.value.textContent = `×${wanted.scale.toFixed(2)}`;
+      }
+    }
+  }
+  const names = ["change:step", "change:steps_plotted", "change:alerts", "change:applied", "change:error", "change:loss"];
+  for (const name of names) m.on(name, draw);
+  draw();
+  return () => {
+    for (const name of names) m.off(name, draw);
+    requests.close();
+  };
+}
+
+export default { render };

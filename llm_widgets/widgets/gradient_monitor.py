@@ -1,0 +1,284 @@
+"""The GradientMonitor's widget: live bokeh charts, alerts and steering sliders.
+
+Charts are bokeh inside the widget layout (`jupyter_bokeh.BokehModel`, so they
+update through the comm with no server and no CDN) fed by ColumnDataSource
+.stream, throttled: new steps are buffered and sent at most every
+`min_interval` seconds, so a fast loop never floods the browser. The controls
+(status, alerts, a scale slider and a clip box per group, export buttons) are
+an anywidget. Sliders set the monitor's steering when the kernel is free: between
+cells, or live when the loop runs in a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import math
+import time
+from pathlib import Path
+
+import anywidget
+import ipywidgets
+import numpy as np
+import traitlets
+
+from ..trace.monitor import HIST_EDGES, GradientMonitor
+from ._frontend import bundle
+
+PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+           "#17becf"]
+FORMATS = (".png", ".svg", ".html")
+
+
+def _colour(i: int, n: int) -> str:
+    if n <= len(PALETTE):
+        return PALETTE[i]
+    from bokeh.palettes import Turbo256
+
+    return Turbo256[int(20 + 200 * i / max(1, n - 1))]
+
+
+def percentiles(counts: list[int], zeros: int, qs=(0.05, 0.5, 0.95)) -> list[float]:
+    """log10 |g| at the given quantiles, from a histogram on HIST_EDGES (zeros below every bin)."""
+    total = sum(counts) + zeros
+    if total == 0:
+        return [math.nan] * len(qs)
+    cumulative = np.cumsum([zeros, *counts]) / total
+    edges = HIST_EDGES.tolist()
+    out = []
+    for q in qs:
+        i = int(np.searchsorted(cumulative, q))
+        out.append(float(edges[0] - 1) if i == 0 else float(edges[min(i, len(edges) - 1)]))
+    return out
+
+
+class MonitorControls(anywidget.AnyWidget):
+    _esm = bundle("gradient_monitor")
+    _css = bundle("gradient_monitor", ".css")
+
+    groups = traitlets.List(traitlets.Unicode()).tag(sync=True)
+    colours = traitlets.List(traitlets.Unicode()).tag(sync=True)
+    step = traitlets.Int(0).tag(sync=True)
+    steps_plotted = traitlets.Int(0).tag(sync=True)
+    loss = traitlets.Float(allow_none=True).tag(sync=True)
+    global_norm = traitlets.Float(allow_none=True).tag(sync=True)
+    alerts = traitlets.List(traitlets.Dict()).tag(sync=True)  # the latest, newest last
+    n_alerts = traitlets.Int(0).tag(sync=True)
+    steering = traitlets.Dict().tag(sync=True)  # {group: {"scale": s, "clip": c or None}}
+    applied = traitlets.Dict().tag(sync=True)  # what the monitor applies, with the step it took effect
+    error = traitlets.Unicode().tag(sync=True)
+
+
+class GradientMonitorWidget(ipywidgets.VBox):
+    """`monitor.widget`: display it, then train; it follows the monitor."""
+
+    def __init__(self, monitor: GradientMonitor, *, min_interval: float = 0.5, max_groups_drawn: int = 40):
+        from bokeh.layouts import column, row
+        from bokeh.models import ColumnDataSource, Legend
+        from bokeh.plotting import figure
+        from jupyter_bokeh import BokehModel
+
+        self.monitor = monitor
+        self.min_interval = min_interval
+        groups = monitor.groups[:max_groups_drawn]
+        self._keys = {g: f"g{i}" for i, g in enumerate(groups)}
+        colours = [_colour(i, len(groups)) for i in range(len(groups))]
+        def empty() -> dict:  # fresh lists for each source: stream() appends to them
+            return {"step": [], **{k: [] for k in self._keys.values()}}
+
+        self.loss_source = ColumnDataSource({"step": [], "loss": [], "global_norm": []})
+        self.norm_source = ColumnDataSource(empty())
+        self.ratio_source = ColumnDataSource(empty())
+        self.hist_source = ColumnDataSource({"step": [], **{f"{k}_{q}": [] for k in self._keys.values()
+                                                            for q in ("lo", "mid", "hi")}})
+        tools = "pan,wheel_zoom,box_zoom,reset,hover"
+        loss = figure(title="loss", height=200, width=420, tools=tools, x_axis_label="step")
+        loss.line("step", "loss", source=self.loss_source, line_width=2, color="#333")
+        total = figure(title="global gradient norm", height=200, width=420, tools=tools, y_axis_type="log",
+                       x_axis_label="step")
+        total.line("step", "global_norm", source=self.loss_source, line_width=2, color="#d62728")
+        norms = figure(title="gradient norm per group", height=280, width=420, tools=tools, y_axis_type="log",
+                       x_axis_label="step")
+        ratios = figure(title="update / weight per group (after the optimizer step)", height=280, width=420,
+                        tools=tools, y_axis_type="log", x_axis_label="step")
+        hist = figure(title="log10 |gradient|: 5th-95th percentile band and median", height=280, width=420,
+                      tools=tools, x_axis_label="step")
+        items = []
+        for (group, key), colour in zip(self._keys.items(), colours):
+            line = norms.line("step", key, source=self.norm_source, color=colour, line_width=1.5)
+            ratios.line("step", key, source=self.ratio_source, color=colour, line_width=1.5)
+            hist.varea("step", f"{key}_lo", f"{key}_hi", source=self.hist_source, fill_color=colour, fill_alpha=0.12)
+            hist.line("step", f"{key}_mid", source=self.hist_source, color=colour, line_width=1.5)
+            items.append((group, [line]))
+        norms.add_layout(Legend(items=items, label_text_font_size="8pt", click_policy="hide"), "right")
+        norms.width = 560
+        self.charts = column(row(loss, total), row(norms, ratios), hist)
+        self.chart = BokehModel(self.charts)
+        self.controls = MonitorControls(groups=groups, colours=colours)
+        self.controls.observe(self._on_sliders, names="steering")
+        self.controls.on_msg(self._on_request)
+        self._pending: list[dict] = []
+        self._sent_until = 0  # steps of monitor.steps already streamed
+        self._hist_sent = 0
+        self._ratio_sent = 0  # steps whose update ratios were streamed
+        self._last_flush = 0.0
+        self._flush_scheduled = False
+        super().__init__([self.controls, self.chart])
+        monitor.subscribe(self._on_step)
+        self.flush()
+
+    # --- from the monitor to the screen, throttled ---
+
+    def _on_step(self, record: dict) -> None:
+        if time.monotonic() - self._last_flush >= self.min_interval:
+            self.flush()
+        elif not self._flush_scheduled:  # the rest goes out when the kernel is free again
+            try:
+                asyncio.get_running_loop().call_later(self.min_interval, self.flush)
+                self._flush_scheduled = True
+            except RuntimeError:
+                pass
+
+    def flush(self) -> None:
+        """Send every step not yet drawn (the monitor calls this at the end of training too)."""
+        self._flush_scheduled = False
+        self._last_flush = time.monotonic()
+        m = self.monitor
+        steps = m.steps[self._sent_until:]
+        if steps:
+            n = len(m.groups)
+            first = self._sent_until
+            rows = m.rows[first * n:(first + len(steps)) * n]
+            by_step: dict[int, dict] = {}
+            for r in rows:
+                by_step.setdefault(r["step"], {})[r["group"]] = r
+            self.loss_source.stream({"step": [s["step"] for s in steps],
+                                     "loss": [math.nan if s["loss"] is None else s["loss"] for s in steps],
+                                     "global_norm": [_positive(s["global_norm"]) for s in steps]})
+            self.norm_source.stream({"step": [s["step"] for s in steps],
+                                     **{k: [_positive(by_step[s["step"]][g]["grad_norm"]) for s in steps]
+                                        for g, k in self._keys.items()}})
+            self._sent_until += len(steps)
+        self._stream_ratios()
+        hists = m.histograms[self._hist_sent:]
+        if hists:
+            by_step: dict[int, dict] = {}
+            for h in hists:
+                by_step.setdefault(h["step"], {})[h["group"]] = percentiles(h["counts"], h["zeros"])
+            data = {"step": list(by_step)}
+            for g, k in self._keys.items():
+                for j, q in enumerate(("lo", "mid", "hi")):
+                    data[f"{k}_{q}"] = [by_step[s].get(g, [math.nan] * 3)[j] for s in by_step]
+            self.hist_source.stream(data)
+            self._hist_sent = len(m.histograms)
+        c = self.controls
+        with c.hold_sync():
+            c.step = m.step_count
+            c.steps_plotted = self._sent_until
+            last = m.steps[-1] if m.steps else {}
+            c.loss = last.get("loss")
+            c.global_norm = last.get("global_norm")
+            c.n_alerts = len(m.alerts)
+            c.alerts = [{k: a[k] for k in ("step", "group", "kind", "message")} for a in m.alerts[-20:]]
+            c.applied = {p: {"scale": s.scale, "clip": s.clip, "groups": list(s.groups)} for p, s in m.steering.items()}
+
+    def _stream_ratios(self) -> None:
+        m = self.monitor
+        n = len(m.groups)
+        done = self._ratio_sent
+        ready = []
+        for i in range(done, len(m.steps)):
+            rows = m.rows[i * n:(i + 1) * n]
+            if not rows or rows[0]["update_ratio"] is None:
+                break
+            ready.append(rows)
+        if ready:
+            self.ratio_source.stream({"step": [rows[0]["step"] for rows in ready],
+                                      **{k: [_positive(next(r["update_ratio"] for r in rows if r["group"] == g))
+                                             for rows in ready] for g, k in self._keys.items()}})
+            self._ratio_sent += len(ready)
+
+    # --- from the sliders to the monitor ---
+
+    def _on_sliders(self, change) -> None:
+        old, new = change["old"] or {}, change["new"] or {}
+        try:
+            for group in set(old) | set(new):
+                if old.get(group) == new.get(group):
+                    continue
+                setting = new.get(group) or {}
+                scale = float(setting.get("scale", 1.0))
+                clip = setting.get("clip")
+                self.monitor.steer(group, scale=scale, clip=None if clip in (None, "") else float(clip))
+            self.controls.error = ""
+        except (ValueError, TypeError) as error:
+            self.controls.error = str(error)
+        self.flush()
+
+    # --- export ---
+
+    def save(self, path: str | Path) -> Path:
+        """The charts as .html (standalone bokeh, resources inline), .png or .svg (matplotlib)."""
+        path = Path(path)
+        suffix = path.suffix.lower()
+        if suffix not in FORMATS:
+            raise ValueError(f"cannot save {path.name!r}: the file name must end in .png, .svg or .html")
+        path.write_bytes(self.render(suffix[1:]))
+        return path
+
+    def render(self, fmt: str) -> bytes:
+        self.flush()
+        if fmt == "html":
+            from bokeh.embed import file_html
+            from bokeh.resources import INLINE
+
+            return file_html(self.charts, INLINE, title="llm-widgets gradient monitor").encode("utf-8")
+        if fmt in ("png", "svg"):
+            return self._matplotlib(fmt)
+        raise ValueError(f"unknown export format {fmt!r}: use 'png', 'svg' or 'html'")
+
+    def _matplotlib(self, fmt: str) -> bytes:
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        from matplotlib.figure import Figure
+
+        frame = self.monitor.to_dataframe()
+        fig = Figure(figsize=(11, 7), layout="constrained")
+        axes = fig.subplots(2, 2)
+        steps = frame.drop_duplicates("step")
+        axes[0, 0].plot(steps.step, steps.loss, color="#333")
+        axes[0, 0].set(title="loss", xlabel="step")
+        axes[0, 1].plot(steps.step, steps.global_norm, color="#d62728")
+        axes[0, 1].set(title="global gradient norm", xlabel="step", yscale="log")
+        for (group, colour) in zip(self._keys, self.controls.colours):
+            part = frame[frame.group == group]
+            axes[1, 0].plot(part.step, part.grad_norm, color=colour, label=group, linewidth=1.2)
+            axes[1, 1].plot(part.step, part.update_ratio, color=colour, label=group, linewidth=1.2)
+        axes[1, 0].set(title="gradient norm per group", xlabel="step", yscale="log")
+        axes[1, 1].set(title="update / weight per group", xlabel="step",
+                       yscale="log" if (frame.update_ratio > 0).any() else "linear")
+        if len(self._keys) <= 12:
+            axes[1, 0].legend(fontsize=7)
+        for a in self.monitor.alerts[:50]:
+            axes[1, 0].axvline(a["step"], color="#de2d26", alpha=0.2, linewidth=0.8)
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format=fmt)
+        return buffer.getvalue()
+
+    def _on_request(self, _widget, content: dict, _buffers) -> None:
+        if not isinstance(content, dict) or content.get("what") != "export":
+            return
+        fmt = str(content.get("format"))
+        try:
+            data = self.render(fmt)
+        except (ValueError, ImportError) as error:
+            self.controls.send({"type": "error", "id": content.get("id"), "message": str(error)})
+            return
+        self.controls.send({"type": "file", "id": content.get("id"), "name": f"gradient-monitor.{fmt}", "format": fmt},
+                           [data])
+
+
+def _positive(value) -> float:
+    """Log axes cannot show 0 or None: NaN leaves a gap."""
+    return value if value is not None and value > 0 and math.isfinite(value) else math.nan
