@@ -112,9 +112,12 @@ function render({ model, el: root }: RenderProps<MonitorState>): () => void {
     errorBox.hidden = !m.get("error");
     const applied = m.get("applied");
     for (const row of rows) {
-      const rule = Object.values(applied).find((r) => r.groups.includes(row.group));
-      row.applied.textContent = rule ? `applied: ×${rule.scale}${rule.clip ? `, clip ${rule.clip}` : ""}` : "";
-      row.applied.dataset.scale = String(rule ? rule.scale : 1);
+      const rules = Object.values(applied).filter((r) => r.groups.includes(row.group)); // rules compose
+      const scale = rules.reduce((s, r) => s * r.scale, 1);
+      const clips = rules.map((r) => r.clip).filter((c): c is number => c !== null);
+      const clip = clips.length ? Math.min(...clips) : null;
+      row.applied.textContent = rules.length ? `applied: ×${scale}${clip !== null ? `, clip ${clip}` : ""}` : "";
+      row.applied.dataset.scale = String(scale);
       const wanted = m.get("steering")[row.group];
       if (wanted && document.activeElement !== row.slider) {
         row.slider.value = String(wanted.scale);

@@ -64,12 +64,14 @@ class GradientMonitor:
     model: a torch module or lw.LanguageModel. groups: "layers" (by block index),
     "parameters" (one group each), or {name: regex} / [regex, ...] over parameter
     names. vanishing / exploding: thresholds on a group's gradient norm; spike: a norm
-    above spike x the group's median over its last 20 recorded steps is exploding too.
+    above spike x the group's median over its last 20 recorded steps is exploding too
+    (when it is at least spike_floor: a jump from 1e-6 to 1e-5 is no explosion).
     stop_on: alert kinds ("nonfinite", "exploding", "vanishing") that stop training.
     """
 
     def __init__(self, model: Any, *, every: int = 1, histograms_every: int = 50, groups: Any = "layers",
-                 vanishing: float = 1e-7, exploding: float = 1e3, spike: float | None = 10.0, stop_on: Any = (),
+                 vanishing: float = 1e-7, exploding: float = 1e3, spike: float | None = 10.0, spike_floor: float = 1e-3,
+                 stop_on: Any = (),
                  optimizer: Any = None, warn: bool = True):
         module = getattr(model, "model", model)  # a LanguageModel holds the torch module
         if not isinstance(module, torch.nn.Module):
@@ -96,6 +98,7 @@ class GradientMonitor:
         if spike is not None and not spike > 1:
             raise ValueError(f"spike must be a factor > 1 (or None to turn it off); got {spike!r}")
         self.vanishing, self.exploding, self.spike, self.stop_on, self.warn = vanishing, exploding, spike, stop_on, warn
+        self.spike_floor = spike_floor
         self.names = [n for n, _ in named]
         self.params = [p for _, p in named]
         self.frozen = sum(1 for p in module.parameters() if not p.requires_grad)
@@ -238,7 +241,7 @@ class GradientMonitor:
         for g, group in enumerate(self.groups):
             norm = float(group_norms[g])
             typical = self._typical(group) if self.spike else None
-            spiking = typical is not None and typical > 0 and norm > self.spike * typical
+            spiking = typical is not None and typical > 0 and norm > self.spike * typical and norm >= self.spike_floor
             kind = ("nonfinite" if not math.isfinite(norm) else "exploding" if norm > self.exploding or spiking
                     else "vanishing" if norm < self.vanishing else None)
             for k in KINDS:

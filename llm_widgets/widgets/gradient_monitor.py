@@ -69,6 +69,21 @@ class MonitorControls(anywidget.AnyWidget):
     error = traitlets.Unicode().tag(sync=True)
 
 
+_BOKEHJS_SHOWN = False
+
+
+def _ensure_bokehjs() -> None:
+    """jupyter_bokeh renders with the page's BokehJS: load it once per kernel, inline (never the CDN)."""
+    global _BOKEHJS_SHOWN
+    if _BOKEHJS_SHOWN:
+        return
+    from bokeh.io import output_notebook
+    from bokeh.resources import INLINE
+
+    output_notebook(resources=INLINE, hide_banner=True)
+    _BOKEHJS_SHOWN = True
+
+
 class GradientMonitorWidget(ipywidgets.VBox):
     """`monitor.widget`: display it, then train; it follows the monitor."""
 
@@ -78,6 +93,7 @@ class GradientMonitorWidget(ipywidgets.VBox):
         from bokeh.plotting import figure
         from jupyter_bokeh import BokehModel
 
+        _ensure_bokehjs()
         self.monitor = monitor
         self.min_interval = min_interval
         groups = monitor.groups[:max_groups_drawn]
@@ -92,16 +108,16 @@ class GradientMonitorWidget(ipywidgets.VBox):
         self.hist_source = ColumnDataSource({"step": [], **{f"{k}_{q}": [] for k in self._keys.values()
                                                             for q in ("lo", "mid", "hi")}})
         tools = "pan,wheel_zoom,box_zoom,reset,hover"
-        loss = figure(title="loss", height=200, width=420, tools=tools, x_axis_label="step")
+        loss = figure(title="loss", height=200, width=380, tools=tools, x_axis_label="step", y_axis_type="log")
         loss.line("step", "loss", source=self.loss_source, line_width=2, color="#333")
-        total = figure(title="global gradient norm", height=200, width=420, tools=tools, y_axis_type="log",
+        total = figure(title="global gradient norm", height=200, width=380, tools=tools, y_axis_type="log",
                        x_axis_label="step")
         total.line("step", "global_norm", source=self.loss_source, line_width=2, color="#d62728")
-        norms = figure(title="gradient norm per group", height=280, width=420, tools=tools, y_axis_type="log",
+        norms = figure(title="gradient norm per group", height=280, width=470, tools=tools, y_axis_type="log",
                        x_axis_label="step")
-        ratios = figure(title="update / weight per group (after the optimizer step)", height=280, width=420,
+        ratios = figure(title="update / weight per group", height=280, width=330,
                         tools=tools, y_axis_type="log", x_axis_label="step")
-        hist = figure(title="log10 |gradient|: 5th-95th percentile band and median", height=280, width=420,
+        hist = figure(title="log10 |gradient|: 5th-95th percentile band and median", height=260, width=470,
                       tools=tools, x_axis_label="step")
         items = []
         for (group, key), colour in zip(self._keys.items(), colours):
@@ -111,7 +127,6 @@ class GradientMonitorWidget(ipywidgets.VBox):
             hist.line("step", f"{key}_mid", source=self.hist_source, color=colour, line_width=1.5)
             items.append((group, [line]))
         norms.add_layout(Legend(items=items, label_text_font_size="8pt", click_policy="hide"), "right")
-        norms.width = 560
         self.charts = column(row(loss, total), row(norms, ratios), hist)
         self.chart = BokehModel(self.charts)
         self.controls = MonitorControls(groups=groups, colours=colours)
@@ -131,7 +146,7 @@ class GradientMonitorWidget(ipywidgets.VBox):
 
     def _on_step(self, record: dict) -> None:
         if time.monotonic() - self._last_flush >= self.min_interval:
-            self.flush()
+            self.flush(final=False)  # the newest step may still get its loss (monitor.log)
         elif not self._flush_scheduled:  # the rest goes out when the kernel is free again
             try:
                 asyncio.get_running_loop().call_later(self.min_interval, self.flush)
@@ -139,12 +154,12 @@ class GradientMonitorWidget(ipywidgets.VBox):
             except RuntimeError:
                 pass
 
-    def flush(self) -> None:
+    def flush(self, final: bool = True) -> None:
         """Send every step not yet drawn (the monitor calls this at the end of training too)."""
         self._flush_scheduled = False
         self._last_flush = time.monotonic()
         m = self.monitor
-        steps = m.steps[self._sent_until:]
+        steps = m.steps[self._sent_until:len(m.steps) if final else len(m.steps) - 1]
         if steps:
             n = len(m.groups)
             first = self._sent_until

@@ -1,0 +1,49 @@
+"""The gradients notebook in JupyterLab: charts that move while training runs, sliders that steer."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from .conftest import ARTIFACTS, open_notebook, run_all_cells
+
+pytestmark = pytest.mark.browser
+
+
+def test_gradients_notebook_monitor_updates_live_and_steers(jupyter_server, page):
+    open_notebook(page, jupyter_server, "02_gradients.ipynb")
+    run_all_cells(page)
+    monitors = page.locator(".lw-monitor")
+    monitors.first.wait_for(timeout=300_000)
+    status = monitors.first.locator(".lw-mon-status")
+    seen = set()
+    deadline = time.time() + 300
+    while time.time() < deadline:  # sample the plotted step count while the training cell runs
+        plotted = int(status.get_attribute("data-steps-plotted") or 0)
+        seen.add(plotted)
+        if plotted >= 150:
+            break
+        page.wait_for_timeout(200)
+    assert max(seen) == 150
+    assert len({s for s in seen if 0 < s < 150}) >= 3, f"the chart did not grow step by step while training: {seen}"
+    # bokeh drew the charts (jupyter_bokeh, no CDN)
+    assert page.locator(".jupyter-widgets-error-widget").count() == 0
+    assert page.locator(".widget-vbox .bk-Column, .widget-vbox [class*='bk-']").count() > 0
+    assert "alerts" in monitors.first.locator(".lw-mon-alerts").inner_text()
+    monitors.nth(1).wait_for(timeout=300_000)
+    page.locator(".jp-OutputArea-output", has_text="figures/monitor.html").wait_for(timeout=300_000)
+    errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']", has_text="Error")
+    assert errors.count() == 0, errors.first.inner_text()
+    assert page.locator(".jp-OutputArea-output", has_text="Attribution(grad_x_input").count() == 1
+    # a steering slider, moved after the runs: the monitor applies the new scale
+    steered = monitors.nth(1)
+    steered.locator("summary").click()
+    slider = steered.locator("input.lw-mon-scale[data-group='layer 1']")
+    slider.evaluate("el => { el.value = '0.5'; el.dispatchEvent(new Event('input')); el.dispatchEvent(new Event('change')); }")
+    applied = steered.locator(".lw-mon-row", has=page.locator("[data-group='layer 1']")).locator(".lw-mon-applied")
+    page.wait_for_function("el => el.dataset.scale === '0.5'", arg=applied.element_handle(), timeout=60_000)
+    assert "applied: ×0.5" in applied.inner_text()
+    monitors.first.scroll_into_view_if_needed()
+    page.set_viewport_size({"width": 1280, "height": 1400})
+    page.screenshot(path=str(ARTIFACTS / "gradient_monitor.png"))
