@@ -63,6 +63,9 @@ chromium:
 
 bench: setup
 	$(PY) benchmarks/bench_load.py
+	$(PY) benchmarks/bench_trace.py
+	$(PY) benchmarks/bench_widgets.py --browser
+	$(PY) benchmarks/bench_gradients.py
 
 ## rebuild the bundled tiny-gpt2 from scratch (corpus from Debian packages, tokenizer, training)
 tiny-gpt2: setup

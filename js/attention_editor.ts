@@ -3,7 +3,8 @@
 // go to Python (edit_specs), which regenerates and sends the new output. The
 // outputs with and without edits stand side by side, changed tokens marked.
 import type { AnyModel, RenderProps } from "@anywidget/types";
-import { download, el, mountAttention, shown, type ViewState } from "./lib/attention_panel";
+import { mountAttention, type ViewState } from "./lib/attention_panel";
+import { download, el, shown } from "./lib/widget_io";
 import {
   applySteer, describeEdit, diffTokens, type EditSpec, factorToSlider, type Scope, SLIDER_MAX, sliderToFactor,
   steerEdits, toggleAblation,

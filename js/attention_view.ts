@@ -3,7 +3,8 @@
 // query's attention. All of it lives in lib/attention_panel.ts, shared with
 // the editor.
 import type { RenderProps } from "@anywidget/types";
-import { el, mountAttention, type ViewState } from "./lib/attention_panel";
+import { mountAttention, type ViewState } from "./lib/attention_panel";
+import { el } from "./lib/widget_io";
 
 function render({ model, el: root }: RenderProps<ViewState>): () => void {
   const frame = el("div", "lw-panel lw-attn-view");

@@ -2,7 +2,7 @@
 // clip box that steer the gradients (Python applies them before the optimizer
 // step). The charts beside this are bokeh (jupyter_bokeh), fed from Python.
 import type { AnyModel, RenderProps } from "@anywidget/types";
-import { download, el, Requests, type ViewState } from "./lib/attention_panel";
+import { el, exportButtons, redrawOn, Requests } from "./lib/widget_io";
 
 interface Alert { step: number; group: string; kind: string; message: string }
 interface Setting { scale: number; clip: number | null }
@@ -19,7 +19,6 @@ interface MonitorState {
   applied: Record<string, Setting & { groups: string[] }>;
   error: string;
 }
-const MIME: Record<string, string> = { png: "image/png", svg: "image/svg+xml", html: "text/html" };
 
 function render({ model, el: root }: RenderProps<MonitorState>): () => void {
   const m = model as AnyModel<MonitorState>;
@@ -27,24 +26,12 @@ function render({ model, el: root }: RenderProps<MonitorState>): () => void {
   const header = el("div", "lw-mon-header");
   const status = el("span", "lw-mon-status");
   status.setAttribute("role", "status");
-  const exports = el("span", "lw-attn-export");
-  exports.append(el("span", "", "export "));
-  const requests = new Requests(m as unknown as AnyModel<ViewState>);
-  for (const fmt of ["png", "svg", "html"]) {
-    const button = el("button", "lw-button", fmt.toUpperCase());
-    button.dataset.format = fmt;
-    button.addEventListener("click", async () => {
-      try {
-        const [msg, buffers] = await requests.raw("export", { format: fmt });
-        const view = buffers[0];
-        download(msg.name ?? `gradient-monitor.${fmt}`,
-          new Uint8Array(view.buffer as ArrayBuffer, view.byteOffset, view.byteLength), MIME[fmt]);
-      } catch (error) {
-        errorBox.textContent = (error as Error).message;
-      }
-    });
-    exports.append(button);
-  }
+  const requests = new Requests(m);
+  const exports = exportButtons(requests, "gradient-monitor", (text) => {
+    if (!text.startsWith("error")) return;
+    errorBox.textContent = text;
+    errorBox.hidden = false;
+  });
   header.append(el("span", "lw-attn-title", "Gradient monitor"), status, exports);
   const alertsBox = el("div", "lw-mon-alerts");
   alertsBox.setAttribute("role", "alert");
@@ -125,11 +112,9 @@ function render({ model, el: root }: RenderProps<MonitorState>): () => void {
       }
     }
   }
-  const names = ["change:step", "change:steps_plotted", "change:alerts", "change:applied", "change:error", "change:loss"];
-  for (const name of names) m.on(name, draw);
-  draw();
+  const stop = redrawOn(m, ["step", "steps_plotted", "alerts", "applied", "error", "loss"], draw);
   return () => {
-    for (const name of names) m.off(name, draw);
+    stop();
     requests.close();
   };
 }

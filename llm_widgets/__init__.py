@@ -10,7 +10,7 @@ __version__ = "0.1.0"  # before the imports: the run records read it
 from .models import BUNDLED_MODELS, LanguageModel, ModelFacts, load_model
 from .trace import AblateHead, GradientMonitor, GradientWarning, ScaleAttention, Trace, TrainingStopped, replay
 
-_WIDGETS = {"AttentionEditor", "AttentionView", "ModelCard"}
+_WIDGETS = {"AttentionEditor", "AttentionView", "AttributionView", "ModelCard"}
 
 __all__ = ["AblateHead", "BUNDLED_MODELS", "GradientMonitor", "GradientWarning", "LanguageModel", "ModelFacts",
            "ScaleAttention", "Trace", "TrainingStopped", "load_model", "replay", "__version__", *sorted(_WIDGETS)]

@@ -130,3 +130,48 @@ def test_every_method_runs_on_each_architecture(arch):
 
 def test_arch_list_is_the_engine_matrix():
     assert {"llama", "qwen3", "gemma2", "phi3", "gpt2"} <= set(CONFIGS)
+
+
+# --- the widget and its exports ---
+
+def test_attribution_view_state_recompute_and_head_link(trace, tmp_path):
+    attr = trace.attribute(" the", contrast=" a")
+    view = lw.AttentionView(trace)
+    widget = lw.AttributionView(attr, view=view)
+    assert widget.tokens == attr.tokens and widget.scores == pytest.approx(attr.scores.tolist())
+    assert (widget.target, widget.contrast, widget.method, widget.step) == (" the", " a", "grad_x_input", 0)
+    assert widget.head_importance == [] and len(widget.step_labels) == 4
+    widget.method = "attention_x_grad"  # as the select in the browser would
+    assert widget.attribution.method == "attention_x_grad" and len(widget.head_importance) == 4
+    assert widget.target == " the" and widget.error == ""
+    widget.layer, widget.head = 2, 5  # a click in the grid opens that head in the linked view
+    assert (view.layer, view.head) == (2, 5)
+    widget.step = 2
+    assert widget.attribution.step == 2 and len(widget.tokens) == trace.n_prompt + 2
+    for ext in ("png", "svg", "html"):
+        path = widget.save(tmp_path / f"why.{ext}")
+        assert path.stat().st_size > 500
+    svg = (tmp_path / "why.svg").read_text()
+    assert "logit(&#x27; the&#x27;) - logit(&#x27; a&#x27;)" in svg and "<text" in svg
+    html = (tmp_path / "why.html").read_text()
+    assert "llm-widgets-data" in html and "https://" not in html
+
+
+def test_attribution_view_default_target_follows_the_step(trace):
+    widget = lw.AttributionView(trace.attribute())
+    widget.step = 1
+    assert widget.attribution.target_id == trace.generated_ids[1]
+
+
+def test_attribution_view_shows_a_failed_recompute_and_keeps_the_old(trace, monkeypatch):
+    widget = lw.AttributionView(trace.attribute(" the"))
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(type(trace), "attribute", boom)
+    widget.method = "occlusion"
+    assert widget.error == "RuntimeError: out of memory" and widget.method == "grad_x_input"
+    assert widget.attribution.method == "grad_x_input" and not widget.busy
+    with pytest.raises(TypeError, match="takes an Attribution"):
+        lw.AttributionView(trace)

@@ -174,7 +174,7 @@ def test_with_the_hf_trainer(tiny_gpt2, tmp_path):
     from transformers import Trainer, TrainingArguments
 
     model = _fresh(tiny_gpt2)
-    monitor = lw.GradientMonitor(model, histograms_every=2)
+    monitor = lw.GradientMonitor(model, histograms_every=2, updates_every=1)
     ids = tiny_gpt2.tokenizer("Call me Ishmael. Some years ago, never mind how long precisely, having little or no "
                               "money in my purse, and nothing particular to interest me on shore")["input_ids"]
     data = [dict(input_ids=ids[i:i + 6], labels=ids[i:i + 6]) for i in range(0, 24, 6)] * 2
@@ -196,7 +196,7 @@ def test_with_the_hf_trainer(tiny_gpt2, tmp_path):
 
 def test_widget_streams_steps_and_sliders_steer(tiny_gpt2, tmp_path):
     model = _fresh(tiny_gpt2)
-    monitor = lw.GradientMonitor(model, histograms_every=3)
+    monitor = lw.GradientMonitor(model, histograms_every=3, updates_every=2)
     widget = monitor.widget
     assert monitor.widget is widget and widget.controls.groups == monitor.groups
     batch = _batch(tiny_gpt2)
@@ -207,7 +207,7 @@ def test_widget_streams_steps_and_sliders_steer(tiny_gpt2, tmp_path):
     assert widget.controls.steps_plotted == 6 and widget.controls.step == 6
     assert widget.norm_source.data["step"] == [1, 2, 3, 4, 5, 6]
     assert widget.norm_source.data["g2"][0] == pytest.approx(monitor.rows[2]["grad_norm"])
-    assert widget.ratio_source.data["step"] == [1, 2, 3, 4, 5, 6]  # flush measured the last update too
+    assert widget.ratio_source.data["step"] == [1, 2, 4, 6]  # measured on step 1 and every 2nd
     assert widget.hist_source.data["step"] == [1, 3, 6]
     lo, mid, hi = (widget.hist_source.data[f"g1_{q}"][0] for q in ("lo", "mid", "hi"))
     assert -12 <= lo <= mid <= hi <= 4

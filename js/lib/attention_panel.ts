@@ -4,10 +4,9 @@
 // and export buttons. Matrices arrive on request as binary buffers; token text
 // only ever goes through textContent or canvas fillText, never innerHTML.
 import type { AnyModel } from "@anywidget/types";
-import {
-  asDataView, binRange, cellAt, colour, decodeRowsUint8, headColour, headViewKeys, type Matrix, maxOf, regionOf,
-  toPixels,
-} from "./heatmap";
+import { binRange, cellAt, colour, headColour, headViewKeys, type Matrix, maxOf, regionOf, toPixels } from "./heatmap";
+import { el, exportButtons, Requests, shown } from "./widget_io";
+
 
 export interface ViewState {
   model_name: string;
@@ -23,71 +22,11 @@ export interface ViewState {
   revision: number;
 }
 
-type Reply = { type: string; id: number; shape: [number, number]; message?: string; name?: string; format?: string };
 const HEATMAP_PX = 420;
 const GRID_CELL_PX = 22;
 const GRID_SIZE = 24;
 const OVERVIEW = 512;
 const HEADVIEW_ROW_PX = 18;
-const MIME: Record<string, string> = { png: "image/png", svg: "image/svg+xml", html: "text/html" };
-
-export function el<K extends keyof HTMLElementTagNameMap>(tag: K, cls = "", text?: string): HTMLElementTagNameMap[K] {
-  const node = document.createElement(tag);
-  if (cls) node.className = cls;
-  if (text !== undefined) node.textContent = text;
-  return node;
-}
-
-/** Visible form of a token: spaces and newlines shown, never interpreted. */
-export function shown(token: string): string {
-  return token.replace(/\n/g, "↵").replace(/\t/g, "⇥") || "∅";
-}
-
-/** Save bytes or text as a file through the browser's download (no network). */
-export function download(name: string, data: BlobPart, mime: string): void {
-  const url = URL.createObjectURL(new Blob([data], { type: mime }));
-  const link = el("a");
-  link.href = url;
-  link.download = name;
-  link.style.display = "none";
-  document.body.append(link);
-  link.click();
-  link.remove();
-  setTimeout(() => URL.revokeObjectURL(url), 10_000);
-}
-
-/** Requests to the Python side over the widget's comm, answered by id. */
-export class Requests {
-  private next = 1;
-  private pending = new Map<number, { resolve: (r: [Reply, DataView[]]) => void; reject: (e: Error) => void }>();
-  constructor(private model: AnyModel<ViewState>) {
-    this.onMessage = this.onMessage.bind(this);
-    model.on("msg:custom", this.onMessage);
-  }
-  raw(what: string, params: Record<string, number | string>): Promise<[Reply, DataView[]]> {
-    const id = this.next++;
-    return new Promise((resolve, reject) => {
-      this.pending.set(id, { resolve, reject });
-      this.model.send({ type: "request", id, what, ...params });
-    });
-  }
-  async ask(what: string, params: Record<string, number | string>): Promise<Matrix> {
-    const [msg, buffers] = await this.raw(what, params);
-    return decodeRowsUint8(msg.shape, buffers[0], buffers[1]);
-  }
-  onMessage(msg: Reply, buffers: (ArrayBuffer | DataView)[]) {
-    const waiting = this.pending.get(msg.id);
-    if (!waiting) return;
-    this.pending.delete(msg.id);
-    if (msg.type === "error") waiting.reject(new Error(msg.message ?? "request failed"));
-    else waiting.resolve([msg, buffers.map(asDataView)]);
-  }
-  close() {
-    this.model.off("msg:custom", this.onMessage);
-    this.pending.clear();
-  }
-}
-
 function select(label: string, count: number, prefix: string): [HTMLLabelElement, HTMLSelectElement] {
   const wrap = el("label", "lw-select", `${label} `);
   const box = el("select");
@@ -137,15 +76,7 @@ export function mountAttention(model: AnyModel<ViewState>, options: PanelOptions
   const status = el("span", "lw-attn-status");
   const unzoom = el("button", "lw-button", "reset zoom");
   unzoom.hidden = true;
-  const exports = el("span", "lw-attn-export");
-  exports.append(el("span", "", "export "));
-  for (const fmt of ["png", "svg", "html"]) {
-    const button = el("button", "lw-button", fmt.toUpperCase());
-    button.dataset.format = fmt;
-    button.title = `download what is shown as ${fmt.toUpperCase()}`;
-    button.addEventListener("click", () => void exportAs(fmt));
-    exports.append(button);
-  }
+  const exports = exportButtons(requests, "attention", (text) => (status.textContent = text));
   header.append(layerLabel, headLabel, unzoom, status, exports);
 
   const strip = el("div", "lw-attn-tokens");
@@ -501,18 +432,6 @@ export function mountAttention(model: AnyModel<ViewState>, options: PanelOptions
     model.set("head", Number(headBox.value));
     model.save_changes();
   });
-
-  async function exportAs(fmt: string) {
-    status.textContent = `exporting ${fmt.toUpperCase()}…`;
-    try {
-      const [msg, buffers] = await requests.raw("export", { format: fmt });
-      const view = buffers[0];
-      download(msg.name ?? `attention.${fmt}`, new Uint8Array(view.buffer as ArrayBuffer, view.byteOffset, view.byteLength), MIME[fmt]);
-      status.textContent = `saved ${msg.name}`;
-    } catch (error) {
-      status.textContent = `error: ${(error as Error).message}`;
-    }
-  }
 
   function loadGrid() {
     requests.ask("grid", { size: GRID_SIZE }).then((m) => {

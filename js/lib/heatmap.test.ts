@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { asDataView, binRange, cellAt, colour, decodeRowsUint8, luminance, maxOf, toPixels, headColour, headViewKeys, regionOf } from "./heatmap";
+import { asDataView, binRange, cellAt, colour, decodeRowsUint8, luminance, maxOf, toPixels, headColour, headViewKeys, regionOf, diverging } from "./heatmap";
 
 function buffers(values: number[], scales: number[]): [DataView, DataView] {
   const s = new DataView(new ArrayBuffer(scales.length * 4));
@@ -78,5 +78,20 @@ describe("head view and zoom geometry", () => {
     expect(regionOf({ row: 1, col: 3 }, { row: 0, col: 2 }, 4, 4, [0, 4, 0, 4])).toEqual([0, 2, 2, 4]);
     // 100 tokens pooled into 10 bins, zoomed to queries 50-100, keys 0-50
     expect(regionOf({ row: 0, col: 0 }, { row: 4, col: 9 }, 10, 10, [50, 100, 0, 50])).toEqual([50, 75, 0, 50]);
+  });
+});
+
+describe("diverging colours for signed scores", () => {
+  it("is white at zero and darkens with magnitude on both sides, alike in greyscale", () => {
+    expect(diverging(0)).toEqual([255, 255, 255]);
+    let last = 1.1;
+    for (const v of [0, 0.25, 0.5, 0.75, 1]) {
+      const [pos, neg] = [luminance(diverging(v)), luminance(diverging(-v))];
+      expect(pos).toBeLessThan(last);
+      expect(Math.abs(pos - neg)).toBeLessThan(0.12); // the sign is not carried by lightness alone
+      last = pos;
+    }
+    expect(diverging(5)).toEqual(diverging(1));
+    expect(diverging(-1)[2]).toBeGreaterThan(diverging(-1)[0]); // negative is blue
   });
 });

@@ -117,3 +117,17 @@ export function regionOf(a: { row: number; col: number }, b: { row: number; col:
   const ks = [binRange(c0, cols, k1 - k0)[0], binRange(c1, cols, k1 - k0)[1]];
   return [q0 + qs[0], q0 + qs[1], k0 + ks[0], k0 + ks[1]];
 }
+
+// A diverging map for signed scores: white at 0, blue for negative, orange-brown for
+// positive; lightness falls with |value| on both sides, so magnitude reads in greyscale
+// (the sign is also drawn as a mark, never by colour alone).
+const NEGATIVE: [number, number, number] = [33, 102, 172];
+const POSITIVE: [number, number, number] = [179, 88, 6];
+
+/** Colour of a signed value in [-1, 1] (clamped). */
+export function diverging(value: number): [number, number, number] {
+  const v = Math.max(-1, Math.min(1, Number.isFinite(value) ? value : 0));
+  const end = v < 0 ? NEGATIVE : POSITIVE;
+  const t = Math.abs(v);
+  return [0, 1, 2].map((k) => Math.round(255 + (end[k] - 255) * t)) as [number, number, number];
+}

@@ -165,8 +165,13 @@ def _forward(model, embeds: torch.Tensor) -> torch.Tensor:
 def _captum(model, embeds, score_of, method: str, n_steps: int):
     from captum.attr import InputXGradient, IntegratedGradients, Occlusion
 
+    seen: dict[str, torch.Tensor] = {}
+
     def forward(x):
-        return score_of(_forward(model, x))
+        logits = _forward(model, x)
+        if len(x) == 1 and "logits" not in seen and torch.equal(x.detach(), embeds):  # the input itself: keep
+            seen["logits"] = logits[0].detach()
+        return score_of(logits)
 
     embeds = embeds.float() if embeds.dtype in (torch.float16, torch.bfloat16) and embeds.device.type == "cpu" \
         else embeds
@@ -185,9 +190,10 @@ def _captum(model, embeds, score_of, method: str, n_steps: int):
             attr = Occlusion(forward).attribute(embeds, sliding_window_shapes=(1, embeds.shape[-1]),
                                                 strides=(1, embeds.shape[-1]), baselines=0.0)
         attr = attr / embeds.shape[-1]  # Occlusion spreads each token's effect over its features
-    with torch.no_grad():
-        logits = _forward(model, embeds)[0]
-    return attr[0].sum(dim=-1).detach(), delta, logits.detach()
+    if "logits" not in seen:
+        with torch.no_grad():
+            seen["logits"] = _forward(model, embeds)[0]
+    return attr[0].sum(dim=-1).detach(), delta, seen["logits"]
 
 
 def _attention_x_grad(lm, embeds, score_of):

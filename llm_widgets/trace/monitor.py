@@ -63,20 +63,22 @@ class GradientMonitor:
 
     model: a torch module or lw.LanguageModel. groups: "layers" (by block index),
     "parameters" (one group each), or {name: regex} / [regex, ...] over parameter
-    names. vanishing / exploding: thresholds on a group's gradient norm; spike: a norm
+    names. updates_every: how often the update-to-weight ratio is measured (it keeps a
+    copy of the weights across the optimizer step). vanishing / exploding: thresholds on a group's gradient norm; spike: a norm
     above spike x the group's median over its last 20 recorded steps is exploding too
     (when it is at least spike_floor: a jump from 1e-6 to 1e-5 is no explosion).
     stop_on: alert kinds ("nonfinite", "exploding", "vanishing") that stop training.
     """
 
-    def __init__(self, model: Any, *, every: int = 1, histograms_every: int = 50, groups: Any = "layers",
+    def __init__(self, model: Any, *, every: int = 1, histograms_every: int = 50, updates_every: int = 10,
+                 groups: Any = "layers",
                  vanishing: float = 1e-7, exploding: float = 1e3, spike: float | None = 10.0, spike_floor: float = 1e-3,
                  stop_on: Any = (),
                  optimizer: Any = None, warn: bool = True):
         module = getattr(model, "model", model)  # a LanguageModel holds the torch module
         if not isinstance(module, torch.nn.Module):
             raise TypeError(f"GradientMonitor takes a torch module or lw.LanguageModel; got {type(model).__name__}")
-        for name, value in (("every", every), ("histograms_every", histograms_every)):
+        for name, value in (("every", every), ("histograms_every", histograms_every), ("updates_every", updates_every)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer; got {value!r}")
         if not (0 <= vanishing < exploding):
@@ -94,7 +96,7 @@ class GradientMonitor:
             raise ValueError("every parameter of this model is frozen (requires_grad=False): there are no gradients "
                              "to monitor. Unfreeze what you train, e.g. model.requires_grad_(True)")
         self.module = module
-        self.every, self.histograms_every = every, histograms_every
+        self.every, self.histograms_every, self.updates_every = every, histograms_every, updates_every
         if spike is not None and not spike > 1:
             raise ValueError(f"spike must be a factor > 1 (or None to turn it off); got {spike!r}")
         self.vanishing, self.exploding, self.spike, self.stop_on, self.warn = vanishing, exploding, spike, stop_on, warn
@@ -114,7 +116,8 @@ class GradientMonitor:
         self.steering: dict[str, Steering] = {}
         self.steering_log: list[dict] = []  # every change, with the step it took effect from
         self._alerting: set[tuple[str, str]] = set()
-        self._snapshot: tuple[int, list[torch.Tensor]] | None = None
+        self._snapshot: int | None = None  # the step whose weights are in _buffers, until its update is measured
+        self._buffers: list[torch.Tensor] | None = None
         self._listeners: list[Callable[[dict], None]] = []
         self._optimizer = optimizer
         self._hooks: list[Any] = []
@@ -188,14 +191,20 @@ class GradientMonitor:
             applied = self._apply_steering(grads, idx, group_norms)
             if step % self.every == 0:
                 record.update(self._record(step, loss, lr, group_norms, applied, grads, idx))
-        if self._optimizer is not None or self._snapshot_wanted(step):
-            self._snapshot = (step, [p.detach().clone() for p in self.params])
+        if step % self.updates_every == 0 or step == 1:
+            self._take_snapshot(step)
         for listener in list(self._listeners):
             listener(record)
         return record
 
-    def _snapshot_wanted(self, step: int) -> bool:
-        return step % self.every == 0
+    def _take_snapshot(self, step: int) -> None:
+        """Keep the weights before the optimizer step (in buffers reused from step to step)."""
+        with torch.no_grad():
+            if self._buffers is None:
+                self._buffers = [p.detach().clone() for p in self.params]
+            else:
+                torch._foreach_copy_(self._buffers, [p.detach() for p in self.params])
+        self._snapshot = step
 
     def _apply_steering(self, grads, idx, group_norms) -> torch.Tensor:
         factors = torch.ones(len(self.groups))
@@ -278,12 +287,12 @@ class GradientMonitor:
         """Update-to-weight ratio of the optimizer step that followed the last snapshot."""
         if self._snapshot is None:
             return
-        step, before = self._snapshot
+        step, before = self._snapshot, self._buffers
         self._snapshot = None
         with torch.no_grad():
-            deltas = torch._foreach_sub([p.detach() for p in self.params], before)
-            change = torch.stack(torch._foreach_norm(deltas)).float().cpu().double().pow(2)
             size = torch.stack(torch._foreach_norm(before)).float().cpu().double().pow(2)
+            torch._foreach_sub_(before, [p.detach() for p in self.params])  # in place: before - after
+            change = torch.stack(torch._foreach_norm(before)).float().cpu().double().pow(2)
         n = len(self.groups)
         ratios = (torch.zeros(n, dtype=torch.float64).index_add_(0, self._group_index, change).sqrt()
                   / torch.zeros(n, dtype=torch.float64).index_add_(0, self._group_index, size).sqrt().clamp_min(1e-30))

@@ -2,6 +2,7 @@
 
 from .attention_editor import AttentionEditor
 from .attention_view import AttentionView
+from .attribution_view import AttributionView
 from .model_card import ModelCard
 
-__all__ = ["AttentionEditor", "AttentionView", "ModelCard"]
+__all__ = ["AttentionEditor", "AttentionView", "AttributionView", "ModelCard"]

@@ -198,20 +198,21 @@ class GradientMonitorWidget(ipywidgets.VBox):
             c.applied = {p: {"scale": s.scale, "clip": s.clip, "groups": list(s.groups)} for p, s in m.steering.items()}
 
     def _stream_ratios(self) -> None:
+        """Update ratios of the steps whose measurement is done (every updates_every steps)."""
         m = self.monitor
         n = len(m.groups)
-        done = self._ratio_sent
         ready = []
-        for i in range(done, len(m.steps)):
-            rows = m.rows[i * n:(i + 1) * n]
-            if not rows or rows[0]["update_ratio"] is None:
-                break
-            ready.append(rows)
+        while self._ratio_sent < len(m.steps):
+            rows = m.rows[self._ratio_sent * n:(self._ratio_sent + 1) * n]
+            if m._snapshot == rows[0]["step"]:
+                break  # its optimizer step has not been measured yet
+            if rows[0]["update_ratio"] is not None:
+                ready.append(rows)
+            self._ratio_sent += 1
         if ready:
             self.ratio_source.stream({"step": [rows[0]["step"] for rows in ready],
                                       **{k: [_positive(next(r["update_ratio"] for r in rows if r["group"] == g))
                                              for rows in ready] for g, k in self._keys.items()}})
-            self._ratio_sent += len(ready)
 
     # --- from the sliders to the monitor ---
 

@@ -36,6 +36,17 @@ def test_gradients_notebook_monitor_updates_live_and_steers(jupyter_server, page
     errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']", has_text="Error")
     assert errors.count() == 0, errors.first.inner_text()
     assert page.locator(".jp-OutputArea-output", has_text="Attribution(grad_x_input").count() == 1
+    # attribution: tokens coloured with a sign mark; a click in the head grid opens that head in the linked view
+    attributions = page.locator(".lw-attrib")
+    assert attributions.count() == 2
+    assert attributions.first.locator(".lw-tok[data-sign]").count() > 0
+    grid = attributions.nth(1).locator("canvas.lw-attn-grid[data-drawn]")
+    grid.click(position={"x": 3, "y": 3})
+    status = page.locator(".lw-attn-view .lw-attn-status")
+    page.wait_for_function("el => el.textContent.startsWith('layer 0, head 0')", arg=status.element_handle(),
+                           timeout=60_000)
+    attributions.first.scroll_into_view_if_needed()
+    attributions.first.screenshot(path=str(ARTIFACTS / "attribution_view.png"))
     # a steering slider, moved after the runs: the monitor applies the new scale
     steered = monitors.nth(1)
     steered.locator("summary").click()

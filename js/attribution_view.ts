@@ -1,0 +1,154 @@
+// AttributionView: input tokens coloured by their attribution score (diverging
+// colours, sign also as a mark), the target and contrast with probabilities,
+// method and step selects (Python recomputes), the head-importance grid
+// (click a head to open it in a linked attention view), and export.
+import type { AnyModel, RenderProps } from "@anywidget/types";
+import { el, exportButtons, redrawOn, Requests, shown } from "./lib/widget_io";
+import { diverging } from "./lib/heatmap";
+
+interface AttributionState {
+  tokens: string[];
+  scores: number[];
+  n_prompt: number;
+  target: string;
+  contrast: string | null;
+  p_target: number;
+  p_contrast: number | null;
+  quantity: string;
+  score: number;
+  delta: number | null;
+  notes: string[];
+  method: string;
+  methods: string[];
+  step: number;
+  step_labels: string[];
+  head_importance: number[][];
+  layer: number;
+  head: number;
+  busy: boolean;
+  error: string;
+}
+const CELL = 16;
+
+function render({ model, el: root }: RenderProps<AttributionState>): () => void {
+  const m = model as AnyModel<AttributionState>;
+  const frame = el("div", "lw-panel lw-attrib");
+  const header = el("div", "lw-attrib-header");
+  const title = el("span", "lw-attn-title");
+  const methodBox = el("select");
+  methodBox.setAttribute("aria-label", "attribution method");
+  for (const method of m.get("methods")) {
+    const option = el("option", "", method.replace(/_/g, " "));
+    option.value = method;
+    methodBox.append(option);
+  }
+  const stepBox = el("select");
+  stepBox.setAttribute("aria-label", "generation step");
+  m.get("step_labels").forEach((token, i) => {
+    const option = el("option", "", `step ${i}: ${JSON.stringify(token)}`);
+    option.value = String(i);
+    stepBox.append(option);
+  });
+  const busy = el("span", "lw-ed-busy", "computing…");
+  const requests = new Requests(m);
+  const exports = exportButtons(requests, "attribution", (text) => {
+    if (!text.startsWith("error")) return;
+    errorBox.textContent = text;
+    errorBox.hidden = false;
+  });
+  const label = (text: string, box: HTMLElement) => {
+    const wrap = el("label", "lw-select", `${text} `);
+    wrap.append(box);
+    return wrap;
+  };
+  header.append(title, label("method", methodBox), label("for", stepBox), busy, exports);
+  const summary = el("div", "lw-attrib-summary");
+  const strip = el("div", "lw-attn-tokens lw-attrib-tokens");
+  strip.setAttribute("aria-label", "input tokens coloured by attribution: orange (+) towards the target, blue (−) away");
+  const notes = el("div", "lw-ed-hint");
+  const errorBox = el("div", "lw-ed-error");
+  errorBox.setAttribute("role", "alert");
+  const gridBox = el("div", "lw-attrib-grid");
+  const gridCaption = el("div", "lw-attn-caption", "head importance (attention × gradient): layer ↓ head →, click to open");
+  const grid = el("canvas", "lw-attn-grid");
+  gridBox.append(gridCaption, grid);
+  frame.append(header, summary, strip, notes, errorBox, gridBox);
+  root.replaceChildren(frame);
+
+  function draw() {
+    title.textContent = `why ${JSON.stringify(m.get("target"))}` +
+      (m.get("contrast") !== null ? `, not ${JSON.stringify(m.get("contrast"))}` : "");
+    methodBox.value = m.get("method");
+    stepBox.value = String(m.get("step"));
+    const pc = m.get("p_contrast");
+    summary.textContent = `${m.get("quantity")} = ${m.get("score").toFixed(3)}; ` +
+      `p(${JSON.stringify(m.get("target"))}) ${m.get("p_target").toFixed(3)}` +
+      (pc !== null && pc !== undefined ? `, p(${JSON.stringify(m.get("contrast"))}) ${pc.toFixed(3)}` : "") +
+      (m.get("delta") !== null && m.get("delta") !== undefined ? `; completeness gap ${m.get("delta")!.toPrecision(3)}` : "");
+    const scores = m.get("scores");
+    const peak = Math.max(1e-12, ...scores.map(Math.abs));
+    const nPrompt = m.get("n_prompt");
+    strip.replaceChildren(...m.get("tokens").map((token, i) => {
+      const v = scores[i] / peak;
+      const chip = el("span", i < nPrompt ? "lw-tok" : "lw-tok lw-tok-gen", shown(token));
+      const [r, g, b] = diverging(v);
+      chip.style.backgroundColor = `rgb(${r}, ${g}, ${b})`;
+      chip.classList.toggle("lw-tok-dark", Math.abs(v) > 0.6);
+      if (Math.abs(v) > 0.05) chip.dataset.sign = v > 0 ? "+" : "−";
+      chip.title = `${i}: ${JSON.stringify(token)} score ${scores[i].toPrecision(4)}`;
+      chip.dataset.score = String(scores[i]);
+      return chip;
+    }));
+    notes.textContent = m.get("notes").join(" ");
+    errorBox.textContent = m.get("error");
+    errorBox.hidden = !m.get("error");
+    busy.hidden = !m.get("busy");
+    drawGrid();
+  }
+
+  function drawGrid() {
+    const heads = m.get("head_importance");
+    gridBox.hidden = heads.length === 0;
+    if (!heads.length) return;
+    grid.width = heads[0].length * CELL;
+    grid.height = heads.length * CELL;
+    const ctx = grid.getContext("2d")!;
+    const peak = Math.max(1e-12, ...heads.flat().map(Math.abs));
+    heads.forEach((row, layer) => row.forEach((v, head) => {
+      const [r, g, b] = diverging(v / peak);
+      ctx.fillStyle = `rgb(${r}, ${g}, ${b})`;
+      ctx.fillRect(head * CELL + 1, layer * CELL + 1, CELL - 2, CELL - 2);
+    }));
+    if (m.get("layer") >= 0) {
+      ctx.strokeStyle = "#e6550d";
+      ctx.lineWidth = 2;
+      ctx.strokeRect(m.get("head") * CELL + 1, m.get("layer") * CELL + 1, CELL - 2, CELL - 2);
+    }
+    grid.dataset.drawn = "true";
+  }
+
+  grid.addEventListener("click", (event) => {
+    const box = grid.getBoundingClientRect();
+    const heads = m.get("head_importance");
+    const layer = Math.floor(((event.clientY - box.top) / box.height) * heads.length);
+    const head = Math.floor(((event.clientX - box.left) / box.width) * heads[0].length);
+    m.set("layer", layer);
+    m.set("head", head);
+    m.save_changes();
+  });
+  methodBox.addEventListener("change", () => {
+    m.set("method", methodBox.value);
+    m.save_changes();
+  });
+  stepBox.addEventListener("change", () => {
+    m.set("step", Number(stepBox.value));
+    m.save_changes();
+  });
+  const stop = redrawOn(m, ["scores", "method", "step", "busy", "error", "head_importance", "layer", "head", "target"], draw);
+  return () => {
+    stop();
+    requests.close();
+  };
+}
+
+export default { render };

@@ -1,0 +1,100 @@
+// What every widget front end shares: elements with text only (never
+// innerHTML), requests to Python answered by id over the comm, downloads of
+// files Python rendered, and the export buttons. DOM code, no model logic.
+import type { AnyModel } from "@anywidget/types";
+import { asDataView, decodeRowsUint8, type Matrix } from "./heatmap";
+
+const MIME: Record<string, string> = { png: "image/png", svg: "image/svg+xml", html: "text/html" };
+
+type Reply = { type: string; id: number; shape: [number, number]; message?: string; name?: string; format?: string };
+
+export function el<K extends keyof HTMLElementTagNameMap>(tag: K, cls = "", text?: string): HTMLElementTagNameMap[K] {
+  const node = document.createElement(tag);
+  if (cls) node.className = cls;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+/** Visible form of a token: spaces and newlines shown, never interpreted. */
+export function shown(token: string): string {
+  return token.replace(/\n/g, "↵").replace(/\t/g, "⇥") || "∅";
+}
+
+/** Save bytes or text as a file through the browser's download (no network). */
+export function download(name: string, data: BlobPart, mime: string): void {
+  const url = URL.createObjectURL(new Blob([data], { type: mime }));
+  const link = el("a");
+  link.href = url;
+  link.download = name;
+  link.style.display = "none";
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 10_000);
+}
+
+/** Requests to the Python side over the widget's comm, answered by id. */
+export class Requests {
+  private next = 1;
+  private pending = new Map<number, { resolve: (r: [Reply, DataView[]]) => void; reject: (e: Error) => void }>();
+  constructor(private model: AnyModel<any>) {
+    this.onMessage = this.onMessage.bind(this);
+    model.on("msg:custom", this.onMessage);
+  }
+  raw(what: string, params: Record<string, number | string>): Promise<[Reply, DataView[]]> {
+    const id = this.next++;
+    return new Promise((resolve, reject) => {
+      this.pending.set(id, { resolve, reject });
+      this.model.send({ type: "request", id, what, ...params });
+    });
+  }
+  async ask(what: string, params: Record<string, number | string>): Promise<Matrix> {
+    const [msg, buffers] = await this.raw(what, params);
+    return decodeRowsUint8(msg.shape, buffers[0], buffers[1]);
+  }
+  onMessage(msg: Reply, buffers: (ArrayBuffer | DataView)[]) {
+    const waiting = this.pending.get(msg.id);
+    if (!waiting) return;
+    this.pending.delete(msg.id);
+    if (msg.type === "error") waiting.reject(new Error(msg.message ?? "request failed"));
+    else waiting.resolve([msg, buffers.map(asDataView)]);
+  }
+  close() {
+    this.model.off("msg:custom", this.onMessage);
+    this.pending.clear();
+  }
+}
+
+/** PNG, SVG and HTML buttons: Python renders what is on screen, the browser saves it. */
+export function exportButtons(requests: Requests, fallback: string, report: (text: string) => void): HTMLSpanElement {
+  const box = el("span", "lw-attn-export");
+  box.append(el("span", "", "export "));
+  for (const fmt of ["png", "svg", "html"]) {
+    const button = el("button", "lw-button", fmt.toUpperCase());
+    button.dataset.format = fmt;
+    button.title = `download what is shown as ${fmt.toUpperCase()}`;
+    button.addEventListener("click", async () => {
+      report(`exporting ${fmt.toUpperCase()}…`);
+      try {
+        const [msg, buffers] = await requests.raw("export", { format: fmt });
+        const view = buffers[0];
+        const name = msg.name ?? `${fallback}.${fmt}`;
+        download(name, new Uint8Array(view.buffer as ArrayBuffer, view.byteOffset, view.byteLength), MIME[fmt]);
+        report(`saved ${name}`);
+      } catch (error) {
+        report(`error: ${(error as Error).message}`);
+      }
+    });
+    box.append(button);
+  }
+  return box;
+}
+
+/** Call `draw` now and whenever one of the traits changes; returns the unsubscribe. */
+export function redrawOn(model: AnyModel<any>, traits: string[], draw: () => void): () => void {
+  for (const trait of traits) model.on(`change:${trait}`, draw);
+  draw();
+  return () => {
+    for (const trait of traits) model.off(`change:${trait}`, draw);
+  };
+}

@@ -1,0 +1,113 @@
+"""`AttributionView`: which input tokens drove an output, coloured by score.
+
+Method and step are switchable in the widget; the attribution is recomputed
+here (a failure is shown and the previous one kept). With `method=
+"attention_x_grad"` a layer x head importance grid appears; clicking a head
+selects it, and opens it in a linked `AttentionView` (`view=`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anywidget
+import traitlets
+
+from ..export import attribution as export
+from ..trace.attribution import METHODS, Attribution
+from ._frontend import bundle
+from .attention_view import AttentionView
+
+
+class AttributionView(anywidget.AnyWidget):
+    """`lw.AttributionView(trace.attribute(" Paris", contrast=" London"))`."""
+
+    _esm = bundle("attribution_view")
+    _css = bundle("attribution_view", ".css")
+
+    tokens = traitlets.List(traitlets.Unicode()).tag(sync=True)
+    scores = traitlets.List(traitlets.Float()).tag(sync=True)
+    n_prompt = traitlets.Int().tag(sync=True)
+    target = traitlets.Unicode().tag(sync=True)
+    contrast = traitlets.Unicode(allow_none=True).tag(sync=True)
+    p_target = traitlets.Float().tag(sync=True)
+    p_contrast = traitlets.Float(allow_none=True).tag(sync=True)
+    quantity = traitlets.Unicode().tag(sync=True)
+    score = traitlets.Float().tag(sync=True)
+    delta = traitlets.Float(allow_none=True).tag(sync=True)
+    notes = traitlets.List(traitlets.Unicode()).tag(sync=True)
+    method = traitlets.Unicode().tag(sync=True)
+    methods = traitlets.List(traitlets.Unicode(), default_value=list(METHODS)).tag(sync=True)
+    step = traitlets.Int(0).tag(sync=True)
+    step_labels = traitlets.List(traitlets.Unicode()).tag(sync=True)  # the token generated at each step
+    head_importance = traitlets.List(traitlets.List(traitlets.Float())).tag(sync=True)  # [] unless attention_x_grad
+    layer = traitlets.Int(-1).tag(sync=True)  # the head picked in the grid, -1 for none
+    head = traitlets.Int(-1).tag(sync=True)
+    busy = traitlets.Bool(False).tag(sync=True)
+    error = traitlets.Unicode().tag(sync=True)
+
+    def __init__(self, attribution: Attribution, *, view: AttentionView | None = None, **kwargs):
+        if not isinstance(attribution, Attribution):
+            raise TypeError(f"AttributionView takes an Attribution (from trace.attribute(...)), "
+                            f"got {type(attribution).__name__}")
+        self.attribution = attribution
+        self.view = view
+        trace = attribution.trace
+        # the target the user chose stays when the step changes; a default target follows the step
+        self._explicit_target = attribution.target_id if attribution.target_id != _default_target(trace, attribution.step) \
+            else None
+        super().__init__(step_labels=trace.tokens[trace.n_prompt:] or [trace.model.tokenizer.decode([trace.next_token_id])],
+                         **self._state(attribution), **kwargs)
+        self.observe(self._recompute, names=["method", "step"])
+        self.observe(self._open_head, names=["layer", "head"])
+        self.on_msg(self._on_request)
+
+    @staticmethod
+    def _state(a: Attribution) -> dict:
+        return dict(tokens=a.tokens, scores=a.scores.tolist(), n_prompt=a.n_prompt, target=a.target,
+                    contrast=a.contrast, p_target=a.p_target, p_contrast=a.p_contrast, quantity=a.quantity,
+                    score=a.score, delta=a.delta, notes=a.notes, method=a.method, step=a.step,
+                    head_importance=[] if a.head_importance is None else a.head_importance.tolist())
+
+    def _recompute(self, change) -> None:
+        a = self.attribution
+        if (self.method, self.step) == (a.method, a.step):
+            return
+        self.busy = True
+        try:
+            new = a.trace.attribute(self._explicit_target, contrast=a.contrast_id, method=self.method, step=self.step)
+        except Exception as error:  # shown in the widget; the previous attribution stays
+            with self.hold_sync():
+                self.method, self.step = a.method, a.step
+                self.error = f"{type(error).__name__}: {error}"
+            return
+        finally:
+            self.busy = False
+        self.attribution = new
+        with self.hold_sync():
+            for name, value in self._state(new).items():
+                setattr(self, name, value)
+            self.error = ""
+
+    def _open_head(self, change) -> None:
+        if self.view is not None and self.layer >= 0 and self.head >= 0:
+            self.view.layer, self.view.head = self.layer, self.head
+
+    def save(self, path: str | Path) -> Path:
+        """The tokens coloured by score as .png, .svg or a standalone .html."""
+        return export.save(self.attribution, path)
+
+    def _on_request(self, _widget, content: dict, _buffers) -> None:
+        if not isinstance(content, dict) or content.get("what") != "export":
+            return
+        fmt = str(content.get("format"))
+        try:
+            data = export.render(self.attribution, fmt)
+        except ValueError as error:
+            self.send({"type": "error", "id": content.get("id"), "message": str(error)})
+            return
+        self.send({"type": "file", "id": content.get("id"), "name": f"attribution.{fmt}", "format": fmt}, [data])
+
+
+def _default_target(trace, step: int) -> int:
+    return trace.generated_ids[step] if trace.generated_ids else trace.next_token_id

