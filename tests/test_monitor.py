@@ -147,6 +147,10 @@ def test_steering_scales_and_clips_a_group(tiny_gpt2):
     assert torch.nn.utils.get_total_norm(layer0).item() == pytest.approx(0.01, rel=1e-4)
     assert [(e["step"], e["pattern"], e["scale"], e["clip"]) for e in monitor.steering_log] == [
         (1, "layer 2", 0.5, None), (2, "layer 2", 1.0, None), (2, "layer [0-3]", 1.0, 0.01)]
+    import json
+
+    record = json.loads(json.dumps(monitor.record))  # JSON-able
+    assert record["steering"] == monitor.steering_log and record["steps"] == 2
     monitor.detach()
 
 

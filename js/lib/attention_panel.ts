@@ -27,6 +27,7 @@ const GRID_CELL_PX = 22;
 const GRID_SIZE = 24;
 const OVERVIEW = 512;
 const HEADVIEW_ROW_PX = 18;
+const AXIS_LABELS = 40; // up to this many tokens in view, each gets its label on the axes
 function select(label: string, count: number, prefix: string): [HTMLLabelElement, HTMLSelectElement] {
   const wrap = el("label", "lw-select", `${label} `);
   const box = el("select");
@@ -92,7 +93,13 @@ export function mountAttention(model: AnyModel<ViewState>, options: PanelOptions
   tooltip.hidden = true;
   const lasso = el("div", "lw-attn-lasso");
   lasso.hidden = true;
-  mapBox.append(el("div", "lw-attn-caption", "queries ↓  keys →  (drag to zoom)"), canvas, tooltip, lasso);
+  const yAxis = el("div", "lw-attn-yaxis");
+  const xAxis = el("div", "lw-attn-xaxis");
+  yAxis.setAttribute("aria-hidden", "true"); // the tokens are in the strip; these only label the picture
+  xAxis.setAttribute("aria-hidden", "true");
+  const plot = el("div", "lw-attn-plot");
+  plot.append(yAxis, canvas, el("div"), xAxis);
+  mapBox.append(el("div", "lw-attn-caption", "queries ↓  keys →  (drag to zoom)"), plot, tooltip, lasso);
   const gridBox = el("div", "lw-attn-gridbox");
   const grid = el("canvas", "lw-attn-grid");
   grid.width = nHeads * GRID_CELL_PX;
@@ -210,6 +217,7 @@ export function mountAttention(model: AnyModel<ViewState>, options: PanelOptions
       const h = HEATMAP_PX / overview.rows;
       ctx.strokeRect(1, row * h + 1, HEATMAP_PX - 2, Math.max(2, h - 2));
     }
+    drawAxes();
     canvas.dataset.drawn = "true";
     canvas.dataset.drawMs = (performance.now() - started).toFixed(2); // read by the benchmark
   }
@@ -234,6 +242,27 @@ export function mountAttention(model: AnyModel<ViewState>, options: PanelOptions
       }
     }
     return image;
+  }
+
+  /** Token labels along both axes when few enough fit, positions otherwise. */
+  function drawAxes() {
+    const [q0, q1, k0, k1] = region();
+    const labels = (axis: HTMLElement, start: number, stop: number, vertical: boolean) => {
+      const n = stop - start;
+      const every = n <= AXIS_LABELS ? 1 : Math.ceil(n / 10);
+      const marks: HTMLSpanElement[] = [];
+      for (let i = 0; i < n; i += every) {
+        const text = every === 1 ? shown(tokens[start + i]) : String(start + i);
+        const mark = el("span", "lw-attn-tick", text.length > 12 ? `${text.slice(0, 11)}…` : text);
+        const at = ((i + 0.5) / n) * HEATMAP_PX;
+        if (vertical) mark.style.top = `${at}px`;
+        else mark.style.left = `${at}px`;
+        marks.push(mark);
+      }
+      axis.replaceChildren(...marks);
+    };
+    labels(yAxis, q0, q1, true);
+    labels(xAxis, k0, k1, false);
   }
 
   function drawGrid() {
@@ -378,8 +407,8 @@ export function mountAttention(model: AnyModel<ViewState>, options: PanelOptions
     const name = (a: number, b: number) => (b - a === 1 ? `${a} ${JSON.stringify(tokens[a])}` : `${a}-${b - 1}`);
     const weight = overview.data[cell.row * overview.cols + cell.col];
     tooltip.textContent = `query ${name(q0, q1)} → key ${name(k0, k1)}: ${weight.toFixed(3)}${q1 - q0 > 1 || k1 - k0 > 1 ? " (max)" : ""}`;
-    tooltip.style.left = `${event.clientX - box.left + 12}px`;
-    tooltip.style.top = `${event.clientY - box.top + 12}px`;
+    tooltip.style.left = `${canvas.offsetLeft + event.clientX - box.left + 12}px`;
+    tooltip.style.top = `${canvas.offsetTop + event.clientY - box.top + 12}px`;
     tooltip.hidden = false;
   });
   canvas.addEventListener("mouseleave", () => (tooltip.hidden = true));

@@ -324,6 +324,27 @@ class GradientMonitor:
 
     # --- reading it ---
 
+    @property
+    def record(self) -> dict:
+        """What this monitoring run was, JSON-able: settings, groups, every steering change with
+        its step, and the alerts (for the notes of an experiment, beside the trace records)."""
+        import transformers
+
+        from .. import __version__
+
+        return {
+            "llm_widgets": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "model": type(self.module).__name__, "groups": self.groups, "trainable_parameters": len(self.params),
+            "frozen_parameters": self.frozen,
+            "settings": {"every": self.every, "histograms_every": self.histograms_every,
+                         "updates_every": self.updates_every, "vanishing": self.vanishing,
+                         "exploding": self.exploding, "spike": self.spike, "spike_floor": self.spike_floor,
+                         "stop_on": list(self.stop_on)},
+            "steps": self.step_count,
+            "steering": [dict(entry) for entry in self.steering_log],
+            "alerts": [{k: a[k] for k in ("step", "group", "kind", "value")} for a in self.alerts],
+        }
+
     def to_dataframe(self):
         """One row per (step, group): grad_norm, steered_norm, update_ratio, and the step's loss, lr, global_norm."""
         import pandas as pd
