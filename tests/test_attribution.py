@@ -72,6 +72,16 @@ def test_integrated_gradients_are_complete(trace):
     assert abs(attr.delta) <= 0.05 * abs(baseline_gap - attr.delta) + 1e-4
 
 
+def test_integrated_gradients_from_the_eos_embedding(trace, tiny_gpt2):
+    attr = trace.attribute(" the", method="integrated_gradients", n_steps=64, baseline="eos")
+    assert abs(attr.delta) <= 0.05 * abs(attr.scores.sum().item() - attr.delta) + 1e-4
+    occluded = trace.attribute(" the", method="occlusion", baseline="eos")
+    assert occluded.scores.shape == attr.scores.shape and not torch.equal(occluded.scores,
+                                                                          trace.attribute(" the", method="occlusion").scores)
+    with pytest.raises(ValueError, match="unknown baseline 'mean'"):
+        trace.attribute(method="integrated_gradients", baseline="mean")
+
+
 def test_attention_x_grad_gives_head_importance_and_restores_sdpa(trace, tiny_gpt2):
     attr = trace.attribute(method="attention_x_grad")
     assert attr.head_importance.shape == (4, 8) and torch.isfinite(attr.head_importance).all()

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import torch
 
 METHODS = ("grad_x_input", "integrated_gradients", "attention_x_grad", "occlusion")
+BASELINES = ("zeros", "eos", "pad")  # what integrated gradients and occlusion replace the input with
 
 
 @dataclass
@@ -62,10 +63,12 @@ class Attribution:
 
 
 def attribute(trace, target=None, contrast=None, method: str = "grad_x_input", step: int | None = None,
-              n_steps: int = 64) -> Attribution:
+              n_steps: int = 64, baseline: str = "zeros") -> Attribution:
     """See Trace.attribute."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if baseline not in BASELINES:
+        raise ValueError(f"unknown baseline {baseline!r}; choose one of {', '.join(BASELINES)}")
     lm = trace.model
     n_steps_available = max(1, len(trace.generated_ids))
     step = 0 if step is None else step
@@ -100,12 +103,14 @@ def attribute(trace, target=None, contrast=None, method: str = "grad_x_input", s
 
     model = lm.model
     with _frozen(model):
-        embeds = model.get_input_embeddings()(ids[None].to(_device(model))).detach()
+        embed = model.get_input_embeddings()
+        embeds = embed(ids[None].to(_device(model))).detach()
+        reference = _baseline(lm, embed, ids, embeds, baseline)
         head_importance = delta = None
         if method == "attention_x_grad":
             scores, head_importance, logits = _attention_x_grad(lm, embeds, score_of)
         else:
-            scores, delta, logits = _captum(model, embeds, score_of, method, n_steps)
+            scores, delta, logits = _captum(model, embeds, score_of, method, n_steps, reference)
     probs = torch.softmax(logits[position].float(), dim=-1)
     value = score_of(logits[None]).item()
     tok = lm.tokenizer
@@ -162,7 +167,19 @@ def _forward(model, embeds: torch.Tensor) -> torch.Tensor:
     return model(inputs_embeds=embeds, attention_mask=mask, use_cache=False).logits
 
 
-def _captum(model, embeds, score_of, method: str, n_steps: int):
+def _baseline(lm, embed, ids, embeds, name: str) -> torch.Tensor:
+    """The reference input: zero vectors, or every position holding the eos / pad token's embedding
+    (closer to what the model has seen: on Llama-style models integrated gradients converge far
+    better from it than from zeros)."""
+    if name == "zeros":
+        return torch.zeros_like(embeds)
+    token = getattr(lm.tokenizer, f"{name}_token_id", None)
+    if token is None:
+        raise ValueError(f"{lm.name}'s tokenizer has no {name} token: use baseline='zeros' or the other one")
+    return embed(torch.full_like(ids[None], token).to(embeds.device)).detach().to(embeds.dtype)
+
+
+def _captum(model, embeds, score_of, method: str, n_steps: int, reference: torch.Tensor):
     from captum.attr import InputXGradient, IntegratedGradients, Occlusion
 
     seen: dict[str, torch.Tensor] = {}
@@ -182,13 +199,13 @@ def _captum(model, embeds, score_of, method: str, n_steps: int):
         if not isinstance(n_steps, int) or n_steps < 2:
             raise ValueError(f"n_steps must be an integer >= 2 for integrated gradients; got {n_steps!r}")
         attr, gap = IntegratedGradients(forward).attribute(
-            embeds.clone().requires_grad_(True), baselines=torch.zeros_like(embeds), n_steps=n_steps,
+            embeds.clone().requires_grad_(True), baselines=reference.to(embeds.dtype), n_steps=n_steps,
             internal_batch_size=min(n_steps, 16), return_convergence_delta=True)
         delta = float(gap.abs().max())
-    else:  # occlusion: each token's embedding replaced by zeros, one at a time
+    else:  # occlusion: each token's embedding replaced by the baseline's, one at a time
         with torch.no_grad():
             attr = Occlusion(forward).attribute(embeds, sliding_window_shapes=(1, embeds.shape[-1]),
-                                                strides=(1, embeds.shape[-1]), baselines=0.0)
+                                                strides=(1, embeds.shape[-1]), baselines=reference.to(embeds.dtype))
         attr = attr / embeds.shape[-1]  # Occlusion spreads each token's effect over its features
     if "logits" not in seen:
         with torch.no_grad():

@@ -187,12 +187,14 @@ class Trace:
     # --- gradients ---
 
     def attribute(self, target: str | int | None = None, contrast: str | int | None = None,
-                  method: str = "grad_x_input", step: int | None = None, n_steps: int = 64):
+                  method: str = "grad_x_input", step: int | None = None, n_steps: int = 64,
+                  baseline: str = "zeros"):
         """Which input tokens drove the token at `step` (0: right after the prompt).
 
         Scores log p(target), or with `contrast` logit(target) - logit(contrast)
         ("why X, not Y"). target defaults to the token the run produced. method:
-        "grad_x_input", "integrated_gradients" (n_steps, zero-embedding baseline),
+        "grad_x_input", "integrated_gradients" (n_steps steps from `baseline`: "zeros", or
+        every position holding the "eos" or "pad" token's embedding),
         "attention_x_grad" (also head importance [layers, heads]) or "occlusion".
         Returns an `Attribution`; the model's parameters are untouched.
         """
@@ -201,7 +203,8 @@ class Trace:
         if self.edits:
             warnings.warn("this trace was run with attention edits; attribution explains the model without them",
                           stacklevel=2)
-        return attribute(self, target=target, contrast=contrast, method=method, step=step, n_steps=n_steps)
+        return attribute(self, target=target, contrast=contrast, method=method, step=step, n_steps=n_steps,
+                         baseline=baseline)
 
     # --- attention ---
 
