@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from ..trace import Trace
@@ -72,12 +71,14 @@ class AttentionFigure:
         order = np.argsort(-self.query_row, kind="stable")[:k]
         return [(int(i), float(self.query_row[i])) for i in order]
 
-    def heatmap_png(self) -> bytes:
+    def heatmap_image(self) -> Image.Image:
         """The map alone, one pixel per cell (scaled without smoothing where drawn)."""
         m = self.matrix
-        rgb = colours(m / (m.max() if m.max() > 0 else 1.0))
+        return Image.fromarray(colours(m / (m.max() if m.max() > 0 else 1.0)), "RGB")
+
+    def heatmap_png(self) -> bytes:
         buffer = io.BytesIO()
-        Image.fromarray(rgb, "RGB").save(buffer, format="PNG", optimize=True)
+        self.heatmap_image().save(buffer, format="PNG", optimize=True)
         return buffer.getvalue()
 
 
@@ -167,7 +168,7 @@ def to_png(fig: AttentionFigure, scale: int = 2) -> bytes:
     draw = ImageDraw.Draw(image)
     font = ImageFont.load_default(size=11 * scale)
     draw.text((left, 8 * scale), fig.title, fill="black", font=ImageFont.load_default(size=13 * scale))
-    heat = Image.open(io.BytesIO(fig.heatmap_png())).resize((side, side), Image.Resampling.NEAREST)
+    heat = fig.heatmap_image().resize((side, side), Image.Resampling.NEAREST)
     image.paste(heat, (left, top))
     draw.rectangle([left, top, left + side, top + side], outline="#999999")
     for frac, label in _ticks(fig.queries, lay["labelled_q"], fig):

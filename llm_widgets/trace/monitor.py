@@ -300,6 +300,11 @@ class GradientMonitor:
             if row["step"] == step:
                 row["update_ratio"] = float(ratios[self.groups.index(row["group"])])
 
+    @property
+    def update_pending(self) -> int | None:
+        """The step whose update-to-weight ratio waits for its optimizer step, if any."""
+        return self._snapshot
+
     def log(self, loss: Any = None, lr: float | None = None) -> None:
         """Attach the loss (and lr) to the latest recorded step: for `with monitor:` loops, where
         the step is read from the optimizer's hook before the loss is at hand."""

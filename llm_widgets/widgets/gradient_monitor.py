@@ -204,7 +204,7 @@ class GradientMonitorWidget(ipywidgets.VBox):
         ready = []
         while self._ratio_sent < len(m.steps):
             rows = m.rows[self._ratio_sent * n:(self._ratio_sent + 1) * n]
-            if m._snapshot == rows[0]["step"]:
+            if m.update_pending == rows[0]["step"]:
                 break  # its optimizer step has not been measured yet
             if rows[0]["update_ratio"] is not None:
                 ready.append(rows)
