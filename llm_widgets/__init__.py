@@ -3,22 +3,28 @@
     import llm_widgets as lw
     model = lw.load_model("smollm2-135m")
     lw.ModelCard(model)
+
+The layers, bottom to top (each imports only those below it; ARCHITECTURE.md):
+models, trace (the engine), analysis and training, export, widgets.
 """
 
-__version__ = "0.1.0"  # before the imports: the run records read it
-
+from ._version import __version__
+from .analysis import Attribution
 from .models import BUNDLED_MODELS, LanguageModel, ModelFacts, load_model
-from .trace import AblateHead, GradientMonitor, GradientWarning, ScaleAttention, Trace, TrainingStopped, replay
+from .trace import AblateHead, ScaleAttention, Trace, replay
+from .training import GradientMonitor, GradientWarning, TrainingStopped
 
-_WIDGETS = {"AttentionEditor", "AttentionView", "AttributionView", "ModelCard"}
+_WIDGETS = {"AttentionEditor", "AttentionView", "AttributionView", "GradientMonitorView", "ModelCard"}
 
-__all__ = ["AblateHead", "BUNDLED_MODELS", "GradientMonitor", "GradientWarning", "LanguageModel", "ModelFacts",
-           "ScaleAttention", "Trace", "TrainingStopped", "load_model", "replay", "__version__", *sorted(_WIDGETS)]
+__all__ = ["AblateHead", "Attribution", "BUNDLED_MODELS", "GradientMonitor", "GradientWarning", "LanguageModel",
+           "ModelFacts", "ScaleAttention", "Trace", "TrainingStopped", "load_model", "replay", "__version__",
+           *sorted(_WIDGETS)]
 
 
 def __getattr__(name: str):
-    # Widgets load their built front end when their class is defined: import
-    # them on first use, so the model and trace layers work without a JS build.
+    # Widgets load their built front end (and anywidget, ipywidgets, bokeh) when their
+    # classes are defined: import them on first use, so the models, the engine and the
+    # analyses start fast and work without a JS build.
     if name in _WIDGETS:
         from . import widgets
 

@@ -171,7 +171,7 @@ GRADIENTS = [
         "torch.manual_seed(0)\n"
         "model_a, opt_a = fresh()\n"
         "monitor = lw.GradientMonitor(model_a, optimizer=opt_a, histograms_every=25, exploding=100, warn=False)\n"
-        "monitor.widget"
+        "lw.GradientMonitorView(monitor)"
     ),
     new_code_cell(
         "train(monitor, model_a, opt_a)\n"
@@ -191,7 +191,8 @@ GRADIENTS = [
         "model_b, opt_b = fresh()\n"
         "steered = lw.GradientMonitor(model_b, optimizer=opt_b, histograms_every=25, exploding=100, warn=False)\n"
         "steered.steer(\".*\", clip=0.5)\n"
-        "steered.widget"
+        "steered_view = lw.GradientMonitorView(steered)\n"
+        "steered_view"
     ),
     new_code_cell(
         "train(steered, model_b, opt_b)\n"
@@ -205,7 +206,7 @@ GRADIENTS = [
         "from pathlib import Path\n\n"
         "Path(\"figures\").mkdir(exist_ok=True)\n"
         "for name in (\"monitor.png\", \"monitor.svg\", \"monitor.html\"):\n"
-        "    print(steered.widget.save(Path(\"figures\") / name))"
+        "    print(steered_view.save(Path(\"figures\") / name))"
     ),
 ]
 
@@ -215,6 +216,8 @@ def write(name: str, cells: list) -> Path:
         "kernelspec": {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"},
         "language_info": {"name": "python"},
     })
+    for i, cell in enumerate(nb.cells):  # stable ids: rewriting a notebook changes only what changed
+        cell.id = f"{Path(name).stem}-{i:02d}"
     path = NOTEBOOKS / name
     nbformat.write(nb, path)
     return path

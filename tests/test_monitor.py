@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import llm_widgets as lw
-from llm_widgets.trace.monitor import layer_group
+from llm_widgets.training.monitor import layer_group
 
 
 def _fresh(tiny_gpt2):
@@ -201,8 +201,8 @@ def test_with_the_hf_trainer(tiny_gpt2, tmp_path):
 def test_widget_streams_steps_and_sliders_steer(tiny_gpt2, tmp_path):
     model = _fresh(tiny_gpt2)
     monitor = lw.GradientMonitor(model, histograms_every=3, updates_every=2)
-    widget = monitor.widget
-    assert monitor.widget is widget and widget.controls.groups == monitor.groups
+    widget = lw.GradientMonitorView(monitor)
+    assert widget.controls.groups == monitor.groups
     batch = _batch(tiny_gpt2)
     for _ in range(6):
         _backward(model, batch)
@@ -235,7 +235,7 @@ def test_widget_streams_steps_and_sliders_steer(tiny_gpt2, tmp_path):
 def test_throttle_sends_at_most_every_interval(tiny_gpt2):
     model = _fresh(tiny_gpt2)
     monitor = lw.GradientMonitor(model)
-    widget = monitor.widget
+    widget = lw.GradientMonitorView(monitor)
     widget.min_interval = 3600  # nothing goes out during the loop
     flushes = []
     original = widget.flush

@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from .._provide import implementation
+
 
 @dataclass(frozen=True)
 class ModelFacts:
@@ -107,9 +109,10 @@ class LanguageModel:
         drawn and recorded when sampling without it). Other keyword arguments go to
         `generate` (temperature, top_p, use_cache, ...), or are the engine's own:
         keep_logits, capture, capture_device. Returns a `lw.Trace`.
-        """
-        from ..trace import run_trace  # the engine sits above the models layer; imported on use
 
+        The engine (llm_widgets.trace, the layer above) implements it.
+        """
+        run_trace = implementation(LanguageModel, "trace")
         return run_trace(self, prompt, max_new_tokens=max_new_tokens, edits=edits, seed=seed, do_sample=do_sample,
                          **generation_kwargs)
 

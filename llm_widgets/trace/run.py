@@ -1,4 +1,4 @@
-"""Running a traced forward or generation, and replaying one from its record."""
+"""Running a traced forward or generation: what `model.trace(...)` does."""
 
 from __future__ import annotations
 
@@ -9,15 +9,19 @@ from typing import Any
 
 import torch
 
-from .. import __version__
+from .._provide import provides
+from ..models import LanguageModel
+from ..models.compat import cache_kwargs, output_cache
+from ..models.modes import model_mode
 from .capture import Run, instrument
-from .edits import edit_from_dict, validate_edits
+from .edits import validate_edits
+from .record import make_record
 from .trace import Trace, assemble, probability_of, top_k_of
 
 TOP_K_KEPT = 20
 
 
-def prompt_ids(lm, prompt: Any) -> torch.Tensor:
+def prompt_ids(lm: LanguageModel, prompt: Any) -> torch.Tensor:
     """A string, a chat message list, or token ids -> 1-D LongTensor of ids."""
     tok = lm.tokenizer
     if isinstance(prompt, str):
@@ -50,7 +54,8 @@ def _json_safe(value: dict) -> dict:
     return value
 
 
-def run_trace(lm, prompt: Any, *, max_new_tokens: int = 0, edits=(), seed: int | None = None, do_sample: bool = False,
+@provides(LanguageModel, "trace")
+def run_trace(lm: LanguageModel, prompt: Any, *, max_new_tokens: int = 0, edits=(), seed: int | None = None, do_sample: bool = False,
               keep_logits: bool = False, capture: bool = True, capture_device: str | torch.device | None = None,
               **generation_kwargs) -> Trace:
     """See LanguageModel.trace. keep_logits keeps the prompt's logits [T, vocab] on the trace;
@@ -84,27 +89,22 @@ def run_trace(lm, prompt: Any, *, max_new_tokens: int = 0, edits=(), seed: int |
     model = lm.model
     device = next(model.parameters()).device
     input_ids = ids[None].to(device)
-    was_training = model.training
     run = Run(facts.n_layers, facts.n_heads, total, edits, capture=capture and supported, capture_device=capture_device)
     devices = [device] if device.type == "cuda" else []
     eager_attentions = None
-    try:
-        model.eval()
-        with torch.no_grad(), torch.random.fork_rng(devices=devices):
-            if seed is not None:
-                torch.manual_seed(seed)
-            if supported:
-                with instrument(model, run):
-                    sequence, step_logits, prompt_logits, cache = _forward_or_generate(
-                        model, lm, input_ids, max_new_tokens, do_sample, generation_kwargs, keep_logits)
-                    if run.capture and max_new_tokens:
-                        _last_token_step(model, sequence, cache)
-            else:
-                sequence, step_logits, prompt_logits, _ = _forward_or_generate(
+    with model_mode(model, training=False), torch.no_grad(), torch.random.fork_rng(devices=devices):
+        if seed is not None:
+            torch.manual_seed(seed)
+        if supported:
+            with instrument(model, run):
+                sequence, step_logits, prompt_logits, cache = _forward_or_generate(
                     model, lm, input_ids, max_new_tokens, do_sample, generation_kwargs, keep_logits)
-                eager_attentions = _eager_attentions(model, sequence) if capture else None
-    finally:
-        model.train(was_training)
+                if run.capture and max_new_tokens:
+                    _last_token_step(model, sequence, cache)
+        else:
+            sequence, step_logits, prompt_logits, _ = _forward_or_generate(
+                model, lm, input_ids, max_new_tokens, do_sample, generation_kwargs, keep_logits)
+            eager_attentions = _eager_attentions(model, sequence) if capture else None
     if run.fully_masked_rows:
         warnings.warn("ScaleAttention with factor 0 masked every key of some query rows; those rows were left "
                       "unchanged (a softmax over no keys has no answer).", stacklevel=3)
@@ -113,18 +113,7 @@ def run_trace(lm, prompt: Any, *, max_new_tokens: int = 0, edits=(), seed: int |
     generated = sequence[0, len(ids):].tolist()
     chosen = [probability_of(logits, token) for logits, token in zip(step_logits, generated)]
     first_logprobs = torch.log_softmax(step_logits[0].float(), dim=-1).cpu()  # any token's p at step 0
-    record = {
-        "llm_widgets": __version__,
-        "torch": torch.__version__,
-        "transformers": _transformers_version(),
-        "model": {"name": lm.name, "source": {k: str(v) for k, v in lm.source.items()},
-                  "architecture": facts.architecture, "dtype": facts.dtype, "device": facts.device,
-                  "attn_implementation": facts.attn_implementation},
-        "prompt_ids": ids.tolist(),
-        "generation": generation,
-        "edits": [e.to_dict() for e in edits],
-        "output_ids": generated,
-    }
+    record = make_record(lm, ids.tolist(), generation, edits, generated)
     layers = [assemble(r, sequence.shape[1]) for r in run.layers] if run.capture else None
     return Trace(model=lm, input_ids=sequence[0].cpu(), n_prompt=len(ids), layers=layers,
                  eager_attentions=eager_attentions, edits=edits, top_k=top_k, chosen=chosen, first_logprobs=first_logprobs,
@@ -141,7 +130,7 @@ def _forward_or_generate(model, lm, input_ids, max_new_tokens, do_sample, genera
     kwargs = {"pad_token_id": pad, **generation_kwargs}
     out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=max_new_tokens,
                          do_sample=do_sample, return_dict_in_generate=True, output_logits=True, **kwargs)
-    return out.sequences, [step[0] for step in out.logits], None, out.past_key_values
+    return out.sequences, [step[0] for step in out.logits], None, output_cache(out)
 
 
 def _last_token_step(model, sequence: torch.Tensor, cache) -> None:
@@ -149,60 +138,30 @@ def _last_token_step(model, sequence: torch.Tensor, cache) -> None:
     more step (on the cache, or the whole sequence without one) gives its queries
     and keys, so every generated token has attention to show."""
     if cache is not None:
-        model(input_ids=sequence[:, -1:], past_key_values=cache, attention_mask=torch.ones_like(sequence))
+        model(input_ids=sequence[:, -1:], attention_mask=torch.ones_like(sequence), **cache_kwargs(model, cache))
     else:
         model(input_ids=sequence, attention_mask=torch.ones_like(sequence), use_cache=False)
 
 
 def _eager_attentions(model, sequence: torch.Tensor) -> list[torch.Tensor]:
     """For models outside the attention registry: one eager forward of the whole
-    sequence with output_attentions (what other tools do for every model)."""
-    out = model(input_ids=sequence, output_attentions=True, use_cache=False)
+    sequence with output_attentions (what other tools do for every model). Eager,
+    because SDPA returns no weights (only a log line saying so)."""
+    with model_mode(model, attn_implementation="eager"):
+        out = model(input_ids=sequence, output_attentions=True, use_cache=False)
     if not out.attentions:
         raise ValueError(f"{type(model).__name__} returned no attentions even with output_attentions=True; "
                          f"load it with attn_implementation='eager' to view its attention")
     return [a[0].detach() for a in out.attentions]
 
 
-def _transformers_version() -> str:
-    import transformers
-
-    return transformers.__version__
-
-
-def replay(record: dict, model=None, *, check: bool = True) -> Trace:
-    """Run again what `record` (a `Trace.record`) describes; with check=True, raise if the tokens differ."""
-    from ..models import load_model
-
-    if model is None:
-        source = record["model"].get("source", {})
-        model = load_model(source.get("bundled") or source.get("path") or record["model"]["name"])
-    weights = record["model"].get("source", {}).get("weights_sha256")
-    if weights and model.source.get("weights_sha256") and weights != model.source["weights_sha256"]:
-        warnings.warn("the model's weights differ from the recorded ones (weights_sha256): replay may diverge",
-                      stacklevel=2)
-    generation = dict(record["generation"])
-    trace = run_trace(model, record["prompt_ids"], edits=[edit_from_dict(e) for e in record["edits"]],
-                      max_new_tokens=generation.pop("max_new_tokens"), seed=generation.pop("seed"),
-                      do_sample=generation.pop("do_sample"), **generation)
-    if check and trace.generated_ids != record["output_ids"]:
-        raise RuntimeError(f"replay produced different tokens: {trace.generated_ids} instead of the recorded "
-                           f"{record['output_ids']} (different hardware, dtype or library versions can do this)")
-    return trace
-
-
-def fidelity(lm, prompt: Any) -> float:
+def fidelity(lm: LanguageModel, prompt: Any) -> float:
     """Max |logit difference| between the instrumented and the plain model on `prompt`, no edits:
     0.0 when capturing changes nothing (what the editor's badge shows)."""
     ids = prompt_ids(lm, prompt)
     traced = run_trace(lm, ids, keep_logits=True).logits
     model = lm.model
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            device = next(model.parameters()).device
-            plain = model(input_ids=ids[None].to(device), use_cache=False).logits[0].float().cpu()
-    finally:
-        model.train(was_training)
+    with model_mode(model, training=False), torch.no_grad():
+        device = next(model.parameters()).device
+        plain = model(input_ids=ids[None].to(device), use_cache=False).logits[0].float().cpu()
     return float((traced - plain).abs().max())

@@ -15,7 +15,10 @@ from typing import Any
 
 import torch
 
-from .capture import LayerRecord, allowed_mask, edit_bias
+from .._provide import implementation
+from ..models import LanguageModel
+from .capture import LayerRecord
+from .masks import allowed_mask, edit_bias
 from .edits import ScaleAttention
 
 BLOCK = 1024  # key (and query) block for blockwise work: at most BLOCK x BLOCK scores per head at once
@@ -94,7 +97,7 @@ def _as_positions(value: Any, length: int, what: str) -> torch.Tensor:
 class Trace:
     """One run of a model: tokens, output, top-k predictions, and attention on demand."""
 
-    def __init__(self, *, model, input_ids: torch.Tensor, n_prompt: int, layers: list[LayerAttention | None] | None,
+    def __init__(self, *, model: LanguageModel, input_ids: torch.Tensor, n_prompt: int, layers: list[LayerAttention | None] | None,
                  eager_attentions: list[torch.Tensor] | None, edits: tuple, top_k: list[tuple[torch.Tensor, torch.Tensor]],
                  chosen: list[float], logits: torch.Tensor | None, record: dict,
                  first_logprobs: torch.Tensor | None = None):
@@ -198,11 +201,10 @@ class Trace:
         "attention_x_grad" (also head importance [layers, heads]) or "occlusion".
         Returns an `Attribution`; the model's parameters are untouched.
         """
-        from .attribution import attribute
-
         if self.edits:
             warnings.warn("this trace was run with attention edits; attribution explains the model without them",
                           stacklevel=2)
+        attribute = implementation(Trace, "attribute")  # llm_widgets.analysis, the layer above
         return attribute(self, target=target, contrast=contrast, method=method, step=step, n_steps=n_steps,
                          baseline=baseline)
 

@@ -1,8 +1,9 @@
-"""Widgets: anywidget classes that show a model or a trace in the notebook."""
+"""Widgets: one anywidget view per result object, answering the front end's requests."""
 
 from .attention_editor import AttentionEditor
 from .attention_view import AttentionView
 from .attribution_view import AttributionView
+from .gradient_monitor_view import GradientMonitorView
 from .model_card import ModelCard
 
-__all__ = ["AttentionEditor", "AttentionView", "AttributionView", "ModelCard"]
+__all__ = ["AttentionEditor", "AttentionView", "AttributionView", "GradientMonitorView", "ModelCard"]

@@ -14,7 +14,7 @@ import anywidget
 import traitlets
 
 from ..export import attribution as export
-from ..trace.attribution import METHODS, Attribution
+from ..analysis import METHODS, Attribution
 from ._frontend import bundle
 from .attention_view import AttentionView
 

@@ -14,11 +14,15 @@ training mode, the attention implementation.
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 from dataclasses import dataclass, field
 
 import torch
+
+from .._provide import provides
+from ..models import LanguageModel
+from ..models.modes import model_mode
+from ..trace import Trace
 
 METHODS = ("grad_x_input", "integrated_gradients", "attention_x_grad", "occlusion")
 BASELINES = ("zeros", "eos", "pad")  # what integrated gradients and occlusion replace the input with
@@ -43,7 +47,7 @@ class Attribution:
     head_importance: torch.Tensor | None = None  # [layers, heads] for attention_x_grad
     delta: float | None = None  # integrated gradients: completeness gap, sum(scores) - (f(x) - f(baseline))
     notes: list[str] = field(default_factory=list)
-    trace: object = field(default=None, repr=False)
+    trace: Trace | None = field(default=None, repr=False)
 
     @property
     def quantity(self) -> str:
@@ -62,7 +66,8 @@ class Attribution:
                 f"strongest: {top})")
 
 
-def attribute(trace, target=None, contrast=None, method: str = "grad_x_input", step: int | None = None,
+@provides(Trace, "attribute")
+def attribute(trace: Trace, target=None, contrast=None, method: str = "grad_x_input", step: int | None = None,
               n_steps: int = 64, baseline: str = "zeros") -> Attribution:
     """See Trace.attribute."""
     if method not in METHODS:
@@ -102,7 +107,7 @@ def attribute(trace, target=None, contrast=None, method: str = "grad_x_input", s
         return last[:, target_id] - last[:, contrast_id]
 
     model = lm.model
-    with _frozen(model):
+    with model_mode(model, training=False, frozen=True), torch.enable_grad():
         embed = model.get_input_embeddings()
         embeds = embed(ids[None].to(_device(model))).detach()
         reference = _baseline(lm, embed, ids, embeds, baseline)
@@ -122,7 +127,7 @@ def attribute(trace, target=None, contrast=None, method: str = "grad_x_input", s
         n_prompt=trace.n_prompt, head_importance=head_importance, delta=delta, notes=notes, trace=trace)
 
 
-def _one_token(trace, token, what: str, notes: list[str]) -> int:
+def _one_token(trace: Trace, token, what: str, notes: list[str]) -> int:
     """A token given as text or id. Text that is several tokens: the first is used, and said so."""
     if isinstance(token, str):
         ids = trace.model.tokenizer.encode(token, add_special_tokens=False)
@@ -142,32 +147,12 @@ def _device(model) -> torch.device:
     return next(model.parameters()).device
 
 
-@contextlib.contextmanager
-def _frozen(model):
-    """Eval mode, no parameter gradients; flags, mode and any stray .grad restored afterwards."""
-    params = list(model.parameters())
-    flags = [p.requires_grad for p in params]
-    grads = [p.grad for p in params]
-    was_training = model.training
-    try:
-        model.eval()
-        for p in params:
-            p.requires_grad_(False)
-        with torch.enable_grad():
-            yield
-    finally:
-        for p, flag, grad in zip(params, flags, grads):
-            p.requires_grad_(flag)
-            p.grad = grad
-        model.train(was_training)
-
-
 def _forward(model, embeds: torch.Tensor) -> torch.Tensor:
     mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
     return model(inputs_embeds=embeds, attention_mask=mask, use_cache=False).logits
 
 
-def _baseline(lm, embed, ids, embeds, name: str) -> torch.Tensor:
+def _baseline(lm: LanguageModel, embed, ids, embeds, name: str) -> torch.Tensor:
     """The reference input: zero vectors, or every position holding the eos / pad token's embedding
     (closer to what the model has seen: on Llama-style models integrated gradients converge far
     better from it than from zeros)."""
@@ -213,14 +198,10 @@ def _captum(model, embeds, score_of, method: str, n_steps: int, reference: torch
     return attr[0].sum(dim=-1).detach(), delta, seen["logits"]
 
 
-def _attention_x_grad(lm, embeds, score_of):
+def _attention_x_grad(lm: LanguageModel, embeds, score_of):
     """Attention weights x d score / d weights, from one eager forward with output_attentions."""
     model = lm.model
-    supported = getattr(type(model), "_supports_attention_backend", False)
-    before = getattr(model.config, "_attn_implementation", None)
-    try:
-        if supported and before != "eager":
-            model.set_attn_implementation("eager")
+    with model_mode(model, attn_implementation="eager"):  # SDPA gives no weights
         x = embeds.clone().requires_grad_(True)  # so the graph (and the weights' gradients) exists
         mask = torch.ones(x.shape[:2], dtype=torch.long, device=x.device)
         out = model(inputs_embeds=x, attention_mask=mask, output_attentions=True, use_cache=False)
@@ -231,9 +212,6 @@ def _attention_x_grad(lm, embeds, score_of):
             a.retain_grad()
         score_of(out.logits).sum().backward()
         contributions = [(a * a.grad)[0].detach().float() for a in attentions]  # [heads, T, T] each
-    finally:
-        if supported and before != "eager":
-            model.set_attn_implementation(before)
     heads = torch.stack([c.sum(dim=(1, 2)) for c in contributions]).cpu()  # [layers, heads]
     tokens = torch.stack([c.sum(dim=(0, 1)) for c in contributions]).sum(0)  # per key position
     return tokens, heads, out.logits[0].detach()

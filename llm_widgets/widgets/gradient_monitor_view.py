@@ -1,4 +1,4 @@
-"""The GradientMonitor's widget: live bokeh charts, alerts and steering sliders.
+"""The GradientMonitor's view: live bokeh charts, alerts and steering sliders.
 
 Charts are bokeh inside the widget layout (`jupyter_bokeh.BokehModel`, so they
 update through the comm with no server and no CDN) fed by ColumnDataSource
@@ -22,7 +22,7 @@ import ipywidgets
 import numpy as np
 import traitlets
 
-from ..trace.monitor import HIST_EDGES, GradientMonitor
+from ..training.monitor import HIST_EDGES, GradientMonitor
 from ._frontend import bundle
 
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
@@ -84,8 +84,8 @@ def _ensure_bokehjs() -> None:
     _BOKEHJS_SHOWN = True
 
 
-class GradientMonitorWidget(ipywidgets.VBox):
-    """`monitor.widget`: display it, then train; it follows the monitor."""
+class GradientMonitorView(ipywidgets.VBox):
+    """`lw.GradientMonitorView(monitor)`: display it, then train; it follows the monitor."""
 
     def __init__(self, monitor: GradientMonitor, *, min_interval: float = 0.5, max_groups_drawn: int = 40):
         from bokeh.layouts import column, row
@@ -139,7 +139,7 @@ class GradientMonitorWidget(ipywidgets.VBox):
         self._last_flush = 0.0
         self._flush_scheduled = False
         super().__init__([self.controls, self.chart])
-        monitor.subscribe(self._on_step)
+        monitor.subscribe(self._on_step, flush=lambda: self.flush())
         self.flush()
 
     # --- from the monitor to the screen, throttled ---

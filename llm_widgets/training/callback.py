@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from transformers import TrainerCallback
 
-from .monitor import TrainingStopped
+from .alerts import TrainingStopped
 
 
 class MonitorCallback(TrainerCallback):
@@ -12,7 +12,7 @@ class MonitorCallback(TrainerCallback):
     max_grad_norm is set: use max_grad_norm=0 and monitor.steer(..., clip=...) to see and
     clip them per group), the update in `on_optimizer_step`, loss and lr in `on_log`."""
 
-    def __init__(self, monitor):
+    def __init__(self, monitor):  # a GradientMonitor (monitor.py imports this module, not the reverse)
         self.monitor = monitor
 
     def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):

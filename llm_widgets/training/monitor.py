@@ -21,19 +21,13 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
+import transformers
+
+from .._version import __version__
+from .alerts import KINDS, GradientWarning, TrainingStopped
 
 HIST_EDGES = torch.linspace(-12, 4, 65)  # log10 |g|: 64 fixed bins from 1e-12 to 1e4; zeros counted apart
 _LAYER = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)\.")
-KINDS = ("nonfinite", "exploding", "vanishing")
-
-
-class GradientWarning(UserWarning):
-    """A gradient alert: vanishing, exploding or not finite, naming the group and the step."""
-
-
-class TrainingStopped(RuntimeError):
-    """Raised by `monitor.step()` when an alert kind listed in `stop_on` fires."""
-
 
 @dataclass
 class Steering:
@@ -119,9 +113,9 @@ class GradientMonitor:
         self._snapshot: int | None = None  # the step whose weights are in _buffers, until its update is measured
         self._buffers: list[torch.Tensor] | None = None
         self._listeners: list[Callable[[dict], None]] = []
+        self._flushers: list[Callable[[], None]] = []
         self._optimizer = optimizer
         self._hooks: list[Any] = []
-        self._widget = None
         module._llm_widgets_monitor = weakref.ref(self)
 
     # --- groups ---
@@ -320,8 +314,8 @@ class GradientMonitor:
     def flush(self) -> None:
         """Draw every step so far now (the widget otherwise sends at most every half second)."""
         self._finish_update()
-        if self._widget is not None:
-            self._widget.flush()
+        for flush in list(self._flushers):
+            flush()
 
     def after_optimizer_step(self) -> None:
         """Measure the update now (the next step() would do it anyway)."""
@@ -333,10 +327,6 @@ class GradientMonitor:
     def record(self) -> dict:
         """What this monitoring run was, JSON-able: settings, groups, every steering change with
         its step, and the alerts (for the notes of an experiment, beside the trace records)."""
-        import transformers
-
-        from .. import __version__
-
         return {
             "llm_widgets": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
             "model": type(self.module).__name__, "groups": self.groups, "trainable_parameters": len(self.params),
@@ -359,22 +349,17 @@ class GradientMonitor:
         steps = pd.DataFrame(self.steps, columns=["step", "loss", "lr", "global_norm"])
         return rows.merge(steps, on="step", how="left")
 
-    def subscribe(self, listener: Callable[[dict], None]) -> None:
+    def subscribe(self, listener: Callable[[dict], None], flush: Callable[[], None] | None = None) -> None:
+        """Call `listener` with each recorded step's summary; `flush` when `monitor.flush()` asks
+        for everything so far to be drawn (what a view does)."""
         self._listeners.append(listener)
-
-    @property
-    def widget(self):
-        """Live charts of this monitor (bokeh), with steering sliders and alerts."""
-        if self._widget is None:
-            from ..widgets.gradient_monitor import GradientMonitorWidget  # widgets sit above the engine
-
-            self._widget = GradientMonitorWidget(self)
-        return self._widget
+        if flush is not None:
+            self._flushers.append(flush)
 
     @property
     def callback(self):
         """A transformers TrainerCallback: `trainer.add_callback(monitor.callback)`."""
-        from .monitor_callback import MonitorCallback
+        from .callback import MonitorCallback  # imports transformers' Trainer (seconds): only when asked for
 
         return MonitorCallback(self)
 

@@ -1,0 +1,32 @@
+"""What differs between the transformers releases we support, in one place.
+
+transformers 5.24 renamed the cache argument of `forward` and the cache field of
+outputs from `past_key_values` to `cache`; the old names still work there but
+warn (and go in 5.40). We ask the running version which one it wants.
+"""
+
+from __future__ import annotations
+
+import inspect
+from functools import lru_cache
+from typing import Any
+
+import torch
+
+
+@lru_cache(maxsize=None)
+def _forward_takes_cache(model_type: type) -> bool:
+    return "cache" in inspect.signature(model_type.forward).parameters
+
+
+def cache_kwargs(model: torch.nn.Module, cache: Any) -> dict[str, Any]:
+    """The keyword argument that passes `cache` to this model's forward."""
+    return {"cache": cache} if _forward_takes_cache(type(model)) else {"past_key_values": cache}
+
+
+def output_cache(output: Any) -> Any:
+    """The cache a forward or generate output carries (None without one)."""
+    names = {f for f in getattr(output, "__dataclass_fields__", {})}
+    if "cache" in names:
+        return getattr(output, "cache", None)
+    return getattr(output, "past_key_values", None)

@@ -1,0 +1,61 @@
+"""Which keys a query may see, and the log-factor biases of attention edits.
+
+Shared by the live attention wrapper (capture.py), which adds them to the
+model's mask, and the recomputation of probabilities (trace.py), which must
+apply exactly the same ones.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .edits import ScaleAttention
+
+
+def allowed_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, is_causal: bool, sliding_window: int | None) -> torch.Tensor:
+    """[q, k] bool: which keys each query may see (batch of one, no padding)."""
+    diff = q_pos[:, None] - k_pos[None, :]
+    allowed = diff >= 0 if is_causal else torch.ones_like(diff, dtype=torch.bool)
+    if sliding_window:
+        allowed &= diff < sliding_window  # transformers' convention: kv_idx > q_idx - window
+    return allowed
+
+
+def edit_bias(edits: tuple[ScaleAttention, ...], n_heads: int, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
+    """[heads or 1, q or 1, k] float32 log-factors of these edits (already chosen for the layer).
+
+    One row for all heads unless an edit names heads, and one row for all
+    queries unless an edit names queries: it broadcasts onto the mask.
+    """
+    per_head = any(edit.heads is not None for edit in edits)
+    per_query = any(edit.queries is not None for edit in edits)
+    bias = torch.zeros(n_heads if per_head else 1, len(q_pos) if per_query else 1, len(k_pos), device=k_pos.device)
+    for edit in edits:
+        cell = _in_spans(k_pos, edit.keys)[None, :]
+        if edit.queries is not None:
+            cell = _in_spans(q_pos, edit.queries)[:, None] & cell
+        heads = list(edit.heads) if edit.heads is not None else slice(None)
+        value = math.log(edit.factor) if edit.factor > 0 else float("-inf")
+        bias[heads] += torch.where(cell, value, 0.0)
+    return bias
+
+
+def spare_fully_masked(bias: torch.Tensor, allowed: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """Drop the bias of rows whose every allowed key it would mask (factor 0):
+    a softmax over no keys has no answer, so those rows stay as the model made them.
+    Returns the bias, expanded to [heads or 1, q, k], and whether any row was spared."""
+    bias = bias.expand(-1, allowed.shape[0], -1).clone()
+    fully_masked = (torch.isneginf(bias) | ~allowed).all(-1) & allowed.any(-1)
+    if not fully_masked.any():
+        return bias, False
+    bias[fully_masked] = 0.0
+    return bias, True
+
+
+def _in_spans(pos: torch.Tensor, spans) -> torch.Tensor:
+    hit = torch.zeros_like(pos, dtype=torch.bool)
+    for start, stop in spans:
+        hit |= (pos >= start) & (pos < stop)
+    return hit

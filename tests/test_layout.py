@@ -1,0 +1,110 @@
+"""The package's layers import one way: no module imports a higher layer, and no
+import cycle exists, counting imports inside functions too (a lazy import that
+dodges a cycle is still a dependency)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import llm_widgets
+
+PACKAGE = Path(llm_widgets.__file__).parent
+# bottom to top; a module may import its own layer and those below it (ARCHITECTURE.md)
+LAYERS = {
+    "llm_widgets._version": 0, "llm_widgets._provide": 0,
+    "llm_widgets.models": 1,
+    "llm_widgets.trace": 2,
+    "llm_widgets.analysis": 3, "llm_widgets.training": 3,
+    "llm_widgets.export": 4,
+    "llm_widgets.widgets": 5,
+    "llm_widgets": 6,  # the package root: the public names
+}
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _modules() -> dict[str, Path]:
+    return {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+
+
+def _resolve(name: str, known: dict[str, Path]) -> str | None:
+    """The deepest module of ours that `name` (a dotted import target) refers to."""
+    while name and name not in known:
+        name = name.rpartition(".")[0]
+    return name or None
+
+
+def _imports(module: str, path: Path, known: dict[str, Path]) -> set[str]:
+    """Every module of ours that `module` imports, anywhere in its file."""
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[:len(base) - (node.level - 1)]
+                stem = ".".join(base + ([node.module] if node.module else []))
+            else:
+                stem = node.module or ""
+            targets = [f"{stem}.{alias.name}" for alias in node.names] + [stem]
+        else:
+            continue
+        for target in targets:
+            if target.split(".")[0] == "llm_widgets":
+                resolved = _resolve(target, known)
+                if resolved and resolved != module:
+                    found.add(resolved)
+    return found
+
+
+def _layer(module: str) -> tuple[str, int]:
+    best = max((k for k in LAYERS if module == k or module.startswith(k + ".")), key=len)
+    return best, LAYERS[best]
+
+
+def _graph() -> dict[str, set[str]]:
+    known = _modules()
+    return {m: _imports(m, p, known) for m, p in known.items()}
+
+
+def test_every_module_belongs_to_a_layer():
+    for module in _modules():
+        assert _layer(module), module
+
+
+def test_no_module_imports_a_higher_layer():
+    upward = []
+    for module, targets in _graph().items():
+        name, rank = _layer(module)
+        for target in targets:
+            target_name, target_rank = _layer(target)
+            if target_rank > rank:
+                upward.append(f"{module} ({name}) imports {target} ({target_name})")
+    assert not upward, "imports that run back up:\n" + "\n".join(sorted(upward))
+
+
+def test_no_import_cycles():
+    graph = _graph()
+    cycles, state = [], {}
+
+    def visit(node: str, stack: list[str]) -> None:
+        state[node] = "open"
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == "open":
+                cycles.append(stack[stack.index(nxt):] + [nxt] if nxt in stack else [node, nxt])
+            elif nxt not in state:
+                visit(nxt, stack + [nxt])
+        state[node] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
