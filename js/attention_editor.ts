@@ -21,6 +21,7 @@ interface EditorState extends ViewState {
   p_before: number;
   p_after: number;
   busy: boolean;
+  waiting: boolean;
   error: string;
   fidelity: number;
   record_json: string;
@@ -275,6 +276,7 @@ function render({ model, el: root }: RenderProps<EditorState>): () => void {
   function drawStatus() {
     const isBusy = m.get("busy");
     busy.hidden = !isBusy;
+    busy.textContent = m.get("waiting") ? "waiting for the model (another run holds it)…" : "regenerating…";
     frame.classList.toggle("lw-busy", isBusy);
     frame.setAttribute("aria-busy", String(isBusy));
     const message = m.get("error");
@@ -303,7 +305,7 @@ function render({ model, el: root }: RenderProps<EditorState>): () => void {
     ["change:edit_specs", onEdits], ["change:key_span", drawControls], ["change:picked", drawControls],
     ["change:layer", drawControls], ["change:head", drawControls], ["change:tokens", onEdits],
     ["change:new_tokens", onOutputs], ["change:runs", onOutputs], ["change:run_seconds", onOutputs], ["change:p_after", onOutputs],
-    ["change:busy", drawStatus], ["change:error", drawStatus], ["change:fidelity", drawBadge],
+    ["change:busy", drawStatus], ["change:waiting", drawStatus], ["change:error", drawStatus], ["change:fidelity", drawBadge],
   ];
   for (const [name, handler] of events) m.on(name, handler);
   drawBadge();

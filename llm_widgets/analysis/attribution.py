@@ -23,6 +23,7 @@ from .._provide import provides
 from ..models import LanguageModel
 from ..models.modes import model_mode
 from ..trace import Trace
+from ..trace.locking import exclusive
 
 METHODS = ("grad_x_input", "integrated_gradients", "attention_x_grad", "occlusion")
 BASELINES = ("zeros", "eos", "pad")  # what integrated gradients and occlusion replace the input with
@@ -107,7 +108,7 @@ def attribute(trace: Trace, target=None, contrast=None, method: str = "grad_x_in
         return last[:, target_id] - last[:, contrast_id]
 
     model = lm.model
-    with model_mode(model, training=False, frozen=True), torch.enable_grad():
+    with exclusive(model), model_mode(model, training=False, frozen=True), torch.enable_grad():
         embed = model.get_input_embeddings()
         embeds = embed(ids[None].to(_device(model))).detach()
         reference = _baseline(lm, embed, ids, embeds, baseline)

@@ -8,7 +8,6 @@ No network: the heatmap travels as an embedded PNG, token text is escaped.
 from __future__ import annotations
 
 import base64
-import html
 import io
 import json
 from dataclasses import dataclass, field
@@ -16,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from .text import xml_text
 
 from ..trace import Trace
 
@@ -130,7 +131,7 @@ def _notes(fig: AttentionFigure) -> list[str]:
 
 def to_svg(fig: AttentionFigure) -> str:
     lay = _layout(fig)
-    esc = html.escape
+    esc = xml_text
     left, top = lay["left"], lay["top"]
     png = base64.b64encode(fig.heatmap_png()).decode("ascii")
     parts = [
@@ -198,7 +199,7 @@ def _json_for_script(value) -> str:
 
 def to_html(fig: AttentionFigure) -> str:
     """A page that opens anywhere: the figure inline, tokens coloured by the query's row, data embedded."""
-    esc = html.escape
+    esc = xml_text
     row = fig.query_row
     peak = float(row.max()) if row is not None and row.max() > 0 else 1.0
     chips = []

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import html
 import io
 import json
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
+
+from .text import xml_text
 
 from .attention import shown
 
@@ -48,7 +49,7 @@ def _layout(attr, measure) -> list[tuple[int, float, float, float, str]]:
 
 
 def to_svg(attr) -> str:
-    esc = html.escape
+    esc = xml_text
     peak = float(attr.scores.abs().max()) or 1.0
     boxes = _layout(attr, lambda s: 7.2 * len(s))
     top = 16 * (len(_title(attr)) + 1)
@@ -101,7 +102,7 @@ def to_html(attr) -> str:
             "head_importance": None if attr.head_importance is None else attr.head_importance.tolist(),
             "record": getattr(attr.trace, "record", None)}
     payload = json.dumps(data).replace("<", "\\u003c")
-    title = html.escape(_title(attr)[0])
+    title = xml_text(_title(attr)[0])
     return (f"<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title}</title>"
             f"<style>body {{ font-family: system-ui, sans-serif; margin: 24px; }}</style></head><body>\n"
             f"{to_svg(attr)}\n<p style=\"color:#666;font-size:12px\">Exported by llm-widgets; the scores and the run "

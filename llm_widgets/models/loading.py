@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+from safetensors import SafetensorError
 
 from .language_model import LanguageModel
 
@@ -54,14 +55,26 @@ def load_model(
     or a filled hub cache). Bundled models load in float32 unless `dtype` says
     otherwise. `trust_remote_code` is never turned on for you.
     """
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise TypeError(f"load_model takes a bundled name, a local directory or a hub id; got "
+                        f"{type(name_or_path).__name__}")
     name = os.fspath(name_or_path)
     if name in BUNDLED_MODELS:
+        # the bundled weights are fixed files: only what applies to them is accepted, nothing is dropped
+        extra = sorted(set(from_pretrained_kwargs) - {"attn_implementation"})
+        if revision is not None or trust_remote_code or extra:
+            given = (["revision"] if revision is not None else []) + (["trust_remote_code"] if trust_remote_code
+                                                                      else []) + extra
+            raise ValueError(f"{', '.join(given)} do(es) not apply to the bundled model {name!r}: it takes dtype, "
+                             f"device, progress and attn_implementation")
         path, source = (TINY_GPT2_DIR, {"bundled": name}) if name == "tiny-gpt2" else _smollm2_dir(progress)
         if name == "tiny-gpt2":
             source["weights_sha256"] = _sha256(TINY_GPT2_DIR / "model.safetensors")
-        lm = _from_pretrained(str(path), name, dtype or torch.float32, None, False, {}, progress)
+        lm = _from_pretrained(str(path), name, dtype or torch.float32, None, False, from_pretrained_kwargs, progress)
         lm.source.update(source)
     else:
+        if Path(name).is_dir():
+            _check_manifest(Path(name))
         lm = _from_pretrained(name, name, dtype, revision, trust_remote_code, from_pretrained_kwargs, progress)
     if device is not None:
         lm.model.to(device)
@@ -77,9 +90,15 @@ def _from_pretrained(path: str, name: str, dtype: Any, revision: str | None, tru
     )
 
     common = {"revision": revision, "trust_remote_code": trust_remote_code}
+    local = Path(path)
     try:
         config = AutoConfig.from_pretrained(path, **common)
     except (OSError, ValueError) as error:
+        if (local / "config.json").is_file():
+            raise ValueError(f"{path} has a config.json that AutoConfig cannot load ({type(error).__name__}: "
+                             f"{error}). A config with auto_map needs its own code, which llm-widgets never runs "
+                             f"for you: load the model yourself if you trust it and wrap it, "
+                             f"lw.LanguageModel(model, tokenizer)") from error
         bundled = ", ".join(repr(n) for n in BUNDLED_MODELS)
         raise ValueError(
             f"Cannot load model {name!r}: it is not a bundled model ({bundled}), not a local directory with a "
@@ -109,8 +128,13 @@ def _from_pretrained(path: str, name: str, dtype: Any, revision: str | None, tru
         raise ValueError(no_tokenizer.format(" (no vocabulary files next to the weights)"))
     if dtype is not None:
         kwargs = {**kwargs, "dtype": dtype}
-    with _progress_bars(progress):
-        model = auto.from_pretrained(path, config=config, **common, **kwargs)
+    try:
+        with _progress_bars(progress):
+            model = auto.from_pretrained(path, config=config, **common, **kwargs)
+    except (OSError, RuntimeError, ValueError, SafetensorError) as error:
+        weights = sorted(local.glob("*.safetensors")) + sorted(local.glob("*.bin")) if local.is_dir() else []
+        named = f" (weights: {', '.join(str(w) for w in weights)})" if weights else ""
+        raise ValueError(f"cannot load the weights of {name!r}{named}: {type(error).__name__}: {error}") from error
     if getattr(model, "loss_type", "") is None and auto is AutoModelForCausalLM:
         # GPT-2's class name matches no loss of transformers' table, so each training step
         # would log "loss_type=None ... Using the default loss: ForCausalLMLoss": say it here
@@ -161,6 +185,23 @@ def _sha256(path: Path) -> str:
         while chunk := f.read(1 << 22):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _check_manifest(folder: Path) -> None:
+    """A local directory with a manifest.json (as our cache writes, {"files": {name: {size, sha256}}}):
+    every file it lists must match, or the load stops naming the file."""
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text())
+        files = manifest["files"].items()
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return  # no manifest of ours
+    for rel, meta in files:
+        path = folder / rel
+        if not path.is_file():
+            raise ValueError(f"{path} is listed in {folder / 'manifest.json'} but missing")
+        if path.stat().st_size != meta.get("size") or _sha256(path) != meta.get("sha256"):
+            raise ValueError(f"{path} does not match its size and sha256 in {folder / 'manifest.json'}: the file "
+                             f"is corrupted or was changed; restore it (or delete the manifest if you changed it)")
 
 
 def _cache_is_valid(folder: Path) -> dict | None:

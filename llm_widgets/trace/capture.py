@@ -19,6 +19,7 @@ and removes the state in `finally`, on errors and interrupts too.
 from __future__ import annotations
 
 import sys
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
@@ -74,6 +75,7 @@ class Run:
         self.inner = "sdpa"  # the wrapped implementation; instrument() sets it
         self.key_bias: dict[int, torch.Tensor] = {}  # layer -> bias over every key position, when queries don't matter
         self.fully_masked_rows = False
+        self.thread = threading.get_ident()  # the thread whose forwards this run captures and edits
 
     @property
     def changes_attention(self) -> bool:
@@ -226,7 +228,7 @@ def registered_name(inner: str) -> str:
     def wrapper(module, query, key, value, attention_mask, **kwargs):
         fn = _inner_function(inner, module)
         run = module.__dict__.get(STATE)
-        if run is None:
+        if run is None or run.thread != threading.get_ident():  # not our run: a forward of someone else's
             return fn(module, query, key, value, attention_mask, **kwargs)
         return run.attend(fn, module, query, key, value, attention_mask, kwargs)
 

@@ -19,6 +19,8 @@ def _as_spans(value: Any, what: str) -> tuple[Span, ...] | None:
         return None
     if isinstance(value, int) and not isinstance(value, bool):
         return ((value, value + 1),)
+    if not isinstance(value, (tuple, list, range)):
+        raise ValueError(f"{what} must be a position, a (start, stop) span or a list of them; got {value!r}")
     items: Sequence[Any] = value
     if len(items) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in items):
         items = [tuple(items)]
@@ -26,7 +28,8 @@ def _as_spans(value: Any, what: str) -> tuple[Span, ...] | None:
     for item in items:
         if isinstance(item, int) and not isinstance(item, bool):
             item = (item, item + 1)
-        if not (isinstance(item, (tuple, list)) and len(item) == 2 and all(isinstance(v, int) for v in item)):
+        if not (isinstance(item, (tuple, list)) and len(item) == 2
+                and all(isinstance(v, int) and not isinstance(v, bool) for v in item)):
             raise ValueError(f"{what} must be a position, a (start, stop) span or a list of them; got {value!r}")
         start, stop = item
         if start < 0 or stop <= start:
@@ -42,8 +45,8 @@ def _as_ints(value: Any, what: str) -> tuple[int, ...] | None:
         return None
     if isinstance(value, int) and not isinstance(value, bool):
         return (int(value),)
-    if isinstance(value, range):
-        value = list(value)
+    if not isinstance(value, (tuple, list, range)):
+        raise ValueError(f"{what} must be a non-empty list of non-negative integers (or None for all); got {value!r}")
     out = tuple(value)
     if not out or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in out):
         raise ValueError(f"{what} must be a non-empty list of non-negative integers (or None for all); got {value!r}")
@@ -73,6 +76,8 @@ class ScaleAttention:
             raise ValueError(f"ScaleAttention factor must be a finite number >= 0 (0 masks the keys, 1 changes "
                              f"nothing); got {factor!r}")
         object.__setattr__(self, "factor", float(factor))
+        if self.keys is None:
+            raise ValueError("ScaleAttention needs keys: the positions whose attention to scale, e.g. keys=(7, 12)")
         object.__setattr__(self, "keys", _as_spans(self.keys, "keys"))
         object.__setattr__(self, "queries", _as_spans(self.queries, "queries"))
         object.__setattr__(self, "layers", _as_ints(self.layers, "layers"))
@@ -119,11 +124,21 @@ EDIT_TYPES = {"scale_attention": ScaleAttention, "ablate_head": AblateHead}
 
 
 def edit_from_dict(d: dict) -> Edit:
+    """An edit from its `to_dict()` form (as run records hold it); a ValueError names what is wrong."""
+    if not isinstance(d, dict):
+        raise ValueError(f"an edit must be a dict with a 'kind' (from edit.to_dict()); got {type(d).__name__}")
     d = dict(d)
     kind = d.pop("kind", None)
     if kind not in EDIT_TYPES:
         raise ValueError(f"unknown edit kind {kind!r}; known: {sorted(EDIT_TYPES)}")
-    return EDIT_TYPES[kind](**d)
+    fields = set(EDIT_TYPES[kind].__dataclass_fields__) - {"kind"}
+    unknown = sorted(set(d) - fields)
+    if unknown:
+        raise ValueError(f"{kind} edit: unknown field(s) {unknown}; it takes {sorted(fields)}")
+    try:
+        return EDIT_TYPES[kind](**d)
+    except TypeError as error:  # a missing field
+        raise ValueError(f"{kind} edit: {error}") from None
 
 
 def validate_edits(edits: Iterable[Edit], *, n_layers: int, n_heads: int, sequence_length: int) -> tuple[Edit, ...]:

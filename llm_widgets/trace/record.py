@@ -7,10 +7,15 @@ from typing import Any
 
 import torch
 import transformers
+from packaging.version import InvalidVersion, Version
 
 from .._version import __version__
 from ..models import LanguageModel, load_model
 from .edits import edit_from_dict
+from .settings import RECORD_SCHEMA, check_generation_settings
+
+RECORD_KEYS = {"schema", "llm_widgets", "torch", "transformers", "model", "prompt_ids", "generation", "edits",
+               "output_ids"}
 
 
 def make_record(lm: LanguageModel, prompt_ids: list[int], generation: dict, edits: tuple,
@@ -19,6 +24,7 @@ def make_record(lm: LanguageModel, prompt_ids: list[int], generation: dict, edit
     prompt's ids, the generation settings (with the seed), the edits and the output ids."""
     facts = lm.facts
     return {
+        "schema": RECORD_SCHEMA,
         "llm_widgets": __version__,
         "torch": torch.__version__,
         "transformers": transformers.__version__,
@@ -32,9 +38,69 @@ def make_record(lm: LanguageModel, prompt_ids: list[int], generation: dict, edit
     }
 
 
+def check_record(record: Any) -> dict:
+    """A record read from elsewhere, checked key by key before anything runs: a ValueError
+    names the key that is missing, of the wrong type, unknown, or refused."""
+    def bad(message: str) -> ValueError:
+        return ValueError(f"not a run record llm-widgets can replay: {message}")
+
+    if not isinstance(record, dict):
+        raise bad(f"expected a dict (Trace.record, or its JSON); got {type(record).__name__}")
+    unknown = sorted(set(record) - RECORD_KEYS)
+    if unknown:
+        raise bad(f"unknown key(s) {unknown}; a record has {sorted(RECORD_KEYS)}")
+    schema = record.get("schema", RECORD_SCHEMA)  # records of 0.1.0 had no schema key: the same layout
+    if schema != RECORD_SCHEMA or isinstance(schema, bool):
+        raise bad(f"schema {schema!r} is not one this version reads ({RECORD_SCHEMA}); replay it with the "
+                  f"llm-widgets version that wrote it ({record.get('llm_widgets', 'unknown')})")
+    made_by = record.get("llm_widgets")
+    if made_by is not None:
+        try:
+            newer = Version(str(made_by)) > Version(__version__)
+        except InvalidVersion:
+            raise bad(f"'llm_widgets' version {made_by!r} is not a version number") from None
+        if newer:
+            raise bad(f"it was written by llm-widgets {made_by}, newer than this one ({__version__}): upgrade")
+    for key in ("model", "prompt_ids", "generation", "edits", "output_ids"):
+        if key not in record:
+            raise bad(f"the key {key!r} is missing")
+    model = record["model"]
+    if not isinstance(model, dict) or not isinstance(model.get("name"), str) or \
+            not isinstance(model.get("source", {}), dict):
+        raise bad("'model' must be a dict with a 'name' string (and a 'source' dict)")
+    for key in ("prompt_ids", "output_ids"):
+        ids = record[key]
+        if not isinstance(ids, list) or any(isinstance(i, bool) or not isinstance(i, int) for i in ids):
+            raise bad(f"{key!r} must be a list of token ids (integers); got {type(ids).__name__}")
+    if not record["prompt_ids"]:
+        raise bad("'prompt_ids' is empty")
+    generation = record["generation"]
+    if not isinstance(generation, dict):
+        raise bad(f"'generation' must be a dict; got {type(generation).__name__}")
+    for key in ("max_new_tokens", "do_sample", "seed"):
+        if key not in generation:
+            raise bad(f"'generation' has no {key!r}")
+    rest = {k: v for k, v in generation.items() if k not in ("max_new_tokens", "do_sample", "seed")}
+    check_generation_settings(rest, where="replay")
+    if not isinstance(record["edits"], list):
+        raise bad("'edits' must be a list")
+    return record
+
+
 def replay(record: dict, model: LanguageModel | None = None, *, check: bool = True):
     """Run again what `record` (a `Trace.record`) describes; with check=True, raise if the tokens differ.
-    Without `model`, the recorded one is loaded (bundled name, local path or hub id)."""
+    Without `model`, the recorded one is loaded (bundled name, local path or hub id; never with
+    remote code). The record is checked first: only known generation settings are passed on."""
+    record = check_record(record)
+    edits = [edit_from_dict(e) for e in record["edits"]]
+    if model is not None and not isinstance(model, LanguageModel):
+        raise TypeError(f"replay's model must be an lw.LanguageModel (or None to load the recorded one); "
+                        f"got {type(model).__name__}")
+    recorded_architecture = record["model"].get("architecture")
+    if model is not None and recorded_architecture and recorded_architecture != model.facts.architecture:
+        raise ValueError(f"this record is of a {recorded_architecture} ({record['model']['name']!r}); the model "
+                         f"given is a {model.facts.architecture} ({model.name!r}): pass the recorded model, or "
+                         f"model=None to load it")
     if model is None:
         source = record["model"].get("source", {})
         model = load_model(source.get("bundled") or source.get("path") or record["model"]["name"])
@@ -43,7 +109,7 @@ def replay(record: dict, model: LanguageModel | None = None, *, check: bool = Tr
         warnings.warn("the model's weights differ from the recorded ones (weights_sha256): replay may diverge",
                       stacklevel=2)
     generation = dict(record["generation"])
-    trace = model.trace(record["prompt_ids"], edits=[edit_from_dict(e) for e in record["edits"]],
+    trace = model.trace(record["prompt_ids"], edits=edits,
                         max_new_tokens=generation.pop("max_new_tokens"), seed=generation.pop("seed"),
                         do_sample=generation.pop("do_sample"), **generation)
     if check and trace.generated_ids != record["output_ids"]:

@@ -15,6 +15,8 @@ from ..models.compat import cache_kwargs, output_cache
 from ..models.modes import model_mode
 from .capture import Run, instrument
 from .edits import validate_edits
+from .locking import exclusive
+from .settings import check_generation_settings
 from .record import make_record
 from .trace import Trace, assemble, probability_of, top_k_of
 
@@ -33,7 +35,16 @@ def prompt_ids(lm: LanguageModel, prompt: Any) -> torch.Tensor:
             raise ValueError(f"{lm.name} has no chat template, so a message list cannot be formatted: pass a string")
         out = tok.apply_chat_template(list(prompt), add_generation_prompt=True, return_tensors="pt", return_dict=True)
         ids = out["input_ids"][0]
-    elif isinstance(prompt, torch.Tensor) or (isinstance(prompt, (list, tuple)) and all(isinstance(i, int) for i in prompt)):
+    elif isinstance(prompt, torch.Tensor) or (
+            isinstance(prompt, (list, tuple)) and all(isinstance(i, int) and not isinstance(i, bool) for i in prompt)):
+        if isinstance(prompt, torch.Tensor):
+            if prompt.dtype.is_floating_point or prompt.dtype.is_complex or prompt.dtype == torch.bool:
+                raise ValueError(f"token ids must be integers; got a {prompt.dtype} tensor (did you pass embeddings "
+                                 f"or a mask?)")
+            if prompt.dim() == 2 and prompt.shape[0] == 1:
+                prompt = prompt[0]  # a batch of one, as tokenizers return it
+            if prompt.dim() != 1:
+                raise ValueError(f"token ids must be one sequence, shape [T] or [1, T]; got shape {list(prompt.shape)}")
         ids = torch.as_tensor(prompt, dtype=torch.long).reshape(-1)
         vocab = lm.facts.vocab_size
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
@@ -64,8 +75,13 @@ def run_trace(lm: LanguageModel, prompt: Any, *, max_new_tokens: int = 0, edits=
     facts = lm.facts
     if facts.n_heads == 0:
         raise ValueError(f"{lm.name} ({facts.architecture}) has no attention heads; llm-widgets traces attention models")
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an integer >= 0; got {max_new_tokens!r}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise ValueError(f"seed must be an integer >= 0 (or None); got {seed!r}")
+    if not isinstance(do_sample, bool):
+        raise ValueError(f"do_sample must be True or False; got {do_sample!r}")
+    check_generation_settings(generation_kwargs)
     if facts.kind != "causal" and max_new_tokens:
         raise ValueError(f"{lm.name} is a masked (bidirectional) model: it does not generate, use max_new_tokens=0")
     ids = prompt_ids(lm, prompt)
@@ -92,7 +108,8 @@ def run_trace(lm: LanguageModel, prompt: Any, *, max_new_tokens: int = 0, edits=
     run = Run(facts.n_layers, facts.n_heads, total, edits, capture=capture and supported, capture_device=capture_device)
     devices = [device] if device.type == "cuda" else []
     eager_attentions = None
-    with model_mode(model, training=False), torch.no_grad(), torch.random.fork_rng(devices=devices):
+    with exclusive(model), model_mode(model, training=False), torch.no_grad(), \
+            torch.random.fork_rng(devices=devices):
         if seed is not None:
             torch.manual_seed(seed)
         if supported:
@@ -161,7 +178,7 @@ def fidelity(lm: LanguageModel, prompt: Any) -> float:
     ids = prompt_ids(lm, prompt)
     traced = run_trace(lm, ids, keep_logits=True).logits
     model = lm.model
-    with model_mode(model, training=False), torch.no_grad():
+    with exclusive(model), model_mode(model, training=False), torch.no_grad():
         device = next(model.parameters()).device
         plain = model(input_ids=ids[None].to(device), use_cache=False).logits[0].float().cpu()
     return float((traced - plain).abs().max())

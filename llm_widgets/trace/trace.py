@@ -211,9 +211,9 @@ class Trace:
     # --- attention ---
 
     def _check_layer_head(self, layer: int, head: int) -> None:
-        if not isinstance(layer, int) or not 0 <= layer < self.n_layers:
+        if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < self.n_layers:
             raise ValueError(f"layer {layer!r} is out of range: this model has layers 0 to {self.n_layers - 1}")
-        if not isinstance(head, int) or not 0 <= head < self.n_heads:
+        if isinstance(head, bool) or not isinstance(head, int) or not 0 <= head < self.n_heads:
             raise ValueError(f"head {head!r} is out of range: this model has heads 0 to {self.n_heads - 1}")
 
     def _layer(self, layer: int) -> LayerAttention:

@@ -146,11 +146,19 @@ class GradientMonitor:
         """Scale and/or clip (by group norm) the gradients of the groups matching `pattern`
         (a regex over group names, or an exact group name) before each optimizer step, from
         the next step on. scale=1 and clip=None remove the steering. Returns the groups."""
-        if not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale < 0:
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale < 0:
             raise ValueError(f"scale must be a finite number >= 0; got {scale!r}")
-        if clip is not None and (not isinstance(clip, (int, float)) or not clip > 0 or not math.isfinite(clip)):
+        if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float)) or not clip > 0
+                                 or not math.isfinite(clip)):
             raise ValueError(f"clip must be a positive number (a maximum group norm) or None; got {clip!r}")
-        hits = [g for g in self.groups if g == pattern or re.fullmatch(pattern, g)]
+        if not isinstance(pattern, str):
+            raise TypeError(f"pattern must be a group name or a regex string; got {type(pattern).__name__}")
+        try:
+            regex = re.compile(pattern)
+        except re.error as error:
+            raise ValueError(f"pattern {pattern!r} is not a valid regular expression ({error}); give a group name "
+                             f"such as {self.groups[0]!r}, or escape special characters with re.escape") from None
+        hits = [g for g in self.groups if g == pattern or regex.fullmatch(g)]
         if not hits:
             close = difflib.get_close_matches(pattern, self.groups, n=5, cutoff=0.3) or self.groups[:8]
             raise ValueError(f"{pattern!r} matches no group of this monitor; close names: {close} "
@@ -167,6 +175,7 @@ class GradientMonitor:
 
     def step(self, loss: Any = None, lr: float | None = None) -> dict:
         """Read (and steer) this step's gradients. Call after backward(), before optimizer.step()."""
+        loss, lr = _checked_loss(loss), _checked_lr(lr)  # before anything changes: a retry must not steer twice
         self._finish_update()
         self.step_count += 1
         step = self.step_count
@@ -394,3 +403,23 @@ class GradientMonitor:
     def __repr__(self) -> str:
         return (f"GradientMonitor({len(self.params)} parameters in {len(self.groups)} groups, step {self.step_count}, "
                 f"{len(self.alerts)} alerts, steering {list(self.steering) or 'none'})")
+
+
+def _checked_loss(loss: Any) -> float | None:
+    if loss is None:
+        return None
+    if isinstance(loss, torch.Tensor):
+        if loss.numel() == 0:
+            raise ValueError("loss is an empty tensor; pass the loss you called backward() on")
+        return float(loss.detach().float().mean())
+    if isinstance(loss, bool) or not isinstance(loss, (int, float)):
+        raise ValueError(f"loss must be a number or a tensor; got {type(loss).__name__} {loss!r}")
+    return float(loss)
+
+
+def _checked_lr(lr: Any) -> float | None:
+    if lr is None:
+        return None
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr < 0:
+        raise ValueError(f"lr must be a finite number >= 0 (the optimizer's learning rate); got {lr!r}")
+    return float(lr)

@@ -18,6 +18,7 @@ import traitlets
 from ..models import LanguageModel
 from ..trace import Trace, edit_from_dict, fidelity
 from ..trace.edits import AblateHead, ScaleAttention
+from ..trace.locking import exclusive
 from ._frontend import bundle
 from .attention_view import AttentionView
 
@@ -55,6 +56,7 @@ class AttentionEditor(AttentionView):
     p_before = traitlets.Float().tag(sync=True)
     p_after = traitlets.Float().tag(sync=True)
     busy = traitlets.Bool(False).tag(sync=True)
+    waiting = traitlets.Bool(False).tag(sync=True)  # another run holds the model: this one waits its turn
     error = traitlets.Unicode().tag(sync=True)
     fidelity = traitlets.Float().tag(sync=True)
     record_json = traitlets.Unicode().tag(sync=True)
@@ -107,7 +109,17 @@ class AttentionEditor(AttentionView):
     # --- regenerating ---
 
     def _run(self, specs: list[dict]) -> Trace:
-        return self.lm.trace(self._prompt, edits=[edit_from_dict(s) for s in specs], **self._settings)
+        edits = [edit_from_dict(s) for s in specs]
+
+        def wait() -> None:
+            self.waiting = True  # sent now: the front end says so until the run starts
+
+        try:
+            with exclusive(self.lm.model, on_wait=wait):
+                self.waiting = False
+                return self.lm.trace(self._prompt, edits=edits, **self._settings)
+        finally:
+            self.waiting = False
 
     def _on_edit_specs(self, change) -> None:
         if self._reverting:

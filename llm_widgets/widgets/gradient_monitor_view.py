@@ -22,6 +22,7 @@ import ipywidgets
 import numpy as np
 import traitlets
 
+from ..export.text import plain_label
 from ..training.monitor import HIST_EDGES, GradientMonitor
 from ._frontend import bundle
 
@@ -269,8 +270,9 @@ class GradientMonitorView(ipywidgets.VBox):
         axes[0, 1].set(title="global gradient norm", xlabel="step", yscale="log")
         for (group, colour) in zip(self._keys, self.controls.colours):
             part = frame[frame.group == group]
-            axes[1, 0].plot(part.step, part.grad_norm, color=colour, label=group, linewidth=1.2)
-            axes[1, 1].plot(part.step, part.update_ratio, color=colour, label=group, linewidth=1.2)
+            label = plain_label(group)  # group names come from the user's patterns: never mathtext
+            axes[1, 0].plot(part.step, part.grad_norm, color=colour, label=label, linewidth=1.2)
+            axes[1, 1].plot(part.step, part.update_ratio, color=colour, label=label, linewidth=1.2)
         axes[1, 0].set(title="gradient norm per group", xlabel="step", yscale="log")
         axes[1, 1].set(title="update / weight per group", xlabel="step",
                        yscale="log" if (frame.update_ratio > 0).any() else "linear")

@@ -1,0 +1,88 @@
+"""The generation settings a trace accepts, and so a run record may carry.
+
+Records are shared (the editor's "download record" button), and `replay` runs
+them: a setting passed through to `generate` unchecked could make transformers
+import and run code (`custom_generate` with `trust_remote_code`). So only the
+settings below are accepted, each checked by type and range, on the way into a
+trace and again when a record is read.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+RECORD_SCHEMA = 1  # the layout of Trace.record; replay refuses other versions
+
+
+def _number(low: float, high: float = math.inf, *, low_open: bool = False) -> Callable[[str, Any], float]:
+    def check(name: str, value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or value < low or value > high or (low_open and value == low):
+            bound = f"{'>' if low_open else '>='} {low}" + (f" and <= {high}" if high != math.inf else "")
+            raise ValueError(f"generation setting {name} must be a number {bound}; got {value!r}")
+        return value
+    return check
+
+
+def _integer(low: int) -> Callable[[str, Any], int]:
+    def check(name: str, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"generation setting {name} must be an integer >= {low}; got {value!r}")
+        return value
+    return check
+
+
+def _flag(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"generation setting {name} must be True or False; got {value!r}")
+    return value
+
+
+def _token_ids(name: str, value: Any) -> Any:
+    ids = value if isinstance(value, list) else [value]
+    if value is None or not ids or any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in ids):
+        raise ValueError(f"generation setting {name} must be a token id or a list of token ids; got {value!r}")
+    return value
+
+
+def _one(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value != 1:
+        what = "beam search" if name == "num_beams" else "several returned sequences"
+        raise ValueError(f"{name}={value!r}: {what} is not traced (a trace follows one sequence token by token); "
+                         f"trace each candidate you want to see, e.g. with do_sample=True and different seeds")
+    return value
+
+
+GENERATION_SETTINGS: dict[str, Callable[[str, Any], Any]] = {
+    "temperature": _number(0, low_open=True),
+    "top_k": _integer(0),
+    "top_p": _number(0, 1, low_open=True),
+    "min_p": _number(0, 1),
+    "typical_p": _number(0, 1, low_open=True),
+    "repetition_penalty": _number(0, low_open=True),
+    "no_repeat_ngram_size": _integer(0),
+    "min_new_tokens": _integer(0),
+    "use_cache": _flag,
+    "eos_token_id": _token_ids,
+    "pad_token_id": _integer(0),
+    "num_beams": _one,
+    "num_return_sequences": _one,
+}
+# settings that would load or run code, or hand generate objects a record cannot hold
+CODE_SETTINGS = ("custom_generate", "trust_remote_code", "assistant_model", "logits_processor",
+                 "stopping_criteria", "prefix_allowed_tokens_fn", "streamer", "generation_config",
+                 "synced_gpus", "assistant_tokenizer", "tokenizer")
+
+
+def check_generation_settings(settings: dict[str, Any], where: str = "trace") -> dict[str, Any]:
+    """The settings, each checked; a ValueError names any that is refused and why."""
+    for name, value in settings.items():
+        if name in CODE_SETTINGS:
+            raise ValueError(f"{where}: the generation setting {name!r} is refused: it would let a run (or a shared "
+                             f"record) load or run code or objects beyond the model's own")
+        if name not in GENERATION_SETTINGS:
+            raise ValueError(f"{where}: unknown generation setting {name!r}; a trace takes "
+                             f"{', '.join(sorted(GENERATION_SETTINGS))}")
+        GENERATION_SETTINGS[name](name, value)
+    return settings
