@@ -9,16 +9,16 @@ models, trace (the engine), analysis and training, export, widgets.
 """
 
 from ._version import __version__
-from .analysis import Attribution
+from .analysis import Attribution, Comparison, LogitLens, Patching, Sweep, ablation_sweep, compare, patch
 from .models import BUNDLED_MODELS, LanguageModel, ModelFacts, load_model
 from .trace import AblateHead, ScaleAttention, Trace, replay
 from .training import GradientMonitor, GradientWarning, TrainingStopped
 
 _WIDGETS = {"AttentionEditor", "AttentionView", "AttributionView", "GradientMonitorView", "ModelCard"}
 
-__all__ = ["AblateHead", "Attribution", "BUNDLED_MODELS", "GradientMonitor", "GradientWarning", "LanguageModel",
-           "ModelFacts", "ScaleAttention", "Trace", "TrainingStopped", "load_model", "replay", "__version__",
-           *sorted(_WIDGETS)]
+__all__ = ["AblateHead", "Attribution", "BUNDLED_MODELS", "Comparison", "GradientMonitor", "GradientWarning",
+           "LanguageModel", "LogitLens", "ModelFacts", "Patching", "ScaleAttention", "Sweep", "Trace", "TrainingStopped",
+           "ablation_sweep", "compare", "load_model", "patch", "replay", "__version__", *sorted(_WIDGETS)]
 
 
 def __getattr__(name: str):

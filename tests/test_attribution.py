@@ -108,7 +108,7 @@ def test_occlusion_scores_each_token_by_removing_it(trace, tiny_gpt2):
 
 
 def test_bad_targets_are_handled_clearly(trace):
-    with pytest.warns(UserWarning, match="attributing its first token"):
+    with pytest.warns(UserWarning, match="using its first token"):
         attr = trace.attribute(" universally acknowledged")
     assert attr.notes and attr.target == trace.model.tokenizer.decode(
         [trace.model.tokenizer.encode(" universally acknowledged")[0]])

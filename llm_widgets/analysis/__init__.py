@@ -1,8 +1,16 @@
 """Analyses on top of the trace engine, one module per job.
 
-    trace.attribute(" Paris", contrast=" London")   # attribution.py: which input tokens drove an output
+    trace.attribute(" Paris", contrast=" London")     # attribution.py: which input tokens drove an output
+    trace.logit_lens(k=5, target=" Paris")             # lens.py: what each layer would predict
+    patch(model, clean, corrupted, " Mary", " John")   # patching.py: which layer, position, head makes it
+    ablation_sweep(trace, " Mary", " John")            # patching.py: every head removed in turn
+    compare(trace_a, trace_b)                          # compare.py: two runs side by side
 """
 
 from .attribution import METHODS, Attribution, attribute
+from .compare import Comparison, compare
+from .lens import LogitLens, logit_lens
+from .patching import SITES, Patching, Sweep, ablation_sweep, patch
 
-__all__ = ["METHODS", "Attribution", "attribute"]
+__all__ = ["METHODS", "SITES", "Attribution", "Comparison", "LogitLens", "Patching", "Sweep", "ablation_sweep",
+           "attribute", "compare", "logit_lens", "patch"]

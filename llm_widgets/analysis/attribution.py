@@ -14,7 +14,6 @@ training mode, the attention implementation.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -24,6 +23,7 @@ from ..models import LanguageModel
 from ..models.modes import model_mode
 from ..trace import Trace
 from ..trace.locking import exclusive
+from .targets import first_token_id
 
 METHODS = ("grad_x_input", "integrated_gradients", "attention_x_grad", "occlusion")
 BASELINES = ("zeros", "eos", "pad")  # what integrated gradients and occlusion replace the input with
@@ -96,8 +96,9 @@ def attribute(trace: Trace, target=None, contrast=None, method: str = "grad_x_in
     if target is None:
         target_id = trace.generated_ids[step] if trace.generated_ids else trace.next_token_id
     else:
-        target_id = _one_token(trace, target, "target", notes)
-    contrast_id = None if contrast is None else _one_token(trace, contrast, "contrast", notes)
+        target_id = first_token_id(lm.tokenizer, target, "target", notes, len(lm.tokenizer))
+    contrast_id = None if contrast is None else first_token_id(lm.tokenizer, contrast, "contrast", notes,
+                                                                len(lm.tokenizer))
     if contrast_id is not None and contrast_id == target_id:
         raise ValueError(f"target and contrast are the same token ({target!r}): give two different tokens")
 
@@ -126,22 +127,6 @@ def attribute(trace: Trace, target=None, contrast=None, method: str = "grad_x_in
         contrast_id=contrast_id, method=method, step=step, p_target=float(probs[target_id]),
         p_contrast=None if contrast_id is None else float(probs[contrast_id]), score=value,
         n_prompt=trace.n_prompt, head_importance=head_importance, delta=delta, notes=notes, trace=trace)
-
-
-def _one_token(trace: Trace, token, what: str, notes: list[str]) -> int:
-    """A token given as text or id. Text that is several tokens: the first is used, and said so."""
-    if isinstance(token, str):
-        ids = trace.model.tokenizer.encode(token, add_special_tokens=False)
-        if not ids:
-            raise ValueError(f"{what} {token!r} is no token at all: give a word, e.g. ' Paris' (mind the space)")
-        if len(ids) > 1:
-            pieces = trace.model.tokenizer.batch_decode([[i] for i in ids])
-            message = (f"{what} {token!r} is {len(ids)} tokens {pieces}; attributing its first token "
-                       f"{pieces[0]!r}, the one the model must choose first")
-            notes.append(message)
-            warnings.warn(message, stacklevel=4)
-            return ids[0]
-    return trace.token_id(token)
 
 
 def _device(model) -> torch.device:

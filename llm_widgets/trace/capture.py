@@ -53,7 +53,8 @@ class Run:
     """What one traced run captures and changes. Lives on the modules only while the run lasts."""
 
     def __init__(self, n_layers: int, n_heads: int, length: int, edits: tuple = (), capture: bool = True,
-                 capture_device: torch.device | str | None = None):
+                 capture_device: torch.device | str | None = None,
+                 head_hook: Callable[[int, torch.Tensor], torch.Tensor] | None = None):
         self.n_layers = n_layers
         self.n_heads = n_heads
         self.length = length  # prompt plus new tokens: every position the run can reach
@@ -76,6 +77,9 @@ class Run:
         self.key_bias: dict[int, torch.Tensor] = {}  # layer -> bias over every key position, when queries don't matter
         self.fully_masked_rows = False
         self.thread = threading.get_ident()  # the thread whose forwards this run captures and edits
+        # (layer, out [batch, q, heads, head_dim]) -> out: what an analysis reads or replaces at each
+        # head's output, after edits and ablations (activation patching, ablation sweeps)
+        self.head_hook = head_hook
 
     @property
     def changes_attention(self) -> bool:
@@ -128,6 +132,8 @@ class Run:
             out, weights = fn(module, query, key, value, attention_mask, **kwargs)
         if layer in self.ablations:
             out = self._ablate(layer, out)
+        if self.head_hook is not None:
+            out = self.head_hook(layer, out)
         return out, weights
 
     def _split_heads(self, fn, module, query, key, value, mask, kwargs, heads, edited_mask_for) -> torch.Tensor:

@@ -208,6 +208,14 @@ class Trace:
         return attribute(self, target=target, contrast=contrast, method=method, step=step, n_steps=n_steps,
                          baseline=baseline)
 
+    def logit_lens(self, k: int = 5, target: str | int | None = None, positions=None):
+        """What the residual stream after each layer predicts at each position: the top-k tokens and
+        probabilities, decoded through the model's own final norm and unembedding (at the last layer,
+        the model's prediction). With `target` (text or id), its probability and rank too.
+        positions: all (default), an int or a list. Returns a `LogitLens`."""
+        logit_lens = implementation(Trace, "logit_lens")  # llm_widgets.analysis, the layer above
+        return logit_lens(self, k=k, target=target, positions=positions)
+
     # --- attention ---
 
     def _check_layer_head(self, layer: int, head: int) -> None:

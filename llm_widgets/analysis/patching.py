@@ -1,0 +1,387 @@
+"""Activation patching and ablation sweeps: which layer, position or head makes an answer.
+
+`patch(model, clean, corrupted, target, contrast)` runs the corrupted prompt
+with one activation at a time taken from the clean run, and reads how much of
+the clean answer comes back: effect = (patched - corrupted) / (clean -
+corrupted) on logit(target) - logit(contrast) (or log p(target) without a
+contrast), 0 = the corrupted answer, 1 = the clean one. `ablation_sweep` removes
+one head (or one layer's attention or MLP) at a time and reads the change.
+
+Many patched runs go through the model as one batch (one row each), chunked to
+a memory budget, with the model's own attention kept: residual, attention and
+MLP sites by forward hooks on the blocks, heads at each head's output inside
+the engine's attention wrapper (before the output projection).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import torch
+
+from ..models import LanguageModel
+from ..models.anatomy import Anatomy, anatomy, block_output
+from ..models.modes import model_mode
+from ..trace import Trace, prompt_ids
+from ..trace.capture import Run, instrument
+from ..trace.locking import exclusive
+from .targets import first_token_id
+
+SITES = ("residual", "attention", "mlp", "heads")
+DEFAULT_BUDGET = 1 << 30  # bytes of activations a chunk of patched runs may take
+
+
+@dataclass
+class Patching:
+    """Normalised effects of patching (or ablating) one site at a time."""
+
+    site: str  # "residual", "attention", "mlp", "heads" (patching) or "ablation" (a sweep)
+    effect: torch.Tensor  # [layers, positions] or [layers, heads] (or [layers, heads, positions])
+    tokens: list[str]  # the prompt's tokens (of the corrupted prompt for patching)
+    clean_tokens: list[str]
+    target: str
+    target_id: int
+    contrast: str | None
+    contrast_id: int | None
+    clean_score: float
+    corrupted_score: float
+    quantity: str  # what the score is: "logit(' Mary') - logit(' John')" or "log p(' Mary')"
+    raw: torch.Tensor | None = None  # the patched runs' scores, same shape as effect
+    notes: list[str] = field(default_factory=list)
+    axes: tuple[str, str] = ("layer", "position")
+    model_name: str = ""
+
+    def top(self, k: int = 10) -> list[tuple[tuple[int, ...], float]]:
+        """The k cells with the largest |effect|: ((layer, position-or-head), effect)."""
+        flat = self.effect.flatten()
+        order = torch.argsort(flat.abs(), descending=True)[:k].tolist()
+        return [(tuple(int(i) for i in torch.unravel_index(torch.tensor(o), self.effect.shape)), float(flat[o]))
+                for o in order]
+
+    def __repr__(self) -> str:
+        (cell, value), = self.top(1) or [((), 0.0)]
+        return (f"Patching({self.site}, {self.quantity}: clean {self.clean_score:.3f}, corrupted "
+                f"{self.corrupted_score:.3f}; effect {list(self.effect.shape)}, strongest {self.axes} {cell}: "
+                f"{value:+.3f})")
+
+
+# --- the score, and running many patched rows as batches ---
+
+def _scorer(target_id: int, contrast_id: int | None) -> Callable[[torch.Tensor], torch.Tensor]:
+    def score(last_logits: torch.Tensor) -> torch.Tensor:  # [rows, vocab] -> [rows]
+        last_logits = last_logits.float()
+        if contrast_id is None:
+            return torch.log_softmax(last_logits, dim=-1)[:, target_id]
+        return last_logits[:, target_id] - last_logits[:, contrast_id]
+    return score
+
+
+def _quantity(target: str, contrast: str | None) -> str:
+    return f"log p({target!r})" if contrast is None else f"logit({target!r}) - logit({contrast!r})"
+
+
+def _chunks(n: int, size: int) -> Iterator[range]:
+    for start in range(0, n, size):
+        yield range(start, min(n, start + size))
+
+
+def _rows_per_chunk(lm: LanguageModel, length: int, budget: int) -> int:
+    """Patched rows per forward: activations of one row are about length x hidden x 24 floats
+    (residual, attention, MLP intermediates) plus the last position's logits."""
+    facts = lm.facts
+    itemsize = torch.finfo(next(lm.model.parameters()).dtype).bits // 8
+    per_row = length * max(facts.hidden_size, 1) * 24 * itemsize + facts.vocab_size * 4
+    return max(1, min(512, budget // per_row))
+
+
+def _forward_last(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """Logits at the last position for a batch of identical-length rows."""
+    kwargs: dict[str, Any] = {}
+    if "logits_to_keep" in inspect.signature(model.forward).parameters:
+        kwargs["logits_to_keep"] = 1  # only the last position's logits: rows x vocab, not rows x T x vocab
+    out = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False, **kwargs)
+    return out.logits[:, -1]
+
+
+def _progress(total: int, enabled: bool, what: str):
+    if not enabled or total < 2:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=what, unit="run")
+
+
+# --- what is patched where ---
+
+def _site_modules(parts: Anatomy, site: str, name: str) -> list[torch.nn.Module]:
+    modules = {"residual": list(parts.blocks), "attention": list(parts.attentions), "mlp": list(parts.mlps)}[site]
+    missing = [i for i, m in enumerate(modules) if m is None]
+    if missing:
+        raise ValueError(f"{name} has no {site} module in layer(s) {missing[:5]}: its blocks' children are "
+                         f"{[n for n, _ in parts.blocks[missing[0]].named_children()]}; choose another site of "
+                         f"{', '.join(SITES)}")
+    return modules  # type: ignore[return-value]
+
+
+def _replace_output(output: Any, hidden: torch.Tensor) -> Any:
+    if isinstance(output, tuple):
+        return (hidden, *output[1:])
+    if isinstance(output, list):
+        return [hidden, *output[1:]]
+    return hidden
+
+
+def _capture_site(lm: LanguageModel, ids: torch.Tensor, site: str, parts: Anatomy) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """One run of `ids`: the site's output per layer ([T, d], or [T, heads, head_dim] for heads)
+    and the last position's logits."""
+    model = lm.model
+    kept: dict[int, torch.Tensor] = {}
+    handles = []
+    if site == "heads":
+        def head_hook(layer: int, out: torch.Tensor) -> torch.Tensor:
+            kept[layer] = out[0].detach().clone()
+            return out
+        run = Run(lm.facts.n_layers, lm.facts.n_heads, ids.shape[1], capture=False, head_hook=head_hook)
+        context = instrument(model, run)
+    else:
+        for layer, module in enumerate(_site_modules(parts, site, lm.name)):
+            def hook(_m, _a, output, layer=layer):
+                kept[layer] = block_output(output)[0].detach().clone()
+            handles.append(module.register_forward_hook(hook))
+        context = _nothing()
+    try:
+        with context:
+            logits = _forward_last(model, ids)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [kept[layer] for layer in range(lm.facts.n_layers)], logits
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def run_patched(lm: LanguageModel, ids: torch.Tensor, site: str, patches: list[tuple[int, Any, Any]],
+                source: list[torch.Tensor] | None, *, mode: str = "patch") -> torch.Tensor:
+    """Last-position logits of one batch: row r runs `ids` with patches[r] = (layer, where, what)
+    applied. site "residual"/"attention"/"mlp": `where` is a position (or slice), the row's output
+    of that module takes source[layer][where]. site "heads": `where` is a head, (head, position)
+    or (head, slice); the head's output takes the source's (mode "patch"), zero ("zero") or its own
+    mean over positions ("mean"). `what` is unused (None) except for layer-level ablations, where
+    site is "attention"/"mlp" and mode "zero": the whole output is zeroed."""
+    model = lm.model
+    parts = anatomy(model, lm.facts.n_layers)
+    rows = len(patches)
+    batch = ids.expand(rows, -1)
+    by_layer: dict[int, list[tuple[int, Any]]] = {}
+    for row, (layer, where, _) in enumerate(patches):
+        by_layer.setdefault(layer, []).append((row, where))
+    handles = []
+    if site == "heads":
+        def head_hook(layer: int, out: torch.Tensor) -> torch.Tensor:
+            todo = by_layer.get(layer)
+            if not todo:
+                return out
+            out = out.clone()  # [rows, T, heads, head_dim]
+            for row, where in todo:
+                head, position = where if isinstance(where, tuple) else (where, slice(None))
+                if mode == "zero":
+                    out[row, position, head] = 0
+                elif mode == "mean":
+                    out[row, :, head] = out[row, :, head].mean(dim=0, keepdim=True)
+                else:
+                    out[row, position, head] = source[layer][position, head]
+            return out
+        context = instrument(model, Run(lm.facts.n_layers, lm.facts.n_heads, ids.shape[1], capture=False,
+                                        head_hook=head_hook))
+    else:
+        for layer, module in enumerate(_site_modules(parts, site, lm.name)):
+            todo = by_layer.get(layer)
+            if not todo:
+                continue
+
+            def hook(_m, _a, output, todo=todo, layer=layer):
+                hidden = block_output(output).clone()
+                for row, where in todo:
+                    hidden[row, where] = 0 if mode == "zero" else source[layer][where]
+                return _replace_output(output, hidden)
+            handles.append(module.register_forward_hook(hook))
+        context = _nothing()
+    try:
+        with context:
+            return _forward_last(model, batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+# --- the public entry points ---
+
+def _ids(lm: LanguageModel, prompt: Any) -> torch.Tensor:
+    if isinstance(prompt, Trace):
+        return prompt.input_ids[:prompt.n_prompt]
+    return prompt_ids(lm, prompt)
+
+
+def _targets(lm: LanguageModel, target: Any, contrast: Any, notes: list[str]) -> tuple[int, int | None]:
+    vocab = len(lm.tokenizer)
+    target_id = first_token_id(lm.tokenizer, target, "target", notes, vocab)
+    contrast_id = None if contrast is None else first_token_id(lm.tokenizer, contrast, "contrast", notes, vocab)
+    if contrast_id == target_id:
+        raise ValueError(f"target and contrast are the same token ({target!r}): give two different tokens")
+    return target_id, contrast_id
+
+
+def _check_model(lm: Any, site: str) -> None:
+    if not isinstance(lm, LanguageModel):
+        raise TypeError(f"patching takes an lw.LanguageModel (from lw.load_model); got {type(lm).__name__}")
+    if lm.facts.kind != "causal":
+        raise ValueError(f"{lm.name} is a masked model: patching reads the next-token prediction of causal LMs")
+    if site not in SITES:
+        raise ValueError(f"unknown site {site!r}; choose one of {', '.join(SITES)}")
+    if site == "heads" and not getattr(type(lm.model), "_supports_attention_backend", False):
+        raise ValueError(f"site='heads' needs a model whose attention goes through transformers' "
+                         f"AttentionInterface; {lm.facts.architecture} computes attention its own way. "
+                         f"Use site='attention' (each layer's whole attention output)")
+
+
+def patch(model: LanguageModel, clean: Any, corrupted: Any, target: Any, contrast: Any = None, *,
+          site: str = "residual", per_position: bool = False, budget_bytes: int = DEFAULT_BUDGET,
+          progress: bool = True) -> Patching:
+    """Activation patching from the `clean` prompt into the `corrupted` one (strings, token ids or
+    traces; the same number of tokens). site: "residual" (each block's output, layer x position),
+    "attention" / "mlp" (each block's attention or MLP output, layer x position), "heads" (each
+    head's output at every position, layer x head; per_position=True: layer x head x position).
+    Effect: (patched - corrupted) / (clean - corrupted) of logit(target) - logit(contrast), or of
+    log p(target) without a contrast. Patched runs go as batches within `budget_bytes`."""
+    _check_model(model, site)
+    lm = model
+    clean_ids, corrupted_ids = _ids(lm, clean), _ids(lm, corrupted)
+    if len(clean_ids) != len(corrupted_ids):
+        tok = lm.tokenizer
+        raise ValueError(f"clean and corrupted prompts must have the same number of tokens to patch position by "
+                         f"position; got {len(clean_ids)} ({tok.batch_decode([[i] for i in clean_ids.tolist()])}) "
+                         f"and {len(corrupted_ids)} ({tok.batch_decode([[i] for i in corrupted_ids.tolist()])}). "
+                         f"Reword one so their tokens line up (e.g. swap names of one token each)")
+    if isinstance(budget_bytes, bool) or not isinstance(budget_bytes, int) or budget_bytes <= 0:
+        raise ValueError(f"budget_bytes must be a positive integer; got {budget_bytes!r}")
+    notes: list[str] = []
+    target_id, contrast_id = _targets(lm, target, contrast, notes)
+    score = _scorer(target_id, contrast_id)
+    facts, T = lm.facts, len(clean_ids)
+    parts = anatomy(lm.model, facts.n_layers)
+    device = next(lm.model.parameters()).device
+    clean_ids, corrupted_ids = clean_ids[None].to(device), corrupted_ids[None].to(device)
+    with exclusive(lm.model), model_mode(lm.model, training=False), torch.no_grad():
+        source, clean_logits = _capture_site(lm, clean_ids, site, parts)
+        corrupted_logits = _forward_last(lm.model, corrupted_ids)
+        clean_score, corrupted_score = float(score(clean_logits)), float(score(corrupted_logits))
+        if site == "heads":
+            n_heads = source[0].shape[1]  # from the captured tensor, never the config
+            cells = [(l, h, p) for l in range(facts.n_layers) for h in range(n_heads) for p in range(T)] \
+                if per_position else [(l, h, None) for l in range(facts.n_layers) for h in range(n_heads)]
+            patches = [(l, (h, p) if p is not None else h, None) for l, h, p in cells]
+            shape = (facts.n_layers, n_heads, T) if per_position else (facts.n_layers, n_heads)
+        else:
+            patches = [(l, p, None) for l in range(facts.n_layers) for p in range(T)]
+            shape = (facts.n_layers, T)
+        raw = _run_all(lm, corrupted_ids, site, patches, source, score, budget_bytes, progress, "patching")
+    raw = raw.reshape(shape)
+    effect = _normalised(raw, clean_score, corrupted_score, notes)
+    tok = lm.tokenizer
+    return Patching(site=site, effect=effect, raw=raw, target=tok.decode([target_id]), target_id=target_id,
+                    contrast=None if contrast_id is None else tok.decode([contrast_id]), contrast_id=contrast_id,
+                    clean_score=clean_score, corrupted_score=corrupted_score,
+                    quantity=_quantity(tok.decode([target_id]), None if contrast_id is None else tok.decode([contrast_id])),
+                    tokens=tok.batch_decode([[i] for i in corrupted_ids[0].tolist()]),
+                    clean_tokens=tok.batch_decode([[i] for i in clean_ids[0].tolist()]), notes=notes,
+                    axes=("layer", "head") if site == "heads" else ("layer", "position"), model_name=lm.name)
+
+
+def _run_all(lm, ids, site, patches, source, score, budget, progress, what, mode="patch") -> torch.Tensor:
+    size = _rows_per_chunk(lm, ids.shape[1], budget)
+    bar = _progress(len(patches), progress, what)
+    scores = []
+    try:
+        for chunk in _chunks(len(patches), size):
+            scores.append(score(run_patched(lm, ids, site, [patches[i] for i in chunk], source, mode=mode)).cpu())
+            if bar is not None:
+                bar.update(len(chunk))
+    finally:
+        if bar is not None:
+            bar.close()
+    return torch.cat(scores)
+
+
+def _normalised(raw: torch.Tensor, clean: float, corrupted: float, notes: list[str]) -> torch.Tensor:
+    gap = clean - corrupted
+    if not math.isfinite(gap) or abs(gap) < 1e-6:
+        notes.append(f"the clean and corrupted scores are equal ({clean:.4g}): effects are shown unnormalised "
+                     f"(patched - corrupted)")
+        return raw - corrupted
+    return (raw - corrupted) / gap
+
+
+@dataclass
+class Sweep(Patching):
+    """An ablation sweep: `effect` [layers, heads] is the change in the score when each head is
+    removed (negative: the head helped the target); `attention` and `mlp` [layers] the same for
+    each layer's whole attention and MLP output."""
+
+    attention: torch.Tensor | None = None
+    mlp: torch.Tensor | None = None
+    method: str = "zero"
+
+    def top_heads(self, k: int = 10) -> list[tuple[int, int, float]]:
+        """The k heads whose removal moves the score most: (layer, head, change)."""
+        return [(cell[0], cell[1], value) for cell, value in self.top(k)]
+
+
+def ablation_sweep(trace: Trace, target: Any = None, contrast: Any = None, *, method: str = "zero",
+                   layers: bool = True, budget_bytes: int = DEFAULT_BUDGET, progress: bool = True) -> Sweep:
+    """Remove every head in turn (and, with layers=True, every layer's attention and MLP output)
+    on the trace's prompt and read the change in the score (logit(target) - logit(contrast), or
+    log p(target)); target defaults to the token the trace produced after the prompt. method:
+    "zero" or "mean" (the head's mean over positions, as lw.AblateHead). Batched like `patch`."""
+    if not isinstance(trace, Trace):
+        raise TypeError(f"ablation_sweep takes a Trace (from model.trace(...)); got {type(trace).__name__}")
+    if method not in ("zero", "mean"):
+        raise ValueError(f"method must be 'zero' or 'mean'; got {method!r}")
+    lm = trace.model
+    _check_model(lm, "heads")
+    notes: list[str] = []
+    target_id, contrast_id = _targets(lm, trace.next_token_id if target is None else target, contrast, notes)
+    score = _scorer(target_id, contrast_id)
+    facts = lm.facts
+    device = next(lm.model.parameters()).device
+    ids = trace.input_ids[:trace.n_prompt][None].to(device)
+    with exclusive(lm.model), model_mode(lm.model, training=False), torch.no_grad():
+        base = float(score(_forward_last(lm.model, ids)))
+        heads = [(l, h, None) for l in range(facts.n_layers) for h in range(facts.n_heads)]
+        head_scores = _run_all(lm, ids, "heads", heads, None, score, budget_bytes, progress, "ablating heads",
+                               mode=method).reshape(facts.n_layers, facts.n_heads)
+        attention = mlp = None
+        if layers:
+            parts = anatomy(lm.model, facts.n_layers)
+            whole = [(l, slice(None), None) for l in range(facts.n_layers)]
+            attention = _run_all(lm, ids, "attention", whole, None, score, budget_bytes, False, "", mode="zero") - base
+            if all(m is not None for m in parts.mlps):
+                mlp = _run_all(lm, ids, "mlp", whole, None, score, budget_bytes, False, "", mode="zero") - base
+            else:
+                notes.append("this model's blocks have no MLP module found: only heads and attention were swept")
+    tok = lm.tokenizer
+    target_text = tok.decode([target_id])
+    contrast_text = None if contrast_id is None else tok.decode([contrast_id])
+    return Sweep(site="ablation", effect=head_scores - base, raw=head_scores, tokens=trace.tokens[:trace.n_prompt],
+                 clean_tokens=trace.tokens[:trace.n_prompt], target=target_text, target_id=target_id,
+                 contrast=contrast_text, contrast_id=contrast_id, clean_score=base, corrupted_score=base,
+                 quantity=_quantity(target_text, contrast_text), notes=notes, axes=("layer", "head"),
+                 model_name=lm.name, attention=attention, mlp=mlp, method=method)
