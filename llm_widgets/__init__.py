@@ -14,7 +14,8 @@ from .models import BUNDLED_MODELS, LanguageModel, ModelFacts, load_model
 from .trace import AblateHead, ScaleAttention, Trace, replay
 from .training import GradientMonitor, GradientWarning, TrainingStopped
 
-_WIDGETS = {"AttentionEditor", "AttentionView", "AttributionView", "GradientMonitorView", "ModelCard"}
+_WIDGETS = {"AttentionEditor", "AttentionView", "AttributionView", "CompareView", "GradientMonitorView", "LensView",
+            "ModelCard", "PatchingView"}
 
 __all__ = ["AblateHead", "Attribution", "BUNDLED_MODELS", "Comparison", "GradientMonitor", "GradientWarning",
            "LanguageModel", "LogitLens", "ModelFacts", "Patching", "ScaleAttention", "Sweep", "Trace", "TrainingStopped",

@@ -1,5 +1,5 @@
 """Writes the notebooks in notebooks/ (committed without outputs, run by nbval):
-01_tour.ipynb and 02_gradients.ipynb. Run it after editing their cells here."""
+01_tour.ipynb, 02_gradients.ipynb and 03_localise.ipynb. Run it after editing their cells here."""
 
 from pathlib import Path
 
@@ -210,6 +210,76 @@ GRADIENTS = [
     ),
 ]
 
+LOCALISE = [
+    new_markdown_cell(
+        "# Where does an answer come from?\n\n"
+        "SmolLM2 completes *\"When Mary and John went to the store, John gave a drink to\"* with **\" Mary\"**: "
+        "the indirect object. Swap the second name and it answers \" John\". Which layers, positions and heads "
+        "carry the name to the answer? Four tools, each a widget: the logit lens, activation patching, an "
+        "ablation sweep, and a comparison of two runs. Everything keeps the model's own fast attention."
+    ),
+    new_code_cell(
+        "import llm_widgets as lw\n\n"
+        "model = lw.load_model(\"smollm2-135m\")\n"
+        "clean = \"When Mary and John went to the store, John gave a drink to\"\n"
+        "corrupted = \"When Mary and John went to the store, Mary gave a drink to\"\n"
+        "tr = model.trace(clean, max_new_tokens=4)\n"
+        "print(repr(tr.output_text), repr(model.trace(corrupted, max_new_tokens=4).output_text))"
+    ),
+    new_markdown_cell("## Logit lens\n\nThe residual stream after each layer, read through the model's own final "
+                      "norm and unembedding: what would the model say if it stopped there? Colour is p(\" Mary\"); "
+                      "click a cell for its top 10. The name appears only in the late layers."),
+    new_code_cell(
+        "lens = tr.logit_lens(k=5, target=\" Mary\")\n"
+        "print(\"first layer where ' Mary' is the top token at the last prompt position:\", "
+        "lens.first_layer(position=tr.n_prompt - 1, threshold=0.0))\n"
+        "lw.LensView(tr, target=\" Mary\")"
+    ),
+    new_markdown_cell("## Activation patching\n\nRun the corrupted prompt, but take one activation from the clean "
+                      "run: how much of logit(\" Mary\") - logit(\" John\") comes back (0: the corrupted answer, 1: "
+                      "the clean one)? The residual stream, layer by position: the name sits at its own position in "
+                      "the early layers and moves to the last position in the late ones. The patched runs go through "
+                      "the model as batches."),
+    new_code_cell(
+        "residual = lw.patch(model, clean, corrupted, \" Mary\", \" John\", site=\"residual\", progress=False)\n"
+        "print(residual)\n"
+        "lw.PatchingView(residual)"
+    ),
+    new_markdown_cell("Per head: patch each head's output (at every position) from the clean run. A click on a "
+                      "head opens it in the attention view below."),
+    new_code_cell(
+        "heads = lw.patch(model, clean, corrupted, \" Mary\", \" John\", site=\"heads\", progress=False)\n"
+        "print(\"strongest heads:\", heads.top(4))\n"
+        "view = lw.AttentionView(tr, layer=heads.top(1)[0][0][0], head=heads.top(1)[0][0][1])\n"
+        "lw.PatchingView(heads, view=view)"
+    ),
+    new_code_cell("view"),
+    new_markdown_cell("## Ablation sweep, then ablate in the editor\n\nRemove each of the 270 heads in turn (and each "
+                      "layer's attention and MLP) and read the change in the logit difference. Click a head of the "
+                      "sweep to ablate it in the editor below and watch the answer: without the three strongest "
+                      "heads SmolLM2 says \" John\"."),
+    new_code_cell(
+        "sweep = lw.ablation_sweep(tr, \" Mary\", \" John\", progress=False)\n"
+        "top = sweep.top_heads(3)\n"
+        "print(\"heads whose removal hurts ' Mary' most:\", top)\n"
+        "editor = lw.AttentionEditor(model, clean, max_new_tokens=4)\n"
+        "lw.PatchingView(sweep, editor=editor)"
+    ),
+    new_code_cell(
+        "editor.edits = [lw.AblateHead(layer, head) for layer, head, _ in top]\n"
+        "print(\"without those three heads:\", repr(editor.output_text))\n"
+        "assert not editor.output_text.startswith(\" Mary\")  # the answer flips\n"
+        "editor"
+    ),
+    new_markdown_cell("## Compare the two runs\n\nThe editor's output without and with the ablations: the "
+                      "probability of each token, and which heads' attention changed most."),
+    new_code_cell(
+        "comparison = lw.compare(editor.baseline, editor.trace)\n"
+        "print(comparison)\n"
+        "lw.CompareView(comparison)"
+    ),
+]
+
 
 def write(name: str, cells: list) -> Path:
     nb = new_notebook(cells=cells, metadata={
@@ -226,3 +296,4 @@ def write(name: str, cells: list) -> Path:
 if __name__ == "__main__":
     print(write("01_tour.ipynb", TOUR))
     print(write("02_gradients.ipynb", GRADIENTS))
+    print(write("03_localise.ipynb", LOCALISE))

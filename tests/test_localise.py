@@ -173,3 +173,55 @@ def test_smollm2_names_the_indirect_object(smollm2):
     with pytest.warns(UserWarning, match="using its first token"):
         multi = lw.patch(smollm2, clean, corrupted, " Mary Ann", " John", site="heads", progress=False)
     assert multi.notes and multi.effect.shape == (30, 9)
+
+
+# --- the views ---
+
+def test_lens_view_windows_and_details(tiny_gpt2, tmp_path):
+    tr = tiny_gpt2.trace("It is a truth universally acknowledged, that a single man in possession of a good "
+                         "fortune, must be in want of a wife, and so", max_new_tokens=2)
+    view = lw.LensView(tr, target=" the")
+    n = len(tr)
+    assert n > 24 and view.window_total == n and view.window_start == n - 24
+    assert len(view.values) == 4 and len(view.values[0]) == 24 and len(view.words[0]) == 24
+    assert view.value_name == "p(' the')"
+    view.window_start = 0  # the front end's "earlier" button
+    assert view.column_labels[0].startswith("0:") and len(view.values[0]) == 24
+    lens = tr.logit_lens(k=10, target=" the", positions=list(range(24)))
+    assert view.words[3][5] == lens.top_tokens[3][5][0]
+    view.selected = [3, 5]
+    assert view.detail[0].startswith("layer 3") and len(view.detail) == 12
+    for ext in ("png", "svg", "html"):
+        assert view.save(tmp_path / f"lens.{ext}").stat().st_size > 1000
+
+
+def test_patching_and_sweep_views_open_and_ablate_heads(tiny_gpt2, tmp_path):
+    prompt = "It is a truth universally acknowledged"
+    tr = tiny_gpt2.trace(prompt, max_new_tokens=4)
+    attention = lw.AttentionView(tr)
+    result = lw.patch(tiny_gpt2, prompt, "It is a lie universally acknowledged", " that", site="heads",
+                      progress=False)
+    view = lw.PatchingView(result, view=attention)
+    assert view.kind == "patching" and view.column_labels[0] == "head 0" and len(view.values) == 4
+    view.selected = [2, 5]
+    assert (attention.layer, attention.head) == (2, 5)
+    editor = lw.AttentionEditor(tiny_gpt2, prompt, max_new_tokens=4)
+    sweep = lw.PatchingView(lw.ablation_sweep(tr, progress=False), editor=editor)
+    assert sweep.kind == "sweep" and sweep.column_labels[-2:] == ["attention", "mlp"]
+    sweep.selected = [1, 3]
+    assert editor.edits == [lw.AblateHead(1, 3)] and "ablated layer 1 head 3" in sweep.detail[0]
+    residual = lw.PatchingView(lw.patch(tiny_gpt2, prompt, "It is a lie universally acknowledged", " that",
+                                        progress=False))
+    assert residual.column_labels[3].startswith("3:") and residual.scale == "diverging"
+    for ext in ("png", "svg", "html"):
+        assert sweep.save(tmp_path / f"sweep.{ext}").stat().st_size > 1000
+
+
+def test_compare_view_of_an_editor(tiny_gpt2):
+    editor = lw.AttentionEditor(tiny_gpt2, "Call me Ishmael.", max_new_tokens=4)
+    editor.edits = [lw.ScaleAttention(0.0, keys=(0, 2))]
+    view = lw.CompareView(editor)
+    assert view.kind == "compare" and view.summary[0].startswith("a: ")
+    assert len(view.values) == 4 and max(max(r) for r in view.values) > 0
+    view.selected = [1, 2]
+    assert view.detail[0].startswith("layer 1 head 2")

@@ -1,0 +1,49 @@
+// Pure logic of the matrix views (logit lens, patching, sweeps, comparison):
+// cell colours on a sequential or diverging scale, ink that reads on them, the
+// legend's stops, and the window of columns. No DOM: tested with vitest.
+import { colour, diverging } from "./heatmap";
+
+export type Scale = "sequential" | "diverging";
+export type RGB = [number, number, number];
+
+/** Colour of a value on the scale: sequential maps 0..vmax, diverging -vmax..vmax. */
+export function cellColour(value: number, scale: Scale, vmax: number): RGB {
+  const v = Number.isFinite(value) ? value / (vmax || 1) : 0;
+  return scale === "diverging" ? diverging(Math.max(-1, Math.min(1, v))) : colour(v);
+}
+
+/** Text colour that reads on a cell (WCAG relative luminance). */
+export function inkOn([r, g, b]: RGB): string {
+  const lin = (c: number) => {
+    const s = c / 255;
+    return s <= 0.03928 ? s / 12.92 : ((s + 0.055) / 1.055) ** 2.4;
+  };
+  const l = 0.2126 * lin(r) + 0.7152 * lin(g) + 0.0722 * lin(b);
+  return l < 0.18 ? "#fff" : "#111";
+}
+
+/** The legend: value labels with their colours, five stops across the scale. */
+export function legendStops(scale: Scale, vmax: number): { label: string; rgb: RGB }[] {
+  const fractions = scale === "diverging" ? [-1, -0.5, 0, 0.5, 1] : [0, 0.25, 0.5, 0.75, 1];
+  return fractions.map((f) => ({
+    label: (scale === "diverging" && f > 0 ? "+" : "") + formatValue(f * vmax),
+    rgb: cellColour(f * vmax, scale, vmax),
+  }));
+}
+
+export function formatValue(v: number): string {
+  if (v === 0) return "0";
+  const a = Math.abs(v);
+  return a >= 100 || a < 0.01 ? v.toExponential(1) : v.toPrecision(2);
+}
+
+/** The next window start when stepping by `step` columns (clamped to the ends). */
+export function windowStart(start: number, step: number, total: number, size: number): number {
+  return Math.max(0, Math.min(Math.max(0, total - size), start + step));
+}
+
+/** A cell's number: two significant digits, and values below 0.005 as 0 (float noise of batched runs). */
+export function cellText(v: number): string {
+  if (!Number.isFinite(v)) return String(v);
+  return Math.abs(v) < 0.005 ? "0" : Math.abs(v) >= 100 ? v.toExponential(1) : v.toPrecision(2);
+}

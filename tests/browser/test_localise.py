@@ -1,0 +1,48 @@
+"""The localisation notebook in JupyterLab: the lens and patching views render as tables of
+cells, a click on a head of the patching view opens it in the attention view, a click on a
+head of the sweep ablates it in the editor."""
+
+from __future__ import annotations
+
+import pytest
+
+from .conftest import ARTIFACTS, open_notebook, run_all_cells
+
+pytestmark = pytest.mark.browser
+
+
+def test_localise_notebook_lens_patching_and_sweep(jupyter_server, page):
+    open_notebook(page, jupyter_server, "03_localise.ipynb")
+    run_all_cells(page)
+    matrices = page.locator(".lw-mx")
+    page.locator(".jp-OutputArea-output", has_text="Comparison(").wait_for(timeout=600_000)
+    assert matrices.count() == 5  # lens, residual patching, head patching, sweep, comparison
+    errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']", has_text="Error")
+    assert errors.count() == 0, errors.first.inner_text()
+    # the lens: 30 layers of words, the last prompt position's last layer says " Mary"
+    lens = matrices.nth(0)
+    assert lens.locator("tr").count() == 31
+    assert lens.locator(".lw-mx-cell").count() == 30 * 18  # 14 prompt + 4 generated tokens
+    assert "Mary" in lens.locator("tr").last.locator(".lw-mx-cell").nth(13).inner_text()
+    lens.locator("tr").nth(25).locator(".lw-mx-cell").nth(13).click()
+    detail = lens.locator(".lw-mx-detail")
+    page.wait_for_function("el => el.textContent.startsWith('layer 24')", arg=detail.element_handle(),
+                           timeout=60_000)
+    assert lens.locator(".lw-mx-swatch").count() == 5  # the colour legend, with its values
+    lens.scroll_into_view_if_needed()
+    lens.screenshot(path=str(ARTIFACTS / "lens_view.png"))
+    # head patching: a click on layer 20, head 0 opens it in the attention view
+    heads = matrices.nth(2)
+    assert heads.locator(".lw-mx-col").first.inner_text() == "head 0"
+    heads.locator("tr").nth(21).locator(".lw-mx-cell").nth(0).click()
+    status = page.locator(".lw-attn-view .lw-attn-status").first
+    page.wait_for_function("el => el.textContent.startsWith('layer 20, head 0')", arg=status.element_handle(),
+                           timeout=60_000)
+    matrices.nth(1).scroll_into_view_if_needed()
+    matrices.nth(1).screenshot(path=str(ARTIFACTS / "patching_view.png"))
+    # the sweep: a click on a head ablates it in the editor (whose edit list shows it)
+    sweep = matrices.nth(3)
+    sweep.locator("tr").nth(2).locator(".lw-mx-cell").nth(5).click()
+    page.wait_for_function("el => el.textContent.includes('ablated layer 1 head 5')",
+                           arg=sweep.locator(".lw-mx-detail").element_handle(), timeout=120_000)
+    assert not page.dialogs
