@@ -9,17 +9,19 @@ models, trace (the engine), analysis and training, export, widgets.
 """
 
 from ._version import __version__
-from .analysis import Attribution, Comparison, LogitLens, Patching, Sweep, ablation_sweep, compare, patch
+from .analysis import (Attribution, Comparison, LogitLens, Patching, Profile, Scaling, Sweep, ablation_sweep, compare,
+                       patch, profile, scaling)
 from .models import BUNDLED_MODELS, LanguageModel, ModelFacts, load_model
 from .trace import AblateHead, ScaleAttention, Trace, replay
-from .training import GradientMonitor, GradientWarning, TrainingStopped
+from .training import GradientMonitor, GradientWarning, StepProfile, TrainingStopped, profile_step
 
 _WIDGETS = {"AttentionEditor", "AttentionView", "AttributionView", "CompareView", "GradientMonitorView", "LensView",
-            "ModelCard", "PatchingView"}
+            "ModelCard", "PatchingView", "ProfileView"}
 
 __all__ = ["AblateHead", "Attribution", "BUNDLED_MODELS", "Comparison", "GradientMonitor", "GradientWarning",
-           "LanguageModel", "LogitLens", "ModelFacts", "Patching", "ScaleAttention", "Sweep", "Trace", "TrainingStopped",
-           "ablation_sweep", "compare", "load_model", "patch", "replay", "__version__", *sorted(_WIDGETS)]
+           "LanguageModel", "LogitLens", "ModelFacts", "Patching", "Profile", "ScaleAttention", "Scaling", "StepProfile",
+           "Sweep", "Trace", "TrainingStopped", "ablation_sweep", "compare", "load_model", "patch", "profile",
+           "profile_step", "replay", "scaling", "__version__", *sorted(_WIDGETS)]
 
 
 def __getattr__(name: str):

@@ -16,20 +16,26 @@ from llm_widgets.trace.capture import STATE
 PROMPTS = ["It is a truth universally acknowledged", "Call me Ishmael.", "In the beginning God created"]
 
 
+def _hooks(model):
+    # transformers installs output-capturing hooks of its own the first time attentions are asked
+    # for: compare with what was there before, not with none
+    return [(tuple(m._forward_hooks), tuple(m._forward_pre_hooks)) for m in model.modules()]
+
+
 def _snapshot(lm):
     model = lm.model
     return ({k: v.clone() for k, v in model.state_dict().items()}, model.config._attn_implementation, model.training,
-            [p.requires_grad for p in model.parameters()])
+            [p.requires_grad for p in model.parameters()], _hooks(model))
 
 
 def _assert_unchanged(lm, snapshot):
-    weights, implementation, training, flags = snapshot
+    weights, implementation, training, flags, hooks = snapshot
     model = lm.model
     assert model.config._attn_implementation == implementation
     assert model.training == training and [p.requires_grad for p in model.parameters()] == flags
     assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
     assert not any(STATE in m.__dict__ for m in model.modules())
-    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+    assert _hooks(model) == hooks
 
 
 def _job(i: int):

@@ -4,7 +4,9 @@
 import type { AnyModel } from "@anywidget/types";
 import { asDataView, decodeRowsUint8, type Matrix } from "./heatmap";
 
-const MIME: Record<string, string> = { png: "image/png", svg: "image/svg+xml", html: "text/html" };
+const MIME: Record<string, string> = {
+  png: "image/png", svg: "image/svg+xml", html: "text/html", json: "application/json",
+};
 
 type Reply = { type: string; id: number; shape: [number, number]; message?: string; name?: string; format?: string };
 
@@ -66,11 +68,12 @@ export class Requests {
 }
 
 /** PNG, SVG and HTML buttons: Python renders what is on screen, the browser saves it. */
-export function exportButtons(requests: Requests, fallback: string, report: (text: string) => void): HTMLSpanElement {
+export function exportButtons(requests: Requests, fallback: string, report: (text: string) => void,
+  formats: string[] = ["png", "svg", "html"]): HTMLSpanElement {
   const box = el("span", "lw-attn-export");
   box.append(el("span", "", "export "));
-  for (const fmt of ["png", "svg", "html"]) {
-    const button = el("button", "lw-button", fmt.toUpperCase());
+  for (const fmt of formats) {
+    const button = el("button", "lw-button", fmt === "json" ? "TRACE" : fmt.toUpperCase());
     button.dataset.format = fmt;
     button.title = `download what is shown as ${fmt.toUpperCase()}`;
     button.addEventListener("click", async () => {

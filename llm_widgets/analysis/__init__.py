@@ -5,12 +5,16 @@
     patch(model, clean, corrupted, " Mary", " John")   # patching.py: which layer, position, head makes it
     ablation_sweep(trace, " Mary", " John")            # patching.py: every head removed in turn
     compare(trace_a, trace_b)                          # compare.py: two runs side by side
+    profile(model, prompt, max_new_tokens=8)           # profile.py: time and memory per module
+    scaling(model, lengths=[256, 512, 1024])           # scaling.py: how cost grows with length
 """
 
 from .attribution import METHODS, Attribution, attribute
 from .compare import Comparison, compare
 from .lens import LogitLens, logit_lens
 from .patching import SITES, Patching, Sweep, ablation_sweep, patch
+from .profile import Profile, profile
+from .scaling import Scaling, scaling
 
-__all__ = ["METHODS", "SITES", "Attribution", "Comparison", "LogitLens", "Patching", "Sweep", "ablation_sweep",
-           "attribute", "compare", "logit_lens", "patch"]
+__all__ = ["METHODS", "SITES", "Attribution", "Comparison", "LogitLens", "Patching", "Profile", "Scaling", "Sweep",
+           "ablation_sweep", "attribute", "compare", "logit_lens", "patch", "profile", "scaling"]

@@ -6,5 +6,6 @@
 
 from .alerts import GradientWarning, TrainingStopped
 from .monitor import GradientMonitor
+from .step_profile import StepProfile, profile_step
 
-__all__ = ["GradientMonitor", "GradientWarning", "TrainingStopped"]
+__all__ = ["GradientMonitor", "GradientWarning", "StepProfile", "TrainingStopped", "profile_step"]

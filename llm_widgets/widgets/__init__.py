@@ -6,6 +6,7 @@ from .attribution_view import AttributionView
 from .gradient_monitor_view import GradientMonitorView
 from .matrix_views import CompareView, LensView, PatchingView
 from .model_card import ModelCard
+from .profile_view import ProfileView
 
 __all__ = ["AttentionEditor", "AttentionView", "AttributionView", "CompareView", "GradientMonitorView", "LensView",
-           "ModelCard", "PatchingView"]
+           "ModelCard", "PatchingView", "ProfileView"]

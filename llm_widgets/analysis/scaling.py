@@ -1,0 +1,202 @@
+"""How time and memory grow with the input: attention against the rest, per attention
+implementation, with power laws fitted on a log-log scale."""
+
+from __future__ import annotations
+
+import io
+import math
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..models import LanguageModel
+from ..models.anatomy import anatomy
+from ..models.modes import model_mode
+from ..trace.locking import exclusive
+
+COMPONENTS = ("attention", "mlp", "rest", "total")
+
+
+@dataclass
+class Scaling:
+    """rows: one per (implementation, batch size, length, component) with seconds (median) and,
+    per (implementation, batch, length), peak_bytes. exponents: the fitted power of length per
+    (implementation, component): time ~ length ** exponent."""
+
+    model_name: str
+    rows: list[dict]
+    exponents: dict[tuple[str, str], float]
+    notes: list[str] = field(default_factory=list)
+
+    def to_dataframe(self):
+        import pandas as pd
+
+        return pd.DataFrame(self.rows, columns=["implementation", "batch_size", "length", "component", "seconds",
+                                                "peak_bytes"])
+
+    def render(self, fmt: str) -> bytes:
+        """The log-log plot as "png" or "svg" (matplotlib, from the same rows)."""
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        from matplotlib.figure import Figure
+
+        if fmt not in ("png", "svg"):
+            raise ValueError(f"unknown format {fmt!r}: use 'png' or 'svg'")
+        fig = Figure(figsize=(7, 4.2), layout="constrained")
+        ax = fig.subplots()
+        styles = {"attention": "-", "mlp": "--", "rest": ":", "total": "-."}
+        for impl in sorted({r["implementation"] for r in self.rows}):
+            for component in ("attention", "mlp", "total"):
+                pts = sorted((r["length"], r["seconds"]) for r in self.rows
+                             if r["implementation"] == impl and r["component"] == component and r["batch_size"] ==
+                             min(x["batch_size"] for x in self.rows))
+                if not pts:
+                    continue
+                k = self.exponents.get((impl, component), float("nan"))
+                ax.plot(*zip(*pts), styles[component], marker="o", label=f"{impl} {component} (~L^{k:.2f})")
+        ax.set(xscale="log", yscale="log", xlabel="tokens", ylabel="seconds per forward",
+               title=f"{self.model_name}: time by length")
+        ax.legend(fontsize=8)
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format=fmt)
+        return buffer.getvalue()
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_bytes(self.render(path.suffix.lower().lstrip(".")))
+        return path
+
+    def _repr_html_(self) -> str:  # an inline SVG: static, so it shows wherever the notebook is read
+        return self.render("svg").decode("utf-8")
+
+    def __repr__(self) -> str:
+        fitted = ", ".join(f"{impl} {c} ~L^{k:.2f}" for (impl, c), k in sorted(self.exponents.items())
+                           if c in ("attention", "mlp"))
+        return f"Scaling({self.model_name!r}: {fitted})"
+
+
+def fit_exponent(lengths: list[int], seconds: list[float]) -> float:
+    """The slope of log(seconds) against log(length): seconds ~ length ** slope."""
+    points = [(math.log(n), math.log(s)) for n, s in zip(lengths, seconds) if s > 0]
+    if len(points) < 2:
+        return float("nan")
+    x, y = np.array(points).T
+    return float(np.polyfit(x, y, 1)[0])
+
+
+def scaling(model: LanguageModel, lengths: Any = (256, 512, 1024, 2048), *, batch_sizes: Any = (1,),
+            implementations: Any = ("sdpa", "eager"), repeats: int = 3, memory: bool = True) -> Scaling:
+    """Time one forward at each length (random token ids; median of `repeats`) with hooks on each
+    block's attention and MLP; the rest is the model's total minus those. Peak memory from
+    torch.profiler's allocator events (one pass per point). The model's attention implementation
+    is switched for each and restored."""
+    if not isinstance(model, LanguageModel):
+        raise TypeError(f"scaling takes an lw.LanguageModel; got {type(model).__name__}")
+    lengths = sorted({int(n) for n in lengths})
+    context = model.facts.context_length
+    if not lengths or lengths[0] < 2 or (context and lengths[-1] > context):
+        raise ValueError(f"lengths must be between 2 and the model's context ({context}); got {lengths}")
+    if any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in batch_sizes):
+        raise ValueError(f"batch_sizes must be positive integers; got {batch_sizes}")
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    known = set(ALL_ATTENTION_FUNCTIONS) | {"eager"}
+    unknown = [i for i in implementations if i not in known]
+    if unknown:
+        raise ValueError(f"unknown attention implementation(s) {unknown}; installed: {sorted(known)}")
+    net = model.model
+    parts = anatomy(net, model.facts.n_layers)
+    device = next(net.parameters()).device
+    rows: list[dict] = []
+    notes: list[str] = []
+    g = torch.Generator().manual_seed(0)
+    with exclusive(net), model_mode(net, training=False), torch.no_grad():
+        for impl in implementations:
+            try:
+                switch = model_mode(net, attn_implementation=impl)
+                switch.__enter__()
+            except (ValueError, ImportError) as error:
+                notes.append(f"{impl}: not available for this model ({error})")
+                continue
+            try:
+                for batch in batch_sizes:
+                    for n in lengths:
+                        ids = torch.randint(0, model.facts.vocab_size, (batch, n), generator=g).to(device)
+                        times, peak = _measure(net, parts, ids, repeats, memory, device)
+                        for component, seconds in times.items():
+                            rows.append({"implementation": impl, "batch_size": batch, "length": n,
+                                         "component": component, "seconds": seconds, "peak_bytes": peak})
+            finally:
+                switch.__exit__(None, None, None)
+    exponents = {}
+    for impl in {r["implementation"] for r in rows}:
+        for component in COMPONENTS:
+            pts = sorted((r["length"], r["seconds"]) for r in rows if r["implementation"] == impl
+                         and r["component"] == component and r["batch_size"] == min(batch_sizes))
+            exponents[(impl, component)] = fit_exponent([p[0] for p in pts], [p[1] for p in pts])
+    return Scaling(model_name=model.name, rows=rows, exponents=exponents, notes=notes)
+
+
+def _measure(net, parts, ids, repeats: int, memory: bool, device) -> tuple[dict[str, float], int]:
+    sync = device.type == "cuda"
+    spent = {"attention": 0.0, "mlp": 0.0}
+    starts: dict[int, float] = {}
+
+    def clock():
+        if sync:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def pre(module, _args):
+        starts[id(module)] = clock()
+
+    def post_for(kind):
+        def post(module, _args, _out):
+            spent[kind] += clock() - starts.pop(id(module))
+        return post
+
+    handles = []
+    for kind, modules in (("attention", parts.attentions), ("mlp", parts.mlps)):
+        for module in modules:
+            if module is not None:
+                handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post_for(kind))]
+    samples: dict[str, list[float]] = {c: [] for c in COMPONENTS}
+    try:
+        net(input_ids=ids, use_cache=False)  # warm-up
+        for _ in range(repeats):
+            spent.update(attention=0.0, mlp=0.0)
+            start = clock()
+            net(input_ids=ids, use_cache=False)
+            total = clock() - start
+            samples["attention"].append(spent["attention"])
+            samples["mlp"].append(spent["mlp"])
+            samples["rest"].append(total - spent["attention"] - spent["mlp"])
+            samples["total"].append(total)
+    finally:
+        for handle in handles:
+            handle.remove()
+    peak = _peak_bytes(net, ids, device) if memory else 0
+    return {c: statistics.median(v) for c, v in samples.items()}, peak
+
+
+def _peak_bytes(net, ids, device) -> int:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        net(input_ids=ids, use_cache=False)
+        return torch.cuda.max_memory_allocated(device) - base
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        net(input_ids=ids, use_cache=False)
+    level = peak = 0
+    for e in sorted(prof.events(), key=lambda e: e.time_range.start):
+        level += e.self_cpu_memory_usage
+        peak = max(peak, level)
+    return peak

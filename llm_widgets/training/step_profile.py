@@ -1,0 +1,78 @@
+"""One training step broken into its parts: forward, backward, the monitor, the optimizer."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+PHASES = ("forward", "backward", "monitor", "optimizer")
+
+
+@dataclass
+class StepProfile:
+    """Median seconds per phase over the steps run, and the step in all."""
+
+    seconds: dict[str, float]
+    steps: int
+
+    @property
+    def total_s(self) -> float:
+        return sum(self.seconds.values())
+
+    def shares(self) -> dict[str, float]:
+        total = self.total_s
+        return {phase: s / total if total else float("nan") for phase, s in self.seconds.items()}
+
+    def __repr__(self) -> str:
+        parts = ", ".join(f"{p} {s * 1e3:.1f} ms ({self.shares()[p]:.0%})" for p, s in self.seconds.items())
+        return f"StepProfile({self.total_s * 1e3:.1f} ms per step over {self.steps}: {parts})"
+
+
+def profile_step(model: Any, batch: dict, optimizer: torch.optim.Optimizer, *, monitor: Any = None, steps: int = 3,
+                 loss: Callable[[Any], torch.Tensor] | None = None) -> StepProfile:
+    """Run `steps` real training steps (they update the weights: profile inside your loop, or on a
+    copy) and time each part: forward (`model(**batch)`, the loss from `loss(output)` or
+    `output.loss`), backward, `monitor.step()` when a GradientMonitor is given, and
+    `optimizer.step()` with `zero_grad()`. The median of each part is kept."""
+    module = getattr(model, "model", model)  # a LanguageModel holds the torch module
+    if not isinstance(module, torch.nn.Module):
+        raise TypeError(f"profile_step takes a torch module or lw.LanguageModel; got {type(model).__name__}")
+    if not isinstance(batch, dict):
+        raise TypeError(f"batch must be a dict of the model's inputs (with labels for the loss); got "
+                        f"{type(batch).__name__}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1; got {steps!r}")
+    device = next(module.parameters()).device
+    sync = device.type == "cuda"
+
+    def now() -> float:
+        if sync:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    samples: dict[str, list[float]] = {p: [] for p in PHASES if p != "monitor" or monitor is not None}
+    for _ in range(steps):
+        t0 = now()
+        output = module(**batch)
+        value = loss(output) if loss is not None else output.loss
+        if value is None:
+            raise ValueError("the model returned no loss: put labels in the batch, or pass loss=fn(output)")
+        t1 = now()
+        value.backward()
+        t2 = now()
+        if monitor is not None:
+            monitor.step(loss=value)
+        t3 = now()
+        optimizer.step()
+        optimizer.zero_grad()
+        t4 = now()
+        samples["forward"].append(t1 - t0)
+        samples["backward"].append(t2 - t1)
+        if monitor is not None:
+            samples["monitor"].append(t3 - t2)
+        samples["optimizer"].append(t4 - t3)
+    return StepProfile(seconds={p: statistics.median(v) for p, v in samples.items()}, steps=steps)

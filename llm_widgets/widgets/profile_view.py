@@ -1,0 +1,60 @@
+"""`ProfileView(profile)`: where a run's time and memory went, inline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anywidget
+import traitlets
+
+from ..analysis import Profile
+from ..export import profile as export
+from ._frontend import bundle
+
+
+class ProfileView(anywidget.AnyWidget):
+    """`lw.ProfileView(lw.profile(model, prompt, max_new_tokens=8))`: the findings, an icicle of
+    the module tree by time (click to zoom), the memory timeline with the steps, a sortable table,
+    export (PNG, SVG, HTML, and the Chrome trace for Perfetto / HTA)."""
+
+    _esm = bundle("profile_view")
+    _css = bundle("profile_view", ".css")
+
+    title = traitlets.Unicode().tag(sync=True)
+    findings = traitlets.List(traitlets.Unicode(), help="the main facts, in words").tag(sync=True)
+    modules = traitlets.List(traitlets.Dict(), help="a row per module: Profile.modules").tag(sync=True)
+    timeline = traitlets.List(traitlets.List(traitlets.Float()), help="[seconds, bytes allocated]").tag(sync=True)
+    step_times = traitlets.List(traitlets.Float(), help="when each forward started").tag(sync=True)
+    steps = traitlets.List(traitlets.Dict(), help="per forward: seconds, KV cache bytes").tag(sync=True)
+    zoom = traitlets.Unicode("", help="the module the icicle is zoomed into ('' for the whole model)").tag(sync=True)
+
+    def __init__(self, profile: Profile, **kwargs):
+        if not isinstance(profile, Profile):
+            raise TypeError(f"ProfileView takes a Profile (from lw.profile(...)), got {type(profile).__name__}")
+        self.profile = profile
+        super().__init__(title=repr(profile), findings=profile.findings(), modules=profile.modules,
+                         timeline=[[t, float(b)] for t, b in profile.timeline], step_times=profile.step_times,
+                         steps=profile.steps, **kwargs)
+        self.on_msg(self._on_request)
+
+    @traitlets.validate("zoom")
+    def _check_zoom(self, proposal):
+        if proposal.value and proposal.value not in {m["module"] for m in self.profile.modules}:
+            raise traitlets.TraitError(f"no module {proposal.value!r} in this profile")
+        return proposal.value
+
+    def save(self, path: str | Path) -> Path:
+        """.png / .svg (icicle and memory), standalone .html, or .json (the Chrome trace)."""
+        return export.save(self.profile, path, self.zoom)
+
+    def _on_request(self, _widget, content: dict, _buffers) -> None:
+        if not isinstance(content, dict) or content.get("what") != "export":
+            return
+        fmt = str(content.get("format"))
+        try:
+            data = export.render(self.profile, fmt, self.zoom)
+        except ValueError as error:
+            self.send({"type": "error", "id": content.get("id"), "message": str(error)})
+            return
+        name = "profile.trace.json" if fmt == "json" else f"profile.{fmt}"
+        self.send({"type": "file", "id": content.get("id"), "name": name, "format": fmt}, [data])
