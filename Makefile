@@ -107,6 +107,9 @@ bench: setup
 	$(PY) benchmarks/bench_trace.py
 	$(PY) benchmarks/bench_widgets.py --browser
 	$(PY) benchmarks/bench_gradients.py
+	$(PY) benchmarks/bench_localise.py
+	$(PY) benchmarks/bench_profile.py
+	$(PY) benchmarks/bench_lock.py
 
 ## rebuild the bundled tiny-gpt2 from scratch (corpus from Debian packages, tokenizer, training)
 tiny-gpt2: setup

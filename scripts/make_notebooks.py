@@ -1,5 +1,5 @@
 """Writes the notebooks in notebooks/ (committed without outputs, run by nbval):
-01_tour.ipynb, 02_gradients.ipynb and 03_localise.ipynb. Run it after editing their cells here."""
+01_tour.ipynb, 02_gradients.ipynb, 03_localise.ipynb and 04_performance.ipynb. Run it after editing their cells here."""
 
 from pathlib import Path
 
@@ -280,6 +280,46 @@ LOCALISE = [
     ),
 ]
 
+PERFORMANCE = [
+    new_markdown_cell(
+        "# Where do time and memory go?\n\n"
+        "`lw.profile` runs a prompt and its generation as `model.trace` would and says, in the model's own terms, "
+        "where the time went (every module, prefill and decode apart), how many FLOPs, how memory grew over the run "
+        "and how big the KV cache got. `lw.scaling` shows how the cost grows with length."
+    ),
+    new_code_cell(
+        "import llm_widgets as lw\n\n"
+        "model = lw.load_model(\"smollm2-135m\")\n"
+        "p = lw.profile(model, \"The capital of France is\", max_new_tokens=8, repeats=2)\n"
+        "for line in p.findings():\n"
+        "    print(\"-\", line)"
+    ),
+    new_markdown_cell("The icicle is the module tree by time: click a layer to zoom into it. Below it, the memory "
+                      "allocated over the run with each forward marked (the KV cache grows a little at each), and "
+                      "the modules as a table (click a column to sort). Export gives PNG, SVG, HTML and the Chrome "
+                      "trace that Perfetto and HTA open."),
+    new_code_cell("lw.ProfileView(p)"),
+    new_code_cell(
+        "frame = p.to_dataframe()\n"
+        "frame.groupby(\"kind\")[[\"prefill_s\", \"decode_s\", \"flops\"]].sum().round(4)"
+    ),
+    new_markdown_cell("## How cost grows with length\n\nOne forward per length, attention timed apart from the MLP, "
+                      "with SDPA (the model's own) and eager attention (what `output_attentions` tools force); the "
+                      "fitted power of length is in the legend."),
+    new_code_cell("lw.scaling(model, lengths=[64, 128, 256, 512], implementations=(\"sdpa\", \"eager\"), repeats=2)"),
+    new_markdown_cell("## A training step, in parts\n\nForward, backward, the gradient monitor and the optimizer "
+                      "(on a copy of tiny-gpt2: `profile_step` runs real steps)."),
+    new_code_cell(
+        "import copy\n\nimport torch\n\n"
+        "tiny = lw.load_model(\"tiny-gpt2\")\n"
+        "net = copy.deepcopy(tiny.model).train().requires_grad_(True)\n"
+        "monitor = lw.GradientMonitor(net, warn=False)\n"
+        "ids = torch.randint(0, 4096, (8, 128))\n"
+        "lw.profile_step(net, {\"input_ids\": ids, \"labels\": ids}, torch.optim.AdamW(net.parameters()), "
+        "monitor=monitor)"
+    ),
+]
+
 
 def write(name: str, cells: list) -> Path:
     nb = new_notebook(cells=cells, metadata={
@@ -297,3 +337,4 @@ if __name__ == "__main__":
     print(write("01_tour.ipynb", TOUR))
     print(write("02_gradients.ipynb", GRADIENTS))
     print(write("03_localise.ipynb", LOCALISE))
+    print(write("04_performance.ipynb", PERFORMANCE))

@@ -1,0 +1,43 @@
+"""The performance notebook in JupyterLab: the profile's icicle renders, a click zooms into a
+layer, the export buttons download the figure and the Chrome trace."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from .conftest import ARTIFACTS, open_notebook, run_all_cells
+
+pytestmark = pytest.mark.browser
+
+
+def test_performance_notebook_profile_view(jupyter_server, page):
+    open_notebook(page, jupyter_server, "04_performance.ipynb")
+    run_all_cells(page)
+    view = page.locator(".lw-prof")
+    view.wait_for(timeout=300_000)
+    boxes = view.locator(".lw-prof-box")
+    assert boxes.count() > 30
+    assert "prefill of" in view.locator(".lw-prof-findings").inner_text()
+    assert view.locator(".lw-prof-chart polyline").count() == 1
+    view.scroll_into_view_if_needed()
+    view.screenshot(path=str(ARTIFACTS / "profile_view.png"))
+    view.locator(".lw-prof-box[data-module='model.layers.3']").click()
+    crumbs = view.locator(".lw-prof-crumbs")
+    page.wait_for_function("el => el.textContent.includes('zoomed into model.layers.3')",
+                           arg=crumbs.element_handle(), timeout=60_000)
+    assert view.locator(".lw-prof-box[data-module='model.layers.3.self_attn']").count() == 1
+    assert view.locator(".lw-prof-box[data-module='model.layers.4']").count() == 0
+    for fmt, name in (("png", "profile.png"), ("json", "profile.trace.json")):
+        with page.expect_download() as download:
+            view.locator(f"button[data-format='{fmt}']").click()
+        assert download.value.suggested_filename == name
+        path = ARTIFACTS / name
+        download.value.save_as(path)
+        assert path.stat().st_size > 1000
+    assert json.loads((ARTIFACTS / "profile.trace.json").read_text())["traceEvents"]
+    page.locator(".jp-OutputArea-output", has_text="StepProfile(").wait_for(timeout=300_000)
+    errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']", has_text="Error")
+    assert errors.count() == 0, errors.first.inner_text()
+    assert not page.dialogs
