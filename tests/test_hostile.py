@@ -9,6 +9,7 @@ import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -107,6 +108,25 @@ def test_exports_of_hostile_tokens_are_valid_and_inert(trace):
     _check_svg(attribution_export.to_svg(attribution))
     page = attribution_export.to_html(attribution)
     assert "<script>alert" not in page and "<img src=x" not in page
+
+
+def test_matrix_and_profile_exports_of_hostile_text_are_valid(trace):
+    from llm_widgets.export import matrix as matrix_export
+    from llm_widgets.export import profile as profile_export
+
+    fig = matrix_export.MatrixFigure(title=PAYLOADS[0], values=np.zeros((2, len(PAYLOADS))),
+                                     row_labels=PAYLOADS[:2], column_labels=PAYLOADS,
+                                     words=[PAYLOADS, PAYLOADS[::-1]], notes=PAYLOADS[:3])
+    _check_svg(matrix_export.to_svg(fig))
+    page = matrix_export.to_html(fig)
+    assert "<script>alert" not in page and "<img src=x" not in page
+    assert matrix_export.to_png(fig)[:4] == b"\x89PNG"
+    hostile = copy.copy(trace.profile)
+    hostile.model_name = PAYLOADS[1]
+    hostile.modules = [dict(m, module=PAYLOADS[i % len(PAYLOADS)] + m["module"]) for i, m in enumerate(hostile.modules)]
+    _check_svg(profile_export.render(hostile, "svg").decode())
+    page = profile_export.render(hostile, "html").decode()
+    assert "<img src=x" not in page and "<script>alert" not in page
 
 
 def test_monitor_exports_take_any_group_name(tiny_gpt2, tmp_path):

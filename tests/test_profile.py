@@ -96,6 +96,12 @@ def test_profiling_leaves_nothing_behind(tiny_gpt2):
     assert (_hooks(model), model.config._attn_implementation, model.training) == before
 
 
+def test_a_trace_profiles_its_own_run(tiny_gpt2):
+    tr = tiny_gpt2.trace(PROMPT, max_new_tokens=3, edits=[lw.ScaleAttention(2.0, keys=(0, 3))], profile=True)
+    assert tr._profile is not None and tr.profile.new_tokens == 3 and tr.profile.prompt_tokens == tr.n_prompt
+    assert tiny_gpt2.trace(PROMPT)._profile is None  # only when asked for
+
+
 def test_profile_with_edits_and_bad_input(tiny_gpt2):
     p = lw.profile(tiny_gpt2, PROMPT, max_new_tokens=2, repeats=1, edits=[lw.ScaleAttention(2.0, keys=(0, 3))])
     assert p.total_s > 0

@@ -29,7 +29,8 @@ from ..models import LanguageModel
 from ..models.anatomy import anatomy
 from ..models.compat import output_cache
 from ..models.modes import model_mode
-from ..trace import prompt_ids
+from .._provide import provides
+from ..trace import Trace, prompt_ids
 from ..trace.edits import validate_edits
 from ..trace.locking import exclusive
 
@@ -436,3 +437,11 @@ def chrome_trace_events(profile: Profile) -> list[dict]:
     """The Chrome trace's events (what Perfetto shows), parsed."""
     data = json.loads(profile.chrome_trace) if profile.chrome_trace else {}
     return data.get("traceEvents", [])
+
+
+@provides(Trace, "profile")
+def profile_trace(trace: Trace, repeats: int = 1) -> Profile:
+    """trace.profile: the trace's prompt, generation length and edits, profiled."""
+    generated = len(trace.generated_ids)
+    return profile(trace.model, trace.input_ids[:trace.n_prompt].tolist(), max_new_tokens=generated,
+                   edits=trace.edits, repeats=repeats)

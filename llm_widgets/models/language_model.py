@@ -108,7 +108,8 @@ class LanguageModel:
         lw.ScaleAttention / lw.AblateHead. `seed` makes sampling repeatable (one is
         drawn and recorded when sampling without it). Other keyword arguments go to
         `generate` (temperature, top_p, use_cache, ...), or are the engine's own:
-        keep_logits, capture, capture_device. Returns a `lw.Trace`.
+        keep_logits, capture, capture_device, profile (True: trace.profile is computed too).
+        Returns a `lw.Trace`.
 
         The engine (llm_widgets.trace, the layer above) implements it.
         """

@@ -68,10 +68,11 @@ def _json_safe(value: dict) -> dict:
 @provides(LanguageModel, "trace")
 def run_trace(lm: LanguageModel, prompt: Any, *, max_new_tokens: int = 0, edits=(), seed: int | None = None, do_sample: bool = False,
               keep_logits: bool = False, capture: bool = True, capture_device: str | torch.device | None = None,
-              **generation_kwargs) -> Trace:
+              profile: bool = False, **generation_kwargs) -> Trace:
     """See LanguageModel.trace. keep_logits keeps the prompt's logits [T, vocab] on the trace;
     capture=False skips keeping queries and keys (no attention views); capture_device moves
-    them off the accelerator as they are captured (e.g. "cpu" for long contexts on a GPU)."""
+    them off the accelerator as they are captured (e.g. "cpu" for long contexts on a GPU);
+    profile=True also profiles the run (trace.profile, an lw.Profile)."""
     facts = lm.facts
     if facts.n_heads == 0:
         raise ValueError(f"{lm.name} ({facts.architecture}) has no attention heads; llm-widgets traces attention models")
@@ -132,9 +133,12 @@ def run_trace(lm: LanguageModel, prompt: Any, *, max_new_tokens: int = 0, edits=
     first_logprobs = torch.log_softmax(step_logits[0].float(), dim=-1).cpu()  # any token's p at step 0
     record = make_record(lm, ids.tolist(), generation, edits, generated)
     layers = [assemble(r, sequence.shape[1]) for r in run.layers] if run.capture else None
-    return Trace(model=lm, input_ids=sequence[0].cpu(), n_prompt=len(ids), layers=layers,
-                 eager_attentions=eager_attentions, edits=edits, top_k=top_k, chosen=chosen, first_logprobs=first_logprobs,
-                 logits=prompt_logits, record=record)
+    trace = Trace(model=lm, input_ids=sequence[0].cpu(), n_prompt=len(ids), layers=layers,
+                  eager_attentions=eager_attentions, edits=edits, top_k=top_k, chosen=chosen,
+                  first_logprobs=first_logprobs, logits=prompt_logits, record=record)
+    if profile:
+        trace.profile  # noqa: B018 - computed now, as asked
+    return trace
 
 
 def _forward_or_generate(model, lm, input_ids, max_new_tokens, do_sample, generation_kwargs, keep_logits):

@@ -113,6 +113,7 @@ class Trace:
         self._lse: dict[tuple[int, int], torch.Tensor] = {}  # (layer, head) -> row normalisers, NaN until needed
         self._chosen = chosen
         self._first_logprobs = first_logprobs  # [vocab] log-probabilities right after the prompt
+        self._profile = None  # the run's Profile, once asked for
         facts = model.facts
         self.n_layers, self.n_heads, self.n_kv_heads = facts.n_layers, facts.n_heads, facts.n_kv_heads
         tok = model.tokenizer
@@ -207,6 +208,15 @@ class Trace:
         attribute = implementation(Trace, "attribute")  # llm_widgets.analysis, the layer above
         return attribute(self, target=target, contrast=contrast, method=method, step=step, n_steps=n_steps,
                          baseline=baseline)
+
+    @property
+    def profile(self):
+        """Where this run's time and memory went: an `lw.Profile` of the same prompt, generation
+        length and edits (a run of its own, timed module by module), computed on first use, or at
+        once with model.trace(..., profile=True)."""
+        if self._profile is None:
+            self._profile = implementation(Trace, "profile")(self)  # llm_widgets.analysis, the layer above
+        return self._profile
 
     def logit_lens(self, k: int = 5, target: str | int | None = None, positions=None):
         """What the residual stream after each layer predicts at each position: the top-k tokens and
