@@ -9,6 +9,7 @@ models, trace (the engine), analysis and training, export, widgets.
 """
 
 from ._version import __version__
+from .errors import InputError, LLMWidgetsError, ModelBusyError, ReplayMismatchError, WrongTypeError
 from .analysis import (Attribution, Comparison, LogitLens, Patching, Profile, Scaling, Sweep, ablation_sweep, compare,
                        patch, profile, scaling)
 from .models import BUNDLED_MODELS, LanguageModel, ModelFacts, load_model
@@ -18,7 +19,7 @@ from .training import GradientMonitor, GradientWarning, StepProfile, TrainingSto
 _WIDGETS = {"AttentionEditor", "AttentionView", "AttributionView", "CompareView", "GradientMonitorView", "LensView",
             "ModelCard", "PatchingView", "ProfileView"}
 
-__all__ = ["AblateHead", "Attribution", "BUNDLED_MODELS", "Comparison", "GradientMonitor", "GradientWarning",
+__all__ = ["InputError", "LLMWidgetsError", "ModelBusyError", "ReplayMismatchError", "WrongTypeError", "AblateHead", "Attribution", "BUNDLED_MODELS", "Comparison", "GradientMonitor", "GradientWarning",
            "LanguageModel", "LogitLens", "ModelFacts", "Patching", "Profile", "ScaleAttention", "Scaling", "StepProfile",
            "Sweep", "Trace", "TrainingStopped", "ablation_sweep", "compare", "load_model", "patch", "profile",
            "profile_step", "replay", "scaling", "__version__", *sorted(_WIDGETS)]

@@ -12,7 +12,7 @@ import llm_widgets
 PACKAGE = Path(llm_widgets.__file__).parent
 # bottom to top; a module may import its own layer and those below it (ARCHITECTURE.md)
 LAYERS = {
-    "llm_widgets._version": 0, "llm_widgets._provide": 0,
+    "llm_widgets._version": 0, "llm_widgets._provide": 0, "llm_widgets.errors": 0,
     "llm_widgets.models": 1,
     "llm_widgets.trace": 2,
     "llm_widgets.analysis": 3, "llm_widgets.training": 3,
@@ -108,3 +108,12 @@ def test_no_import_cycles():
         if module not in state:
             visit(module, [module])
     assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
+
+
+def test_our_errors_are_one_family():
+    import llm_widgets as lw
+
+    assert issubclass(lw.InputError, lw.LLMWidgetsError) and issubclass(lw.InputError, ValueError)
+    assert issubclass(lw.WrongTypeError, TypeError) and issubclass(lw.ModelBusyError, TimeoutError)
+    sources = "".join(p.read_text() for p in PACKAGE.rglob("*.py"))
+    assert "raise ValueError(" not in sources and "raise TypeError(" not in sources

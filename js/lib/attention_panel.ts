@@ -20,12 +20,12 @@ export interface ViewState {
   output_text: string;
   zoom: number[];
   revision: number;
+  overview_size: number; // Python's OVERVIEW: the pooled size of a heatmap (defined once, sent as state)
+  grid_size: number; // Python's GRID_CELL: the pooled size of each thumbnail of the grid
 }
 
 const HEATMAP_PX = 420;
 const GRID_CELL_PX = 22;
-const GRID_SIZE = 24;
-const OVERVIEW = 512;
 const HEADVIEW_ROW_PX = 18;
 const AXIS_LABELS = 40; // up to this many tokens in view, each gets its label on the axes
 function select(label: string, count: number, prefix: string): [HTMLLabelElement, HTMLSelectElement] {
@@ -289,8 +289,8 @@ export function mountAttention(model: AnyModel<ViewState>, options: PanelOptions
     status.textContent = "loading…";
     try {
       const m = zoomed
-        ? await requests.ask("tile", { layer, head, q0, q1, k0, k1, size: OVERVIEW })
-        : await requests.ask("overview", { layer, head, size: OVERVIEW });
+        ? await requests.ask("tile", { layer, head, q0, q1, k0, k1, size: model.get("overview_size") })
+        : await requests.ask("overview", { layer, head, size: model.get("overview_size") });
       if (!alive || layer !== model.get("layer") || head !== model.get("head")) return;
       overview = m;
       status.textContent = zoomed
@@ -463,7 +463,7 @@ export function mountAttention(model: AnyModel<ViewState>, options: PanelOptions
   });
 
   function loadGrid() {
-    requests.ask("grid", { size: GRID_SIZE }).then((m) => {
+    requests.ask("grid", { size: model.get("grid_size") }).then((m) => {
       if (!alive) return;
       gridImage = paintThumbnails(m);
       drawGrid();

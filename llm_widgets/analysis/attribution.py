@@ -24,6 +24,7 @@ from ..models.modes import model_mode
 from ..trace import Trace
 from ..trace.locking import exclusive
 from .targets import first_token_id
+from ..errors import InputError
 
 METHODS = ("grad_x_input", "integrated_gradients", "attention_x_grad", "occlusion")
 BASELINES = ("zeros", "eos", "pad")  # what integrated gradients and occlusion replace the input with
@@ -72,14 +73,14 @@ def attribute(trace: Trace, target=None, contrast=None, method: str = "grad_x_in
               n_steps: int = 64, baseline: str = "zeros") -> Attribution:
     """See Trace.attribute."""
     if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        raise InputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if baseline not in BASELINES:
-        raise ValueError(f"unknown baseline {baseline!r}; choose one of {', '.join(BASELINES)}")
+        raise InputError(f"unknown baseline {baseline!r}; choose one of {', '.join(BASELINES)}")
     lm = trace.model
     n_steps_available = max(1, len(trace.generated_ids))
     step = 0 if step is None else step
     if not isinstance(step, int) or not 0 <= step < n_steps_available:
-        raise ValueError(f"step {step!r} is out of range: this trace has steps 0 to {n_steps_available - 1} "
+        raise InputError(f"step {step!r} is out of range: this trace has steps 0 to {n_steps_available - 1} "
                          f"(step s attributes the token generated after the prompt and s earlier ones)")
     notes: list[str] = []
     ids = trace.input_ids[:trace.n_prompt + step]
@@ -89,7 +90,7 @@ def attribute(trace: Trace, target=None, contrast=None, method: str = "grad_x_in
         mask = getattr(lm.tokenizer, "mask_token_id", None)
         hits = (ids == mask).nonzero() if mask is not None else []
         if len(hits) == 0:
-            raise ValueError(f"{lm.name} is a masked model: put its mask token "
+            raise InputError(f"{lm.name} is a masked model: put its mask token "
                              f"{getattr(lm.tokenizer, 'mask_token', None)!r} in the prompt, and the attribution is for "
                              f"what it predicts there")
         position = int(hits[0, 0])
@@ -100,7 +101,7 @@ def attribute(trace: Trace, target=None, contrast=None, method: str = "grad_x_in
     contrast_id = None if contrast is None else first_token_id(lm.tokenizer, contrast, "contrast", notes,
                                                                 len(lm.tokenizer))
     if contrast_id is not None and contrast_id == target_id:
-        raise ValueError(f"target and contrast are the same token ({target!r}): give two different tokens")
+        raise InputError(f"target and contrast are the same token ({target!r}): give two different tokens")
 
     def score_of(logits: torch.Tensor) -> torch.Tensor:  # logits [batch, T, vocab] -> [batch]
         last = logits[:, position].float()
@@ -146,7 +147,7 @@ def _baseline(lm: LanguageModel, embed, ids, embeds, name: str) -> torch.Tensor:
         return torch.zeros_like(embeds)
     token = getattr(lm.tokenizer, f"{name}_token_id", None)
     if token is None:
-        raise ValueError(f"{lm.name}'s tokenizer has no {name} token: use baseline='zeros' or the other one")
+        raise InputError(f"{lm.name}'s tokenizer has no {name} token: use baseline='zeros' or the other one")
     return embed(torch.full_like(ids[None], token).to(embeds.device)).detach().to(embeds.dtype)
 
 
@@ -168,7 +169,7 @@ def _captum(model, embeds, score_of, method: str, n_steps: int, reference: torch
         attr = InputXGradient(forward).attribute(embeds.clone().requires_grad_(True))
     elif method == "integrated_gradients":
         if not isinstance(n_steps, int) or n_steps < 2:
-            raise ValueError(f"n_steps must be an integer >= 2 for integrated gradients; got {n_steps!r}")
+            raise InputError(f"n_steps must be an integer >= 2 for integrated gradients; got {n_steps!r}")
         attr, gap = IntegratedGradients(forward).attribute(
             embeds.clone().requires_grad_(True), baselines=reference.to(embeds.dtype), n_steps=n_steps,
             internal_batch_size=min(n_steps, 16), return_convergence_delta=True)
@@ -193,7 +194,7 @@ def _attention_x_grad(lm: LanguageModel, embeds, score_of):
         out = model(inputs_embeds=x, attention_mask=mask, output_attentions=True, use_cache=False)
         attentions = [a for a in out.attentions if a is not None]
         if not attentions:
-            raise ValueError(f"{lm.name} returned no attention weights; use another method")
+            raise InputError(f"{lm.name} returned no attention weights; use another method")
         for a in attentions:
             a.retain_grad()
         score_of(out.logits).sum().backward()

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..trace import Trace
+from ..errors import InputError, WrongTypeError
 
 
 @dataclass
@@ -50,14 +51,14 @@ def compare(a: Trace, b: Trace, *, positions: str = "common") -> Comparison:
     the same prompt) or "aligned" (the first min(len) positions, for two prompts of one length)."""
     for name, t in (("a", a), ("b", b)):
         if not isinstance(t, Trace):
-            raise TypeError(f"compare takes two Traces (from model.trace(...)); {name} is {type(t).__name__}")
+            raise WrongTypeError(f"compare takes two Traces (from model.trace(...)); {name} is {type(t).__name__}")
     if positions not in ("common", "aligned"):
-        raise ValueError(f"positions must be 'common' or 'aligned'; got {positions!r}")
+        raise InputError(f"positions must be 'common' or 'aligned'; got {positions!r}")
     notes: list[str] = []
     tok_a, tok_b = a.model.tokenizer, b.model.tokenizer
     if tok_a is not tok_b and (len(tok_a) != len(tok_b) or getattr(tok_a, "get_vocab", dict)() !=
                                getattr(tok_b, "get_vocab", dict)()):
-        raise ValueError(f"the two runs use different tokenizers ({a.model.name!r}, {b.model.name!r}): token by token "
+        raise InputError(f"the two runs use different tokenizers ({a.model.name!r}, {b.model.name!r}): token by token "
                          f"comparison needs one vocabulary")
     ids_a, ids_b = a.input_ids.tolist(), b.input_ids.tolist()
     common = 0

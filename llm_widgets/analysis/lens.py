@@ -22,6 +22,7 @@ from ..trace import Trace
 from ..trace.capture import Run, instrument
 from ..trace.locking import exclusive
 from .targets import first_token_id
+from ..errors import InputError
 
 POSITION_BLOCK = 256  # positions decoded at once: at most POSITION_BLOCK x vocabulary logits
 
@@ -96,16 +97,16 @@ def logit_lens(trace: Trace, k: int = 5, target: Any = None, positions: Any = No
     """See Trace.logit_lens."""
     lm = trace.model
     if lm.facts.kind != "causal":
-        raise ValueError(f"{lm.name} is a masked model: the logit lens reads next-token predictions of causal LMs")
+        raise InputError(f"{lm.name} is a masked model: the logit lens reads next-token predictions of causal LMs")
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 100:
-        raise ValueError(f"k must be an integer from 1 to 100; got {k!r}")
+        raise InputError(f"k must be an integer from 1 to 100; got {k!r}")
     n = len(trace)
     if positions is None:
         pos = torch.arange(n)
     else:
         pos = torch.as_tensor([positions] if isinstance(positions, int) else list(positions), dtype=torch.long)
         if pos.numel() == 0 or int(pos.min()) < -n or int(pos.max()) >= n:
-            raise ValueError(f"positions {positions!r} are outside the sequence: 0 to {n - 1} (or negative from the end)")
+            raise InputError(f"positions {positions!r} are outside the sequence: 0 to {n - 1} (or negative from the end)")
         pos = pos % n
     notes: list[str] = []
     target_id = None if target is None else first_token_id(lm.tokenizer, target, "target", notes, len(lm.tokenizer))

@@ -29,6 +29,7 @@ from ..trace import Trace, prompt_ids
 from ..trace.capture import Run, instrument
 from ..trace.locking import exclusive
 from .targets import first_token_id
+from ..errors import InputError, WrongTypeError
 
 SITES = ("residual", "attention", "mlp", "heads")
 DEFAULT_BUDGET = 1 << 30  # bytes of activations a chunk of patched runs may take
@@ -134,7 +135,7 @@ def _site_modules(parts: Anatomy, site: str, name: str) -> list[torch.nn.Module]
     modules = {"residual": list(parts.blocks), "attention": list(parts.attentions), "mlp": list(parts.mlps)}[site]
     missing = [i for i, m in enumerate(modules) if m is None]
     if missing:
-        raise ValueError(f"{name} has no {site} module in layer(s) {missing[:5]}: its blocks' children are "
+        raise InputError(f"{name} has no {site} module in layer(s) {missing[:5]}: its blocks' children are "
                          f"{[n for n, _ in parts.blocks[missing[0]].named_children()]}; choose another site of "
                          f"{', '.join(SITES)}")
     return modules  # type: ignore[return-value]
@@ -261,19 +262,19 @@ def _targets(lm: LanguageModel, target: Any, contrast: Any, notes: list[str]) ->
     target_id = first_token_id(lm.tokenizer, target, "target", notes, vocab)
     contrast_id = None if contrast is None else first_token_id(lm.tokenizer, contrast, "contrast", notes, vocab)
     if contrast_id == target_id:
-        raise ValueError(f"target and contrast are the same token ({target!r}): give two different tokens")
+        raise InputError(f"target and contrast are the same token ({target!r}): give two different tokens")
     return target_id, contrast_id
 
 
 def _check_model(lm: Any, site: str) -> None:
     if not isinstance(lm, LanguageModel):
-        raise TypeError(f"patching takes an lw.LanguageModel (from lw.load_model); got {type(lm).__name__}")
+        raise WrongTypeError(f"patching takes an lw.LanguageModel (from lw.load_model); got {type(lm).__name__}")
     if lm.facts.kind != "causal":
-        raise ValueError(f"{lm.name} is a masked model: patching reads the next-token prediction of causal LMs")
+        raise InputError(f"{lm.name} is a masked model: patching reads the next-token prediction of causal LMs")
     if site not in SITES:
-        raise ValueError(f"unknown site {site!r}; choose one of {', '.join(SITES)}")
+        raise InputError(f"unknown site {site!r}; choose one of {', '.join(SITES)}")
     if site == "heads" and not getattr(type(lm.model), "_supports_attention_backend", False):
-        raise ValueError(f"site='heads' needs a model whose attention goes through transformers' "
+        raise InputError(f"site='heads' needs a model whose attention goes through transformers' "
                          f"AttentionInterface; {lm.facts.architecture} computes attention its own way. "
                          f"Use site='attention' (each layer's whole attention output)")
 
@@ -292,12 +293,12 @@ def patch(model: LanguageModel, clean: Any, corrupted: Any, target: Any, contras
     clean_ids, corrupted_ids = _ids(lm, clean), _ids(lm, corrupted)
     if len(clean_ids) != len(corrupted_ids):
         tok = lm.tokenizer
-        raise ValueError(f"clean and corrupted prompts must have the same number of tokens to patch position by "
+        raise InputError(f"clean and corrupted prompts must have the same number of tokens to patch position by "
                          f"position; got {len(clean_ids)} ({tok.batch_decode([[i] for i in clean_ids.tolist()])}) "
                          f"and {len(corrupted_ids)} ({tok.batch_decode([[i] for i in corrupted_ids.tolist()])}). "
                          f"Reword one so their tokens line up (e.g. swap names of one token each)")
     if isinstance(budget_bytes, bool) or not isinstance(budget_bytes, int) or budget_bytes <= 0:
-        raise ValueError(f"budget_bytes must be a positive integer; got {budget_bytes!r}")
+        raise InputError(f"budget_bytes must be a positive integer; got {budget_bytes!r}")
     notes: list[str] = []
     target_id, contrast_id = _targets(lm, target, contrast, notes)
     score = _scorer(target_id, contrast_id)
@@ -377,9 +378,9 @@ def ablation_sweep(trace: Trace, target: Any = None, contrast: Any = None, *, me
     log p(target)); target defaults to the token the trace produced after the prompt. method:
     "zero" or "mean" (the head's mean over positions, as lw.AblateHead). Batched like `patch`."""
     if not isinstance(trace, Trace):
-        raise TypeError(f"ablation_sweep takes a Trace (from model.trace(...)); got {type(trace).__name__}")
+        raise WrongTypeError(f"ablation_sweep takes a Trace (from model.trace(...)); got {type(trace).__name__}")
     if method not in ("zero", "mean"):
-        raise ValueError(f"method must be 'zero' or 'mean'; got {method!r}")
+        raise InputError(f"method must be 'zero' or 'mean'; got {method!r}")
     lm = trace.model
     _check_model(lm, "heads")
     notes: list[str] = []

@@ -33,6 +33,7 @@ from .._provide import provides
 from ..trace import Trace, prompt_ids
 from ..trace.edits import validate_edits
 from ..trace.locking import exclusive
+from ..errors import InputError, WrongTypeError
 
 ROOT = "<model>"  # the root module's range name (its children may be called "model")
 COLUMNS = ["module", "depth", "kind", "calls", "total_s", "self_s", "prefill_s", "decode_s", "flops", "peak_bytes"]
@@ -253,14 +254,14 @@ def profile(model: LanguageModel, prompt: Any, *, max_new_tokens: int = 0, edits
     (by wall time) after a warm-up; FLOPs (FlopCounterMode) and memory (torch.profiler) come from
     passes of their own."""
     if not isinstance(model, LanguageModel):
-        raise TypeError(f"profile takes an lw.LanguageModel (from lw.load_model); got {type(model).__name__}")
+        raise WrongTypeError(f"profile takes an lw.LanguageModel (from lw.load_model); got {type(model).__name__}")
     lm = model
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
-        raise ValueError(f"repeats must be an integer >= 1; got {repeats!r}")
+        raise InputError(f"repeats must be an integer >= 1; got {repeats!r}")
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be an integer >= 0; got {max_new_tokens!r}")
+        raise InputError(f"max_new_tokens must be an integer >= 0; got {max_new_tokens!r}")
     if max_new_tokens and lm.facts.kind != "causal":
-        raise ValueError(f"{lm.name} is a masked model: it does not generate, use max_new_tokens=0")
+        raise InputError(f"{lm.name} is a masked model: it does not generate, use max_new_tokens=0")
     ids = prompt_ids(lm, prompt)
     edits = validate_edits(edits, n_layers=lm.facts.n_layers, n_heads=lm.facts.n_heads,
                            sequence_length=len(ids) + max_new_tokens)

@@ -18,6 +18,7 @@ from ..models import LanguageModel
 from ..models.anatomy import anatomy
 from ..models.modes import model_mode
 from ..trace.locking import exclusive
+from ..errors import InputError, WrongTypeError
 
 COMPONENTS = ("attention", "mlp", "rest", "total")
 
@@ -47,7 +48,7 @@ class Scaling:
         from matplotlib.figure import Figure
 
         if fmt not in ("png", "svg"):
-            raise ValueError(f"unknown format {fmt!r}: use 'png' or 'svg'")
+            raise InputError(f"unknown format {fmt!r}: use 'png' or 'svg'")
         fig = Figure(figsize=(7, 4.2), layout="constrained")
         ax = fig.subplots()
         styles = {"attention": "-", "mlp": "--", "rest": ":", "total": "-."}
@@ -97,19 +98,19 @@ def scaling(model: LanguageModel, lengths: Any = (256, 512, 1024, 2048), *, batc
     torch.profiler's allocator events (one pass per point). The model's attention implementation
     is switched for each and restored."""
     if not isinstance(model, LanguageModel):
-        raise TypeError(f"scaling takes an lw.LanguageModel; got {type(model).__name__}")
+        raise WrongTypeError(f"scaling takes an lw.LanguageModel; got {type(model).__name__}")
     lengths = sorted({int(n) for n in lengths})
     context = model.facts.context_length
     if not lengths or lengths[0] < 2 or (context and lengths[-1] > context):
-        raise ValueError(f"lengths must be between 2 and the model's context ({context}); got {lengths}")
+        raise InputError(f"lengths must be between 2 and the model's context ({context}); got {lengths}")
     if any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in batch_sizes):
-        raise ValueError(f"batch_sizes must be positive integers; got {batch_sizes}")
+        raise InputError(f"batch_sizes must be positive integers; got {batch_sizes}")
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
     known = set(ALL_ATTENTION_FUNCTIONS) | {"eager"}
     unknown = [i for i in implementations if i not in known]
     if unknown:
-        raise ValueError(f"unknown attention implementation(s) {unknown}; installed: {sorted(known)}")
+        raise InputError(f"unknown attention implementation(s) {unknown}; installed: {sorted(known)}")
     net = model.model
     parts = anatomy(net, model.facts.n_layers)
     device = next(net.parameters()).device

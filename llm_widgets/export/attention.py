@@ -19,6 +19,7 @@ from PIL import Image, ImageDraw, ImageFont
 from .text import xml_text
 
 from ..trace import Trace
+from ..errors import InputError
 
 OVERVIEW = 512  # the pooled size the widget paints, and the figure's resolution
 SIDE = 420  # drawn size of the heatmap, px (as in the widget)
@@ -88,7 +89,7 @@ def attention_figure(trace: Trace, layer: int, head: int, *, query: int = -1,
     n = len(trace)
     matrix = trace.attention_overview(layer, head, size=OVERVIEW, queries=queries, keys=keys)
     if not -1 <= query < n:
-        raise ValueError(f"query {query} is out of range: -1 (none) or 0 to {n - 1}")
+        raise InputError(f"query {query} is out of range: -1 (none) or 0 to {n - 1}")
     row = trace.attention(layer, head, queries=query)[0].numpy() if query >= 0 else None
     return AttentionFigure(model_name=trace.model.name, layer=layer, head=head, tokens=list(trace.tokens),
                            n_prompt=trace.n_prompt, matrix=matrix.numpy(), queries=tuple(queries or (0, n)),
@@ -249,7 +250,7 @@ def save(fig: AttentionFigure, path: str | Path) -> Path:
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in FORMATS:
-        raise ValueError(f"cannot save {path.name!r}: the file name must end in .png, .svg or .html")
+        raise InputError(f"cannot save {path.name!r}: the file name must end in .png, .svg or .html")
     if suffix == ".png":
         path.write_bytes(to_png(fig))
     else:
@@ -263,4 +264,4 @@ def render(fig: AttentionFigure, fmt: str) -> bytes:
         return to_png(fig)
     if fmt in ("svg", "html"):
         return (to_svg(fig) if fmt == "svg" else to_html(fig)).encode("utf-8")
-    raise ValueError(f"unknown export format {fmt!r}: use 'png', 'svg' or 'html'")
+    raise InputError(f"unknown export format {fmt!r}: use 'png', 'svg' or 'html'")

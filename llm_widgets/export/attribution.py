@@ -11,6 +11,7 @@ from PIL import Image, ImageDraw, ImageFont
 from .text import xml_text
 
 from .attention import shown
+from ..errors import InputError
 
 FORMATS = (".png", ".svg", ".html")
 NEGATIVE, POSITIVE = (33, 102, 172), (179, 88, 6)  # as js/lib/heatmap.ts diverging()
@@ -115,12 +116,12 @@ def render(attr, fmt: str) -> bytes:
         return to_png(attr)
     if fmt in ("svg", "html"):
         return (to_svg(attr) if fmt == "svg" else to_html(attr)).encode("utf-8")
-    raise ValueError(f"unknown export format {fmt!r}: use 'png', 'svg' or 'html'")
+    raise InputError(f"unknown export format {fmt!r}: use 'png', 'svg' or 'html'")
 
 
 def save(attr, path: str | Path) -> Path:
     path = Path(path)
     if path.suffix.lower() not in FORMATS:
-        raise ValueError(f"cannot save {path.name!r}: the file name must end in .png, .svg or .html")
+        raise InputError(f"cannot save {path.name!r}: the file name must end in .png, .svg or .html")
     path.write_bytes(render(attr, path.suffix.lower()[1:]))
     return path

@@ -20,6 +20,7 @@ from PIL import Image, ImageDraw, ImageFont
 from .attention import colours, shown
 from .attribution import diverging
 from .text import printable, xml_text
+from ..errors import InputError
 
 FORMATS = (".png", ".svg", ".html")
 CELL_W, CELL_H, LEFT, TOP = 54, 18, 90, 56
@@ -151,12 +152,12 @@ def render(fig: MatrixFigure, fmt: str) -> bytes:
         return to_png(fig)
     if fmt in ("svg", "html"):
         return (to_svg(fig) if fmt == "svg" else to_html(fig)).encode("utf-8")
-    raise ValueError(f"unknown export format {fmt!r}: use 'png', 'svg' or 'html'")
+    raise InputError(f"unknown export format {fmt!r}: use 'png', 'svg' or 'html'")
 
 
 def save(fig: MatrixFigure, path: str | Path) -> Path:
     path = Path(path)
     if path.suffix.lower() not in FORMATS:
-        raise ValueError(f"cannot save {path.name!r}: the file name must end in .png, .svg or .html")
+        raise InputError(f"cannot save {path.name!r}: the file name must end in .png, .svg or .html")
     path.write_bytes(render(fig, path.suffix.lower()[1:]))
     return path

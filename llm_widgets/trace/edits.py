@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Sequence
+from ..errors import InputError, WrongTypeError
 
 Span = tuple[int, int]
 
@@ -20,7 +21,7 @@ def _as_spans(value: Any, what: str) -> tuple[Span, ...] | None:
     if isinstance(value, int) and not isinstance(value, bool):
         return ((value, value + 1),)
     if not isinstance(value, (tuple, list, range)):
-        raise ValueError(f"{what} must be a position, a (start, stop) span or a list of them; got {value!r}")
+        raise InputError(f"{what} must be a position, a (start, stop) span or a list of them; got {value!r}")
     items: Sequence[Any] = value
     if len(items) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in items):
         items = [tuple(items)]
@@ -30,13 +31,13 @@ def _as_spans(value: Any, what: str) -> tuple[Span, ...] | None:
             item = (item, item + 1)
         if not (isinstance(item, (tuple, list)) and len(item) == 2
                 and all(isinstance(v, int) and not isinstance(v, bool) for v in item)):
-            raise ValueError(f"{what} must be a position, a (start, stop) span or a list of them; got {value!r}")
+            raise InputError(f"{what} must be a position, a (start, stop) span or a list of them; got {value!r}")
         start, stop = item
         if start < 0 or stop <= start:
-            raise ValueError(f"{what} span {tuple(item)} is empty or negative: use (start, stop) with 0 <= start < stop")
+            raise InputError(f"{what} span {tuple(item)} is empty or negative: use (start, stop) with 0 <= start < stop")
         spans.append((int(start), int(stop)))
     if not spans:
-        raise ValueError(f"{what} is empty: give at least one position or (start, stop) span")
+        raise InputError(f"{what} is empty: give at least one position or (start, stop) span")
     return tuple(spans)
 
 
@@ -46,10 +47,10 @@ def _as_ints(value: Any, what: str) -> tuple[int, ...] | None:
     if isinstance(value, int) and not isinstance(value, bool):
         return (int(value),)
     if not isinstance(value, (tuple, list, range)):
-        raise ValueError(f"{what} must be a non-empty list of non-negative integers (or None for all); got {value!r}")
+        raise InputError(f"{what} must be a non-empty list of non-negative integers (or None for all); got {value!r}")
     out = tuple(value)
     if not out or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in out):
-        raise ValueError(f"{what} must be a non-empty list of non-negative integers (or None for all); got {value!r}")
+        raise InputError(f"{what} must be a non-empty list of non-negative integers (or None for all); got {value!r}")
     return out
 
 
@@ -73,11 +74,11 @@ class ScaleAttention:
     def __post_init__(self):
         factor = self.factor
         if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not math.isfinite(factor) or factor < 0:
-            raise ValueError(f"ScaleAttention factor must be a finite number >= 0 (0 masks the keys, 1 changes "
+            raise InputError(f"ScaleAttention factor must be a finite number >= 0 (0 masks the keys, 1 changes "
                              f"nothing); got {factor!r}")
         object.__setattr__(self, "factor", float(factor))
         if self.keys is None:
-            raise ValueError("ScaleAttention needs keys: the positions whose attention to scale, e.g. keys=(7, 12)")
+            raise InputError("ScaleAttention needs keys: the positions whose attention to scale, e.g. keys=(7, 12)")
         object.__setattr__(self, "keys", _as_spans(self.keys, "keys"))
         object.__setattr__(self, "queries", _as_spans(self.queries, "queries"))
         object.__setattr__(self, "layers", _as_ints(self.layers, "layers"))
@@ -111,9 +112,9 @@ class AblateHead:
         for name in ("layer", "head"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"AblateHead {name} must be a non-negative integer; got {value!r}")
+                raise InputError(f"AblateHead {name} must be a non-negative integer; got {value!r}")
         if self.mode not in ("zero", "mean"):
-            raise ValueError(f"AblateHead mode must be 'zero' or 'mean'; got {self.mode!r}")
+            raise InputError(f"AblateHead mode must be 'zero' or 'mean'; got {self.mode!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -126,19 +127,19 @@ EDIT_TYPES = {"scale_attention": ScaleAttention, "ablate_head": AblateHead}
 def edit_from_dict(d: dict) -> Edit:
     """An edit from its `to_dict()` form (as run records hold it); a ValueError names what is wrong."""
     if not isinstance(d, dict):
-        raise ValueError(f"an edit must be a dict with a 'kind' (from edit.to_dict()); got {type(d).__name__}")
+        raise InputError(f"an edit must be a dict with a 'kind' (from edit.to_dict()); got {type(d).__name__}")
     d = dict(d)
     kind = d.pop("kind", None)
     if kind not in EDIT_TYPES:
-        raise ValueError(f"unknown edit kind {kind!r}; known: {sorted(EDIT_TYPES)}")
+        raise InputError(f"unknown edit kind {kind!r}; known: {sorted(EDIT_TYPES)}")
     fields = set(EDIT_TYPES[kind].__dataclass_fields__) - {"kind"}
     unknown = sorted(set(d) - fields)
     if unknown:
-        raise ValueError(f"{kind} edit: unknown field(s) {unknown}; it takes {sorted(fields)}")
+        raise InputError(f"{kind} edit: unknown field(s) {unknown}; it takes {sorted(fields)}")
     try:
         return EDIT_TYPES[kind](**d)
     except TypeError as error:  # a missing field
-        raise ValueError(f"{kind} edit: {error}") from None
+        raise InputError(f"{kind} edit: {error}") from None
 
 
 def validate_edits(edits: Iterable[Edit], *, n_layers: int, n_heads: int, sequence_length: int) -> tuple[Edit, ...]:
@@ -154,20 +155,20 @@ def validate_edits(edits: Iterable[Edit], *, n_layers: int, n_heads: int, sequen
             for what, spans in (("keys", edit.keys), ("queries", edit.queries or ())):
                 for start, stop in spans:
                     if stop > sequence_length:
-                        raise ValueError(
+                        raise InputError(
                             f"ScaleAttention {what} span ({start}, {stop}) is outside the sequence: positions run "
                             f"from 0 to {sequence_length - 1} (prompt plus new tokens), so stop must be <= "
                             f"{sequence_length}"
                         )
         else:
-            raise TypeError(f"edits must be ScaleAttention or AblateHead, got {type(edit).__name__}")
+            raise WrongTypeError(f"edits must be ScaleAttention or AblateHead, got {type(edit).__name__}")
         for layer in layers:
             if layer >= n_layers:
-                raise ValueError(f"{type(edit).__name__}: layer {layer} is out of range; this model has layers "
+                raise InputError(f"{type(edit).__name__}: layer {layer} is out of range; this model has layers "
                                  f"0 to {n_layers - 1}")
         for head in heads:
             if head >= n_heads:
-                raise ValueError(f"{type(edit).__name__}: head {head} is out of range; this model has heads "
+                raise InputError(f"{type(edit).__name__}: head {head} is out of range; this model has heads "
                                  f"0 to {n_heads - 1} in each layer")
         out.append(edit)
     return tuple(out)

@@ -20,6 +20,8 @@ from typing import Callable, Iterator
 
 import torch
 
+from ..errors import ModelBusyError
+
 WARN_AFTER_S = 10.0
 
 _locks: weakref.WeakKeyDictionary[torch.nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
@@ -51,7 +53,7 @@ def exclusive(model: torch.nn.Module, *, on_wait: Callable[[], None] | None = No
                 break
             waited += step
             if timeout is not None and waited >= timeout:
-                raise TimeoutError(f"{type(model).__name__} was busy with another run for {waited:.0f} s; "
+                raise ModelBusyError(f"{type(model).__name__} was busy with another run for {waited:.0f} s; "
                                    f"try again when it has finished")
             if not warned:
                 warnings.warn(f"waiting for another run of {type(model).__name__} to finish ({waited:.0f} s so far): "

@@ -13,6 +13,7 @@ from .._version import __version__
 from ..models import LanguageModel, load_model
 from .edits import edit_from_dict
 from .settings import RECORD_SCHEMA, check_generation_settings
+from ..errors import InputError, ReplayMismatchError, WrongTypeError
 
 RECORD_KEYS = {"schema", "llm_widgets", "torch", "transformers", "model", "prompt_ids", "generation", "edits",
                "output_ids"}
@@ -41,8 +42,8 @@ def make_record(lm: LanguageModel, prompt_ids: list[int], generation: dict, edit
 def check_record(record: Any) -> dict:
     """A record read from elsewhere, checked key by key before anything runs: a ValueError
     names the key that is missing, of the wrong type, unknown, or refused."""
-    def bad(message: str) -> ValueError:
-        return ValueError(f"not a run record llm-widgets can replay: {message}")
+    def bad(message: str) -> InputError:
+        return InputError(f"not a run record llm-widgets can replay: {message}")
 
     if not isinstance(record, dict):
         raise bad(f"expected a dict (Trace.record, or its JSON); got {type(record).__name__}")
@@ -94,11 +95,11 @@ def replay(record: dict, model: LanguageModel | None = None, *, check: bool = Tr
     record = check_record(record)
     edits = [edit_from_dict(e) for e in record["edits"]]
     if model is not None and not isinstance(model, LanguageModel):
-        raise TypeError(f"replay's model must be an lw.LanguageModel (or None to load the recorded one); "
+        raise WrongTypeError(f"replay's model must be an lw.LanguageModel (or None to load the recorded one); "
                         f"got {type(model).__name__}")
     recorded_architecture = record["model"].get("architecture")
     if model is not None and recorded_architecture and recorded_architecture != model.facts.architecture:
-        raise ValueError(f"this record is of a {recorded_architecture} ({record['model']['name']!r}); the model "
+        raise InputError(f"this record is of a {recorded_architecture} ({record['model']['name']!r}); the model "
                          f"given is a {model.facts.architecture} ({model.name!r}): pass the recorded model, or "
                          f"model=None to load it")
     if model is None:
@@ -113,6 +114,6 @@ def replay(record: dict, model: LanguageModel | None = None, *, check: bool = Tr
                         max_new_tokens=generation.pop("max_new_tokens"), seed=generation.pop("seed"),
                         do_sample=generation.pop("do_sample"), **generation)
     if check and trace.generated_ids != record["output_ids"]:
-        raise RuntimeError(f"replay produced different tokens: {trace.generated_ids} instead of the recorded "
+        raise ReplayMismatchError(f"replay produced different tokens: {trace.generated_ids} instead of the recorded "
                            f"{record['output_ids']} (different hardware, dtype or library versions can do this)")
     return trace

@@ -19,6 +19,7 @@ from .locking import exclusive
 from .settings import check_generation_settings
 from .record import make_record
 from .trace import Trace, assemble, probability_of, top_k_of
+from ..errors import InputError
 
 TOP_K_KEPT = 20
 
@@ -28,32 +29,32 @@ def prompt_ids(lm: LanguageModel, prompt: Any) -> torch.Tensor:
     tok = lm.tokenizer
     if isinstance(prompt, str):
         if not prompt:
-            raise ValueError("the prompt is empty: give some text, a chat message list or token ids")
+            raise InputError("the prompt is empty: give some text, a chat message list or token ids")
         ids = tok(prompt, return_tensors="pt")["input_ids"][0]
     elif isinstance(prompt, (list, tuple)) and prompt and all(isinstance(m, dict) for m in prompt):
         if not getattr(tok, "chat_template", None):
-            raise ValueError(f"{lm.name} has no chat template, so a message list cannot be formatted: pass a string")
+            raise InputError(f"{lm.name} has no chat template, so a message list cannot be formatted: pass a string")
         out = tok.apply_chat_template(list(prompt), add_generation_prompt=True, return_tensors="pt", return_dict=True)
         ids = out["input_ids"][0]
     elif isinstance(prompt, torch.Tensor) or (
             isinstance(prompt, (list, tuple)) and all(isinstance(i, int) and not isinstance(i, bool) for i in prompt)):
         if isinstance(prompt, torch.Tensor):
             if prompt.dtype.is_floating_point or prompt.dtype.is_complex or prompt.dtype == torch.bool:
-                raise ValueError(f"token ids must be integers; got a {prompt.dtype} tensor (did you pass embeddings "
+                raise InputError(f"token ids must be integers; got a {prompt.dtype} tensor (did you pass embeddings "
                                  f"or a mask?)")
             if prompt.dim() == 2 and prompt.shape[0] == 1:
                 prompt = prompt[0]  # a batch of one, as tokenizers return it
             if prompt.dim() != 1:
-                raise ValueError(f"token ids must be one sequence, shape [T] or [1, T]; got shape {list(prompt.shape)}")
+                raise InputError(f"token ids must be one sequence, shape [T] or [1, T]; got shape {list(prompt.shape)}")
         ids = torch.as_tensor(prompt, dtype=torch.long).reshape(-1)
         vocab = lm.facts.vocab_size
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
-            raise ValueError(f"token ids must be between 0 and {vocab - 1} for {lm.name}")
+            raise InputError(f"token ids must be between 0 and {vocab - 1} for {lm.name}")
     else:
-        raise ValueError(f"prompt must be a string, a list of chat messages ({{'role': ..., 'content': ...}}) or token "
+        raise InputError(f"prompt must be a string, a list of chat messages ({{'role': ..., 'content': ...}}) or token "
                          f"ids; got {type(prompt).__name__}")
     if ids.numel() == 0:
-        raise ValueError("the prompt is empty after tokenisation: give some text or token ids")
+        raise InputError("the prompt is empty after tokenisation: give some text or token ids")
     return ids
 
 
@@ -61,7 +62,7 @@ def _json_safe(value: dict) -> dict:
     try:
         json.dumps(value)
     except TypeError as error:
-        raise ValueError(f"generation settings must be JSON-serialisable so the run can be replayed: {error}") from None
+        raise InputError(f"generation settings must be JSON-serialisable so the run can be replayed: {error}") from None
     return value
 
 
@@ -75,25 +76,25 @@ def run_trace(lm: LanguageModel, prompt: Any, *, max_new_tokens: int = 0, edits=
     profile=True also profiles the run (trace.profile, an lw.Profile)."""
     facts = lm.facts
     if facts.n_heads == 0:
-        raise ValueError(f"{lm.name} ({facts.architecture}) has no attention heads; llm-widgets traces attention models")
+        raise InputError(f"{lm.name} ({facts.architecture}) has no attention heads; llm-widgets traces attention models")
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be an integer >= 0; got {max_new_tokens!r}")
+        raise InputError(f"max_new_tokens must be an integer >= 0; got {max_new_tokens!r}")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
-        raise ValueError(f"seed must be an integer >= 0 (or None); got {seed!r}")
+        raise InputError(f"seed must be an integer >= 0 (or None); got {seed!r}")
     if not isinstance(do_sample, bool):
-        raise ValueError(f"do_sample must be True or False; got {do_sample!r}")
+        raise InputError(f"do_sample must be True or False; got {do_sample!r}")
     check_generation_settings(generation_kwargs)
     if facts.kind != "causal" and max_new_tokens:
-        raise ValueError(f"{lm.name} is a masked (bidirectional) model: it does not generate, use max_new_tokens=0")
+        raise InputError(f"{lm.name} is a masked (bidirectional) model: it does not generate, use max_new_tokens=0")
     ids = prompt_ids(lm, prompt)
     total = len(ids) + max_new_tokens
     if facts.context_length and total > facts.context_length:
-        raise ValueError(f"the prompt ({len(ids)} tokens) plus max_new_tokens ({max_new_tokens}) is {total} tokens, "
+        raise InputError(f"the prompt ({len(ids)} tokens) plus max_new_tokens ({max_new_tokens}) is {total} tokens, "
                          f"longer than the context of {lm.name} ({facts.context_length}); shorten one of them")
     edits = validate_edits(edits, n_layers=facts.n_layers, n_heads=facts.n_heads, sequence_length=total)
     supported = getattr(type(lm.model), "_supports_attention_backend", False)
     if edits and not supported:
-        raise ValueError(
+        raise InputError(
             f"attention edits need a model whose attention goes through transformers' AttentionInterface; "
             f"{facts.architecture} (model_type {facts.model_type!r}) computes attention its own way. Viewing works "
             f"(through eager output_attentions); edits work on Llama, Mistral, Qwen2/3, Gemma 1-3, Phi-3, GPT-2, BERT "
@@ -171,7 +172,7 @@ def _eager_attentions(model, sequence: torch.Tensor) -> list[torch.Tensor]:
     with model_mode(model, attn_implementation="eager"):
         out = model(input_ids=sequence, output_attentions=True, use_cache=False)
     if not out.attentions:
-        raise ValueError(f"{type(model).__name__} returned no attentions even with output_attentions=True; "
+        raise InputError(f"{type(model).__name__} returned no attentions even with output_attentions=True; "
                          f"load it with attn_implementation='eager' to view its attention")
     return [a[0].detach() for a in out.attentions]
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from typing import Any, Callable
+from ..errors import InputError
 
 RECORD_SCHEMA = 1  # the layout of Trace.record; replay refuses other versions
 
@@ -20,7 +21,7 @@ def _number(low: float, high: float = math.inf, *, low_open: bool = False) -> Ca
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
                 or value < low or value > high or (low_open and value == low):
             bound = f"{'>' if low_open else '>='} {low}" + (f" and <= {high}" if high != math.inf else "")
-            raise ValueError(f"generation setting {name} must be a number {bound}; got {value!r}")
+            raise InputError(f"generation setting {name} must be a number {bound}; got {value!r}")
         return value
     return check
 
@@ -28,28 +29,28 @@ def _number(low: float, high: float = math.inf, *, low_open: bool = False) -> Ca
 def _integer(low: int) -> Callable[[str, Any], int]:
     def check(name: str, value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"generation setting {name} must be an integer >= {low}; got {value!r}")
+            raise InputError(f"generation setting {name} must be an integer >= {low}; got {value!r}")
         return value
     return check
 
 
 def _flag(name: str, value: Any) -> bool:
     if not isinstance(value, bool):
-        raise ValueError(f"generation setting {name} must be True or False; got {value!r}")
+        raise InputError(f"generation setting {name} must be True or False; got {value!r}")
     return value
 
 
 def _token_ids(name: str, value: Any) -> Any:
     ids = value if isinstance(value, list) else [value]
     if value is None or not ids or any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in ids):
-        raise ValueError(f"generation setting {name} must be a token id or a list of token ids; got {value!r}")
+        raise InputError(f"generation setting {name} must be a token id or a list of token ids; got {value!r}")
     return value
 
 
 def _one(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value != 1:
         what = "beam search" if name == "num_beams" else "several returned sequences"
-        raise ValueError(f"{name}={value!r}: {what} is not traced (a trace follows one sequence token by token); "
+        raise InputError(f"{name}={value!r}: {what} is not traced (a trace follows one sequence token by token); "
                          f"trace each candidate you want to see, e.g. with do_sample=True and different seeds")
     return value
 
@@ -79,10 +80,10 @@ def check_generation_settings(settings: dict[str, Any], where: str = "trace") ->
     """The settings, each checked; a ValueError names any that is refused and why."""
     for name, value in settings.items():
         if name in CODE_SETTINGS:
-            raise ValueError(f"{where}: the generation setting {name!r} is refused: it would let a run (or a shared "
+            raise InputError(f"{where}: the generation setting {name!r} is refused: it would let a run (or a shared "
                              f"record) load or run code or objects beyond the model's own")
         if name not in GENERATION_SETTINGS:
-            raise ValueError(f"{where}: unknown generation setting {name!r}; a trace takes "
+            raise InputError(f"{where}: unknown generation setting {name!r}; a trace takes "
                              f"{', '.join(sorted(GENERATION_SETTINGS))}")
         GENERATION_SETTINGS[name](name, value)
     return settings

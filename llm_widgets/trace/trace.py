@@ -20,6 +20,7 @@ from ..models import LanguageModel
 from .capture import LayerRecord
 from .masks import allowed_mask, edit_bias
 from .edits import ScaleAttention
+from ..errors import InputError, WrongTypeError
 
 BLOCK = 1024  # key (and query) block for blockwise work: at most BLOCK x BLOCK scores per head at once
 
@@ -86,12 +87,21 @@ def _as_positions(value: Any, length: int, what: str) -> torch.Tensor:
         value = range(*value)
     elif isinstance(value, slice):
         value = range(length)[value]
+    if not isinstance(value, (list, tuple, range, torch.Tensor)) or \
+            any(isinstance(v, bool) or not isinstance(v, (int, torch.Tensor)) for v in value):
+        raise WrongTypeError(f"{what} must be a position, a (start, stop) pair, a slice or a list of positions; "
+                             f"got {value!r}")
     pos = torch.as_tensor(list(value), dtype=torch.long)
     if pos.numel() == 0:
-        raise ValueError(f"{what} is empty: give positions between 0 and {length - 1}")
+        raise InputError(f"{what} is empty: give positions between 0 and {length - 1}")
     if int(pos.min()) < 0 or int(pos.max()) >= length:
-        raise ValueError(f"{what} {value!r} is outside the sequence: positions run from 0 to {length - 1}")
+        raise InputError(f"{what} {value!r} is outside the sequence: positions run from 0 to {length - 1}")
     return pos
+
+
+def _check_int(value: Any, what: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise WrongTypeError(f"{what} must be an integer; got {type(value).__name__} {value!r}")
 
 
 class Trace:
@@ -143,16 +153,21 @@ class Trace:
     def top_k(self, step: int = 0, k: int = 10) -> list[tuple[str, float]]:
         """The k most likely next tokens at generation step `step` (0: right after the prompt),
         from the model's own distribution (before sampling settings), with probabilities."""
+        _check_int(step, "step")
+        _check_int(k, "k")
         if not 0 <= step < len(self._top_k):
-            raise ValueError(f"step {step} is out of range: this trace has steps 0 to {len(self._top_k) - 1}")
+            raise InputError(f"step {step} is out of range: this trace has steps 0 to {len(self._top_k) - 1}")
         ids, probs = self._top_k[step]
         if not 1 <= k <= len(ids):
-            raise ValueError(f"k must be between 1 and {len(ids)}; got {k}")
+            raise InputError(f"k must be between 1 and {len(ids)}; got {k}")
         tok = self.model.tokenizer
         return [(tok.decode([i]), float(p)) for i, p in zip(ids[:k].tolist(), probs[:k].tolist())]
 
     def chosen_probability(self, step: int) -> float:
         """Probability the model gave the token that was actually generated at `step`."""
+        _check_int(step, "step")
+        if not 0 <= step < len(self._chosen):
+            raise InputError(f"step {step} is out of range: this trace generated steps 0 to {len(self._chosen) - 1}")
         return self._chosen[step]
 
     def token_id(self, token: str | int) -> int:
@@ -160,14 +175,14 @@ class Trace:
         tok = self.model.tokenizer
         if isinstance(token, int) and not isinstance(token, bool):
             if not 0 <= token < len(tok):
-                raise ValueError(f"token id {token} is outside the vocabulary (0 to {len(tok) - 1})")
+                raise InputError(f"token id {token} is outside the vocabulary (0 to {len(tok) - 1})")
             return token
         if not isinstance(token, str) or not token:
-            raise ValueError(f"give a token as text (e.g. ' Paris') or as an id; got {token!r}")
+            raise InputError(f"give a token as text (e.g. ' Paris') or as an id; got {token!r}")
         ids = tok.encode(token, add_special_tokens=False)
         if len(ids) != 1:
             pieces = tok.batch_decode([[i] for i in ids])
-            raise ValueError(f"{token!r} is {len(ids)} tokens for this tokenizer ({pieces}); give one token, e.g. "
+            raise InputError(f"{token!r} is {len(ids)} tokens for this tokenizer ({pieces}); give one token, e.g. "
                              f"{pieces[0]!r} (mind the leading space)")
         return ids[0]
 
@@ -175,16 +190,17 @@ class Trace:
         """p(token) at generation step `step`: exact at step 0 (right after the prompt); at later
         steps known for the generated token and the top tokens kept per step."""
         token_id = self.token_id(token)
+        _check_int(step, "step")
         if step == 0 and self._first_logprobs is not None:
             return float(self._first_logprobs[token_id].exp())
         if not 0 <= step < len(self._top_k):
-            raise ValueError(f"step {step} is out of range: this trace has steps 0 to {len(self._top_k) - 1}")
+            raise InputError(f"step {step} is out of range: this trace has steps 0 to {len(self._top_k) - 1}")
         if step < len(self.generated_ids) and self.generated_ids[step] == token_id:
             return self._chosen[step]
         ids, probs = self._top_k[step]
         hits = (ids == token_id).nonzero()
         if len(hits) == 0:
-            raise ValueError(f"{token!r} is not among the {len(ids)} most likely tokens kept for step {step}; "
+            raise InputError(f"{token!r} is not among the {len(ids)} most likely tokens kept for step {step}; "
                              f"only step 0 keeps every token's probability")
         return float(probs[hits[0, 0]])
 
@@ -230,14 +246,14 @@ class Trace:
 
     def _check_layer_head(self, layer: int, head: int) -> None:
         if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < self.n_layers:
-            raise ValueError(f"layer {layer!r} is out of range: this model has layers 0 to {self.n_layers - 1}")
+            raise InputError(f"layer {layer!r} is out of range: this model has layers 0 to {self.n_layers - 1}")
         if isinstance(head, bool) or not isinstance(head, int) or not 0 <= head < self.n_heads:
-            raise ValueError(f"head {head!r} is out of range: this model has heads 0 to {self.n_heads - 1}")
+            raise InputError(f"head {head!r} is out of range: this model has heads 0 to {self.n_heads - 1}")
 
     def _layer(self, layer: int) -> LayerAttention:
         data = self._layers[layer] if self._layers is not None else None
         if data is None:
-            raise ValueError(f"layer {layer} was not captured in this trace (capture was limited or turned off)")
+            raise InputError(f"layer {layer} was not captured in this trace (capture was limited or turned off)")
         return data
 
     def attention(self, layer: int, head: int, queries: Any = None, keys: Any = None) -> torch.Tensor:
@@ -266,7 +282,7 @@ class Trace:
         """
         self._check_layer_head(layer, head)
         if not isinstance(size, int) or size < 1:
-            raise ValueError(f"size must be a positive integer; got {size!r}")
+            raise InputError(f"size must be a positive integer; got {size!r}")
         (q0, q1), (k0, k1) = self._span(queries, "queries"), self._span(keys, "keys")
         q_edges, q_bin = pooling_bins(q1 - q0, size)
         k_edges, k_bin = pooling_bins(k1 - k0, size)
@@ -288,9 +304,9 @@ class Trace:
         try:
             start, stop = (int(v) for v in span)
         except (TypeError, ValueError):
-            raise ValueError(f"{what} must be a (start, stop) span; got {span!r}") from None
+            raise InputError(f"{what} must be a (start, stop) span; got {span!r}") from None
         if not 0 <= start < stop <= len(self):
-            raise ValueError(f"{what} span {span!r} is outside the sequence: use 0 <= start < stop <= {len(self)}")
+            raise InputError(f"{what} span {span!r} is outside the sequence: use 0 <= start < stop <= {len(self)}")
         return start, stop
 
     def _scores(self, layer: int, head: int, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:

@@ -25,6 +25,7 @@ import transformers
 
 from .._version import __version__
 from .alerts import KINDS, GradientWarning, TrainingStopped
+from ..errors import InputError, WrongTypeError
 
 HIST_EDGES = torch.linspace(-12, 4, 65)  # log10 |g|: 64 fixed bins from 1e-12 to 1e4; zeros counted apart
 _LAYER = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)\.")
@@ -71,28 +72,28 @@ class GradientMonitor:
                  optimizer: Any = None, warn: bool = True):
         module = getattr(model, "model", model)  # a LanguageModel holds the torch module
         if not isinstance(module, torch.nn.Module):
-            raise TypeError(f"GradientMonitor takes a torch module or lw.LanguageModel; got {type(model).__name__}")
+            raise WrongTypeError(f"GradientMonitor takes a torch module or lw.LanguageModel; got {type(model).__name__}")
         for name, value in (("every", every), ("histograms_every", histograms_every), ("updates_every", updates_every)):
             if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer; got {value!r}")
+                raise InputError(f"{name} must be a positive integer; got {value!r}")
         if not (0 <= vanishing < exploding):
-            raise ValueError(f"thresholds must satisfy 0 <= vanishing < exploding; got {vanishing}, {exploding}")
+            raise InputError(f"thresholds must satisfy 0 <= vanishing < exploding; got {vanishing}, {exploding}")
         stop_on = (stop_on,) if isinstance(stop_on, str) else tuple(stop_on)
         unknown = set(stop_on) - set(KINDS)
         if unknown:
-            raise ValueError(f"stop_on takes {', '.join(KINDS)}; got {sorted(unknown)}")
+            raise InputError(f"stop_on takes {', '.join(KINDS)}; got {sorted(unknown)}")
         current = getattr(module, "_llm_widgets_monitor", None)
         if current is not None and current() is not None:
             raise RuntimeError("this model already has a GradientMonitor attached: use that one, or call its "
                                ".detach() before attaching another (two would both steer the same gradients)")
         named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
         if not named:
-            raise ValueError("every parameter of this model is frozen (requires_grad=False): there are no gradients "
+            raise InputError("every parameter of this model is frozen (requires_grad=False): there are no gradients "
                              "to monitor. Unfreeze what you train, e.g. model.requires_grad_(True)")
         self.module = module
         self.every, self.histograms_every, self.updates_every = every, histograms_every, updates_every
         if spike is not None and not spike > 1:
-            raise ValueError(f"spike must be a factor > 1 (or None to turn it off); got {spike!r}")
+            raise InputError(f"spike must be a factor > 1 (or None to turn it off); got {spike!r}")
         self.vanishing, self.exploding, self.spike, self.stop_on, self.warn = vanishing, exploding, spike, stop_on, warn
         self.spike_floor = spike_floor
         self.names = [n for n, _ in named]
@@ -128,7 +129,7 @@ class GradientMonitor:
         if isinstance(groups, (list, tuple)):
             groups = {pattern: pattern for pattern in groups}
         if not isinstance(groups, dict) or not groups:
-            raise ValueError("groups must be 'layers', 'parameters', a list of name patterns (regular expressions) "
+            raise InputError("groups must be 'layers', 'parameters', a list of name patterns (regular expressions) "
                              "or a dict {group name: pattern}")
         out = []
         for name in self.names:
@@ -136,7 +137,7 @@ class GradientMonitor:
             out.append(hit)
         for group, pattern in groups.items():
             if group not in out:
-                raise ValueError(f"group {group!r} ({pattern!r}) matches no trainable parameter; "
+                raise InputError(f"group {group!r} ({pattern!r}) matches no trainable parameter; "
                                  f"close names: {difflib.get_close_matches(pattern, self.names, n=5, cutoff=0.3)}")
         return out
 
@@ -147,21 +148,21 @@ class GradientMonitor:
         (a regex over group names, or an exact group name) before each optimizer step, from
         the next step on. scale=1 and clip=None remove the steering. Returns the groups."""
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale < 0:
-            raise ValueError(f"scale must be a finite number >= 0; got {scale!r}")
+            raise InputError(f"scale must be a finite number >= 0; got {scale!r}")
         if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float)) or not clip > 0
                                  or not math.isfinite(clip)):
-            raise ValueError(f"clip must be a positive number (a maximum group norm) or None; got {clip!r}")
+            raise InputError(f"clip must be a positive number (a maximum group norm) or None; got {clip!r}")
         if not isinstance(pattern, str):
-            raise TypeError(f"pattern must be a group name or a regex string; got {type(pattern).__name__}")
+            raise WrongTypeError(f"pattern must be a group name or a regex string; got {type(pattern).__name__}")
         try:
             regex = re.compile(pattern)
         except re.error as error:
-            raise ValueError(f"pattern {pattern!r} is not a valid regular expression ({error}); give a group name "
+            raise InputError(f"pattern {pattern!r} is not a valid regular expression ({error}); give a group name "
                              f"such as {self.groups[0]!r}, or escape special characters with re.escape") from None
         hits = [g for g in self.groups if g == pattern or regex.fullmatch(g)]
         if not hits:
             close = difflib.get_close_matches(pattern, self.groups, n=5, cutoff=0.3) or self.groups[:8]
-            raise ValueError(f"{pattern!r} matches no group of this monitor; close names: {close} "
+            raise InputError(f"{pattern!r} matches no group of this monitor; close names: {close} "
                              f"(groups are {', '.join(self.groups[:3])}, ...; a regex matches whole names)")
         if scale == 1.0 and clip is None:
             self.steering.pop(pattern, None)
@@ -410,10 +411,10 @@ def _checked_loss(loss: Any) -> float | None:
         return None
     if isinstance(loss, torch.Tensor):
         if loss.numel() == 0:
-            raise ValueError("loss is an empty tensor; pass the loss you called backward() on")
+            raise InputError("loss is an empty tensor; pass the loss you called backward() on")
         return float(loss.detach().float().mean())
     if isinstance(loss, bool) or not isinstance(loss, (int, float)):
-        raise ValueError(f"loss must be a number or a tensor; got {type(loss).__name__} {loss!r}")
+        raise InputError(f"loss must be a number or a tensor; got {type(loss).__name__} {loss!r}")
     return float(loss)
 
 
@@ -421,5 +422,5 @@ def _checked_lr(lr: Any) -> float | None:
     if lr is None:
         return None
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr < 0:
-        raise ValueError(f"lr must be a finite number >= 0 (the optimizer's learning rate); got {lr!r}")
+        raise InputError(f"lr must be a finite number >= 0 (the optimizer's learning rate); got {lr!r}")
     return float(lr)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
+from ..errors import InputError, WrongTypeError
 
 PHASES = ("forward", "backward", "monitor", "optimizer")
 
@@ -40,12 +41,12 @@ def profile_step(model: Any, batch: dict, optimizer: torch.optim.Optimizer, *, m
     `optimizer.step()` with `zero_grad()`. The median of each part is kept."""
     module = getattr(model, "model", model)  # a LanguageModel holds the torch module
     if not isinstance(module, torch.nn.Module):
-        raise TypeError(f"profile_step takes a torch module or lw.LanguageModel; got {type(model).__name__}")
+        raise WrongTypeError(f"profile_step takes a torch module or lw.LanguageModel; got {type(model).__name__}")
     if not isinstance(batch, dict):
-        raise TypeError(f"batch must be a dict of the model's inputs (with labels for the loss); got "
+        raise WrongTypeError(f"batch must be a dict of the model's inputs (with labels for the loss); got "
                         f"{type(batch).__name__}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1; got {steps!r}")
+        raise InputError(f"steps must be an integer >= 1; got {steps!r}")
     device = next(module.parameters()).device
     sync = device.type == "cuda"
 
@@ -60,7 +61,7 @@ def profile_step(model: Any, batch: dict, optimizer: torch.optim.Optimizer, *, m
         output = module(**batch)
         value = loss(output) if loss is not None else output.loss
         if value is None:
-            raise ValueError("the model returned no loss: put labels in the batch, or pass loss=fn(output)")
+            raise InputError("the model returned no loss: put labels in the batch, or pass loss=fn(output)")
         t1 = now()
         value.backward()
         t2 = now()

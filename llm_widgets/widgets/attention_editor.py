@@ -21,6 +21,7 @@ from ..trace.edits import AblateHead, ScaleAttention
 from ..trace.locking import exclusive
 from ._frontend import bundle
 from .attention_view import AttentionView
+from ..errors import InputError, WrongTypeError
 
 Edit = ScaleAttention | AblateHead
 
@@ -30,7 +31,7 @@ def _as_spec(edit: Any) -> dict:
         return edit.to_dict()
     if isinstance(edit, dict):
         return edit_from_dict(edit).to_dict()  # validated and normalised
-    raise TypeError(f"an edit is lw.ScaleAttention(...), lw.AblateHead(...) or their dict; got {type(edit).__name__}")
+    raise WrongTypeError(f"an edit is lw.ScaleAttention(...), lw.AblateHead(...) or their dict; got {type(edit).__name__}")
 
 
 class AttentionEditor(AttentionView):
@@ -66,9 +67,9 @@ class AttentionEditor(AttentionView):
     def __init__(self, model: LanguageModel, prompt: Any, *, max_new_tokens: int = 20, edits: Any = (),
                  seed: int | None = 0, do_sample: bool = False, layer: int = 0, head: int = 0, **generation_kwargs):
         if not isinstance(model, LanguageModel):
-            raise TypeError(f"AttentionEditor takes a LanguageModel (from lw.load_model), got {type(model).__name__}")
+            raise WrongTypeError(f"AttentionEditor takes a LanguageModel (from lw.load_model), got {type(model).__name__}")
         if model.facts.kind != "causal":
-            raise ValueError(f"{model.name} does not generate (a masked model): the editor needs a causal LM; "
+            raise InputError(f"{model.name} does not generate (a masked model): the editor needs a causal LM; "
                              f"use lw.AttentionView(model.trace(prompt)) to see its attention")
         self.lm = model
         self._settings = dict(max_new_tokens=max_new_tokens, seed=seed, do_sample=do_sample, **generation_kwargs)

@@ -14,12 +14,13 @@ import torch
 import traitlets
 
 from ..export import attention as export
+from ..export.attention import OVERVIEW  # first paint: at most OVERVIEW x OVERVIEW cells, max-pooled
 from ..trace import Trace
 from ..trace.trace import pooling_bins
 from ._frontend import bundle
 from .transport import encode_rows_uint8
+from ..errors import InputError, WrongTypeError
 
-OVERVIEW = 512  # first paint: at most 512 x 512 cells, max-pooled
 GRID_CELL = 24  # each small map of the layers x heads grid
 EXACT_GRID = 512  # up to this many tokens the grid's thumbnails are exact max-pools
 
@@ -41,10 +42,12 @@ class AttentionView(anywidget.AnyWidget):
     output_text = traitlets.Unicode().tag(sync=True)
     zoom = traitlets.List(traitlets.Int()).tag(sync=True)  # [q0, q1, k0, k1] of the region shown, [] for all
     revision = traitlets.Int(0).tag(sync=True)  # bumped when the trace is replaced: the front end reloads
+    overview_size = traitlets.Int(OVERVIEW, help="the pooled size of the heatmap the front end asks for").tag(sync=True)
+    grid_size = traitlets.Int(GRID_CELL, help="the pooled size of each thumbnail of the grid").tag(sync=True)
 
     def __init__(self, trace: Trace, *, layer: int = 0, head: int = 0, **kwargs):
         if not isinstance(trace, Trace):
-            raise TypeError(f"AttentionView takes a Trace (from model.trace(...)), got {type(trace).__name__}")
+            raise WrongTypeError(f"AttentionView takes a Trace (from model.trace(...)), got {type(trace).__name__}")
         self.trace = trace
         super().__init__(model_name=trace.model.name, tokens=trace.tokens, n_prompt=trace.n_prompt,
                          n_layers=trace.n_layers, n_heads=trace.n_heads, output_text=trace.output_text, **kwargs)
@@ -119,7 +122,7 @@ class AttentionView(anywidget.AnyWidget):
             name = f"attention-L{self.layer}-H{self.head}.{fmt}"
             return {"type": "file", "id": request.get("id"), "name": name, "format": fmt}, [data]
         else:
-            raise ValueError(f"unknown request {what!r}: ask for 'overview', 'tile', 'row', 'heads', 'grid' or "
+            raise InputError(f"unknown request {what!r}: ask for 'overview', 'tile', 'row', 'heads', 'grid' or "
                              f"'export'")
         meta, buffers = encode_rows_uint8(matrix)
         return {"type": "reply", "id": request.get("id"), "what": what, **meta}, buffers

@@ -17,6 +17,7 @@ from ..export import attribution as export
 from ..analysis import METHODS, Attribution
 from ._frontend import bundle
 from .attention_view import AttentionView
+from ..errors import WrongTypeError
 
 
 class AttributionView(anywidget.AnyWidget):
@@ -48,7 +49,7 @@ class AttributionView(anywidget.AnyWidget):
 
     def __init__(self, attribution: Attribution, *, view: AttentionView | None = None, **kwargs):
         if not isinstance(attribution, Attribution):
-            raise TypeError(f"AttributionView takes an Attribution (from trace.attribute(...)), "
+            raise WrongTypeError(f"AttributionView takes an Attribution (from trace.attribute(...)), "
                             f"got {type(attribution).__name__}")
         self.attribution = attribution
         self.view = view

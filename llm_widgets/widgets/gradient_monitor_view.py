@@ -25,6 +25,7 @@ import traitlets
 from ..export.text import plain_label
 from ..training.monitor import HIST_EDGES, GradientMonitor
 from ._frontend import bundle
+from ..errors import InputError
 
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
            "#17becf"]
@@ -239,7 +240,7 @@ class GradientMonitorView(ipywidgets.VBox):
         path = Path(path)
         suffix = path.suffix.lower()
         if suffix not in FORMATS:
-            raise ValueError(f"cannot save {path.name!r}: the file name must end in .png, .svg or .html")
+            raise InputError(f"cannot save {path.name!r}: the file name must end in .png, .svg or .html")
         path.write_bytes(self.render(suffix[1:]))
         return path
 
@@ -252,7 +253,7 @@ class GradientMonitorView(ipywidgets.VBox):
             return file_html(self.charts, INLINE, title="llm-widgets gradient monitor").encode("utf-8")
         if fmt in ("png", "svg"):
             return self._matplotlib(fmt)
-        raise ValueError(f"unknown export format {fmt!r}: use 'png', 'svg' or 'html'")
+        raise InputError(f"unknown export format {fmt!r}: use 'png', 'svg' or 'html'")
 
     def _matplotlib(self, fmt: str) -> bytes:
         import matplotlib

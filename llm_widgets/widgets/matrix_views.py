@@ -24,6 +24,7 @@ from ..trace import AblateHead, Trace
 from ._frontend import bundle
 from .attention_editor import AttentionEditor
 from .attention_view import AttentionView
+from ..errors import WrongTypeError
 
 WINDOW = 24  # positions of the lens shown (and decoded) at once
 DETAIL_K = 10  # the top tokens listed for a clicked lens cell
@@ -91,7 +92,7 @@ class LensView(MatrixWidget):
 
     def __init__(self, trace: Trace, target: Any = None, *, k: int = DETAIL_K, **kwargs: Any):
         if not isinstance(trace, Trace):
-            raise TypeError(f"LensView takes a Trace (from model.trace(...)), got {type(trace).__name__}")
+            raise WrongTypeError(f"LensView takes a Trace (from model.trace(...)), got {type(trace).__name__}")
         self.trace, self.target, self.k = trace, target, k
         n = len(trace)
         start = max(0, n - WINDOW)  # the end of the prompt is where the answer forms
@@ -151,7 +152,7 @@ class PatchingView(MatrixWidget):
     def __init__(self, result: Patching, *, view: AttentionView | None = None,
                  editor: AttentionEditor | None = None, **kwargs: Any):
         if not isinstance(result, Patching):
-            raise TypeError(f"PatchingView takes the result of lw.patch or lw.ablation_sweep, got "
+            raise WrongTypeError(f"PatchingView takes the result of lw.patch or lw.ablation_sweep, got "
                             f"{type(result).__name__}")
         self.result, self.view, self.editor = result, view, editor
         effect = result.effect
@@ -206,7 +207,7 @@ class CompareView(MatrixWidget):
         if isinstance(comparison, AttentionEditor):
             comparison = compare(comparison.baseline, comparison.trace)
         if not isinstance(comparison, Comparison):
-            raise TypeError(f"CompareView takes the result of lw.compare, got {type(comparison).__name__}")
+            raise WrongTypeError(f"CompareView takes the result of lw.compare, got {type(comparison).__name__}")
         self.comparison, self.views = comparison, [v for v in (view_a, view_b) if v is not None]
         c = comparison
         summary = [f"a: {c.a.prompt_text!r} → {c.a.output_text!r}", f"b: {c.b.prompt_text!r} → {c.b.output_text!r}"]

@@ -7,6 +7,7 @@ import traitlets
 
 from ..models import LanguageModel
 from ._frontend import bundle
+from ..errors import WrongTypeError
 
 
 class ModelCard(anywidget.AnyWidget):
@@ -20,7 +21,7 @@ class ModelCard(anywidget.AnyWidget):
 
     def __init__(self, model: LanguageModel, **kwargs):
         if not isinstance(model, LanguageModel):
-            raise TypeError(
+            raise WrongTypeError(
                 f"ModelCard takes a LanguageModel (from lw.load_model or lw.LanguageModel(model, tokenizer)), "
                 f"got {type(model).__name__}."
             )

@@ -10,6 +10,7 @@ import traitlets
 from ..analysis import Profile
 from ..export import profile as export
 from ._frontend import bundle
+from ..errors import WrongTypeError
 
 
 class ProfileView(anywidget.AnyWidget):
@@ -30,7 +31,7 @@ class ProfileView(anywidget.AnyWidget):
 
     def __init__(self, profile: Profile, **kwargs):
         if not isinstance(profile, Profile):
-            raise TypeError(f"ProfileView takes a Profile (from lw.profile(...)), got {type(profile).__name__}")
+            raise WrongTypeError(f"ProfileView takes a Profile (from lw.profile(...)), got {type(profile).__name__}")
         self.profile = profile
         super().__init__(title=repr(profile), findings=profile.findings(), modules=profile.modules,
                          timeline=[[t, float(b)] for t, b in profile.timeline], step_times=profile.step_times,

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from ..errors import InputError
 
 
 def encode_rows_uint8(matrix: torch.Tensor) -> tuple[dict, list[bytes]]:
     """[rows, cols] float -> (meta, [values, scales]); both buffers contiguous."""
     m = matrix.detach().float().cpu()
     if m.ndim != 2:
-        raise ValueError(f"expected a 2-D matrix, got shape {tuple(m.shape)}")
+        raise InputError(f"expected a 2-D matrix, got shape {tuple(m.shape)}")
     scales = m.abs().amax(dim=1).clamp_min(1e-12)
     values = torch.round(m / scales[:, None] * 255).clamp(0, 255).to(torch.uint8)
     meta = {"shape": list(m.shape), "dtype": "uint8", "scale": "per_row"}
