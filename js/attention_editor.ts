@@ -4,7 +4,7 @@
 // outputs with and without edits stand side by side, changed tokens marked.
 import type { AnyModel, RenderProps } from "@anywidget/types";
 import { mountAttention, type ViewState } from "./lib/attention_panel";
-import { download, el, shown } from "./lib/widget_io";
+import { download, el, Requests, shown } from "./lib/widget_io";
 import {
   applySteer, describeEdit, diffTokens, type EditSpec, factorToSlider, type Scope, SLIDER_MAX, sliderToFactor,
   steerEdits, toggleAblation,
@@ -31,7 +31,7 @@ interface EditorState extends ViewState {
 
 const DEBOUNCE_MS = 250;
 
-function render({ model, el: root }: RenderProps<EditorState>): () => void {
+function render({ model, el: root, experimental, signal }: RenderProps<EditorState>): () => void {
   const m = model as AnyModel<EditorState>;
   let mode: "keys" | "query" = "keys";
   const nLayers = m.get("n_layers");
@@ -122,7 +122,7 @@ function render({ model, el: root }: RenderProps<EditorState>): () => void {
   const error = el("div", "lw-ed-error");
   error.setAttribute("role", "alert");
 
-  const panel = mountAttention(m, {
+  const panel = mountAttention(m, new Requests(experimental.invoke, signal), {
     stripMode: () => mode,
     onKeys: (span) => setKeys(span),
     keySpan: () => m.get("key_span"),

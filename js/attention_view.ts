@@ -4,12 +4,12 @@
 // the editor.
 import type { RenderProps } from "@anywidget/types";
 import { mountAttention, type ViewState } from "./lib/attention_panel";
-import { el } from "./lib/widget_io";
+import { el, Requests } from "./lib/widget_io";
 
-function render({ model, el: root }: RenderProps<ViewState>): () => void {
+function render({ model, el: root, experimental, signal }: RenderProps<ViewState>): () => void {
   const frame = el("div", "lw-panel lw-attn-view");
   const title = el("div", "lw-attn-title", model.get("model_name"));
-  const panel = mountAttention(model);
+  const panel = mountAttention(model, new Requests(experimental.invoke, signal));
   frame.append(title, panel.element);
   root.replaceChildren(frame);
   return () => panel.destroy();

@@ -30,7 +30,7 @@ interface AttributionState {
 }
 const CELL = 16;
 
-function render({ model, el: root }: RenderProps<AttributionState>): () => void {
+function render({ model, el: root, experimental, signal }: RenderProps<AttributionState>): () => void {
   const m = model as AnyModel<AttributionState>;
   const frame = el("div", "lw-panel lw-attrib");
   const header = el("div", "lw-attrib-header");
@@ -50,7 +50,7 @@ function render({ model, el: root }: RenderProps<AttributionState>): () => void 
     stepBox.append(option);
   });
   const busy = el("span", "lw-ed-busy", "computing…");
-  const requests = new Requests(m);
+  const requests = new Requests(experimental.invoke, signal);
   const exports = exportButtons(requests, "attribution", (text) => {
     if (!text.startsWith("error")) return;
     errorBox.textContent = text;
@@ -147,7 +147,6 @@ function render({ model, el: root }: RenderProps<AttributionState>): () => void 
   const stop = redrawOn(m, ["scores", "method", "step", "busy", "error", "head_importance", "layer", "head", "target"], draw);
   return () => {
     stop();
-    requests.close();
   };
 }
 

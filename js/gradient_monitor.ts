@@ -20,13 +20,13 @@ interface MonitorState {
   error: string;
 }
 
-function render({ model, el: root }: RenderProps<MonitorState>): () => void {
+function render({ model, el: root, experimental, signal }: RenderProps<MonitorState>): () => void {
   const m = model as AnyModel<MonitorState>;
   const frame = el("div", "lw-panel lw-monitor");
   const header = el("div", "lw-mon-header");
   const status = el("span", "lw-mon-status");
   status.setAttribute("role", "status");
-  const requests = new Requests(m);
+  const requests = new Requests(experimental.invoke, signal);
   const exports = exportButtons(requests, "gradient-monitor", (text) => {
     if (!text.startsWith("error")) return;
     errorBox.textContent = text;
@@ -115,7 +115,6 @@ function render({ model, el: root }: RenderProps<MonitorState>): () => void {
   const stop = redrawOn(m, ["step", "steps_plotted", "alerts", "applied", "error", "loss"], draw);
   return () => {
     stop();
-    requests.close();
   };
 }
 

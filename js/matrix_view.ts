@@ -85,7 +85,7 @@ function table(m: AnyModel<MatrixState>, onPick: (row: number, col: number) => v
   return grid;
 }
 
-function render({ model, el: root }: RenderProps<MatrixState>): () => void {
+function render({ model, el: root, experimental, signal }: RenderProps<MatrixState>): () => void {
   const m = model as AnyModel<MatrixState>;
   const frame = el("div", "lw-panel lw-mx");
   const title = el("div", "lw-mx-title");
@@ -99,7 +99,7 @@ function render({ model, el: root }: RenderProps<MatrixState>): () => void {
   const detail = el("div", "lw-mx-detail");
   detail.setAttribute("role", "status");
   const errorBox = el("div", "lw-mx-error");
-  const requests = new Requests(m);
+  const requests = new Requests(experimental.invoke, signal);
   const exports = exportButtons(requests, m.get("kind"), (text) => {
     if (!text.startsWith("error")) return;
     errorBox.textContent = text;
@@ -139,7 +139,6 @@ function render({ model, el: root }: RenderProps<MatrixState>): () => void {
     "window_start", "title", "vmax", "scale"], draw);
   return () => {
     stop();
-    requests.close();
   };
 }
 

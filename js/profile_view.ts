@@ -43,7 +43,7 @@ function svgEl(tag: string, attrs: Record<string, string | number>): SVGElement 
   return node;
 }
 
-function render({ model, el: root }: RenderProps<ProfileState>): () => void {
+function render({ model, el: root, experimental, signal }: RenderProps<ProfileState>): () => void {
   const m = model as AnyModel<ProfileState>;
   const frame = el("div", "lw-panel lw-prof");
   const title = el("div", "lw-prof-title");
@@ -53,7 +53,7 @@ function render({ model, el: root }: RenderProps<ProfileState>): () => void {
   const memory = el("div", "lw-prof-memory");
   const table = el("table", "lw-prof-table");
   const status = el("div", "lw-prof-status");
-  const requests = new Requests(m);
+  const requests = new Requests(experimental.invoke, signal);
   const exports = exportButtons(requests, "profile", (text) => (status.textContent = text),
     ["png", "svg", "html", "json"]);
   frame.append(title, findings, crumbs, ice, memory, table, exports, status);
@@ -148,7 +148,6 @@ function render({ model, el: root }: RenderProps<ProfileState>): () => void {
   const stop = redrawOn(m, ["modules", "zoom", "timeline", "findings"], draw);
   return () => {
     stop();
-    requests.close();
   };
 }
 

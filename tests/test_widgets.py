@@ -83,13 +83,17 @@ def test_requests_answer_with_binary_matrices(view):
 
 
 def test_bad_requests_reply_with_an_error(view):
-    sent = []
-    view.send = lambda content, buffers=None: sent.append(content)
-    view._on_request(view, {"type": "request", "id": 3, "what": "overview", "layer": 9, "head": 0}, [])
-    view._on_request(view, {"type": "request", "id": 4, "what": "everything"}, [])
-    del view.send
-    assert sent[0]["type"] == "error" and "layer 9 is out of range" in sent[0]["message"]
-    assert "unknown request 'everything'" in sent[1]["message"]
+    """The front end's requests arrive through anywidget's command ("request"): a bad one gets an
+    error reply naming what was wrong, never an exception in the kernel."""
+    reply, buffers = view.request({"what": "overview", "layer": 9, "head": 0}, [])
+    assert reply["type"] == "error" and "layer 9 is out of range" in reply["message"] and buffers == []
+    reply, _ = view.request({"what": "everything"}, [])
+    assert "unknown request 'everything'" in reply["message"]
+    reply, _ = view.request(["not", "a", "dict"], [])
+    assert reply["type"] == "error"
+    reply, buffers = view.request({"what": "grid", "size": 6}, [])
+    assert reply["type"] == "reply" and len(buffers) == 2
+    assert "request" in type(view)._anywidget_commands
 
 
 def test_selection_is_validated(view):

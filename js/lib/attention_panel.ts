@@ -58,8 +58,7 @@ export interface Panel {
   destroy(): void;
 }
 
-export function mountAttention(model: AnyModel<ViewState>, options: PanelOptions = {}): Panel {
-  const requests = new Requests(model);
+export function mountAttention(model: AnyModel<ViewState>, requests: Requests, options: PanelOptions = {}): Panel {
   let tokens = model.get("tokens");
   let alive = true;
   let overview: Matrix | null = null;
@@ -504,7 +503,6 @@ export function mountAttention(model: AnyModel<ViewState>, options: PanelOptions
     },
     destroy() {
       alive = false;
-      requests.close();
       window.removeEventListener("mouseup", stopDrag);
       window.removeEventListener("mouseup", release);
       model.off("change:layer", onSelection);

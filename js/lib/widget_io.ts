@@ -1,14 +1,14 @@
 // What every widget front end shares: elements with text only (never
 // innerHTML), requests to Python answered by id over the comm, downloads of
 // files Python rendered, and the export buttons. DOM code, no model logic.
-import type { AnyModel } from "@anywidget/types";
+import type { AnyModel, Experimental } from "@anywidget/types";
 import { asDataView, decodeRowsUint8, type Matrix } from "./heatmap";
 
 const MIME: Record<string, string> = {
   png: "image/png", svg: "image/svg+xml", html: "text/html", json: "application/json",
 };
 
-type Reply = { type: string; id: number; shape: [number, number]; message?: string; name?: string; format?: string };
+type Reply = { type: string; shape: [number, number]; message?: string; name?: string; format?: string };
 
 export function el<K extends keyof HTMLElementTagNameMap>(tag: K, cls = "", text?: string): HTMLElementTagNameMap[K] {
   const node = document.createElement(tag);
@@ -35,35 +35,21 @@ export function download(name: string, data: BlobPart, mime: string): void {
   setTimeout(() => URL.revokeObjectURL(url), 10_000);
 }
 
-/** Requests to the Python side over the widget's comm, answered by id. */
+/** Requests to the Python side, answered through anywidget's invoke (a command named
+ * "request" on the widget: llm_widgets/widgets/_frontend.py `Answers`). The view's abort
+ * signal goes with each call: no 3 s timeout for a long computation, and nothing is left
+ * waiting once the view is gone. */
 export class Requests {
-  private next = 1;
-  private pending = new Map<number, { resolve: (r: [Reply, DataView[]]) => void; reject: (e: Error) => void }>();
-  constructor(private model: AnyModel<any>) {
-    this.onMessage = this.onMessage.bind(this);
-    model.on("msg:custom", this.onMessage);
-  }
-  raw(what: string, params: Record<string, number | string>): Promise<[Reply, DataView[]]> {
-    const id = this.next++;
-    return new Promise((resolve, reject) => {
-      this.pending.set(id, { resolve, reject });
-      this.model.send({ type: "request", id, what, ...params });
-    });
+  constructor(private invoke: Experimental["invoke"], private signal: AbortSignal) {}
+  async raw(what: string, params: Record<string, number | string>): Promise<[Reply, DataView[]]> {
+    const [reply, buffers] = await this.invoke<Reply>("request", { what, ...params },
+      { signal: this.signal });
+    if (reply.type === "error") throw new Error(reply.message ?? "request failed");
+    return [reply, buffers.map(asDataView)];
   }
   async ask(what: string, params: Record<string, number | string>): Promise<Matrix> {
     const [msg, buffers] = await this.raw(what, params);
     return decodeRowsUint8(msg.shape, buffers[0], buffers[1]);
-  }
-  onMessage(msg: Reply, buffers: (ArrayBuffer | DataView)[]) {
-    const waiting = this.pending.get(msg.id);
-    if (!waiting) return;
-    this.pending.delete(msg.id);
-    if (msg.type === "error") waiting.reject(new Error(msg.message ?? "request failed"));
-    else waiting.resolve([msg, buffers.map(asDataView)]);
-  }
-  close() {
-    this.model.off("msg:custom", this.onMessage);
-    this.pending.clear();
   }
 }
 

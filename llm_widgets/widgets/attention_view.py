@@ -17,7 +17,7 @@ from ..export import attention as export
 from ..export.attention import OVERVIEW  # first paint: at most OVERVIEW x OVERVIEW cells, max-pooled
 from ..trace import Trace
 from ..trace.trace import pooling_bins
-from ._frontend import bundle
+from ._frontend import Answers, bundle
 from .transport import encode_rows_uint8
 from ..errors import InputError, WrongTypeError
 
@@ -25,7 +25,7 @@ GRID_CELL = 24  # each small map of the layers x heads grid
 EXACT_GRID = 512  # up to this many tokens the grid's thumbnails are exact max-pools
 
 
-class AttentionView(anywidget.AnyWidget):
+class AttentionView(Answers, anywidget.AnyWidget):
     """`lw.AttentionView(trace)`: heatmap of one head, all heads as a grid, tokens to click."""
 
     _esm = bundle("attention_view")
@@ -52,7 +52,6 @@ class AttentionView(anywidget.AnyWidget):
         super().__init__(model_name=trace.model.name, tokens=trace.tokens, n_prompt=trace.n_prompt,
                          n_layers=trace.n_layers, n_heads=trace.n_heads, output_text=trace.output_text, **kwargs)
         self.layer, self.head = layer, head  # validated by the observers below
-        self.on_msg(self._on_request)
 
     @traitlets.validate("layer")
     def _check_layer(self, proposal):
@@ -150,13 +149,3 @@ class AttentionView(anywidget.AnyWidget):
                 sampled = self.trace.attention(layer, head, queries=rows)  # [bins, n]
                 maps.append(torch.zeros(bins, bins).scatter_reduce_(1, key_bin, sampled, reduce="amax"))
         return torch.cat(maps, dim=0)
-
-    def _on_request(self, _widget, content: dict, _buffers) -> None:
-        if not isinstance(content, dict) or content.get("type") != "request":
-            return
-        try:
-            message, buffers = self.answer(content)
-        except (ValueError, KeyError, TypeError) as error:
-            self.send({"type": "error", "id": content.get("id"), "message": str(error)})
-            return
-        self.send(message, buffers)

@@ -15,12 +15,12 @@ import traitlets
 
 from ..export import attribution as export
 from ..analysis import METHODS, Attribution
-from ._frontend import bundle
+from ._frontend import Answers, bundle
 from .attention_view import AttentionView
-from ..errors import WrongTypeError
+from ..errors import InputError, WrongTypeError
 
 
-class AttributionView(anywidget.AnyWidget):
+class AttributionView(Answers, anywidget.AnyWidget):
     """`lw.AttributionView(trace.attribute(" Paris", contrast=" London"))`."""
 
     _esm = bundle("attribution_view")
@@ -61,7 +61,6 @@ class AttributionView(anywidget.AnyWidget):
                          **self._state(attribution), **kwargs)
         self.observe(self._recompute, names=["method", "step"])
         self.observe(self._open_head, names=["layer", "head"])
-        self.on_msg(self._on_request)
 
     @staticmethod
     def _state(a: Attribution) -> dict:
@@ -98,16 +97,13 @@ class AttributionView(anywidget.AnyWidget):
         """The tokens coloured by score as .png, .svg or a standalone .html."""
         return export.save(self.attribution, path)
 
-    def _on_request(self, _widget, content: dict, _buffers) -> None:
-        if not isinstance(content, dict) or content.get("what") != "export":
-            return
-        fmt = str(content.get("format"))
-        try:
-            data = export.render(self.attribution, fmt)
-        except ValueError as error:
-            self.send({"type": "error", "id": content.get("id"), "message": str(error)})
-            return
-        self.send({"type": "file", "id": content.get("id"), "name": f"attribution.{fmt}", "format": fmt}, [data])
+    def answer(self, request: dict) -> tuple[dict, list[bytes]]:
+        """The front end's requests: only exports ({"what": "export", "format": ...})."""
+        if request.get("what") != "export":
+            raise InputError(f"unknown request {request.get('what')!r}: this view answers 'export'")
+        fmt = str(request.get("format"))
+        data = export.render(self.attribution, fmt)
+        return {"type": "file", "name": f"attribution.{fmt}", "format": fmt}, [data]
 
 
 def _default_target(trace, step: int) -> int:

@@ -24,7 +24,7 @@ import traitlets
 
 from ..export.text import plain_label
 from ..training.monitor import HIST_EDGES, GradientMonitor
-from ._frontend import bundle
+from ._frontend import Answers, bundle
 from ..errors import InputError
 
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
@@ -54,7 +54,7 @@ def percentiles(counts: list[int], zeros: int, qs=(0.05, 0.5, 0.95)) -> list[flo
     return out
 
 
-class MonitorControls(anywidget.AnyWidget):
+class MonitorControls(Answers, anywidget.AnyWidget):
     _esm = bundle("gradient_monitor")
     _css = bundle("gradient_monitor", ".css")
 
@@ -69,6 +69,14 @@ class MonitorControls(anywidget.AnyWidget):
     steering = traitlets.Dict().tag(sync=True)  # {group: {"scale": s, "clip": c or None}}
     applied = traitlets.Dict().tag(sync=True)  # what the monitor applies, with the step it took effect
     error = traitlets.Unicode().tag(sync=True)
+    exporter = None  # the view's render(fmt) -> bytes, set by GradientMonitorView
+
+    def answer(self, request: dict) -> tuple[dict, list[bytes]]:
+        """The front end's requests: only exports of the charts."""
+        if request.get("what") != "export" or self.exporter is None:
+            raise InputError(f"unknown request {request.get('what')!r}: the monitor answers 'export'")
+        fmt = str(request.get("format"))
+        return {"type": "file", "name": f"gradient-monitor.{fmt}", "format": fmt}, [self.exporter(fmt)]
 
 
 _BOKEHJS_SHOWN = False
@@ -133,7 +141,7 @@ class GradientMonitorView(ipywidgets.VBox):
         self.chart = BokehModel(self.charts)
         self.controls = MonitorControls(groups=groups, colours=colours)
         self.controls.observe(self._on_sliders, names="steering")
-        self.controls.on_msg(self._on_request)
+        self.controls.exporter = self.render
         self._pending: list[dict] = []
         self._sent_until = 0  # steps of monitor.steps already streamed
         self._hist_sent = 0
@@ -285,17 +293,6 @@ class GradientMonitorView(ipywidgets.VBox):
         fig.savefig(buffer, format=fmt)
         return buffer.getvalue()
 
-    def _on_request(self, _widget, content: dict, _buffers) -> None:
-        if not isinstance(content, dict) or content.get("what") != "export":
-            return
-        fmt = str(content.get("format"))
-        try:
-            data = self.render(fmt)
-        except (ValueError, ImportError) as error:
-            self.controls.send({"type": "error", "id": content.get("id"), "message": str(error)})
-            return
-        self.controls.send({"type": "file", "id": content.get("id"), "name": f"gradient-monitor.{fmt}", "format": fmt},
-                           [data])
 
 
 def _positive(value) -> float:

@@ -21,16 +21,16 @@ import traitlets
 from ..analysis import Comparison, LogitLens, Patching, Sweep, compare
 from ..export import matrix as export
 from ..trace import AblateHead, Trace
-from ._frontend import bundle
+from ._frontend import Answers, bundle
 from .attention_editor import AttentionEditor
 from .attention_view import AttentionView
-from ..errors import WrongTypeError
+from ..errors import InputError, WrongTypeError
 
 WINDOW = 24  # positions of the lens shown (and decoded) at once
 DETAIL_K = 10  # the top tokens listed for a clicked lens cell
 
 
-class MatrixWidget(anywidget.AnyWidget):
+class MatrixWidget(Answers, anywidget.AnyWidget):
     """What the three views share: the matrix on screen, its labels and scale, clicks, export."""
 
     _esm = bundle("matrix_view")
@@ -56,7 +56,6 @@ class MatrixWidget(anywidget.AnyWidget):
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
         self.observe(self._on_select, names="selected")
-        self.on_msg(self._on_request)
 
     # subclasses: what a click means
     def _on_select(self, change) -> None:
@@ -73,16 +72,13 @@ class MatrixWidget(anywidget.AnyWidget):
         """What is on screen as .png, .svg or standalone .html."""
         return export.save(self.figure(), path)
 
-    def _on_request(self, _widget, content: dict, _buffers) -> None:
-        if not isinstance(content, dict) or content.get("what") != "export":
-            return
-        fmt = str(content.get("format"))
-        try:
-            data = export.render(self.figure(), fmt)
-        except ValueError as error:
-            self.send({"type": "error", "id": content.get("id"), "message": str(error)})
-            return
-        self.send({"type": "file", "id": content.get("id"), "name": f"{self.kind}.{fmt}", "format": fmt}, [data])
+    def answer(self, request: dict) -> tuple[dict, list[bytes]]:
+        """The front end's requests: only exports ({"what": "export", "format": ...})."""
+        if request.get("what") != "export":
+            raise InputError(f"unknown request {request.get('what')!r}: this view answers 'export'")
+        fmt = str(request.get("format"))
+        data = export.render(self.figure(), fmt)
+        return {"type": "file", "name": f"{self.kind}.{fmt}", "format": fmt}, [data]
 
 
 class LensView(MatrixWidget):

@@ -9,11 +9,11 @@ import traitlets
 
 from ..analysis import Profile
 from ..export import profile as export
-from ._frontend import bundle
-from ..errors import WrongTypeError
+from ._frontend import Answers, bundle
+from ..errors import InputError, WrongTypeError
 
 
-class ProfileView(anywidget.AnyWidget):
+class ProfileView(Answers, anywidget.AnyWidget):
     """`lw.ProfileView(lw.profile(model, prompt, max_new_tokens=8))`: the findings, an icicle of
     the module tree by time (click to zoom), the memory timeline with the steps, a sortable table,
     export (PNG, SVG, HTML, and the Chrome trace for Perfetto / HTA)."""
@@ -36,7 +36,6 @@ class ProfileView(anywidget.AnyWidget):
         super().__init__(title=repr(profile), findings=profile.findings(), modules=profile.modules,
                          timeline=[[t, float(b)] for t, b in profile.timeline], step_times=profile.step_times,
                          steps=profile.steps, **kwargs)
-        self.on_msg(self._on_request)
 
     @traitlets.validate("zoom")
     def _check_zoom(self, proposal):
@@ -48,14 +47,10 @@ class ProfileView(anywidget.AnyWidget):
         """.png / .svg (icicle and memory), standalone .html, or .json (the Chrome trace)."""
         return export.save(self.profile, path, self.zoom)
 
-    def _on_request(self, _widget, content: dict, _buffers) -> None:
-        if not isinstance(content, dict) or content.get("what") != "export":
-            return
-        fmt = str(content.get("format"))
-        try:
-            data = export.render(self.profile, fmt, self.zoom)
-        except ValueError as error:
-            self.send({"type": "error", "id": content.get("id"), "message": str(error)})
-            return
-        name = "profile.trace.json" if fmt == "json" else f"profile.{fmt}"
-        self.send({"type": "file", "id": content.get("id"), "name": name, "format": fmt}, [data])
+    def answer(self, request: dict) -> tuple[dict, list[bytes]]:
+        """The front end's requests: only exports ({"what": "export", "format": ...})."""
+        if request.get("what") != "export":
+            raise InputError(f"unknown request {request.get('what')!r}: this view answers 'export'")
+        fmt = str(request.get("format"))
+        data = export.render(self.profile, fmt, self.zoom)
+        return {"type": "file", "name": "profile.trace.json" if fmt == "json" else f"profile.{fmt}", "format": fmt}, [data]
