@@ -93,7 +93,7 @@ def test_bad_requests_reply_with_an_error(view):
     assert reply["type"] == "error"
     reply, buffers = view.request({"what": "grid", "size": 6}, [])
     assert reply["type"] == "reply" and len(buffers) == 2
-    assert "request" in type(view)._anywidget_commands
+    assert getattr(type(view).request, "_anywidget_command", False)  # anywidget registers it
 
 
 def test_selection_is_validated(view):
