@@ -9,9 +9,9 @@ models, trace (the engine), analysis and training, export, widgets.
 """
 
 from ._version import __version__
-from .errors import InputError, LLMWidgetsError, ModelBusyError, ReplayMismatchError, WrongTypeError
 from .analysis import (Attribution, Comparison, LogitLens, Patching, Profile, Scaling, Sweep, ablation_sweep, compare,
                        patch, profile, scaling)
+from .errors import InputError, LLMWidgetsError, ModelBusyError, ReplayMismatchError, WrongTypeError
 from .models import BUNDLED_MODELS, LanguageModel, ModelFacts, load_model
 from .trace import AblateHead, ScaleAttention, Trace, replay
 from .training import GradientMonitor, GradientWarning, StepProfile, TrainingStopped, profile_step

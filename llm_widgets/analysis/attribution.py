@@ -19,12 +19,12 @@ from dataclasses import dataclass, field
 import torch
 
 from .._provide import provides
+from ..errors import InputError
 from ..models import LanguageModel
 from ..models.modes import model_mode
 from ..trace import Trace
 from ..trace.locking import exclusive
 from .targets import first_token_id
-from ..errors import InputError
 
 METHODS = ("grad_x_input", "integrated_gradients", "attention_x_grad", "occlusion")
 BASELINES = ("zeros", "eos", "pad")  # what integrated gradients and occlusion replace the input with

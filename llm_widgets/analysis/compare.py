@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..trace import Trace
 from ..errors import InputError, WrongTypeError
+from ..trace import Trace
 
 
 @dataclass

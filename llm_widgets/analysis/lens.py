@@ -16,13 +16,13 @@ from typing import Any
 import torch
 
 from .._provide import provides
+from ..errors import InputError
 from ..models.anatomy import anatomy, block_output
 from ..models.modes import model_mode
 from ..trace import Trace
 from ..trace.capture import Run, instrument
 from ..trace.locking import exclusive
 from .targets import first_token_id
-from ..errors import InputError
 
 POSITION_BLOCK = 256  # positions decoded at once: at most POSITION_BLOCK x vocabulary logits
 

@@ -15,6 +15,7 @@ the engine's attention wrapper (before the output projection).
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
+from ..errors import InputError, WrongTypeError
 from ..models import LanguageModel
 from ..models.anatomy import Anatomy, anatomy, block_output
 from ..models.modes import model_mode
@@ -29,7 +31,6 @@ from ..trace import Trace, prompt_ids
 from ..trace.capture import Run, instrument
 from ..trace.locking import exclusive
 from .targets import first_token_id
-from ..errors import InputError, WrongTypeError
 
 SITES = ("residual", "attention", "mlp", "heads")
 DEFAULT_BUDGET = 1 << 30  # bytes of activations a chunk of patched runs may take
@@ -166,7 +167,7 @@ def _capture_site(lm: LanguageModel, ids: torch.Tensor, site: str, parts: Anatom
             def hook(_m, _a, output, layer=layer):
                 kept[layer] = block_output(output)[0].detach().clone()
             handles.append(module.register_forward_hook(hook))
-        context = _nothing()
+        context = contextlib.nullcontext()
     try:
         with context:
             logits = _forward_last(model, ids)
@@ -174,14 +175,6 @@ def _capture_site(lm: LanguageModel, ids: torch.Tensor, site: str, parts: Anatom
         for handle in handles:
             handle.remove()
     return [kept[layer] for layer in range(lm.facts.n_layers)], logits
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def run_patched(lm: LanguageModel, ids: torch.Tensor, site: str, patches: list[tuple[int, Any, Any]],
@@ -231,7 +224,7 @@ def run_patched(lm: LanguageModel, ids: torch.Tensor, site: str, patches: list[t
                     hidden[row, where] = 0 if mode == "zero" else source[layer][where]
                 return _replace_output(output, hidden)
             handles.append(module.register_forward_hook(hook))
-        context = _nothing()
+        context = contextlib.nullcontext()
     try:
         with context:
             return _forward_last(model, ids)

@@ -15,8 +15,9 @@
 
 from __future__ import annotations
 
-import json
+import bisect
 import math
+import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from typing import Any, Iterator
 
 import torch
 
+from ..errors import InputError, WrongTypeError
 from ..models import LanguageModel
 from ..models.anatomy import anatomy
 from ..models.compat import output_cache
@@ -33,7 +35,6 @@ from .._provide import provides
 from ..trace import Trace, prompt_ids
 from ..trace.edits import validate_edits
 from ..trace.locking import exclusive
-from ..errors import InputError, WrongTypeError
 
 ROOT = "<model>"  # the root module's range name (its children may be called "model")
 COLUMNS = ["module", "depth", "kind", "calls", "total_s", "self_s", "prefill_s", "decode_s", "flops", "peak_bytes"]
@@ -389,22 +390,10 @@ def _memory(net: torch.nn.Module, run, device: torch.device):
     with _ranges(net), torch_profile(activities=activities, profile_memory=True, record_shapes=False) as prof:
         run()
     events = prof.events()
-    cuda = device.type == "cuda"
-    # allocations and frees: each op's own (self_, so nested ops do not count twice) and the
-    # allocator's free-standing "[memory]" events, at the time they began
-    memory = sorted(((e.time_range.start, e.self_device_memory_usage if cuda else e.self_cpu_memory_usage)
-                     for e in events if not e.name.startswith("module::")
-                     and (e.self_device_memory_usage if cuda else e.self_cpu_memory_usage)), key=lambda x: x[0])
-    if not memory:
+    times, cumulative = allocation_levels(events, cuda=device.type == "cuda")
+    if not times:
         return [], [], {}, "", 0
     t0 = min(e.time_range.start for e in events)
-    times = [t for t, _ in memory]
-    level, cumulative = 0, []
-    for _, delta in memory:
-        level += delta
-        cumulative.append(level)
-    import bisect
-
     peaks: dict[str, int] = {}
     starts: list[float] = []
     for e in events:
@@ -422,22 +411,27 @@ def _memory(net: torch.nn.Module, run, device: torch.device):
     if len(timeline) > 2000:  # enough points to draw
         stride = math.ceil(len(timeline) / 2000)
         timeline = timeline[::stride] + [timeline[-1]]
-    path = Path(_tempdir()) / "trace.json"
-    prof.export_chrome_trace(str(path))
-    chrome = path.read_text()
+    with tempfile.TemporaryDirectory(prefix="llm-widgets-profile-") as folder:  # the profiler writes only to files
+        path = Path(folder) / "trace.json"
+        prof.export_chrome_trace(str(path))
+        chrome = path.read_text()
     return timeline, sorted(starts), peaks, chrome, max(cumulative)
 
 
-def _tempdir() -> str:
-    import tempfile
+def allocation_levels(events, *, cuda: bool) -> tuple[list[float], list[int]]:
+    """From torch.profiler events (profile_memory=True): the times of allocations and frees and the
+    bytes allocated after each, above the start. Each op counts its own (self_) usage, so nested
+    ops do not count twice; the allocator's free-standing "[memory]" events count too."""
+    def usage(e) -> int:
+        return e.self_device_memory_usage if cuda else e.self_cpu_memory_usage
 
-    return tempfile.mkdtemp(prefix="llm-widgets-profile-")
-
-
-def chrome_trace_events(profile: Profile) -> list[dict]:
-    """The Chrome trace's events (what Perfetto shows), parsed."""
-    data = json.loads(profile.chrome_trace) if profile.chrome_trace else {}
-    return data.get("traceEvents", [])
+    changes = sorted((e.time_range.start, usage(e)) for e in events
+                     if not e.name.startswith("module::") and usage(e))
+    level, cumulative = 0, []
+    for _, delta in changes:
+        level += delta
+        cumulative.append(level)
+    return [t for t, _ in changes], cumulative
 
 
 @provides(Trace, "profile")

@@ -3,6 +3,7 @@ implementation, with power laws fitted on a log-log scale."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import statistics
@@ -14,11 +15,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import InputError, WrongTypeError
 from ..models import LanguageModel
 from ..models.anatomy import anatomy
 from ..models.modes import model_mode
 from ..trace.locking import exclusive
-from ..errors import InputError, WrongTypeError
+from .profile import allocation_levels
 
 COMPONENTS = ("attention", "mlp", "rest", "total")
 
@@ -119,13 +121,12 @@ def scaling(model: LanguageModel, lengths: Any = (256, 512, 1024, 2048), *, batc
     g = torch.Generator().manual_seed(0)
     with exclusive(net), model_mode(net, training=False), torch.no_grad():
         for impl in implementations:
-            try:
-                switch = model_mode(net, attn_implementation=impl)
-                switch.__enter__()
-            except (ValueError, ImportError) as error:
-                notes.append(f"{impl}: not available for this model ({error})")
-                continue
-            try:
+            with contextlib.ExitStack() as stack:
+                try:
+                    stack.enter_context(model_mode(net, attn_implementation=impl))
+                except (ValueError, ImportError) as error:
+                    notes.append(f"{impl}: not available for this model ({error})")
+                    continue
                 for batch in batch_sizes:
                     for n in lengths:
                         ids = torch.randint(0, model.facts.vocab_size, (batch, n), generator=g).to(device)
@@ -133,8 +134,6 @@ def scaling(model: LanguageModel, lengths: Any = (256, 512, 1024, 2048), *, batc
                         for component, seconds in times.items():
                             rows.append({"implementation": impl, "batch_size": batch, "length": n,
                                          "component": component, "seconds": seconds, "peak_bytes": peak})
-            finally:
-                switch.__exit__(None, None, None)
     exponents = {}
     for impl in {r["implementation"] for r in rows}:
         for component in COMPONENTS:
@@ -196,8 +195,4 @@ def _peak_bytes(net, ids, device) -> int:
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         net(input_ids=ids, use_cache=False)
-    level = peak = 0
-    for e in sorted(prof.events(), key=lambda e: e.time_range.start):
-        level += e.self_cpu_memory_usage
-        peak = max(peak, level)
-    return peak
+    return max(allocation_levels(prof.events(), cuda=False)[1], default=0)

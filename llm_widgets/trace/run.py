@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import secrets
 import warnings
 from typing import Any
@@ -10,16 +9,16 @@ from typing import Any
 import torch
 
 from .._provide import provides
+from ..errors import InputError
 from ..models import LanguageModel
 from ..models.compat import cache_kwargs, output_cache
 from ..models.modes import model_mode
 from .capture import Run, instrument
 from .edits import validate_edits
 from .locking import exclusive
-from .settings import check_generation_settings
 from .record import make_record
+from .settings import check_generation_settings
 from .trace import Trace, assemble, probability_of, top_k_of
-from ..errors import InputError
 
 TOP_K_KEPT = 20
 
@@ -58,14 +57,6 @@ def prompt_ids(lm: LanguageModel, prompt: Any) -> torch.Tensor:
     return ids
 
 
-def _json_safe(value: dict) -> dict:
-    try:
-        json.dumps(value)
-    except TypeError as error:
-        raise InputError(f"generation settings must be JSON-serialisable so the run can be replayed: {error}") from None
-    return value
-
-
 @provides(LanguageModel, "trace")
 def run_trace(lm: LanguageModel, prompt: Any, *, max_new_tokens: int = 0, edits=(), seed: int | None = None, do_sample: bool = False,
               keep_logits: bool = False, capture: bool = True, capture_device: str | torch.device | None = None,
@@ -102,7 +93,8 @@ def run_trace(lm: LanguageModel, prompt: Any, *, max_new_tokens: int = 0, edits=
         )
     if do_sample and seed is None:
         seed = secrets.randbits(31)  # recorded, so a sampled run replays
-    generation = _json_safe({"max_new_tokens": max_new_tokens, "do_sample": do_sample, "seed": seed, **generation_kwargs})
+    # JSON-able as it stands: check_generation_settings admitted only numbers, flags and token ids
+    generation = {"max_new_tokens": max_new_tokens, "do_sample": do_sample, "seed": seed, **generation_kwargs}
 
     model = lm.model
     device = next(model.parameters()).device

@@ -16,11 +16,11 @@ from typing import Any
 import torch
 
 from .._provide import implementation
+from ..errors import InputError, WrongTypeError
 from ..models import LanguageModel
 from .capture import LayerRecord
-from .masks import allowed_mask, edit_bias
 from .edits import ScaleAttention
-from ..errors import InputError, WrongTypeError
+from .masks import allowed_mask, edit_bias
 
 BLOCK = 1024  # key (and query) block for blockwise work: at most BLOCK x BLOCK scores per head at once
 

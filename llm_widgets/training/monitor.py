@@ -24,8 +24,8 @@ import torch
 import transformers
 
 from .._version import __version__
-from .alerts import KINDS, GradientWarning, TrainingStopped
 from ..errors import InputError, WrongTypeError
+from .alerts import KINDS, GradientWarning, TrainingStopped
 
 HIST_EDGES = torch.linspace(-12, 4, 65)  # log10 |g|: 64 fixed bins from 1e-12 to 1e4; zeros counted apart
 _LAYER = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)\.")

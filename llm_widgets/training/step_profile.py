@@ -44,7 +44,7 @@ def profile_step(model: Any, batch: dict, optimizer: torch.optim.Optimizer, *, m
         raise WrongTypeError(f"profile_step takes a torch module or lw.LanguageModel; got {type(model).__name__}")
     if not isinstance(batch, dict):
         raise WrongTypeError(f"batch must be a dict of the model's inputs (with labels for the loss); got "
-                        f"{type(batch).__name__}")
+                             f"{type(batch).__name__}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise InputError(f"steps must be an integer >= 1; got {steps!r}")
     device = next(module.parameters()).device

@@ -15,13 +15,13 @@ from typing import Any
 
 import traitlets
 
+from ..errors import InputError, WrongTypeError
 from ..models import LanguageModel
 from ..trace import Trace, edit_from_dict, fidelity
 from ..trace.edits import AblateHead, ScaleAttention
 from ..trace.locking import exclusive
 from ._frontend import bundle
 from .attention_view import AttentionView
-from ..errors import InputError, WrongTypeError
 
 Edit = ScaleAttention | AblateHead
 

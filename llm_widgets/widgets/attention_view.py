@@ -13,13 +13,13 @@ import anywidget
 import torch
 import traitlets
 
+from ..errors import InputError, WrongTypeError
 from ..export import attention as export
 from ..export.attention import OVERVIEW  # first paint: at most OVERVIEW x OVERVIEW cells, max-pooled
 from ..trace import Trace
 from ..trace.trace import pooling_bins
 from ._frontend import Answers, bundle
 from .transport import encode_rows_uint8
-from ..errors import InputError, WrongTypeError
 
 GRID_CELL = 24  # each small map of the layers x heads grid
 EXACT_GRID = 512  # up to this many tokens the grid's thumbnails are exact max-pools

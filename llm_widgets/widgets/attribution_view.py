@@ -13,11 +13,11 @@ from pathlib import Path
 import anywidget
 import traitlets
 
+from ..errors import InputError, WrongTypeError
 from ..export import attribution as export
 from ..analysis import METHODS, Attribution
 from ._frontend import Answers, bundle
 from .attention_view import AttentionView
-from ..errors import InputError, WrongTypeError
 
 
 class AttributionView(Answers, anywidget.AnyWidget):
@@ -50,7 +50,7 @@ class AttributionView(Answers, anywidget.AnyWidget):
     def __init__(self, attribution: Attribution, *, view: AttentionView | None = None, **kwargs):
         if not isinstance(attribution, Attribution):
             raise WrongTypeError(f"AttributionView takes an Attribution (from trace.attribute(...)), "
-                            f"got {type(attribution).__name__}")
+                                 f"got {type(attribution).__name__}")
         self.attribution = attribution
         self.view = view
         trace = attribution.trace

@@ -22,10 +22,10 @@ import ipywidgets
 import numpy as np
 import traitlets
 
+from ..errors import InputError
 from ..export.text import plain_label
 from ..training.monitor import HIST_EDGES, GradientMonitor
 from ._frontend import Answers, bundle
-from ..errors import InputError
 
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
            "#17becf"]

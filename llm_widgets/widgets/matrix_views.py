@@ -19,12 +19,12 @@ import torch
 import traitlets
 
 from ..analysis import Comparison, LogitLens, Patching, Sweep, compare
+from ..errors import InputError, WrongTypeError
 from ..export import matrix as export
 from ..trace import AblateHead, Trace
 from ._frontend import Answers, bundle
 from .attention_editor import AttentionEditor
 from .attention_view import AttentionView
-from ..errors import InputError, WrongTypeError
 
 WINDOW = 24  # positions of the lens shown (and decoded) at once
 DETAIL_K = 10  # the top tokens listed for a clicked lens cell
@@ -149,7 +149,7 @@ class PatchingView(MatrixWidget):
                  editor: AttentionEditor | None = None, **kwargs: Any):
         if not isinstance(result, Patching):
             raise WrongTypeError(f"PatchingView takes the result of lw.patch or lw.ablation_sweep, got "
-                            f"{type(result).__name__}")
+                                 f"{type(result).__name__}")
         self.result, self.view, self.editor = result, view, editor
         effect = result.effect
         if effect.dim() == 3:  # per position: the strongest position of each head

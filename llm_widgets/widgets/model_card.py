@@ -5,9 +5,9 @@ from __future__ import annotations
 import anywidget
 import traitlets
 
+from ..errors import WrongTypeError
 from ..models import LanguageModel
 from ._frontend import bundle
-from ..errors import WrongTypeError
 
 
 class ModelCard(anywidget.AnyWidget):

@@ -8,9 +8,9 @@ import anywidget
 import traitlets
 
 from ..analysis import Profile
+from ..errors import InputError, WrongTypeError
 from ..export import profile as export
 from ._frontend import Answers, bundle
-from ..errors import InputError, WrongTypeError
 
 
 class ProfileView(Answers, anywidget.AnyWidget):
