@@ -3,11 +3,14 @@
 (a) traced forward, capturing every layer, vs the plain SDPA forward   (target <= 1.05x)
 (b) eager with output_attentions=True (what other tools do), same input, for comparison
 (c) traced generate with edits on 12 heads vs plain generate           (target <= 1.10x)
-(d) peak memory above the loaded model, for each
+(d) first paint of the view: one head's 512 x 512 overview and the layers x heads grid
+(e) peak memory above the loaded model, for each
 
 Models: a GPT-2-small-shaped random model (124M) and SmolLM2-135M, at 256 and
 1024 tokens (--lengths). Runs alternate and the median of --repeats is kept.
-On a GPU, --model can name a local 7B-shaped config and --lengths 4096 16384.
+On a GPU: --models llama-7b (Llama-2-7B's shape, random weights, context raised
+to 32k) --dtype bfloat16 --lengths 4096 16384 32768. Eager (b) is skipped where
+its T x T weights of every layer would not fit.
 
     .venv/bin/python benchmarks/bench_trace.py [--repeats 3] [--lengths 256 1024] [--new-tokens 20]
 """
@@ -15,6 +18,7 @@ On a GPU, --model can name a local 7B-shaped config and --lengths 4096 16384.
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import statistics
 import threading
@@ -65,6 +69,8 @@ def _rss() -> int:
 
 
 def measure(fn, device) -> tuple[float, int]:
+    if device.type == "cuda":  # each case starts from an empty allocator cache: no case pays for another's blocks
+        torch.cuda.empty_cache()
     with PeakMemory(device) as mem:
         start = time.perf_counter()
         fn()
@@ -82,6 +88,35 @@ def gpt2_small(device, dtype) -> lw.LanguageModel:
     return lw.LanguageModel(model, tokenizer, name="gpt2-small-shaped (random)")
 
 
+def llama_7b(device, dtype) -> lw.LanguageModel:
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                                      num_attention_heads=32, num_key_value_heads=32, vocab_size=32000,
+                                      max_position_embeddings=34816)  # Llama-2-7B, context raised past 32k
+    with torch.device(device):
+        model = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
+    tokenizer = lw.load_model("tiny-gpt2").tokenizer  # the inputs are ids; it decodes them
+    return lw.LanguageModel(model, tokenizer, name="llama-7b-shaped (random)")
+
+
+def sdpa_backend(device, dtype) -> str:
+    """Which SDPA kernel serves a plain causal call here: the fastest that accepts it."""
+    if device.type != "cuda":
+        return "math/CPU"
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    q = torch.randn(1, 8, 256, 128, device=device, dtype=dtype)
+    for name, backend in (("flash", SDPBackend.FLASH_ATTENTION), ("cuDNN", SDPBackend.CUDNN_ATTENTION),
+                          ("efficient", SDPBackend.EFFICIENT_ATTENTION)):
+        try:
+            with sdpa_kernel(backend):
+                torch.nn.functional.scaled_dot_product_attention(q, q, q, is_causal=True)
+            return name
+        except RuntimeError:
+            continue
+    return "math"
+
+
 def twelve_heads(facts) -> list:
     """12 (layer, head) pairs spread over the model, each emphasising the first 8 keys."""
     pairs = [(layer, head) for layer in range(0, facts.n_layers, max(1, facts.n_layers // 6))
@@ -94,19 +129,28 @@ def bench(lm: lw.LanguageModel, length: int, repeats: int, new_tokens: int) -> l
     g = torch.Generator().manual_seed(length)
     ids = torch.randint(100, lm.facts.vocab_size - 100, (1, length), generator=g).to(device)
     original = model.config._attn_implementation
+    # the trace computes the last position's logits only; so do the baselines (T x vocab logits are GBs)
+    last = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
 
     def plain():
         with torch.no_grad():
-            model(input_ids=ids, use_cache=False)
+            model(input_ids=ids, use_cache=False, **last)
+
+    traces = []
 
     def traced():
-        lm.trace(ids[0])
+        traces.append(lm.trace(ids[0]))
+
+    def first_paint():  # on the trace just made: nothing of it is computed yet
+        tr = traces.pop()
+        tr.attention_overview(lm.facts.n_layers // 2, 0, size=512)
+        tr.attention_grid(24)
 
     def eager():
         model.set_attn_implementation("eager")
         try:
             with torch.no_grad():
-                model(input_ids=ids, use_cache=False, output_attentions=True)
+                model(input_ids=ids, use_cache=False, output_attentions=True, **last)
         finally:
             model.set_attn_implementation(original)
 
@@ -122,7 +166,11 @@ def bench(lm: lw.LanguageModel, length: int, repeats: int, new_tokens: int) -> l
     def generate_edited():
         lm.trace(ids[0], max_new_tokens=new_tokens, min_new_tokens=new_tokens, edits=edits)
 
-    cases = {"plain": plain, "traced": traced, "eager": eager, "gen_plain": generate_plain, "gen_edited": generate_edited}
+    cases = {"plain": plain, "traced": traced, "paint": first_paint, "eager": eager, "gen_plain": generate_plain,
+             "gen_edited": generate_edited}
+    eager_bytes = lm.facts.n_layers * lm.facts.n_heads * length * length * model.dtype.itemsize
+    if device.type == "cuda" and eager_bytes > torch.cuda.mem_get_info()[0] * 0.8:
+        del cases["eager"]
     for fn in cases.values():  # warm-up
         fn()
     results = {name: [] for name in cases}
@@ -134,11 +182,15 @@ def bench(lm: lw.LanguageModel, length: int, repeats: int, new_tokens: int) -> l
     rows = [
         f"| {lm.name} | {length} | (a) traced forward, all layers captured | {t['traced']:.3f} s vs {t['plain']:.3f} s "
         f"| **{t['traced'] / t['plain']:.2f}x** (target <= 1.05x) | {m['traced']:.0f} vs {m['plain']:.0f} MiB |",
-        f"| {lm.name} | {length} | (b) eager + output_attentions | {t['eager']:.3f} s vs {t['plain']:.3f} s "
-        f"| {t['eager'] / t['plain']:.2f}x | {m['eager']:.0f} vs {m['plain']:.0f} MiB |",
+        f"| {lm.name} | {length} | (b) eager + output_attentions | "
+        + (f"{t['eager']:.3f} s vs {t['plain']:.3f} s | {t['eager'] / t['plain']:.2f}x | {m['eager']:.0f} vs "
+           f"{m['plain']:.0f} MiB |" if "eager" in t else
+           f"not run: its weights would need {eager_bytes / 2**30:.0f} GiB | | |"),
         f"| {lm.name} | {length} | (c) generate {new_tokens} tokens, edits on 12 heads | {t['gen_edited']:.3f} s vs "
         f"{t['gen_plain']:.3f} s | **{t['gen_edited'] / t['gen_plain']:.2f}x** (target <= 1.10x) "
         f"| {m['gen_edited']:.0f} vs {m['gen_plain']:.0f} MiB |",
+        f"| {lm.name} | {length} | (d) first paint: a head's 512 x 512 overview + the {lm.facts.n_layers} x "
+        f"{lm.facts.n_heads} grid | {t['paint']:.3f} s | | {m['paint']:.0f} MiB |",
     ]
     for row in rows:
         print(row, flush=True)
@@ -155,13 +207,17 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32")
     args = parser.parse_args()
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    print(f"torch {torch.__version__}, transformers {transformers.__version__}, device {device}, dtype {dtype}, "
-          f"{torch.get_num_threads()} CPU threads, median of {args.repeats}; memory is the peak above the loaded model\n")
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"torch {torch.__version__}, transformers {transformers.__version__}, {name}, dtype {dtype}, "
+          f"{torch.get_num_threads()} CPU threads, plain SDPA runs the {sdpa_backend(device, dtype)} kernel, "
+          f"median of {args.repeats}; memory is the peak above the loaded model\n")
     print("| model | tokens | case | time (ours vs plain) | ratio | peak memory (ours vs plain) |")
     print("|---|---|---|---|---|---|")
     for name in args.models:
         if name == "gpt2-small":
             lm = gpt2_small(device, dtype)
+        elif name == "llama-7b":
+            lm = llama_7b(device, dtype)
         elif os.path.isdir(name) and not os.path.exists(os.path.join(name, "model.safetensors")):
             # a directory with only config.json (and a tokenizer): random weights of that shape
             config = transformers.AutoConfig.from_pretrained(name)

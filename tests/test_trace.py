@@ -45,6 +45,27 @@ def test_overview_is_max_pooled(tiny_gpt2):
     assert tr.attention_overview(2, 1, size=1000).shape == (n, n)
 
 
+def test_grid_of_every_head_is_each_heads_overview(tiny_gpt2):
+    """The grid computes a layer's heads together, in blocks: the same numbers as one head at a time."""
+    with pytest.warns(UserWarning, match="masked every key"):  # rows 0-4 see no other key: left as they were
+        tr = tiny_gpt2.trace("The " * 40, edits=[lw.ScaleAttention(0.0, keys=(0, 5), layers=[1], heads=[2])])
+    grid = tr.attention_grid(size=6)
+    for layer in range(tr.n_layers):
+        for head in range(tr.n_heads):
+            cell = grid[(layer * tr.n_heads + head) * 6:(layer * tr.n_heads + head + 1) * 6]
+            torch.testing.assert_close(cell, tr.attention_overview(layer, head, size=6), atol=1e-6, rtol=0)
+
+
+def test_queries_and_keys_kept_in_half_precision(tiny_gpt2):
+    full = tiny_gpt2.trace("It is a truth universally acknowledged, that a single man", max_new_tokens=4)
+    half = tiny_gpt2.trace(full.input_ids[:full.n_prompt], max_new_tokens=4, capture_dtype=torch.float16)
+    assert half._layer(0).queries.dtype == torch.float16 and half.generated_ids == full.generated_ids
+    for layer in range(half.n_layers):
+        torch.testing.assert_close(half.attention(layer, 3), full.attention(layer, 3), atol=2e-3, rtol=0)
+    with pytest.raises(lw.InputError, match="capture_dtype must be a floating torch dtype"):
+        tiny_gpt2.trace("Hi", capture_dtype="half")
+
+
 def test_record_is_json_and_replays_a_sampled_run(tiny_gpt2):
     tr = tiny_gpt2.trace("Call me Ishmael.", max_new_tokens=12, do_sample=True, temperature=1.3,
                          edits=[lw.ScaleAttention(3.0, keys=(0, 2), layers=[1, 2]), lw.AblateHead(0, 5, mode="mean")])

@@ -153,3 +153,17 @@ def test_per_head_edits_agree_between_sdpa_and_eager(arch, lm):
     reference = eager.trace(PROMPT, keep_logits=True, edits=edits)
     torch.testing.assert_close(ours.logits, reference.logits, atol=1e-4, rtol=1e-4)
     assert (ours.logits - lm.trace(PROMPT, keep_logits=True).logits).abs().max() > 1e-4
+
+
+def test_edit_masks_built_in_row_blocks_give_the_same_run(arch, lm, monkeypatch):
+    """A long prompt's edited mask is built a block of query rows at a time (never T x T):
+    blocks of 3 rows must give what one block gives, per-head and factor-0 edits included."""
+    from llm_widgets.trace import capture
+
+    edits = [lw.ScaleAttention(6.0, keys=(2, 7), layers=[0], heads=[1]), lw.ScaleAttention(0.2, keys=(0, 4))]
+    for model in (lm, build(arch, "eager", lm.model.state_dict())):
+        whole = model.trace(PROMPT, keep_logits=True, edits=edits)
+        with monkeypatch.context() as m:
+            m.setattr(capture, "MASK_ELEMENTS", 3 * len(PROMPT))
+            blocked = model.trace(PROMPT, keep_logits=True, edits=edits)
+        torch.testing.assert_close(blocked.logits, whole.logits, atol=1e-6, rtol=0)

@@ -55,3 +55,13 @@ def test_generated_tokens_have_attention_rows(smollm2):
     assert rows.shape == (4, len(tr))
     torch.testing.assert_close(rows.sum(-1), torch.ones(4))
     assert rows[0, tr.n_prompt + 1:].abs().max() == 0  # causal: no attention to the future
+
+
+@pytest.mark.parametrize("name", ["tiny-gpt2", "smollm2"])
+def test_tokens_are_decoded_one_id_at_a_time(name, tiny_gpt2, smollm2):
+    """The fast path through the Rust tokenizer gives what batch_decode gives, special tokens included."""
+    from llm_widgets.trace.trace import decode_each
+
+    tok = (tiny_gpt2 if name == "tiny-gpt2" else smollm2).tokenizer
+    ids = list(range(0, len(tok), 89)) + [tok.eos_token_id]
+    assert decode_each(tok, ids) == tok.batch_decode([[i] for i in ids])

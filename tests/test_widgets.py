@@ -108,12 +108,12 @@ def test_selection_is_validated(view):
 
 
 def test_grid_of_a_long_trace_samples_one_exact_row_per_bin(tiny_gpt2, monkeypatch):
-    from llm_widgets.widgets import attention_view
+    from llm_widgets.trace import trace as trace_module
 
-    monkeypatch.setattr(attention_view, "EXACT_GRID", 8)  # treat this trace as long
+    monkeypatch.setattr(trace_module, "EXACT_GRID", 8)  # treat this trace as long
     view = lw.AttentionView(tiny_gpt2.trace("Call me Ishmael. Some years ago, never mind how long"))
     n = len(view.trace)
-    grid = view.grid(size=4)
+    grid = view.trace.attention_grid(size=4)
     assert grid.shape == (4 * 8 * 4, 4)
     edges = torch.linspace(0, n, 5).round().long()
     layer, head = 2, 5

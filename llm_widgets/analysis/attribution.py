@@ -21,6 +21,7 @@ import torch
 from .._provide import provides
 from ..errors import InputError
 from ..models import LanguageModel
+from ..models.devices import input_device
 from ..models.modes import model_mode
 from ..trace import Trace
 from ..trace.locking import exclusive
@@ -131,7 +132,7 @@ def attribute(trace: Trace, target=None, contrast=None, method: str = "grad_x_in
 
 
 def _device(model) -> torch.device:
-    return next(model.parameters()).device
+    return input_device(model)
 
 
 def _forward(model, embeds: torch.Tensor) -> torch.Tensor:

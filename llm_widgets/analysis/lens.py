@@ -18,10 +18,12 @@ import torch
 from .._provide import provides
 from ..errors import InputError
 from ..models.anatomy import anatomy, block_output
+from ..models.devices import input_device
 from ..models.modes import model_mode
 from ..trace import Trace
 from ..trace.capture import Run, instrument
 from ..trace.locking import exclusive
+from ..trace.trace import decode_each
 from .targets import first_token_id
 
 POSITION_BLOCK = 256  # positions decoded at once: at most POSITION_BLOCK x vocabulary logits
@@ -79,7 +81,7 @@ def residual_streams(trace: Trace, positions: torch.Tensor | None = None) -> lis
     handles = [block.register_forward_hook(keeper(i)) for i, block in enumerate(parts.blocks)]
     try:
         with exclusive(model), model_mode(model, training=False), torch.no_grad():
-            device = next(model.parameters()).device
+            device = input_device(model)
             ids = trace.input_ids[None].to(device)
             # the trace's own edits apply, so the lens reads the run that was traced
             edited = instrument(model, Run(lm.facts.n_layers, lm.facts.n_heads, len(trace), trace.edits, capture=False)) \
@@ -133,7 +135,7 @@ def logit_lens(trace: Trace, k: int = 5, target: Any = None, positions: Any = No
                 target_ranks.append(torch.cat(tr_l))
     ids = torch.stack(top_ids)
     tok = lm.tokenizer
-    flat = tok.batch_decode([[i] for i in ids.reshape(-1).tolist()])
+    flat = decode_each(tok, ids.reshape(-1).tolist())
     L, P = ids.shape[:2]
     top_tokens = [[flat[(l * P + p) * k:(l * P + p + 1) * k] for p in range(P)] for l in range(L)]
     return LogitLens(tokens=[trace.tokens[i] for i in pos.tolist()], positions=pos.tolist(), top_ids=ids,

@@ -16,7 +16,6 @@ the engine's attention wrapper (before the output projection).
 from __future__ import annotations
 
 import contextlib
-import inspect
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
@@ -26,10 +25,13 @@ import torch
 from ..errors import InputError, WrongTypeError
 from ..models import LanguageModel
 from ..models.anatomy import Anatomy, anatomy, block_output
+from ..models.compat import takes_logits_to_keep
+from ..models.devices import input_device
 from ..models.modes import model_mode
 from ..trace import Trace, prompt_ids
 from ..trace.capture import Run, instrument
 from ..trace.locking import exclusive
+from ..trace.trace import decode_each
 from .targets import first_token_id
 
 SITES = ("residual", "attention", "mlp", "heads")
@@ -115,9 +117,8 @@ def _rows_per_chunk(lm: LanguageModel, length: int, budget: int) -> int:
 
 def _forward_last(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
     """Logits at the last position for a batch of identical-length rows."""
-    kwargs: dict[str, Any] = {}
-    if "logits_to_keep" in inspect.signature(model.forward).parameters:
-        kwargs["logits_to_keep"] = 1  # only the last position's logits: rows x vocab, not rows x T x vocab
+    # only the last position's logits: rows x vocab, not rows x T x vocab
+    kwargs: dict[str, Any] = {"logits_to_keep": 1} if takes_logits_to_keep(model) else {}
     out = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False, **kwargs)
     return out.logits[:, -1]
 
@@ -287,8 +288,8 @@ def patch(model: LanguageModel, clean: Any, corrupted: Any, target: Any, contras
     if len(clean_ids) != len(corrupted_ids):
         tok = lm.tokenizer
         raise InputError(f"clean and corrupted prompts must have the same number of tokens to patch position by "
-                         f"position; got {len(clean_ids)} ({tok.batch_decode([[i] for i in clean_ids.tolist()])}) "
-                         f"and {len(corrupted_ids)} ({tok.batch_decode([[i] for i in corrupted_ids.tolist()])}). "
+                         f"position; got {len(clean_ids)} ({decode_each(tok, clean_ids.tolist())}) "
+                         f"and {len(corrupted_ids)} ({decode_each(tok, corrupted_ids.tolist())}). "
                          f"Reword one so their tokens line up (e.g. swap names of one token each)")
     if isinstance(budget_bytes, bool) or not isinstance(budget_bytes, int) or budget_bytes <= 0:
         raise InputError(f"budget_bytes must be a positive integer; got {budget_bytes!r}")
@@ -297,7 +298,7 @@ def patch(model: LanguageModel, clean: Any, corrupted: Any, target: Any, contras
     score = _scorer(target_id, contrast_id)
     facts, T = lm.facts, len(clean_ids)
     parts = anatomy(lm.model, facts.n_layers)
-    device = next(lm.model.parameters()).device
+    device = input_device(lm.model)
     clean_ids, corrupted_ids = clean_ids[None].to(device), corrupted_ids[None].to(device)
     with exclusive(lm.model), model_mode(lm.model, training=False), torch.no_grad():
         source, clean_logits = _capture_site(lm, clean_ids, site, parts)
@@ -320,8 +321,8 @@ def patch(model: LanguageModel, clean: Any, corrupted: Any, target: Any, contras
                     contrast=None if contrast_id is None else tok.decode([contrast_id]), contrast_id=contrast_id,
                     clean_score=clean_score, corrupted_score=corrupted_score,
                     quantity=_quantity(tok.decode([target_id]), None if contrast_id is None else tok.decode([contrast_id])),
-                    tokens=tok.batch_decode([[i] for i in corrupted_ids[0].tolist()]),
-                    clean_tokens=tok.batch_decode([[i] for i in clean_ids[0].tolist()]), notes=notes,
+                    tokens=decode_each(tok, corrupted_ids[0].tolist()),
+                    clean_tokens=decode_each(tok, clean_ids[0].tolist()), notes=notes,
                     axes=("layer", "head") if site == "heads" else ("layer", "position"), model_name=lm.name)
 
 
@@ -380,7 +381,7 @@ def ablation_sweep(trace: Trace, target: Any = None, contrast: Any = None, *, me
     target_id, contrast_id = _targets(lm, trace.next_token_id if target is None else target, contrast, notes)
     score = _scorer(target_id, contrast_id)
     facts = lm.facts
-    device = next(lm.model.parameters()).device
+    device = input_device(lm.model)
     ids = trace.input_ids[:trace.n_prompt][None].to(device)
     with exclusive(lm.model), model_mode(lm.model, training=False), torch.no_grad():
         base = float(score(_forward_last(lm.model, ids)))

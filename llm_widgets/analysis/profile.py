@@ -30,6 +30,7 @@ from ..errors import InputError, WrongTypeError
 from ..models import LanguageModel
 from ..models.anatomy import anatomy
 from ..models.compat import output_cache
+from ..models.devices import input_device
 from ..models.modes import model_mode
 from .._provide import provides
 from ..trace import Trace, prompt_ids
@@ -267,7 +268,7 @@ def profile(model: LanguageModel, prompt: Any, *, max_new_tokens: int = 0, edits
     edits = validate_edits(edits, n_layers=lm.facts.n_layers, n_heads=lm.facts.n_heads,
                            sequence_length=len(ids) + max_new_tokens)
     net = lm.model
-    device = next(net.parameters()).device
+    device = input_device(net)
     sync = device.type == "cuda"
     input_ids = ids[None].to(device)
 

@@ -18,6 +18,7 @@ import torch
 from ..errors import InputError, WrongTypeError
 from ..models import LanguageModel
 from ..models.anatomy import anatomy
+from ..models.devices import input_device
 from ..models.modes import model_mode
 from ..trace.locking import exclusive
 from .profile import allocation_levels
@@ -115,7 +116,7 @@ def scaling(model: LanguageModel, lengths: Any = (256, 512, 1024, 2048), *, batc
         raise InputError(f"unknown attention implementation(s) {unknown}; installed: {sorted(known)}")
     net = model.model
     parts = anatomy(net, model.facts.n_layers)
-    device = next(net.parameters()).device
+    device = input_device(net)
     rows: list[dict] = []
     notes: list[str] = []
     g = torch.Generator().manual_seed(0)

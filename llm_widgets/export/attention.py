@@ -20,8 +20,7 @@ from ..errors import InputError
 from .text import xml_text
 
 from ..trace import Trace
-
-OVERVIEW = 512  # the pooled size the widget paints, and the figure's resolution
+from ..trace.trace import OVERVIEW  # the pooled size the widget paints, and the figure's resolution
 SIDE = 420  # drawn size of the heatmap, px (as in the widget)
 LABELLED = 48  # up to this many tokens per axis, each is labelled
 FORMATS = (".png", ".svg", ".html")

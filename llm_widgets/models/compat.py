@@ -15,13 +15,18 @@ import torch
 
 
 @lru_cache(maxsize=None)
-def _forward_takes_cache(model_type: type) -> bool:
-    return "cache" in inspect.signature(model_type.forward).parameters
+def _forward_takes(model_type: type, name: str) -> bool:
+    return name in inspect.signature(model_type.forward).parameters
+
+
+def takes_logits_to_keep(model: torch.nn.Module) -> bool:
+    """Whether forward can compute the last position's logits alone (most causal LMs since 4.45)."""
+    return _forward_takes(type(model), "logits_to_keep")
 
 
 def cache_kwargs(model: torch.nn.Module, cache: Any) -> dict[str, Any]:
     """The keyword argument that passes `cache` to this model's forward."""
-    return {"cache": cache} if _forward_takes_cache(type(model)) else {"past_key_values": cache}
+    return {"cache": cache} if _forward_takes(type(model), "cache") else {"past_key_values": cache}
 
 
 def output_cache(output: Any) -> Any:

@@ -10,6 +10,7 @@ import torch
 
 from .._provide import implementation
 from ..errors import InputError, WrongTypeError
+from .devices import placement
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,7 @@ class LanguageModel:
             context_length=_config_int(text, "max_position_embeddings", "n_positions"),
             n_parameters=sum(p.numel() for p in model.parameters()),
             dtype=str(param.dtype).removeprefix("torch.") if param is not None else "unknown",
-            device=str(param.device) if param is not None else "cpu",
+            device=placement(model),
             attn_implementation=str(getattr(model.config, "_attn_implementation", None) or "eager"),
         )
 
@@ -109,7 +110,7 @@ class LanguageModel:
         lw.ScaleAttention / lw.AblateHead. `seed` makes sampling repeatable (one is
         drawn and recorded when sampling without it). Other keyword arguments go to
         `generate` (temperature, top_p, use_cache, ...), or are the engine's own:
-        keep_logits, capture, capture_device, profile (True: trace.profile is computed too).
+        keep_logits, capture, capture_device, capture_dtype, profile (True: trace.profile is computed too).
         Returns a `lw.Trace`.
 
         The engine (llm_widgets.trace, the layer above) implements it.

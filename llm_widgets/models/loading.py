@@ -39,6 +39,10 @@ def cache_dir() -> Path:
     return Path(root)
 
 
+# from_pretrained's arguments that say where the weights go (accelerate splits or offloads the model)
+PLACEMENT = {"device_map", "max_memory", "offload_folder", "offload_buffers"}
+
+
 def load_model(
     name_or_path: str | os.PathLike,
     *,
@@ -55,19 +59,26 @@ def load_model(
     saved with `save_pretrained`, or a Hugging Face hub id (needs network access
     or a filled hub cache). Bundled models load in float32 unless `dtype` says
     otherwise. `trust_remote_code` is never turned on for you.
+
+    A model too big for one device: `device_map="auto"` with `max_memory` (and
+    `offload_folder` for what fits nowhere) lets accelerate split it across GPUs,
+    the CPU and disk; tracing, edits and the analyses follow its placement.
     """
     if not isinstance(name_or_path, (str, os.PathLike)):
         raise WrongTypeError(f"load_model takes a bundled name, a local directory or a hub id; got "
                              f"{type(name_or_path).__name__}")
     name = os.fspath(name_or_path)
+    if device is not None and from_pretrained_kwargs.get("device_map") is not None:
+        raise InputError(f"give device or device_map, not both: device={device!r} moves the whole model, "
+                         f"device_map={from_pretrained_kwargs['device_map']!r} places it in parts")
     if name in BUNDLED_MODELS:
         # the bundled weights are fixed files: only what applies to them is accepted, nothing is dropped
-        extra = sorted(set(from_pretrained_kwargs) - {"attn_implementation"})
+        extra = sorted(set(from_pretrained_kwargs) - PLACEMENT - {"attn_implementation"})
         if revision is not None or trust_remote_code or extra:
             given = (["revision"] if revision is not None else []) + (["trust_remote_code"] if trust_remote_code
                                                                       else []) + extra
             raise InputError(f"{', '.join(given)} do(es) not apply to the bundled model {name!r}: it takes dtype, "
-                             f"device, progress and attn_implementation")
+                             f"device, progress, attn_implementation and where the weights go ({', '.join(sorted(PLACEMENT))})")
         path, source = (TINY_GPT2_DIR, {"bundled": name}) if name == "tiny-gpt2" else _smollm2_dir(progress)
         if name == "tiny-gpt2":
             source["weights_sha256"] = _sha256(TINY_GPT2_DIR / "model.safetensors")

@@ -21,14 +21,17 @@ def model_mode(model: torch.nn.Module, *, training: bool | None = None, frozen: 
     parameter's requires_grad (their flags and any .grad are restored after);
     `attn_implementation` switches the model's attention (e.g. "eager" for
     attention weights). Afterwards the model is exactly as it was."""
-    was_training = model.training
+    # each module's own flag, restored exactly (a user's model in training may hold a frozen
+    # submodule in eval); train() walks the tree, so it is called only when something changes
+    modules = list(model.modules()) if training is not None else []
+    modes = [m.training for m in modules]
     params = list(model.parameters()) if frozen else []
     flags = [p.requires_grad for p in params]
     grads = [p.grad for p in params]
     attn_before = getattr(model.config, "_attn_implementation", None) if attn_implementation else None
     switch = attn_implementation is not None and attn_before != attn_implementation
     try:
-        if training is not None:
+        if training is not None and any(mode != training for mode in modes):
             model.train(training)
         for p in params:
             p.requires_grad_(False)
@@ -41,4 +44,5 @@ def model_mode(model: torch.nn.Module, *, training: bool | None = None, frozen: 
         for p, flag, grad in zip(params, flags, grads):
             p.requires_grad_(flag)
             p.grad = grad
-        model.train(was_training)
+        for module, mode in zip(modules, modes):
+            module.training = mode

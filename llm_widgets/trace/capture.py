@@ -31,6 +31,7 @@ from .masks import allowed_mask, edit_bias, spare_fully_masked
 
 PREFIX = "llm_widgets_"
 STATE = "_llm_widgets_run"
+MASK_ELEMENTS = 1 << 24  # an edited call's explicit mask is built in blocks of query rows of at most this size
 
 
 # --- per-run state, kept on the model's attention modules ---
@@ -38,10 +39,11 @@ STATE = "_llm_widgets_run"
 
 @dataclass
 class LayerRecord:
-    """Chunks of (positions, queries [H, n, d]) and (positions, keys [Hkv, n, d]) as the run produced them."""
+    """Chunks of (first position, queries [H, n, d]) and (first position, keys [Hkv, n, d]) as the
+    run produced them; a chunk covers positions first .. first + n - 1."""
 
-    queries: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
-    keys: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    queries: list[tuple[int, torch.Tensor]] = field(default_factory=list)
+    keys: list[tuple[int, torch.Tensor]] = field(default_factory=list)
     scaling: float | None = None
     softcap: float | None = None
     sliding_window: int | None = None
@@ -53,7 +55,7 @@ class Run:
     """What one traced run captures and changes. Lives on the modules only while the run lasts."""
 
     def __init__(self, n_layers: int, n_heads: int, length: int, edits: tuple = (), capture: bool = True,
-                 capture_device: torch.device | str | None = None,
+                 capture_device: torch.device | str | None = None, capture_dtype: torch.dtype | None = None,
                  head_hook: Callable[[int, torch.Tensor], torch.Tensor] | None = None):
         self.n_layers = n_layers
         self.n_heads = n_heads
@@ -67,6 +69,7 @@ class Run:
                 self.ablations.setdefault(e.layer, []).append(e)
         self.capture = capture
         self.capture_device = capture_device
+        self.capture_dtype = capture_dtype
         self.layers = [LayerRecord() for _ in range(n_layers)]
         self.layer_of: dict[int, int] = {}  # id(module) -> layer, for modules whose layer_idx is None
         self.head_means: dict[tuple[int, int], torch.Tensor] = {}
@@ -111,23 +114,22 @@ class Run:
             record.sliding_window = sliding_window
             record.is_causal = bool(is_causal)
             new = slice(q_start - k_start, q_start - k_start + q_len)  # the key slots of this call's positions
-            record.queries.append((torch.arange(q_start, q_start + q_len), self._keep(query[0], query)))
-            record.keys.append((torch.arange(q_start, q_start + q_len), self._keep(key[0, :, new], key)))
+            record.queries.append((q_start, self._keep(query[0], query)))
+            record.keys.append((q_start, self._keep(key[0, :, new], key)))
         edits = self.edits_by_layer.get(layer)
         heads = self.edited_heads.get(layer) if self.inner == "sdpa" else None
+        if edits:
+            def edited_mask(rows: tuple[int, int], q_heads: list[int] | None = None) -> torch.Tensor:
+                return self._edited_mask(layer, edits, attention_mask, query, q_start, k_start, kv_len,
+                                         bool(is_causal), sliding_window, rows, q_heads)
         if edits and heads is not None and len(heads) < query.shape[1] and q_len > 1:
             # An explicit mask takes SDPA off its fused causal kernel: give it only to
             # the (whole key/value groups of) edited heads, the rest keep the model's own.
             # (A single-query step has no fused path to lose: one masked call is cheaper.)
-            out = self._split_heads(fn, module, query, key, value, attention_mask, kwargs, heads,
-                                    lambda q_heads: self._edited_mask(layer, edits, attention_mask, query, q_start,
-                                                                      k_start, kv_len, bool(is_causal),
-                                                                      sliding_window, q_heads))
+            out = self._split_heads(fn, module, query, key, value, attention_mask, kwargs, heads, edited_mask)
             weights = None
         elif edits:
-            out, weights = fn(module, query, key, value, self._edited_mask(
-                layer, edits, attention_mask, query, q_start, k_start, kv_len, bool(is_causal), sliding_window),
-                **kwargs)
+            out, weights = self._masked(fn, module, query, key, value, edited_mask, kwargs)
         else:
             out, weights = fn(module, query, key, value, attention_mask, **kwargs)
         if layer in self.ablations:
@@ -136,7 +138,7 @@ class Run:
             out = self.head_hook(layer, out)
         return out, weights
 
-    def _split_heads(self, fn, module, query, key, value, mask, kwargs, heads, edited_mask_for) -> torch.Tensor:
+    def _split_heads(self, fn, module, query, key, value, mask, kwargs, heads, edited_mask) -> torch.Tensor:
         n_kv = key.shape[1]
         group = query.shape[1] // n_kv
         kv_edited = sorted({h // group for h in heads})
@@ -147,35 +149,54 @@ class Run:
             if not groups:
                 continue
             q_heads = q_of(groups)
-            m = edited_mask_for(q_heads) if edited else mask
-            part, _ = fn(module, _heads(query, q_heads), _heads(key, groups), _heads(value, groups), m, **kwargs)
+            q, k, v = _heads(query, q_heads), _heads(key, groups), _heads(value, groups)
+            if edited:
+                part, _ = self._masked(fn, module, q, k, v, lambda rows: edited_mask(rows, q_heads), kwargs)
+            else:
+                part, _ = fn(module, q, k, v, mask, **kwargs)
             out[:, :, q_heads] = part
         return out
+
+    @staticmethod
+    def _masked(fn, module, query, key, value, mask_for: Callable[[tuple[int, int]], torch.Tensor],
+                kwargs: dict) -> tuple[torch.Tensor, Any]:
+        """fn with an explicit mask, in blocks of query rows: a long prompt's mask is
+        never T x T at once (at most MASK_ELEMENTS per block)."""
+        q_len, kv_len = query.shape[2], key.shape[2]
+        rows = max(1, MASK_ELEMENTS // kv_len)
+        if rows >= q_len:
+            return fn(module, query, key, value, mask_for((0, q_len)), **kwargs)
+        parts = [fn(module, query[:, :, r:r + rows], key, value, mask_for((r, min(q_len, r + rows))), **kwargs)[0]
+                 for r in range(0, q_len, rows)]
+        return torch.cat(parts, dim=1), None  # out is [batch, q, heads, d]; weights are not assembled
 
     def _keep(self, part: torch.Tensor, whole: torch.Tensor) -> torch.Tensor:
         """A view when `part` is all of a fresh tensor (the prompt pass: no copy, no
         cost); a copy when it is a slice of a cache, which a view would keep alive
         whole (and a static cache overwrites in place)."""
         part = part.detach()
-        if self.capture_device is not None:
-            return part.to(self.capture_device, copy=True)
+        if self.capture_device is not None or self.capture_dtype is not None:
+            return part.to(device=self.capture_device, dtype=self.capture_dtype, copy=True)
         return part if part.numel() == whole.numel() else part.clone()
 
     def _edited_mask(self, layer, edits, mask, query, q_start, k_start, kv_len, is_causal, sliding_window,
-                     q_heads: list[int] | None = None) -> torch.Tensor:
-        """The model's own mask as an additive float mask, plus the edits' log-factors
-        (for the query heads `q_heads` only, when given)."""
+                     rows: tuple[int, int], q_heads: list[int] | None = None) -> torch.Tensor:
+        """The model's own mask as an additive float mask, plus the edits' log-factors, for
+        this call's query rows [r0, r1) (and the query heads `q_heads` only, when given)."""
         if mask is not None and not isinstance(mask, torch.Tensor):
             raise NotImplementedError("attention edits need a tensor mask; this attention implementation uses "
                                       f"{type(mask).__name__}")
-        dtype, device, q_len = query.dtype, query.device, query.shape[2]
-        q_pos = torch.arange(q_start, q_start + q_len, device=device)
+        r0, r1 = rows
+        dtype, device = query.dtype, query.device
+        q_pos = torch.arange(q_start + r0, q_start + r1, device=device)
         k_pos = torch.arange(k_start, k_start + kv_len, device=device)
         if mask is None:  # plain causal (or bidirectional): SDPA's flag, spelt out
             mask = torch.where(allowed_mask(q_pos, k_pos, is_causal, sliding_window), 0.0,
                                torch.finfo(dtype).min).to(dtype)[None, None]
-        elif mask.dtype == torch.bool:
-            mask = torch.where(mask, 0.0, torch.finfo(dtype).min).to(dtype)
+        else:
+            mask = mask[:, :, r0:r1] if mask.shape[2] > 1 else mask
+            if mask.dtype == torch.bool:
+                mask = torch.where(mask, 0.0, torch.finfo(dtype).min).to(dtype)
         if any(edit.queries is not None for edit in edits):
             bias = edit_bias(edits, self.n_heads, q_pos, k_pos)
         else:  # keys only (the usual case): one bias row per layer for the whole run, sliced per call
@@ -187,7 +208,7 @@ class Run:
             bias = bias[q_heads]
         if any(edit.factor == 0 for edit in edits):  # only then does it matter which keys a row may see
             allowed = mask[0, 0] > torch.finfo(mask.dtype).min / 2
-            bias, spared = spare_fully_masked(bias, allowed)
+            bias, spared = spare_fully_masked(bias, allowed.expand(r1 - r0, -1))
             self.fully_masked_rows |= spared
         return mask + bias.to(dtype)[None]
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -23,6 +24,9 @@ from .edits import ScaleAttention
 from .masks import allowed_mask, edit_bias
 
 BLOCK = 1024  # key (and query) block for blockwise work: at most BLOCK x BLOCK scores per head at once
+OVERVIEW = 512  # the pooled size of a head's first paint
+GRID_CELL = 24  # each head's thumbnail in the layers x heads grid
+EXACT_GRID = 512  # up to this many tokens the grid's thumbnails are exact max-pools
 
 
 @dataclass(frozen=True)
@@ -49,24 +53,24 @@ def assemble(record: LayerRecord, length: int) -> LayerAttention | None:
     q0, k0 = record.queries[0][1], record.keys[0][1]
     queries = q0.new_zeros(q0.shape[0], length, q0.shape[-1])
     keys = k0.new_zeros(k0.shape[0], length, k0.shape[-1])
-    for pos, chunk in record.queries:
-        queries[:, pos.to(queries.device)] = chunk
-    for pos, chunk in record.keys:
-        keys[:, pos.to(keys.device)] = chunk
+    for start, chunk in record.queries:
+        queries[:, start:start + chunk.shape[1]] = chunk
+    for start, chunk in record.keys:
+        keys[:, start:start + chunk.shape[1]] = chunk
     return LayerAttention(queries, keys, *meta)
 
 
-def _joined(chunks: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+def _joined(chunks: list[tuple[int, torch.Tensor]]) -> torch.Tensor:
     return chunks[0][1] if len(chunks) == 1 else torch.cat([chunk for _, chunk in chunks], dim=1)
 
 
-def _in_order(chunks: list[tuple[torch.Tensor, torch.Tensor]], length: int) -> bool:
-    """True when the chunks' positions are exactly 0, 1, ..., length - 1 in order."""
+def _in_order(chunks: list[tuple[int, torch.Tensor]], length: int) -> bool:
+    """True when the chunks cover positions 0, 1, ..., length - 1 exactly, in order."""
     expected = 0
-    for pos, _ in chunks:
-        if len(pos) == 0 or int(pos[0]) != expected or int(pos[-1]) != expected + len(pos) - 1:
+    for start, chunk in chunks:
+        if start != expected or chunk.shape[1] == 0:
             return False
-        expected += len(pos)
+        expected += chunk.shape[1]
     return expected == length
 
 
@@ -126,10 +130,21 @@ class Trace:
         self._profile = None  # the run's Profile, once asked for
         facts = model.facts
         self.n_layers, self.n_heads, self.n_kv_heads = facts.n_layers, facts.n_heads, facts.n_kv_heads
-        tok = model.tokenizer
-        self.tokens: list[str] = tok.batch_decode([[i] for i in input_ids.tolist()])  # one token each, as text
-        self.prompt_text: str = tok.decode(input_ids[:n_prompt].tolist())
-        self.output_text: str = tok.decode(input_ids[n_prompt:].tolist(), skip_special_tokens=True)
+
+    # Text is decoded when first asked for: a long prompt's tokens take longer to
+    # decode than a GPU takes to run it, and many traces (patching, benchmarks) never show them.
+    @cached_property
+    def tokens(self) -> list[str]:
+        """Each token as text, one string per position."""
+        return decode_each(self.model.tokenizer, self.input_ids.tolist())
+
+    @cached_property
+    def prompt_text(self) -> str:
+        return self.model.tokenizer.decode(self.input_ids[:self.n_prompt].tolist())
+
+    @cached_property
+    def output_text(self) -> str:
+        return self.model.tokenizer.decode(self.input_ids[self.n_prompt:].tolist(), skip_special_tokens=True)
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -265,37 +280,63 @@ class Trace:
         self._check_layer_head(layer, head)
         q_pos = _as_positions(queries, len(self), "queries")
         k_pos = _as_positions(keys, len(self), "keys")
-        return self._probs(layer, head, q_pos, k_pos)
+        return self._probs(layer, [head], q_pos, k_pos)[0].cpu()
 
-    def _probs(self, layer: int, head: int, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
-        if self._eager is not None:
-            return self._eager[layer][head][q_pos][:, k_pos].float().cpu()
-        lse = self._row_logsumexp(layer, head, q_pos)  # kept per row: cheap on the next tile
-        return torch.exp(self._scores(layer, head, q_pos, k_pos) - lse[:, None]).cpu()
-
-    def attention_overview(self, layer: int, head: int, size: int = 512, queries: tuple[int, int] | None = None,
+    def attention_overview(self, layer: int, head: int, size: int = OVERVIEW, queries: tuple[int, int] | None = None,
                            keys: tuple[int, int] | None = None) -> torch.Tensor:
         """Max-pooled probabilities of a region, at most size x size: the first paint of a long
         sequence (the whole matrix) and the detail tiles of a zoom (queries / keys as (start, stop)).
 
-        Computed blockwise: at most BLOCK x BLOCK scores exist at once.
+        Computed blockwise on the captured tensors' device: only the pooled
+        result comes back to the CPU, and no block holds more than `_budget` scores.
         """
         self._check_layer_head(layer, head)
-        if not isinstance(size, int) or size < 1:
-            raise InputError(f"size must be a positive integer; got {size!r}")
+        _check_size(size)
         (q0, q1), (k0, k1) = self._span(queries, "queries"), self._span(keys, "keys")
-        q_edges, q_bin = pooling_bins(q1 - q0, size)
+        return self._pooled(layer, [head], torch.arange(q0, q1), (k0, k1), size, exact_rows=True)[0].cpu()
+
+    def attention_grid(self, size: int = GRID_CELL) -> torch.Tensor:
+        """Every head's thumbnail, stacked layer by layer, head by head: [layers * heads * bins, bins].
+
+        Up to EXACT_GRID tokens each thumbnail is the exact max-pooled map. Beyond,
+        it shows one real query row per bin (the bin's last), keys max-pooled:
+        exact rows, sampled queries, so all heads of a long trace paint in about a
+        second instead of costing T x T per head. The heads of a layer are computed together.
+        """
+        _check_size(size)
+        n = len(self)
+        exact = n <= EXACT_GRID
+        rows = torch.arange(n) if exact else pooling_bins(n, size)[0][1:] - 1
+        maps = [self._pooled(layer, list(range(self.n_heads)), rows, (0, n), size, exact_rows=exact).cpu()
+                for layer in range(self.n_layers)]
+        return torch.cat(maps).flatten(0, 1)
+
+    def _pooled(self, layer: int, heads: list[int], q_pos: torch.Tensor, keys: tuple[int, int], size: int,
+                exact_rows: bool) -> torch.Tensor:
+        """[heads, row bins, key bins] max-pooled probabilities of rows `q_pos` over keys [k0, k1),
+        on the device of the captured tensors. exact_rows: rows pooled into min(len, size) bins;
+        else each row is its own bin."""
+        k0, k1 = keys
+        dev = self._device(layer)
         k_edges, k_bin = pooling_bins(k1 - k0, size)
-        q_bins, k_bins = len(q_edges) - 1, len(k_edges) - 1
-        out = torch.zeros(q_bins, k_bins)
-        for q_start in range(q0, q1, BLOCK):
-            q_pos = torch.arange(q_start, min(q1, q_start + BLOCK))
-            rows = torch.zeros(len(q_pos), k_bins)
-            for k_start in range(k0, k1, BLOCK):
-                k_pos = torch.arange(k_start, min(k1, k_start + BLOCK))
-                probs = self._probs(layer, head, q_pos, k_pos)
-                rows.scatter_reduce_(1, k_bin[k_pos - k0].expand(len(q_pos), -1), probs, reduce="amax")
-            out.scatter_reduce_(0, q_bin[q_pos - q0][:, None].expand(-1, k_bins), rows, reduce="amax")
+        k_bins = len(k_edges) - 1
+        if exact_rows:
+            q_edges, q_bin = pooling_bins(len(q_pos), size)
+            q_bins = len(q_edges) - 1
+        else:
+            q_bins, q_bin = len(q_pos), torch.arange(len(q_pos))
+        k_bin, q_bin = k_bin.to(dev), q_bin.to(dev)
+        out = torch.zeros(len(heads), q_bins, k_bins, device=dev)
+        q_block, k_block = _blocks(_budget(dev) // len(heads), len(q_pos), k1 - k0)
+        for qs in range(0, len(q_pos), q_block):
+            rows_pos = q_pos[qs:qs + q_block]
+            rows = torch.zeros(len(heads), len(rows_pos), k_bins, device=dev)
+            for ks in range(k0, k1, k_block):
+                k_pos = torch.arange(ks, min(k1, ks + k_block))
+                probs = self._probs(layer, heads, rows_pos, k_pos)
+                rows.scatter_reduce_(2, k_bin[ks - k0:ks - k0 + len(k_pos)].expand_as(probs), probs, reduce="amax")
+            index = q_bin[qs:qs + len(rows_pos)][None, :, None].expand_as(rows)
+            out.scatter_reduce_(1, index, rows, reduce="amax")
         return out
 
     def _span(self, span: tuple[int, int] | None, what: str) -> tuple[int, int]:
@@ -309,18 +350,30 @@ class Trace:
             raise InputError(f"{what} span {span!r} is outside the sequence: use 0 <= start < stop <= {len(self)}")
         return start, stop
 
-    def _scores(self, layer: int, head: int, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
-        """Masked, edited scores [nq, nk] in float32, exactly as the run's softmax saw them."""
+    def _device(self, layer: int) -> torch.device:
+        return self._eager[layer].device if self._eager is not None else self._layer(layer).queries.device
+
+    def _probs(self, layer: int, heads: list[int], q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
+        """[heads, nq, nk] float32 probabilities, on the captured tensors' device."""
+        if self._eager is not None:
+            dev = self._eager[layer].device
+            return self._eager[layer][heads][:, q_pos.to(dev)][:, :, k_pos.to(dev)].float()
+        lse = self._row_logsumexp(layer, heads, q_pos)  # kept per row: cheap on the next tile
+        return torch.exp(self._scores(layer, heads, q_pos, k_pos) - lse[:, :, None])
+
+    def _scores(self, layer: int, heads: list[int], q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
+        """Masked, edited scores [heads, nq, nk] in float32, exactly as the run's softmax saw them."""
         data = self._layer(layer)
         group = self.n_heads // self.n_kv_heads
         dev = data.queries.device
-        q = data.queries[head, q_pos.to(dev)].float()
-        k = data.keys[head // group, k_pos.to(dev)].float()
-        scores = (q @ k.T) * data.scaling
+        q_pos, k_pos = q_pos.to(dev), k_pos.to(dev)
+        q = _rows(data.queries, heads, q_pos).float()
+        k = _rows(data.keys, [h // group for h in heads], k_pos).float()
+        scores = (q @ k.transpose(1, 2)) * data.scaling
         if data.softcap:
             scores = torch.tanh(scores / data.softcap) * data.softcap
-        allowed = allowed_mask(q_pos.to(dev), k_pos.to(dev), data.is_causal, data.sliding_window)
-        bias = self._bias(layer, head, q_pos, k_pos, allowed, dev)
+        allowed = allowed_mask(q_pos, k_pos, data.is_causal, data.sliding_window)
+        bias = self._bias(layer, heads, q_pos, k_pos)
         if bias is not None:
             scores = scores + bias
         return scores.masked_fill(~allowed, float("-inf"))
@@ -330,42 +383,85 @@ class Trace:
         return tuple(replace(e, heads=None) for e in self.edits if isinstance(e, ScaleAttention)
                      and (e.layers is None or layer in e.layers) and (e.heads is None or head in e.heads))
 
-    def _bias(self, layer, head, q_pos, k_pos, allowed, dev) -> torch.Tensor | None:
-        edits = self._head_edits(layer, head)
-        if not edits:
+    def _bias(self, layer: int, heads: list[int], q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor | None:
+        """[heads, nq or 1, nk] log-factors of the edits on these heads, or None when none has any."""
+        per_head = [self._head_edits(layer, head) for head in heads]
+        if not any(per_head):
             return None
-        bias = edit_bias(edits, 1, q_pos.to(dev), k_pos.to(dev))[0].expand(len(q_pos), -1).clone()
-        bias[self._fully_masked_rows(layer, q_pos, edits).to(dev)] = 0.0  # judged over whole rows, not this tile
+        bias = torch.zeros(len(heads), len(q_pos), len(k_pos), device=k_pos.device)
+        for i, edits in enumerate(per_head):
+            if edits:
+                bias[i] = edit_bias(edits, 1, q_pos, k_pos)[0]
+                bias[i, self._fully_masked_rows(layer, q_pos, edits)] = 0.0  # judged over whole rows, not this tile
         return bias
 
-    def _fully_masked_rows(self, layer, q_pos, edits) -> torch.Tensor:
+    def _fully_masked_rows(self, layer: int, q_pos: torch.Tensor, edits) -> torch.Tensor:
         """Rows the run left unedited because factor 0 would have masked every key they see."""
         if not any(e.factor == 0 for e in edits):
-            return torch.zeros(len(q_pos), dtype=torch.bool)
+            return torch.zeros(len(q_pos), dtype=torch.bool, device=q_pos.device)
         data = self._layer(layer)
-        dev = data.queries.device
-        any_allowed = torch.zeros(len(q_pos), dtype=torch.bool, device=dev)
+        any_allowed = torch.zeros(len(q_pos), dtype=torch.bool, device=q_pos.device)
         any_alive = torch.zeros_like(any_allowed)
         for k_start in range(0, len(self), BLOCK):
-            k_pos = torch.arange(k_start, min(len(self), k_start + BLOCK), device=dev)
-            allowed = allowed_mask(q_pos.to(dev), k_pos, data.is_causal, data.sliding_window)
-            raw = edit_bias(edits, 1, q_pos.to(dev), k_pos)[0]
+            k_pos = torch.arange(k_start, min(len(self), k_start + BLOCK), device=q_pos.device)
+            allowed = allowed_mask(q_pos, k_pos, data.is_causal, data.sliding_window)
+            raw = edit_bias(edits, 1, q_pos, k_pos)[0]
             any_allowed |= allowed.any(-1)
             any_alive |= (allowed & ~torch.isneginf(raw)).any(-1)
-        return (any_allowed & ~any_alive).cpu()
+        return any_allowed & ~any_alive
 
-    def _row_logsumexp(self, layer: int, head: int, q_pos: torch.Tensor) -> torch.Tensor:
-        """Each row's normaliser over all its keys, computed blockwise once per row and kept."""
-        cache = self._lse.setdefault((layer, head), torch.full((len(self),), float("nan")))
-        missing = q_pos[torch.isnan(cache[q_pos])].unique()
-        if len(missing):
+    def _row_logsumexp(self, layer: int, heads: list[int], q_pos: torch.Tensor) -> torch.Tensor:
+        """[heads, nq]: each row's normaliser over all its keys, computed blockwise once per
+        (layer, head, row) and kept on the CPU."""
+        n, dev = len(self), self._device(layer)
+        caches = [self._lse.setdefault((layer, head), torch.full((n,), float("nan"))) for head in heads]
+        missing = torch.stack([c[q_pos] for c in caches]).isnan().any(0)
+        todo = q_pos[missing].unique()
+        if len(todo):
+            _, k_block = _blocks(_budget(dev) // len(heads), len(todo), n)
             running = None
-            for k_start in range(0, len(self), BLOCK):
-                k_pos = torch.arange(k_start, min(len(self), k_start + BLOCK))
-                block = torch.logsumexp(self._scores(layer, head, missing, k_pos), dim=-1).cpu()
+            for k_start in range(0, n, k_block):
+                k_pos = torch.arange(k_start, min(n, k_start + k_block))
+                block = torch.logsumexp(self._scores(layer, heads, todo, k_pos), dim=-1)
                 running = block if running is None else torch.logaddexp(running, block)
-            cache[missing] = running
-        return cache[q_pos].to(self._layer(layer).queries.device)
+            running = running.cpu()
+            for cache, values in zip(caches, running):
+                cache[todo] = values
+        return torch.stack([c[q_pos] for c in caches]).to(dev)
+
+
+def _rows(t: torch.Tensor, heads: list[int], pos: torch.Tensor) -> torch.Tensor:
+    """t[heads][:, pos] for t [H, T, d], gathering positions before heads: no copy of all T."""
+    if len(heads) == 1:
+        return t[heads[0], pos][None]
+    return t[:, pos][heads]
+
+
+def _budget(device: torch.device) -> int:
+    """Scores one block may hold: 4 MiB of float32 on the CPU (cache-sized), 64 MiB on a GPU (fewer launches)."""
+    return BLOCK * BLOCK * (16 if device.type == "cuda" else 1)
+
+
+def _blocks(budget: int, n_rows: int, n_keys: int) -> tuple[int, int]:
+    """(row block, key block) whose product is at most `budget`: whole rows when they fit."""
+    k_block = max(1, min(n_keys, budget // max(1, min(n_rows, BLOCK))))
+    q_block = max(1, min(n_rows, budget // k_block))
+    return q_block, k_block
+
+
+def _check_size(size: Any) -> None:
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise InputError(f"size must be a positive integer; got {size!r}")
+
+
+def decode_each(tokenizer: Any, ids: list[int]) -> list[str]:
+    """Each id decoded on its own, as `batch_decode([[i] for i in ids])` does; in one call
+    into the Rust tokenizer when there is one (a Python loop costs ~2.5 us a token)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    cleanup = getattr(tokenizer, "clean_up_tokenization_spaces", False)
+    if backend is not None and hasattr(backend, "decode_batch") and not cleanup:
+        return backend.decode_batch([[i] for i in ids], skip_special_tokens=False)
+    return tokenizer.batch_decode([[i] for i in ids])
 
 
 def top_k_of(logits: torch.Tensor, k: int = 20) -> tuple[torch.Tensor, torch.Tensor]:

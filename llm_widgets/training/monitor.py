@@ -86,7 +86,18 @@ class GradientMonitor:
         if current is not None and current() is not None:
             raise RuntimeError("this model already has a GradientMonitor attached: use that one, or call its "
                                ".detach() before attaching another (two would both steer the same gradients)")
-        named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+        trainable = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+        # accelerate keeps offloaded weights on the meta device and loads a copy for each call:
+        # they receive no gradients, so they are left out (not reported as vanishing)
+        named = [(n, p) for n, p in trainable if p.device.type != "meta"]
+        self.offloaded = len(trainable) - len(named)
+        if self.offloaded:
+            message = (f"{self.offloaded} parameters are offloaded by accelerate (on the meta device, loaded for each "
+                       f"call): they get no gradients and are not monitored. Put the layers you train on a device "
+                       f"(a device_map without 'cpu' or 'disk' for them)")
+            if not named:
+                raise InputError(message.replace("are not monitored", "nothing is left to monitor"))
+            warnings.warn(message, UserWarning, stacklevel=2)
         if not named:
             raise InputError("every parameter of this model is frozen (requires_grad=False): there are no gradients "
                              "to monitor. Unfreeze what you train, e.g. model.requires_grad_(True)")

@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 import torch
 from ..errors import InputError, WrongTypeError
+from ..models.devices import input_device
 
 PHASES = ("forward", "backward", "monitor", "optimizer")
 
@@ -47,7 +48,7 @@ def profile_step(model: Any, batch: dict, optimizer: torch.optim.Optimizer, *, m
                              f"{type(batch).__name__}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise InputError(f"steps must be an integer >= 1; got {steps!r}")
-    device = next(module.parameters()).device
+    device = input_device(module)
     sync = device.type == "cuda"
 
     def now() -> float:

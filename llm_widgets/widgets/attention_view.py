@@ -15,14 +15,10 @@ import traitlets
 
 from ..errors import InputError, WrongTypeError
 from ..export import attention as export
-from ..export.attention import OVERVIEW  # first paint: at most OVERVIEW x OVERVIEW cells, max-pooled
 from ..trace import Trace
-from ..trace.trace import pooling_bins
+from ..trace.trace import GRID_CELL, OVERVIEW
 from ._frontend import Answers, bundle
 from .transport import encode_rows_uint8
-
-GRID_CELL = 24  # each small map of the layers x heads grid
-EXACT_GRID = 512  # up to this many tokens the grid's thumbnails are exact max-pools
 
 
 class AttentionView(Answers, anywidget.AnyWidget):
@@ -114,7 +110,7 @@ class AttentionView(Answers, anywidget.AnyWidget):
             layer, query = int(request["layer"]), int(request["query"])
             matrix = torch.cat([self.trace.attention(layer, head, queries=query) for head in range(self.trace.n_heads)])
         elif what == "grid":
-            matrix = self.grid(int(request.get("size", GRID_CELL)))
+            matrix = self.trace.attention_grid(int(request.get("size", GRID_CELL)))
         elif what == "export":
             fmt = str(request.get("format"))
             data = export.render(self.figure(), fmt)
@@ -125,27 +121,3 @@ class AttentionView(Answers, anywidget.AnyWidget):
                              f"'export'")
         meta, buffers = encode_rows_uint8(matrix)
         return {"type": "reply", "id": request.get("id"), "what": what, **meta}, buffers
-
-    def grid(self, size: int = GRID_CELL) -> torch.Tensor:
-        """Every head's thumbnail, stacked: [layers * heads * cell, cell].
-
-        Up to EXACT_GRID tokens each thumbnail is the exact max-pooled map. Beyond,
-        it shows one real query row per bin (the bin's last), keys max-pooled:
-        exact rows, sampled queries, so all heads of a long trace paint in about a
-        second instead of costing T x T per head.
-        """
-        n = len(self.trace)
-        if n <= EXACT_GRID:
-            maps = [self.trace.attention_overview(layer, head, size=size)
-                    for layer in range(self.trace.n_layers) for head in range(self.trace.n_heads)]
-            return torch.cat(maps, dim=0)
-        edges, bin_of = pooling_bins(n, size)
-        bins = len(edges) - 1
-        rows = (edges[1:] - 1).tolist()
-        key_bin = bin_of.expand(bins, -1)
-        maps = []
-        for layer in range(self.trace.n_layers):
-            for head in range(self.trace.n_heads):
-                sampled = self.trace.attention(layer, head, queries=rows)  # [bins, n]
-                maps.append(torch.zeros(bins, bins).scatter_reduce_(1, key_bin, sampled, reduce="amax"))
-        return torch.cat(maps, dim=0)

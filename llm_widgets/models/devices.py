@@ -1,0 +1,48 @@
+"""Where a model's inputs go, also when accelerate has split or offloaded it.
+
+A model loaded with `device_map` (or passed through accelerate's `dispatch_model`,
+`cpu_offload`, `disk_offload`) keeps offloaded weights on the meta device and
+moves them in for each call; its hooks name the device each module runs on.
+The first parameter's device, the usual answer, is then "meta".
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def execution_device(module: torch.nn.Module) -> torch.device | None:
+    """The device accelerate's hook runs this module on, or None when it has no hook."""
+    device = getattr(getattr(module, "_hf_hook", None), "execution_device", None)
+    if device is None:
+        return None
+    return torch.device("cuda", device) if isinstance(device, int) else torch.device(device)
+
+
+def input_device(model: torch.nn.Module) -> torch.device:
+    """The device input ids (or embeddings) must be on for `model(...)`."""
+    embed = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    for module in (embed, model):
+        if module is not None and (device := execution_device(module)) is not None:
+            return device
+    weights = list(embed.parameters()) if embed is not None else []
+    for p in [*weights, *model.parameters()]:
+        if p.device.type != "meta":
+            return p.device
+    return torch.device("cpu")
+
+
+def placement(model: torch.nn.Module) -> str:
+    """Where the weights live, in words: "cpu", "cuda:0", or a split such as "cuda:0 + cpu + disk"."""
+    device_map = getattr(model, "hf_device_map", None)
+    if device_map:
+        places = []
+        for where in device_map.values():
+            name = f"cuda:{where}" if isinstance(where, int) else str(where)
+            if name not in places:
+                places.append(name)
+        return " + ".join(places)
+    devices = sorted({str(p.device) for p in model.parameters()} - {"meta"})
+    if any(p.device.type == "meta" for p in model.parameters()):  # offloaded: moved in for each call
+        devices.append("offloaded")
+    return " + ".join(devices) if devices else "cpu"
