@@ -16,10 +16,11 @@ from .edits import ScaleAttention
 
 def allowed_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, is_causal: bool, sliding_window: int | None) -> torch.Tensor:
     """[q, k] bool: which keys each query may see (batch of one, no padding)."""
-    diff = q_pos[:, None] - k_pos[None, :]
-    allowed = diff >= 0 if is_causal else torch.ones_like(diff, dtype=torch.bool)
+    # compared, not subtracted: no [q, k] int64 matrix (8x the bool one) on a long prompt
+    q, k = q_pos[:, None], k_pos[None, :]
+    allowed = k <= q if is_causal else torch.ones(len(q_pos), len(k_pos), dtype=torch.bool, device=k_pos.device)
     if sliding_window:
-        allowed &= diff < sliding_window  # transformers' convention: kv_idx > q_idx - window
+        allowed &= k > q - sliding_window  # transformers' convention: kv_idx > q_idx - window
     return allowed
 
 
