@@ -40,6 +40,7 @@ def captured_bytes(tr: lw.Trace) -> int:
 
 def bench(lm: lw.LanguageModel, length: int, repeats: int, new_tokens: int) -> list[str]:
     model, cpu = lm.model, torch.device("cpu")
+    length = min(length, lm.facts.context_length - new_tokens)  # the prompt and what it generates fit the context
     ids = prompt_of(lm, length)
     batch = torch.tensor([ids])
     last = {"logits_to_keep": 1}  # the trace computes the last position's logits only; so does the baseline
