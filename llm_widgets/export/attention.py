@@ -17,13 +17,12 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from ..errors import InputError
-from .text import xml_text
-
 from ..trace import Trace
 from ..trace.trace import OVERVIEW  # the pooled size the widget paints, and the figure's resolution
+from .files import to_bytes, write
+from .text import xml_text
 SIDE = 420  # drawn size of the heatmap, px (as in the widget)
 LABELLED = 48  # up to this many tokens per axis, each is labelled
-FORMATS = (".png", ".svg", ".html")
 
 # The colour map of js/lib/heatmap.ts (light to dark, monotone in lightness).
 STOPS = np.array([[255, 255, 255], [224, 236, 244], [158, 188, 218], [140, 150, 198],
@@ -246,21 +245,9 @@ the run record) is embedded below as JSON.</footer>
 
 def save(fig: AttentionFigure, path: str | Path) -> Path:
     """Write the figure; the format follows the suffix (.png, .svg, .html)."""
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in FORMATS:
-        raise InputError(f"cannot save {path.name!r}: the file name must end in .png, .svg or .html")
-    if suffix == ".png":
-        path.write_bytes(to_png(fig))
-    else:
-        path.write_text(to_svg(fig) if suffix == ".svg" else to_html(fig), encoding="utf-8")
-    return path
+    return write(path, lambda fmt: render(fig, fmt))
 
 
 def render(fig: AttentionFigure, fmt: str) -> bytes:
     """The file's bytes for a format name ("png", "svg", "html"): what the widget's buttons download."""
-    if fmt == "png":
-        return to_png(fig)
-    if fmt in ("svg", "html"):
-        return (to_svg(fig) if fmt == "svg" else to_html(fig)).encode("utf-8")
-    raise InputError(f"unknown export format {fmt!r}: use 'png', 'svg' or 'html'")
+    return to_bytes(fig, fmt, to_png, to_svg, to_html)

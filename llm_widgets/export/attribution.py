@@ -8,12 +8,10 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from ..errors import InputError
+from .attention import shown
+from .files import to_bytes, write
 from .text import xml_text
 
-from .attention import shown
-
-FORMATS = (".png", ".svg", ".html")
 NEGATIVE, POSITIVE = (33, 102, 172), (179, 88, 6)  # as js/lib/heatmap.ts diverging()
 WIDTH = 760
 
@@ -112,16 +110,10 @@ def to_html(attr) -> str:
 
 
 def render(attr, fmt: str) -> bytes:
-    if fmt == "png":
-        return to_png(attr)
-    if fmt in ("svg", "html"):
-        return (to_svg(attr) if fmt == "svg" else to_html(attr)).encode("utf-8")
-    raise InputError(f"unknown export format {fmt!r}: use 'png', 'svg' or 'html'")
+    """The file's bytes for "png", "svg" or "html" (what the widgets' buttons download)."""
+    return to_bytes(attr, fmt, to_png, to_svg, to_html)
 
 
 def save(attr, path: str | Path) -> Path:
-    path = Path(path)
-    if path.suffix.lower() not in FORMATS:
-        raise InputError(f"cannot save {path.name!r}: the file name must end in .png, .svg or .html")
-    path.write_bytes(render(attr, path.suffix.lower()[1:]))
-    return path
+    """Write the figure; the format follows the suffix (.png, .svg, .html)."""
+    return write(path, lambda fmt: render(attr, fmt))

@@ -17,12 +17,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from ..errors import InputError
 from .attention import colours, shown
 from .attribution import diverging
+from .files import to_bytes, write
 from .text import printable, xml_text
 
-FORMATS = (".png", ".svg", ".html")
 CELL_W, CELL_H, LEFT, TOP = 54, 18, 90, 56
 
 
@@ -148,16 +147,9 @@ def to_html(fig: MatrixFigure) -> str:
 
 def render(fig: MatrixFigure, fmt: str) -> bytes:
     """The file's bytes for "png", "svg" or "html" (what the widgets' buttons download)."""
-    if fmt == "png":
-        return to_png(fig)
-    if fmt in ("svg", "html"):
-        return (to_svg(fig) if fmt == "svg" else to_html(fig)).encode("utf-8")
-    raise InputError(f"unknown export format {fmt!r}: use 'png', 'svg' or 'html'")
+    return to_bytes(fig, fmt, to_png, to_svg, to_html)
 
 
 def save(fig: MatrixFigure, path: str | Path) -> Path:
-    path = Path(path)
-    if path.suffix.lower() not in FORMATS:
-        raise InputError(f"cannot save {path.name!r}: the file name must end in .png, .svg or .html")
-    path.write_bytes(render(fig, path.suffix.lower()[1:]))
-    return path
+    """Write the figure; the format follows the suffix (.png, .svg, .html)."""
+    return write(path, lambda fmt: render(fig, fmt))

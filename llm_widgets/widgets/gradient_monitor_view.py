@@ -23,13 +23,13 @@ import numpy as np
 import traitlets
 
 from ..errors import InputError
+from ..export.files import write
 from ..export.text import plain_label
 from ..training.monitor import HIST_EDGES, GradientMonitor
 from ._frontend import Answers, bundle
 
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
            "#17becf"]
-FORMATS = (".png", ".svg", ".html")
 
 
 def _colour(i: int, n: int) -> str:
@@ -245,12 +245,7 @@ class GradientMonitorView(ipywidgets.VBox):
 
     def save(self, path: str | Path) -> Path:
         """The charts as .html (standalone bokeh, resources inline), .png or .svg (matplotlib)."""
-        path = Path(path)
-        suffix = path.suffix.lower()
-        if suffix not in FORMATS:
-            raise InputError(f"cannot save {path.name!r}: the file name must end in .png, .svg or .html")
-        path.write_bytes(self.render(suffix[1:]))
-        return path
+        return write(path, self.render)
 
     def render(self, fmt: str) -> bytes:
         self.flush()
