@@ -13,7 +13,6 @@ Measured side by side in one run, median of --repeats, runs alternating:
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import torch
 import llm_widgets as lw
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_trace import measure  # noqa: E402  (the same clock and memory sampling)
+from bench_trace import alternate, first_paint  # noqa: E402  (the same clock, memory sampling and paint)
 
 TEXT = ("It is a truth universally acknowledged, that a single man in possession of a good fortune, "
         "must be in want of a wife. However little known the feelings or views of such a man may be on his "
@@ -55,10 +54,8 @@ def bench(lm: lw.LanguageModel, length: int, repeats: int, new_tokens: int) -> l
     def traced():
         traces.append(lm.trace(ids))
 
-    def first_paint():
-        tr = traces.pop()
-        tr.attention_overview(lm.facts.n_layers // 2, 0, size=512)
-        tr.attention_grid(24)
+    def paint():  # on the trace just made: nothing of it is computed yet
+        first_paint(traces.pop())
 
     def generate_plain():
         with torch.no_grad():
@@ -70,14 +67,9 @@ def bench(lm: lw.LanguageModel, length: int, repeats: int, new_tokens: int) -> l
         editor.edits = edits[flip[0]]
         assert not editor.error, editor.error
 
-    cases = {"plain": plain, "traced": traced, "paint": first_paint, "gen_plain": generate_plain,
+    cases = {"plain": plain, "traced": traced, "paint": paint, "gen_plain": generate_plain,
              "regenerate": regenerate}
-    results = {name: [] for name in cases}
-    for _ in range(repeats):
-        for name, fn in cases.items():
-            results[name].append(measure(fn, cpu))
-    t = {name: statistics.median(r[0] for r in runs) for name, runs in results.items()}
-    m = {name: max(r[1] for r in runs) / 2**20 for name, runs in results.items()}
+    t, m = alternate(cases, repeats, cpu)
     qk = captured_bytes(lm.trace(ids)) / 2**20
     allowed = 1.2 * m["plain"] + qk
     rows = [

@@ -117,6 +117,23 @@ def sdpa_backend(device, dtype) -> str:
     return "math"
 
 
+def alternate(cases: dict, repeats: int, device) -> tuple[dict[str, float], dict[str, float]]:
+    """Each case once per round, `repeats` rounds: (median seconds, peak MiB) per case."""
+    results = {name: [] for name in cases}
+    for _ in range(repeats):
+        for name, fn in cases.items():
+            results[name].append(measure(fn, device))
+    t = {name: statistics.median(r[0] for r in runs) for name, runs in results.items()}
+    m = {name: max(r[1] for r in runs) / 2**20 for name, runs in results.items()}
+    return t, m
+
+
+def first_paint(tr: lw.Trace) -> None:
+    """What AttentionView's first paint computes: a middle layer's head at 512 x 512 and the grid."""
+    tr.attention_overview(tr.n_layers // 2, 0, size=512)
+    tr.attention_grid(24)
+
+
 def twelve_heads(facts) -> list:
     """12 (layer, head) pairs spread over the model, each emphasising the first 8 keys."""
     pairs = [(layer, head) for layer in range(0, facts.n_layers, max(1, facts.n_layers // 6))
@@ -141,10 +158,8 @@ def bench(lm: lw.LanguageModel, length: int, repeats: int, new_tokens: int) -> l
     def traced():
         traces.append(lm.trace(ids[0]))
 
-    def first_paint():  # on the trace just made: nothing of it is computed yet
-        tr = traces.pop()
-        tr.attention_overview(lm.facts.n_layers // 2, 0, size=512)
-        tr.attention_grid(24)
+    def paint():  # on the trace just made: nothing of it is computed yet
+        first_paint(traces.pop())
 
     def eager():
         model.set_attn_implementation("eager")
@@ -166,19 +181,14 @@ def bench(lm: lw.LanguageModel, length: int, repeats: int, new_tokens: int) -> l
     def generate_edited():
         lm.trace(ids[0], max_new_tokens=new_tokens, min_new_tokens=new_tokens, edits=edits)
 
-    cases = {"plain": plain, "traced": traced, "paint": first_paint, "eager": eager, "gen_plain": generate_plain,
+    cases = {"plain": plain, "traced": traced, "paint": paint, "eager": eager, "gen_plain": generate_plain,
              "gen_edited": generate_edited}
     eager_bytes = lm.facts.n_layers * lm.facts.n_heads * length * length * model.dtype.itemsize
     if device.type == "cuda" and eager_bytes > torch.cuda.mem_get_info()[0] * 0.8:
         del cases["eager"]
     for fn in cases.values():  # warm-up
         fn()
-    results = {name: [] for name in cases}
-    for _ in range(repeats):
-        for name, fn in cases.items():
-            results[name].append(measure(fn, device))
-    t = {name: statistics.median(r[0] for r in runs) for name, runs in results.items()}
-    m = {name: max(r[1] for r in runs) / 2**20 for name, runs in results.items()}
+    t, m = alternate(cases, repeats, device)
     rows = [
         f"| {lm.name} | {length} | (a) traced forward, all layers captured | {t['traced']:.3f} s vs {t['plain']:.3f} s "
         f"| **{t['traced'] / t['plain']:.2f}x** (target <= 1.05x) | {m['traced']:.0f} vs {m['plain']:.0f} MiB |",

@@ -113,7 +113,7 @@ def attribute(trace: Trace, target=None, contrast=None, method: str = "grad_x_in
     model = lm.model
     with exclusive(model), model_mode(model, training=False, frozen=True), torch.enable_grad():
         embed = model.get_input_embeddings()
-        embeds = embed(ids[None].to(_device(model))).detach()
+        embeds = embed(ids[None].to(input_device(model))).detach()
         reference = _baseline(lm, embed, ids, embeds, baseline)
         head_importance = delta = None
         if method == "attention_x_grad":
@@ -129,10 +129,6 @@ def attribute(trace: Trace, target=None, contrast=None, method: str = "grad_x_in
         contrast_id=contrast_id, method=method, step=step, p_target=float(probs[target_id]),
         p_contrast=None if contrast_id is None else float(probs[contrast_id]), score=value,
         n_prompt=trace.n_prompt, head_importance=head_importance, delta=delta, notes=notes, trace=trace)
-
-
-def _device(model) -> torch.device:
-    return input_device(model)
 
 
 def _forward(model, embeds: torch.Tensor) -> torch.Tensor:

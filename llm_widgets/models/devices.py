@@ -42,7 +42,7 @@ def placement(model: torch.nn.Module) -> str:
             if name not in places:
                 places.append(name)
         return " + ".join(places)
-    devices = sorted({str(p.device) for p in model.parameters()} - {"meta"})
-    if any(p.device.type == "meta" for p in model.parameters()):  # offloaded: moved in for each call
-        devices.append("offloaded")
-    return " + ".join(devices) if devices else "cpu"
+    devices = {str(p.device) for p in model.parameters()}
+    # "meta": offloaded weights, moved in for each call
+    places = sorted(devices - {"meta"}) + (["offloaded"] if "meta" in devices else [])
+    return " + ".join(places) if places else "cpu"
