@@ -13,7 +13,7 @@ from .analysis import (Attribution, Comparison, LogitLens, Patching, Profile, Sc
                        patch, profile, scaling)
 from .errors import InputError, LLMWidgetsError, ModelBusyError, ReplayMismatchError, WrongTypeError
 from .models import BUNDLED_MODELS, LanguageModel, ModelFacts, load_model
-from .trace import AblateHead, ScaleAttention, Trace, replay
+from .trace import AblateHead, ScaleAttention, Trace, TraceBatch, replay
 from .training import GradientMonitor, GradientWarning, StepProfile, TrainingStopped, profile_step
 
 _WIDGETS = {"AttentionEditor", "AttentionView", "AttributionView", "CompareView", "GradientMonitorView", "LensView",
@@ -21,7 +21,7 @@ _WIDGETS = {"AttentionEditor", "AttentionView", "AttributionView", "CompareView"
 
 __all__ = ["InputError", "LLMWidgetsError", "ModelBusyError", "ReplayMismatchError", "WrongTypeError", "AblateHead", "Attribution", "BUNDLED_MODELS", "Comparison", "GradientMonitor", "GradientWarning",
            "LanguageModel", "LogitLens", "ModelFacts", "Patching", "Profile", "ScaleAttention", "Scaling", "StepProfile",
-           "Sweep", "Trace", "TrainingStopped", "ablation_sweep", "compare", "load_model", "patch", "profile",
+           "Sweep", "Trace", "TraceBatch", "TrainingStopped", "ablation_sweep", "compare", "load_model", "patch", "profile",
            "profile_step", "replay", "scaling", "__version__", *sorted(_WIDGETS)]
 
 

@@ -190,8 +190,10 @@ def test_no_silent_coercions(tiny_gpt2, trace):
     ids = trace.input_ids[:5]
     with pytest.raises(ValueError, match="token ids must be integers; got a torch.float32 tensor"):
         tiny_gpt2.trace(ids.float())
-    with pytest.raises(ValueError, match=r"one sequence, shape \[T\] or \[1, T\]; got shape \[2, 5\]"):
-        tiny_gpt2.trace(torch.stack([ids, ids]))
+    with pytest.raises(ValueError, match=r"one sequence, shape \[T\] or \[1, T\] \(or a batch, \[B, T\]\); got "
+                                         r"shape \[1, 2, 5\]"):
+        tiny_gpt2.trace(torch.stack([ids, ids])[None])
+    assert len(tiny_gpt2.trace(torch.stack([ids, ids]))) == 2  # [B, T]: a batch
     assert tiny_gpt2.trace(ids[None]).input_ids.tolist() == ids.tolist()  # a batch of one is fine
     with pytest.raises(ValueError, match="prompt must be a string"):
         tiny_gpt2.trace([True, False])

@@ -210,7 +210,7 @@ def test_fully_masked_rows_warn_and_stay_finite():
     assert torch.isfinite(tr.attention(0, 0)).all()
 
 
-def _outside_the_registry():
+def _outside_the_registry(attn: str | None = None):
     """A tiny model whose attention does not go through transformers' AttentionInterface in
     the installed version (models join the registry over releases: GPT-J did in 5.24)."""
     candidates = [
@@ -226,7 +226,7 @@ def _outside_the_registry():
     for config_class, model_class, kwargs in candidates:
         if not getattr(model_class, "_supports_attention_backend", False):
             torch.manual_seed(0)
-            return model_class(config_class(**kwargs)).eval()
+            return model_class(config_class(**kwargs, **({"attn_implementation": attn} if attn else {}))).eval()
     pytest.skip("every candidate model uses the attention registry in this transformers version")
 
 
@@ -236,11 +236,11 @@ def test_models_outside_the_registry_view_through_eager_and_refuse_edits():
     lm = lw.LanguageModel(model, ToyTokenizer(), name="tiny-outside")
     tr = lm.trace(PROMPT, max_new_tokens=3)
     assert model.config._attn_implementation == implementation  # switched to eager for the weights, and back
-    model.set_attn_implementation("eager")
+    eager = _outside_the_registry("eager")  # the same weights, built eager
     with torch.no_grad():
-        reference = model(torch.tensor([tr.input_ids.tolist()]), output_attentions=True).attentions
-    model.set_attn_implementation(implementation)
+        reference = eager(torch.tensor([tr.input_ids.tolist()]), output_attentions=True).attentions
     torch.testing.assert_close(tr.attention(1, 2), reference[1][0, 2].float())
+    assert tr.attention(0, 0, queries=0, keys=(1, len(tr))).max() == 0  # causal: the first token sees itself only
     name = type(model).__name__
     with pytest.raises(ValueError, match=rf"{name} \(model_type '{model.config.model_type}'\) computes attention its own way"):
         lm.trace(PROMPT, edits=[lw.ScaleAttention(2.0, keys=(0, 2))])

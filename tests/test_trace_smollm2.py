@@ -65,3 +65,15 @@ def test_tokens_are_decoded_one_id_at_a_time(name, tiny_gpt2, smollm2):
     tok = (tiny_gpt2 if name == "tiny-gpt2" else smollm2).tokenizer
     ids = list(range(0, len(tok), 89)) + [tok.eos_token_id]
     assert decode_each(tok, ids) == tok.batch_decode([[i] for i in ids])
+
+
+def test_a_batch_of_text_prompts_runs_as_each_alone(smollm2):
+    """A real tokenizer and a GQA model: left padding, positions from the mask, rows cut out."""
+    prompts = ["The capital of France is", "The capital of Japan is a city called", "Hello"]
+    batch = smollm2.trace(prompts, max_new_tokens=5)
+    for prompt, row in zip(prompts, batch):
+        alone = smollm2.trace(prompt, max_new_tokens=5)
+        assert row.tokens == alone.tokens and row.output_text == alone.output_text
+        for layer, head in ((0, 0), (15, 4), (29, 8)):
+            torch.testing.assert_close(row.attention(layer, head), alone.attention(layer, head), atol=1e-5, rtol=0)
+    assert batch.outputs[0].startswith(" Paris") and batch.outputs[1].startswith(" Tokyo")

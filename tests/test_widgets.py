@@ -103,8 +103,25 @@ def test_selection_is_validated(view):
         view.head = -1
     view.query = 3
     assert view.query == 3
-    with pytest.raises(TypeError, match="AttentionView takes a Trace"):
+    with pytest.raises(TypeError, match="AttentionView takes a Trace or a TraceBatch"):
         lw.AttentionView("not a trace")
+
+
+def test_a_batch_shows_one_row_at_a_time(tiny_gpt2):
+    batch = tiny_gpt2.trace(["Call me Ishmael.", "It was the best of times, it was the worst"], max_new_tokens=3)
+    view = lw.AttentionView(batch, layer=1)
+    assert (view.n_rows, view.row, view.tokens) == (2, 0, batch[0].tokens)
+    view.query, view.zoom = 2, [0, 2, 0, 2]
+    revision = view.revision
+    view.row = 1
+    assert view.tokens == batch[1].tokens and view.n_prompt == batch[1].n_prompt
+    assert view.output_text == batch[1].output_text and view.revision == revision + 1
+    assert (view.query, view.zoom, view.layer) == (-1, [], 1)  # the selection is cleared, the head kept
+    message, buffers = view.answer({"what": "overview", "layer": 1, "head": 2})
+    np.testing.assert_allclose(decode_rows_uint8(message, buffers), batch[1].attention(1, 2).numpy(), atol=1 / 255)
+    with pytest.raises(traitlets.TraitError, match="row 2 is out of range: this batch has rows 0 to 1"):
+        view.row = 2
+    assert lw.AttentionView(batch[1]).n_rows == 1
 
 
 def test_grid_of_a_long_trace_samples_one_exact_row_per_bin(tiny_gpt2, monkeypatch):

@@ -5,7 +5,7 @@
 // only ever goes through textContent or canvas fillText, never innerHTML.
 import type { AnyModel } from "@anywidget/types";
 import { binRange, cellAt, colour, headColour, headViewKeys, type Matrix, maxOf, regionOf, toPixels } from "./heatmap";
-import { el, exportButtons, Requests, shown } from "./widget_io";
+import { el, exportButtons, Requests, select, shown } from "./widget_io";
 
 
 export interface ViewState {
@@ -28,18 +28,6 @@ const HEATMAP_PX = 420;
 const GRID_CELL_PX = 22;
 const HEADVIEW_ROW_PX = 18;
 const AXIS_LABELS = 40; // up to this many tokens in view, each gets its label on the axes
-function select(label: string, count: number, prefix: string): [HTMLLabelElement, HTMLSelectElement] {
-  const wrap = el("label", "lw-select", `${label} `);
-  const box = el("select");
-  for (let i = 0; i < count; i++) {
-    const option = el("option", "", `${prefix}${i}`);
-    option.value = String(i);
-    box.append(option);
-  }
-  wrap.append(box);
-  return [wrap, box];
-}
-
 export interface PanelOptions {
   /** What a click on a token does: pick the query (default) or select keys (the editor). */
   stripMode?: () => "query" | "keys";

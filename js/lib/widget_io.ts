@@ -17,6 +17,19 @@ export function el<K extends keyof HTMLElementTagNameMap>(tag: K, cls = "", text
   return node;
 }
 
+/** A labelled <select> of `count` options named prefix0, prefix1, ... (values "0", "1", ...). */
+export function select(label: string, count: number, prefix: string): [HTMLLabelElement, HTMLSelectElement] {
+  const wrap = el("label", "lw-select", `${label} `);
+  const box = el("select");
+  for (let i = 0; i < count; i++) {
+    const option = el("option", "", `${prefix}${i}`);
+    option.value = String(i);
+    box.append(option);
+  }
+  wrap.append(box);
+  return [wrap, box];
+}
+
 /** Visible form of a token: spaces and newlines shown, never interpreted. */
 export function shown(token: string): string {
   return token.replace(/\n/g, "↵").replace(/\t/g, "⇥") || "∅";

@@ -24,6 +24,23 @@ def takes_logits_to_keep(model: torch.nn.Module) -> bool:
     return _forward_takes(type(model), "logits_to_keep")
 
 
+def takes_position_ids(model: torch.nn.Module) -> bool:
+    """Whether forward takes position_ids (needed when left padding shifts a row's positions)."""
+    return _forward_takes(type(model), "position_ids")
+
+
+def set_attention(model: torch.nn.Module, implementation: str | None) -> None:
+    """Switch the model's attention implementation. Models outside the attention registry refuse
+    `set_attn_implementation` (with a log line each time) but read the config at every forward:
+    for them the config is set directly (else Falcon, asked for weights under "sdpa", adds a
+    boolean mask to its eager scores)."""
+    can_switch = getattr(type(model), "_can_set_attn_implementation", None)
+    if can_switch is None or can_switch():
+        model.set_attn_implementation(implementation)
+    else:
+        model.config._attn_implementation = implementation
+
+
 def cache_kwargs(model: torch.nn.Module, cache: Any) -> dict[str, Any]:
     """The keyword argument that passes `cache` to this model's forward."""
     return {"cache": cache} if _forward_takes(type(model), "cache") else {"past_key_values": cache}

@@ -106,7 +106,9 @@ class LanguageModel:
               do_sample: bool = False, **generation_kwargs: Any):
         """One instrumented run: the prompt's forward pass and, with max_new_tokens, generation.
 
-        `prompt` is a string, a chat message list or token ids. `edits` are
+        `prompt` is a string, a chat message list or token ids; several of them (a list of
+        strings, a 2-D id tensor, a tokenizer's padded output) run as one padded batch and
+        give a `lw.TraceBatch`, a Trace per row, as they ran together. `edits` are
         lw.ScaleAttention / lw.AblateHead. `seed` makes sampling repeatable (one is
         drawn and recorded when sampling without it). Other keyword arguments go to
         `generate` (temperature, top_p, use_cache, ...), or are the engine's own:

@@ -13,6 +13,8 @@ from typing import Iterator
 
 import torch
 
+from .compat import set_attention
+
 
 @contextmanager
 def model_mode(model: torch.nn.Module, *, training: bool | None = None, frozen: bool = False,
@@ -36,11 +38,11 @@ def model_mode(model: torch.nn.Module, *, training: bool | None = None, frozen: 
         for p in params:
             p.requires_grad_(False)
         if switch:
-            model.set_attn_implementation(attn_implementation)
+            set_attention(model, attn_implementation)
         yield model
     finally:
         if switch:
-            model.set_attn_implementation(attn_before)
+            set_attention(model, attn_before)
         for p, flag, grad in zip(params, flags, grads):
             p.requires_grad_(flag)
             p.grad = grad

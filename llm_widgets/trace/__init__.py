@@ -5,10 +5,11 @@
     model.trace(prompt, edits=[ScaleAttention(4.0, keys=(0, 4), layers=[5])])
 """
 
+from .batch import TraceBatch
 from .edits import AblateHead, ScaleAttention, edit_from_dict
 from .record import make_record, replay
 from .run import fidelity, prompt_ids, run_trace
 from .trace import Trace
 
-__all__ = ["AblateHead", "ScaleAttention", "Trace", "edit_from_dict", "fidelity", "make_record", "prompt_ids",
+__all__ = ["AblateHead", "ScaleAttention", "Trace", "TraceBatch", "edit_from_dict", "fidelity", "make_record", "prompt_ids",
            "replay", "run_trace"]

@@ -39,8 +39,8 @@ MASK_ELEMENTS = 1 << 24  # an edited call's explicit mask is built in blocks of 
 
 @dataclass
 class LayerRecord:
-    """Chunks of (first position, queries [H, n, d]) and (first position, keys [Hkv, n, d]) as the
-    run produced them; a chunk covers positions first .. first + n - 1."""
+    """Chunks of (first position, queries [B, H, n, d]) and (first position, keys [B, Hkv, n, d]) as
+    the run produced them; a chunk covers positions first .. first + n - 1."""
 
     queries: list[tuple[int, torch.Tensor]] = field(default_factory=list)
     keys: list[tuple[int, torch.Tensor]] = field(default_factory=list)
@@ -114,8 +114,8 @@ class Run:
             record.sliding_window = sliding_window
             record.is_causal = bool(is_causal)
             new = slice(q_start - k_start, q_start - k_start + q_len)  # the key slots of this call's positions
-            record.queries.append((q_start, self._keep(query[0], query)))
-            record.keys.append((q_start, self._keep(key[0, :, new], key)))
+            record.queries.append((q_start, self._keep(query, query)))  # every batch row: [B, H, n, d]
+            record.keys.append((q_start, self._keep(key[:, :, new], key)))
         edits = self.edits_by_layer.get(layer)
         heads = self.edited_heads.get(layer) if self.inner == "sdpa" else None
         if edits:

@@ -16,7 +16,7 @@ from .edits import edit_from_dict
 from .settings import RECORD_SCHEMA, check_generation_settings
 
 RECORD_KEYS = {"schema", "llm_widgets", "torch", "transformers", "model", "prompt_ids", "generation", "edits",
-               "output_ids"}
+               "output_ids", "batch"}  # "batch": a row of a batched run ({"prompt_ids": every row's, "row": i})
 
 
 def make_record(lm: LanguageModel, prompt_ids: list[int], generation: dict, edits: tuple,
@@ -85,11 +85,22 @@ def check_record(record: Any) -> dict:
     check_generation_settings(rest, where="replay")
     if not isinstance(record["edits"], list):
         raise bad("'edits' must be a list")
+    batch = record.get("batch")
+    if batch is not None:
+        rows, row = (batch.get("prompt_ids"), batch.get("row")) if isinstance(batch, dict) else (None, None)
+        if set(batch) != {"prompt_ids", "row"} or not isinstance(rows, list) or not rows or any(
+                not isinstance(r, list) or not r or any(isinstance(i, bool) or not isinstance(i, int) for i in r)
+                for r in rows):
+            raise bad("'batch' must be {'prompt_ids': a list of token id lists, 'row': an index into it}")
+        if isinstance(row, bool) or not isinstance(row, int) or not 0 <= row < len(rows) or \
+                rows[row] != record["prompt_ids"]:
+            raise bad(f"'batch' row {row!r} is not the index of this record's prompt_ids among the batch's rows")
     return record
 
 
 def replay(record: dict, model: LanguageModel | None = None, *, check: bool = True):
     """Run again what `record` (a `Trace.record`) describes; with check=True, raise if the tokens differ.
+    A row of a batch runs with its whole batch again, and its row's trace is returned.
     Without `model`, the recorded one is loaded (bundled name, local path or hub id; never with
     remote code). The record is checked first: only known generation settings are passed on."""
     record = check_record(record)
@@ -110,9 +121,12 @@ def replay(record: dict, model: LanguageModel | None = None, *, check: bool = Tr
         warnings.warn("the model's weights differ from the recorded ones (weights_sha256): replay may diverge",
                       stacklevel=2)
     generation = dict(record["generation"])
-    trace = model.trace(record["prompt_ids"], edits=edits,
+    batch = record.get("batch")  # a row of a batch runs with its batch: padding can change the last bits
+    trace = model.trace(batch["prompt_ids"] if batch else record["prompt_ids"], edits=edits,
                         max_new_tokens=generation.pop("max_new_tokens"), seed=generation.pop("seed"),
                         do_sample=generation.pop("do_sample"), **generation)
+    if batch:
+        trace = trace[batch["row"]]
     if check and trace.generated_ids != record["output_ids"]:
         raise ReplayMismatchError(f"replay produced different tokens: {trace.generated_ids} instead of the recorded "
                                   f"{record['output_ids']} (different hardware, dtype or library versions can do this)")

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import secrets
 import warnings
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any, NamedTuple
 
 import torch
 
 from .._provide import provides
 from ..errors import InputError
 from ..models import LanguageModel
-from ..models.compat import cache_kwargs, output_cache, takes_logits_to_keep
+from ..models.compat import cache_kwargs, output_cache, takes_logits_to_keep, takes_position_ids
 from ..models.devices import input_device
 from ..models.modes import model_mode
 from .capture import Run, instrument
@@ -19,7 +21,8 @@ from .edits import validate_edits
 from .locking import exclusive
 from .record import make_record
 from .settings import check_generation_settings
-from .trace import Trace, assemble, probability_of, top_k_of
+from .batch import TraceBatch, batch_rows, pad, positions
+from .trace import LayerAttention, Trace, assemble, probability_of, top_k_of
 
 TOP_K_KEPT = 20
 
@@ -42,10 +45,10 @@ def prompt_ids(lm: LanguageModel, prompt: Any) -> torch.Tensor:
             if prompt.dtype.is_floating_point or prompt.dtype.is_complex or prompt.dtype == torch.bool:
                 raise InputError(f"token ids must be integers; got a {prompt.dtype} tensor (did you pass embeddings "
                                  f"or a mask?)")
-            if prompt.dim() == 2 and prompt.shape[0] == 1:
-                prompt = prompt[0]  # a batch of one, as tokenizers return it
-            if prompt.dim() != 1:
-                raise InputError(f"token ids must be one sequence, shape [T] or [1, T]; got shape {list(prompt.shape)}")
+            if prompt.dim() not in (1, 2) or (prompt.dim() == 2 and prompt.shape[0] != 1):
+                raise InputError(f"token ids must be one sequence, shape [T] or [1, T] (or a batch, [B, T]); got "
+                                 f"shape {list(prompt.shape)}")
+            prompt = prompt.reshape(-1)  # [1, T]: a batch of one, as tokenizers return it
         ids = torch.as_tensor(prompt, dtype=torch.long).reshape(-1)
         vocab = lm.facts.vocab_size
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
@@ -61,14 +64,16 @@ def prompt_ids(lm: LanguageModel, prompt: Any) -> torch.Tensor:
 @provides(LanguageModel, "trace")
 def run_trace(lm: LanguageModel, prompt: Any, *, max_new_tokens: int = 0, edits=(), seed: int | None = None, do_sample: bool = False,
               keep_logits: bool = False, capture: bool = True, capture_device: str | torch.device | None = None,
-              capture_dtype: torch.dtype | None = None, profile: bool = False, **generation_kwargs) -> Trace:
+              capture_dtype: torch.dtype | None = None, profile: bool = False, **generation_kwargs) -> Trace | TraceBatch:
     """See LanguageModel.trace. keep_logits keeps the prompt's logits [T, vocab] on the trace;
     capture=False skips keeping queries and keys (no attention views); capture_device moves
     them off the accelerator as they are captured (e.g. "cpu" for long contexts on a GPU) and
     capture_dtype stores them in a lower precision (half the memory of float32; the recomputed
     probabilities then differ from the run's by up to about 3e-3 with torch.float16 and 2e-2 with
     torch.bfloat16, as measured on SmolLM2 at 1,024 tokens);
-    profile=True also profiles the run (trace.profile, an lw.Profile)."""
+    profile=True also profiles the run (trace.profile, an lw.Profile).
+    Several prompts (a list of them, a 2-D id tensor, a tokenizer's padded output) run as one
+    padded batch and give a `TraceBatch`, a Trace per row."""
     facts = lm.facts
     if facts.n_heads == 0:
         raise InputError(f"{lm.name} ({facts.architecture}) has no attention heads; llm-widgets traces attention models")
@@ -83,12 +88,18 @@ def run_trace(lm: LanguageModel, prompt: Any, *, max_new_tokens: int = 0, edits=
         raise InputError(f"capture_dtype must be a floating torch dtype such as torch.float16; got {capture_dtype!r}")
     if facts.kind != "causal" and max_new_tokens:
         raise InputError(f"{lm.name} is a masked (bidirectional) model: it does not generate, use max_new_tokens=0")
-    ids = prompt_ids(lm, prompt)
-    total = len(ids) + max_new_tokens
+    batch = batch_rows(prompt)
+    is_batch = batch is not None and not (isinstance(prompt, Mapping) and len(batch) == 1)
+    rows = [prompt_ids(lm, p) for p in batch] if batch is not None else [prompt_ids(lm, prompt)]
+    longest = max(len(ids) for ids in rows)
+    total = longest + max_new_tokens
     if facts.context_length and total > facts.context_length:
-        raise InputError(f"the prompt ({len(ids)} tokens) plus max_new_tokens ({max_new_tokens}) is {total} tokens, "
+        raise InputError(f"the prompt ({longest} tokens) plus max_new_tokens ({max_new_tokens}) is {total} tokens, "
                          f"longer than the context of {lm.name} ({facts.context_length}); shorten one of them")
     edits = validate_edits(edits, n_layers=facts.n_layers, n_heads=facts.n_heads, sequence_length=total)
+    if edits and is_batch:
+        raise InputError("attention edits steer one prompt at a time (their positions are a prompt's own): trace the "
+                         "row you want to steer on its own, e.g. model.trace(batch[i].record['prompt_ids'], edits=...)")
     supported = getattr(type(lm.model), "_supports_attention_backend", False)
     if edits and not supported:
         raise InputError(
@@ -104,9 +115,13 @@ def run_trace(lm: LanguageModel, prompt: Any, *, max_new_tokens: int = 0, edits=
 
     model = lm.model
     device = input_device(model)
-    input_ids = ids[None].to(device)
-    run = Run(facts.n_layers, facts.n_heads, total, edits, capture=capture and supported, capture_device=capture_device,
-              capture_dtype=capture_dtype)
+    left = facts.kind == "causal"  # batched generation appends on the right: padding goes left
+    padded = pad(rows, _pad_id(lm), left=left)
+    shifted = left and padded.has_padding and takes_position_ids(model)  # right padding leaves positions as they are
+    inputs = _Inputs(padded.input_ids.to(device), padded.attention_mask.to(device),
+                     positions(padded.attention_mask).to(device) if shifted else None)
+    run = Run(facts.n_layers, facts.n_heads, padded.input_ids.shape[1] + max_new_tokens, edits,
+              capture=capture and supported, capture_device=capture_device, capture_dtype=capture_dtype)
     devices = [device] if device.type == "cuda" else []
     eager_attentions = None
     with exclusive(model), model_mode(model, training=False), torch.no_grad(), \
@@ -116,22 +131,17 @@ def run_trace(lm: LanguageModel, prompt: Any, *, max_new_tokens: int = 0, edits=
         if supported:
             with instrument(model, run):
                 sequence, step_logits, prompt_logits, cache = _forward_or_generate(
-                    model, lm, input_ids, max_new_tokens, do_sample, generation_kwargs, keep_logits)
+                    model, lm, inputs, max_new_tokens, do_sample, generation_kwargs, keep_logits)
                 if run.capture and max_new_tokens:
-                    _last_token_step(model, sequence, cache)
+                    _last_token_step(model, sequence, inputs, cache)
         else:
             sequence, step_logits, prompt_logits, _ = _forward_or_generate(
-                model, lm, input_ids, max_new_tokens, do_sample, generation_kwargs, keep_logits)
-            eager_attentions = _eager_attentions(model, sequence) if capture else None
+                model, lm, inputs, max_new_tokens, do_sample, generation_kwargs, keep_logits)
+            eager_attentions = _eager_attentions(model, sequence, inputs) if capture else None
     if run.fully_masked_rows:
         warnings.warn("ScaleAttention with factor 0 masked every key of some query rows; those rows were left "
                       "unchanged (a softmax over no keys has no answer).", stacklevel=3)
 
-    top_k = [top_k_of(logits, TOP_K_KEPT) for logits in step_logits]
-    generated = sequence[0, len(ids):].tolist()
-    chosen = [probability_of(logits, token) for logits, token in zip(step_logits, generated)]
-    first_logprobs = torch.log_softmax(step_logits[0].float(), dim=-1).cpu()  # any token's p at step 0
-    record = make_record(lm, ids.tolist(), generation, edits, generated)
     layers = None
     if run.capture:
         layers = []
@@ -139,50 +149,119 @@ def run_trace(lm: LanguageModel, prompt: Any, *, max_new_tokens: int = 0, edits=
             layers.append(assemble(captured, sequence.shape[1]))
             captured.queries.clear()
             captured.keys.clear()
-    trace = Trace(model=lm, input_ids=sequence[0].cpu(), n_prompt=len(ids), layers=layers,
-                  eager_attentions=eager_attentions, edits=edits, top_k=top_k, chosen=chosen,
-                  first_logprobs=first_logprobs, logits=prompt_logits, record=record)
+    width = padded.input_ids.shape[1]
+    stops = set(_eos_ids(lm, generation_kwargs)) if is_batch else set()
+    traces = []
+    for b, ids in enumerate(rows):
+        start = padded.starts[b]
+        prompt_end = start + len(ids)
+        generated = sequence[b, width:].tolist()
+        for i, token in enumerate(generated):  # a row that finished early was padded by generate after its eos
+            if token in stops:
+                generated = generated[:i + 1]
+                break
+        end = prompt_end + len(generated)
+        logits = [step[b] for step in step_logits[:max(1, len(generated))]] if facts.kind == "causal" else \
+            [step[b] for step in step_logits[start:prompt_end]]
+        row_record = make_record(lm, ids.tolist(), generation, edits, generated)
+        if is_batch:
+            row_record["batch"] = {"prompt_ids": [r.tolist() for r in rows], "row": b}
+        traces.append(Trace(
+            model=lm, input_ids=sequence[b, start:end].cpu(), n_prompt=len(ids),
+            layers=[_row_of(layer, b, start, end) for layer in layers] if layers is not None else None,
+            eager_attentions=[a[b, :, start:end, start:end] for a in eager_attentions]
+            if eager_attentions is not None else None,
+            edits=edits, top_k=[top_k_of(step, TOP_K_KEPT) for step in logits],
+            chosen=[probability_of(step, token) for step, token in zip(logits, generated)],
+            first_logprobs=torch.log_softmax(logits[0].float(), dim=-1).cpu(),  # any token's p at step 0
+            logits=prompt_logits[b, start:prompt_end].float().cpu() if prompt_logits is not None else None,
+            record=row_record))
     if profile:
-        trace.profile  # noqa: B018 - computed now, as asked
-    return trace
+        for trace in traces:
+            trace.profile  # noqa: B018 - computed now, as asked
+    if not is_batch:
+        return traces[0]
+    return TraceBatch(traces, padding_side="left" if left else "right")
+
+class _Inputs(NamedTuple):
+    input_ids: torch.Tensor  # [B, T]
+    attention_mask: torch.Tensor  # [B, T]: 0 on padding
+    position_ids: torch.Tensor | None  # given only when left padding shifts them
 
 
-def _forward_or_generate(model, lm, input_ids, max_new_tokens, do_sample, generation_kwargs, keep_logits):
+def _pad_id(lm: LanguageModel) -> int:
+    tok = lm.tokenizer
+    for pad_id in (getattr(tok, "pad_token_id", None), getattr(tok, "eos_token_id", None)):
+        if isinstance(pad_id, int):
+            return pad_id
+    return 0  # any id does: padding is masked
+
+
+def _eos_ids(lm: LanguageModel, generation_kwargs: dict) -> list[int]:
+    eos = generation_kwargs.get("eos_token_id")
+    if eos is None:
+        eos = getattr(getattr(lm.model, "generation_config", None), "eos_token_id", None)
+    return [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+
+
+def _extended(inputs: _Inputs, length: int) -> dict[str, torch.Tensor]:
+    """attention_mask (and position_ids, when padded) for the whole sequence of `length` tokens."""
+    mask = inputs.attention_mask
+    mask = torch.cat([mask, mask.new_ones(mask.shape[0], length - mask.shape[1])], dim=1)
+    if inputs.position_ids is None:
+        return {"attention_mask": mask}
+    return {"attention_mask": mask, "position_ids": positions(mask)}
+
+
+def _row_of(layer: LayerAttention | None, row: int, start: int, end: int) -> LayerAttention | None:
+    """One batch row's queries and keys, positions [start, end): views, no copy."""
+    if layer is None:
+        return None
+    return replace(layer, queries=layer.queries[row, :, start:end], keys=layer.keys[row, :, start:end])
+
+
+def _forward_or_generate(model, lm, inputs: _Inputs, max_new_tokens, do_sample, generation_kwargs, keep_logits):
+    """(sequences [B, T + new], logits per step [B, vocab] (per position for masked models),
+    the prompt's logits [B, T, vocab] when kept, the generation's cache)."""
     if max_new_tokens == 0:
         # a causal run needs only the last position's logits: [T, vocab] of them is GBs on a long prompt
         last_only = lm.facts.kind == "causal" and not keep_logits and takes_logits_to_keep(model)
-        out = model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), use_cache=False,
+        positions = {} if inputs.position_ids is None else {"position_ids": inputs.position_ids}
+        out = model(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask, use_cache=False, **positions,
                     **({"logits_to_keep": 1} if last_only else {}))
-        logits = out.logits[0]
-        step_logits = [logits[-1]] if lm.facts.kind == "causal" else list(logits)
-        return input_ids, step_logits, logits.float().cpu() if keep_logits else None, None
-    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else lm.tokenizer.eos_token_id
-    kwargs = {"pad_token_id": pad, **generation_kwargs}
-    out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=max_new_tokens,
-                         do_sample=do_sample, return_dict_in_generate=True, output_logits=True, **kwargs)
-    return out.sequences, [step[0] for step in out.logits], None, output_cache(out)
+        logits = out.logits
+        step_logits = [logits[:, -1]] if lm.facts.kind == "causal" else list(logits.unbind(1))
+        return inputs.input_ids, step_logits, logits.float().cpu() if keep_logits else None, None
+    kwargs = {"pad_token_id": _pad_id(lm), **generation_kwargs}
+    out = model.generate(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask,
+                         max_new_tokens=max_new_tokens, do_sample=do_sample, return_dict_in_generate=True,
+                         output_logits=True, **kwargs)
+    return out.sequences, list(out.logits), None, output_cache(out)
 
 
-def _last_token_step(model, sequence: torch.Tensor, cache) -> None:
+def _last_token_step(model, sequence: torch.Tensor, inputs: _Inputs, cache) -> None:
     """generate() samples the last token but never runs it through the model: one
     more step (on the cache, or the whole sequence without one) gives its queries
     and keys, so every generated token has attention to show."""
+    whole = _extended(inputs, sequence.shape[1])
     if cache is not None:
-        model(input_ids=sequence[:, -1:], attention_mask=torch.ones_like(sequence), **cache_kwargs(model, cache))
+        last = {k: (v[:, -1:] if k == "position_ids" else v) for k, v in whole.items()}
+        model(input_ids=sequence[:, -1:], **last, **cache_kwargs(model, cache))
     else:
-        model(input_ids=sequence, attention_mask=torch.ones_like(sequence), use_cache=False)
+        model(input_ids=sequence, use_cache=False, **whole)
 
 
-def _eager_attentions(model, sequence: torch.Tensor) -> list[torch.Tensor]:
+def _eager_attentions(model, sequence: torch.Tensor, inputs: _Inputs) -> list[torch.Tensor]:
     """For models outside the attention registry: one eager forward of the whole
-    sequence with output_attentions (what other tools do for every model). Eager,
-    because SDPA returns no weights (only a log line saying so)."""
+    sequence with output_attentions (what other tools do for every model), [B, heads, T, T]
+    per layer. Eager, because SDPA returns no weights (only a log line saying so)."""
     with model_mode(model, attn_implementation="eager"):
-        out = model(input_ids=sequence, output_attentions=True, use_cache=False)
+        out = model(input_ids=sequence, output_attentions=True, use_cache=False,
+                    **_extended(inputs, sequence.shape[1]))
     if not out.attentions:
         raise InputError(f"{type(model).__name__} returned no attentions even with output_attentions=True; "
                          f"load it with attn_implementation='eager' to view its attention")
-    return [a[0].detach() for a in out.attentions]
+    return [a.detach() for a in out.attentions]
 
 
 def fidelity(lm: LanguageModel, prompt: Any) -> float:

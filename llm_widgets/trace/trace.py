@@ -33,7 +33,7 @@ EXACT_GRID = 512  # up to this many tokens the grid's thumbnails are exact max-p
 class LayerAttention:
     """What recomputing one layer's attention needs."""
 
-    queries: torch.Tensor  # [heads, T, d]
+    queries: torch.Tensor  # [heads, T, d] (a run's capture: [batch, heads, T, d] until cut into rows)
     keys: torch.Tensor  # [kv_heads, T, d]
     scaling: float
     softcap: float | None
@@ -50,27 +50,28 @@ def assemble(record: LayerRecord, length: int) -> LayerAttention | None:
     if _in_order(record.queries, length) and _in_order(record.keys, length):
         # the usual case (prompt pass, then one position per step): one concatenation, or none
         return LayerAttention(_joined(record.queries), _joined(record.keys), *meta)
-    q0, k0 = record.queries[0][1], record.keys[0][1]
-    queries = q0.new_zeros(q0.shape[0], length, q0.shape[-1])
-    keys = k0.new_zeros(k0.shape[0], length, k0.shape[-1])
-    for start, chunk in record.queries:
-        queries[:, start:start + chunk.shape[1]] = chunk
-    for start, chunk in record.keys:
-        keys[:, start:start + chunk.shape[1]] = chunk
-    return LayerAttention(queries, keys, *meta)
+    return LayerAttention(_scattered(record.queries, length), _scattered(record.keys, length), *meta)
 
 
 def _joined(chunks: list[tuple[int, torch.Tensor]]) -> torch.Tensor:
-    return chunks[0][1] if len(chunks) == 1 else torch.cat([chunk for _, chunk in chunks], dim=1)
+    return chunks[0][1] if len(chunks) == 1 else torch.cat([chunk for _, chunk in chunks], dim=-2)
+
+
+def _scattered(chunks: list[tuple[int, torch.Tensor]], length: int) -> torch.Tensor:
+    first = chunks[0][1]
+    whole = first.new_zeros(*first.shape[:-2], length, first.shape[-1])
+    for start, chunk in chunks:
+        whole[..., start:start + chunk.shape[-2], :] = chunk
+    return whole
 
 
 def _in_order(chunks: list[tuple[int, torch.Tensor]], length: int) -> bool:
     """True when the chunks cover positions 0, 1, ..., length - 1 exactly, in order."""
     expected = 0
     for start, chunk in chunks:
-        if start != expected or chunk.shape[1] == 0:
+        if start != expected or chunk.shape[-2] == 0:
             return False
-        expected += chunk.shape[1]
+        expected += chunk.shape[-2]
     return expected == length
 
 

@@ -16,13 +16,15 @@ import traitlets
 from ..errors import InputError, WrongTypeError
 from ..export import attention as export
 from ..trace import Trace
+from ..trace.batch import TraceBatch
 from ..trace.trace import GRID_CELL, OVERVIEW
 from ._frontend import Answers, bundle
 from .transport import encode_rows_uint8
 
 
 class AttentionView(Answers, anywidget.AnyWidget):
-    """`lw.AttentionView(trace)`: heatmap of one head, all heads as a grid, tokens to click."""
+    """`lw.AttentionView(trace)`: heatmap of one head, all heads as a grid, tokens to click.
+    `lw.AttentionView(batch)` (a TraceBatch) shows one row at a time, with a row selector."""
 
     _esm = bundle("attention_view")
     _css = bundle("attention_view", ".css")
@@ -40,14 +42,42 @@ class AttentionView(Answers, anywidget.AnyWidget):
     revision = traitlets.Int(0).tag(sync=True)  # bumped when the trace is replaced: the front end reloads
     overview_size = traitlets.Int(OVERVIEW, help="the pooled size of the heatmap the front end asks for").tag(sync=True)
     grid_size = traitlets.Int(GRID_CELL, help="the pooled size of each thumbnail of the grid").tag(sync=True)
+    n_rows = traitlets.Int(1, help="rows of the batch shown (1 for a single trace)").tag(sync=True)
+    row = traitlets.Int(0, help="the batch row on screen").tag(sync=True)
 
-    def __init__(self, trace: Trace, *, layer: int = 0, head: int = 0, **kwargs):
-        if not isinstance(trace, Trace):
-            raise WrongTypeError(f"AttentionView takes a Trace (from model.trace(...)), got {type(trace).__name__}")
-        self.trace = trace
-        super().__init__(model_name=trace.model.name, tokens=trace.tokens, n_prompt=trace.n_prompt,
-                         n_layers=trace.n_layers, n_heads=trace.n_heads, output_text=trace.output_text, **kwargs)
-        self.layer, self.head = layer, head  # validated by the observers below
+    def __init__(self, trace: Trace | TraceBatch, *, layer: int = 0, head: int = 0, row: int = 0, **kwargs):
+        if isinstance(trace, TraceBatch):
+            self.batch = trace
+        elif isinstance(trace, Trace):
+            self.batch = None
+        else:
+            raise WrongTypeError(f"AttentionView takes a Trace or a TraceBatch (from model.trace(...)), got "
+                                 f"{type(trace).__name__}")
+        first = trace[0] if self.batch is not None else trace
+        self.trace = first
+        super().__init__(model_name=first.model.name, tokens=first.tokens, n_prompt=first.n_prompt,
+                         n_layers=first.n_layers, n_heads=first.n_heads, output_text=first.output_text,
+                         n_rows=len(trace) if self.batch is not None else 1, **kwargs)
+        self.layer, self.head, self.row = layer, head, row  # validated by the observers below
+
+    @traitlets.validate("row")
+    def _check_row(self, proposal):
+        if not 0 <= proposal.value < self.n_rows:
+            raise traitlets.TraitError(f"row {proposal.value} is out of range: this batch has rows 0 to "
+                                       f"{self.n_rows - 1}")
+        return proposal.value
+
+    @traitlets.observe("row")
+    def _show_row(self, change):
+        if self.batch is None or self.batch[change.new] is self.trace:
+            return
+        self.query = -1  # before the tokens change: a kept position might not exist in this row
+        self.zoom = []
+        self.trace = self.batch[change.new]
+        self.tokens = self.trace.tokens
+        self.n_prompt = self.trace.n_prompt
+        self.output_text = self.trace.output_text
+        self.revision += 1
 
     @traitlets.validate("layer")
     def _check_layer(self, proposal):

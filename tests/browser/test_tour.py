@@ -37,9 +37,9 @@ def test_tour_notebook_runs_and_shows_its_widgets(jupyter_server, page):
                         has_text="Error").count() == 0
     # the attention views: heatmaps drawn, a token click colours the strip, HTML in tokens stays text
     views = page.locator(".lw-attn-view")
-    views.nth(1).wait_for(timeout=120_000)  # the last cell
-    assert views.count() == 2
-    for i in range(2):
+    views.nth(2).wait_for(timeout=120_000)  # the last cell
+    assert views.count() == 3
+    for i in range(3):
         views.nth(i).locator("canvas.lw-attn-heatmap[data-drawn]").wait_for(timeout=60_000)
         views.nth(i).locator("canvas.lw-attn-grid[data-drawn]").wait_for(timeout=60_000)
         assert canvas_ink(views.nth(i).locator("canvas.lw-attn-heatmap")) > 0.05
@@ -51,11 +51,23 @@ def test_tour_notebook_runs_and_shows_its_widgets(jupyter_server, page):
     assert "lw-tok-query" in chip.get_attribute("class")
     first.locator("canvas.lw-attn-lines[data-drawn]").wait_for(timeout=30_000)  # the head view's lines
     assert canvas_ink(first.locator("canvas.lw-attn-lines")) > 0.005
-    xss = views.nth(1)
+    xss = views.nth(2)
     assert xss.locator(".lw-attn-tokens").text_content().startswith("<img src=x onerror=alert(1)>")
     assert xss.locator("img").count() == 0 and page.dialogs == []
     first.scroll_into_view_if_needed()
     page.screenshot(path=str(ARTIFACTS / "attention_view.png"))
+
+    # a batch: one row at a time, picked in the title; the new row's tokens and maps replace the old
+    batch = views.nth(1)
+    strip = batch.locator(".lw-attn-tokens")
+    assert "France" in strip.text_content() and "Japan" not in strip.text_content()
+    batch.locator(".lw-attn-row select").select_option("1")
+    page.wait_for_function("el => el.textContent.includes('Japan')", arg=strip.element_handle(), timeout=30_000)
+    batch.locator("canvas.lw-attn-heatmap[data-drawn]").wait_for(timeout=60_000)
+    batch.locator("canvas.lw-attn-grid[data-drawn]").wait_for(timeout=60_000)
+    assert canvas_ink(batch.locator("canvas.lw-attn-heatmap")) > 0.05
+    batch.scroll_into_view_if_needed()
+    batch.screenshot(path=str(ARTIFACTS / "attention_batch.png"))
 
     # export what is on screen: the files arrive through the browser's download
     for fmt, magic in (("png", b"\x89PNG"), ("svg", b"<svg"), ("html", b"<!doctype html>")):
