@@ -49,7 +49,7 @@ function render({ model, el: root, experimental, signal }: RenderProps<Attributi
     option.value = String(i);
     stepBox.append(option);
   });
-  const busy = el("span", "lw-ed-busy", "computing…");
+  const busy = el("span", "lw-busy-note", "computing…");
   const requests = new Requests(experimental.invoke, signal);
   const exports = exportButtons(requests, "attribution", (text) => {
     if (!text.startsWith("error")) return;
@@ -65,8 +65,8 @@ function render({ model, el: root, experimental, signal }: RenderProps<Attributi
   const summary = el("div", "lw-attrib-summary");
   const strip = el("div", "lw-attn-tokens lw-attrib-tokens");
   strip.setAttribute("aria-label", "input tokens coloured by attribution: orange (+) towards the target, blue (−) away");
-  const notes = el("div", "lw-ed-hint");
-  const errorBox = el("div", "lw-ed-error");
+  const notes = el("div", "lw-note");
+  const errorBox = el("div", "lw-error");
   errorBox.setAttribute("role", "alert");
   const gridBox = el("div", "lw-attrib-grid");
   const gridCaption = el("div", "lw-attn-caption", "head importance (attention × gradient): layer ↓ head →, click to open");

@@ -35,7 +35,7 @@ function render({ model, el: root, experimental, signal }: RenderProps<MonitorSt
   header.append(el("span", "lw-attn-title", "Gradient monitor"), status, exports);
   const alertsBox = el("div", "lw-mon-alerts");
   alertsBox.setAttribute("role", "alert");
-  const errorBox = el("div", "lw-ed-error");
+  const errorBox = el("div", "lw-error");
   const details = el("details", "lw-mon-steer");
   const summary = el("summary", "", "steer gradients per group (scale, clip) — applied before the optimizer step");
   const table = el("div", "lw-mon-table");
@@ -78,7 +78,7 @@ function render({ model, el: root, experimental, signal }: RenderProps<MonitorSt
     slider.addEventListener("change", () => send(group, current()));
     clip.addEventListener("change", () => send(group, current()));
     const row = el("div", "lw-mon-row");
-    row.append(name, slider, value, el("span", "lw-ed-scale", "clip"), clip, applied);
+    row.append(name, slider, value, el("span", "lw-note", "clip"), clip, applied);
     table.append(row);
     return { group, slider, value, clip, applied };
   });
@@ -94,7 +94,7 @@ function render({ model, el: root, experimental, signal }: RenderProps<MonitorSt
     const alerts = m.get("alerts");
     const list = el("ul");
     for (const alert of alerts.slice(-5).reverse()) list.append(el("li", `lw-mon-${alert.kind}`, alert.message));
-    alertsBox.replaceChildren(...(alerts.length ? [el("span", "lw-ed-label", `alerts (${m.get("n_alerts")}), newest first`), list] : []));
+    alertsBox.replaceChildren(...(alerts.length ? [el("span", "lw-label", `alerts (${m.get("n_alerts")}), newest first`), list] : []));
     errorBox.textContent = m.get("error");
     errorBox.hidden = !m.get("error");
     const applied = m.get("applied");

@@ -5,7 +5,8 @@
 // tokens, or opens the head / ablates it), a window over long sequences, and
 // export. Text is set with textContent only.
 import type { AnyModel, RenderProps } from "@anywidget/types";
-import { cellColour, cellText, formatValue, inkOn, legendStops, type Scale, windowStart } from "./lib/matrix";
+import { legend } from "./lib/legend";
+import { cellColour, cellText, formatValue, inkOn, type Scale, windowStart } from "./lib/matrix";
 import { el, exportButtons, redrawOn, Requests, shown } from "./lib/widget_io";
 
 interface MatrixState {
@@ -29,18 +30,6 @@ interface MatrixState {
 
 function rgb([r, g, b]: [number, number, number]): string {
   return `rgb(${r}, ${g}, ${b})`;
-}
-
-function legend(m: AnyModel<MatrixState>): HTMLElement {
-  const box = el("div", "lw-mx-legend");
-  box.append(el("span", "lw-mx-legend-name", `${m.get("value_name")}: `));
-  for (const stop of legendStops(m.get("scale"), m.get("vmax"))) {
-    const swatch = el("span", "lw-mx-swatch", stop.label);
-    swatch.style.background = rgb(stop.rgb);
-    swatch.style.color = inkOn(stop.rgb);
-    box.append(swatch);
-  }
-  return box;
 }
 
 function table(m: AnyModel<MatrixState>, onPick: (row: number, col: number) => void): HTMLTableElement {
@@ -129,7 +118,7 @@ function render({ model, el: root, experimental, signal }: RenderProps<MatrixSta
     where.textContent = `positions ${start}–${start + m.get("column_labels").length - 1} of ${total}`;
     back.disabled = start === 0;
     next.disabled = start + m.get("column_labels").length >= total;
-    body.replaceChildren(table(m, pick), legend(m));
+    body.replaceChildren(table(m, pick), legend(m.get("value_name"), m.get("scale"), m.get("vmax")));
     detail.replaceChildren(...m.get("detail").map((line) => el("div", "", line)));
     const message = m.get("error");
     errorBox.hidden = !message;

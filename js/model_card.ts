@@ -2,17 +2,11 @@
 // textContent: names from a model's config are data, never markup.
 import type { AnyModel, RenderProps } from "@anywidget/types";
 import { factRows, type ModelFacts } from "./lib/format";
+import { el } from "./lib/widget_io";
 
 interface CardState {
   facts: ModelFacts;
   source: Record<string, string>;
-}
-
-function el<K extends keyof HTMLElementTagNameMap>(tag: K, cls: string, text?: string): HTMLElementTagNameMap[K] {
-  const node = document.createElement(tag);
-  node.className = cls;
-  if (text !== undefined) node.textContent = text;
-  return node;
 }
 
 function draw(root: HTMLElement, model: AnyModel<CardState>): void {

@@ -1,10 +1,11 @@
 """The package's layers import one way: no module imports a higher layer, and no
 import cycle exists, counting imports inside functions too (a lazy import that
-dodges a cycle is still a dependency)."""
+dodges a cycle is still a dependency). The front end's functions stay small."""
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import llm_widgets
@@ -117,3 +118,25 @@ def test_our_errors_are_one_family():
     assert issubclass(lw.WrongTypeError, TypeError) and issubclass(lw.ModelBusyError, TimeoutError)
     sources = "".join(p.read_text() for p in PACKAGE.rglob("*.py"))
     assert "raise ValueError(" not in sources and "raise TypeError(" not in sources
+
+
+def _ts_functions(text: str) -> list[tuple[str, int]]:
+    """(name, lines) of each `function name(...) {...}` in TypeScript source, by brace matching."""
+    found = []
+    for match in re.finditer(r"^\s*(?:export\s+)?(?:async\s+)?function\s+(\w+)", text, re.M):
+        depth, i = 0, text.index("{", text.index(")", match.end()))
+        while True:
+            depth += {"{": 1, "}": -1}.get(text[i], 0)
+            if depth == 0:
+                break
+            i += 1
+        found.append((match.group(1), text.count("\n", match.start(), i) + 1))
+    return found
+
+
+def test_front_end_functions_stay_small():
+    """A reader should see a part's shape on one screen or two: no front-end function over 120 lines."""
+    js = PACKAGE.parent / "js"
+    long = [(str(path.relative_to(js)), name, n) for path in sorted(js.rglob("*.ts"))
+            for name, n in _ts_functions(path.read_text()) if n > 120]
+    assert long == [], f"split these: {long}"

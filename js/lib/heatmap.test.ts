@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { asDataView, binRange, cellAt, colour, decodeRowsUint8, luminance, maxOf, toPixels, headColour, headViewKeys, regionOf, diverging } from "./heatmap";
+import { asDataView, binRange, cellAt, colour, decodeRowsUint8, luminance, maxOf, toPixels, headColour, headViewKeys, regionOf, diverging, gridLayout } from "./heatmap";
 
 function buffers(values: number[], scales: number[]): [DataView, DataView] {
   const s = new DataView(new ArrayBuffer(scales.length * 4));
@@ -93,5 +93,30 @@ describe("diverging colours for signed scores", () => {
     }
     expect(diverging(5)).toEqual(diverging(1));
     expect(diverging(-1)[2]).toBeGreaterThan(diverging(-1)[0]); // negative is blue
+  });
+});
+
+describe("gridLayout", () => {
+  it("keeps a square-ish model in one block", () => {
+    const g = gridLayout(4, 8, 22, 8);
+    expect([g.blocks, g.perBlock, g.width, g.height]).toEqual([1, 4, 176, 88]);
+    expect(g.origin(3, 7)).toEqual([154, 66]);
+    expect(g.at(160, 70)).toEqual({ layer: 3, head: 7 });
+  });
+  it("wraps many layers into side-by-side blocks, and maps points back", () => {
+    const g = gridLayout(30, 9, 22, 8); // SmolLM2: 30 layers x 9 heads
+    expect([g.blocks, g.perBlock]).toEqual([2, 15]);
+    expect(g.height / g.width).toBeLessThan(1);
+    for (const [layer, head] of [[0, 0], [14, 8], [15, 0], [29, 8]]) {
+      const [x, y] = g.origin(layer, head);
+      expect(g.at(x + 11, y + 11)).toEqual({ layer, head });
+    }
+    expect(g.at(9 * 22 + 3, 10)).toBeNull(); // the gap between blocks
+  });
+  it("says null past the last layer of a short last block", () => {
+    const g = gridLayout(7, 2, 10, 4); // 2 blocks of 4 layers: the second holds 3
+    expect([g.blocks, g.perBlock]).toEqual([2, 4]);
+    expect(g.at(24 + 5, 35)).toBeNull();
+    expect(g.at(24 + 5, 25)).toEqual({ layer: 6, head: 0 });
   });
 });

@@ -50,7 +50,7 @@ export function colour(value: number): [number, number, number] {
   return [0, 1, 2].map((k) => Math.round(a[k] + (b[k] - a[k]) * t)) as [number, number, number];
 }
 
-/** Relative luminance (sRGB, 0..1): used to check the map reads in greyscale. */
+/** Relative luminance (sRGB, 0..1, WCAG): which ink reads on a colour, and that the map reads in greyscale. */
 export function luminance([r, g, b]: [number, number, number]): number {
   const lin = (c: number) => {
     const s = c / 255;
@@ -130,4 +130,37 @@ export function diverging(value: number): [number, number, number] {
   const end = v < 0 ? NEGATIVE : POSITIVE;
   const t = Math.abs(v);
   return [0, 1, 2].map((k) => Math.round(255 + (end[k] - 255) * t)) as [number, number, number];
+}
+
+/** Where each head's thumbnail sits in the layers x heads grid. A model with many more layers
+ *  than heads (SmolLM2: 30 x 9) would be a tall thin strip: its layers wrap into side-by-side
+ *  blocks, so the grid stays within about 2:1. */
+export interface GridLayout {
+  blocks: number;
+  perBlock: number; // layers in each block (the last may hold fewer)
+  width: number;
+  height: number;
+  origin(layer: number, head: number): [number, number];
+  /** The (layer, head) under a point in canvas pixels, or null (a gap, or past the last layer). */
+  at(x: number, y: number): { layer: number; head: number } | null;
+}
+
+export function gridLayout(layers: number, heads: number, cell: number, gap: number): GridLayout {
+  const blocks = Math.max(1, Math.ceil(layers / (2 * heads)));
+  const perBlock = Math.ceil(layers / blocks);
+  const blockWidth = heads * cell + gap;
+  return {
+    blocks,
+    perBlock,
+    width: blocks * blockWidth - gap,
+    height: perBlock * cell,
+    origin: (layer, head) => [Math.floor(layer / perBlock) * blockWidth + head * cell, (layer % perBlock) * cell],
+    at(x, y) {
+      const block = Math.floor(x / blockWidth);
+      const head = Math.floor((x - block * blockWidth) / cell);
+      const layer = block * perBlock + Math.floor(y / cell);
+      if (x < 0 || y < 0 || block >= blocks || head >= heads || y >= perBlock * cell || layer >= layers) return null;
+      return { layer, head };
+    },
+  };
 }

@@ -1,7 +1,7 @@
 // Pure logic of the matrix views (logit lens, patching, sweeps, comparison):
 // cell colours on a sequential or diverging scale, ink that reads on them, the
 // legend's stops, and the window of columns. No DOM: tested with vitest.
-import { colour, diverging } from "./heatmap";
+import { colour, diverging, luminance } from "./heatmap";
 
 export type Scale = "sequential" | "diverging";
 export type RGB = [number, number, number];
@@ -13,13 +13,8 @@ export function cellColour(value: number, scale: Scale, vmax: number): RGB {
 }
 
 /** Text colour that reads on a cell (WCAG relative luminance). */
-export function inkOn([r, g, b]: RGB): string {
-  const lin = (c: number) => {
-    const s = c / 255;
-    return s <= 0.03928 ? s / 12.92 : ((s + 0.055) / 1.055) ** 2.4;
-  };
-  const l = 0.2126 * lin(r) + 0.7152 * lin(g) + 0.0722 * lin(b);
-  return l < 0.18 ? "#fff" : "#111";
+export function inkOn(rgb: RGB): string {
+  return luminance(rgb) < 0.18 ? "#fff" : "#111";
 }
 
 /** The legend: value labels with their colours, five stops across the scale. */

@@ -28,7 +28,7 @@ def test_localise_notebook_lens_patching_and_sweep(jupyter_server, page):
     detail = lens.locator(".lw-mx-detail")
     page.wait_for_function("el => el.textContent.startsWith('layer 24')", arg=detail.element_handle(),
                            timeout=60_000)
-    assert lens.locator(".lw-mx-swatch").count() == 5  # the colour legend, with its values
+    assert lens.locator(".lw-legend-swatch").count() == 5  # the colour legend, with its values
     lens.scroll_into_view_if_needed()
     lens.screenshot(path=str(ARTIFACTS / "lens_view.png"))
     # head patching: a click on layer 20, head 0 opens it in the attention view

@@ -115,7 +115,7 @@ def test_tour_notebook_runs_and_shows_its_widgets(jupyter_server, page):
     assert after.get_attribute("data-text") != original
     assert editor.locator(".lw-ed-after .lw-changed").count() > 0
     assert "×10 on keys 7–11" in editor.locator(".lw-ed-edits li").first.inner_text()
-    assert editor.locator(".lw-ed-error").inner_text() == ""
+    assert editor.locator(".lw-error").inner_text() == ""
     page.set_viewport_size({"width": 1280, "height": 1700})  # the whole editor in one picture
     editor.scroll_into_view_if_needed()
     editor.screenshot(path=str(ARTIFACTS / "attention_editor.png"))
