@@ -26,7 +26,7 @@ from bench_trace import PeakMemory  # noqa: E402
 import llm_widgets as lw  # noqa: E402
 from llm_widgets.analysis.patching import _capture_site  # noqa: E402
 from llm_widgets.models.anatomy import anatomy, block_output  # noqa: E402
-from llm_widgets.trace.capture import Run, instrument  # noqa: E402
+from llm_widgets.trace.capture import RunState, instrument  # noqa: E402
 
 CLEAN = "When Mary and John went to the store, John gave a drink to"
 CORRUPTED = "When Mary and John went to the store, Mary gave a drink to"
@@ -62,7 +62,7 @@ def naive(lm, site: str, mode: str = "patch") -> torch.Tensor:
                             out = out.clone()
                             out[0, :, head] = 0 if mode == "zero" else source[layer][:, head]
                         return out
-                    with instrument(model, Run(n_layers, lm.facts.n_heads, ids.shape[1], capture=False,
+                    with instrument(model, RunState(n_layers, lm.facts.n_heads, ids.shape[1], capture=False,
                                                head_hook=head_hook)):
                         logits = model(input_ids=ids, use_cache=False).logits[0, -1]
                     scores.append(float(logits[mary] - logits[john]))

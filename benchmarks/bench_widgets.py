@@ -82,7 +82,7 @@ def plain_generate(model, ids: torch.Tensor) -> None:
 def slider(model_name: str, repeats: int = 5) -> None:
     model = lw.load_model(model_name, progress=False)
     editor = lw.AttentionEditor(model, EDITOR_PROMPT, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS)
-    ids = torch.tensor([editor.baseline.input_ids[:editor.baseline.n_prompt].tolist()])
+    ids = torch.tensor([editor.unedited.input_ids[:editor.unedited.n_prompt].tolist()])
     ours, plain = [], []
     factors = [10.0, 0.0, 3.0, 0.3, 7.0, 0.5]
     for i in range(repeats + 1):  # the first round warms up
@@ -111,7 +111,7 @@ BROWSER_CELLS = [
     "lw.AttentionView(model.trace(ids[:1024]))",
     "lw.AttentionView(model.trace(ids[:4096]))",
     "editor = lw.AttentionEditor(model, {prompt!r}, max_new_tokens={n}, min_new_tokens={n})\neditor",
-    "p = torch.tensor([editor.baseline.input_ids[:editor.baseline.n_prompt].tolist()])\n"
+    "p = torch.tensor([editor.unedited.input_ids[:editor.unedited.n_prompt].tolist()])\n"
     "def plain():\n"
     "    start = time.perf_counter()\n"
     "    model.model.generate(input_ids=p, attention_mask=torch.ones_like(p), max_new_tokens={n}, min_new_tokens={n},\n"

@@ -107,7 +107,7 @@ def test_restored_after_errors_and_interrupts(monkeypatch):
         def explode(*args, **kwargs):
             raise error
 
-        monkeypatch.setattr(capture.Run, "attend", explode)
+        monkeypatch.setattr(capture.RunState, "attend", explode)
         with pytest.raises(type(error)):
             lm.trace(PROMPT, max_new_tokens=3, edits=[lw.ScaleAttention(2.0, keys=(0, 3))])
         monkeypatch.undo()
@@ -127,18 +127,18 @@ def test_two_models_from_one_config_do_not_interfere():
 
     # while a runs with an edit, b (sharing a's config object) runs plain, untouched
     seen = {}
-    original = capture.Run.attend
+    original = capture.RunState.attend
 
     def attend_and_run_b(self, *args, **kwargs):
         if "b" not in seen:
             seen["b"] = b.model(ids).logits
         return original(self, *args, **kwargs)
 
-    capture.Run.attend = attend_and_run_b
+    capture.RunState.attend = attend_and_run_b
     try:
         a.trace(PROMPT, edits=[lw.ScaleAttention(0.2, keys=(0, 8))])
     finally:
-        capture.Run.attend = original
+        capture.RunState.attend = original
     torch.testing.assert_close(seen["b"], b_plain, atol=0, rtol=0)
 
 

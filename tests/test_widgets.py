@@ -45,7 +45,15 @@ def test_bundles_are_offline():
 
 # --- AttentionView: state and request handlers, no browser ---
 
-from llm_widgets.widgets.transport import decode_rows_uint8, encode_rows_uint8  # noqa: E402
+from llm_widgets.widgets.transport import encode_rows_uint8  # noqa: E402
+
+
+def decode_rows_uint8(meta: dict, buffers: list[bytes]) -> np.ndarray:
+    """What the front end does with an answer (js/lib/heatmap.ts decodeRowsUint8)."""
+    rows, cols = meta["shape"]
+    values = np.frombuffer(buffers[0], dtype=np.uint8).reshape(rows, cols).astype(np.float32)
+    scales = np.frombuffer(buffers[1], dtype=np.float32)
+    return values / 255.0 * scales[:, None]
 
 
 @pytest.fixture(scope="module")
@@ -233,7 +241,7 @@ def test_editor_starts_from_the_run_without_edits(editor, tiny_gpt2):
     plain = tiny_gpt2.trace(PROMPT, max_new_tokens=8, seed=0)
     assert editor.fidelity == 0.0
     assert editor.edit_specs == [] and editor.edits == []
-    assert editor.baseline_tokens == editor.new_tokens == plain.tokens[plain.n_prompt:]
+    assert editor.unedited_tokens == editor.new_tokens == plain.tokens[plain.n_prompt:]
     assert editor.target == editor.new_tokens[0]
     assert editor.p_before == pytest.approx(plain.chosen_probability(0)) == pytest.approx(editor.p_after)
     assert json.loads(editor.record_json)["output_ids"] == plain.generated_ids
@@ -244,14 +252,14 @@ def test_ui_edits_regenerate_and_equal_model_trace(editor, tiny_gpt2):
     editor.edit_specs = [_scale(10.0, (4, 6)), {"kind": "ablate_head", "layer": 1, "head": 2, "mode": "zero"}]
     direct = tiny_gpt2.trace(PROMPT, max_new_tokens=8, seed=0, edits=editor.edits)
     assert editor.edits == [lw.ScaleAttention(10.0, keys=(4, 6)), lw.AblateHead(1, 2)]
-    assert editor.new_tokens == direct.tokens[direct.n_prompt:] != editor.baseline_tokens
+    assert editor.new_tokens == direct.tokens[direct.n_prompt:] != editor.unedited_tokens
     assert editor.tokens == direct.tokens and editor.revision == revision + 1 and not editor.busy
-    assert editor.p_after == pytest.approx(direct.probability(editor.baseline.next_token_id))
+    assert editor.p_after == pytest.approx(direct.probability(editor.unedited.next_token_id))
     assert json.loads(editor.record_json)["edits"][1] == {"kind": "ablate_head", "layer": 1, "head": 2, "mode": "zero"}
     message, buffers = editor.answer({"what": "row", "layer": 0, "head": 0, "query": 5})  # the view shows the new run
     np.testing.assert_allclose(decode_rows_uint8(message, buffers)[0], direct.attention(0, 0)[5].numpy(), atol=1 / 255)
     editor.reset()
-    assert editor.edit_specs == [] and editor.new_tokens == editor.baseline_tokens
+    assert editor.edit_specs == [] and editor.new_tokens == editor.unedited_tokens
 
 
 def test_setting_edits_from_python_updates_the_ui_state(editor):
@@ -305,7 +313,7 @@ def test_two_editors_do_not_interfere(tiny_gpt2):
     b_tokens = list(b.new_tokens)
     a.edit_specs = [_scale(0.0, (1, 4))]
     assert b.new_tokens == b_tokens and b.edit_specs == [] and b.tokens[0] != a.tokens[4]
-    assert a.new_tokens != a.baseline_tokens or a.p_after != a.p_before
+    assert a.new_tokens != a.unedited_tokens or a.p_after != a.p_before
 
 
 def test_editor_refuses_bad_input(tiny_gpt2):
@@ -325,3 +333,12 @@ def test_trace_probability_of_any_token(tiny_gpt2):
     assert 0 < tr.probability(" the") < 1
     with pytest.raises(ValueError, match="tokens for this tokenizer"):
         tr.probability(" acknowledgedness and more")
+
+
+def test_every_synced_trait_is_typed_and_explained():
+    """What a widget sends its front end is documented where it is declared (as lonboard does)."""
+    ours = {(c.__name__, name): trait for widget in lw._WIDGETS for c in getattr(lw, widget).__mro__
+            if c.__module__.startswith("llm_widgets") for name, trait in vars(c).items()
+            if isinstance(trait, traitlets.TraitType) and trait.metadata.get("sync")}
+    assert len(ours) > 60
+    assert [key for key, trait in ours.items() if not trait.help] == []

@@ -21,7 +21,7 @@ from ..models.anatomy import anatomy, block_output
 from ..models.devices import input_device
 from ..models.modes import model_mode
 from ..trace import Trace
-from ..trace.capture import Run, instrument
+from ..trace.capture import RunState, instrument
 from ..trace.locking import exclusive
 from ..trace.trace import decode_each
 from .targets import first_token_id
@@ -84,7 +84,7 @@ def residual_streams(trace: Trace, positions: torch.Tensor | None = None) -> lis
             device = input_device(model)
             ids = trace.input_ids[None].to(device)
             # the trace's own edits apply, so the lens reads the run that was traced
-            edited = instrument(model, Run(lm.facts.n_layers, lm.facts.n_heads, len(trace), trace.edits, capture=False)) \
+            edited = instrument(model, RunState(lm.facts.n_layers, lm.facts.n_heads, len(trace), trace.edits, capture=False)) \
                 if trace.edits else contextlib.nullcontext()
             with edited:
                 model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)

@@ -29,7 +29,7 @@ from ..models.compat import takes_logits_to_keep
 from ..models.devices import input_device
 from ..models.modes import model_mode
 from ..trace import Trace, prompt_ids
-from ..trace.capture import Run, instrument
+from ..trace.capture import RunState, instrument
 from ..trace.locking import exclusive
 from ..trace.trace import decode_each
 from .targets import first_token_id
@@ -161,7 +161,7 @@ def _capture_site(lm: LanguageModel, ids: torch.Tensor, site: str, parts: Anatom
         def head_hook(layer: int, out: torch.Tensor) -> torch.Tensor:
             kept[layer] = out[0].detach().clone()
             return out
-        run = Run(lm.facts.n_layers, lm.facts.n_heads, ids.shape[1], capture=False, head_hook=head_hook)
+        run = RunState(lm.facts.n_layers, lm.facts.n_heads, ids.shape[1], capture=False, head_hook=head_hook)
         context = instrument(model, run)
     else:
         for layer, module in enumerate(_site_modules(parts, site, lm.name)):
@@ -211,7 +211,7 @@ def run_patched(lm: LanguageModel, ids: torch.Tensor, site: str, patches: list[t
                 else:
                     out[row, position, head] = source[layer][position, head]
             return out
-        context = instrument(model, Run(lm.facts.n_layers, lm.facts.n_heads, ids.shape[1], capture=False,
+        context = instrument(model, RunState(lm.facts.n_layers, lm.facts.n_heads, ids.shape[1], capture=False,
                                         head_hook=head_hook))
     else:
         for layer, module in enumerate(_site_modules(parts, site, lm.name)):

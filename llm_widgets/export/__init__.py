@@ -1,5 +1,12 @@
-"""Figures as files (PNG, SVG, standalone HTML) from the data the widgets show."""
+"""Figures as files (PNG, SVG, standalone HTML) from the data the widgets show.
 
-from .attention import AttentionFigure, attention_figure, render, save
+One module per kind of figure, each with `render(figure, fmt) -> bytes` and
+`save(figure, path) -> Path`: `attention` (a head's heatmap), `attribution`,
+`matrix` (lens, patching, sweeps, comparisons) and `profile`; `files` picks the
+format from a suffix, `text` makes token text safe in SVG and HTML.
+"""
 
-__all__ = ["AttentionFigure", "attention_figure", "render", "save"]
+from . import attention, attribution, files, matrix, profile, text
+from .attention import AttentionFigure, attention_figure
+
+__all__ = ["AttentionFigure", "attention", "attention_figure", "attribution", "files", "matrix", "profile", "text"]

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from ..analysis.attribution import Attribution
+
 from .attention import shown
 from .files import to_bytes, write
 from .text import xml_text
@@ -22,7 +24,7 @@ def diverging(value: float) -> tuple[int, int, int]:
     return tuple(round(255 + (e - 255) * abs(v)) for e in end)
 
 
-def _title(attr) -> list[str]:
+def _title(attr: Attribution) -> list[str]:
     lines = [f"{attr.method}, step {attr.step}: {attr.quantity} = {attr.score:.3f}",
              f"p({attr.target!r}) = {attr.p_target:.3f}" +
              (f", p({attr.contrast!r}) = {attr.p_contrast:.3f}" if attr.contrast is not None else "")]
@@ -31,7 +33,7 @@ def _title(attr) -> list[str]:
     return lines
 
 
-def _layout(attr, measure) -> list[tuple[int, float, float, float, str]]:
+def _layout(attr: Attribution, measure) -> list[tuple[int, float, float, float, str]]:
     """(index, x, y, width, label) per token, wrapped to WIDTH; sign marks in the label."""
     peak = float(attr.scores.abs().max()) or 1.0
     x, y, out = 10.0, 0.0, []
@@ -47,7 +49,7 @@ def _layout(attr, measure) -> list[tuple[int, float, float, float, str]]:
     return out
 
 
-def to_svg(attr) -> str:
+def to_svg(attr: Attribution) -> str:
     esc = xml_text
     peak = float(attr.scores.abs().max()) or 1.0
     boxes = _layout(attr, lambda s: 7.2 * len(s))
@@ -73,7 +75,7 @@ def to_svg(attr) -> str:
     return "\n".join(parts)
 
 
-def to_png(attr, scale: int = 2) -> bytes:
+def to_png(attr: Attribution, scale: int = 2) -> bytes:
     font = ImageFont.load_default(size=12 * scale)
     boxes = _layout(attr, lambda s: font.getlength(s) / scale)
     top = 16 * (len(_title(attr)) + 1)
@@ -94,7 +96,7 @@ def to_png(attr, scale: int = 2) -> bytes:
     return buffer.getvalue()
 
 
-def to_html(attr) -> str:
+def to_html(attr: Attribution) -> str:
     data = {"method": attr.method, "step": attr.step, "target": attr.target, "contrast": attr.contrast,
             "p_target": attr.p_target, "p_contrast": attr.p_contrast, "score": attr.score, "tokens": attr.tokens,
             "scores": attr.scores.tolist(), "delta": attr.delta,
@@ -109,11 +111,11 @@ def to_html(attr) -> str:
             f"<script type=\"application/json\" id=\"llm-widgets-data\">{payload}</script>\n</body></html>\n")
 
 
-def render(attr, fmt: str) -> bytes:
+def render(attr: Attribution, fmt: str) -> bytes:
     """The file's bytes for "png", "svg" or "html" (what the widgets' buttons download)."""
     return to_bytes(attr, fmt, to_png, to_svg, to_html)
 
 
-def save(attr, path: str | Path) -> Path:
+def save(attr: Attribution, path: str | Path) -> Path:
     """Write the figure; the format follows the suffix (.png, .svg, .html)."""
     return write(path, lambda fmt: render(attr, fmt))

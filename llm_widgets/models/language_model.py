@@ -72,10 +72,6 @@ class LanguageModel:
         self.source = dict(source or {})
 
     @property
-    def config(self) -> Any:
-        return self.model.config
-
-    @property
     def facts(self) -> ModelFacts:
         model = self.model
         text = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config

@@ -38,7 +38,7 @@ MASK_ELEMENTS = 1 << 24  # an edited call's explicit mask is built in blocks of 
 
 
 @dataclass
-class LayerRecord:
+class LayerCapture:
     """Chunks of (first position, queries [B, H, n, d]) and (first position, keys [B, Hkv, n, d]) as
     the run produced them; a chunk covers positions first .. first + n - 1."""
 
@@ -51,7 +51,7 @@ class LayerRecord:
     next_position: int = 0  # positions this layer has seen so far in the run
 
 
-class Run:
+class RunState:
     """What one traced run captures and changes. Lives on the modules only while the run lasts."""
 
     def __init__(self, n_layers: int, n_heads: int, length: int, edits: tuple = (), capture: bool = True,
@@ -70,7 +70,7 @@ class Run:
         self.capture = capture
         self.capture_device = capture_device
         self.capture_dtype = capture_dtype
-        self.layers = [LayerRecord() for _ in range(n_layers)]
+        self.layers = [LayerCapture() for _ in range(n_layers)]
         self.layer_of: dict[int, int] = {}  # id(module) -> layer, for modules whose layer_idx is None
         self.head_means: dict[tuple[int, int], torch.Tensor] = {}
         # layer -> heads named by its edits (None: an edit there covers every head)
@@ -274,7 +274,7 @@ def attention_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
 
 
 @contextmanager
-def instrument(model: torch.nn.Module, run: Run) -> Iterator[str]:
+def instrument(model: torch.nn.Module, run: RunState) -> Iterator[str]:
     """Route the model's attention through our wrapper for the duration of a run."""
     original = model.config._attn_implementation or "eager"
     inner = original.removeprefix(PREFIX)

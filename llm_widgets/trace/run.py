@@ -16,7 +16,7 @@ from ..models import LanguageModel
 from ..models.compat import cache_kwargs, output_cache, takes_logits_to_keep, takes_position_ids
 from ..models.devices import input_device
 from ..models.modes import model_mode
-from .capture import Run, instrument
+from .capture import RunState, instrument
 from .edits import validate_edits
 from .locking import exclusive
 from .record import make_record
@@ -120,7 +120,7 @@ def run_trace(lm: LanguageModel, prompt: Any, *, max_new_tokens: int = 0, edits=
     shifted = left and padded.has_padding and takes_position_ids(model)  # right padding leaves positions as they are
     inputs = _Inputs(padded.input_ids.to(device), padded.attention_mask.to(device),
                      positions(padded.attention_mask).to(device) if shifted else None)
-    run = Run(facts.n_layers, facts.n_heads, padded.input_ids.shape[1] + max_new_tokens, edits,
+    run = RunState(facts.n_layers, facts.n_heads, padded.input_ids.shape[1] + max_new_tokens, edits,
               capture=capture and supported, capture_device=capture_device, capture_dtype=capture_dtype)
     devices = [device] if device.type == "cuda" else []
     eager_attentions = None
@@ -183,6 +183,7 @@ def run_trace(lm: LanguageModel, prompt: Any, *, max_new_tokens: int = 0, edits=
         return traces[0]
     return TraceBatch(traces, padding_side="left" if left else "right")
 
+
 class _Inputs(NamedTuple):
     input_ids: torch.Tensor  # [B, T]
     attention_mask: torch.Tensor  # [B, T]: 0 on padding
@@ -220,7 +221,8 @@ def _row_of(layer: LayerAttention | None, row: int, start: int, end: int) -> Lay
     return replace(layer, queries=layer.queries[row, :, start:end], keys=layer.keys[row, :, start:end])
 
 
-def _forward_or_generate(model, lm, inputs: _Inputs, max_new_tokens, do_sample, generation_kwargs, keep_logits):
+def _forward_or_generate(model: torch.nn.Module, lm: LanguageModel, inputs: _Inputs, max_new_tokens: int, do_sample: bool,
+                         generation_kwargs: dict, keep_logits: bool):
     """(sequences [B, T + new], logits per step [B, vocab] (per position for masked models),
     the prompt's logits [B, T, vocab] when kept, the generation's cache)."""
     if max_new_tokens == 0:
@@ -239,7 +241,7 @@ def _forward_or_generate(model, lm, inputs: _Inputs, max_new_tokens, do_sample, 
     return out.sequences, list(out.logits), None, output_cache(out)
 
 
-def _last_token_step(model, sequence: torch.Tensor, inputs: _Inputs, cache) -> None:
+def _last_token_step(model: torch.nn.Module, sequence: torch.Tensor, inputs: _Inputs, cache) -> None:
     """generate() samples the last token but never runs it through the model: one
     more step (on the cache, or the whole sequence without one) gives its queries
     and keys, so every generated token has attention to show."""
@@ -251,7 +253,7 @@ def _last_token_step(model, sequence: torch.Tensor, inputs: _Inputs, cache) -> N
         model(input_ids=sequence, use_cache=False, **whole)
 
 
-def _eager_attentions(model, sequence: torch.Tensor, inputs: _Inputs) -> list[torch.Tensor]:
+def _eager_attentions(model: torch.nn.Module, sequence: torch.Tensor, inputs: _Inputs) -> list[torch.Tensor]:
     """For models outside the attention registry: one eager forward of the whole
     sequence with output_attentions (what other tools do for every model), [B, heads, T, T]
     per layer. Eager, because SDPA returns no weights (only a log line saying so)."""

@@ -19,7 +19,7 @@ import torch
 from .._provide import implementation
 from ..errors import InputError, WrongTypeError
 from ..models import LanguageModel
-from .capture import LayerRecord
+from .capture import LayerCapture
 from .edits import ScaleAttention
 from .masks import allowed_mask, edit_bias
 
@@ -41,7 +41,7 @@ class LayerAttention:
     is_causal: bool
 
 
-def assemble(record: LayerRecord, length: int) -> LayerAttention | None:
+def assemble(record: LayerCapture, length: int) -> LayerAttention | None:
     """Scatter a layer's captured chunks into position-indexed tensors (later chunks win,
     as when generation runs without a cache and recomputes every position)."""
     if not record.queries:

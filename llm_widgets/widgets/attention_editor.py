@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from typing import Any
 
 import traitlets
@@ -47,22 +48,28 @@ class AttentionEditor(AttentionView):
     _esm = bundle("attention_editor")
     _css = bundle("attention_editor", ".css")
 
-    prompt_text = traitlets.Unicode().tag(sync=True)
-    edit_specs = traitlets.List(traitlets.Dict()).tag(sync=True)
-    key_span = traitlets.List(traitlets.Int()).tag(sync=True)  # [start, stop) selected in the strip, [] for none
-    picked = traitlets.List(traitlets.List(traitlets.Int())).tag(sync=True)  # [[layer, head], ...] for "picked"
-    baseline_tokens = traitlets.List(traitlets.Unicode()).tag(sync=True)  # generated without edits
-    new_tokens = traitlets.List(traitlets.Unicode()).tag(sync=True)  # generated with the edits
-    target = traitlets.Unicode().tag(sync=True)  # the token that followed the prompt without edits
-    p_before = traitlets.Float().tag(sync=True)
-    p_after = traitlets.Float().tag(sync=True)
-    busy = traitlets.Bool(False).tag(sync=True)
-    waiting = traitlets.Bool(False).tag(sync=True)  # another run holds the model: this one waits its turn
-    error = traitlets.Unicode().tag(sync=True)
-    fidelity = traitlets.Float().tag(sync=True)
-    record_json = traitlets.Unicode().tag(sync=True)
-    runs = traitlets.Int(0).tag(sync=True)  # regenerations so far
-    run_seconds = traitlets.Float(0.0).tag(sync=True)  # how long the last regenerate took in Python
+    prompt_text = traitlets.Unicode(help="the prompt, as text").tag(sync=True)
+    edit_specs = traitlets.List(
+        traitlets.Dict(per_key_traits={"kind": traitlets.Enum(["scale_attention", "ablate_head"])}),
+        help="the edits, as ScaleAttention / AblateHead .to_dict() makes them: the sliders write them, Python "
+             "checks them (edit_from_dict) and regenerates").tag(sync=True)
+    key_span = traitlets.List(traitlets.Int(), help="[start, stop) selected in the strip, [] for none").tag(sync=True)
+    picked = traitlets.List(traitlets.List(traitlets.Int()), help="[[layer, head], ...] for 'picked'").tag(sync=True)
+    unedited_tokens = traitlets.List(traitlets.Unicode(), help="generated without edits").tag(sync=True)
+    new_tokens = traitlets.List(traitlets.Unicode(), help="generated with the edits").tag(sync=True)
+    target = traitlets.Unicode(help="the token that followed the prompt without edits").tag(sync=True)
+    p_before = traitlets.Float(help="p(target) right after the prompt, without edits").tag(sync=True)
+    p_after = traitlets.Float(help="p(target) right after the prompt, with the edits").tag(sync=True)
+    busy = traitlets.Bool(False, help="a regenerate is running").tag(sync=True)
+    waiting = traitlets.Bool(False, help="another run holds the model: this one waits its turn").tag(sync=True)
+    error = traitlets.Unicode(
+        help="why the last regenerate failed ('' when it did not); nothing changed").tag(sync=True)
+    fidelity = traitlets.Float(
+        help="max |logit difference| of the instrumented vs the plain model on this prompt, no edits").tag(sync=True)
+    record_json = traitlets.Unicode(
+        help="the current run's record, as JSON (the download button's file)").tag(sync=True)
+    runs = traitlets.Int(0, help="regenerations so far").tag(sync=True)
+    run_seconds = traitlets.Float(0.0, help="how long the last regenerate took in Python").tag(sync=True)
 
     def __init__(self, model: LanguageModel, prompt: Any, *, max_new_tokens: int = 20, edits: Any = (),
                  seed: int | None = 0, do_sample: bool = False, layer: int = 0, head: int = 0, **generation_kwargs):
@@ -73,22 +80,29 @@ class AttentionEditor(AttentionView):
                              f"use lw.AttentionView(model.trace(prompt)) to see its attention")
         self.lm = model
         self._settings = dict(max_new_tokens=max_new_tokens, seed=seed, do_sample=do_sample, **generation_kwargs)
-        self.baseline: Trace = model.trace(prompt, **self._settings)
-        self._prompt = self.baseline.input_ids[:self.baseline.n_prompt].tolist()  # ids: what every rerun uses
+        self.unedited: Trace = model.trace(prompt, **self._settings)
+        self._prompt = self.unedited.input_ids[:self.unedited.n_prompt].tolist()  # ids: what every rerun uses
         specs = [_as_spec(e) for e in edits]
-        current = self._run(specs) if specs else self.baseline
+        current = self._run(specs) if specs else self.unedited
         self._reverting = False
         self._failure: Exception | None = None
-        super().__init__(current, layer=layer, head=head, prompt_text=self.baseline.prompt_text,
-                         baseline_tokens=self.baseline.tokens[self.baseline.n_prompt:],
-                         target=model.tokenizer.decode([self.baseline.next_token_id]),
-                         p_before=self.baseline.probability(self.baseline.next_token_id),
+        super().__init__(current, layer=layer, head=head, prompt_text=self.unedited.prompt_text,
+                         unedited_tokens=self.unedited.tokens[self.unedited.n_prompt:],
+                         target=model.tokenizer.decode([self.unedited.next_token_id]),
+                         p_before=self.unedited.probability(self.unedited.next_token_id),
                          fidelity=fidelity(model, self._prompt))
         self.edit_specs = specs
         self._publish(current, specs)
         self.observe(self._on_edit_specs, names="edit_specs")
 
     # --- the edits, as Python objects ---
+
+    @property
+    def baseline(self) -> Trace:
+        """Deprecated: `editor.unedited` (the run without edits; "baseline" means attribution's reference input)."""
+        warnings.warn("AttentionEditor.baseline is now AttentionEditor.unedited; the old name goes in the next release",
+                      DeprecationWarning, stacklevel=2)
+        return self.unedited
 
     @property
     def edits(self) -> list[Edit]:
@@ -128,7 +142,7 @@ class AttentionEditor(AttentionView):
         self.busy = True  # sent now: the front end shows it while the model runs
         started = time.perf_counter()
         try:
-            trace = self._run(change["new"]) if change["new"] else self.baseline
+            trace = self._run(change["new"]) if change["new"] else self.unedited
         except Exception as error:  # shown in the widget; the previous state stays
             self._failure = error
             self._revert(change["old"], f"{type(error).__name__}: {error}")
@@ -160,7 +174,7 @@ class AttentionEditor(AttentionView):
         self.n_prompt = trace.n_prompt
         self.output_text = trace.output_text
         self.new_tokens = trace.tokens[trace.n_prompt:]
-        self.p_after = trace.probability(self.baseline.next_token_id)
+        self.p_after = trace.probability(self.unedited.next_token_id)
         self.record_json = json.dumps(trace.record, indent=1)
         self.error = ""
         self.runs += 1

@@ -29,17 +29,17 @@ class AttentionView(Answers, anywidget.AnyWidget):
     _esm = bundle("attention_view")
     _css = bundle("attention_view", ".css")
 
-    model_name = traitlets.Unicode().tag(sync=True)
-    tokens = traitlets.List(traitlets.Unicode()).tag(sync=True)
-    n_prompt = traitlets.Int().tag(sync=True)
-    n_layers = traitlets.Int().tag(sync=True)
-    n_heads = traitlets.Int().tag(sync=True)
-    layer = traitlets.Int(0).tag(sync=True)
-    head = traitlets.Int(0).tag(sync=True)
-    query = traitlets.Int(-1).tag(sync=True)  # selected query position, -1 for none
-    output_text = traitlets.Unicode().tag(sync=True)
-    zoom = traitlets.List(traitlets.Int()).tag(sync=True)  # [q0, q1, k0, k1] of the region shown, [] for all
-    revision = traitlets.Int(0).tag(sync=True)  # bumped when the trace is replaced: the front end reloads
+    model_name = traitlets.Unicode(help="the model's name, for the title").tag(sync=True)
+    tokens = traitlets.List(traitlets.Unicode(), help="each token as text: prompt then generated").tag(sync=True)
+    n_prompt = traitlets.Int(help="how many of the tokens are the prompt").tag(sync=True)
+    n_layers = traitlets.Int(help="layers of the model").tag(sync=True)
+    n_heads = traitlets.Int(help="attention heads per layer").tag(sync=True)
+    layer = traitlets.Int(0, help="the layer shown").tag(sync=True)
+    head = traitlets.Int(0, help="the head shown").tag(sync=True)
+    query = traitlets.Int(-1, help="selected query position, -1 for none").tag(sync=True)
+    output_text = traitlets.Unicode(help="the generated text").tag(sync=True)
+    zoom = traitlets.List(traitlets.Int(), help="[q0, q1, k0, k1] of the region shown, [] for all").tag(sync=True)
+    revision = traitlets.Int(0, help="bumped when the trace is replaced: the front end reloads").tag(sync=True)
     overview_size = traitlets.Int(OVERVIEW, help="the pooled size of the heatmap the front end asks for").tag(sync=True)
     grid_size = traitlets.Int(GRID_CELL, help="the pooled size of each thumbnail of the grid").tag(sync=True)
     n_rows = traitlets.Int(1, help="rows of the batch shown (1 for a single trace)").tag(sync=True)

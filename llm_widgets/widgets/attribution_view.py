@@ -26,26 +26,31 @@ class AttributionView(Answers, anywidget.AnyWidget):
     _esm = bundle("attribution_view")
     _css = bundle("attribution_view", ".css")
 
-    tokens = traitlets.List(traitlets.Unicode()).tag(sync=True)
-    scores = traitlets.List(traitlets.Float()).tag(sync=True)
-    n_prompt = traitlets.Int().tag(sync=True)
-    target = traitlets.Unicode().tag(sync=True)
-    contrast = traitlets.Unicode(allow_none=True).tag(sync=True)
-    p_target = traitlets.Float().tag(sync=True)
-    p_contrast = traitlets.Float(allow_none=True).tag(sync=True)
-    quantity = traitlets.Unicode().tag(sync=True)
-    score = traitlets.Float().tag(sync=True)
-    delta = traitlets.Float(allow_none=True).tag(sync=True)
-    notes = traitlets.List(traitlets.Unicode()).tag(sync=True)
-    method = traitlets.Unicode().tag(sync=True)
-    methods = traitlets.List(traitlets.Unicode(), default_value=list(METHODS)).tag(sync=True)
-    step = traitlets.Int(0).tag(sync=True)
-    step_labels = traitlets.List(traitlets.Unicode()).tag(sync=True)  # the token generated at each step
-    head_importance = traitlets.List(traitlets.List(traitlets.Float())).tag(sync=True)  # [] unless attention_x_grad
-    layer = traitlets.Int(-1).tag(sync=True)  # the head picked in the grid, -1 for none
-    head = traitlets.Int(-1).tag(sync=True)
-    busy = traitlets.Bool(False).tag(sync=True)
-    error = traitlets.Unicode().tag(sync=True)
+    tokens = traitlets.List(traitlets.Unicode(), help="each token as text").tag(sync=True)
+    scores = traitlets.List(traitlets.Float(), 
+        help="each token's attribution score (prompt tokens; 0 after)").tag(sync=True)
+    n_prompt = traitlets.Int(help="how many of the tokens are the prompt").tag(sync=True)
+    target = traitlets.Unicode(help="the token explained").tag(sync=True)
+    contrast = traitlets.Unicode(allow_none=True, 
+        help="the token it is compared with ('why target, not contrast'), or None").tag(sync=True)
+    p_target = traitlets.Float(help="p(target) at the step explained").tag(sync=True)
+    p_contrast = traitlets.Float(allow_none=True, help="p(contrast) at that step, or None").tag(sync=True)
+    quantity = traitlets.Unicode(help="what the scores explain, e.g. 'log p(target)'").tag(sync=True)
+    score = traitlets.Float(help="that quantity's value").tag(sync=True)
+    delta = traitlets.Float(allow_none=True, 
+        help="integrated gradients' completeness gap (sum of scores minus the change in the quantity), or None").tag(sync=True)
+    notes = traitlets.List(traitlets.Unicode(), help="caveats of the method, in words").tag(sync=True)
+    method = traitlets.Unicode(help="the attribution method shown").tag(sync=True)
+    methods = traitlets.List(traitlets.Unicode(), default_value=list(METHODS), 
+        help="the methods the select offers").tag(sync=True)
+    step = traitlets.Int(0, help="the generation step explained (0: right after the prompt)").tag(sync=True)
+    step_labels = traitlets.List(traitlets.Unicode(), help="the token generated at each step").tag(sync=True)
+    head_importance = traitlets.List(traitlets.List(traitlets.Float()), 
+        help="[] unless attention_x_grad").tag(sync=True)
+    layer = traitlets.Int(-1, help="the head picked in the grid, -1 for none").tag(sync=True)
+    head = traitlets.Int(-1, help="the head picked in the grid, -1 for none").tag(sync=True)
+    busy = traitlets.Bool(False, help="a recomputation is running").tag(sync=True)
+    error = traitlets.Unicode(help="why the last recomputation failed ('' when it did not)").tag(sync=True)
 
     def __init__(self, attribution: Attribution, *, view: AttentionView | None = None, **kwargs):
         if not isinstance(attribution, Attribution):

@@ -58,17 +58,21 @@ class MonitorControls(Answers, anywidget.AnyWidget):
     _esm = bundle("gradient_monitor")
     _css = bundle("gradient_monitor", ".css")
 
-    groups = traitlets.List(traitlets.Unicode()).tag(sync=True)
-    colours = traitlets.List(traitlets.Unicode()).tag(sync=True)
-    step = traitlets.Int(0).tag(sync=True)
-    steps_plotted = traitlets.Int(0).tag(sync=True)
-    loss = traitlets.Float(allow_none=True).tag(sync=True)
-    global_norm = traitlets.Float(allow_none=True).tag(sync=True)
-    alerts = traitlets.List(traitlets.Dict()).tag(sync=True)  # the latest, newest last
-    n_alerts = traitlets.Int(0).tag(sync=True)
-    steering = traitlets.Dict().tag(sync=True)  # {group: {"scale": s, "clip": c or None}}
-    applied = traitlets.Dict().tag(sync=True)  # what the monitor applies, with the step it took effect
-    error = traitlets.Unicode().tag(sync=True)
+    groups = traitlets.List(traitlets.Unicode(), help="the parameter groups monitored (one line each)").tag(sync=True)
+    colours = traitlets.List(traitlets.Unicode(), help="each group's colour in the charts").tag(sync=True)
+    step = traitlets.Int(0, help="the latest training step recorded").tag(sync=True)
+    steps_plotted = traitlets.Int(0, help="steps drawn in the charts so far").tag(sync=True)
+    loss = traitlets.Float(allow_none=True, help="the latest loss, or None").tag(sync=True)
+    global_norm = traitlets.Float(allow_none=True, help="the latest global gradient norm, or None").tag(sync=True)
+    alerts = traitlets.List(traitlets.Dict(per_key_traits={
+        "step": traitlets.Int(), "group": traitlets.Unicode(), "kind": traitlets.Unicode(), "message": traitlets.Unicode()}),
+        help="the latest 20 alerts, newest last: {step, group, kind, message}").tag(sync=True)
+    n_alerts = traitlets.Int(0, help="alerts raised so far").tag(sync=True)
+    steering = traitlets.Dict(value_trait=traitlets.Dict(), help="what the sliders ask: {group: {'scale': s, 'clip': c or "
+                                                                "None}}").tag(sync=True)
+    applied = traitlets.Dict(value_trait=traitlets.Dict(), help="what the monitor applies: {pattern: {'scale', 'clip', "
+                                                               "'groups'}}").tag(sync=True)
+    error = traitlets.Unicode(help="why the last steering change was refused ('' when it was not)").tag(sync=True)
     exporter = None  # the view's render(fmt) -> bytes, set by GradientMonitorView
 
     def answer(self, request: dict) -> tuple[dict, list[bytes]]:

@@ -36,22 +36,22 @@ class MatrixWidget(Answers, anywidget.AnyWidget):
     _esm = bundle("matrix_view")
     _css = bundle("matrix_view", ".css")
 
-    kind = traitlets.Unicode().tag(sync=True)  # "lens", "patching", "sweep", "compare"
-    title = traitlets.Unicode().tag(sync=True)
+    kind = traitlets.Unicode(help="'lens', 'patching', 'sweep', 'compare'").tag(sync=True)
+    title = traitlets.Unicode(help="the view's title").tag(sync=True)
     summary = traitlets.List(traitlets.Unicode(), help="lines of text above the matrix").tag(sync=True)
     values = traitlets.List(traitlets.List(traitlets.Float()), help="[rows][columns] on screen").tag(sync=True)
     words = traitlets.List(traitlets.List(traitlets.Unicode()), help="a word per cell, or []").tag(sync=True)
-    row_labels = traitlets.List(traitlets.Unicode()).tag(sync=True)
-    column_labels = traitlets.List(traitlets.Unicode()).tag(sync=True)
+    row_labels = traitlets.List(traitlets.Unicode(), help="a label per row").tag(sync=True)
+    column_labels = traitlets.List(traitlets.Unicode(), help="a label per column").tag(sync=True)
     scale = traitlets.Unicode("sequential", help="'sequential' (0..vmax) or 'diverging' (-vmax..vmax)").tag(sync=True)
-    vmax = traitlets.Float(1.0).tag(sync=True)
+    vmax = traitlets.Float(1.0, help="the value the colour scale's end stands for").tag(sync=True)
     value_name = traitlets.Unicode("value", help="what a cell's number is, for the tooltip").tag(sync=True)
     window_start = traitlets.Int(0, help="first column shown, when the columns travel a window at a time").tag(sync=True)
     window_total = traitlets.Int(0, help="all columns (0: no window)").tag(sync=True)
     selected = traitlets.List(traitlets.Int(), help="[row, column] clicked, [] for none").tag(sync=True)
     detail = traitlets.List(traitlets.Unicode(), help="lines about the clicked cell").tag(sync=True)
-    notes = traitlets.List(traitlets.Unicode()).tag(sync=True)
-    error = traitlets.Unicode().tag(sync=True)
+    notes = traitlets.List(traitlets.Unicode(), help="notes under the table, in words").tag(sync=True)
+    error = traitlets.Unicode(help="why the last request failed ('' when it did not)").tag(sync=True)
 
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
@@ -201,7 +201,7 @@ class CompareView(MatrixWidget):
     def __init__(self, comparison: Comparison | AttentionEditor, *, view_a: AttentionView | None = None,
                  view_b: AttentionView | None = None, **kwargs: Any):
         if isinstance(comparison, AttentionEditor):
-            comparison = compare(comparison.baseline, comparison.trace)
+            comparison = compare(comparison.unedited, comparison.trace)
         if not isinstance(comparison, Comparison):
             raise WrongTypeError(f"CompareView takes the result of lw.compare, got {type(comparison).__name__}")
         self.comparison, self.views = comparison, [v for v in (view_a, view_b) if v is not None]

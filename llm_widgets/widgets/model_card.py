@@ -16,8 +16,8 @@ class ModelCard(anywidget.AnyWidget):
     _esm = bundle("model_card")
     _css = bundle("model_card", ".css")
 
-    facts = traitlets.Dict().tag(sync=True)
-    source = traitlets.Dict().tag(sync=True)
+    facts = traitlets.Dict(help="the model's facts (LanguageModel.facts as a dict)").tag(sync=True)
+    source = traitlets.Dict(help="where the weights came from (name, path, revision, hash)").tag(sync=True)
 
     def __init__(self, model: LanguageModel, **kwargs):
         if not isinstance(model, LanguageModel):

@@ -21,7 +21,7 @@ class ProfileView(Answers, anywidget.AnyWidget):
     _esm = bundle("profile_view")
     _css = bundle("profile_view", ".css")
 
-    title = traitlets.Unicode().tag(sync=True)
+    title = traitlets.Unicode(help="the view's title").tag(sync=True)
     findings = traitlets.List(traitlets.Unicode(), help="the main facts, in words").tag(sync=True)
     modules = traitlets.List(traitlets.Dict(), help="a row per module: Profile.modules").tag(sync=True)
     timeline = traitlets.List(traitlets.List(traitlets.Float()), help="[seconds, bytes allocated]").tag(sync=True)

@@ -23,10 +23,3 @@ def encode_rows_uint8(matrix: torch.Tensor) -> tuple[dict, list[bytes]]:
     return meta, [np.ascontiguousarray(values.numpy()).tobytes(),
                   np.ascontiguousarray(scales.numpy().astype(np.float32)).tobytes()]
 
-
-def decode_rows_uint8(meta: dict, buffers: list[bytes]) -> np.ndarray:
-    """The inverse, as the front end computes it (for tests and exports)."""
-    rows, cols = meta["shape"]
-    values = np.frombuffer(buffers[0], dtype=np.uint8).reshape(rows, cols).astype(np.float32)
-    scales = np.frombuffer(buffers[1], dtype=np.float32)
-    return values / 255.0 * scales[:, None]
