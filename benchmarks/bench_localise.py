@@ -63,7 +63,7 @@ def naive(lm, site: str, mode: str = "patch") -> torch.Tensor:
                             out[0, :, head] = 0 if mode == "zero" else source[layer][:, head]
                         return out
                     with instrument(model, RunState(n_layers, lm.facts.n_heads, ids.shape[1], capture=False,
-                                               head_hook=head_hook)):
+                                                    head_hook=head_hook)):
                         logits = model(input_ids=ids, use_cache=False).logits[0, -1]
                     scores.append(float(logits[mary] - logits[john]))
     return torch.tensor(scores)

@@ -112,6 +112,7 @@ def test_a_tampered_batch_record_is_refused():
     for batch, message in (({"prompt_ids": ROWS, "row": 0}, "is not the index of this record's prompt_ids"),
                            ({"prompt_ids": ROWS, "row": 9}, "row 9"),
                            ({"prompt_ids": [[1, "x"]], "row": 0}, "a list of token id lists"),
-                           ({"prompt_ids": ROWS, "row": 1, "code": "x"}, "a list of token id lists")):
+                           ({"prompt_ids": ROWS, "row": 1, "code": "x"}, "a list of token id lists"),
+                           ([[1, 2]], "a list of token id lists")):  # not a dict: refused, not a raw TypeError
         with pytest.raises(lw.InputError, match=message):
             lw.replay({**record, "batch": batch}, lm)

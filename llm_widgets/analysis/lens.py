@@ -84,8 +84,9 @@ def residual_streams(trace: Trace, positions: torch.Tensor | None = None) -> lis
             device = input_device(model)
             ids = trace.input_ids[None].to(device)
             # the trace's own edits apply, so the lens reads the run that was traced
-            edited = instrument(model, RunState(lm.facts.n_layers, lm.facts.n_heads, len(trace), trace.edits, capture=False)) \
-                if trace.edits else contextlib.nullcontext()
+            edited = (instrument(model, RunState(lm.facts.n_layers, lm.facts.n_heads, len(trace), trace.edits,
+                                                 capture=False))
+                      if trace.edits else contextlib.nullcontext())
             with edited:
                 model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
     finally:

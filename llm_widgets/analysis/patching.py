@@ -212,7 +212,7 @@ def run_patched(lm: LanguageModel, ids: torch.Tensor, site: str, patches: list[t
                     out[row, position, head] = source[layer][position, head]
             return out
         context = instrument(model, RunState(lm.facts.n_layers, lm.facts.n_heads, ids.shape[1], capture=False,
-                                        head_hook=head_hook))
+                                             head_hook=head_hook))
     else:
         for layer, module in enumerate(_site_modules(parts, site, lm.name)):
             todo = by_layer.get(layer)

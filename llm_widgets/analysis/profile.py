@@ -278,9 +278,8 @@ def profile(model: LanguageModel, prompt: Any, *, max_new_tokens: int = 0, edits
         with torch.no_grad():
             if max_new_tokens == 0:
                 return net(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), use_cache=True)
-            pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else lm.tokenizer.eos_token_id
             return net.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), do_sample=False,
-                                max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, pad_token_id=pad,
+                                max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, pad_token_id=lm.pad_token_id,
                                 return_dict_in_generate=True)
 
     with exclusive(net), model_mode(net, training=False):

@@ -72,6 +72,15 @@ class LanguageModel:
         self.source = dict(source or {})
 
     @property
+    def pad_token_id(self) -> int:
+        """The id padding is written with: the tokenizer's pad token, else its end-of-text token,
+        else 0 (any id does: padding is masked)."""
+        for token_id in (getattr(self.tokenizer, "pad_token_id", None), getattr(self.tokenizer, "eos_token_id", None)):
+            if isinstance(token_id, int):
+                return token_id
+        return 0
+
+    @property
     def facts(self) -> ModelFacts:
         model = self.model
         text = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config

@@ -57,7 +57,6 @@ class Padded:
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     starts: list[int]
-    lengths: list[int]
 
     @property
     def has_padding(self) -> bool:
@@ -79,7 +78,7 @@ def pad(rows: list[torch.Tensor], pad_id: int, left: bool) -> Padded:
         ids[b, start:start + len(row)] = row
         mask[b, start:start + len(row)] = 1
         starts.append(start)
-    return Padded(ids, mask, starts, [len(r) for r in rows])
+    return Padded(ids, mask, starts)
 
 
 class TraceBatch(Sequence[Trace]):

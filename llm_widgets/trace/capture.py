@@ -95,13 +95,13 @@ class RunState:
     def attend(self, fn: Callable, module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
                value: torch.Tensor, attention_mask: Any, kwargs: dict) -> tuple[torch.Tensor, Any]:
         layer = self.layer_index(module)
-        record = self.layers[layer]
+        captured = self.layers[layer]
         q_len, kv_len = query.shape[2], key.shape[2]
         # Absolute positions, kept on the CPU (no device sync): a pass over as many
         # keys as queries starts at 0 (the prompt, or generation without a cache);
         # a cached step continues where this layer left off.
-        q_start = 0 if kv_len == q_len else record.next_position
-        record.next_position = q_start + q_len
+        q_start = 0 if kv_len == q_len else captured.next_position
+        captured.next_position = q_start + q_len
         k_start = q_start + q_len - kv_len if kv_len <= q_start + q_len else 0  # caches keep the latest keys;
         # a static cache (more slots than tokens) is indexed by position
         is_causal = kwargs.get("is_causal")
@@ -109,13 +109,13 @@ class RunState:
             is_causal = getattr(module, "is_causal", True)
         sliding_window = kwargs.get("sliding_window")
         if self.capture:
-            record.scaling = kwargs.get("scaling") or query.shape[-1] ** -0.5
-            record.softcap = kwargs.get("softcap")
-            record.sliding_window = sliding_window
-            record.is_causal = bool(is_causal)
+            captured.scaling = kwargs.get("scaling") or query.shape[-1] ** -0.5
+            captured.softcap = kwargs.get("softcap")
+            captured.sliding_window = sliding_window
+            captured.is_causal = bool(is_causal)
             new = slice(q_start - k_start, q_start - k_start + q_len)  # the key slots of this call's positions
-            record.queries.append((q_start, self._keep(query, query)))  # every batch row: [B, H, n, d]
-            record.keys.append((q_start, self._keep(key[:, :, new], key)))
+            captured.queries.append((q_start, self._keep(query, query)))  # every batch row: [B, H, n, d]
+            captured.keys.append((q_start, self._keep(key[:, :, new], key)))
         edits = self.edits_by_layer.get(layer)
         heads = self.edited_heads.get(layer) if self.inner == "sdpa" else None
         if edits:

@@ -70,9 +70,8 @@ def check_record(record: Any) -> dict:
             not isinstance(model.get("source", {}), dict):
         raise bad("'model' must be a dict with a 'name' string (and a 'source' dict)")
     for key in ("prompt_ids", "output_ids"):
-        ids = record[key]
-        if not isinstance(ids, list) or any(isinstance(i, bool) or not isinstance(i, int) for i in ids):
-            raise bad(f"{key!r} must be a list of token ids (integers); got {type(ids).__name__}")
+        if not _id_list(record[key]):
+            raise bad(f"{key!r} must be a list of token ids (integers); got {type(record[key]).__name__}")
     if not record["prompt_ids"]:
         raise bad("'prompt_ids' is empty")
     generation = record["generation"]
@@ -88,14 +87,17 @@ def check_record(record: Any) -> dict:
     batch = record.get("batch")
     if batch is not None:
         rows, row = (batch.get("prompt_ids"), batch.get("row")) if isinstance(batch, dict) else (None, None)
-        if set(batch) != {"prompt_ids", "row"} or not isinstance(rows, list) or not rows or any(
-                not isinstance(r, list) or not r or any(isinstance(i, bool) or not isinstance(i, int) for i in r)
-                for r in rows):
+        if not isinstance(batch, dict) or set(batch) != {"prompt_ids", "row"} or not isinstance(rows, list) \
+                or not rows or not all(_id_list(r) and r for r in rows):
             raise bad("'batch' must be {'prompt_ids': a list of token id lists, 'row': an index into it}")
         if isinstance(row, bool) or not isinstance(row, int) or not 0 <= row < len(rows) or \
                 rows[row] != record["prompt_ids"]:
             raise bad(f"'batch' row {row!r} is not the index of this record's prompt_ids among the batch's rows")
     return record
+
+
+def _id_list(ids: Any) -> bool:
+    return isinstance(ids, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in ids)
 
 
 def replay(record: dict, model: LanguageModel | None = None, *, check: bool = True):

@@ -48,8 +48,7 @@ def prompt_ids(lm: LanguageModel, prompt: Any) -> torch.Tensor:
             if prompt.dim() not in (1, 2) or (prompt.dim() == 2 and prompt.shape[0] != 1):
                 raise InputError(f"token ids must be one sequence, shape [T] or [1, T] (or a batch, [B, T]); got "
                                  f"shape {list(prompt.shape)}")
-            prompt = prompt.reshape(-1)  # [1, T]: a batch of one, as tokenizers return it
-        ids = torch.as_tensor(prompt, dtype=torch.long).reshape(-1)
+        ids = torch.as_tensor(prompt, dtype=torch.long).reshape(-1)  # [1, T]: a batch of one, as tokenizers return it
         vocab = lm.facts.vocab_size
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
             raise InputError(f"token ids must be between 0 and {vocab - 1} for {lm.name}")
@@ -116,12 +115,12 @@ def run_trace(lm: LanguageModel, prompt: Any, *, max_new_tokens: int = 0, edits=
     model = lm.model
     device = input_device(model)
     left = facts.kind == "causal"  # batched generation appends on the right: padding goes left
-    padded = pad(rows, _pad_id(lm), left=left)
+    padded = pad(rows, lm.pad_token_id, left=left)
     shifted = left and padded.has_padding and takes_position_ids(model)  # right padding leaves positions as they are
     inputs = _Inputs(padded.input_ids.to(device), padded.attention_mask.to(device),
                      positions(padded.attention_mask).to(device) if shifted else None)
     run = RunState(facts.n_layers, facts.n_heads, padded.input_ids.shape[1] + max_new_tokens, edits,
-              capture=capture and supported, capture_device=capture_device, capture_dtype=capture_dtype)
+                   capture=capture and supported, capture_device=capture_device, capture_dtype=capture_dtype)
     devices = [device] if device.type == "cuda" else []
     eager_attentions = None
     with exclusive(model), model_mode(model, training=False), torch.no_grad(), \
@@ -151,6 +150,7 @@ def run_trace(lm: LanguageModel, prompt: Any, *, max_new_tokens: int = 0, edits=
             captured.keys.clear()
     width = padded.input_ids.shape[1]
     stops = set(_eos_ids(lm, generation_kwargs)) if is_batch else set()
+    listed = [ids.tolist() for ids in rows]
     traces = []
     for b, ids in enumerate(rows):
         start = padded.starts[b]
@@ -163,9 +163,9 @@ def run_trace(lm: LanguageModel, prompt: Any, *, max_new_tokens: int = 0, edits=
         end = prompt_end + len(generated)
         logits = [step[b] for step in step_logits[:max(1, len(generated))]] if facts.kind == "causal" else \
             [step[b] for step in step_logits[start:prompt_end]]
-        row_record = make_record(lm, ids.tolist(), generation, edits, generated)
-        if is_batch:
-            row_record["batch"] = {"prompt_ids": [r.tolist() for r in rows], "row": b}
+        row_record = make_record(lm, listed[b], generation, edits, generated)
+        if is_batch:  # each record its own lists: a user editing one changes no other
+            row_record["batch"] = {"prompt_ids": [list(r) for r in listed], "row": b}
         traces.append(Trace(
             model=lm, input_ids=sequence[b, start:end].cpu(), n_prompt=len(ids),
             layers=[_row_of(layer, b, start, end) for layer in layers] if layers is not None else None,
@@ -188,14 +188,6 @@ class _Inputs(NamedTuple):
     input_ids: torch.Tensor  # [B, T]
     attention_mask: torch.Tensor  # [B, T]: 0 on padding
     position_ids: torch.Tensor | None  # given only when left padding shifts them
-
-
-def _pad_id(lm: LanguageModel) -> int:
-    tok = lm.tokenizer
-    for pad_id in (getattr(tok, "pad_token_id", None), getattr(tok, "eos_token_id", None)):
-        if isinstance(pad_id, int):
-            return pad_id
-    return 0  # any id does: padding is masked
 
 
 def _eos_ids(lm: LanguageModel, generation_kwargs: dict) -> list[int]:
@@ -234,7 +226,7 @@ def _forward_or_generate(model: torch.nn.Module, lm: LanguageModel, inputs: _Inp
         logits = out.logits
         step_logits = [logits[:, -1]] if lm.facts.kind == "causal" else list(logits.unbind(1))
         return inputs.input_ids, step_logits, logits.float().cpu() if keep_logits else None, None
-    kwargs = {"pad_token_id": _pad_id(lm), **generation_kwargs}
+    kwargs = {"pad_token_id": lm.pad_token_id, **generation_kwargs}
     out = model.generate(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask,
                          max_new_tokens=max_new_tokens, do_sample=do_sample, return_dict_in_generate=True,
                          output_logits=True, **kwargs)

@@ -41,16 +41,16 @@ class LayerAttention:
     is_causal: bool
 
 
-def assemble(record: LayerCapture, length: int) -> LayerAttention | None:
+def assemble(captured: LayerCapture, length: int) -> LayerAttention | None:
     """Scatter a layer's captured chunks into position-indexed tensors (later chunks win,
     as when generation runs without a cache and recomputes every position)."""
-    if not record.queries:
+    if not captured.queries:
         return None
-    meta = (float(record.scaling), record.softcap, record.sliding_window, record.is_causal)
-    if _in_order(record.queries, length) and _in_order(record.keys, length):
+    meta = (float(captured.scaling), captured.softcap, captured.sliding_window, captured.is_causal)
+    if _in_order(captured.queries, length) and _in_order(captured.keys, length):
         # the usual case (prompt pass, then one position per step): one concatenation, or none
-        return LayerAttention(_joined(record.queries), _joined(record.keys), *meta)
-    return LayerAttention(_scattered(record.queries, length), _scattered(record.keys, length), *meta)
+        return LayerAttention(_joined(captured.queries), _joined(captured.keys), *meta)
+    return LayerAttention(_scattered(captured.queries, length), _scattered(captured.keys, length), *meta)
 
 
 def _joined(chunks: list[tuple[int, torch.Tensor]]) -> torch.Tensor:
