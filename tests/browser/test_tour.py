@@ -66,8 +66,10 @@ def test_tour_notebook_runs_and_shows_its_widgets(jupyter_server, page):
     batch.locator("canvas.lw-attn-heatmap[data-drawn]").wait_for(timeout=60_000)
     batch.locator("canvas.lw-attn-grid[data-drawn]").wait_for(timeout=60_000)
     assert canvas_ink(batch.locator("canvas.lw-attn-heatmap")) > 0.05
+    page.set_viewport_size({"width": 1280, "height": 1700})  # the whole view, title included, in one picture
     batch.scroll_into_view_if_needed()
     batch.screenshot(path=str(ARTIFACTS / "attention_batch.png"))
+    page.set_viewport_size({"width": 1280, "height": 1000})
 
     # export what is on screen: the files arrive through the browser's download
     for fmt, magic in (("png", b"\x89PNG"), ("svg", b"<svg"), ("html", b"<!doctype html>")):
