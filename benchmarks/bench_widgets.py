@@ -133,7 +133,7 @@ def browser(model_name: str, repeats: int = 5) -> None:
     from nbformat.v4 import new_code_cell, new_notebook
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from tests.browser.conftest import chromium, jupyter_lab, open_notebook, run_all_cells
+    from tests.browser.conftest import chromium, jupyter_app, open_notebook, run_all_cells
 
     root = Path(tempfile.mkdtemp(prefix="bench-widgets-"))
     (root / "notebooks").mkdir()
@@ -142,7 +142,7 @@ def browser(model_name: str, repeats: int = 5) -> None:
     nbformat.write(new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3"}}),
                    root / "notebooks" / "bench.ipynb")
     try:
-        with jupyter_lab(root) as server, chromium() as chrome:
+        with jupyter_app(root, "jupyterlab") as server, chromium() as chrome:
             page = chrome.new_page(viewport={"width": 1280, "height": 1000})
             open_notebook(page, server, "bench.ipynb")
             run_all_cells(page)

@@ -47,7 +47,7 @@ function render({ model, el: root, experimental, signal }: RenderProps<EditorSta
     m.save_changes();
   };
   const controls = mountSteerControls(m, { send, setKeys, togglePick, refresh: () => panel.refresh() });
-  const panel = mountAttention(m, new Requests(experimental.invoke, signal), {
+  const panel = mountAttention(m, new Requests(model, experimental, signal), {
     stripMode: controls.mode,
     onKeys: setKeys,
     keySpan: () => m.get("key_span"),

@@ -15,7 +15,7 @@ interface BatchState extends ViewState {
 function render({ model, el: root, experimental, signal }: RenderProps<BatchState>): () => void {
   const frame = el("div", "lw-panel lw-attn-view");
   const title = el("div", "lw-attn-title", model.get("model_name"));
-  const panel = mountAttention(model, new Requests(experimental.invoke, signal));
+  const panel = mountAttention(model, new Requests(model, experimental, signal));
   frame.append(title);
   let off = () => {};
   if (model.get("n_rows") > 1) {

@@ -50,7 +50,7 @@ function render({ model, el: root, experimental, signal }: RenderProps<Attributi
     stepBox.append(option);
   });
   const busy = el("span", "lw-busy-note", "computing…");
-  const requests = new Requests(experimental.invoke, signal);
+  const requests = new Requests(model, experimental, signal);
   const exports = exportButtons(requests, "attribution", (text) => {
     if (!text.startsWith("error")) return;
     errorBox.textContent = text;

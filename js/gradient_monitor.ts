@@ -26,7 +26,7 @@ function render({ model, el: root, experimental, signal }: RenderProps<MonitorSt
   const header = el("div", "lw-mon-header");
   const status = el("span", "lw-mon-status");
   status.setAttribute("role", "status");
-  const requests = new Requests(experimental.invoke, signal);
+  const requests = new Requests(model, experimental, signal);
   const exports = exportButtons(requests, "gradient-monitor", (text) => {
     if (!text.startsWith("error")) return;
     errorBox.textContent = text;

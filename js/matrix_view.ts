@@ -88,7 +88,7 @@ function render({ model, el: root, experimental, signal }: RenderProps<MatrixSta
   const detail = el("div", "lw-mx-detail");
   detail.setAttribute("role", "status");
   const errorBox = el("div", "lw-mx-error");
-  const requests = new Requests(experimental.invoke, signal);
+  const requests = new Requests(model, experimental, signal);
   const exports = exportButtons(requests, m.get("kind"), (text) => {
     if (!text.startsWith("error")) return;
     errorBox.textContent = text;

@@ -53,7 +53,7 @@ function render({ model, el: root, experimental, signal }: RenderProps<ProfileSt
   const memory = el("div", "lw-prof-memory");
   const table = el("table", "lw-prof-table");
   const status = el("div", "lw-prof-status");
-  const requests = new Requests(experimental.invoke, signal);
+  const requests = new Requests(model, experimental, signal);
   const exports = exportButtons(requests, "profile", (text) => (status.textContent = text),
     ["png", "svg", "html", "json"]);
   frame.append(title, findings, crumbs, ice, memory, table, exports, status);

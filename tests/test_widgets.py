@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -342,3 +343,56 @@ def test_every_synced_trait_is_typed_and_explained():
             if isinstance(trait, traitlets.TraitType) and trait.metadata.get("sync")}
     assert len(ours) > 60
     assert [key for key, trait in ours.items() if not trait.help] == []
+
+
+# --- where no widget front end runs: the static fallback ---
+
+def _fallback(widget) -> tuple[dict, str]:
+    data, _ = widget._repr_mimebundle_()
+    return data, data.get("text/html", "")
+
+
+def test_every_view_carries_its_figure_and_text_as_a_static_fallback(tiny_gpt2):
+    trace = tiny_gpt2.trace("<b>Call</b> me Ishmael", max_new_tokens=3)
+    figures = [lw.AttentionView(trace, layer=1, head=2), lw.AttributionView(trace.attribute(trace.generated_ids[0])),
+               lw.AttentionEditor(tiny_gpt2, "<b>Call</b> me", max_new_tokens=3), lw.LensView(trace)]
+    for widget in figures:
+        data, page = _fallback(widget)
+        assert "application/vnd.jupyter.widget-view+json" in data  # the live widget still ranks first
+        assert page.count('<img src="data:image/png;base64,') == 1, type(widget).__name__
+        assert "<b>" not in page  # token text is data, never markup
+        assert "object at 0x" not in data["text/plain"]
+    for widget in figures[0], figures[2]:
+        assert "&lt;b&gt;Call&lt;/b&gt;" in _fallback(widget)[1]  # the prompt, escaped
+    assert "layer 1, head 2" in _fallback(figures[0])[0]["text/plain"]
+    data, page = _fallback(lw.ModelCard(tiny_gpt2))
+    assert "<img" not in page and "n_layers: 4" in page
+
+
+def test_the_editor_fallback_says_both_outputs(tiny_gpt2):
+    editor = lw.AttentionEditor(tiny_gpt2, "Call me", max_new_tokens=4, edits=[lw.ScaleAttention(5.0, keys=(0, 1))])
+    text = _fallback(editor)[0]["text/plain"]
+    assert f"without edits: {editor.unedited.output_text!r}" in text and f"with edits:    {editor.output_text!r}" in text
+
+
+def test_the_monitor_fallback_is_its_charts_once_it_has_steps(tiny_gpt2):
+    net = copy.deepcopy(tiny_gpt2.model).float().train().requires_grad_(True)
+    monitor = lw.GradientMonitor(net, warn=False)
+    view = lw.GradientMonitorView(monitor)
+    data, page = _fallback(view)
+    assert "<img" not in page and "step 0" in data["text/plain"]
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.enable_grad():
+        loss = net(input_ids=ids, labels=ids).loss
+        loss.backward()
+    monitor.step(loss=loss)
+    data, page = _fallback(view)
+    assert page.count("<img") == 1 and "step 1" in data["text/plain"]
+
+
+def test_a_broken_fallback_warns_and_the_widget_still_shows(tiny_gpt2, monkeypatch):
+    view = lw.AttentionView(tiny_gpt2.trace("Call me"))
+    monkeypatch.setattr(type(view), "static_figure", lambda self: 1 / 0)
+    with pytest.warns(UserWarning, match="no static fallback.*ZeroDivisionError"):
+        data, _ = view._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in data and "text/html" not in data

@@ -48,15 +48,62 @@ export function download(name: string, data: BlobPart, mime: string): void {
   setTimeout(() => URL.revokeObjectURL(url), 10_000);
 }
 
+type Invoke = Experimental["invoke"];
+let nextId = 0;
+
+/** anywidget's command call written out over the comm: the same wire messages its
+ * `experimental.invoke` sends ({id, kind: "anywidget-command", name, msg}) and the
+ * reply its Python side returns, for hosts that render anywidgets without invoke
+ * (marimo says "not supported"). */
+export function invokeOverComm(model: AnyModel<any>): Invoke {
+  return <T>(name: string, msg?: unknown, options: { buffers?: DataView[]; signal?: AbortSignal } = {}) =>
+    new Promise<[T, DataView[]]>((resolve, reject) => {
+      const id = `lw-${Date.now()}-${nextId++}`;
+      const signal = options.signal;
+      const onMsg = (reply: { id?: string; kind?: string; response?: T }, buffers: (ArrayBuffer | DataView)[] = []) => {
+        if (reply?.id !== id || reply.kind !== "anywidget-command-response") return;
+        stop();
+        resolve([reply.response as T, buffers.map(asDataView)]);
+      };
+      const onAbort = () => {
+        stop();
+        reject(signal?.reason ?? new Error("the view was closed"));
+      };
+      const stop = () => {
+        model.off("msg:custom", onMsg);
+        signal?.removeEventListener("abort", onAbort);
+      };
+      if (signal?.aborted) return onAbort();
+      model.on("msg:custom", onMsg);
+      signal?.addEventListener("abort", onAbort, { once: true });
+      model.send({ id, kind: "anywidget-command", name, msg }, undefined, options.buffers ?? []);
+    });
+}
+
 /** Requests to the Python side, answered through anywidget's invoke (a command named
  * "request" on the widget: llm_widgets/widgets/_frontend.py `Answers`). The view's abort
  * signal goes with each call: no 3 s timeout for a long computation, and nothing is left
- * waiting once the view is gone. */
+ * waiting once the view is gone. Where the host has no invoke, the same call goes over
+ * the comm (invokeOverComm). */
 export class Requests {
-  constructor(private invoke: Experimental["invoke"], private signal: AbortSignal) {}
+  private invoke: Invoke;
+  private fallback: Invoke;
+  constructor(model: AnyModel<any>, experimental: Experimental | undefined, private signal: AbortSignal) {
+    this.fallback = invokeOverComm(model);
+    this.invoke = experimental?.invoke ?? this.fallback;
+  }
+  private async call(msg: Record<string, number | string>): Promise<[Reply, DataView[]]> {
+    const invoke = this.invoke;
+    try {
+      return await invoke<Reply>("request", msg, { signal: this.signal });
+    } catch (error) {
+      if (invoke === this.fallback || !/not supported/i.test(String((error as Error)?.message))) throw error;
+      this.invoke = this.fallback;  // this host's invoke is a stub: use the comm from now on
+      return this.fallback<Reply>("request", msg, { signal: this.signal });
+    }
+  }
   async raw(what: string, params: Record<string, number | string>): Promise<[Reply, DataView[]]> {
-    const [reply, buffers] = await this.invoke<Reply>("request", { what, ...params },
-      { signal: this.signal });
+    const [reply, buffers] = await this.call({ what, ...params });
     if (reply.type === "error") throw new Error(reply.message ?? "request failed");
     return [reply, buffers.map(asDataView)];
   }

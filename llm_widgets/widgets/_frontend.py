@@ -1,7 +1,12 @@
-"""Where the bundled front ends live (built by esbuild into llm_widgets/static/)."""
+"""What every widget shares with its front end: the bundled JS (built by esbuild into
+llm_widgets/static/), requests answered by id (Answers), and a static fallback where no
+front end runs (StaticFallback)."""
 
 from __future__ import annotations
 
+import base64
+import html
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -39,3 +44,40 @@ class Answers:
             return self.answer(msg)
         except (LLMWidgetsError, ValueError, KeyError, TypeError, ImportError) as error:
             return {"type": "error", "message": str(error)}, []
+
+
+class StaticFallback:
+    """What an output shows where no widget front end runs: nbconvert's HTML, GitHub's notebook
+    preview, Colab before its kernel connects. Such readers skip the widget's MIME type and take
+    the next one, so each view adds text/html (its figure as a PNG and its text, as they are when
+    displayed) and a text/plain summary. Where a widget manager runs, the live widget ranks first."""
+
+    def static_text(self) -> str:
+        """A few lines that say what the widget shows."""
+        raise NotImplementedError
+
+    def static_figure(self) -> bytes | None:
+        """The figure as PNG bytes, or None where there is none yet."""
+        return None
+
+    def static_html(self) -> str:
+        text = self.static_text()
+        png = self.static_figure()
+        parts = ['<div class="lw-static">']
+        if png is not None:
+            alt = html.escape(text.splitlines()[0] if text else type(self).__name__, quote=True)
+            parts.append(f'<img src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}" alt="{alt}" '
+                         f'style="max-width:100%">')
+        parts.append(f"<pre>{html.escape(text)}</pre></div>")  # token text is data, never markup
+        return "".join(parts)
+
+    def _repr_mimebundle_(self, **kwargs: Any):
+        bundle = super()._repr_mimebundle_(**kwargs)  # type: ignore[misc]
+        data, metadata = bundle if isinstance(bundle, tuple) else (bundle, {})
+        try:
+            data["text/html"] = self.static_html()
+            data["text/plain"] = self.static_text()
+        except Exception as error:  # the live widget must still show: no fallback is the lesser loss
+            warnings.warn(f"{type(self).__name__}: no static fallback for this output "
+                          f"({type(error).__name__}: {error}); the live widget is not affected", stacklevel=2)
+        return data, metadata

@@ -117,6 +117,13 @@ class AttentionEditor(AttentionView):
         if self._failure is not None:  # shown in the widget too; the previous edits are still in place
             raise self._failure
 
+    def static_text(self) -> str:
+        edits = "; ".join(repr(e) for e in self.edits) or "none"
+        return (f"{self.model_name}, layer {self.layer}, head {self.head}: edits {edits}\n"
+                f"prompt:        {self.unedited.prompt_text!r}\n"
+                f"without edits: {self.unedited.output_text!r}\n"
+                f"with edits:    {self.trace.output_text!r}")
+
     def reset(self) -> None:
         """Back to the run without edits."""
         self.edit_specs = []

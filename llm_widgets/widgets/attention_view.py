@@ -18,11 +18,11 @@ from ..export import attention as export
 from ..trace import Trace
 from ..trace.batch import TraceBatch
 from ..trace.trace import GRID_CELL, OVERVIEW
-from ._frontend import Answers, bundle
+from ._frontend import Answers, StaticFallback, bundle
 from .transport import encode_rows_uint8
 
 
-class AttentionView(Answers, anywidget.AnyWidget):
+class AttentionView(Answers, StaticFallback, anywidget.AnyWidget):
     """`lw.AttentionView(trace)`: heatmap of one head, all heads as a grid, tokens to click.
     `lw.AttentionView(batch)` (a TraceBatch) shows one row at a time, with a row selector."""
 
@@ -115,6 +115,14 @@ class AttentionView(Answers, anywidget.AnyWidget):
         """What is on screen (head, zoom, query) as figure data."""
         region = {"queries": tuple(self.zoom[:2]), "keys": tuple(self.zoom[2:])} if self.zoom else {}
         return export.attention_figure(self.trace, self.layer, self.head, query=self.query, **region)
+
+    def static_figure(self) -> bytes:
+        return export.render(self.figure(), "png")
+
+    def static_text(self) -> str:
+        row = f", batch row {self.row} of {self.n_rows}" if self.n_rows > 1 else ""
+        return (f"{self.model_name}, layer {self.layer}, head {self.head}{row}: {len(self.trace)} tokens\n"
+                f"{self.trace.prompt_text}{self.trace.output_text}")
 
     def save(self, path: str | Path) -> Path:
         """`view.save("fig.png" | "fig.svg" | "fig.html")`: the current selection as a file; returns its path.

@@ -16,11 +16,11 @@ import traitlets
 from ..errors import InputError, WrongTypeError
 from ..export import attribution as export
 from ..analysis import METHODS, Attribution
-from ._frontend import Answers, bundle
+from ._frontend import Answers, StaticFallback, bundle
 from .attention_view import AttentionView
 
 
-class AttributionView(Answers, anywidget.AnyWidget):
+class AttributionView(Answers, StaticFallback, anywidget.AnyWidget):
     """`lw.AttributionView(trace.attribute(" Paris", contrast=" London"))`."""
 
     _esm = bundle("attribution_view")
@@ -97,6 +97,12 @@ class AttributionView(Answers, anywidget.AnyWidget):
     def _open_head(self, change) -> None:
         if self.view is not None and self.layer >= 0 and self.head >= 0:
             self.view.layer, self.view.head = self.layer, self.head
+
+    def static_figure(self) -> bytes:
+        return export.render(self.attribution, "png")
+
+    def static_text(self) -> str:
+        return str(self.attribution)
 
     def save(self, path: str | Path) -> Path:
         """The tokens coloured by score as .png, .svg or a standalone .html."""

@@ -26,7 +26,7 @@ from ..errors import InputError
 from ..export.files import write
 from ..export.text import plain_label
 from ..training.monitor import HIST_EDGES, GradientMonitor
-from ._frontend import Answers, bundle
+from ._frontend import Answers, StaticFallback, bundle
 
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
            "#17becf"]
@@ -98,7 +98,7 @@ def _ensure_bokehjs() -> None:
     _BOKEHJS_SHOWN = True
 
 
-class GradientMonitorView(ipywidgets.VBox):
+class GradientMonitorView(StaticFallback, ipywidgets.VBox):
     """`lw.GradientMonitorView(monitor)`: display it, then train; it follows the monitor."""
 
     def __init__(self, monitor: GradientMonitor, *, min_interval: float = 0.5, max_groups_drawn: int = 40):
@@ -244,6 +244,31 @@ class GradientMonitorView(ipywidgets.VBox):
         except (ValueError, TypeError) as error:
             self.controls.error = str(error)
         self.flush()
+
+    # --- without a widget front end ---
+
+    def static_figure(self) -> bytes | None:
+        return self.render("png") if self.monitor.steps else None
+
+    def static_text(self) -> str:
+        c = self.controls
+        loss = "-" if c.loss is None else f"{c.loss:.4g}"
+        norm = "-" if c.global_norm is None else f"{c.global_norm:.4g}"
+        return (f"gradient monitor: step {c.step}, loss {loss}, global gradient norm {norm}, {c.n_alerts} alerts\n"
+                f"groups: {', '.join(c.groups)}")
+
+    # --- marimo ---
+
+    def _display_(self):
+        """marimo's display protocol: marimo renders anywidgets but neither ipywidgets containers nor
+        jupyter_bokeh, so there the controls run live and the charts are the steps recorded so far
+        (standalone bokeh, inline resources, in an iframe): run the cell again to refresh them."""
+        import marimo as mo
+
+        note = ("live charts need Jupyter (jupyter_bokeh); in marimo they show the steps recorded when this "
+                f"cell ran ({len(self.monitor.steps)}): run it again to refresh them")
+        charts = mo.iframe(self.render("html").decode("utf-8"), height="900px")
+        return mo.vstack([mo.ui.anywidget(self.controls), mo.md(f"*{note}*"), charts])
 
     # --- export ---
 

@@ -22,7 +22,7 @@ from ..analysis import Comparison, LogitLens, Patching, Sweep, compare
 from ..errors import InputError, WrongTypeError
 from ..export import matrix as export
 from ..trace import AblateHead, Trace
-from ._frontend import Answers, bundle
+from ._frontend import Answers, StaticFallback, bundle
 from .attention_editor import AttentionEditor
 from .attention_view import AttentionView
 
@@ -30,7 +30,7 @@ WINDOW = 24  # positions of the lens shown (and decoded) at once
 DETAIL_K = 10  # the top tokens listed for a clicked lens cell
 
 
-class MatrixWidget(Answers, anywidget.AnyWidget):
+class MatrixWidget(Answers, StaticFallback, anywidget.AnyWidget):
     """What the three views share: the matrix on screen, its labels and scale, clicks, export."""
 
     _esm = bundle("matrix_view")
@@ -67,6 +67,12 @@ class MatrixWidget(Answers, anywidget.AnyWidget):
             row_labels=list(self.row_labels), column_labels=list(self.column_labels), scale=self.scale,
             vmax=self.vmax, words=[list(r) for r in self.words] or None, notes=list(self.summary) + list(self.notes),
             data={"kind": self.kind, "window_start": self.window_start})
+
+    def static_figure(self) -> bytes:
+        return export.render(self.figure(), "png")
+
+    def static_text(self) -> str:
+        return "\n".join([self.title, *self.summary])
 
     def save(self, path: str | Path) -> Path:
         """What is on screen as .png, .svg or standalone .html."""

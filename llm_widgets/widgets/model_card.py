@@ -7,10 +7,10 @@ import traitlets
 
 from ..errors import WrongTypeError
 from ..models import LanguageModel
-from ._frontend import bundle
+from ._frontend import StaticFallback, bundle
 
 
-class ModelCard(anywidget.AnyWidget):
+class ModelCard(StaticFallback, anywidget.AnyWidget):
     """Shows what `lw.load_model` returned: `lw.ModelCard(model)`."""
 
     _esm = bundle("model_card")
@@ -27,3 +27,7 @@ class ModelCard(anywidget.AnyWidget):
             )
         source = {k: str(v) for k, v in model.source.items()}
         super().__init__(facts=model.facts.to_dict(), source=source, **kwargs)
+
+    def static_text(self) -> str:
+        lines = [f"{key}: {value}" for key, value in self.facts.items()]
+        return "\n".join(lines)

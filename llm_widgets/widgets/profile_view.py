@@ -10,10 +10,10 @@ import traitlets
 from ..analysis import Profile
 from ..errors import InputError, WrongTypeError
 from ..export import profile as export
-from ._frontend import Answers, bundle
+from ._frontend import Answers, StaticFallback, bundle
 
 
-class ProfileView(Answers, anywidget.AnyWidget):
+class ProfileView(Answers, StaticFallback, anywidget.AnyWidget):
     """`lw.ProfileView(lw.profile(model, prompt, max_new_tokens=8))`: the findings, an icicle of
     the module tree by time (click to zoom), the memory timeline with the steps, a sortable table,
     export (PNG, SVG, HTML, and the Chrome trace for Perfetto / HTA)."""
@@ -42,6 +42,12 @@ class ProfileView(Answers, anywidget.AnyWidget):
         if proposal.value and proposal.value not in {m["module"] for m in self.profile.modules}:
             raise traitlets.TraitError(f"no module {proposal.value!r} in this profile")
         return proposal.value
+
+    def static_figure(self) -> bytes:
+        return export.render(self.profile, "png", self.zoom)
+
+    def static_text(self) -> str:
+        return "\n".join([self.title, *self.findings])
 
     def save(self, path: str | Path) -> Path:
         """.png / .svg (icicle and memory), standalone .html, or .json (the Chrome trace)."""

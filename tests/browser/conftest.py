@@ -1,4 +1,4 @@
-"""JupyterLab on 127.0.0.1 and Debian's chromium driven by playwright.
+"""JupyterLab, Notebook 7 and marimo on 127.0.0.1, and Debian's chromium driven by playwright.
 
 playwright cannot download its own browser here, so we launch the system one.
 Notebooks are copied to a temporary folder first: JupyterLab autosaves, and the
@@ -42,13 +42,23 @@ def _free_port() -> int:
 def jupyter_server(tmp_path_factory, smollm2):  # smollm2: convert the weights before the kernel needs them
     root = tmp_path_factory.mktemp("lab")
     shutil.copytree(ROOT / "notebooks", root / "notebooks")
-    with jupyter_lab(root) as server:
+    with jupyter_app(root, "jupyterlab") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def notebook7_server(tmp_path_factory, smollm2):
+    """Jupyter Notebook 7 (the `notebook` package): its own front end, the same kernels and widgets."""
+    root = tmp_path_factory.mktemp("nb7")
+    shutil.copytree(ROOT / "notebooks", root / "notebooks")
+    with jupyter_app(root, "notebook") as server:
         yield server
 
 
 @contextlib.contextmanager
-def jupyter_lab(root: Path):
-    """JupyterLab serving root/notebooks on a free port of 127.0.0.1, with a token; stopped on exit."""
+def jupyter_app(root: Path, app: str):
+    """JupyterLab (app "jupyterlab") or Notebook 7 ("notebook") serving root/notebooks on a free
+    port of 127.0.0.1, with a token; stopped on exit."""
     port, token = _free_port(), secrets.token_hex(16)
     settings = root / "settings"
     for plugin, values in LAB_SETTINGS.items():
@@ -56,26 +66,34 @@ def jupyter_lab(root: Path):
         (settings / plugin.split(":")[0] / f"{plugin.split(':')[1]}.jupyterlab-settings").write_text(json.dumps(values))
     env = dict(os.environ, JUPYTER_CONFIG_DIR=str(root / "config"), JUPYTERLAB_WORKSPACES_DIR=str(root / "ws"),
                JUPYTERLAB_SETTINGS_DIR=str(settings), HF_HUB_OFFLINE="1")
-    cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-           f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root / 'notebooks'}",
-           "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
+    cmd = [sys.executable, "-m", app, "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+           f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root / 'notebooks'}"]
+    if app == "jupyterlab":
+        cmd += ["--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
     if os.geteuid() == 0:
         cmd.append("--allow-root")
+    with serve(cmd, env, root, f"http://127.0.0.1:{port}", f"/api/status?token={token}", f"{app}.log") as base:
+        yield {"base": base, "token": token, "root": root / "notebooks"}
+
+
+@contextlib.contextmanager
+def serve(cmd: list[str], env: dict, cwd: Path, base: str, probe: str, log_name: str):
+    """Run a local server until `base + probe` answers; yields `base`; stopped on exit. Its output
+    goes to test-artifacts/<log_name>."""
     ARTIFACTS.mkdir(exist_ok=True)
-    log = open(ARTIFACTS / "jupyterlab.log", "w")
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=root)
-    base = f"http://127.0.0.1:{port}"
+    log = open(ARTIFACTS / log_name, "w")
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=cwd)
     deadline = time.time() + 90
     try:
         while True:
             try:
-                urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=2)
+                urllib.request.urlopen(base + probe, timeout=2)
                 break
             except OSError:
                 if proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError(f"JupyterLab did not start; see {ARTIFACTS / 'jupyterlab.log'}")
+                    raise RuntimeError(f"{cmd[2]} did not start; see {ARTIFACTS / log_name}")
                 time.sleep(0.5)
-        yield {"base": base, "token": token, "root": root / "notebooks"}
+        yield base
     finally:
         proc.terminate()
         try:
