@@ -8,10 +8,12 @@ import { mountAttention } from "./lib/attention_panel";
 import { drawEdits, drawOutputs, type EditorState, mountSteerControls } from "./lib/editor";
 import type { EditSpec } from "./lib/steer";
 import { el, Requests } from "./lib/widget_io";
+import { followTheme } from "./lib/theme";
 
 function render({ model, el: root, experimental, signal }: RenderProps<EditorState>): () => void {
   const m = model as AnyModel<EditorState>;
   const frame = el("div", "lw-panel lw-editor");
+  const stopTheme = followTheme(frame);
   const header = el("div", "lw-ed-header");
   const badge = el("span", "lw-ed-badge");
   const busy = el("span", "lw-ed-busy", "regenerating…");
@@ -103,6 +105,7 @@ function render({ model, el: root, experimental, signal }: RenderProps<EditorSta
   drawStatus();
 
   return () => {
+    stopTheme();
     controls.destroy();
     for (const [name, handler] of events) m.off(name, handler);
     panel.destroy();

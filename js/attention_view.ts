@@ -6,6 +6,7 @@
 import type { RenderProps } from "@anywidget/types";
 import { mountAttention, type ViewState } from "./lib/attention_panel";
 import { el, Requests, select } from "./lib/widget_io";
+import { followTheme } from "./lib/theme";
 
 interface BatchState extends ViewState {
   n_rows: number;
@@ -14,6 +15,7 @@ interface BatchState extends ViewState {
 
 function render({ model, el: root, experimental, signal }: RenderProps<BatchState>): () => void {
   const frame = el("div", "lw-panel lw-attn-view");
+  const stopTheme = followTheme(frame);
   const title = el("div", "lw-attn-title", model.get("model_name"));
   const panel = mountAttention(model, new Requests(model, experimental, signal));
   frame.append(title);
@@ -34,6 +36,7 @@ function render({ model, el: root, experimental, signal }: RenderProps<BatchStat
   frame.append(panel.element);
   root.replaceChildren(frame);
   return () => {
+    stopTheme();
     off();
     panel.destroy();
   };

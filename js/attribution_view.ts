@@ -5,6 +5,8 @@
 import type { AnyModel, RenderProps } from "@anywidget/types";
 import { el, exportButtons, redrawOn, Requests, shown } from "./lib/widget_io";
 import { diverging } from "./lib/heatmap";
+import { inkOn } from "./lib/matrix";
+import { followTheme } from "./lib/theme";
 
 interface AttributionState {
   tokens: string[];
@@ -33,6 +35,7 @@ const CELL = 16;
 function render({ model, el: root, experimental, signal }: RenderProps<AttributionState>): () => void {
   const m = model as AnyModel<AttributionState>;
   const frame = el("div", "lw-panel lw-attrib");
+  const stopTheme = followTheme(frame);
   const header = el("div", "lw-attrib-header");
   const title = el("span", "lw-attn-title");
   const methodBox = el("select");
@@ -93,7 +96,7 @@ function render({ model, el: root, experimental, signal }: RenderProps<Attributi
       const chip = el("span", i < nPrompt ? "lw-tok" : "lw-tok lw-tok-gen", shown(token));
       const [r, g, b] = diverging(v);
       chip.style.backgroundColor = `rgb(${r}, ${g}, ${b})`;
-      chip.classList.toggle("lw-tok-dark", Math.abs(v) > 0.6);
+      chip.style.color = inkOn([r, g, b]);
       if (Math.abs(v) > 0.05) chip.dataset.sign = v > 0 ? "+" : "−";
       chip.title = `${i}: ${JSON.stringify(token)} score ${scores[i].toPrecision(4)}`;
       chip.dataset.score = String(scores[i]);
@@ -146,6 +149,7 @@ function render({ model, el: root, experimental, signal }: RenderProps<Attributi
   });
   const stop = redrawOn(m, ["scores", "method", "step", "busy", "error", "head_importance", "layer", "head", "target"], draw);
   return () => {
+    stopTheme();
     stop();
   };
 }

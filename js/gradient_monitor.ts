@@ -3,6 +3,7 @@
 // step). The charts beside this are bokeh (jupyter_bokeh), fed from Python.
 import type { AnyModel, RenderProps } from "@anywidget/types";
 import { el, exportButtons, redrawOn, Requests } from "./lib/widget_io";
+import { followTheme } from "./lib/theme";
 
 interface Alert { step: number; group: string; kind: string; message: string }
 interface Setting { scale: number; clip: number | null }
@@ -18,11 +19,16 @@ interface MonitorState {
   steering: Record<string, Setting>;
   applied: Record<string, Setting & { groups: string[] }>;
   error: string;
+  dark: boolean;
 }
 
 function render({ model, el: root, experimental, signal }: RenderProps<MonitorState>): () => void {
   const m = model as AnyModel<MonitorState>;
   const frame = el("div", "lw-panel lw-monitor");
+  const stopTheme = followTheme(frame, (dark) => { // the bokeh charts follow in Python
+    model.set("dark", dark);
+    model.save_changes();
+  });
   const header = el("div", "lw-mon-header");
   const status = el("span", "lw-mon-status");
   status.setAttribute("role", "status");
@@ -114,6 +120,7 @@ function render({ model, el: root, experimental, signal }: RenderProps<MonitorSt
   }
   const stop = redrawOn(m, ["step", "steps_plotted", "alerts", "applied", "error", "loss"], draw);
   return () => {
+    stopTheme();
     stop();
   };
 }

@@ -8,6 +8,7 @@ import type { AnyModel, RenderProps } from "@anywidget/types";
 import { legend } from "./lib/legend";
 import { cellColour, cellText, formatValue, inkOn, type Scale, windowStart } from "./lib/matrix";
 import { el, exportButtons, redrawOn, Requests, shown } from "./lib/widget_io";
+import { followTheme } from "./lib/theme";
 
 interface MatrixState {
   kind: string;
@@ -77,6 +78,7 @@ function table(m: AnyModel<MatrixState>, onPick: (row: number, col: number) => v
 function render({ model, el: root, experimental, signal }: RenderProps<MatrixState>): () => void {
   const m = model as AnyModel<MatrixState>;
   const frame = el("div", "lw-panel lw-mx");
+  const stopTheme = followTheme(frame);
   const title = el("div", "lw-mx-title");
   const summary = el("div", "lw-mx-summary");
   const nav = el("div", "lw-mx-nav");
@@ -127,6 +129,7 @@ function render({ model, el: root, experimental, signal }: RenderProps<MatrixSta
   const stop = redrawOn(m, ["values", "words", "column_labels", "selected", "detail", "error", "summary",
     "window_start", "title", "vmax", "scale"], draw);
   return () => {
+    stopTheme();
     stop();
   };
 }

@@ -5,6 +5,7 @@
 import type { AnyModel, RenderProps } from "@anywidget/types";
 import { icicle, type ModuleRow, polyline, sortedBy } from "./lib/icicle";
 import { el, exportButtons, redrawOn, Requests } from "./lib/widget_io";
+import { followTheme } from "./lib/theme";
 
 interface Row extends ModuleRow {
   calls: number;
@@ -46,6 +47,7 @@ function svgEl(tag: string, attrs: Record<string, string | number>): SVGElement 
 function render({ model, el: root, experimental, signal }: RenderProps<ProfileState>): () => void {
   const m = model as AnyModel<ProfileState>;
   const frame = el("div", "lw-panel lw-prof");
+  const stopTheme = followTheme(frame);
   const title = el("div", "lw-prof-title");
   const findings = el("ul", "lw-prof-findings");
   const crumbs = el("div", "lw-prof-crumbs");
@@ -147,6 +149,7 @@ function render({ model, el: root, experimental, signal }: RenderProps<ProfileSt
   }
   const stop = redrawOn(m, ["modules", "zoom", "timeline", "findings"], draw);
   return () => {
+    stopTheme();
     stop();
   };
 }

@@ -396,3 +396,16 @@ def test_a_broken_fallback_warns_and_the_widget_still_shows(tiny_gpt2, monkeypat
     with pytest.warns(UserWarning, match="no static fallback.*ZeroDivisionError"):
         data, _ = view._repr_mimebundle_()
     assert "application/vnd.jupyter.widget-view+json" in data and "text/html" not in data
+
+
+def test_the_monitor_charts_follow_the_page_theme(tiny_gpt2):
+    view = lw.GradientMonitorView(lw.GradientMonitor(copy.deepcopy(tiny_gpt2.model).float().requires_grad_(True)))
+    loss = view._figures[0]
+    assert loss.background_fill_color == "#ffffff" and loss.title.text_color == "#222222"
+    view.controls.dark = True  # what the front end sends when the page under it is dark
+    for fig in view._figures:
+        assert fig.background_fill_color == "#212121" and fig.title.text_color == "#e0e0e0"
+        assert all(axis.major_label_text_color == "#e0e0e0" for axis in fig.axis)
+    assert view._loss_line.glyph.line_color == "#e0e0e0"  # the loss line was near-black
+    view.controls.dark = False
+    assert loss.background_fill_color == "#ffffff" and view._loss_line.glyph.line_color == "#333333"

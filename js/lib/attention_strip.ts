@@ -2,6 +2,7 @@
 // mouse. In "query" mode a click picks the query; in "keys" mode (the editor)
 // click, drag or shift-click selects a span of keys. Text through textContent only.
 import { colour } from "./heatmap";
+import { inkOn } from "./matrix";
 import { spanOf } from "./steer";
 import { el, shown } from "./widget_io";
 
@@ -94,7 +95,7 @@ export function mountStrip(options: StripOptions): Strip {
       if (!row) {
         chips.forEach((chip) => {
           chip.style.removeProperty("background-color");
-          chip.classList.remove("lw-tok-dark");
+          chip.style.removeProperty("color");
         });
         return;
       }
@@ -104,7 +105,7 @@ export function mountStrip(options: StripOptions): Strip {
       chips.forEach((chip, i) => {
         const [r, g, b] = colour(row[i] / max);
         chip.style.backgroundColor = `rgb(${r}, ${g}, ${b})`;
-        chip.classList.toggle("lw-tok-dark", row[i] / max > 0.55);
+        chip.style.color = inkOn([r, g, b]);
       });
     },
     refreshKeys,

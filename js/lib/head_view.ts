@@ -1,7 +1,8 @@
 // The head view: the picked query on the left, its strongest keys on the
 // right, a line per head of the layer (width by weight), and a swatch per head
 // that opens it. Token text is drawn with fillText, never as markup.
-import { headColour, headViewKeys, type Matrix } from "./heatmap";
+import { headColour, headRgb, headViewKeys, type Matrix } from "./heatmap";
+import { inkOn } from "./matrix";
 import { el, shown } from "./widget_io";
 
 const ROW_PX = 18;
@@ -22,7 +23,8 @@ export function mountHeadView(heads: number, onHead: (head: number) => void): He
   box.append(caption, swatches, lines);
   for (let h = 0; h < heads; h++) {
     const swatch = el("button", "lw-attn-swatch", String(h));
-    swatch.style.borderColor = swatch.style.color = headColour(h, heads);
+    swatch.style.borderColor = swatch.style.backgroundColor = headColour(h, heads);
+    swatch.style.color = inkOn(headRgb(h, heads));  // a filled swatch: its number in the ink that reads on it
     swatch.title = `head ${h}: show it in the heatmap`;
     swatch.addEventListener("click", () => onHead(h));
     swatches.append(swatch);

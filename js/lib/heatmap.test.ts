@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { asDataView, binRange, cellAt, colour, decodeRowsUint8, luminance, maxOf, toPixels, headColour, headViewKeys, regionOf, diverging, gridLayout } from "./heatmap";
+import { asDataView, binRange, cellAt, colour, decodeRowsUint8, luminance, maxOf, toPixels, headColour, headRgb, headViewKeys, regionOf, diverging, gridLayout } from "./heatmap";
 
 function buffers(values: number[], scales: number[]): [DataView, DataView] {
   const s = new DataView(new ArrayBuffer(scales.length * 4));
@@ -118,5 +118,13 @@ describe("gridLayout", () => {
     expect([g.blocks, g.perBlock]).toEqual([2, 4]);
     expect(g.at(24 + 5, 35)).toBeNull();
     expect(g.at(24 + 5, 25)).toEqual({ layer: 6, head: 0 });
+  });
+});
+
+describe("head colours", () => {
+  it("are the HSL hues as rgb (red first, then round the wheel)", () => {
+    expect(headRgb(0, 6)).toEqual([195, 34, 34]);  // hsl(0, 70%, 45%)
+    expect(headRgb(2, 6)).toEqual([34, 195, 34]);  // hsl(120, 70%, 45%)
+    expect(headColour(4, 6)).toBe("rgb(34, 34, 195)");
   });
 });

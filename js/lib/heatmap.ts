@@ -103,7 +103,17 @@ export function headViewKeys(rows: Matrix, perHead = 5, min = 0.02, limit = 24):
 
 /** A distinct colour per head (hues spread round the wheel, mid lightness: visible on light and dark). */
 export function headColour(head: number, heads: number): string {
-  return `hsl(${Math.round((head * 360) / Math.max(1, heads)) % 360}, 70%, 45%)`;
+  return `rgb(${headRgb(head, heads).join(", ")})`;
+}
+
+/** A head's colour as [r, g, b]: hues spread around the wheel, saturation 70%, lightness 45%. */
+export function headRgb(head: number, heads: number): [number, number, number] {
+  const hue = (Math.round((head * 360) / Math.max(1, heads)) % 360) / 60;
+  const chroma = (1 - Math.abs(2 * 0.45 - 1)) * 0.7;
+  const x = chroma * (1 - Math.abs((hue % 2) - 1));
+  const [r, g, b] = [[chroma, x, 0], [x, chroma, 0], [0, chroma, x], [0, x, chroma], [x, 0, chroma], [chroma, 0, x]][Math.floor(hue) % 6];
+  const m = 0.45 - chroma / 2;
+  return [r, g, b].map((v) => Math.round((v + m) * 255)) as [number, number, number];
 }
 
 /** The region [q0, q1, k0, k1] covered by a dragged rectangle between two cells of a map that

@@ -15,7 +15,7 @@ describe("matrix views", () => {
     expect(b2).toBeGreaterThan(r2); // blue towards -
   });
   it("picks ink that reads on the cell", () => {
-    expect(inkOn([255, 255, 255])).toBe("#111");
+    expect(inkOn([255, 255, 255])).toBe("#000");
     expect(inkOn(cellColour(1, "sequential", 1))).toBe("#fff");
   });
   it("labels the legend with the values it maps", () => {

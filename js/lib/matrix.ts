@@ -12,9 +12,10 @@ export function cellColour(value: number, scale: Scale, vmax: number): RGB {
   return scale === "diverging" ? diverging(Math.max(-1, Math.min(1, v))) : colour(v);
 }
 
-/** Text colour that reads on a cell (WCAG relative luminance). */
+/** Text colour that reads on a cell: black or white, whichever contrasts more (WCAG). Where the
+ * two are equal, at luminance 0.179, each still has 4.58:1, above AA's 4.5:1 for body text. */
 export function inkOn(rgb: RGB): string {
-  return luminance(rgb) < 0.18 ? "#fff" : "#111";
+  return luminance(rgb) < 0.179 ? "#fff" : "#000";
 }
 
 /** The legend: value labels with their colours, five stops across the scale. */

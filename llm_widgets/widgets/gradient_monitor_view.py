@@ -40,6 +40,12 @@ def _colour(i: int, n: int) -> str:
     return Turbo256[int(20 + 200 * i / max(1, n - 1))]
 
 
+# The charts' inks per theme: the page's own background shade (JupyterLab's light and dark layout colour),
+# text and axes with 4.5:1 or more on it, grid lines faint.
+CHART_INK = {False: {"background": "#ffffff", "text": "#222222", "axis": "#555555", "grid": "#e5e5e5", "loss": "#333333"},
+             True: {"background": "#212121", "text": "#e0e0e0", "axis": "#9e9e9e", "grid": "#3a3a3a", "loss": "#e0e0e0"}}
+
+
 def percentiles(counts: list[int], zeros: int, qs=(0.05, 0.5, 0.95)) -> list[float]:
     """log10 |g| at the given quantiles, from a histogram on HIST_EDGES (zeros below every bin)."""
     total = sum(counts) + zeros
@@ -73,6 +79,8 @@ class MonitorControls(Answers, anywidget.AnyWidget):
     applied = traitlets.Dict(value_trait=traitlets.Dict(), help="what the monitor applies: {pattern: {'scale', 'clip', "
                                                                "'groups'}}").tag(sync=True)
     error = traitlets.Unicode(help="why the last steering change was refused ('' when it was not)").tag(sync=True)
+    dark = traitlets.Bool(False, help="the page under the widget is dark (the front end tells): the charts "
+                                      "follow").tag(sync=True)
     exporter = None  # the view's render(fmt) -> bytes, set by GradientMonitorView
 
     def answer(self, request: dict) -> tuple[dict, list[bytes]]:
@@ -123,7 +131,7 @@ class GradientMonitorView(StaticFallback, ipywidgets.VBox):
                                                             for q in ("lo", "mid", "hi")}})
         tools = "pan,wheel_zoom,box_zoom,reset,hover"
         loss = figure(title="loss", height=200, width=380, tools=tools, x_axis_label="step", y_axis_type="log")
-        loss.line("step", "loss", source=self.loss_source, line_width=2, color="#333")
+        self._loss_line = loss.line("step", "loss", source=self.loss_source, line_width=2, color=CHART_INK[False]["loss"])
         total = figure(title="global gradient norm", height=200, width=380, tools=tools, y_axis_type="log",
                        x_axis_label="step")
         total.line("step", "global_norm", source=self.loss_source, line_width=2, color="#d62728")
@@ -142,9 +150,12 @@ class GradientMonitorView(StaticFallback, ipywidgets.VBox):
             items.append((group, [line]))
         norms.add_layout(Legend(items=items, label_text_font_size="8pt", click_policy="hide"), "right")
         self.charts = column(row(loss, total), row(norms, ratios), hist)
+        self._figures = [loss, total, norms, ratios, hist]
+        self.paint(dark=False)
         self.chart = BokehModel(self.charts)
         self.controls = MonitorControls(groups=groups, colours=colours)
         self.controls.observe(self._on_sliders, names="steering")
+        self.controls.observe(lambda change: self.paint(change["new"]), names="dark")
         self.controls.exporter = self.render
         self._pending: list[dict] = []
         self._sent_until = 0  # steps of monitor.steps already streamed
@@ -155,6 +166,25 @@ class GradientMonitorView(StaticFallback, ipywidgets.VBox):
         super().__init__([self.controls, self.chart])
         monitor.subscribe(self._on_step, flush=lambda: self.flush())
         self.flush()
+
+    def paint(self, dark: bool) -> None:
+        """The charts in the page's theme (the front end reports it): backgrounds and inks. Exports
+        show the charts as they are on screen."""
+        ink = CHART_INK[bool(dark)]
+        for fig in self._figures:
+            fig.background_fill_color = fig.border_fill_color = ink["background"]
+            fig.outline_line_color = ink["grid"]
+            fig.title.text_color = ink["text"]
+            for axis in fig.axis:
+                axis.axis_label_text_color = axis.major_label_text_color = ink["text"]
+                axis.axis_line_color = axis.major_tick_line_color = axis.minor_tick_line_color = ink["axis"]
+            for grid in fig.grid:
+                grid.grid_line_color = ink["grid"]
+            for legend in fig.legend:
+                legend.background_fill_color = ink["background"]
+                legend.label_text_color = ink["text"]
+                legend.border_line_color = ink["grid"]
+        self._loss_line.glyph.line_color = ink["loss"]
 
     # --- from the monitor to the screen, throttled ---
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -46,6 +47,17 @@ def jupyter_server(tmp_path_factory, smollm2):  # smollm2: convert the weights b
         yield server
 
 
+@pytest.fixture(params=["jupyterlab", "notebook7"])
+def front_end(request) -> dict:
+    """The notebook's front end: JupyterLab, then Notebook 7 (the same test runs in each)."""
+    return request.getfixturevalue("jupyter_server" if request.param == "jupyterlab" else "notebook7_server")
+
+
+def shot(server: dict, name: str) -> Path:
+    """Where a screenshot goes: test-artifacts/NAME.png in JupyterLab, notebook7_NAME.png in Notebook 7."""
+    return ARTIFACTS / (f"{name}.png" if server["app"] == "jupyterlab" else f"notebook7_{name}.png")
+
+
 @pytest.fixture(scope="session")
 def notebook7_server(tmp_path_factory, smollm2):
     """Jupyter Notebook 7 (the `notebook` package): its own front end, the same kernels and widgets."""
@@ -73,7 +85,7 @@ def jupyter_app(root: Path, app: str):
     if os.geteuid() == 0:
         cmd.append("--allow-root")
     with serve(cmd, env, root, f"http://127.0.0.1:{port}", f"/api/status?token={token}", f"{app}.log") as base:
-        yield {"base": base, "token": token, "root": root / "notebooks"}
+        yield {"base": base, "token": token, "root": root / "notebooks", "app": app}
 
 
 @contextlib.contextmanager
@@ -151,10 +163,65 @@ def page(browser, request):
 
 
 def open_notebook(page, server: dict, name: str) -> None:
-    page.goto(f"{server['base']}/lab/tree/{name}?reset&token={server['token']}")
+    where = f"lab/tree/{name}?reset&" if server.get("app", "jupyterlab") == "jupyterlab" else f"notebooks/{name}?"
+    page.goto(f"{server['base']}/{where}token={server['token']}")
     page.wait_for_selector(".jp-Notebook", timeout=60_000)
     page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=60_000)
     accept_kernel_dialog(page)
+
+
+def set_theme(page, name: str) -> None:
+    """Settings > Theme > NAME, as a user switches (JupyterLab and Notebook 7 alike)."""
+    page.get_by_role("menuitem", name="Settings", exact=True).click()
+    page.locator(".lm-Menu-item", has=page.locator(".lm-Menu-itemLabel", has_text=re.compile("^Theme$"))).hover()
+    page.locator(".lm-Menu-item", has=page.locator(".lm-Menu-itemLabel", has_text=re.compile(f"^{name}$"))).click()
+    page.wait_for_function("name => document.body.dataset.jpThemeName === name", arg=name, timeout=30_000)
+    page.wait_for_timeout(1500)  # the theme's stylesheet, then the widgets' check of their background
+
+
+# Text contrast from computed styles (WCAG 2 relative luminance): every element under `root` with
+# text of its own, visible and not disabled; its colour blended over the backgrounds beneath it.
+CONTRAST_JS = """root => {
+  const rgba = s => { const p = (s.match(/[\\d.]+/g) || []).map(Number);
+                      return p.length < 3 ? [0, 0, 0, 0] : [p[0], p[1], p[2], p.length > 3 ? p[3] : 1]; };
+  const lum = c => { const f = v => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; };
+                     return 0.2126 * f(c[0]) + 0.7152 * f(c[1]) + 0.0722 * f(c[2]); };
+  const over = (top, under) => [0, 1, 2].map(i => top[i] * top[3] + under[i] * (1 - top[3])).concat(1);
+  const background = el => {
+    const layers = [];
+    for (let at = el; at; at = at.parentElement) {
+      const c = rgba(getComputedStyle(at).backgroundColor);
+      if (c[3] > 0) { layers.push(c); if (c[3] >= 1) break; }
+    }
+    return layers.reverse().reduce((under, c) => over(c, under), [255, 255, 255, 1]);
+  };
+  const out = [];
+  let checked = 0;
+  for (const el of root.querySelectorAll('*')) {
+    if (![...el.childNodes].some(n => n.nodeType === 3 && n.textContent.trim())) continue;
+    if (!el.getClientRects().length || el.closest(':disabled, [aria-disabled=true]')) continue;
+    const style = getComputedStyle(el);
+    if (style.visibility === 'hidden') continue;
+    const bg = background(el), fg = over(rgba(style.color), bg);
+    const [hi, lo] = [lum(fg), lum(bg)].sort((a, b) => b - a);
+    const ratio = (hi + 0.05) / (lo + 0.05);
+    checked++;
+    if (ratio < 4.5) out.push(`${ratio.toFixed(2)}:1 ${style.color} on rgb(${bg.slice(0, 3).map(Math.round)}) ` +
+                              `<${el.tagName.toLowerCase()} class="${el.className}"> ${el.textContent.trim().slice(0, 30)}`);
+  }
+  return [checked, out];
+}"""
+
+
+def low_contrast(page, selector: str = ".lw-panel") -> list[str]:
+    """Text under each widget panel below WCAG AA (4.5:1); fails if there was no text to check."""
+    failures, checked = [], 0
+    for panel in page.locator(selector).all():
+        n, bad = panel.evaluate(CONTRAST_JS)
+        checked += n
+        failures += bad
+    assert checked > 20, f"only {checked} text elements found under {selector}"
+    return failures
 
 
 def accept_kernel_dialog(page) -> None:

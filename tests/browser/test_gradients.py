@@ -1,18 +1,21 @@
-"""The gradients notebook in JupyterLab: charts that move while training runs, sliders that steer."""
+"""The gradients notebook in JupyterLab and Notebook 7: charts that move while training runs,
+sliders that steer, and charts that follow the page into the dark theme."""
 
 from __future__ import annotations
 
+import io
 import time
 
 import pytest
+from PIL import Image, ImageStat
 
-from .conftest import ARTIFACTS, open_notebook, run_all_cells
+from .conftest import low_contrast, open_notebook, run_all_cells, set_theme, shot
 
 pytestmark = pytest.mark.browser
 
 
-def test_gradients_notebook_monitor_updates_live_and_steers(jupyter_server, page):
-    open_notebook(page, jupyter_server, "02_gradients.ipynb")
+def test_gradients_notebook_monitor_updates_live_and_steers(front_end, page):
+    open_notebook(page, front_end, "02_gradients.ipynb")
     run_all_cells(page)
     monitors = page.locator(".lw-monitor")
     monitors.first.wait_for(timeout=300_000)
@@ -46,7 +49,7 @@ def test_gradients_notebook_monitor_updates_live_and_steers(jupyter_server, page
     page.wait_for_function("el => el.textContent.startsWith('layer 0, head 0')", arg=status.element_handle(),
                            timeout=60_000)
     attributions.first.scroll_into_view_if_needed()
-    attributions.first.screenshot(path=str(ARTIFACTS / "attribution_view.png"))
+    attributions.first.screenshot(path=shot(front_end, "attribution_view"))
     # a steering slider, moved after the runs: the monitor applies the new scale
     steered = monitors.nth(1)
     steered.locator("summary").click()
@@ -57,4 +60,26 @@ def test_gradients_notebook_monitor_updates_live_and_steers(jupyter_server, page
     assert "applied: ×0.5" in applied.inner_text()
     monitors.first.scroll_into_view_if_needed()
     page.set_viewport_size({"width": 1280, "height": 1400})
-    page.screenshot(path=str(ARTIFACTS / "gradient_monitor.png"))
+    page.screenshot(path=shot(front_end, "gradient_monitor"))
+
+    # the dark theme: the widgets' text keeps 4.5:1 and the bokeh charts turn dark with the page
+    box = page.locator(".widget-vbox", has=monitors.first).first
+    assert _brightness(box) > 200
+    set_theme(page, "JupyterLab Dark")
+    try:
+        monitors.first.and_(page.locator(".lw-dark")).wait_for(timeout=10_000)
+        bad = low_contrast(page)
+        assert bad == [], "\n".join(bad)
+        deadline = time.time() + 30
+        while _brightness(box) > 80 and time.time() < deadline:  # Python repaints the charts, bokeh syncs
+            page.wait_for_timeout(300)
+        assert _brightness(box) < 80
+        monitors.first.scroll_into_view_if_needed()
+        page.screenshot(path=shot(front_end, "gradient_monitor_dark"))
+    finally:
+        set_theme(page, "JupyterLab Light")
+
+
+def _brightness(locator) -> float:
+    """Mean grey level (0-255) of what the user sees of an element."""
+    return ImageStat.Stat(Image.open(io.BytesIO(locator.screenshot())).convert("L")).mean[0]

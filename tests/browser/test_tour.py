@@ -1,4 +1,5 @@
-"""The tour notebook as a user meets it: JupyterLab, run all cells, look."""
+"""The tour notebook as a user meets it: JupyterLab and Notebook 7, run all cells, look; then in
+the dark theme."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import json
 
 import pytest
 
-from .conftest import ARTIFACTS, open_notebook, run_all_cells
+from .conftest import ARTIFACTS, low_contrast, open_notebook, run_all_cells, set_theme, shot
 
 pytestmark = pytest.mark.browser
 
@@ -21,8 +22,8 @@ def canvas_ink(locator) -> float:
     }""")
 
 
-def test_tour_notebook_runs_and_shows_its_widgets(jupyter_server, page):
-    open_notebook(page, jupyter_server, "01_tour.ipynb")
+def test_tour_notebook_runs_and_shows_its_widgets(front_end, page):
+    open_notebook(page, front_end, "01_tour.ipynb")
     run_all_cells(page)
     cards = page.locator(".lw-card")
     cards.nth(1).wait_for(timeout=240_000)  # the second card is in the last cell
@@ -55,7 +56,7 @@ def test_tour_notebook_runs_and_shows_its_widgets(jupyter_server, page):
     assert xss.locator(".lw-attn-tokens").text_content().startswith("<img src=x onerror=alert(1)>")
     assert xss.locator("img").count() == 0 and page.dialogs == []
     first.scroll_into_view_if_needed()
-    page.screenshot(path=str(ARTIFACTS / "attention_view.png"))
+    page.screenshot(path=shot(front_end, "attention_view"))
 
     # a batch: one row at a time, picked in the title; the new row's tokens and maps replace the old
     batch = views.nth(1)
@@ -68,7 +69,7 @@ def test_tour_notebook_runs_and_shows_its_widgets(jupyter_server, page):
     assert canvas_ink(batch.locator("canvas.lw-attn-heatmap")) > 0.05
     page.set_viewport_size({"width": 1280, "height": 1700})  # the whole view, title included, in one picture
     batch.scroll_into_view_if_needed()
-    batch.screenshot(path=str(ARTIFACTS / "attention_batch.png"))
+    batch.screenshot(path=shot(front_end, "attention_batch"))
     page.set_viewport_size({"width": 1280, "height": 1000})
 
     # export what is on screen: the files arrive through the browser's download
@@ -120,7 +121,7 @@ def test_tour_notebook_runs_and_shows_its_widgets(jupyter_server, page):
     assert editor.locator(".lw-error").inner_text() == ""
     page.set_viewport_size({"width": 1280, "height": 1700})  # the whole editor in one picture
     editor.scroll_into_view_if_needed()
-    editor.screenshot(path=str(ARTIFACTS / "attention_editor.png"))
+    editor.screenshot(path=shot(front_end, "attention_editor"))
     page.set_viewport_size({"width": 1280, "height": 1000})
     with page.expect_download() as download:
         editor.locator("button.lw-ed-record").click()
@@ -128,8 +129,8 @@ def test_tour_notebook_runs_and_shows_its_widgets(jupyter_server, page):
     assert record["edits"][0]["factor"] == 10.0 and record["edits"][0]["keys"] == [[7, 12]]
 
     cards.nth(0).scroll_into_view_if_needed()
-    page.screenshot(path=str(ARTIFACTS / "tour.png"), full_page=False)
-    cards.nth(0).screenshot(path=str(ARTIFACTS / "model_card.png"))
+    page.screenshot(path=shot(front_end, "tour"), full_page=False)
+    cards.nth(0).screenshot(path=shot(front_end, "model_card"))
 
     # re-running a cell replaces its widget without leaving listeners behind
     page.evaluate("""() => {
@@ -148,3 +149,24 @@ def test_tour_notebook_runs_and_shows_its_widgets(jupyter_server, page):
                                arg=[prompt.element_handle(), before], timeout=60_000)
         last.locator("canvas.lw-attn-heatmap[data-drawn]").wait_for(timeout=60_000)
     assert page.evaluate("window.__lwListeners") == 0  # each new view's listeners replace the old one's
+
+    # the themes: every widget's text reads (WCAG AA, 4.5:1) in the light theme and in the dark one
+    bad = low_contrast(page)
+    assert bad == [], "\n".join(bad)
+    set_theme(page, "JupyterLab Dark")
+    try:
+        panels = page.locator(".lw-panel:not(.lw-card)")
+        page.wait_for_function("n => document.querySelectorAll('.lw-panel.lw-dark').length === n",
+                               arg=panels.count(), timeout=10_000)  # each view saw the page turn dark
+        bad = low_contrast(page)
+        assert bad == [], "\n".join(bad)
+        assert canvas_ink(first.locator("canvas.lw-attn-heatmap")) > 0.05
+        first.scroll_into_view_if_needed()
+        page.screenshot(path=shot(front_end, "attention_view_dark"))
+        page.set_viewport_size({"width": 1280, "height": 1700})
+        editor.scroll_into_view_if_needed()
+        editor.screenshot(path=shot(front_end, "attention_editor_dark"))
+    finally:  # the theme is a saved setting of this server: the next test starts light
+        page.set_viewport_size({"width": 1280, "height": 1000})
+        set_theme(page, "JupyterLab Light")
+    assert page.locator(".lw-panel.lw-dark").count() == 0
