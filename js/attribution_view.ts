@@ -32,6 +32,22 @@ interface AttributionState {
 }
 const CELL = 16;
 
+/** The tokens as chips coloured by score (orange +, blue −), a sign mark on those that count. */
+function scoreChips(tokens: string[], scores: number[], nPrompt: number): HTMLSpanElement[] {
+  const peak = Math.max(1e-12, ...scores.map(Math.abs));
+  return tokens.map((token, i) => {
+    const v = scores[i] / peak;
+    const chip = el("span", i < nPrompt ? "lw-tok" : "lw-tok lw-tok-gen", shown(token));
+    const [r, g, b] = diverging(v);
+    chip.style.backgroundColor = `rgb(${r}, ${g}, ${b})`;
+    chip.style.color = inkOn([r, g, b]);
+    if (Math.abs(v) > 0.05) chip.dataset.sign = v > 0 ? "+" : "−";
+    chip.title = `${i}: ${JSON.stringify(token)} score ${scores[i].toPrecision(4)}`;
+    chip.dataset.score = String(scores[i]);
+    return chip;
+  });
+}
+
 function render({ model, el: root, experimental, signal }: RenderProps<AttributionState>): () => void {
   const m = model as AnyModel<AttributionState>;
   const frame = el("div", "lw-panel lw-attrib");
@@ -88,20 +104,7 @@ function render({ model, el: root, experimental, signal }: RenderProps<Attributi
       `p(${JSON.stringify(m.get("target"))}) ${m.get("p_target").toFixed(3)}` +
       (pc !== null && pc !== undefined ? `, p(${JSON.stringify(m.get("contrast"))}) ${pc.toFixed(3)}` : "") +
       (m.get("delta") !== null && m.get("delta") !== undefined ? `; completeness gap ${m.get("delta")!.toPrecision(3)}` : "");
-    const scores = m.get("scores");
-    const peak = Math.max(1e-12, ...scores.map(Math.abs));
-    const nPrompt = m.get("n_prompt");
-    strip.replaceChildren(...m.get("tokens").map((token, i) => {
-      const v = scores[i] / peak;
-      const chip = el("span", i < nPrompt ? "lw-tok" : "lw-tok lw-tok-gen", shown(token));
-      const [r, g, b] = diverging(v);
-      chip.style.backgroundColor = `rgb(${r}, ${g}, ${b})`;
-      chip.style.color = inkOn([r, g, b]);
-      if (Math.abs(v) > 0.05) chip.dataset.sign = v > 0 ? "+" : "−";
-      chip.title = `${i}: ${JSON.stringify(token)} score ${scores[i].toPrecision(4)}`;
-      chip.dataset.score = String(scores[i]);
-      return chip;
-    }));
+    strip.replaceChildren(...scoreChips(m.get("tokens"), m.get("scores"), m.get("n_prompt")));
     notes.textContent = m.get("notes").join(" ");
     errorBox.textContent = m.get("error");
     errorBox.hidden = !m.get("error");

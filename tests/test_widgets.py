@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 
 import numpy as np
 import pytest
@@ -42,6 +43,36 @@ def test_bundles_are_offline():
         text = path.read_text().replace('"http://www.w3.org/2000/svg"', "")
         for needle in ("http://", "https://", "cdn.", "unpkg", "jsdelivr"):
             assert needle not in text, f"{path.name} mentions {needle}"
+
+
+def _selectors(css: str) -> list[str]:
+    """The selectors of a stylesheet's top-level rules (comments removed)."""
+    css = re.sub(r"/\*.*?\*/", "", css, flags=re.S)
+    depth, text, selectors = 0, "", []
+    for ch in css:
+        if ch == "{":
+            if depth == 0:
+                selectors += [s.strip() for s in text.split(",")]
+            depth, text = depth + 1, ""
+        elif ch == "}":
+            depth, text = depth - 1, ""
+        elif depth == 0:
+            text += ch
+    return selectors
+
+
+def test_bundles_need_nothing_of_one_front_end():
+    """One bundle for JupyterLab, Notebook 7, VS Code, Colab and marimo: no JupyterLab or classic
+    Notebook globals, and CSS that styles only our own elements (anywidget puts it in the page's head)."""
+    for path in _frontend.STATIC.glob("*.js"):
+        text = path.read_text()
+        for needle in ("jupyterapp", "@jupyterlab/", "window.jupyter", "Jupyter.notebook", "IPython.", "requirejs"):
+            assert needle not in text, f"{path.name} uses {needle}"
+    for path in _frontend.STATIC.glob("*.css"):
+        selectors = _selectors(path.read_text())
+        assert selectors, path.name
+        for selector in selectors:
+            assert ".lw-" in selector.split()[0], f"{path.name}: {selector!r} styles more than our widgets"
 
 
 # --- AttentionView: state and request handlers, no browser ---

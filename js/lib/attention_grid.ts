@@ -56,6 +56,11 @@ export function mountGrid(layers: number, heads: number, onClick: (layer: number
         ictx.drawImage(off, x + 1, y + 1, CELL_PX - 2, CELL_PX - 2);
       }
     }
+    ictx.fillStyle = "#9e9e9e"; // a rule between column blocks: each starts again at its own first layer
+    for (let block = 1; block < layout.blocks; block++) {
+      const [x] = layout.origin(block * layout.perBlock, 0);
+      ictx.fillRect(x - GAP_PX / 2 - 1, 0, 2, grid.height);
+    }
     thumbnails = image;
   }
 
