@@ -12,6 +12,7 @@ import torch
 import transformers
 
 import llm_widgets as lw
+from llm_widgets.models import compat
 from llm_widgets.trace import capture
 
 from .test_trace_architectures import PROMPT, ToyTokenizer, build
@@ -224,7 +225,7 @@ def _outside_the_registry(attn: str | None = None):
               max_position_embeddings=128)),
     ]
     for config_class, model_class, kwargs in candidates:
-        if not getattr(model_class, "_supports_attention_backend", False):
+        if not compat._calls_the_registry(model_class):
             torch.manual_seed(0)
             return model_class(config_class(**kwargs, **({"attn_implementation": attn} if attn else {}))).eval()
     pytest.skip("every candidate model uses the attention registry in this transformers version")

@@ -27,6 +27,7 @@ export interface ViewState {
   revision: number;
   overview_size: number; // Python's OVERVIEW: the pooled size of a heatmap (defined once, sent as state)
   grid_size: number; // Python's GRID_CELL: the pooled size of each thumbnail of the grid
+  attention_layers: number[]; // all layers, but a hybrid model's linear-attention / state-space ones
 }
 
 export interface PanelOptions {
@@ -66,6 +67,7 @@ export function mountAttention(model: AnyModel<ViewState>, requests: Requests, o
     onQuery: (i) => set({ query: model.get("query") === i ? -1 : i }) });
   const heatmap = mountHeatmap((query) => set({ query }), (zoom) => set({ zoom }));
   const grid = mountGrid(model.get("n_layers"), model.get("n_heads"), (layer, head, event) => {
+    if (!(model.get("attention_layers") ?? [layer]).includes(layer)) return;  // a blank row: no attention there
     if (!options.onGridClick?.(layer, head, event)) set({ layer, head });
   });
   const headView = mountHeadView(model.get("n_heads"), (head) => set({ head }));
@@ -170,6 +172,13 @@ export function mountAttention(model: AnyModel<ViewState>, requests: Requests, o
 function mountHeader(model: AnyModel<ViewState>, requests: Requests) {
   const header = el("div", "lw-attn-header");
   const [layerLabel, layerBox] = select("layer", model.get("n_layers"), "L");
+  const attending = new Set(model.get("attention_layers") ?? []);
+  for (const option of layerBox.options) {  // a hybrid model's other layers have no attention to show
+    if (attending.size && !attending.has(Number(option.value))) {
+      option.disabled = true;
+      option.textContent += " (no attention)";
+    }
+  }
   const [headLabel, headBox] = select("head", model.get("n_heads"), "H");
   const status = el("span", "lw-attn-status");
   const unzoom = el("button", "lw-button", "reset zoom");

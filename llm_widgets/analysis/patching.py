@@ -25,7 +25,7 @@ import torch
 from ..errors import InputError, WrongTypeError
 from ..models import LanguageModel
 from ..models.anatomy import Anatomy, anatomy, block_output
-from ..models.compat import takes_logits_to_keep
+from ..models.compat import takes_logits_to_keep, uses_attention_registry
 from ..models.devices import input_device
 from ..models.modes import model_mode
 from ..trace import Trace, prompt_ids
@@ -267,7 +267,7 @@ def _check_model(lm: Any, site: str) -> None:
         raise InputError(f"{lm.name} is a masked model: patching reads the next-token prediction of causal LMs")
     if site not in SITES:
         raise InputError(f"unknown site {site!r}; choose one of {', '.join(SITES)}")
-    if site == "heads" and not getattr(type(lm.model), "_supports_attention_backend", False):
+    if site == "heads" and not uses_attention_registry(lm.model):
         raise InputError(f"site='heads' needs a model whose attention goes through transformers' "
                          f"AttentionInterface; {lm.facts.architecture} computes attention its own way. "
                          f"Use site='attention' (each layer's whole attention output)")

@@ -29,6 +29,35 @@ def takes_position_ids(model: torch.nn.Module) -> bool:
     return _forward_takes(type(model), "position_ids")
 
 
+# Model types whose attention we cannot yet show exactly, each with the reason: a traced run refuses
+# them with it (tests/test_registry_sweep.py checks every other causal LM of the installed transformers).
+UNSUPPORTED_ATTENTION: dict[str, str] = {}
+
+
+@lru_cache(maxsize=None)
+def _calls_the_registry(model_type: type) -> bool:
+    if getattr(model_type, "_supports_attention_backend", False):
+        return True
+    # Not every model whose attention goes through ALL_ATTENTION_FUNCTIONS says so with the flag
+    # (BART, BioGPT, Marian, Pegasus, StableLM, Falcon-H1, ... in 5.24): ask its module's source.
+    for klass in model_type.__mro__:
+        module = inspect.getmodule(klass)
+        if module is None or module.__name__.split(".")[0] in ("torch", "builtins"):
+            continue
+        try:
+            if "ALL_ATTENTION_FUNCTIONS" in inspect.getsource(module):
+                return True
+        except (OSError, TypeError):  # no source (a compiled or interactive module)
+            continue
+    return False
+
+
+def uses_attention_registry(model: torch.nn.Module) -> bool:
+    """Whether the model computes attention through transformers' attention registry, where the
+    trace engine captures and edits it (else: viewing through eager output_attentions only)."""
+    return _calls_the_registry(type(model))
+
+
 def set_attention(model: torch.nn.Module, implementation: str | None) -> None:
     """Switch the model's attention implementation. Models outside the attention registry refuse
     `set_attn_implementation` (with a log line each time) but read the config at every forward:

@@ -18,9 +18,11 @@ and removes the state in `finally`, on errors and interrupts too.
 
 from __future__ import annotations
 
+import inspect
 import sys
 import threading
 from contextlib import contextmanager
+from functools import lru_cache
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -48,6 +50,7 @@ class LayerCapture:
     softcap: float | None = None
     sliding_window: int | None = None
     is_causal: bool = True
+    sinks: torch.Tensor | None = None  # [H] attention-sink logits (GPT-OSS, ...): in every row's softmax, then dropped
     next_position: int = 0  # positions this layer has seen so far in the run
 
 
@@ -113,6 +116,9 @@ class RunState:
             captured.softcap = kwargs.get("softcap")
             captured.sliding_window = sliding_window
             captured.is_causal = bool(is_causal)
+            sinks = kwargs.get("s_aux", getattr(module, "sinks", None))
+            captured.sinks = sinks.detach().float().flatten().to(self.capture_device or sinks.device) \
+                if isinstance(sinks, torch.Tensor) else None
             new = slice(q_start - k_start, q_start - k_start + q_len)  # the key slots of this call's positions
             captured.queries.append((q_start, self._keep(query, query)))  # every batch row: [B, H, n, d]
             captured.keys.append((q_start, self._keep(key[:, :, new], key)))
@@ -267,10 +273,27 @@ def registered_name(inner: str) -> str:
     return name
 
 
+@lru_cache(maxsize=None)
+def _calls_attention_interface(module_type: type) -> bool:
+    """Whether a module's forward calls the registry (a hybrid's linear-attention and state-space
+    modules carry a layer_idx and may be named "...Attention" too, but compute their own)."""
+    try:
+        source = inspect.getsource(module_type.forward)
+    except (OSError, TypeError):  # no source to read: trust the name
+        return module_type.__name__.endswith(("Attention", "SelfAttention"))
+    return "ALL_ATTENTION_FUNCTIONS" in source or "attention_interface" in source
+
+
 def attention_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
     """Modules that call the attention interface: they carry `layer_idx` and the projections."""
-    found = [m for m in model.modules() if hasattr(m, "layer_idx") and type(m).__name__.endswith(("Attention", "SelfAttention"))]
-    return found
+    return [m for m in model.modules() if hasattr(m, "layer_idx") and _calls_attention_interface(type(m))]
+
+
+def attention_layers(model: torch.nn.Module) -> tuple[int, ...]:
+    """The layers that attend through the registry: all of them, but in a hybrid model (Qwen3-Next,
+    OLMo-hybrid, Nemotron-H, ...) only those between its linear-attention or state-space layers."""
+    return tuple(sorted({m.layer_idx if isinstance(getattr(m, "layer_idx", None), int) else i
+                         for i, m in enumerate(attention_modules(model))}))
 
 
 @contextmanager

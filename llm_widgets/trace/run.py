@@ -13,10 +13,11 @@ import torch
 from .._provide import provides
 from ..errors import InputError
 from ..models import LanguageModel
-from ..models.compat import cache_kwargs, output_cache, takes_logits_to_keep, takes_position_ids
+from ..models.compat import (UNSUPPORTED_ATTENTION, cache_kwargs, output_cache, takes_logits_to_keep,
+                             takes_position_ids, uses_attention_registry)
 from ..models.devices import input_device
 from ..models.modes import model_mode
-from .capture import RunState, instrument
+from .capture import RunState, attention_layers, instrument
 from .edits import validate_edits
 from .locking import exclusive
 from .record import make_record
@@ -99,7 +100,10 @@ def run_trace(lm: LanguageModel, prompt: Any, *, max_new_tokens: int = 0, edits=
     if edits and is_batch:
         raise InputError("attention edits steer one prompt at a time (their positions are a prompt's own): trace the "
                          "row you want to steer on its own, e.g. model.trace(batch[i].record['prompt_ids'], edits=...)")
-    supported = getattr(type(lm.model), "_supports_attention_backend", False)
+    supported = uses_attention_registry(lm.model)
+    if facts.model_type in UNSUPPORTED_ATTENTION:
+        raise InputError(f"llm-widgets cannot trace {facts.architecture} (model_type {facts.model_type!r}) yet: "
+                         f"{UNSUPPORTED_ATTENTION[facts.model_type]}")
     if edits and not supported:
         raise InputError(
             f"attention edits need a model whose attention goes through transformers' AttentionInterface; "
@@ -107,6 +111,14 @@ def run_trace(lm: LanguageModel, prompt: Any, *, max_new_tokens: int = 0, edits=
             f"(through eager output_attentions); edits work on Llama, Mistral, Qwen2/3, Gemma 1-3, Phi-3, GPT-2, BERT "
             f"and the other models that use the registry."
         )
+    with_attention = attention_layers(lm.model) if supported else tuple(range(facts.n_layers))
+    for edit in edits:
+        named = [layer for layer in (getattr(edit, "layers", None) or [getattr(edit, "layer", None)])
+                 if layer is not None and layer not in with_attention]
+        if named:
+            raise InputError(f"{edit!r} names layer {named[0]}, which has no attention in {facts.architecture} (a "
+                             f"hybrid model: its other layers are linear attention or state space); its attention "
+                             f"layers are {list(with_attention)}")
     if do_sample and seed is None:
         seed = secrets.randbits(31)  # recorded, so a sampled run replays
     # JSON-able as it stands: check_generation_settings admitted only numbers, flags and token ids
@@ -171,7 +183,7 @@ def run_trace(lm: LanguageModel, prompt: Any, *, max_new_tokens: int = 0, edits=
             layers=[_row_of(layer, b, start, end) for layer in layers] if layers is not None else None,
             eager_attentions=[a[b, :, start:end, start:end] for a in eager_attentions]
             if eager_attentions is not None else None,
-            edits=edits, top_k=[top_k_of(step, TOP_K_KEPT) for step in logits],
+            attention_layers=with_attention, edits=edits, top_k=[top_k_of(step, TOP_K_KEPT) for step in logits],
             chosen=[probability_of(step, token) for step, token in zip(logits, generated)],
             first_logprobs=torch.log_softmax(logits[0].float(), dim=-1).cpu(),  # any token's p at step 0
             logits=prompt_logits[b, start:prompt_end].float().cpu() if prompt_logits is not None else None,

@@ -39,6 +39,7 @@ class LayerAttention:
     softcap: float | None
     sliding_window: int | None
     is_causal: bool
+    sinks: torch.Tensor | None = None  # [heads] sink logits that share each row's softmax (GPT-OSS), or None
 
 
 def assemble(captured: LayerCapture, length: int) -> LayerAttention | None:
@@ -46,7 +47,7 @@ def assemble(captured: LayerCapture, length: int) -> LayerAttention | None:
     as when generation runs without a cache and recomputes every position)."""
     if not captured.queries:
         return None
-    meta = (float(captured.scaling), captured.softcap, captured.sliding_window, captured.is_causal)
+    meta = (float(captured.scaling), captured.softcap, captured.sliding_window, captured.is_causal, captured.sinks)
     if _in_order(captured.queries, length) and _in_order(captured.keys, length):
         # the usual case (prompt pass, then one position per step): one concatenation, or none
         return LayerAttention(_joined(captured.queries), _joined(captured.keys), *meta)
@@ -115,7 +116,7 @@ class Trace:
     def __init__(self, *, model: LanguageModel, input_ids: torch.Tensor, n_prompt: int, layers: list[LayerAttention | None] | None,
                  eager_attentions: list[torch.Tensor] | None, edits: tuple, top_k: list[tuple[torch.Tensor, torch.Tensor]],
                  chosen: list[float], logits: torch.Tensor | None, record: dict,
-                 first_logprobs: torch.Tensor | None = None):
+                 first_logprobs: torch.Tensor | None = None, attention_layers: tuple[int, ...] | None = None):
         self.model = model
         self.input_ids = input_ids  # [T]: prompt then generated
         self.n_prompt = n_prompt
@@ -131,6 +132,8 @@ class Trace:
         self._profile = None  # the run's Profile, once asked for
         facts = model.facts
         self.n_layers, self.n_heads, self.n_kv_heads = facts.n_layers, facts.n_heads, facts.n_kv_heads
+        # every layer, but in a hybrid model only those that attend (the others have nothing to show)
+        self.attention_layers = tuple(range(self.n_layers)) if attention_layers is None else tuple(attention_layers)
 
     # Text is decoded when first asked for: a long prompt's tokens take longer to
     # decode than a GPU takes to run it, and many traces (patching, benchmarks) never show them.
@@ -268,6 +271,9 @@ class Trace:
 
     def _layer(self, layer: int) -> LayerAttention:
         data = self._layers[layer] if self._layers is not None else None
+        if data is None and layer not in self.attention_layers:
+            raise InputError(f"layer {layer} has no attention: {self.model.name} is a hybrid model whose other layers are "
+                             f"linear attention or state space; its attention layers are {list(self.attention_layers)}")
         if data is None:
             raise InputError(f"layer {layer} was not captured in this trace (capture was limited or turned off)")
         return data
@@ -308,7 +314,9 @@ class Trace:
         n = len(self)
         exact = n <= EXACT_GRID
         rows = torch.arange(n) if exact else pooling_bins(n, size)[0][1:] - 1
+        bins = min(len(rows), size) if exact else len(rows)
         maps = [self._pooled(layer, list(range(self.n_heads)), rows, (0, n), size, exact_rows=exact).cpu()
+                if layer in self.attention_layers else torch.zeros(self.n_heads, bins, min(n, size))  # blank: no attention
                 for layer in range(self.n_layers)]
         return torch.cat(maps).flatten(0, 1)
 
@@ -365,7 +373,9 @@ class Trace:
     def _scores(self, layer: int, heads: list[int], q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
         """Masked, edited scores [heads, nq, nk] in float32, exactly as the run's softmax saw them."""
         data = self._layer(layer)
-        group = self.n_heads // self.n_kv_heads
+        # query heads per key/value head, from what the layer produced: configs can disagree with the
+        # tensors (Falcon's multi_query beside num_kv_heads, GPTBigCode's multi_query)
+        group = data.queries.shape[-3] // data.keys.shape[-3]
         dev = data.queries.device
         q_pos, k_pos = q_pos.to(dev), k_pos.to(dev)
         q = _rows(data.queries, heads, q_pos).float()
@@ -425,6 +435,9 @@ class Trace:
                 k_pos = torch.arange(k_start, min(n, k_start + k_block))
                 block = torch.logsumexp(self._scores(layer, heads, todo, k_pos), dim=-1)
                 running = block if running is None else torch.logaddexp(running, block)
+            sinks = self._layer(layer).sinks
+            if sinks is not None:  # a sink takes its share of every row: the keys' rows sum to less than 1
+                running = torch.logaddexp(running, sinks[heads].to(running.device)[:, None])
             running = running.cpu()
             for cache, values in zip(caches, running):
                 cache[todo] = values

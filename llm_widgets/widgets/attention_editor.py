@@ -72,7 +72,8 @@ class AttentionEditor(AttentionView):
     run_seconds = traitlets.Float(0.0, help="how long the last regenerate took in Python").tag(sync=True)
 
     def __init__(self, model: LanguageModel, prompt: Any, *, max_new_tokens: int = 20, edits: Any = (),
-                 seed: int | None = 0, do_sample: bool = False, layer: int = 0, head: int = 0, **generation_kwargs):
+                 seed: int | None = 0, do_sample: bool = False, layer: int | None = None, head: int = 0,
+                 **generation_kwargs):
         if not isinstance(model, LanguageModel):
             raise WrongTypeError(f"AttentionEditor takes a LanguageModel (from lw.load_model), got {type(model).__name__}")
         if model.facts.kind != "causal":

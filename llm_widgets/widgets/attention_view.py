@@ -42,10 +42,12 @@ class AttentionView(Answers, StaticFallback, anywidget.AnyWidget):
     revision = traitlets.Int(0, help="bumped when the trace is replaced: the front end reloads").tag(sync=True)
     overview_size = traitlets.Int(OVERVIEW, help="the pooled size of the heatmap the front end asks for").tag(sync=True)
     grid_size = traitlets.Int(GRID_CELL, help="the pooled size of each thumbnail of the grid").tag(sync=True)
+    attention_layers = traitlets.List(traitlets.Int(), help="the layers that attend (all but a hybrid model's linear "
+                                                          "attention or state-space layers)").tag(sync=True)
     n_rows = traitlets.Int(1, help="rows of the batch shown (1 for a single trace)").tag(sync=True)
     row = traitlets.Int(0, help="the batch row on screen").tag(sync=True)
 
-    def __init__(self, trace: Trace | TraceBatch, *, layer: int = 0, head: int = 0, row: int = 0, **kwargs):
+    def __init__(self, trace: Trace | TraceBatch, *, layer: int | None = None, head: int = 0, row: int = 0, **kwargs):
         if isinstance(trace, TraceBatch):
             self.batch = trace
         elif isinstance(trace, Trace):
@@ -57,8 +59,10 @@ class AttentionView(Answers, StaticFallback, anywidget.AnyWidget):
         self.trace = first
         super().__init__(model_name=first.model.name, tokens=first.tokens, n_prompt=first.n_prompt,
                          n_layers=first.n_layers, n_heads=first.n_heads, output_text=first.output_text,
+                         attention_layers=list(first.attention_layers),
                          n_rows=len(trace) if self.batch is not None else 1, **kwargs)
-        self.layer, self.head, self.row = layer, head, row  # validated by the observers below
+        first_layer = first.attention_layers[0] if first.attention_layers else 0  # a hybrid's first may not attend
+        self.layer, self.head, self.row = first_layer if layer is None else layer, head, row  # validated below
 
     @traitlets.validate("row")
     def _check_row(self, proposal):
@@ -83,6 +87,9 @@ class AttentionView(Answers, StaticFallback, anywidget.AnyWidget):
     def _check_layer(self, proposal):
         if not 0 <= proposal.value < self.trace.n_layers:
             raise traitlets.TraitError(f"layer {proposal.value} is out of range: 0 to {self.trace.n_layers - 1}")
+        if proposal.value not in self.trace.attention_layers:
+            raise traitlets.TraitError(f"layer {proposal.value} has no attention (a linear-attention or state-space "
+                                       f"layer of this hybrid model): pick one of {list(self.trace.attention_layers)}")
         return proposal.value
 
     @traitlets.validate("head")
