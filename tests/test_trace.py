@@ -225,7 +225,7 @@ def _outside_the_registry(attn: str | None = None):
               max_position_embeddings=128)),
     ]
     for config_class, model_class, kwargs in candidates:
-        if not compat._calls_the_registry(model_class):
+        if not compat.uses_attention_registry(model_class(config_class(**kwargs))):
             torch.manual_seed(0)
             return model_class(config_class(**kwargs, **({"attn_implementation": attn} if attn else {}))).eval()
     pytest.skip("every candidate model uses the attention registry in this transformers version")

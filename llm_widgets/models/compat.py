@@ -31,31 +31,34 @@ def takes_position_ids(model: torch.nn.Module) -> bool:
 
 # Model types whose attention we cannot yet show exactly, each with the reason: a traced run refuses
 # them with it (tests/test_registry_sweep.py checks every other causal LM of the installed transformers).
-UNSUPPORTED_ATTENTION: dict[str, str] = {}
+UNSUPPORTED_ATTENTION: dict[str, str] = {
+    "diffllama": "its differential attention subtracts two softmax maps per head (weighted by a learned lambda), so no "
+                 "single map is the attention the values see; showing both maps and their difference is not built",
+    "inkling_text": "it adds a learned position bias to the attention scores inside the attention function, which "
+                    "the recomputed maps would leave out",
+}
 
 
 @lru_cache(maxsize=None)
-def _calls_the_registry(model_type: type) -> bool:
-    if getattr(model_type, "_supports_attention_backend", False):
-        return True
-    # Not every model whose attention goes through ALL_ATTENTION_FUNCTIONS says so with the flag
-    # (BART, BioGPT, Marian, Pegasus, StableLM, Falcon-H1, ... in 5.24): ask its module's source.
-    for klass in model_type.__mro__:
-        module = inspect.getmodule(klass)
-        if module is None or module.__name__.split(".")[0] in ("torch", "builtins"):
-            continue
-        try:
-            if "ALL_ATTENTION_FUNCTIONS" in inspect.getsource(module):
-                return True
-        except (OSError, TypeError):  # no source (a compiled or interactive module)
-            continue
-    return False
+def calls_attention_interface(module_type: type) -> bool:
+    """Whether a module's forward computes attention through transformers' registry
+    (ALL_ATTENTION_FUNCTIONS). A hybrid's linear-attention and state-space modules may carry a
+    layer_idx and an "...Attention" name too, but compute their own."""
+    try:
+        source = inspect.getsource(module_type.forward)
+    except (OSError, TypeError):  # no source to read: trust the name
+        return module_type.__name__.endswith(("Attention", "SelfAttention"))
+    return "ALL_ATTENTION_FUNCTIONS" in source or "attention_interface" in source
 
 
 def uses_attention_registry(model: torch.nn.Module) -> bool:
     """Whether the model computes attention through transformers' attention registry, where the
-    trace engine captures and edits it (else: viewing through eager output_attentions only)."""
-    return _calls_the_registry(type(model))
+    trace engine captures and edits it (else: viewing through eager output_attentions only). Not
+    every model that does says so with `_supports_attention_backend` (BART, BioGPT, Marian,
+    Pegasus, StableLM, Falcon-H1, ... in 5.24): its attention modules' code tells."""
+    if getattr(type(model), "_supports_attention_backend", False):
+        return True
+    return any(hasattr(m, "layer_idx") and calls_attention_interface(type(m)) for m in model.modules())
 
 
 def set_attention(model: torch.nn.Module, implementation: str | None) -> None:

@@ -18,16 +18,15 @@ and removes the state in `finally`, on errors and interrupts too.
 
 from __future__ import annotations
 
-import inspect
 import sys
 import threading
 from contextlib import contextmanager
-from functools import lru_cache
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 import torch
 
+from ..models.compat import calls_attention_interface
 from .edits import AblateHead, ScaleAttention
 from .masks import allowed_mask, edit_bias, spare_fully_masked
 
@@ -107,8 +106,10 @@ class RunState:
         captured.next_position = q_start + q_len
         k_start = q_start + q_len - kv_len if kv_len <= q_start + q_len else 0  # caches keep the latest keys;
         # a static cache (more slots than tokens) is indexed by position
-        is_causal = kwargs.get("is_causal")
+        is_causal = _causal_in(attention_mask, q_len, kv_len)  # what the model's mask does, where it shows
         if is_causal is None:
+            is_causal = kwargs.get("is_causal")
+        if is_causal is None:  # (BigBird-Pegasus' decoder says is_causal=False and passes a causal mask)
             is_causal = getattr(module, "is_causal", True)
         sliding_window = kwargs.get("sliding_window")
         if self.capture:
@@ -273,20 +274,23 @@ def registered_name(inner: str) -> str:
     return name
 
 
-@lru_cache(maxsize=None)
-def _calls_attention_interface(module_type: type) -> bool:
-    """Whether a module's forward calls the registry (a hybrid's linear-attention and state-space
-    modules carry a layer_idx and may be named "...Attention" too, but compute their own)."""
-    try:
-        source = inspect.getsource(module_type.forward)
-    except (OSError, TypeError):  # no source to read: trust the name
-        return module_type.__name__.endswith(("Attention", "SelfAttention"))
-    return "ALL_ATTENTION_FUNCTIONS" in source or "attention_interface" in source
+def _causal_in(mask: Any, q_len: int, kv_len: int) -> bool | None:
+    """Whether a pass's own mask hides the next key from a query (None where it cannot say: no
+    mask tensor, or a single query). Read at the last key: hidden from the query before it but
+    seen by its own (a padded key is hidden from both)."""
+    if not isinstance(mask, torch.Tensor) or mask.dim() != 4 or q_len < 2 or q_len != kv_len:
+        return None
+    corner = mask[:, 0, -2:, -1]  # [batch, (query before, own query)]
+    seen = corner if mask.dtype == torch.bool else corner > -1e4
+    for before, own in seen.tolist():
+        if own:
+            return not before
+    return None
 
 
 def attention_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
     """Modules that call the attention interface: they carry `layer_idx` and the projections."""
-    return [m for m in model.modules() if hasattr(m, "layer_idx") and _calls_attention_interface(type(m))]
+    return [m for m in model.modules() if hasattr(m, "layer_idx") and calls_attention_interface(type(m))]
 
 
 def attention_layers(model: torch.nn.Module) -> tuple[int, ...]:

@@ -160,6 +160,11 @@ def run_trace(lm: LanguageModel, prompt: Any, *, max_new_tokens: int = 0, edits=
             layers.append(assemble(captured, sequence.shape[1]))
             captured.queries.clear()
             captured.keys.clear()
+        for index, layer in enumerate(layers):  # the views and edits count heads from the config
+            if layer is not None and layer.queries.shape[-3] != facts.n_heads:
+                raise InputError(f"layer {index} of {facts.architecture} has {layer.queries.shape[-3]} attention heads, "
+                                 f"its config says {facts.n_heads}: models whose layers differ in head count are not "
+                                 f"supported yet")
     width = padded.input_ids.shape[1]
     stops = set(_eos_ids(lm, generation_kwargs)) if is_batch else set()
     listed = [ids.tolist() for ids in rows]
