@@ -237,6 +237,7 @@ def test_attention_sinks_take_their_share_of_each_row():
     tr = lw.LanguageModel(model, ToyTokenizer()).trace(PROMPT)
     totals = tr.attention(0, 0).sum(-1)
     assert (totals < 0.99).all() and (totals > 0).all()  # the rest went to the sink
+    assert tr.sink_layers == (0, 1) and lw.AttentionView(tr).sink_layers == [0, 1]  # the view says so
     eager = build("gpt_oss", "eager", model.state_dict())
     with torch.no_grad():
         reference = eager(torch.tensor([PROMPT]), output_attentions=True).attentions[0][0, 0]

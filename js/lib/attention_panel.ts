@@ -28,6 +28,7 @@ export interface ViewState {
   overview_size: number; // Python's OVERVIEW: the pooled size of a heatmap (defined once, sent as state)
   grid_size: number; // Python's GRID_CELL: the pooled size of each thumbnail of the grid
   attention_layers: number[]; // all layers, but a hybrid model's linear-attention / state-space ones
+  sink_layers: number[]; // layers with attention sinks: a row's weights sum to less than 1
 }
 
 export interface PanelOptions {
@@ -93,8 +94,9 @@ export function mountAttention(model: AnyModel<ViewState>, requests: Requests, o
         : await requests.ask("overview", { layer, head, size });
       if (!alive || layer !== model.get("layer") || head !== model.get("head")) return;
       overview = m;
-      status.textContent = zoomed ? `layer ${layer}, head ${head}: queries ${q0}–${q1 - 1}, keys ${k0}–${k1 - 1}`
-        : `layer ${layer}, head ${head}: ${tokens().length} tokens`;
+      status.textContent = (zoomed ? `layer ${layer}, head ${head}: queries ${q0}–${q1 - 1}, keys ${k0}–${k1 - 1}`
+        : `layer ${layer}, head ${head}: ${tokens().length} tokens`) +
+        ((model.get("sink_layers") ?? []).includes(layer) ? "; rows sum to less than 1: the rest goes to the attention sink" : "");
       heatmap.draw(overview, region(), tokens(), model.get("query"));
       drawGrid();
     } catch (error) {

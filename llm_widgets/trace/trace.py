@@ -263,6 +263,13 @@ class Trace:
 
     # --- attention ---
 
+    @property
+    def sink_layers(self) -> tuple[int, ...]:
+        """Layers whose heads have attention sinks (GPT-OSS, ...): each row's weights over the keys sum
+        to less than 1; the rest went to the sink."""
+        layers = self._layers or []
+        return tuple(i for i, data in enumerate(layers) if data is not None and data.sinks is not None)
+
     def _check_layer_head(self, layer: int, head: int) -> None:
         if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < self.n_layers:
             raise InputError(f"layer {layer!r} is out of range: this model has layers 0 to {self.n_layers - 1}")

@@ -44,6 +44,8 @@ class AttentionView(Answers, StaticFallback, anywidget.AnyWidget):
     grid_size = traitlets.Int(GRID_CELL, help="the pooled size of each thumbnail of the grid").tag(sync=True)
     attention_layers = traitlets.List(traitlets.Int(), help="the layers that attend (all but a hybrid model's linear "
                                                           "attention or state-space layers)").tag(sync=True)
+    sink_layers = traitlets.List(traitlets.Int(), help="layers with attention sinks (GPT-OSS, ...): a row's weights "
+                                                     "sum to less than 1, the rest is the sink's").tag(sync=True)
     n_rows = traitlets.Int(1, help="rows of the batch shown (1 for a single trace)").tag(sync=True)
     row = traitlets.Int(0, help="the batch row on screen").tag(sync=True)
 
@@ -59,7 +61,7 @@ class AttentionView(Answers, StaticFallback, anywidget.AnyWidget):
         self.trace = first
         super().__init__(model_name=first.model.name, tokens=first.tokens, n_prompt=first.n_prompt,
                          n_layers=first.n_layers, n_heads=first.n_heads, output_text=first.output_text,
-                         attention_layers=list(first.attention_layers),
+                         attention_layers=list(first.attention_layers), sink_layers=list(first.sink_layers),
                          n_rows=len(trace) if self.batch is not None else 1, **kwargs)
         first_layer = first.attention_layers[0] if first.attention_layers else 0  # a hybrid's first may not attend
         self.layer, self.head, self.row = first_layer if layer is None else layer, head, row  # validated below
