@@ -94,9 +94,8 @@ export function mountAttention(model: AnyModel<ViewState>, requests: Requests, o
         : await requests.ask("overview", { layer, head, size });
       if (!alive || layer !== model.get("layer") || head !== model.get("head")) return;
       overview = m;
-      status.textContent = (zoomed ? `layer ${layer}, head ${head}: queries ${q0}–${q1 - 1}, keys ${k0}–${k1 - 1}`
-        : `layer ${layer}, head ${head}: ${tokens().length} tokens`) +
-        ((model.get("sink_layers") ?? []).includes(layer) ? "; rows sum to less than 1: the rest goes to the attention sink" : "");
+      status.textContent = describe(layer, head, zoomed ? [q0, q1, k0, k1] : null, tokens().length,
+        (model.get("sink_layers") ?? []).includes(layer));
       heatmap.draw(overview, region(), tokens(), model.get("query"));
       drawGrid();
     } catch (error) {
@@ -168,6 +167,12 @@ export function mountAttention(model: AnyModel<ViewState>, requests: Requests, o
       for (const [name, handler] of events) model.off(name, handler);
     },
   };
+}
+
+/** The status line: which head, which region, and where a row's missing weight went. */
+function describe(layer: number, head: number, zoom: number[] | null, n: number, sink: boolean): string {
+  const where = zoom ? `queries ${zoom[0]}–${zoom[1] - 1}, keys ${zoom[2]}–${zoom[3] - 1}` : `${n} tokens`;
+  return `layer ${layer}, head ${head}: ${where}` + (sink ? "; rows sum to less than 1: the rest goes to the attention sink" : "");
 }
 
 /** Layer and head selects, the zoom reset, the status line and the export buttons. */
