@@ -85,7 +85,8 @@ def attribute(trace: Trace, target=None, contrast=None, method: str = "grad_x_in
                          f"(step s attributes the token generated after the prompt and s earlier ones)")
     notes: list[str] = []
     ids = trace.input_ids[:trace.n_prompt + step]
-    if lm.facts.kind == "causal":
+    classifier = lm.facts.kind == "classifier"  # logits [batch, classes]: the text's, no position
+    if lm.facts.kind == "causal" or classifier:
         position = len(ids) - 1
     else:
         mask = getattr(lm.tokenizer, "mask_token_id", None)
@@ -97,15 +98,20 @@ def attribute(trace: Trace, target=None, contrast=None, method: str = "grad_x_in
         position = int(hits[0, 0])
     if target is None:
         target_id = trace.generated_ids[step] if trace.generated_ids else trace.next_token_id
+    elif classifier:
+        target_id = lm.label_id(target)
     else:
         target_id = first_token_id(lm.tokenizer, target, "target", notes, len(lm.tokenizer))
-    contrast_id = None if contrast is None else first_token_id(lm.tokenizer, contrast, "contrast", notes,
-                                                                len(lm.tokenizer))
+    if classifier:
+        contrast_id = None if contrast is None else lm.label_id(contrast)
+    else:
+        contrast_id = None if contrast is None else first_token_id(lm.tokenizer, contrast, "contrast", notes,
+                                                                    len(lm.tokenizer))
     if contrast_id is not None and contrast_id == target_id:
         raise InputError(f"target and contrast are the same token ({target!r}): give two different tokens")
 
-    def score_of(logits: torch.Tensor) -> torch.Tensor:  # logits [batch, T, vocab] -> [batch]
-        last = logits[:, position].float()
+    def score_of(logits: torch.Tensor) -> torch.Tensor:  # logits [batch, T, vocab] (or [batch, classes]) -> [batch]
+        last = logits.float() if classifier else logits[:, position].float()
         if contrast_id is None:
             return torch.log_softmax(last, dim=-1)[:, target_id]
         return last[:, target_id] - last[:, contrast_id]
@@ -120,12 +126,12 @@ def attribute(trace: Trace, target=None, contrast=None, method: str = "grad_x_in
             scores, head_importance, logits = _attention_x_grad(lm, embeds, score_of)
         else:
             scores, delta, logits = _captum(model, embeds, score_of, method, n_steps, reference)
-    probs = torch.softmax(logits[position].float(), dim=-1)
+    probs = torch.softmax((logits if classifier else logits[position]).float(), dim=-1)
     value = score_of(logits[None]).item()
-    tok = lm.tokenizer
+    name = (lambda i: lm.labels[i]) if classifier else (lambda i: lm.tokenizer.decode([i]))
     return Attribution(
-        tokens=list(trace.tokens[:len(ids)]), scores=scores.float().cpu(), target=tok.decode([target_id]),
-        target_id=target_id, contrast=None if contrast_id is None else tok.decode([contrast_id]),
+        tokens=list(trace.tokens[:len(ids)]), scores=scores.float().cpu(), target=name(target_id),
+        target_id=target_id, contrast=None if contrast_id is None else name(contrast_id),
         contrast_id=contrast_id, method=method, step=step, p_target=float(probs[target_id]),
         p_contrast=None if contrast_id is None else float(probs[contrast_id]), score=value,
         n_prompt=trace.n_prompt, head_importance=head_importance, delta=delta, notes=notes, trace=trace)

@@ -20,7 +20,7 @@ class ModelFacts:
     name: str
     architecture: str  # the model class, e.g. "LlamaForCausalLM"
     model_type: str  # the config's model_type, e.g. "llama"
-    kind: str  # "causal" (generates left to right) or "masked" (bidirectional encoder)
+    kind: str  # "causal" (generates left to right), "masked" (bidirectional encoder) or "classifier" (labels a text)
     n_layers: int
     n_heads: int
     n_kv_heads: int
@@ -81,6 +81,25 @@ class LanguageModel:
         return 0
 
     @property
+    def labels(self) -> list[str]:
+        """A sequence classifier's class names by id (the config's id2label); [] for other models."""
+        if not type(self.model).__name__.endswith("ForSequenceClassification"):
+            return []
+        config = self.model.config
+        names = getattr(config, "id2label", None) or {}
+        return [str(names.get(i, f"LABEL_{i}")) for i in range(int(getattr(config, "num_labels", len(names))))]
+
+    def label_id(self, label: str | int) -> int:
+        """A class given by name or id, checked."""
+        labels = self.labels
+        if isinstance(label, int) and not isinstance(label, bool) and 0 <= label < len(labels):
+            return label
+        if isinstance(label, str) and label in labels:
+            return labels.index(label)
+        raise InputError(f"{label!r} is not a class of {self.name}: its classes are {labels} (by name, or id 0 to "
+                         f"{len(labels) - 1})")
+
+    @property
     def facts(self) -> ModelFacts:
         model = self.model
         text = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
@@ -93,7 +112,7 @@ class LanguageModel:
             name=self.name,
             architecture=type(model).__name__,
             model_type=getattr(text, "model_type", "") or getattr(model.config, "model_type", ""),
-            kind="causal" if can_generate else "masked",
+            kind="classifier" if self.labels else "causal" if can_generate else "masked",
             n_layers=_config_int(text, "num_hidden_layers", "n_layer") or 0,
             n_heads=n_heads,
             n_kv_heads=_config_int(text, "num_key_value_heads") or n_heads,

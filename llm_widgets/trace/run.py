@@ -86,6 +86,9 @@ def run_trace(lm: LanguageModel, prompt: Any, *, max_new_tokens: int = 0, edits=
     check_generation_settings(generation_kwargs)
     if capture_dtype is not None and not (isinstance(capture_dtype, torch.dtype) and capture_dtype.is_floating_point):
         raise InputError(f"capture_dtype must be a floating torch dtype such as torch.float16; got {capture_dtype!r}")
+    if facts.kind == "classifier" and max_new_tokens:
+        raise InputError(f"{lm.name} is a classifier: it gives class probabilities (trace.label_probabilities), not "
+                         f"text; use max_new_tokens=0")
     if facts.kind != "causal" and max_new_tokens:
         raise InputError(f"{lm.name} is a masked (bidirectional) model: it does not generate, use max_new_tokens=0")
     batch = batch_rows(prompt)
@@ -178,8 +181,12 @@ def run_trace(lm: LanguageModel, prompt: Any, *, max_new_tokens: int = 0, edits=
                 generated = generated[:i + 1]
                 break
         end = prompt_end + len(generated)
-        logits = [step[b] for step in step_logits[:max(1, len(generated))]] if facts.kind == "causal" else \
-            [step[b] for step in step_logits[start:prompt_end]]
+        if facts.kind == "causal":
+            logits = [step[b] for step in step_logits[:max(1, len(generated))]]
+        elif facts.kind == "classifier":  # one step: the classes
+            logits = [step_logits[0][b]]
+        else:
+            logits = [step[b] for step in step_logits[start:prompt_end]]
         row_record = make_record(lm, listed[b], generation, edits, generated)
         if is_batch:  # each record its own lists: a user editing one changes no other
             row_record["batch"] = {"prompt_ids": [list(r) for r in listed], "row": b}
@@ -191,7 +198,8 @@ def run_trace(lm: LanguageModel, prompt: Any, *, max_new_tokens: int = 0, edits=
             attention_layers=with_attention, edits=edits, top_k=[top_k_of(step, TOP_K_KEPT) for step in logits],
             chosen=[probability_of(step, token) for step, token in zip(logits, generated)],
             first_logprobs=torch.log_softmax(logits[0].float(), dim=-1).cpu(),  # any token's p at step 0
-            logits=prompt_logits[b, start:prompt_end].float().cpu() if prompt_logits is not None else None,
+            logits=None if prompt_logits is None else prompt_logits[b].float().cpu() if facts.kind == "classifier"
+            else prompt_logits[b, start:prompt_end].float().cpu(),
             record=row_record))
     if profile:
         for trace in traces:
@@ -241,7 +249,8 @@ def _forward_or_generate(model: torch.nn.Module, lm: LanguageModel, inputs: _Inp
         out = model(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask, use_cache=False, **positions,
                     **({"logits_to_keep": 1} if last_only else {}))
         logits = out.logits
-        step_logits = [logits[:, -1]] if lm.facts.kind == "causal" else list(logits.unbind(1))
+        kind = lm.facts.kind
+        step_logits = [logits[:, -1]] if kind == "causal" else [logits] if kind == "classifier" else list(logits.unbind(1))
         return inputs.input_ids, step_logits, logits.float().cpu() if keep_logits else None, None
     kwargs = {"pad_token_id": lm.pad_token_id, **generation_kwargs}
     out = model.generate(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask,

@@ -148,7 +148,18 @@ class Trace:
 
     @cached_property
     def output_text(self) -> str:
+        """The generated text; a classifier's predicted class."""
+        if self.model.labels:
+            return self.model.labels[self.next_token_id]
         return self.model.tokenizer.decode(self.input_ids[self.n_prompt:].tolist(), skip_special_tokens=True)
+
+    @property
+    def label_probabilities(self) -> dict[str, float]:
+        """A classifier's probability of each class, by name ({} for other models)."""
+        labels = self.model.labels
+        if not labels or self._first_logprobs is None:
+            return {}
+        return {name: float(p) for name, p in zip(labels, self._first_logprobs.exp().tolist())}
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -179,8 +190,9 @@ class Trace:
         ids, probs = self._top_k[step]
         if not 1 <= k <= len(ids):
             raise InputError(f"k must be between 1 and {len(ids)}; got {k}")
-        tok = self.model.tokenizer
-        return [(tok.decode([i]), float(p)) for i, p in zip(ids[:k].tolist(), probs[:k].tolist())]
+        tok, labels = self.model.tokenizer, self.model.labels
+        name = (lambda i: labels[i]) if labels else (lambda i: tok.decode([i]))  # a classifier's top k are classes
+        return [(name(i), float(p)) for i, p in zip(ids[:k].tolist(), probs[:k].tolist())]
 
     def chosen_probability(self, step: int) -> float:
         """Probability the model gave the token that was actually generated at `step`."""
@@ -190,7 +202,10 @@ class Trace:
         return self._chosen[step]
 
     def token_id(self, token: str | int) -> int:
-        """The id of a token given as an id or as text; text that is several tokens is refused."""
+        """The id of a token given as an id or as text; text that is several tokens is refused.
+        A classifier's "tokens" are its classes, by name or id."""
+        if self.model.labels:
+            return self.model.label_id(token)
         tok = self.model.tokenizer
         if isinstance(token, int) and not isinstance(token, bool):
             if not 0 <= token < len(tok):

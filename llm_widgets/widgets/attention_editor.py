@@ -76,10 +76,12 @@ class AttentionEditor(AttentionView):
                  **generation_kwargs):
         if not isinstance(model, LanguageModel):
             raise WrongTypeError(f"AttentionEditor takes a LanguageModel (from lw.load_model), got {type(model).__name__}")
-        if model.facts.kind != "causal":
-            raise InputError(f"{model.name} does not generate (a masked model): the editor needs a causal LM; "
-                             f"use lw.AttentionView(model.trace(prompt)) to see its attention")
+        if model.facts.kind == "masked":
+            raise InputError(f"{model.name} does not generate (a masked model): the editor needs a causal LM or a "
+                             f"classifier; use lw.AttentionView(model.trace(prompt)) to see its attention")
         self.lm = model
+        if model.facts.kind == "classifier":  # its output is a class: the editor shows it and its probability
+            max_new_tokens = 0
         self._settings = dict(max_new_tokens=max_new_tokens, seed=seed, do_sample=do_sample, **generation_kwargs)
         self.unedited: Trace = model.trace(prompt, **self._settings)
         self._prompt = self.unedited.input_ids[:self.unedited.n_prompt].tolist()  # ids: what every rerun uses
@@ -88,8 +90,9 @@ class AttentionEditor(AttentionView):
         self._reverting = False
         self._failure: Exception | None = None
         super().__init__(current, layer=layer, head=head, prompt_text=self.unedited.prompt_text,
-                         unedited_tokens=self.unedited.tokens[self.unedited.n_prompt:],
-                         target=model.tokenizer.decode([self.unedited.next_token_id]),
+                         unedited_tokens=_output_tokens(self.unedited),
+                         target=self.unedited.output_text if model.labels else
+                         model.tokenizer.decode([self.unedited.next_token_id]),
                          p_before=self.unedited.probability(self.unedited.next_token_id),
                          fidelity=fidelity(model, self._prompt))
         self.edit_specs = specs
@@ -181,9 +184,14 @@ class AttentionEditor(AttentionView):
         self.tokens = trace.tokens
         self.n_prompt = trace.n_prompt
         self.output_text = trace.output_text
-        self.new_tokens = trace.tokens[trace.n_prompt:]
+        self.new_tokens = _output_tokens(trace)
         self.p_after = trace.probability(self.unedited.next_token_id)
         self.record_json = json.dumps(trace.record, indent=1)
         self.error = ""
         self.runs += 1
         self.revision += 1
+
+
+def _output_tokens(trace: Trace) -> list[str]:
+    """What the editor shows as a run's output: its generated tokens, or a classifier's class."""
+    return [trace.output_text] if trace.model.labels else trace.tokens[trace.n_prompt:]
