@@ -105,6 +105,9 @@ def test_the_editor_regenerates_the_class(classifier):
     editor.edits = [lw.ScaleAttention(0.02, keys=(0, 8)), lw.AblateHead(layer=1, head=0)]
     assert editor.p_after != pytest.approx(editor.p_before, abs=1e-6)  # p(the class it chose) moved
     assert editor.unedited_tokens == [before] and editor.new_tokens == [editor.output_text]
+    bars = {row["label"]: row for row in editor.class_bars}  # a bar per class, without edits and with them
+    assert list(bars) == classifier.labels
+    assert bars[before]["before"] == pytest.approx(editor.p_before) and bars[before]["after"] == pytest.approx(editor.p_after)
     assert editor.output_text == classifier.trace(PROMPT, edits=editor.edits).output_text
     view = lw.AttentionView(classifier.trace(PROMPT))
     assert view.output_text == before

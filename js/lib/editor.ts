@@ -26,6 +26,7 @@ export interface EditorState extends ViewState {
   record_json: string;
   runs: number;
   run_seconds: number;
+  class_bars: { label: string; before: number; after: number }[];
 }
 
 const DEBOUNCE_MS = 250;
@@ -238,6 +239,29 @@ export function drawOutputs(before: HTMLElement, after: HTMLElement, prob: HTMLE
   after.dataset.runSeconds = String(m.get("run_seconds"));
   const [p0, p1] = [m.get("p_before"), m.get("p_after")];
   const delta = p1 - p0;
-  prob.textContent = `p(${JSON.stringify(m.get("target"))} next) ${p0.toFixed(3)} → ${p1.toFixed(3)} ` +
-    `(${delta >= 0 ? "+" : "−"}${Math.abs(delta).toFixed(3)})`;
+  const classes = m.get("class_bars") ?? [];
+  prob.replaceChildren(el("span", "", `p(${JSON.stringify(m.get("target"))}${classes.length ? "" : " next"}) ` +
+    `${p0.toFixed(3)} → ${p1.toFixed(3)} (${delta >= 0 ? "+" : "−"}${Math.abs(delta).toFixed(3)})`));
+  if (classes.length) prob.append(classBars(classes));
+}
+
+/** A classifier's classes: a bar without edits (grey) over one with them (blue), and the numbers. */
+function classBars(rows: { label: string; before: number; after: number }[]): HTMLElement {
+  const box = el("div", "lw-ed-classes");
+  box.setAttribute("aria-label", "class probabilities: without edits (grey bar), with them (blue bar)");
+  for (const row of rows) {
+    const line = el("div", "lw-ed-class");
+    line.dataset.label = row.label;
+    line.dataset.after = String(row.after);
+    const bars = el("div", "lw-ed-class-bars");
+    for (const [kind, p] of [["before", row.before], ["after", row.after]] as const) {
+      const bar = el("div", `lw-ed-bar lw-ed-bar-${kind}`);
+      bar.style.width = `${(100 * p).toFixed(1)}%`;
+      bars.append(bar);
+    }
+    line.append(el("span", "lw-label", row.label), bars,
+      el("span", "lw-ed-class-p", `${row.before.toFixed(3)} → ${row.after.toFixed(3)}`));
+    box.append(line);
+  }
+  return box;
 }

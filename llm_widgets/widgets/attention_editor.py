@@ -69,6 +69,9 @@ class AttentionEditor(AttentionView):
     record_json = traitlets.Unicode(
         help="the current run's record, as JSON (the download button's file)").tag(sync=True)
     runs = traitlets.Int(0, help="regenerations so far").tag(sync=True)
+    class_bars = traitlets.List(traitlets.Dict(per_key_traits={
+        "label": traitlets.Unicode(), "before": traitlets.Float(), "after": traitlets.Float()}),
+        help="a classifier's classes with p without edits and with them ([] for a generating model)").tag(sync=True)
     run_seconds = traitlets.Float(0.0, help="how long the last regenerate took in Python").tag(sync=True)
 
     def __init__(self, model: LanguageModel, prompt: Any, *, max_new_tokens: int = 20, edits: Any = (),
@@ -185,6 +188,8 @@ class AttentionEditor(AttentionView):
         self.n_prompt = trace.n_prompt
         self.output_text = trace.output_text
         self.new_tokens = _output_tokens(trace)
+        self.class_bars = [{"label": label, "before": p, "after": trace.label_probabilities[label]}
+                           for label, p in self.unedited.label_probabilities.items()]
         self.p_after = trace.probability(self.unedited.next_token_id)
         self.record_json = json.dumps(trace.record, indent=1)
         self.error = ""
