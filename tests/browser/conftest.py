@@ -244,3 +244,16 @@ def run_all_cells(page) -> None:
                 return
             page.wait_for_timeout(500)
     raise AssertionError("Run All Cells did not start the notebook (kernel not connected?)")
+
+
+def drag_over_keys(page, editor, first: int, last: int):
+    """Press on token `first` of an editor's strip and release on `last`, passing those between;
+    returns the strip's chips."""
+    chips = editor.locator(".lw-tok")
+    chips.nth(first).scroll_into_view_if_needed()
+    chips.nth(first).hover()
+    page.mouse.down()
+    for i in range(first + 1, last + 1):
+        chips.nth(i).hover()
+    page.mouse.up()
+    return chips

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from .conftest import ARTIFACTS, ROOT, _free_port, serve
+from .conftest import ARTIFACTS, ROOT, _free_port, drag_over_keys, serve
 from .test_tour import canvas_ink
 
 pytestmark = pytest.mark.browser
@@ -44,12 +44,7 @@ def test_marimo_renders_the_widgets_and_they_answer(marimo_app, page):
     editor.locator("canvas.lw-attn-heatmap[data-drawn]").wait_for(timeout=60_000)
     after = editor.locator(".lw-ed-after")
     original, runs = after.get_attribute("data-text"), int(after.get_attribute("data-runs"))
-    chips = editor.locator(".lw-tok")
-    chips.nth(7).scroll_into_view_if_needed()
-    chips.nth(7).hover()
-    page.mouse.down()
-    chips.nth(11).hover()
-    page.mouse.up()
+    drag_over_keys(page, editor, 7, 11)
     slider = editor.locator("input.lw-ed-factor")
     slider.focus()
     page.keyboard.press("End")

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from .conftest import ARTIFACTS, low_contrast, open_notebook, run_all_cells, set_theme, shot
+from .conftest import ARTIFACTS, drag_over_keys, low_contrast, open_notebook, run_all_cells, set_theme, shot
 
 pytestmark = pytest.mark.browser
 
@@ -100,13 +100,7 @@ def test_tour_notebook_runs_and_shows_its_widgets(front_end, page):
     assert slider.is_disabled() and "select key tokens" in editor.locator(".lw-ed-hint").inner_text()
     after = editor.locator(".lw-ed-after")
     original, runs = after.get_attribute("data-text"), int(after.get_attribute("data-runs"))
-    chips = editor.locator(".lw-tok")
-    chips.nth(7).scroll_into_view_if_needed()
-    chips.nth(7).hover()
-    page.mouse.down()
-    chips.nth(9).hover()
-    chips.nth(11).hover()
-    page.mouse.up()
+    chips = drag_over_keys(page, editor, 7, 11)
     assert [("lw-tok-key" in (chips.nth(i).get_attribute("class") or "")) for i in range(6, 13)] == \
         [False, True, True, True, True, True, False]
     assert editor.locator(".lw-ed-keys").inner_text().startswith("7–11")
