@@ -21,7 +21,9 @@ export interface GridView {
   draw(selected: { layer: number; head: number }, marks: GridMark[]): void;
 }
 
-export function mountGrid(layers: number, heads: number, onClick: (layer: number, head: number, event: MouseEvent) => void): GridView {
+export function mountGrid(layers: number, heads: number, onClick: (layer: number, head: number, event: MouseEvent) => void,
+  attending: number[] = []): GridView {
+  const silent = attending.length ? [...Array(layers).keys()].filter((l) => !attending.includes(l)) : [];
   const layout = gridLayout(layers, heads, CELL_PX, GAP_PX);
   const box = el("div", "lw-attn-gridbox");
   const grid = el("canvas", "lw-attn-grid");
@@ -30,7 +32,8 @@ export function mountGrid(layers: number, heads: number, onClick: (layer: number
   grid.setAttribute("aria-label", "all layers (rows) by heads (columns): click one to show it");
   const blocks = layout.blocks === 1 ? "" : `, ${layout.perBlock} layers per column block`;
   box.append(el("div", "lw-attn-caption", `all heads: layer ↓ head →${blocks}`), grid,
-    el("div", "lw-note", "each map scaled to its own maximum"));
+    el("div", "lw-note", "each map scaled to its own maximum" +
+      (silent.length ? "; grey: a layer without attention (linear attention or state space)" : "")));
   const gctx = grid.getContext("2d")!;
   let thumbnails: HTMLCanvasElement | null = null;
 
@@ -53,6 +56,11 @@ export function mountGrid(layers: number, heads: number, onClick: (layer: number
         const one = { rows: size, cols: size, data: maps.data.subarray(start * size, (start + size) * size) };
         octx.putImageData(new ImageData(toPixels(one, maxOf(one)), size, size), 0, 0);
         const [x, y] = layout.origin(layer, head);
+        if (silent.includes(layer)) {  // nothing attends here: no map to draw
+          ictx.fillStyle = "#d9d9d9";
+          ictx.fillRect(x + 1, y + 1, CELL_PX - 2, CELL_PX - 2);
+          continue;
+        }
         ictx.drawImage(off, x + 1, y + 1, CELL_PX - 2, CELL_PX - 2);
       }
     }

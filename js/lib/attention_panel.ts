@@ -70,7 +70,7 @@ export function mountAttention(model: AnyModel<ViewState>, requests: Requests, o
   const grid = mountGrid(model.get("n_layers"), model.get("n_heads"), (layer, head, event) => {
     if (!(model.get("attention_layers") ?? [layer]).includes(layer)) return;  // a blank row: no attention there
     if (!options.onGridClick?.(layer, head, event)) set({ layer, head });
-  });
+  }, model.get("attention_layers") ?? []);
   const headView = mountHeadView(model.get("n_heads"), (head) => set({ head }));
   const body = el("div", "lw-attn-body");
   body.append(heatmap.element, grid.element, headView.element);
