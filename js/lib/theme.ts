@@ -33,10 +33,11 @@ export function followTheme(panel: HTMLElement, onChange: (dark: boolean) => voi
     panel.classList.toggle("lw-dark", now);
     onChange(now);
   };
-  const timers: number[] = [];
-  const soon = () => {
+  let timers: number[] = [];
+  const soon = () => {  // now, and again as a new stylesheet applies; a newer change replaces the pending checks
     check();
-    for (const ms of [50, 300, 1000]) timers.push(window.setTimeout(check, ms));
+    timers.forEach((t) => clearTimeout(t));
+    timers = [50, 300, 1000].map((ms) => window.setTimeout(check, ms));
   };
   const observer = new MutationObserver(soon);
   for (const node of [document.documentElement, document.body]) {
