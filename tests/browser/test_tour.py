@@ -155,9 +155,9 @@ def test_tour_notebook_runs_and_shows_its_widgets(front_end, page):
         bad = low_contrast(page)
         assert bad == [], "\n".join(bad)
         assert canvas_ink(first.locator("canvas.lw-attn-heatmap")) > 0.05
+        page.set_viewport_size({"width": 1280, "height": 1700})  # each view whole, title included
         first.scroll_into_view_if_needed()
-        page.screenshot(path=shot(front_end, "attention_view_dark"))
-        page.set_viewport_size({"width": 1280, "height": 1700})
+        first.screenshot(path=shot(front_end, "attention_view_dark"))
         editor.scroll_into_view_if_needed()
         editor.screenshot(path=shot(front_end, "attention_editor_dark"))
     finally:  # the theme is a saved setting of this server: the next test starts light
