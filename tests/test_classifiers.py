@@ -111,3 +111,46 @@ def test_the_editor_regenerates_the_class(classifier):
     assert editor.output_text == classifier.trace(PROMPT, edits=editor.edits).output_text
     view = lw.AttentionView(classifier.trace(PROMPT))
     assert view.output_text == before
+
+
+# --- token classification: a class per token ---
+
+@pytest.fixture(scope="module")
+def tagger():
+    torch.manual_seed(0)
+    model = transformers.BertForTokenClassification(transformers.BertConfig(**SIZES)).eval()
+    return lw.LanguageModel(model, ToyTokenizer(), name="tiny-bert-tagger")
+
+
+def test_a_token_classifier_labels_each_token(tagger):
+    assert tagger.facts.kind == "token_classifier"
+    tr = tagger.trace(PROMPT)
+    with torch.no_grad():
+        probs = torch.softmax(tagger.model(torch.tensor([PROMPT])).logits[0].float(), -1)
+    assert [label for _, label, _ in tr.token_labels] == [LABELS[int(i)] for i in probs.argmax(-1)]
+    assert [p for _, _, p in tr.token_labels] == pytest.approx(probs.max(-1).values.tolist(), abs=1e-6)
+    assert tr.output_text == " ".join(label for _, label, _ in tr.token_labels) and tr.label_probabilities == {}
+    assert tr.probability("positive", step=5) == pytest.approx(float(probs[5, 2]), abs=1e-6)
+    with pytest.raises(lw.InputError, match="is a classifier.*trace.token_labels"):
+        tagger.trace(PROMPT, max_new_tokens=2)
+
+
+def test_token_attribution_explains_one_token_s_class(tagger):
+    a = tagger.trace(PROMPT).attribute("negative", step=5)  # why token 5 is (or is not) "negative"
+    model = tagger.model
+    embeds = model.get_input_embeddings()(torch.tensor([PROMPT])).detach().requires_grad_(True)
+    with torch.enable_grad():
+        logp = torch.log_softmax(model(inputs_embeds=embeds, attention_mask=torch.ones(1, len(PROMPT))).logits[0, 5], -1)
+        logp[0].backward()
+    torch.testing.assert_close(a.scores, (embeds.grad * embeds).sum(-1)[0].detach(), atol=1e-5, rtol=1e-4)
+    assert a.target == "negative" and len(a.scores) == len(PROMPT)
+    with pytest.raises(lw.InputError, match="step 14 is out of range"):
+        tagger.trace(PROMPT).attribute("negative", step=14)
+
+
+def test_the_editor_shows_each_token_s_class_before_and_after(tagger):
+    editor = lw.AttentionEditor(tagger, PROMPT)
+    assert editor.unedited_tokens == [label for _, label, _ in editor.unedited.token_labels]
+    editor.edits = [lw.ScaleAttention(0.0, keys=(0, 7)), lw.AblateHead(layer=1, head=0)]
+    assert editor.new_tokens == [label for _, label, _ in tagger.trace(PROMPT, edits=editor.edits).token_labels]
+    assert editor.class_bars == []

@@ -78,15 +78,18 @@ def attribute(trace: Trace, target=None, contrast=None, method: str = "grad_x_in
     if baseline not in BASELINES:
         raise InputError(f"unknown baseline {baseline!r}; choose one of {', '.join(BASELINES)}")
     lm = trace.model
-    n_steps_available = max(1, len(trace.generated_ids))
+    per_token = lm.facts.kind == "token_classifier"  # step s: the class of token s
+    n_steps_available = len(trace) if per_token else max(1, len(trace.generated_ids))
     step = 0 if step is None else step
     if not isinstance(step, int) or not 0 <= step < n_steps_available:
         raise InputError(f"step {step!r} is out of range: this trace has steps 0 to {n_steps_available - 1} "
                          f"(step s attributes the token generated after the prompt and s earlier ones)")
     notes: list[str] = []
-    ids = trace.input_ids[:trace.n_prompt + step]
+    ids = trace.input_ids[:trace.n_prompt if per_token else trace.n_prompt + step]
     classifier = lm.facts.kind == "classifier"  # logits [batch, classes]: the text's, no position
-    if lm.facts.kind == "causal" or classifier:
+    if per_token:
+        position = step
+    elif lm.facts.kind == "causal" or classifier:
         position = len(ids) - 1
     else:
         mask = getattr(lm.tokenizer, "mask_token_id", None)
@@ -96,13 +99,15 @@ def attribute(trace: Trace, target=None, contrast=None, method: str = "grad_x_in
                              f"{getattr(lm.tokenizer, 'mask_token', None)!r} in the prompt, and the attribution is for "
                              f"what it predicts there")
         position = int(hits[0, 0])
-    if target is None:
+    if target is None and per_token:
+        target_id = lm.label_id(trace.token_labels[step][1])
+    elif target is None:
         target_id = trace.generated_ids[step] if trace.generated_ids else trace.next_token_id
-    elif classifier:
+    elif classifier or per_token:
         target_id = lm.label_id(target)
     else:
         target_id = first_token_id(lm.tokenizer, target, "target", notes, len(lm.tokenizer))
-    if classifier:
+    if classifier or per_token:
         contrast_id = None if contrast is None else lm.label_id(contrast)
     else:
         contrast_id = None if contrast is None else first_token_id(lm.tokenizer, contrast, "contrast", notes,
@@ -128,7 +133,7 @@ def attribute(trace: Trace, target=None, contrast=None, method: str = "grad_x_in
             scores, delta, logits = _captum(model, embeds, score_of, method, n_steps, reference)
     probs = torch.softmax((logits if classifier else logits[position]).float(), dim=-1)
     value = score_of(logits[None]).item()
-    name = (lambda i: lm.labels[i]) if classifier else (lambda i: lm.tokenizer.decode([i]))
+    name = (lambda i: lm.labels[i]) if lm.labels else (lambda i: lm.tokenizer.decode([i]))
     return Attribution(
         tokens=list(trace.tokens[:len(ids)]), scores=scores.float().cpu(), target=name(target_id),
         target_id=target_id, contrast=None if contrast_id is None else name(contrast_id),

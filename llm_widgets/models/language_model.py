@@ -20,7 +20,8 @@ class ModelFacts:
     name: str
     architecture: str  # the model class, e.g. "LlamaForCausalLM"
     model_type: str  # the config's model_type, e.g. "llama"
-    kind: str  # "causal" (generates left to right), "masked" (bidirectional encoder) or "classifier" (labels a text)
+    kind: str  # "causal" (generates left to right), "masked" (bidirectional encoder), "classifier" (labels a text)
+    # or "token_classifier" (labels each token)
     n_layers: int
     n_heads: int
     n_kv_heads: int
@@ -35,6 +36,12 @@ class ModelFacts:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _kind(model: Any, labels: bool, can_generate: bool) -> str:
+    if labels:
+        return "token_classifier" if type(model).__name__.endswith("ForTokenClassification") else "classifier"
+    return "causal" if can_generate else "masked"
 
 
 def _config_int(config: Any, *names: str) -> int | None:
@@ -81,9 +88,14 @@ class LanguageModel:
         return 0
 
     @property
+    def kind(self) -> str:
+        """facts.kind, without the rest of the facts (which count parameters)."""
+        return _kind(self.model, bool(self.labels), getattr(self.model, "can_generate", lambda: False)())
+
+    @property
     def labels(self) -> list[str]:
-        """A sequence classifier's class names by id (the config's id2label); [] for other models."""
-        if not type(self.model).__name__.endswith("ForSequenceClassification"):
+        """A classifier's class names by id (the config's id2label); [] for other models."""
+        if not type(self.model).__name__.endswith(("ForSequenceClassification", "ForTokenClassification")):
             return []
         config = self.model.config
         names = getattr(config, "id2label", None) or {}
@@ -107,12 +119,11 @@ class LanguageModel:
         hidden = _config_int(text, "hidden_size", "n_embd", "d_model") or 0
         head_dim = _config_int(text, "head_dim") or (hidden // n_heads if n_heads else 0)
         param = next(model.parameters(), None)
-        can_generate = getattr(model, "can_generate", lambda: False)()
         return ModelFacts(
             name=self.name,
             architecture=type(model).__name__,
             model_type=getattr(text, "model_type", "") or getattr(model.config, "model_type", ""),
-            kind="classifier" if self.labels else "causal" if can_generate else "masked",
+            kind=self.kind,
             n_layers=_config_int(text, "num_hidden_layers", "n_layer") or 0,
             n_heads=n_heads,
             n_kv_heads=_config_int(text, "num_key_value_heads") or n_heads,

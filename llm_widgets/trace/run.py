@@ -86,9 +86,10 @@ def run_trace(lm: LanguageModel, prompt: Any, *, max_new_tokens: int = 0, edits=
     check_generation_settings(generation_kwargs)
     if capture_dtype is not None and not (isinstance(capture_dtype, torch.dtype) and capture_dtype.is_floating_point):
         raise InputError(f"capture_dtype must be a floating torch dtype such as torch.float16; got {capture_dtype!r}")
-    if facts.kind == "classifier" and max_new_tokens:
-        raise InputError(f"{lm.name} is a classifier: it gives class probabilities (trace.label_probabilities), not "
-                         f"text; use max_new_tokens=0")
+    if facts.kind in ("classifier", "token_classifier") and max_new_tokens:
+        what = "trace.label_probabilities" if facts.kind == "classifier" else "trace.token_labels"
+        raise InputError(f"{lm.name} is a classifier: it gives class probabilities ({what}), not text; use "
+                         f"max_new_tokens=0")
     if facts.kind != "causal" and max_new_tokens:
         raise InputError(f"{lm.name} is a masked (bidirectional) model: it does not generate, use max_new_tokens=0")
     batch = batch_rows(prompt)

@@ -148,18 +148,28 @@ class Trace:
 
     @cached_property
     def output_text(self) -> str:
-        """The generated text; a classifier's predicted class."""
+        """The generated text; a classifier's predicted class (a token classifier's, one per token)."""
+        if self.model.kind == "token_classifier":
+            return " ".join(label for _, label, _ in self.token_labels)
         if self.model.labels:
             return self.model.labels[self.next_token_id]
         return self.model.tokenizer.decode(self.input_ids[self.n_prompt:].tolist(), skip_special_tokens=True)
 
     @property
     def label_probabilities(self) -> dict[str, float]:
-        """A classifier's probability of each class, by name ({} for other models)."""
+        """A sequence classifier's probability of each class, by name ({} for other models)."""
         labels = self.model.labels
-        if not labels or self._first_logprobs is None:
+        if self.model.kind != "classifier" or self._first_logprobs is None:
             return {}
         return {name: float(p) for name, p in zip(labels, self._first_logprobs.exp().tolist())}
+
+    @property
+    def token_labels(self) -> list[tuple[str, str, float]]:
+        """A token classifier's (token, predicted class, its probability) for each token ([] for other models)."""
+        if self.model.kind != "token_classifier":
+            return []
+        labels = self.model.labels
+        return [(token, labels[int(ids[0])], float(probs[0])) for token, (ids, probs) in zip(self.tokens, self._top_k)]
 
     def __len__(self) -> int:
         return len(self.input_ids)

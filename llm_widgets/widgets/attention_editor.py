@@ -83,7 +83,7 @@ class AttentionEditor(AttentionView):
             raise InputError(f"{model.name} does not generate (a masked model): the editor needs a causal LM or a "
                              f"classifier; use lw.AttentionView(model.trace(prompt)) to see its attention")
         self.lm = model
-        if model.facts.kind == "classifier":  # its output is a class: the editor shows it and its probability
+        if model.facts.kind in ("classifier", "token_classifier"):  # classes: the editor shows them, with p
             max_new_tokens = 0
         self._settings = dict(max_new_tokens=max_new_tokens, seed=seed, do_sample=do_sample, **generation_kwargs)
         self.unedited: Trace = model.trace(prompt, **self._settings)
@@ -94,7 +94,7 @@ class AttentionEditor(AttentionView):
         self._failure: Exception | None = None
         super().__init__(current, layer=layer, head=head, prompt_text=self.unedited.prompt_text,
                          unedited_tokens=_output_tokens(self.unedited),
-                         target=self.unedited.output_text if model.labels else
+                         target=self.unedited.top_k(k=1)[0][0] if model.labels else
                          model.tokenizer.decode([self.unedited.next_token_id]),
                          p_before=self.unedited.probability(self.unedited.next_token_id),
                          fidelity=fidelity(model, self._prompt))
@@ -198,5 +198,8 @@ class AttentionEditor(AttentionView):
 
 
 def _output_tokens(trace: Trace) -> list[str]:
-    """What the editor shows as a run's output: its generated tokens, or a classifier's class."""
+    """What the editor shows as a run's output: its generated tokens, a classifier's class, or a token
+    classifier's class of each token."""
+    if trace.model.kind == "token_classifier":
+        return [label for _, label, _ in trace.token_labels]
     return [trace.output_text] if trace.model.labels else trace.tokens[trace.n_prompt:]
