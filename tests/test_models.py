@@ -135,6 +135,16 @@ def test_local_directory_loads_like_the_hub(tiny_gpt2, tmp_path):
         torch.testing.assert_close(local.model(ids).logits, tiny_gpt2.model(ids).logits)
 
 
+def test_a_classifier_from_a_local_directory(tiny_gpt2, tmp_path):
+    config = transformers.GPT2Config(vocab_size=len(tiny_gpt2.tokenizer), n_embd=32, n_layer=2, n_head=2,
+                                     id2label={0: "negative", 1: "positive"}, pad_token_id=0)
+    transformers.GPT2ForSequenceClassification(config).save_pretrained(tmp_path)
+    tiny_gpt2.tokenizer.save_pretrained(tmp_path)
+    clf = lw.load_model(tmp_path)
+    assert clf.facts.kind == "classifier" and clf.labels == ["negative", "positive"]
+    assert set(clf.trace("Call me Ishmael.").label_probabilities) == {"negative", "positive"}
+
+
 def test_local_directory_without_tokenizer(tiny_gpt2, tmp_path):
     tiny_gpt2.model.save_pretrained(tmp_path)
     with pytest.raises(ValueError, match=r"no tokenizer.*lw\.LanguageModel\(model, tokenizer\)"):

@@ -98,7 +98,7 @@ def _from_pretrained(path: str, name: str, dtype: Any, revision: str | None, tru
                      kwargs: dict, progress: bool = True) -> LanguageModel:
     from transformers import (
         MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_FOR_MASKED_LM_MAPPING, AutoConfig, AutoModelForCausalLM,
-        AutoModelForMaskedLM, AutoTokenizer,
+        AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer,
     )
 
     common = {"revision": revision, "trust_remote_code": trust_remote_code}
@@ -118,9 +118,14 @@ def _from_pretrained(path: str, name: str, dtype: Any, revision: str | None, tru
             f"(e.g. {SMOLLM2_HUB_ID!r}) on a machine with network access or with the files in the hub cache, "
             f"or save it with save_pretrained() and pass that directory. ({type(error).__name__}: {error})"
         ) from error
-    # BERT-style configs are in both mappings; the saved architecture decides
-    saved_as_masked = any(a.endswith("ForMaskedLM") for a in (config.architectures or []))
-    if type(config) in MODEL_FOR_CAUSAL_LM_MAPPING and not saved_as_masked:
+    # BERT-style configs are in both mappings; the saved architecture decides (a classifier too)
+    saved = config.architectures or []
+    saved_as_masked = any(a.endswith("ForMaskedLM") for a in saved)
+    if any(a.endswith("ForSequenceClassification") for a in saved):
+        auto = AutoModelForSequenceClassification
+    elif any(a.endswith("ForTokenClassification") for a in saved):
+        auto = AutoModelForTokenClassification
+    elif type(config) in MODEL_FOR_CAUSAL_LM_MAPPING and not saved_as_masked:
         auto = AutoModelForCausalLM
     elif type(config) in MODEL_FOR_MASKED_LM_MAPPING:
         auto = AutoModelForMaskedLM
