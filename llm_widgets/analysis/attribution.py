@@ -78,7 +78,8 @@ def attribute(trace: Trace, target=None, contrast=None, method: str = "grad_x_in
     if baseline not in BASELINES:
         raise InputError(f"unknown baseline {baseline!r}; choose one of {', '.join(BASELINES)}")
     lm = trace.model
-    per_token = lm.facts.kind == "token_classifier"  # step s: the class of token s
+    kind = lm.kind  # (lm.facts would count the parameters)
+    per_token = kind == "token_classifier"  # step s: the class of token s
     n_steps_available = len(trace) if per_token else max(1, len(trace.generated_ids))
     step = 0 if step is None else step
     if not isinstance(step, int) or not 0 <= step < n_steps_available:
@@ -86,10 +87,10 @@ def attribute(trace: Trace, target=None, contrast=None, method: str = "grad_x_in
                          f"(step s attributes the token generated after the prompt and s earlier ones)")
     notes: list[str] = []
     ids = trace.input_ids[:trace.n_prompt if per_token else trace.n_prompt + step]
-    classifier = lm.facts.kind == "classifier"  # logits [batch, classes]: the text's, no position
+    classifier = kind == "classifier"  # logits [batch, classes]: the text's, no position
     if per_token:
         position = step
-    elif lm.facts.kind == "causal" or classifier:
+    elif kind == "causal" or classifier:
         position = len(ids) - 1
     else:
         mask = getattr(lm.tokenizer, "mask_token_id", None)

@@ -118,8 +118,8 @@ class RunState:
             captured.sliding_window = sliding_window
             captured.is_causal = bool(is_causal)
             sinks = kwargs.get("s_aux", getattr(module, "sinks", None))
-            captured.sinks = sinks.detach().float().flatten().to(self.capture_device or sinks.device) \
-                if isinstance(sinks, torch.Tensor) else None
+            if captured.sinks is None and isinstance(sinks, torch.Tensor):  # a parameter: copied once a run
+                captured.sinks = sinks.detach().float().flatten().to(self.capture_device or sinks.device)
             new = slice(q_start - k_start, q_start - k_start + q_len)  # the key slots of this call's positions
             captured.queries.append((q_start, self._keep(query, query)))  # every batch row: [B, H, n, d]
             captured.keys.append((q_start, self._keep(key[:, :, new], key)))
