@@ -83,10 +83,10 @@ def test_capture_on_the_cpu_or_in_half_precision(arch):
     lm = on_cuda(build(arch), torch.float32)
     on_device = lm.trace(PROMPT)
     moved = lm.trace(PROMPT, capture_device="cpu")
-    assert moved._layer(0).queries.device.type == "cpu"
+    assert moved.stack().layer(0).queries.device.type == "cpu"
     torch.testing.assert_close(moved.attention(1, 0), on_device.attention(1, 0), atol=1e-6, rtol=0)
     half = lm.trace(PROMPT, capture_dtype=torch.float16)
-    assert half._layer(0).keys.dtype == torch.float16
+    assert half.stack().layer(0).keys.dtype == torch.float16
     torch.testing.assert_close(half.attention(1, 0), on_device.attention(1, 0), atol=1e-3, rtol=0)
 
 
@@ -142,7 +142,7 @@ def test_a_model_split_between_gpu_and_cpu_equals_the_whole(tiny_gpt2):
     assert ours.generated_ids == reference.generated_ids
     torch.testing.assert_close(ours.logits, reference.logits, atol=1e-4, rtol=0)
     # with a GPU, accelerate runs the "cpu" layers on it, their weights loaded from CPU memory for each call
-    assert ours._layer(3).queries.device.type == "cuda"
+    assert ours.stack().layer(3).queries.device.type == "cuda"
     for layer in (0, 3):
         torch.testing.assert_close(ours.attention(layer, 2), reference.attention(layer, 2), atol=1e-5, rtol=0)
     torch.testing.assert_close(split.trace(TEXT).attribute(" the").scores.cpu(),

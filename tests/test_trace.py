@@ -60,7 +60,7 @@ def test_grid_of_every_head_is_each_heads_overview(tiny_gpt2):
 def test_queries_and_keys_kept_in_half_precision(tiny_gpt2):
     full = tiny_gpt2.trace("It is a truth universally acknowledged, that a single man", max_new_tokens=4)
     half = tiny_gpt2.trace(full.input_ids[:full.n_prompt], max_new_tokens=4, capture_dtype=torch.float16)
-    assert half._layer(0).queries.dtype == torch.float16 and half.generated_ids == full.generated_ids
+    assert half.stack().layer(0).queries.dtype == torch.float16 and half.generated_ids == full.generated_ids
     for layer in range(half.n_layers):
         torch.testing.assert_close(half.attention(layer, 3), full.attention(layer, 3), atol=2e-3, rtol=0)
     with pytest.raises(lw.InputError, match="capture_dtype must be a floating torch dtype"):

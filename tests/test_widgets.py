@@ -165,9 +165,9 @@ def test_a_batch_shows_one_row_at_a_time(tiny_gpt2):
 
 
 def test_grid_of_a_long_trace_samples_one_exact_row_per_bin(tiny_gpt2, monkeypatch):
-    from llm_widgets.trace import trace as trace_module
+    from llm_widgets.trace import attention
 
-    monkeypatch.setattr(trace_module, "EXACT_GRID", 8)  # treat this trace as long
+    monkeypatch.setattr(attention, "EXACT_GRID", 8)  # treat this trace as long
     view = lw.AttentionView(tiny_gpt2.trace("Call me Ishmael. Some years ago, never mind how long"))
     n = len(view.trace)
     grid = view.trace.attention_grid(size=4)

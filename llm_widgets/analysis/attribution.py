@@ -87,9 +87,14 @@ def attribute(trace: Trace, target=None, contrast=None, method: str = "grad_x_in
                          f"(step s attributes the token generated after the prompt and s earlier ones)")
     notes: list[str] = []
     ids = trace.input_ids[:trace.n_prompt if per_token else trace.n_prompt + step]
+    decoder_ids = None
+    if kind == "seq2seq":  # the source tokens are scored; the decoder is fed what it had produced before `step`
+        ids, decoder_ids = ids[:trace.n_source], ids[trace.n_source:]
     classifier = kind == "classifier"  # logits [batch, classes]: the text's, no position
     if per_token:
         position = step
+    elif decoder_ids is not None:
+        position = len(decoder_ids) - 1
     elif kind == "causal" or classifier:
         position = len(ids) - 1
     else:
@@ -128,10 +133,12 @@ def attribute(trace: Trace, target=None, contrast=None, method: str = "grad_x_in
         embeds = embed(ids[None].to(input_device(model))).detach()
         reference = _baseline(lm, embed, ids, embeds, baseline)
         head_importance = delta = None
+        if decoder_ids is not None:
+            decoder_ids = decoder_ids[None].to(embeds.device)
         if method == "attention_x_grad":
-            scores, head_importance, logits = _attention_x_grad(lm, embeds, score_of)
+            scores, head_importance, logits = _attention_x_grad(lm, embeds, score_of, decoder_ids)
         else:
-            scores, delta, logits = _captum(model, embeds, score_of, method, n_steps, reference)
+            scores, delta, logits = _captum(model, embeds, score_of, method, n_steps, reference, decoder_ids)
     probs = torch.softmax((logits if classifier else logits[position]).float(), dim=-1)
     value = score_of(logits[None]).item()
     name = (lambda i: lm.labels[i]) if lm.labels else (lambda i: lm.tokenizer.decode([i]))
@@ -140,12 +147,15 @@ def attribute(trace: Trace, target=None, contrast=None, method: str = "grad_x_in
         target_id=target_id, contrast=None if contrast_id is None else name(contrast_id),
         contrast_id=contrast_id, method=method, step=step, p_target=float(probs[target_id]),
         p_contrast=None if contrast_id is None else float(probs[contrast_id]), score=value,
-        n_prompt=trace.n_prompt, head_importance=head_importance, delta=delta, notes=notes, trace=trace)
+        n_prompt=trace.n_source or trace.n_prompt, head_importance=head_importance, delta=delta, notes=notes, trace=trace)
 
 
-def _forward(model, embeds: torch.Tensor) -> torch.Tensor:
+def _forward(model, embeds: torch.Tensor, decoder_ids: torch.Tensor | None = None, **kwargs):
+    """The model on input embeddings (an encoder-decoder's source, its decoder fed `decoder_ids`)."""
     mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
-    return model(inputs_embeds=embeds, attention_mask=mask, use_cache=False).logits
+    if decoder_ids is not None:
+        kwargs["decoder_input_ids"] = decoder_ids.expand(len(embeds), -1)  # captum batches the inputs
+    return model(inputs_embeds=embeds, attention_mask=mask, use_cache=False, **kwargs)
 
 
 def _baseline(lm: LanguageModel, embed, ids, embeds, name: str) -> torch.Tensor:
@@ -160,13 +170,13 @@ def _baseline(lm: LanguageModel, embed, ids, embeds, name: str) -> torch.Tensor:
     return embed(torch.full_like(ids[None], token).to(embeds.device)).detach().to(embeds.dtype)
 
 
-def _captum(model, embeds, score_of, method: str, n_steps: int, reference: torch.Tensor):
+def _captum(model, embeds, score_of, method: str, n_steps: int, reference: torch.Tensor, decoder_ids=None):
     from captum.attr import InputXGradient, IntegratedGradients, Occlusion
 
     seen: dict[str, torch.Tensor] = {}
 
     def forward(x):
-        logits = _forward(model, x)
+        logits = _forward(model, x, decoder_ids).logits
         if len(x) == 1 and "logits" not in seen and torch.equal(x.detach(), embeds):  # the input itself: keep
             seen["logits"] = logits[0].detach()
         return score_of(logits)
@@ -190,18 +200,19 @@ def _captum(model, embeds, score_of, method: str, n_steps: int, reference: torch
         attr = attr / embeds.shape[-1]  # Occlusion spreads each token's effect over its features
     if "logits" not in seen:
         with torch.no_grad():
-            seen["logits"] = _forward(model, embeds)[0]
+            seen["logits"] = _forward(model, embeds, decoder_ids).logits[0]
     return attr[0].sum(dim=-1).detach(), delta, seen["logits"]
 
 
-def _attention_x_grad(lm: LanguageModel, embeds, score_of):
-    """Attention weights x d score / d weights, from one eager forward with output_attentions."""
+def _attention_x_grad(lm: LanguageModel, embeds, score_of, decoder_ids=None):
+    """Attention weights x d score / d weights, from one eager forward with output_attentions
+    (an encoder-decoder's cross-attention: each output token's weights over the source)."""
     model = lm.model
     with model_mode(model, attn_implementation="eager"):  # SDPA gives no weights
         x = embeds.clone().requires_grad_(True)  # so the graph (and the weights' gradients) exists
-        mask = torch.ones(x.shape[:2], dtype=torch.long, device=x.device)
-        out = model(inputs_embeds=x, attention_mask=mask, output_attentions=True, use_cache=False)
-        attentions = [a for a in out.attentions if a is not None]
+        out = _forward(model, x, decoder_ids, output_attentions=True)
+        weights = out.cross_attentions if decoder_ids is not None else out.attentions
+        attentions = [a for a in weights if a is not None]
         if not attentions:
             raise InputError(f"{lm.name} returned no attention weights; use another method")
         for a in attentions:

@@ -20,8 +20,8 @@ class ModelFacts:
     name: str
     architecture: str  # the model class, e.g. "LlamaForCausalLM"
     model_type: str  # the config's model_type, e.g. "llama"
-    kind: str  # "causal" (generates left to right), "masked" (bidirectional encoder), "classifier" (labels a text)
-    # or "token_classifier" (labels each token)
+    kind: str  # "causal" (generates left to right), "seq2seq" (an encoder-decoder: generates from a source),
+    # "masked" (bidirectional encoder), "classifier" (labels a text) or "token_classifier" (labels each token)
     n_layers: int
     n_heads: int
     n_kv_heads: int
@@ -41,6 +41,8 @@ class ModelFacts:
 def _kind(model: Any, labels: bool, can_generate: bool) -> str:
     if labels:
         return "token_classifier" if type(model).__name__.endswith("ForTokenClassification") else "classifier"
+    if getattr(model.config, "is_encoder_decoder", False) and can_generate:
+        return "seq2seq"
     return "causal" if can_generate else "masked"
 
 

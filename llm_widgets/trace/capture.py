@@ -41,71 +41,100 @@ MASK_ELEMENTS = 1 << 24  # an edited call's explicit mask is built in blocks of 
 @dataclass
 class LayerCapture:
     """Chunks of (first position, queries [B, H, n, d]) and (first position, keys [B, Hkv, n, d]) as
-    the run produced them; a chunk covers positions first .. first + n - 1."""
+    the run produced them; a chunk covers positions first .. first + n - 1 of its stack."""
 
     queries: list[tuple[int, torch.Tensor]] = field(default_factory=list)
     keys: list[tuple[int, torch.Tensor]] = field(default_factory=list)
+    biases: list[tuple[int, int, torch.Tensor]] = field(default_factory=list)  # (first query, first key,
+    # [B or 1, H, n, kv]): a position bias the model adds to the scores (T5's relative one)
     scaling: float | None = None
     softcap: float | None = None
     sliding_window: int | None = None
     is_causal: bool = True
     sinks: torch.Tensor | None = None  # [H] attention-sink logits (GPT-OSS, ...): in every row's softmax, then dropped
     next_position: int = 0  # positions this layer has seen so far in the run
+    last_start: int = 0  # the first query position of this layer's latest call
+
+
+SELF = "self"  # the one attention of a decoder-only (or encoder-only) model
+Place = tuple[str, int]  # (stack, layer): "self", or an encoder-decoder's "encoder", "decoder", "cross"
 
 
 class RunState:
-    """What one traced run captures and changes. Lives on the modules only while the run lasts."""
+    """What one traced run captures and changes. Lives on the modules only while the run lasts.
+
+    Edit positions are the trace's; `offsets` says where each stack's queries and keys
+    start in it (an encoder-decoder's decoder positions follow the source's)."""
 
     def __init__(self, n_layers: int, n_heads: int, length: int, edits: tuple = (), capture: bool = True,
                  capture_device: torch.device | str | None = None, capture_dtype: torch.dtype | None = None,
-                 head_hook: Callable[[int, torch.Tensor], torch.Tensor] | None = None):
+                 head_hook: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
+                 offsets: dict[str, tuple[int, int]] | None = None):
         self.n_layers = n_layers
         self.n_heads = n_heads
-        self.length = length  # prompt plus new tokens: every position the run can reach
+        self.length = length  # every position the run can reach
+        self.offsets = offsets or {SELF: (0, 0)}
         self.scale_edits = tuple(e for e in edits if isinstance(e, ScaleAttention))
-        self.edits_by_layer = {layer: tuple(e for e in self.scale_edits if e.layers is None or layer in e.layers)
-                               for layer in range(n_layers)}
-        self.ablations: dict[int, list[AblateHead]] = {}
+        self._edits_at: dict[Place, tuple[ScaleAttention, ...]] = {}
+        self.ablations: dict[Place, list[AblateHead]] = {}
         for e in edits:
             if isinstance(e, AblateHead):
-                self.ablations.setdefault(e.layer, []).append(e)
+                self.ablations.setdefault((e.stack or SELF, e.layer), []).append(e)
         self.capture = capture
         self.capture_device = capture_device
         self.capture_dtype = capture_dtype
-        self.layers = [LayerCapture() for _ in range(n_layers)]
-        self.layer_of: dict[int, int] = {}  # id(module) -> layer, for modules whose layer_idx is None
-        self.head_means: dict[tuple[int, int], torch.Tensor] = {}
-        # layer -> heads named by its edits (None: an edit there covers every head)
-        self.edited_heads = {layer: (None if any(e.heads is None for e in es) else {h for e in es for h in e.heads})
-                             for layer, es in self.edits_by_layer.items() if es}
+        self.layers: dict[Place, LayerCapture] = {}
+        self.places: dict[int, Place] = {}  # id(module) -> (stack, layer); instrument() fills it
+        self.head_means: dict[tuple[Place, int], torch.Tensor] = {}
         self.inner = "sdpa"  # the wrapped implementation; instrument() sets it
-        self.key_bias: dict[int, torch.Tensor] = {}  # layer -> bias over every key position, when queries don't matter
+        self.key_bias: dict[Place, torch.Tensor] = {}  # bias over every key position, when queries don't matter
         self.fully_masked_rows = False
         self.thread = threading.get_ident()  # the thread whose forwards this run captures and edits
         # (layer, out [batch, q, heads, head_dim]) -> out: what an analysis reads or replaces at each
         # head's output, after edits and ablations (activation patching, ablation sweeps)
         self.head_hook = head_hook
 
+    def edits_at(self, place: Place) -> tuple[ScaleAttention, ...]:
+        if place not in self._edits_at:
+            stack, layer = place
+            self._edits_at[place] = tuple(e for e in self.scale_edits if e.stack in (None, stack)
+                                          and (e.layers is None or layer in e.layers))
+        return self._edits_at[place]
+
+    def edited_heads(self, place: Place) -> set[int] | None:
+        """The heads this layer's edits name (None: an edit there covers every head)."""
+        edits = self.edits_at(place)
+        return None if any(e.heads is None for e in edits) else {h for e in edits for h in e.heads}
+
+    def capture_of(self, place: Place) -> LayerCapture:
+        if place not in self.layers:
+            self.layers[place] = LayerCapture()
+        return self.layers[place]
+
     @property
     def changes_attention(self) -> bool:
         return bool(self.scale_edits)
 
-    def layer_index(self, module: torch.nn.Module) -> int:
-        idx = getattr(module, "layer_idx", None)
-        return idx if isinstance(idx, int) else self.layer_of[id(module)]
+    def place(self, module: torch.nn.Module) -> Place:
+        place = self.places.get(id(module))
+        return place if place is not None else (SELF, module.layer_idx)
 
     def attend(self, fn: Callable, module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
                value: torch.Tensor, attention_mask: Any, kwargs: dict) -> tuple[torch.Tensor, Any]:
-        layer = self.layer_index(module)
-        captured = self.layers[layer]
+        place = self.place(module)
+        stack, layer = place
+        captured = self.capture_of(place)
         q_len, kv_len = query.shape[2], key.shape[2]
-        # Absolute positions, kept on the CPU (no device sync): a pass over as many
+        # Positions in the stack, kept on the CPU (no device sync): a pass over as many
         # keys as queries starts at 0 (the prompt, or generation without a cache);
         # a cached step continues where this layer left off.
-        q_start = 0 if kv_len == q_len else captured.next_position
-        captured.next_position = q_start + q_len
-        k_start = q_start + q_len - kv_len if kv_len <= q_start + q_len else 0  # caches keep the latest keys;
-        # a static cache (more slots than tokens) is indexed by position
+        if stack == "cross":  # the decoder's queries (as its self-attention just placed them) over every source key
+            q_start, k_start = self.capture_of(("decoder", layer)).last_start, 0
+        else:
+            q_start = 0 if kv_len == q_len else captured.next_position
+            k_start = q_start + q_len - kv_len if kv_len <= q_start + q_len else 0  # caches keep the latest keys;
+            # a static cache (more slots than tokens) is indexed by position
+        captured.last_start, captured.next_position = q_start, q_start + q_len
         is_causal = _causal_in(attention_mask, q_len, kv_len)  # what the model's mask does, where it shows
         if is_causal is None:
             is_causal = kwargs.get("is_causal")
@@ -113,21 +142,16 @@ class RunState:
             is_causal = getattr(module, "is_causal", True)
         sliding_window = kwargs.get("sliding_window")
         if self.capture:
-            captured.scaling = kwargs.get("scaling") or query.shape[-1] ** -0.5
-            captured.softcap = kwargs.get("softcap")
+            self._capture(captured, module, query, key, kwargs, q_start, k_start, q_len, stack == "cross")
             captured.sliding_window = sliding_window
             captured.is_causal = bool(is_causal)
-            sinks = kwargs.get("s_aux", getattr(module, "sinks", None))
-            if captured.sinks is None and isinstance(sinks, torch.Tensor):  # a parameter: copied once a run
-                captured.sinks = sinks.detach().float().flatten().to(self.capture_device or sinks.device)
-            new = slice(q_start - k_start, q_start - k_start + q_len)  # the key slots of this call's positions
-            captured.queries.append((q_start, self._keep(query, query)))  # every batch row: [B, H, n, d]
-            captured.keys.append((q_start, self._keep(key[:, :, new], key)))
-        edits = self.edits_by_layer.get(layer)
-        heads = self.edited_heads.get(layer) if self.inner == "sdpa" else None
+        edits = self.edits_at(place)
+        heads = self.edited_heads(place) if self.inner == "sdpa" else None
         if edits:
+            q_off, k_off = self.offsets[stack]
+
             def edited_mask(rows: tuple[int, int], q_heads: list[int] | None = None) -> torch.Tensor:
-                return self._edited_mask(layer, edits, attention_mask, query, q_start, k_start, kv_len,
+                return self._edited_mask(place, edits, attention_mask, query, q_off + q_start, k_off + k_start, kv_len,
                                          bool(is_causal), sliding_window, rows, q_heads)
         if edits and heads is not None and len(heads) < query.shape[1] and q_len > 1:
             # An explicit mask takes SDPA off its fused causal kernel: give it only to
@@ -139,11 +163,28 @@ class RunState:
             out, weights = self._masked(fn, module, query, key, value, edited_mask, kwargs)
         else:
             out, weights = fn(module, query, key, value, attention_mask, **kwargs)
-        if layer in self.ablations:
-            out = self._ablate(layer, out)
-        if self.head_hook is not None:
+        if place in self.ablations:
+            out = self._ablate(place, out)
+        if self.head_hook is not None and stack == SELF:
             out = self.head_hook(layer, out)
         return out, weights
+
+    def _capture(self, captured: LayerCapture, module, query, key, kwargs, q_start, k_start, q_len, cross) -> None:
+        captured.scaling = kwargs.get("scaling") or query.shape[-1] ** -0.5
+        captured.softcap = kwargs.get("softcap")
+        sinks = kwargs.get("s_aux", getattr(module, "sinks", None))
+        if captured.sinks is None and isinstance(sinks, torch.Tensor):  # a parameter: copied once a run
+            captured.sinks = sinks.detach().float().flatten().to(self.capture_device or sinks.device)
+        captured.queries.append((q_start, self._keep(query, query)))  # every batch row: [B, H, n, d]
+        if cross:  # the source's keys: the same at every step (cached after the first)
+            if not captured.keys:
+                captured.keys.append((0, self._keep(key, key)))
+        else:
+            new = slice(q_start - k_start, q_start - k_start + q_len)  # the key slots of this call's positions
+            captured.keys.append((q_start, self._keep(key[:, :, new], key)))
+        bias = kwargs.get("position_bias")
+        if isinstance(bias, torch.Tensor):  # kept as the model passed it: T5 shares one across layers
+            captured.biases.append((q_start, k_start, self._keep(bias, bias)))
 
     def _split_heads(self, fn, module, query, key, value, mask, kwargs, heads, edited_mask) -> torch.Tensor:
         n_kv = key.shape[1]
@@ -157,10 +198,14 @@ class RunState:
                 continue
             q_heads = q_of(groups)
             q, k, v = _heads(query, q_heads), _heads(key, groups), _heads(value, groups)
+            part_kwargs = kwargs
+            bias = kwargs.get("position_bias")
+            if isinstance(bias, torch.Tensor) and bias.shape[1] > 1:  # a per-head position bias (T5): these heads'
+                part_kwargs = {**kwargs, "position_bias": _heads(bias, q_heads)}
             if edited:
-                part, _ = self._masked(fn, module, q, k, v, lambda rows: edited_mask(rows, q_heads), kwargs)
+                part, _ = self._masked(fn, module, q, k, v, lambda rows: edited_mask(rows, q_heads), part_kwargs)
             else:
-                part, _ = fn(module, q, k, v, mask, **kwargs)
+                part, _ = fn(module, q, k, v, mask, **part_kwargs)
             out[:, :, q_heads] = part
         return out
 
@@ -173,7 +218,10 @@ class RunState:
         rows = max(1, MASK_ELEMENTS // kv_len)
         if rows >= q_len:
             return fn(module, query, key, value, mask_for((0, q_len)), **kwargs)
-        parts = [fn(module, query[:, :, r:r + rows], key, value, mask_for((r, min(q_len, r + rows))), **kwargs)[0]
+        bias = kwargs.get("position_bias")
+        per_row = isinstance(bias, torch.Tensor) and bias.shape[2] > 1  # a position bias (T5) has rows too
+        parts = [fn(module, query[:, :, r:r + rows], key, value, mask_for((r, min(q_len, r + rows))),
+                    **({**kwargs, "position_bias": bias[:, :, r:r + rows]} if per_row else kwargs))[0]
                  for r in range(0, q_len, rows)]
         return torch.cat(parts, dim=1), None  # out is [batch, q, heads, d]; weights are not assembled
 
@@ -186,7 +234,7 @@ class RunState:
             return part.to(device=self.capture_device, dtype=self.capture_dtype, copy=True)
         return part if part.numel() == whole.numel() else part.clone()
 
-    def _edited_mask(self, layer, edits, mask, query, q_start, k_start, kv_len, is_causal, sliding_window,
+    def _edited_mask(self, place, edits, mask, query, q_start, k_start, kv_len, is_causal, sliding_window,
                      rows: tuple[int, int], q_heads: list[int] | None = None) -> torch.Tensor:
         """The model's own mask as an additive float mask, plus the edits' log-factors, for
         this call's query rows [r0, r1) (and the query heads `q_heads` only, when given)."""
@@ -205,12 +253,12 @@ class RunState:
             if mask.dtype == torch.bool:
                 mask = torch.where(mask, 0.0, torch.finfo(dtype).min).to(dtype)
         if any(edit.queries is not None for edit in edits):
-            bias = edit_bias(edits, self.n_heads, q_pos, k_pos)
+            bias = edit_bias(edits, query.shape[1], q_pos, k_pos)
         else:  # keys only (the usual case): one bias row per layer for the whole run, sliced per call
-            if layer not in self.key_bias:
+            if place not in self.key_bias:
                 everywhere = torch.arange(self.length, device=device)
-                self.key_bias[layer] = edit_bias(edits, self.n_heads, everywhere[:1], everywhere)
-            bias = self.key_bias[layer][:, :, k_start:k_start + kv_len]
+                self.key_bias[place] = edit_bias(edits, query.shape[1], everywhere[:1], everywhere)
+            bias = self.key_bias[place][:, :, k_start:k_start + kv_len]
         if q_heads is not None and bias.shape[0] > 1:
             bias = bias[q_heads]
         if any(edit.factor == 0 for edit in edits):  # only then does it matter which keys a row may see
@@ -219,13 +267,13 @@ class RunState:
             self.fully_masked_rows |= spared
         return mask + bias.to(dtype)[None]
 
-    def _ablate(self, layer: int, out: torch.Tensor) -> torch.Tensor:
+    def _ablate(self, place: Place, out: torch.Tensor) -> torch.Tensor:
         out = out.clone()  # [batch, q, heads, head_dim]
-        for edit in self.ablations[layer]:
+        for edit in self.ablations[place]:
             if edit.mode == "zero":
                 out[:, :, edit.head] = 0
             else:
-                mean = self.head_means.setdefault((layer, edit.head), out[:, :, edit.head].mean(dim=1, keepdim=True))
+                mean = self.head_means.setdefault((place, edit.head), out[:, :, edit.head].mean(dim=1, keepdim=True))
                 out[:, :, edit.head] = mean
         return out
 
@@ -300,6 +348,31 @@ def attention_layers(model: torch.nn.Module) -> tuple[int, ...]:
                          for i, m in enumerate(attention_modules(model))}))
 
 
+_CROSS_NAMES = ("encoder_attn", "encdecattention", "crossattention", "cross_attn", "cross_attention")
+
+
+def stack_modules(model: torch.nn.Module) -> dict[str, list[torch.nn.Module]]:
+    """The attention modules of each stack, in layer order: {"self": [...]}, or an
+    encoder-decoder's {"encoder": [...], "decoder": [...], "cross": [...]}. A decoder's
+    cross-attention is told by its name (BART's encoder_attn, T5's EncDecAttention, ...), or,
+    failing that, by not being causal."""
+    if not getattr(model.config, "is_encoder_decoder", False) or not hasattr(model, "get_encoder"):
+        return {SELF: attention_modules(model)}
+    encoder = {id(m) for m in model.get_encoder().modules()}
+    stacks: dict[str, list[torch.nn.Module]] = {"encoder": [], "decoder": [], "cross": []}
+    for name, module in model.named_modules():
+        if not (hasattr(module, "layer_idx") and calls_attention_interface(type(module))):
+            continue
+        leaf = name.rsplit(".", 1)[-1].lower()
+        if id(module) in encoder:
+            stacks["encoder"].append(module)
+        elif leaf in _CROSS_NAMES or getattr(module, "is_causal", True) is False:
+            stacks["cross"].append(module)
+        else:
+            stacks["decoder"].append(module)
+    return stacks
+
+
 @contextmanager
 def instrument(model: torch.nn.Module, run: RunState) -> Iterator[str]:
     """Route the model's attention through our wrapper for the duration of a run."""
@@ -309,11 +382,14 @@ def instrument(model: torch.nn.Module, run: RunState) -> Iterator[str]:
         inner = "sdpa"  # flash and flex kernels take no additive mask: edits run on SDPA
     name = registered_name(inner)
     run.inner = inner
-    modules = attention_modules(model)
-    for index, module in enumerate(modules):
-        if not isinstance(getattr(module, "layer_idx", None), int):
-            run.layer_of[id(module)] = index
-        module.__dict__[STATE] = run
+    stacks = stack_modules(model)
+    modules = [module for stack in stacks.values() for module in stack]
+    for stack, members in stacks.items():
+        for index, module in enumerate(members):
+            layer = module.layer_idx if stack == SELF and isinstance(module.layer_idx, int) else index
+            run.places[id(module)] = (stack, layer)
+        for module in members:
+            module.__dict__[STATE] = run
     try:
         model.set_attn_implementation(name)
         yield inner

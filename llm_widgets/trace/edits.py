@@ -1,7 +1,8 @@
 """Attention edits: what a user changes in a run, as plain data.
 
 Positions are absolute token positions of the traced sequence (prompt then
-generated tokens), never cache slots. Spans are (start, stop), stop exclusive.
+generated tokens; an encoder-decoder's source tokens, then the decoder's), never
+cache slots. Spans are (start, stop), stop exclusive.
 """
 
 from __future__ import annotations
@@ -12,6 +13,13 @@ from typing import Any, Iterable, Sequence
 from ..errors import InputError, WrongTypeError
 
 Span = tuple[int, int]
+STACK_NAMES = ("self", "encoder", "decoder", "cross")  # as trace.stacks names them
+
+
+def _check_stack(edit: Any) -> None:
+    if edit.stack is not None and edit.stack not in STACK_NAMES:
+        raise InputError(f"{type(edit).__name__} stack must be None or one of {list(STACK_NAMES[1:])} (an "
+                         f"encoder-decoder's attention); got {edit.stack!r}")
 
 
 def _as_spans(value: Any, what: str) -> tuple[Span, ...] | None:
@@ -61,7 +69,10 @@ class ScaleAttention:
     Equivalent to adding log(factor) to those scores, so it rides on the model's
     own attention as an additive mask. `factor=0` masks the keys; a query row
     whose every key would be masked is left unchanged (with a warning).
-    `queries`, `layers`, `heads` default to all.
+    `queries`, `layers`, `heads` default to all. In an encoder-decoder, `stack`
+    picks "encoder", "decoder" or "cross" attention (e.g. keys = source words,
+    stack="cross": the output attends more to them); None: every attention whose
+    keys include them.
     """
 
     factor: float
@@ -69,6 +80,7 @@ class ScaleAttention:
     queries: Any = None
     layers: Any = None
     heads: Any = None
+    stack: str | None = None
     kind: str = field(default="scale_attention", init=False)
 
     def __post_init__(self):
@@ -83,6 +95,7 @@ class ScaleAttention:
         object.__setattr__(self, "queries", _as_spans(self.queries, "queries"))
         object.__setattr__(self, "layers", _as_ints(self.layers, "layers"))
         object.__setattr__(self, "heads", _as_ints(self.heads, "heads"))
+        _check_stack(self)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -92,6 +105,8 @@ class ScaleAttention:
         for key in ("layers", "heads"):
             if d[key] is not None:
                 d[key] = list(d[key])
+        if d["stack"] is None:  # a decoder-only model's edit: records stay as they were before stacks
+            del d["stack"]
         return d
 
 
@@ -101,11 +116,14 @@ class AblateHead:
 
     mode="zero" sets it to zero; mode="mean" replaces it by its mean over the
     prompt's positions, a gentler ablation that keeps the output's scale.
+    In an encoder-decoder, `stack` says which attention's head: "encoder",
+    "decoder" or "cross".
     """
 
     layer: int
     head: int
     mode: str = "zero"
+    stack: str | None = None
     kind: str = field(default="ablate_head", init=False)
 
     def __post_init__(self):
@@ -115,9 +133,13 @@ class AblateHead:
                 raise InputError(f"AblateHead {name} must be a non-negative integer; got {value!r}")
         if self.mode not in ("zero", "mean"):
             raise InputError(f"AblateHead mode must be 'zero' or 'mean'; got {self.mode!r}")
+        _check_stack(self)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if d["stack"] is None:
+            del d["stack"]
+        return d
 
 
 Edit = ScaleAttention | AblateHead
@@ -142,14 +164,20 @@ def edit_from_dict(d: dict) -> Edit:
         raise InputError(f"{kind} edit: {error}") from None
 
 
-def validate_edits(edits: Iterable[Edit], *, n_layers: int, n_heads: int, sequence_length: int) -> tuple[Edit, ...]:
-    """Check every edit against the model and the sequence; a ValueError names what is out of range."""
+def validate_edits(edits: Iterable[Edit], *, n_layers: int, n_heads: int, sequence_length: int,
+                   stacks: dict[str, tuple[int, int]] | None = None) -> tuple[Edit, ...]:
+    """Check every edit against the model and the sequence; a ValueError names what is out of range.
+    stacks: an encoder-decoder's {"encoder": (layers, heads), "decoder": ..., "cross": ...}."""
+    stacks = stacks or {"self": (n_layers, n_heads)}
     out = []
     for edit in edits:
         if isinstance(edit, dict):
             edit = edit_from_dict(edit)
         if isinstance(edit, AblateHead):
             layers, heads = (edit.layer,), (edit.head,)
+            if edit.stack is None and len(stacks) > 1:
+                raise InputError(f"{edit!r}: this encoder-decoder has three kinds of attention; say whose head it is "
+                                 f"with stack='encoder', 'decoder' or 'cross'")
         elif isinstance(edit, ScaleAttention):
             layers, heads = edit.layers or (), edit.heads or ()
             for what, spans in (("keys", edit.keys), ("queries", edit.queries or ())):
@@ -162,13 +190,20 @@ def validate_edits(edits: Iterable[Edit], *, n_layers: int, n_heads: int, sequen
                         )
         else:
             raise WrongTypeError(f"edits must be ScaleAttention or AblateHead, got {type(edit).__name__}")
-        for layer in layers:
-            if layer >= n_layers:
-                raise InputError(f"{type(edit).__name__}: layer {layer} is out of range; this model has layers "
-                                 f"0 to {n_layers - 1}")
-        for head in heads:
-            if head >= n_heads:
-                raise InputError(f"{type(edit).__name__}: head {head} is out of range; this model has heads "
-                                 f"0 to {n_heads - 1} in each layer")
+        if edit.stack is not None and edit.stack not in stacks:
+            raise InputError(f"{type(edit).__name__} stack {edit.stack!r}: this model's attention is "
+                             f"{' / '.join(repr(name) for name in stacks)}")
+        for name, (n_layers, n_heads) in stacks.items():
+            if edit.stack not in (None, name):
+                continue
+            of = "" if name == "self" else f" in its {name} attention"
+            for layer in layers:
+                if layer >= n_layers:
+                    raise InputError(f"{type(edit).__name__}: layer {layer} is out of range; this model has layers "
+                                     f"0 to {n_layers - 1}{of}")
+            for head in heads:
+                if head >= n_heads:
+                    raise InputError(f"{type(edit).__name__}: head {head} is out of range; this model has heads "
+                                     f"0 to {n_heads - 1} in each layer{of}")
         out.append(edit)
     return tuple(out)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import secrets
 import warnings
 from collections.abc import Mapping
-from dataclasses import replace
 from typing import Any, NamedTuple
 
 import torch
@@ -23,9 +22,10 @@ from .locking import exclusive
 from .record import make_record
 from .settings import check_generation_settings
 from .batch import TraceBatch, batch_rows, pad, positions
-from .trace import LayerAttention, Trace, assemble, probability_of, top_k_of
+from .attention import SELF, AttentionStack, assembled
+from .seq2seq import decoder_start, trace_seq2seq
+from .trace import TOP_K_KEPT, Trace, probability_of, top_k_of
 
-TOP_K_KEPT = 20
 
 
 def prompt_ids(lm: LanguageModel, prompt: Any) -> torch.Tensor:
@@ -90,13 +90,25 @@ def run_trace(lm: LanguageModel, prompt: Any, *, max_new_tokens: int = 0, edits=
         what = "trace.label_probabilities" if facts.kind == "classifier" else "trace.token_labels"
         raise InputError(f"{lm.name} is a classifier: it gives class probabilities ({what}), not text; use "
                          f"max_new_tokens=0")
-    if facts.kind != "causal" and max_new_tokens:
+    if facts.kind == "masked" and max_new_tokens:
         raise InputError(f"{lm.name} is a masked (bidirectional) model: it does not generate, use max_new_tokens=0")
     batch = batch_rows(prompt)
     is_batch = batch is not None and not (isinstance(prompt, Mapping) and len(batch) == 1)
     rows = [prompt_ids(lm, p) for p in batch] if batch is not None else [prompt_ids(lm, prompt)]
     longest = max(len(ids) for ids in rows)
     total = longest + max_new_tokens
+    if facts.kind == "seq2seq":  # an encoder-decoder: the source runs through the encoder, the output is the decoder's
+        if is_batch:
+            raise InputError(f"{lm.name} is an encoder-decoder: trace one source text at a time (batches are for "
+                             f"decoder-only models)")
+        if do_sample and seed is None:
+            seed = secrets.randbits(31)
+        generation = {"max_new_tokens": max_new_tokens, "do_sample": do_sample, "seed": seed, **generation_kwargs}
+        trace = trace_seq2seq(lm, rows[0], generation, edits, keep_logits=keep_logits,
+                              capture=capture, capture_device=capture_device, capture_dtype=capture_dtype)
+        if profile:
+            trace.profile  # noqa: B018 - computed now, as asked
+        return trace
     if facts.context_length and total > facts.context_length:
         raise InputError(f"the prompt ({longest} tokens) plus max_new_tokens ({max_new_tokens}) is {total} tokens, "
                          f"longer than the context of {lm.name} ({facts.context_length}); shorten one of them")
@@ -157,18 +169,8 @@ def run_trace(lm: LanguageModel, prompt: Any, *, max_new_tokens: int = 0, edits=
         warnings.warn("ScaleAttention with factor 0 masked every key of some query rows; those rows were left "
                       "unchanged (a softmax over no keys has no answer).", stacklevel=3)
 
-    layers = None
-    if run.capture:
-        layers = []
-        for captured in run.layers:  # freeing each layer's chunks once joined: no second copy of them all
-            layers.append(assemble(captured, sequence.shape[1]))
-            captured.queries.clear()
-            captured.keys.clear()
-        for index, layer in enumerate(layers):  # the views and edits count heads from the config
-            if layer is not None and layer.queries.shape[-3] != facts.n_heads:
-                raise InputError(f"layer {index} of {facts.architecture} has {layer.queries.shape[-3]} attention heads, "
-                                 f"its config says {facts.n_heads}: models whose layers differ in head count are not "
-                                 f"supported yet")
+    layers = assembled(run, SELF, facts.n_layers, facts.n_heads, sequence.shape[1], sequence.shape[1],
+                       facts.architecture) if run.capture else None
     width = padded.input_ids.shape[1]
     stops = set(_eos_ids(lm, generation_kwargs)) if is_batch else set()
     listed = [ids.tolist() for ids in rows]
@@ -191,12 +193,16 @@ def run_trace(lm: LanguageModel, prompt: Any, *, max_new_tokens: int = 0, edits=
         row_record = make_record(lm, listed[b], generation, edits, generated)
         if is_batch:  # each record its own lists: a user editing one changes no other
             row_record["batch"] = {"prompt_ids": [list(r) for r in listed], "row": b}
+        n = end - start
+        mine = slice(start, end)
+        stack = AttentionStack(
+            SELF, n_layers=facts.n_layers, n_heads=facts.n_heads, queries=(0, n), keys=(0, n),
+            layers=[layer and layer.row(b, mine, mine) for layer in layers] if layers is not None else None,
+            eager=[a[b, :, mine, mine] for a in eager_attentions] if eager_attentions is not None else None,
+            edits=edits, attention_layers=with_attention, model_name=lm.name)
         traces.append(Trace(
-            model=lm, input_ids=sequence[b, start:end].cpu(), n_prompt=len(ids),
-            layers=[_row_of(layer, b, start, end) for layer in layers] if layers is not None else None,
-            eager_attentions=[a[b, :, start:end, start:end] for a in eager_attentions]
-            if eager_attentions is not None else None,
-            attention_layers=with_attention, edits=edits, top_k=[top_k_of(step, TOP_K_KEPT) for step in logits],
+            model=lm, input_ids=sequence[b, start:end].cpu(), n_prompt=len(ids), stacks={SELF: stack}, edits=edits,
+            top_k=[top_k_of(step, TOP_K_KEPT) for step in logits],
             chosen=[probability_of(step, token) for step, token in zip(logits, generated)],
             first_logprobs=torch.log_softmax(logits[0].float(), dim=-1).cpu(),  # any token's p at step 0
             logits=None if prompt_logits is None else prompt_logits[b].float().cpu() if facts.kind == "classifier"
@@ -230,13 +236,6 @@ def _extended(inputs: _Inputs, length: int) -> dict[str, torch.Tensor]:
     if inputs.position_ids is None:
         return {"attention_mask": mask}
     return {"attention_mask": mask, "position_ids": positions(mask)}
-
-
-def _row_of(layer: LayerAttention | None, row: int, start: int, end: int) -> LayerAttention | None:
-    """One batch row's queries and keys, positions [start, end): views, no copy."""
-    if layer is None:
-        return None
-    return replace(layer, queries=layer.queries[row, :, start:end], keys=layer.keys[row, :, start:end])
 
 
 def _forward_or_generate(model: torch.nn.Module, lm: LanguageModel, inputs: _Inputs, max_new_tokens: int, do_sample: bool,
@@ -293,5 +292,7 @@ def fidelity(lm: LanguageModel, prompt: Any) -> float:
     model = lm.model
     with exclusive(model), model_mode(model, training=False), torch.no_grad():
         device = input_device(model)
-        plain = model(input_ids=ids[None].to(device), use_cache=False).logits[0].float().cpu()
+        decoder = {"decoder_input_ids": torch.tensor([[decoder_start(lm)]], device=device)} \
+            if lm.kind == "seq2seq" else {}  # an encoder-decoder's first step: the decoder's start token
+        plain = model(input_ids=ids[None].to(device), use_cache=False, **decoder).logits[0].float().cpu()
     return float((traced - plain).abs().max())

@@ -1,0 +1,165 @@
+"""Encoder-decoders (T5, BART, Marian, mBART, Pegasus): encoder, decoder and cross-attention
+captured exactly, generation unchanged, edits on each kind of attention, attribution over the source."""
+
+import pytest
+import torch
+import transformers
+
+import llm_widgets as lw
+from tests.test_trace_architectures import ToyTokenizer, VOCAB
+
+SOURCE = [5, 17, 42, 8, 23, 61, 4, 77, 19]
+NEW = 6
+EOS = VOCAB - 1  # a token random weights hardly pick: generation runs its length
+_BART_LIKE = dict(vocab_size=VOCAB, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                  decoder_attention_heads=2, encoder_ffn_dim=37, decoder_ffn_dim=37, max_position_embeddings=64,
+                  eos_token_id=EOS, forced_eos_token_id=None, pad_token_id=0, bos_token_id=1, decoder_start_token_id=2,
+                  init_std=0.3)
+CONFIGS = {
+    "t5": lambda: transformers.T5Config(vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=37, num_layers=2,
+                                        num_decoder_layers=2, num_heads=4, relative_attention_num_buckets=8,
+                                        decoder_start_token_id=0, eos_token_id=EOS, pad_token_id=0,
+                                        initializer_factor=3.0),
+    "bart": lambda: transformers.BartConfig(**_BART_LIKE, forced_bos_token_id=None),
+    "marian": lambda: transformers.MarianConfig(**_BART_LIKE),
+    "mbart": lambda: transformers.MBartConfig(**_BART_LIKE),
+    "pegasus": lambda: transformers.PegasusConfig(**_BART_LIKE),
+}
+CROSS_EDIT = lw.ScaleAttention(30.0, keys=(2, 4), stack="cross")
+
+
+def build(arch: str, attn: str | None = None, state: dict | None = None) -> lw.LanguageModel:
+    torch.manual_seed(0)
+    kwargs = {"attn_implementation": attn} if attn else {}
+    model = transformers.AutoModelForSeq2SeqLM.from_config(CONFIGS[arch](), **kwargs).eval()
+    if state is not None:
+        model.load_state_dict(state)
+    return lw.LanguageModel(model, ToyTokenizer(), name=f"tiny-{arch}")
+
+
+@pytest.fixture(scope="module", params=sorted(CONFIGS))
+def arch(request):
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def lm(arch):
+    return build(arch)
+
+
+@pytest.fixture(scope="module")
+def traced(lm):
+    return lm.trace(SOURCE, max_new_tokens=NEW)
+
+
+def test_the_three_attentions_equal_eager(arch, lm, traced):
+    assert lm.kind == "seq2seq" and traced.stacks == ("encoder", "decoder", "cross")
+    n = len(SOURCE)
+    assert traced.n_source == n and traced.n_prompt == n + 1 and len(traced.generated_ids) == NEW
+    eager = build(arch, "eager", lm.model.state_dict()).model
+    with torch.no_grad():
+        out = eager(input_ids=torch.tensor([SOURCE]), decoder_input_ids=traced.input_ids[n:][None],
+                    output_attentions=True)
+    for stack, reference in (("encoder", out.encoder_attentions), ("decoder", out.decoder_attentions),
+                             ("cross", out.cross_attentions)):
+        part = traced.stack(stack)
+        assert (part.n_layers, part.n_heads) == (len(reference), reference[0].shape[1])
+        for layer in range(part.n_layers):
+            for head in range(part.n_heads):
+                torch.testing.assert_close(traced.attention(layer, head, stack=stack), reference[layer][0, head],
+                                           atol=1e-5, rtol=0)
+    # positions are the trace's: cross-attention's rows are the output tokens, its columns the source
+    assert traced.stack("cross").queries == (n, len(traced)) and traced.stack("cross").keys == (0, n)
+    torch.testing.assert_close(traced.attention(1, 1, queries=(n + 2, n + 4), keys=(3, 7)),
+                               traced.attention(1, 1)[2:4, 3:7])  # the default stack is cross-attention
+    assert traced.attention_overview(0, 1, stack="encoder").shape == (n, n)
+    decoder = traced.stack("decoder")
+    assert traced.attention_grid(size=4, stack="decoder").shape == (decoder.n_layers * decoder.n_heads * 4, 4)
+
+
+def test_generation_is_unchanged(lm, traced):
+    with torch.no_grad():
+        plain = lm.model.generate(input_ids=torch.tensor([SOURCE]), max_new_tokens=NEW, do_sample=False)
+    assert traced.input_ids[len(SOURCE):].tolist() == plain[0].tolist()
+    assert lw.trace.fidelity(lm, SOURCE) == 0.0
+
+
+def test_factor_one_changes_nothing(lm, traced):
+    same = lm.trace(SOURCE, max_new_tokens=NEW, edits=[lw.ScaleAttention(1.0, keys=(0, 5))])
+    assert same.generated_ids == traced.generated_ids
+    assert same.probability(traced.next_token_id) == pytest.approx(traced.probability(traced.next_token_id), abs=1e-6)
+
+
+def test_cross_attention_edits_steer_and_agree_with_and_without_cache(lm, traced):
+    edits = [CROSS_EDIT, lw.AblateHead(1, 0, stack="cross"), lw.ScaleAttention(0.2, keys=(0, 3), stack="encoder"),
+             lw.ScaleAttention(4.0, keys=(len(SOURCE), len(SOURCE) + 2), layers=[1], heads=[1], stack="decoder")]
+    cached = lm.trace(SOURCE, max_new_tokens=NEW, edits=edits)
+    uncached = lm.trace(SOURCE, max_new_tokens=NEW, edits=edits, use_cache=False)
+    assert cached.generated_ids == uncached.generated_ids
+    for stack in ("encoder", "decoder", "cross"):
+        torch.testing.assert_close(cached.attention(1, 1, stack=stack), uncached.attention(1, 1, stack=stack),
+                                   atol=1e-5, rtol=0)
+    steered = lm.trace(SOURCE, edits=[CROSS_EDIT], keep_logits=True)
+    assert (steered.logits - lm.trace(SOURCE, keep_logits=True).logits).abs().max() > 1e-4
+
+
+def test_recomputed_cross_attention_is_the_edited_one(lm):
+    """At the first step only cross-attention changes: its layer 0 sees the same queries and keys,
+    so the edited map is the plain one with the edited keys x 30, renormalised."""
+    plain = lm.trace(SOURCE)
+    edited = lm.trace(SOURCE, edits=[CROSS_EDIT])
+    before = plain.attention(0, 1, stack="cross")
+    expected = before.clone()
+    expected[:, 2:4] *= 30.0
+    expected /= expected.sum(-1, keepdim=True)
+    torch.testing.assert_close(edited.attention(0, 1, stack="cross"), expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(edited.attention(0, 1, stack="encoder"), plain.attention(0, 1, stack="encoder"))
+
+
+def test_attribution_scores_the_source(lm, traced):
+    attribution = traced.attribute(step=2)
+    assert attribution.tokens == traced.tokens[:len(SOURCE)] and attribution.scores.shape == (len(SOURCE),)
+    # = autograd: d log p(token 2 | source, output so far) / d source embeddings . embeddings
+    model = lm.model
+    embeds = model.get_input_embeddings()(torch.tensor([SOURCE])).detach().requires_grad_(True)
+    decoder = traced.input_ids[len(SOURCE):traced.n_prompt + 2][None]
+    logits = model(inputs_embeds=embeds, decoder_input_ids=decoder, use_cache=False).logits[0, -1]
+    torch.log_softmax(logits, -1)[traced.generated_ids[2]].backward()
+    torch.testing.assert_close(attribution.scores, (embeds.grad * embeds).sum(-1)[0].detach(), atol=1e-5, rtol=1e-4)
+    heads = traced.attribute(method="attention_x_grad").head_importance
+    assert heads.shape == (traced.stack("cross").n_layers, traced.stack("cross").n_heads)
+
+
+def test_replay_and_record(lm, traced):
+    again = lw.replay(traced.record, lm)
+    assert again.generated_ids == traced.generated_ids
+    steered = lm.trace(SOURCE, max_new_tokens=NEW, edits=[CROSS_EDIT, lw.AblateHead(0, 1, stack="decoder")])
+    assert steered.record["edits"][0]["stack"] == "cross"
+    assert lw.replay(steered.record, lm).generated_ids == steered.generated_ids
+
+
+def test_clear_errors(lm, traced):
+    with pytest.raises(ValueError, match="say whose head it is with stack='encoder', 'decoder' or 'cross'"):
+        lm.trace(SOURCE, edits=[lw.AblateHead(0, 0)])
+    with pytest.raises(ValueError, match="stack 'self'"):
+        lm.trace(SOURCE, edits=[lw.ScaleAttention(2.0, keys=1, stack="self")])
+    with pytest.raises(ValueError, match="stack must be None or one of"):
+        lw.ScaleAttention(2.0, keys=1, stack="crosss")
+    with pytest.raises(ValueError, match="trace one source text at a time"):
+        lm.trace([SOURCE, SOURCE])
+    with pytest.raises(ValueError, match=f"keys {len(SOURCE)} is outside the keys of cross-attention"):
+        traced.attention(0, 0, keys=len(SOURCE))
+    with pytest.raises(ValueError, match="queries 0 is outside the queries of cross-attention"):
+        traced.attention(0, 0, queries=0)
+    with pytest.raises(ValueError, match="stack 'self' is not in this trace"):
+        traced.attention(0, 0, stack="self")
+    heads = traced.stack().n_heads
+    with pytest.raises(ValueError, match=f"heads 0 to {heads - 1} in its cross-attention"):
+        traced.attention(0, heads)
+
+
+def test_decoder_only_models_refuse_encoder_decoder_stacks(tiny_gpt2):
+    with pytest.raises(ValueError, match="stack 'cross': this model's attention is 'self'"):
+        tiny_gpt2.trace("Hello there", edits=[lw.ScaleAttention(2.0, keys=1, stack="cross")])
+    tr = tiny_gpt2.trace("Hello there")
+    assert tr.stacks == ("self",) and tr.n_source == 0
