@@ -163,3 +163,47 @@ def test_decoder_only_models_refuse_encoder_decoder_stacks(tiny_gpt2):
         tiny_gpt2.trace("Hello there", edits=[lw.ScaleAttention(2.0, keys=1, stack="cross")])
     tr = tiny_gpt2.trace("Hello there")
     assert tr.stacks == ("self",) and tr.n_source == 0
+
+
+def test_attention_view_switches_between_the_three_kinds(lm, traced):
+    from tests.test_widgets import decode_rows_uint8
+
+    view = lw.AttentionView(traced)
+    n = len(SOURCE)
+    cross = traced.stack("cross")
+    assert view.stacks == ["encoder", "decoder", "cross"] and view.stack == "cross" and view.n_source == n
+    assert (view.query_range, view.key_range) == ([n, len(traced)], [0, n])
+    assert (view.n_layers, view.n_heads) == (cross.n_layers, cross.n_heads)
+    message, buffers = view.answer({"what": "overview", "layer": 1, "head": 1})
+    assert decode_rows_uint8(message, buffers).shape == (len(traced) - n, n)
+    message, buffers = view.answer({"what": "heads", "layer": 0, "query": n + 2})  # over every position, 0 off-source
+    rows = decode_rows_uint8(message, buffers)
+    assert rows.shape == (cross.n_heads, len(traced)) and rows[:, n:].max() == 0 and rows.sum(1).min() > 0.98
+    with pytest.raises(Exception, match="query 0 is out of range: -1 \\(none\\) or 9 to"):
+        view.query = 0  # a source token asks nothing in cross-attention
+    view.layer, view.query = 1, n + 1
+    view.stack = "encoder"
+    encoder = traced.stack("encoder")
+    assert (view.query, view.layer, view.query_range, view.key_range) == (-1, 0, [0, n], [0, n])
+    assert (view.n_layers, view.n_heads) == (encoder.n_layers, encoder.n_heads)
+    view.query = 0
+    assert view.figure().title.endswith("(encoder attention)")
+    message, _ = view.answer({"what": "export", "format": "svg"})
+    assert message["name"] == "attention-encoder-L0-H0.svg"
+    with pytest.raises(Exception, match="stack 'self' is not in this trace"):
+        view.stack = "self"
+
+
+def test_editor_steers_cross_attention(lm, traced):
+    editor = lw.AttentionEditor(lm, SOURCE, max_new_tokens=NEW)
+    assert editor.stack == "cross" and editor.unedited_tokens == traced.tokens[traced.n_prompt:]
+    editor.edit_specs = [{**CROSS_EDIT.to_dict()}, {"kind": "ablate_head", "layer": 0, "head": 0, "mode": "zero",
+                                                    "stack": "cross"}]
+    direct = lm.trace(SOURCE, max_new_tokens=NEW, edits=editor.edits)
+    assert editor.error == "" and editor.new_tokens == direct.tokens[direct.n_prompt:]
+    assert editor.query_range == [len(SOURCE), len(direct)]
+    editor.edit_specs = [{"kind": "ablate_head", "layer": 0, "head": 0, "mode": "zero"}]  # whose head? refused, kept
+    assert "say whose head it is" in editor.error and len(editor.edits) == 2
+    editor.picked = [[0, 1]]
+    editor.stack = "decoder"
+    assert editor.picked == []

@@ -11,7 +11,11 @@ import { mountHeatmap, type Region } from "./attention_heatmap";
 import { mountStrip } from "./attention_strip";
 import type { Matrix } from "./heatmap";
 import { mountHeadView } from "./head_view";
+import { mountTokenLines } from "./token_lines";
 import { el, exportButtons, Requests, select } from "./widget_io";
+
+const STACK_NAMES: Record<string, string> = { encoder: "encoder (source → source)", decoder: "decoder (output → output)",
+  cross: "cross (output → source)" };
 
 export interface ViewState {
   model_name: string;
@@ -29,6 +33,11 @@ export interface ViewState {
   grid_size: number; // Python's GRID_CELL: the pooled size of each thumbnail of the grid
   attention_layers: number[]; // all layers, but a hybrid model's linear-attention / state-space ones
   sink_layers: number[]; // layers with attention sinks: a row's weights sum to less than 1
+  stacks: string[]; // ["self"], or an encoder-decoder's ["encoder", "decoder", "cross"]
+  stack: string; // the kind of attention shown
+  query_range: number[]; // [start, stop) of the positions that are its queries
+  key_range: number[]; // and of its keys
+  n_source: number; // an encoder-decoder's source tokens come first
 }
 
 export interface PanelOptions {
@@ -49,7 +58,51 @@ export interface Panel {
   destroy(): void;
 }
 
+/** The panel, with a switch between an encoder-decoder's three kinds of attention: each kind has its
+ *  own layers, heads and positions, so switching mounts the panel again (Python sends the new shape). */
 export function mountAttention(model: AnyModel<ViewState>, requests: Requests, options: PanelOptions = {}): Panel {
+  const box = el("div", "lw-attn-stacked");
+  const stacks = model.get("stacks") ?? [];
+  const chooser = el("div", "lw-attn-stackbar");
+  chooser.hidden = stacks.length < 2;
+  chooser.setAttribute("role", "radiogroup");
+  chooser.setAttribute("aria-label", "which attention");
+  const buttons = stacks.map((name) => {
+    const button = el("button", "lw-button lw-attn-stackbtn", STACK_NAMES[name] ?? name);
+    button.dataset.stack = name;
+    button.setAttribute("role", "radio");
+    button.addEventListener("click", () => {
+      model.set("stack", name);
+      model.save_changes();
+    });
+    return button;
+  });
+  chooser.append(el("span", "lw-ed-label", "attention:"), ...buttons);
+  let shown = model.get("stack");
+  let inner = mountStack(model, requests, options);
+  const mark = () => buttons.forEach((b) => b.setAttribute("aria-checked", String(b.dataset.stack === shown)));
+  mark();
+  box.append(chooser, inner.element);
+  const onRevision = () => {
+    if (model.get("stack") === shown) return;
+    inner.destroy();
+    shown = model.get("stack");
+    inner = mountStack(model, requests, options);
+    box.replaceChildren(chooser, inner.element);
+    mark();
+  };
+  model.on("change:revision", onRevision);
+  return {
+    element: box,
+    refresh: () => inner.refresh(),
+    destroy() {
+      model.off("change:revision", onRevision);
+      inner.destroy();
+    },
+  };
+}
+
+function mountStack(model: AnyModel<ViewState>, requests: Requests, options: PanelOptions): Panel {
   let alive = true;
   let overview: Matrix | null = null;
   const set = (changes: Partial<ViewState>) => {
@@ -57,23 +110,21 @@ export function mountAttention(model: AnyModel<ViewState>, requests: Requests, o
     model.save_changes();
   };
   const tokens = () => model.get("tokens");
-  const region = (): Region => {
-    const z = model.get("zoom");
-    return z.length === 4 ? [z[0], z[1], z[2], z[3]] : [0, tokens().length, 0, tokens().length];
-  };
+  const region = () => shownRegion(model);
   const failed = (error: unknown) => (status.textContent = `error: ${(error as Error).message}`);
 
   const { header, layerBox, headBox, status, unzoom } = mountHeader(model, requests);
   const strip = mountStrip({ mode: () => options.stripMode?.() ?? "query", onKeys: options.onKeys, keySpan: options.keySpan,
-    onQuery: (i) => set({ query: model.get("query") === i ? -1 : i }) });
+    onQuery: (i) => pickQuery(model, i, status) });
   const heatmap = mountHeatmap((query) => set({ query }), (zoom) => set({ zoom }));
   const grid = mountGrid(model.get("n_layers"), model.get("n_heads"), (layer, head, event) => {
     if (!(model.get("attention_layers") ?? [layer]).includes(layer)) return;  // a blank row: no attention there
     if (!options.onGridClick?.(layer, head, event)) set({ layer, head });
   }, model.get("attention_layers") ?? []);
   const headView = mountHeadView(model.get("n_heads"), (head) => set({ head }));
+  const lines = model.get("stack") === "cross" ? mountTokenLines() : null; // output tokens, lines to the source
   const body = el("div", "lw-attn-body");
-  body.append(heatmap.element, grid.element, headView.element);
+  body.append(heatmap.element, grid.element, headView.element, ...(lines ? [lines.element] : []));
   const view = el("div", "lw-attn");
   view.append(header, strip.element, body);
 
@@ -94,9 +145,10 @@ export function mountAttention(model: AnyModel<ViewState>, requests: Requests, o
         : await requests.ask("overview", { layer, head, size });
       if (!alive || layer !== model.get("layer") || head !== model.get("head")) return;
       overview = m;
-      status.textContent = describe(layer, head, zoomed ? [q0, q1, k0, k1] : null, tokens().length,
+      status.textContent = describe(layer, head, zoomed ? [q0, q1, k0, k1] : null, region(),
         (model.get("sink_layers") ?? []).includes(layer));
       heatmap.draw(overview, region(), tokens(), model.get("query"));
+      lines?.draw(zoomed ? null : overview, region(), tokens(), head);
       drawGrid();
     } catch (error) {
       failed(error);
@@ -142,7 +194,7 @@ export function mountAttention(model: AnyModel<ViewState>, requests: Requests, o
     overview = null;
     delete heatmap.canvas.dataset.drawn; // "drawn" means drawn for this run
     grid.paint(null);
-    strip.show(tokens(), model.get("n_prompt"));
+    strip.show(tokens(), model.get("n_prompt"), model.get("n_source") ?? 0);
     onSelection();
     loadGrid();
   };
@@ -150,10 +202,7 @@ export function mountAttention(model: AnyModel<ViewState>, requests: Requests, o
     ["change:zoom", onSelection], ["change:query", onQuery], ["change:revision", onRevision]];
   for (const [name, handler] of events) model.on(name, handler);
 
-  strip.show(tokens(), model.get("n_prompt"));
-  onSelection();
-  loadGrid();
-
+  onRevision();
   return {
     element: view,
     refresh() {
@@ -169,9 +218,32 @@ export function mountAttention(model: AnyModel<ViewState>, requests: Requests, o
   };
 }
 
+/** The region on screen: the zoom, or all of this attention's queries and keys. */
+function shownRegion(model: AnyModel<ViewState>): Region {
+  const z = model.get("zoom");
+  const n = model.get("tokens").length;
+  const [q0, q1] = model.get("query_range") ?? [0, n];
+  const [k0, k1] = model.get("key_range") ?? [0, n];
+  return z.length === 4 ? [z[0], z[1], z[2], z[3]] : [q0, q1, k0, k1];
+}
+
+/** A click on token i picks it as the query (again: unpicks it), if it is one of this attention's queries
+ *  (in cross-attention a source token is not: the status line says so). */
+function pickQuery(model: AnyModel<ViewState>, i: number, status: HTMLElement) {
+  const [q0, q1] = model.get("query_range") ?? [0, model.get("tokens").length];
+  if (i < q0 || i >= q1) {
+    status.textContent = `token ${i} is not a query of this attention: pick one of ${q0}–${q1 - 1}`;
+    return;
+  }
+  model.set("query", model.get("query") === i ? -1 : i);
+  model.save_changes();
+}
+
 /** The status line: which head, which region, and where a row's missing weight went. */
-function describe(layer: number, head: number, zoom: number[] | null, n: number, sink: boolean): string {
-  const where = zoom ? `queries ${zoom[0]}–${zoom[1] - 1}, keys ${zoom[2]}–${zoom[3] - 1}` : `${n} tokens`;
+function describe(layer: number, head: number, zoom: number[] | null, region: number[], sink: boolean): string {
+  const [q0, q1, k0, k1] = region;
+  const whole = q0 === k0 && q1 === k1 ? `${q1 - q0} tokens` : `${q1 - q0} queries × ${k1 - k0} keys`;
+  const where = zoom ? `queries ${zoom[0]}–${zoom[1] - 1}, keys ${zoom[2]}–${zoom[3] - 1}` : whole;
   return `layer ${layer}, head ${head}: ${where}` + (sink ? "; rows sum to less than 1: the rest goes to the attention sink" : "");
 }
 

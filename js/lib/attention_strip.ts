@@ -15,7 +15,8 @@ export interface StripOptions {
 
 export interface Strip {
   element: HTMLElement;
-  show(tokens: string[], nPrompt: number): void;
+  /** nSource: an encoder-decoder's source tokens, first (the output starts after a rule). */
+  show(tokens: string[], nPrompt: number, nSource?: number): void;
   markQuery(query: number): void;
   /** Colour every chip by its weight in `row` (null: plain). */
   colourBy(row: Float32Array | null): void;
@@ -76,13 +77,15 @@ export function mountStrip(options: StripOptions): Strip {
 
   return {
     element: strip,
-    show(tokens, nPrompt) {
+    show(tokens, nPrompt, nSource = 0) {
+      const role = (i: number) => (i >= nPrompt ? " (generated)" : i < nSource ? " (source)" : nSource ? " (decoder start)" : "");
       chips = tokens.map((token, i) => {
         const chip = el("span", i < nPrompt ? "lw-tok" : "lw-tok lw-tok-gen", shown(token));
+        if (nSource && i === nSource) chip.classList.add("lw-tok-output-start");
         chip.tabIndex = 0;
         chip.setAttribute("role", "button");
         chip.dataset.index = String(i);
-        chip.title = `${i}: ${JSON.stringify(token)}${i < nPrompt ? "" : " (generated)"}`;
+        chip.title = `${i}: ${JSON.stringify(token)}${role(i)}`;
         return chip;
       });
       strip.replaceChildren(...chips);

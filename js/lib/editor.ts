@@ -97,7 +97,7 @@ export function mountSteerControls(m: AnyModel<EditorState>, actions: EditorActi
     timer = setTimeout(() => {
       const span = m.get("key_span");
       if (span.length !== 2) return;
-      const made = steerEdits([span[0], span[1]], sliderToFactor(Number(slider.value)), target());
+      const made = steerEdits([span[0], span[1]], sliderToFactor(Number(slider.value)), target(), m.get("stack"));
       if (made.length === 0) {
         m.set("error", "no heads picked: shift-click heads in the grid, or apply to all layers");
         m.save_changes();
@@ -110,7 +110,7 @@ export function mountSteerControls(m: AnyModel<EditorState>, actions: EditorActi
   slider.addEventListener("pointerdown", () => (pointer = true));
   slider.addEventListener("change", commitSlider); // on release, or on each key press (debounced)
   scope.addEventListener("change", drawControls);
-  ablate.addEventListener("click", () => actions.send(toggleAblation(m.get("edit_specs"), m.get("layer"), m.get("head"))));
+  ablate.addEventListener("click", () => actions.send(toggleAblation(m.get("edit_specs"), m.get("layer"), m.get("head"), m.get("stack"))));
   pick.addEventListener("click", () => actions.togglePick(m.get("layer"), m.get("head")));
   reset.addEventListener("click", () => actions.send([]));
   record.addEventListener("click", () => download("llm-widgets-record.json", m.get("record_json"), "application/json"));
@@ -132,16 +132,19 @@ export function mountSteerControls(m: AnyModel<EditorState>, actions: EditorActi
       ? picked.map(([l, h]) => `L${l}H${h}`).join(" ")
       : "none yet: shift-click heads in the grid, or use “pick”";
     const [layer, head] = [m.get("layer"), m.get("head")];
-    const ablated = m.get("edit_specs").some((s) => s.kind === "ablate_head" && s.layer === layer && s.head === head);
+    const stack = m.get("stack") === "self" ? null : m.get("stack");
+    const ablated = m.get("edit_specs").some((s) => s.kind === "ablate_head" && s.layer === layer && s.head === head &&
+      (s.stack ?? null) === stack);
     ablate.textContent = ablated ? `restore L${layer} H${head}` : `ablate L${layer} H${head}`;
     ablate.setAttribute("aria-pressed", String(ablated));
     const isPicked = picked.some(([l, h]) => l === layer && h === head);
     pick.textContent = isPicked ? `unpick L${layer} H${head}` : `pick L${layer} H${head}`;
     // the slider shows the factor of the edit on these keys and heads, if there is one
     if (has) {
-      const made = steerEdits([span[0], span[1]], 1, target());
+      const made = steerEdits([span[0], span[1]], 1, target(), m.get("stack"));
       const same = m.get("edit_specs").find((s) => s.kind === "scale_attention" &&
-        made.some((x) => JSON.stringify([x.keys, x.layers, x.heads]) === JSON.stringify([s.keys, s.layers, s.heads])));
+        made.some((x) => JSON.stringify([x.keys, x.layers, x.heads, x.stack ?? null]) ===
+          JSON.stringify([s.keys, s.layers, s.heads, s.stack ?? null])));
       const factor = same?.kind === "scale_attention" ? same.factor : 1;
       slider.value = String(factor === 1 ? SLIDER_MAX / 2 : factorToSlider(factor));
       factorText.textContent = `×${factor}`;

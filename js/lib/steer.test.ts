@@ -86,3 +86,21 @@ describe("token diff", () => {
     expect(diffTokens([], ["a"])).toEqual({ before: [], after: [true] });
   });
 });
+
+describe("an encoder-decoder's kinds of attention", () => {
+  it("tags edits with the stack they steer, and none for a decoder-only model's one attention", () => {
+    expect(steerEdits([2, 4], 5, { scope: "all" }, "cross")[0].stack).toBe("cross");
+    expect("stack" in steerEdits([2, 4], 5, { scope: "all" }, "self")[0]).toBe(false);
+    expect(toggleAblation([], 1, 0, "encoder")).toEqual([{ kind: "ablate_head", layer: 1, head: 0, mode: "zero", stack: "encoder" }]);
+  });
+  it("keeps the same keys and heads of two stacks apart", () => {
+    const cross = steerEdits([2, 4], 5, { scope: "all" }, "cross");
+    const encoder = steerEdits([2, 4], 3, { scope: "all" }, "encoder");
+    expect(applySteer(cross, encoder)).toHaveLength(2);
+    expect(applySteer([...cross, ...encoder], steerEdits([2, 4], 1, { scope: "all" }, "cross"))).toEqual(encoder);
+    const both = toggleAblation(toggleAblation([], 0, 1, "cross"), 0, 1, "decoder");
+    expect(both).toHaveLength(2);
+    expect(toggleAblation(both, 0, 1, "cross")).toEqual([both[1]]);
+    expect(describeEdit(cross[0], ["a", "b", "c", "d"])).toContain("of cross attention");
+  });
+});

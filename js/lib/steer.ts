@@ -9,13 +9,18 @@ export interface ScaleSpec {
   queries: [number, number][] | null;
   layers: number[] | null;
   heads: number[] | null;
+  stack?: string; // an encoder-decoder's "encoder", "decoder" or "cross"; absent for a decoder-only model
 }
 export interface AblateSpec {
   kind: "ablate_head";
   layer: number;
   head: number;
   mode: "zero" | "mean";
+  stack?: string;
 }
+
+/** The stack field an edit carries: none for a decoder-only model's one attention. */
+const onStack = (stack: string | null | undefined) => (stack && stack !== "self" ? { stack } : {});
 export type EditSpec = ScaleSpec | AblateSpec;
 
 /** Which heads a slider applies to. */
@@ -42,8 +47,8 @@ export function factorToSlider(factor: number): number {
 }
 
 /** The edits one slider setting makes: one per layer when heads were picked in the grid. */
-export function steerEdits(keys: [number, number], factor: number, target: Scope): ScaleSpec[] {
-  const base = { kind: "scale_attention" as const, factor, keys: [keys] as [number, number][], queries: null };
+export function steerEdits(keys: [number, number], factor: number, target: Scope, stack: string | null = null): ScaleSpec[] {
+  const base = { kind: "scale_attention" as const, factor, keys: [keys] as [number, number][], queries: null, ...onStack(stack) };
   if (target.scope === "all") return [{ ...base, layers: null, heads: null }];
   if (target.scope === "layers") {
     const [a, b] = [Math.min(target.from, target.to), Math.max(target.from, target.to)];
@@ -56,8 +61,8 @@ export function steerEdits(keys: [number, number], factor: number, target: Scope
     .map(([layer, heads]) => ({ ...base, layers: [layer], heads: [...new Set(heads)].sort((x, y) => x - y) }));
 }
 
-const sameTarget = (a: ScaleSpec, b: ScaleSpec) =>
-  JSON.stringify([a.keys, a.queries, a.layers, a.heads]) === JSON.stringify([b.keys, b.queries, b.layers, b.heads]);
+const sameTarget = (a: ScaleSpec, b: ScaleSpec) => JSON.stringify([a.keys, a.queries, a.layers, a.heads, a.stack ?? null]) ===
+  JSON.stringify([b.keys, b.queries, b.layers, b.heads, b.stack ?? null]);
 
 /** Edits after moving the slider: edits on the same keys and heads are replaced; factor 1 removes them. */
 export function applySteer(specs: EditSpec[], made: ScaleSpec[]): EditSpec[] {
@@ -66,9 +71,12 @@ export function applySteer(specs: EditSpec[], made: ScaleSpec[]): EditSpec[] {
 }
 
 /** Ablate a head, or bring it back if it was ablated. */
-export function toggleAblation(specs: EditSpec[], layer: number, head: number): EditSpec[] {
-  const hit = (s: EditSpec) => s.kind === "ablate_head" && s.layer === layer && s.head === head;
-  return specs.some(hit) ? specs.filter((s) => !hit(s)) : [...specs, { kind: "ablate_head", layer, head, mode: "zero" }];
+export function toggleAblation(specs: EditSpec[], layer: number, head: number, stack: string | null = null): EditSpec[] {
+  const which = onStack(stack);
+  const hit = (s: EditSpec) => s.kind === "ablate_head" && s.layer === layer && s.head === head &&
+    (s.stack ?? null) === (which.stack ?? null);
+  return specs.some(hit) ? specs.filter((s) => !hit(s))
+    : [...specs, { kind: "ablate_head", layer, head, mode: "zero", ...which }];
 }
 
 function spans(spans: [number, number][], tokens: string[]): string {
@@ -85,12 +93,13 @@ function list(values: number[]): string {
 
 /** One line for the edit list. */
 export function describeEdit(spec: EditSpec, tokens: string[]): string {
-  if (spec.kind === "ablate_head") return `ablate layer ${spec.layer} head ${spec.head} (${spec.mode})`;
+  const of = spec.stack ? ` of ${spec.stack} attention` : "";
+  if (spec.kind === "ablate_head") return `ablate layer ${spec.layer} head ${spec.head}${of} (${spec.mode})`;
   const where = spec.layers === null && spec.heads === null
     ? "all layers and heads"
     : `${spec.layers === null ? "all layers" : `layers ${list(spec.layers)}`}, ${spec.heads === null ? "all heads" : `heads ${list(spec.heads)}`}`;
   const queries = spec.queries ? `, queries ${spans(spec.queries, tokens)}` : "";
-  return `×${spec.factor} on keys ${spans(spec.keys, tokens)}${queries}; ${where}`;
+  return `×${spec.factor} on keys ${spans(spec.keys, tokens)}${queries}; ${where}${of}`;
 }
 
 /** Which tokens changed between two outputs: a longest-common-subsequence diff.

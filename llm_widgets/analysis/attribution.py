@@ -15,6 +15,7 @@ training mode, the attention implementation.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import torch
 
@@ -23,6 +24,7 @@ from ..errors import InputError
 from ..models import LanguageModel
 from ..models.devices import input_device
 from ..models.modes import model_mode
+from ..models.plain import input_embedding, logits_of
 from ..trace import Trace
 from ..trace.locking import exclusive
 from .targets import first_token_id
@@ -129,16 +131,16 @@ def attribute(trace: Trace, target=None, contrast=None, method: str = "grad_x_in
 
     model = lm.model
     with exclusive(model), model_mode(model, training=False, frozen=True), torch.enable_grad():
-        embed = model.get_input_embeddings()
+        embed = input_embedding(model, len(lm.tokenizer)) if lm.plain else model.get_input_embeddings()
         embeds = embed(ids[None].to(input_device(model))).detach()
         reference = _baseline(lm, embed, ids, embeds, baseline)
         head_importance = delta = None
         if decoder_ids is not None:
             decoder_ids = decoder_ids[None].to(embeds.device)
         if method == "attention_x_grad":
-            scores, head_importance, logits = _attention_x_grad(lm, embeds, score_of, decoder_ids)
+            scores, head_importance, logits = _attention_x_grad(lm, ids, embeds, score_of, decoder_ids)
         else:
-            scores, delta, logits = _captum(model, embeds, score_of, method, n_steps, reference, decoder_ids)
+            scores, delta, logits = _captum(lm, ids, embeds, score_of, method, n_steps, reference, decoder_ids)
     probs = torch.softmax((logits if classifier else logits[position]).float(), dim=-1)
     value = score_of(logits[None]).item()
     name = (lambda i: lm.labels[i]) if lm.labels else (lambda i: lm.tokenizer.decode([i]))
@@ -150,8 +152,17 @@ def attribute(trace: Trace, target=None, contrast=None, method: str = "grad_x_in
         n_prompt=trace.n_source or trace.n_prompt, head_importance=head_importance, delta=delta, notes=notes, trace=trace)
 
 
-def _forward(model, embeds: torch.Tensor, decoder_ids: torch.Tensor | None = None, **kwargs):
-    """The model on input embeddings (an encoder-decoder's source, its decoder fed `decoder_ids`)."""
+def _forward(lm: LanguageModel, embeds: torch.Tensor, ids: torch.Tensor, decoder_ids: torch.Tensor | None = None,
+             **kwargs):
+    """The model on input embeddings (an encoder-decoder's source, its decoder fed `decoder_ids`). A
+    plain PyTorch model takes ids only: its embedding's output is replaced by `embeds` for the call."""
+    model = lm.model
+    if lm.plain:
+        swap = input_embedding(model, len(lm.tokenizer)).register_forward_hook(lambda module, args, out: embeds)
+        try:
+            return SimpleNamespace(logits=logits_of(model(ids[None].to(embeds.device).expand(len(embeds), -1))))
+        finally:
+            swap.remove()
     mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
     if decoder_ids is not None:
         kwargs["decoder_input_ids"] = decoder_ids.expand(len(embeds), -1)  # captum batches the inputs
@@ -170,13 +181,14 @@ def _baseline(lm: LanguageModel, embed, ids, embeds, name: str) -> torch.Tensor:
     return embed(torch.full_like(ids[None], token).to(embeds.device)).detach().to(embeds.dtype)
 
 
-def _captum(model, embeds, score_of, method: str, n_steps: int, reference: torch.Tensor, decoder_ids=None):
+def _captum(lm: LanguageModel, ids, embeds, score_of, method: str, n_steps: int, reference: torch.Tensor,
+            decoder_ids=None):
     from captum.attr import InputXGradient, IntegratedGradients, Occlusion
 
     seen: dict[str, torch.Tensor] = {}
 
     def forward(x):
-        logits = _forward(model, x, decoder_ids).logits
+        logits = _forward(lm, x, ids, decoder_ids).logits
         if len(x) == 1 and "logits" not in seen and torch.equal(x.detach(), embeds):  # the input itself: keep
             seen["logits"] = logits[0].detach()
         return score_of(logits)
@@ -200,17 +212,20 @@ def _captum(model, embeds, score_of, method: str, n_steps: int, reference: torch
         attr = attr / embeds.shape[-1]  # Occlusion spreads each token's effect over its features
     if "logits" not in seen:
         with torch.no_grad():
-            seen["logits"] = _forward(model, embeds, decoder_ids).logits[0]
+            seen["logits"] = _forward(lm, embeds, ids, decoder_ids).logits[0]
     return attr[0].sum(dim=-1).detach(), delta, seen["logits"]
 
 
-def _attention_x_grad(lm: LanguageModel, embeds, score_of, decoder_ids=None):
+def _attention_x_grad(lm: LanguageModel, ids, embeds, score_of, decoder_ids=None):
     """Attention weights x d score / d weights, from one eager forward with output_attentions
     (an encoder-decoder's cross-attention: each output token's weights over the source)."""
     model = lm.model
+    if lm.plain:
+        raise InputError("attention_x_grad needs attention weights, which a plain PyTorch model's fused attention "
+                         "does not return; use grad_x_input, integrated_gradients or occlusion")
     with model_mode(model, attn_implementation="eager"):  # SDPA gives no weights
         x = embeds.clone().requires_grad_(True)  # so the graph (and the weights' gradients) exists
-        out = _forward(model, x, decoder_ids, output_attentions=True)
+        out = _forward(lm, x, ids, decoder_ids, output_attentions=True)
         weights = out.cross_attentions if decoder_ids is not None else out.attentions
         attentions = [a for a in weights if a is not None]
         if not attentions:

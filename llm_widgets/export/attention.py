@@ -55,15 +55,19 @@ class AttentionFigure:
     queries: tuple[int, int]
     keys: tuple[int, int]
     query: int = -1
-    query_row: np.ndarray | None = None  # the query's attention over all keys
+    query_row: np.ndarray | None = None  # the query's attention over all positions (0 outside the keys)
     record: dict = field(default_factory=dict)
+    stack: str = "self"  # an encoder-decoder's "encoder", "decoder" or "cross" attention
+    whole: tuple[tuple[int, int], tuple[int, int]] | None = None  # its queries' and keys' spans (None: all tokens)
 
     @property
     def title(self) -> str:
         region = ""
-        if self.queries != (0, len(self.tokens)) or self.keys != (0, len(self.tokens)):
+        whole = self.whole or ((0, len(self.tokens)), (0, len(self.tokens)))
+        if (self.queries, self.keys) != tuple(whole):
             region = f", queries {self.queries[0]}-{self.queries[1] - 1}, keys {self.keys[0]}-{self.keys[1] - 1}"
-        return f"{self.model_name}: layer {self.layer}, head {self.head}{region}"
+        which = "" if self.stack == "self" else f" ({self.stack} attention)"
+        return f"{self.model_name}: layer {self.layer}, head {self.head}{which}{region}"
 
     def top_keys(self, k: int = 8) -> list[tuple[int, float]]:
         if self.query_row is None:
@@ -83,15 +87,21 @@ class AttentionFigure:
 
 
 def attention_figure(trace: Trace, layer: int, head: int, *, query: int = -1,
-                     queries: tuple[int, int] | None = None, keys: tuple[int, int] | None = None) -> AttentionFigure:
-    n = len(trace)
-    matrix = trace.attention_overview(layer, head, size=OVERVIEW, queries=queries, keys=keys)
-    if not -1 <= query < n:
-        raise InputError(f"query {query} is out of range: -1 (none) or 0 to {n - 1}")
-    row = trace.attention(layer, head, queries=query)[0].numpy() if query >= 0 else None
+                     queries: tuple[int, int] | None = None, keys: tuple[int, int] | None = None,
+                     stack: str | None = None) -> AttentionFigure:
+    part = trace.stack(stack)
+    matrix = trace.attention_overview(layer, head, size=OVERVIEW, queries=queries, keys=keys, stack=part.name)
+    q0, q1 = part.queries
+    if not (query == -1 or q0 <= query < q1):
+        raise InputError(f"query {query} is out of range: -1 (none) or {q0} to {q1 - 1}")
+    row = None
+    if query >= 0:
+        row = np.zeros(len(trace), dtype=np.float32)
+        row[part.keys[0]:part.keys[1]] = trace.attention(layer, head, queries=query, stack=part.name)[0].numpy()
     return AttentionFigure(model_name=trace.model.name, layer=layer, head=head, tokens=list(trace.tokens),
-                           n_prompt=trace.n_prompt, matrix=matrix.numpy(), queries=tuple(queries or (0, n)),
-                           keys=tuple(keys or (0, n)), query=query, query_row=row, record=trace.record)
+                           n_prompt=trace.n_prompt, matrix=matrix.numpy(), queries=tuple(queries or part.queries),
+                           keys=tuple(keys or part.keys), query=query, query_row=row, record=trace.record,
+                           stack=part.name, whole=(part.queries, part.keys))
 
 
 # --- layout shared by SVG and PNG ---

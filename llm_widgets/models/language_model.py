@@ -11,6 +11,7 @@ import torch
 from .._provide import implementation
 from ..errors import InputError, WrongTypeError
 from .devices import placement
+from .plain import VocabTokenizer, attention_modules
 
 
 @dataclass(frozen=True)
@@ -58,25 +59,39 @@ class LanguageModel:
     """A Hugging Face language model with its tokenizer.
 
     Build one with `lw.load_model(...)`, or wrap a model you already hold:
-    `lw.LanguageModel(hf_model, tokenizer)`.
+    `lw.LanguageModel(hf_model, tokenizer)`. A plain PyTorch transformer (built from
+    nn.MultiheadAttention or nn.TransformerEncoderLayer, no transformers in it, its
+    forward taking ids [batch, T] to logits [batch, T, vocab]) wraps the same way, or
+    with `vocab=[...]` (token strings by id) when it has no tokenizer:
+    `lw.LanguageModel(module, tokenizer=None, vocab=words)`.
     """
 
-    def __init__(self, model: Any, tokenizer: Any, *, name: str | None = None, source: dict | None = None):
-        if not isinstance(model, torch.nn.Module) or not hasattr(model, "config"):
+    def __init__(self, model: Any, tokenizer: Any = None, *, vocab: list[str] | None = None, name: str | None = None,
+                 source: dict | None = None):
+        if not isinstance(model, torch.nn.Module):
             raise WrongTypeError(
-                f"LanguageModel needs a Hugging Face transformers model (a torch.nn.Module with a .config), "
+                f"LanguageModel needs a Hugging Face transformers model or a PyTorch transformer (a torch.nn.Module), "
                 f"got {type(model).__name__}. Load one with lw.load_model(name_or_path) or "
                 f"transformers.AutoModelForCausalLM.from_pretrained(...)."
             )
+        # a plain PyTorch model: no transformers config, its attention in nn.MultiheadAttention modules
+        self.plain = not hasattr(model, "config")
+        if self.plain and not attention_modules(model):
+            raise WrongTypeError(
+                f"{type(model).__name__} is neither a Hugging Face transformers model (it has no .config) nor built "
+                f"from torch.nn.MultiheadAttention / nn.TransformerEncoderLayer, so it has no attention to trace")
+        if tokenizer is None and vocab is not None:
+            tokenizer = VocabTokenizer(vocab)
         if tokenizer is None:
             raise InputError(
                 f"LanguageModel({type(model).__name__}) needs a tokenizer: pass one, e.g. "
-                f"lw.LanguageModel(model, transformers.AutoTokenizer.from_pretrained(path)). "
-                f"Text goes in and comes out through it, so it cannot be guessed."
+                f"lw.LanguageModel(model, transformers.AutoTokenizer.from_pretrained(path)), or its vocabulary, "
+                f"lw.LanguageModel(model, vocab=[token strings by id]). Text goes in and comes out through it, so it "
+                f"cannot be guessed."
             )
         self.model = model
         self.tokenizer = tokenizer
-        self.name = name or getattr(model.config, "name_or_path", None) or type(model).__name__
+        self.name = name or getattr(getattr(model, "config", None), "name_or_path", None) or type(model).__name__
         # where the weights came from (path, revision, weights hash): goes into run records
         self.source = dict(source or {})
 
@@ -92,6 +107,8 @@ class LanguageModel:
     @property
     def kind(self) -> str:
         """facts.kind, without the rest of the facts (which count parameters)."""
+        if self.plain:
+            return "causal"  # a plain model predicts the next token at every position
         return _kind(self.model, bool(self.labels), getattr(self.model, "can_generate", lambda: False)())
 
     @property
@@ -116,6 +133,8 @@ class LanguageModel:
     @property
     def facts(self) -> ModelFacts:
         model = self.model
+        if self.plain:
+            return self._plain_facts()
         text = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
         n_heads = _config_int(text, "num_attention_heads", "n_head") or 0
         hidden = _config_int(text, "hidden_size", "n_embd", "d_model") or 0
@@ -138,6 +157,18 @@ class LanguageModel:
             device=placement(model),
             attn_implementation=str(getattr(model.config, "_attn_implementation", None) or "eager"),
         )
+
+    def _plain_facts(self) -> ModelFacts:
+        model = self.model
+        attention = attention_modules(model)
+        param = next(model.parameters(), None)
+        return ModelFacts(
+            name=self.name, architecture=type(model).__name__, model_type="torch", kind="causal",
+            n_layers=len(attention), n_heads=attention[0].num_heads, n_kv_heads=attention[0].num_heads,
+            head_dim=attention[0].head_dim, hidden_size=attention[0].embed_dim, vocab_size=len(self.tokenizer),
+            context_length=None, n_parameters=sum(p.numel() for p in model.parameters()),
+            dtype=str(param.dtype).removeprefix("torch.") if param is not None else "unknown",
+            device=placement(model), attn_implementation="torch.nn.MultiheadAttention")
 
     def trace(self, prompt: Any, *, max_new_tokens: int = 0, edits: Any = (), seed: int | None = None,
               do_sample: bool = False, **generation_kwargs: Any):

@@ -15,6 +15,7 @@ from ..models import LanguageModel
 from ..models.compat import (UNSUPPORTED_ATTENTION, cache_kwargs, output_cache, takes_logits_to_keep,
                              takes_position_ids, uses_attention_registry)
 from ..models.devices import input_device
+from ..models.plain import logits_of
 from ..models.modes import model_mode
 from .capture import RunState, attention_layers, instrument
 from .edits import validate_edits
@@ -23,6 +24,7 @@ from .record import make_record
 from .settings import check_generation_settings
 from .batch import TraceBatch, batch_rows, pad, positions
 from .attention import SELF, AttentionStack, assembled
+from .plain import trace_plain
 from .seq2seq import decoder_start, trace_seq2seq
 from .trace import TOP_K_KEPT, Trace, probability_of, top_k_of
 
@@ -97,6 +99,13 @@ def run_trace(lm: LanguageModel, prompt: Any, *, max_new_tokens: int = 0, edits=
     rows = [prompt_ids(lm, p) for p in batch] if batch is not None else [prompt_ids(lm, prompt)]
     longest = max(len(ids) for ids in rows)
     total = longest + max_new_tokens
+    if lm.plain:  # a plain PyTorch transformer: its own loop, hooks on nn.MultiheadAttention
+        if is_batch:
+            raise InputError(f"{lm.name} is a plain PyTorch model: trace one prompt at a time")
+        if capture_device is not None or capture_dtype is not None or profile:
+            raise InputError("capture_device, capture_dtype and profile are for transformers models")
+        return trace_plain(lm, rows[0], {"max_new_tokens": max_new_tokens, "do_sample": do_sample, "seed": seed,
+                                         **generation_kwargs}, edits, keep_logits=keep_logits, capture=capture)
     if facts.kind == "seq2seq":  # an encoder-decoder: the source runs through the encoder, the output is the decoder's
         if is_batch:
             raise InputError(f"{lm.name} is an encoder-decoder: trace one source text at a time (batches are for "
@@ -292,6 +301,8 @@ def fidelity(lm: LanguageModel, prompt: Any) -> float:
     model = lm.model
     with exclusive(model), model_mode(model, training=False), torch.no_grad():
         device = input_device(model)
+        if lm.plain:
+            return float((traced - logits_of(model(ids[None].to(device)))[0].float().cpu()).abs().max())
         decoder = {"decoder_input_ids": torch.tensor([[decoder_start(lm)]], device=device)} \
             if lm.kind == "seq2seq" else {}  # an encoder-decoder's first step: the decoder's start token
         plain = model(input_ids=ids[None].to(device), use_cache=False, **decoder).logits[0].float().cpu()

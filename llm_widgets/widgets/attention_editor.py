@@ -80,14 +80,16 @@ class AttentionEditor(AttentionView):
         if not isinstance(model, LanguageModel):
             raise WrongTypeError(f"AttentionEditor takes a LanguageModel (from lw.load_model), got {type(model).__name__}")
         if model.facts.kind == "masked":
-            raise InputError(f"{model.name} does not generate (a masked model): the editor needs a causal LM or a "
-                             f"classifier; use lw.AttentionView(model.trace(prompt)) to see its attention")
+            raise InputError(f"{model.name} does not generate (a masked model): the editor needs a causal LM, an "
+                             f"encoder-decoder or a classifier; use lw.AttentionView(model.trace(prompt)) to see its "
+                             f"attention")
         self.lm = model
         if model.facts.kind in ("classifier", "token_classifier"):  # classes: the editor shows them, with p
             max_new_tokens = 0
         self._settings = dict(max_new_tokens=max_new_tokens, seed=seed, do_sample=do_sample, **generation_kwargs)
         self.unedited: Trace = model.trace(prompt, **self._settings)
-        self._prompt = self.unedited.input_ids[:self.unedited.n_prompt].tolist()  # ids: what every rerun uses
+        # ids: what every rerun uses (an encoder-decoder's source)
+        self._prompt = self.unedited.input_ids[:self.unedited.n_source or self.unedited.n_prompt].tolist()
         specs = [_as_spec(e) for e in edits]
         current = self._run(specs) if specs else self.unedited
         self._reverting = False
@@ -101,6 +103,10 @@ class AttentionEditor(AttentionView):
         self.edit_specs = specs
         self._publish(current, specs)
         self.observe(self._on_edit_specs, names="edit_specs")
+
+    @traitlets.observe("stack")
+    def _forget_picked_heads(self, change):  # (layer, head) pairs of another kind of attention
+        self.picked = []
 
     # --- the edits, as Python objects ---
 
@@ -181,12 +187,6 @@ class AttentionEditor(AttentionView):
 
     def _publish(self, trace: Trace, specs: list[dict]) -> None:
         """Show `trace` (made with `specs`) as the current run."""
-        self.query = -1  # before the tokens change: a kept position might not exist any more
-        self.zoom = []
-        self.trace = trace
-        self.tokens = trace.tokens
-        self.n_prompt = trace.n_prompt
-        self.output_text = trace.output_text
         self.new_tokens = _output_tokens(trace)
         self.class_bars = [{"label": label, "before": p, "after": trace.label_probabilities[label]}
                            for label, p in self.unedited.label_probabilities.items()]
@@ -194,7 +194,7 @@ class AttentionEditor(AttentionView):
         self.record_json = json.dumps(trace.record, indent=1)
         self.error = ""
         self.runs += 1
-        self.revision += 1
+        self.show_trace(trace)
 
 
 def _output_tokens(trace: Trace) -> list[str]:

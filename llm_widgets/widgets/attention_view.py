@@ -46,10 +46,18 @@ class AttentionView(Answers, StaticFallback, anywidget.AnyWidget):
                                                           "attention or state-space layers)").tag(sync=True)
     sink_layers = traitlets.List(traitlets.Int(), help="layers with attention sinks (GPT-OSS, ...): a row's weights "
                                                      "sum to less than 1, the rest is the sink's").tag(sync=True)
+    stacks = traitlets.List(traitlets.Unicode(), help="the kinds of attention: ['self'], or an encoder-decoder's "
+                                                      "['encoder', 'decoder', 'cross']").tag(sync=True)
+    stack = traitlets.Unicode("self", help="the kind of attention shown").tag(sync=True)
+    query_range = traitlets.List(traitlets.Int(), help="[start, stop) of the positions that are this stack's "
+                                                      "queries").tag(sync=True)
+    key_range = traitlets.List(traitlets.Int(), help="[start, stop) of the positions that are its keys").tag(sync=True)
+    n_source = traitlets.Int(0, help="an encoder-decoder's source tokens (positions 0 .. n_source - 1)").tag(sync=True)
     n_rows = traitlets.Int(1, help="rows of the batch shown (1 for a single trace)").tag(sync=True)
     row = traitlets.Int(0, help="the batch row on screen").tag(sync=True)
 
-    def __init__(self, trace: Trace | TraceBatch, *, layer: int | None = None, head: int = 0, row: int = 0, **kwargs):
+    def __init__(self, trace: Trace | TraceBatch, *, layer: int | None = None, head: int = 0, row: int = 0,
+                 stack: str | None = None, **kwargs):
         if isinstance(trace, TraceBatch):
             self.batch = trace
         elif isinstance(trace, Trace):
@@ -59,12 +67,36 @@ class AttentionView(Answers, StaticFallback, anywidget.AnyWidget):
                                  f"{type(trace).__name__}")
         first = trace[0] if self.batch is not None else trace
         self.trace = first
+        shown = first.stack(stack)  # an encoder-decoder's cross-attention unless asked otherwise
         super().__init__(model_name=first.model.name, tokens=first.tokens, n_prompt=first.n_prompt,
-                         n_layers=first.n_layers, n_heads=first.n_heads, output_text=first.output_text,
-                         attention_layers=list(first.attention_layers), sink_layers=list(first.sink_layers),
-                         n_rows=len(trace) if self.batch is not None else 1, **kwargs)
-        first_layer = first.attention_layers[0] if first.attention_layers else 0  # a hybrid's first may not attend
-        self.layer, self.head, self.row = first_layer if layer is None else layer, head, row  # validated below
+                         output_text=first.output_text, stacks=list(first.stacks), stack=shown.name,
+                         n_source=first.n_source, n_rows=len(trace) if self.batch is not None else 1,
+                         **self._stack_state(shown), **kwargs)
+        self.layer, self.head, self.row = self.layer if layer is None else layer, head, row  # validated below
+
+    @staticmethod
+    def _stack_state(stack) -> dict:
+        """The traits that follow the kind of attention shown (its layers, heads and positions)."""
+        first_layer = stack.attention_layers[0] if stack.attention_layers else 0  # a hybrid's first may not attend
+        return dict(n_layers=stack.n_layers, n_heads=stack.n_heads, attention_layers=list(stack.attention_layers),
+                    sink_layers=list(stack.sink_layers), query_range=list(stack.queries), key_range=list(stack.keys),
+                    layer=first_layer, head=0)
+
+    @traitlets.validate("stack")
+    def _check_stack(self, proposal):
+        if proposal.value not in self.trace.stacks:
+            raise traitlets.TraitError(f"stack {proposal.value!r} is not in this trace: pick one of "
+                                       f"{list(self.trace.stacks)}")
+        return proposal.value
+
+    @traitlets.observe("stack")
+    def _show_stack(self, change):
+        with self.hold_sync():
+            self.query = -1
+            self.zoom = []
+            for name, value in self._stack_state(self.trace.stack(change.new)).items():
+                setattr(self, name, value)
+            self.revision += 1
 
     @traitlets.validate("row")
     def _check_row(self, proposal):
@@ -77,33 +109,45 @@ class AttentionView(Answers, StaticFallback, anywidget.AnyWidget):
     def _show_row(self, change):
         if self.batch is None or self.batch[change.new] is self.trace:
             return
-        self.query = -1  # before the tokens change: a kept position might not exist in this row
-        self.zoom = []
-        self.trace = self.batch[change.new]
-        self.tokens = self.trace.tokens
-        self.n_prompt = self.trace.n_prompt
-        self.output_text = self.trace.output_text
-        self.revision += 1
+        self.show_trace(self.batch[change.new])
+
+    def show_trace(self, trace: Trace) -> None:
+        """Put another run of the same model on screen (a batch row, the editor's new run), keeping
+        the kind of attention, layer and head shown."""
+        with self.hold_sync():
+            self.query = -1  # before the tokens change: a kept position might not exist in this run
+            self.zoom = []
+            self.trace = trace
+            self.tokens = trace.tokens
+            self.n_prompt = trace.n_prompt
+            self.n_source = trace.n_source
+            self.output_text = trace.output_text
+            part = trace.stack(self.stack)
+            self.query_range, self.key_range = list(part.queries), list(part.keys)
+            self.revision += 1
 
     @traitlets.validate("layer")
     def _check_layer(self, proposal):
-        if not 0 <= proposal.value < self.trace.n_layers:
-            raise traitlets.TraitError(f"layer {proposal.value} is out of range: 0 to {self.trace.n_layers - 1}")
-        if proposal.value not in self.trace.attention_layers:
+        part = self.trace.stack(self.stack)
+        if not 0 <= proposal.value < part.n_layers:
+            raise traitlets.TraitError(f"layer {proposal.value} is out of range: 0 to {part.n_layers - 1}")
+        if proposal.value not in part.attention_layers:
             raise traitlets.TraitError(f"layer {proposal.value} has no attention (a linear-attention or state-space "
-                                       f"layer of this hybrid model): pick one of {list(self.trace.attention_layers)}")
+                                       f"layer of this hybrid model): pick one of {list(part.attention_layers)}")
         return proposal.value
 
     @traitlets.validate("head")
     def _check_head(self, proposal):
-        if not 0 <= proposal.value < self.trace.n_heads:
-            raise traitlets.TraitError(f"head {proposal.value} is out of range: 0 to {self.trace.n_heads - 1}")
+        n_heads = self.trace.stack(self.stack).n_heads
+        if not 0 <= proposal.value < n_heads:
+            raise traitlets.TraitError(f"head {proposal.value} is out of range: 0 to {n_heads - 1}")
         return proposal.value
 
     @traitlets.validate("query")
     def _check_query(self, proposal):
-        if not -1 <= proposal.value < len(self.trace):
-            raise traitlets.TraitError(f"query {proposal.value} is out of range: -1 (none) or 0 to {len(self.trace) - 1}")
+        first, stop = self.trace.stack(self.stack).queries
+        if not (proposal.value == -1 or first <= proposal.value < stop):
+            raise traitlets.TraitError(f"query {proposal.value} is out of range: -1 (none) or {first} to {stop - 1}")
         return proposal.value
 
     @traitlets.validate("zoom")
@@ -111,7 +155,8 @@ class AttentionView(Answers, StaticFallback, anywidget.AnyWidget):
         zoom = list(proposal.value)
         if zoom:
             try:
-                self.trace._span(zoom[:2], "zoom queries"), self.trace._span(zoom[2:], "zoom keys")
+                self.trace._span(zoom[:2], "zoom queries", self.stack), self.trace._span(zoom[2:], "zoom keys",
+                                                                                        self.stack)
                 assert len(zoom) == 4
             except (ValueError, AssertionError) as error:
                 raise traitlets.TraitError(f"zoom must be [] or [q0, q1, k0, k1] within the {len(self.trace)} "
@@ -123,14 +168,15 @@ class AttentionView(Answers, StaticFallback, anywidget.AnyWidget):
     def figure(self) -> export.AttentionFigure:
         """What is on screen (head, zoom, query) as figure data."""
         region = {"queries": tuple(self.zoom[:2]), "keys": tuple(self.zoom[2:])} if self.zoom else {}
-        return export.attention_figure(self.trace, self.layer, self.head, query=self.query, **region)
+        return export.attention_figure(self.trace, self.layer, self.head, query=self.query, stack=self.stack, **region)
 
     def static_figure(self) -> bytes:
         return export.render(self.figure(), "png")
 
     def static_text(self) -> str:
         row = f", batch row {self.row} of {self.n_rows}" if self.n_rows > 1 else ""
-        return (f"{self.model_name}, layer {self.layer}, head {self.head}{row}: {len(self.trace)} tokens\n"
+        which = "" if self.stack == "self" else f" ({self.stack} attention)"
+        return (f"{self.model_name}, layer {self.layer}, head {self.head}{which}{row}: {len(self.trace)} tokens\n"
                 f"{self.trace.prompt_text}{self.trace.output_text}")
 
     def save(self, path: str | Path) -> Path:
@@ -143,25 +189,31 @@ class AttentionView(Answers, StaticFallback, anywidget.AnyWidget):
     def answer(self, request: dict) -> tuple[dict, list[bytes]]:
         """The reply to one request, as (message, buffers). Used by the front end and by tests."""
         what = request.get("what")
+        stack = self.stack
         if what == "overview":
             matrix = self.trace.attention_overview(int(request["layer"]), int(request["head"]),
-                                                   size=int(request.get("size", OVERVIEW)))
+                                                   size=int(request.get("size", OVERVIEW)), stack=stack)
         elif what == "row":
-            matrix = self.trace.attention(int(request["layer"]), int(request["head"]), queries=int(request["query"]))
+            matrix = self.trace.attention(int(request["layer"]), int(request["head"]), queries=int(request["query"]),
+                                          stack=stack)
         elif what == "tile":
             matrix = self.trace.attention_overview(int(request["layer"]), int(request["head"]),
                                                    size=int(request.get("size", OVERVIEW)),
                                                    queries=(int(request["q0"]), int(request["q1"])),
-                                                   keys=(int(request["k0"]), int(request["k1"])))
-        elif what == "heads":  # one query's row in every head of a layer: the head view's lines
+                                                   keys=(int(request["k0"]), int(request["k1"])), stack=stack)
+        elif what == "heads":  # one query's row in every head of a layer, over every position: the head view's lines
             layer, query = int(request["layer"]), int(request["query"])
-            matrix = torch.cat([self.trace.attention(layer, head, queries=query) for head in range(self.trace.n_heads)])
+            part = self.trace.stack(stack)
+            matrix = torch.zeros(part.n_heads, len(self.trace))
+            matrix[:, part.keys[0]:part.keys[1]] = torch.cat(
+                [part.attention(layer, head, queries=query) for head in range(part.n_heads)])
         elif what == "grid":
-            matrix = self.trace.attention_grid(int(request.get("size", GRID_CELL)))
+            matrix = self.trace.attention_grid(int(request.get("size", GRID_CELL)), stack=stack)
         elif what == "export":
             fmt = str(request.get("format"))
             data = export.render(self.figure(), fmt)
-            name = f"attention-L{self.layer}-H{self.head}.{fmt}"
+            which = "" if self.stack == "self" else f"{self.stack}-"
+            name = f"attention-{which}L{self.layer}-H{self.head}.{fmt}"
             return {"type": "file", "id": request.get("id"), "name": name, "format": fmt}, [data]
         else:
             raise InputError(f"unknown request {what!r}: ask for 'overview', 'tile', 'row', 'heads', 'grid' or "

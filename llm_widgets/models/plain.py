@@ -1,0 +1,79 @@
+"""Plain PyTorch transformers: a model built from `nn.MultiheadAttention` (or
+`nn.TransformerEncoderLayer`) with no transformers in it, and a tokenizer made
+from its vocabulary when it has none.
+
+Such a model's forward takes token ids [batch, T] and returns logits
+[batch, T, vocab] (or an object with `.logits`); it predicts the next token at
+each position, so the trace engine runs it as a causal LM.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..errors import InputError
+
+
+def attention_modules(model: torch.nn.Module) -> list[torch.nn.MultiheadAttention]:
+    """The model's attention modules, in the order they are registered (= layer order)."""
+    return [m for m in model.modules() if isinstance(m, torch.nn.MultiheadAttention)]
+
+
+def input_embedding(model: torch.nn.Module, vocab_size: int) -> torch.nn.Embedding:
+    """The token embedding: the first nn.Embedding with one row per token of the vocabulary."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Embedding) and module.num_embeddings == vocab_size:
+            return module
+    raise InputError(f"{type(model).__name__} has no nn.Embedding with {vocab_size} rows (one per token of its "
+                     f"vocabulary), so its inputs cannot be attributed")
+
+
+def logits_of(output: Any) -> torch.Tensor:
+    logits = getattr(output, "logits", output)
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 3:
+        raise InputError("a plain PyTorch model's forward(input_ids [batch, T]) must return logits [batch, T, vocab] "
+                         f"(or an object with .logits); got {type(output).__name__}"
+                         + (f" of shape {list(logits.shape)}" if isinstance(logits, torch.Tensor) else ""))
+    return logits
+
+
+class VocabTokenizer:
+    """A tokenizer made from a vocabulary list, for models that have none: text is split on
+    whitespace and each word looked up (an unknown word is refused, naming it); ids decode
+    to their words joined by spaces."""
+
+    chat_template = None
+
+    def __init__(self, vocab: list[str], *, eos_token: str | None = None, pad_token: str | None = None):
+        if not isinstance(vocab, (list, tuple)) or not vocab or not all(isinstance(v, str) for v in vocab):
+            raise InputError(f"vocab must be a non-empty list of token strings (id i is vocab[i]); got {vocab!r:.80}")
+        if len(set(vocab)) != len(vocab):
+            raise InputError("vocab has repeated tokens: each id needs its own string")
+        self.vocab = list(vocab)
+        self._ids = {token: i for i, token in enumerate(self.vocab)}
+        self.eos_token_id = self._ids.get(eos_token) if eos_token else None
+        self.pad_token_id = self._ids.get(pad_token) if pad_token else None
+
+    def __len__(self) -> int:
+        return len(self.vocab)
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        words = text.split()
+        unknown = [w for w in words if w not in self._ids]
+        if unknown:
+            raise InputError(f"{unknown[0]!r} is not in this model's vocabulary ({len(self.vocab)} tokens, e.g. "
+                             f"{self.vocab[:5]}); write the prompt as space-separated vocabulary tokens")
+        return [self._ids[w] for w in words]
+
+    def __call__(self, text: str, return_tensors: str | None = None, **_: Any) -> dict:
+        ids = self.encode(text)
+        return {"input_ids": torch.tensor([ids]) if return_tensors == "pt" else ids}
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
+        special = {self.eos_token_id, self.pad_token_id} if skip_special_tokens else set()
+        return " ".join(self.vocab[i] for i in ids if i not in special)
+
+    def batch_decode(self, sequences: list[list[int]], **kwargs: Any) -> list[str]:
+        return [self.decode(ids, **kwargs) for ids in sequences]

@@ -1,0 +1,199 @@
+"""Plain PyTorch transformers (nn.TransformerEncoderLayer, a hand-written block around
+nn.MultiheadAttention), no transformers in them: traced, viewed, edited and attributed."""
+
+import pytest
+import torch
+import torch.nn as nn
+
+import llm_widgets as lw
+
+V, D, H, LAYERS = 40, 32, 4, 3
+VOCAB = [f"w{i}" for i in range(V)]
+PROMPT = "w1 w5 w9 w3 w7 w2"
+
+
+class EncoderLM(nn.Module):
+    """A GPT in a few lines: nn.TransformerEncoder with a causal mask."""
+
+    def __init__(self, norm_first: bool = False):
+        super().__init__()
+        self.embed = nn.Embedding(V, D)
+        self.pos = nn.Parameter(torch.randn(64, D) * 0.3)
+        layer = nn.TransformerEncoderLayer(D, H, 64, dropout=0.0, batch_first=True, norm_first=norm_first)
+        self.encoder = nn.TransformerEncoder(layer, LAYERS, enable_nested_tensor=False)
+        self.head = nn.Linear(D, V)
+
+    def forward(self, ids):
+        n = ids.shape[1]
+        mask = nn.Transformer.generate_square_subsequent_mask(n)
+        return self.head(self.encoder(self.embed(ids) + self.pos[:n], mask=mask, is_causal=True))
+
+
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(D, H)  # sequence-first, as nn.MultiheadAttention defaults
+        self.norm = nn.LayerNorm(D)
+        self.mlp = nn.Sequential(nn.Linear(D, 64), nn.GELU(), nn.Linear(64, D))
+
+    def forward(self, x, mask):
+        h = self.norm(x)
+        x = x + self.attn(h, h, h, attn_mask=mask, need_weights=False)[0]
+        return x + self.mlp(x)
+
+
+class HandWrittenLM(nn.Module):
+    """Blocks of its own around nn.MultiheadAttention, with a boolean causal mask."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(V, D)
+        self.blocks = nn.ModuleList(Block() for _ in range(LAYERS))
+        self.head = nn.Linear(D, V)
+
+    def forward(self, ids):
+        n = ids.shape[1]
+        mask = torch.ones(n, n, dtype=torch.bool).triu(1)
+        x = self.embed(ids).transpose(0, 1)
+        for block in self.blocks:
+            x = block(x, mask)
+        return self.head(x.transpose(0, 1))
+
+
+MODELS = {"encoder": EncoderLM, "norm_first": lambda: EncoderLM(norm_first=True), "hand_written": HandWrittenLM}
+
+
+@pytest.fixture(scope="module", params=sorted(MODELS))
+def kind(request):
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def lm(kind):
+    torch.manual_seed(0)
+    return lw.LanguageModel(MODELS[kind]().eval(), vocab=VOCAB, name=f"torch-{kind}")
+
+
+def reference_attention(module, ids) -> list[torch.Tensor]:
+    """Each layer's weights as nn.MultiheadAttention returns them with need_weights=True, per head."""
+    weights = []
+
+    def keep(mha, args, kwargs, output):
+        weights.append(output[1][0].detach())
+
+    hooks = []
+    for mha in (m for m in module.modules() if isinstance(m, nn.MultiheadAttention)):
+        hooks.append(mha.register_forward_pre_hook(
+            lambda m, args, kwargs: (args, {**kwargs, "need_weights": True, "average_attn_weights": False}),
+            with_kwargs=True))
+        hooks.append(mha.register_forward_hook(keep, with_kwargs=True))
+    try:
+        with torch.no_grad():
+            module(ids)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return weights
+
+
+def test_attention_equals_need_weights_and_outputs_are_unchanged(lm):
+    tr = lm.trace(PROMPT, max_new_tokens=4, keep_logits=True)
+    assert lm.plain and lm.kind == "causal" and (lm.facts.n_layers, lm.facts.n_heads) == (LAYERS, H)
+    reference = reference_attention(lm.model, tr.input_ids[None])
+    assert len(reference) == LAYERS
+    for layer in range(LAYERS):
+        for head in range(H):
+            torch.testing.assert_close(tr.attention(layer, head), reference[layer][head], atol=1e-5, rtol=0)
+    ids = tr.input_ids[None, :tr.n_prompt]
+    with torch.no_grad():
+        plain = lm.model(ids)[0]
+    assert torch.equal(tr.logits, plain)  # the very same computation
+    sequence = ids  # generation: the argmax, step by step
+    with torch.no_grad():
+        for _ in range(4):
+            sequence = torch.cat([sequence, lm.model(sequence)[:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert tr.input_ids.tolist() == sequence[0].tolist()
+    assert tr.tokens[0] == "w1" and lw.trace.fidelity(lm, PROMPT) == 0.0
+
+
+def test_an_unedited_run_keeps_torchs_fast_path(monkeypatch):
+    torch.manual_seed(0)
+    lm = lw.LanguageModel(EncoderLM().eval(), vocab=VOCAB)
+    calls = []
+    fused = torch._transformer_encoder_layer_fwd
+    monkeypatch.setattr(torch, "_transformer_encoder_layer_fwd", lambda *a, **k: calls.append(1) or fused(*a, **k))
+    lm.trace(PROMPT)
+    assert len(calls) == LAYERS  # every layer ran fused, and was captured all the same
+    calls.clear()
+    lm.trace(PROMPT, edits=[lw.ScaleAttention(3.0, keys=(0, 2))])
+    assert calls == [] and torch.backends.mha.get_fastpath_enabled()  # edits: off for the run, then back on
+
+
+def test_edits_steer_and_the_recomputed_map_is_the_edited_one(lm):
+    plain = lm.trace(PROMPT, keep_logits=True)
+    same = lm.trace(PROMPT, keep_logits=True, edits=[lw.ScaleAttention(1.0, keys=(0, 3))])
+    torch.testing.assert_close(same.logits, plain.logits, atol=1e-5, rtol=0)
+    edited = lm.trace(PROMPT, keep_logits=True, edits=[lw.ScaleAttention(20.0, keys=(0, 2), layers=[0])])
+    assert (edited.logits - plain.logits).abs().max() > 1e-3
+    expected = plain.attention(0, 1).clone()  # layer 0 sees the same queries and keys: x20, renormalised
+    expected[:, 0:2] *= 20.0
+    torch.testing.assert_close(edited.attention(0, 1), expected / expected.sum(-1, keepdim=True), atol=1e-5, rtol=0)
+    with pytest.warns(UserWarning, match="masked every key"):
+        masked = lm.trace(PROMPT, edits=[lw.ScaleAttention(0.0, keys=(0, 2))])
+    assert masked.attention(2, 0)[2:, :2].abs().max() < 1e-6
+
+
+def test_attribution_is_autograd(lm):
+    tr = lm.trace(PROMPT)
+    attribution = tr.attribute()
+    ids = tr.input_ids[None]
+    embed = lm.model.embed
+    x = embed(ids).detach().requires_grad_(True)
+    hook = embed.register_forward_hook(lambda m, a, out: x)
+    try:
+        torch.log_softmax(lm.model(ids)[0, -1], -1)[tr.next_token_id].backward()
+    finally:
+        hook.remove()
+    torch.testing.assert_close(attribution.scores, (x.grad * x).sum(-1)[0], atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="attention_x_grad needs attention weights"):
+        tr.attribute(method="attention_x_grad")
+
+
+def test_the_views_show_it(lm):
+    from tests.test_widgets import decode_rows_uint8
+
+    view = lw.AttentionView(lm.trace(PROMPT, max_new_tokens=2))
+    assert decode_rows_uint8(*view.answer({"what": "grid", "size": 4})).shape == (LAYERS * H * 4, 4)
+    editor = lw.AttentionEditor(lm, PROMPT, max_new_tokens=3)
+    editor.edit_specs = [lw.ScaleAttention(20.0, keys=(0, 2)).to_dict()]
+    assert editor.error == "" and editor.new_tokens == lm.trace(PROMPT, max_new_tokens=3, edits=editor.edits).tokens[6:]
+
+
+def test_clear_errors(lm):
+    with pytest.raises(ValueError, match="'hello' is not in this model's vocabulary"):
+        lm.trace("w1 hello")
+    with pytest.raises(ValueError, match="AblateHead is not available for plain PyTorch models"):
+        lm.trace(PROMPT, edits=[lw.AblateHead(0, 1)])
+    with pytest.raises(ValueError, match="are for transformers' generate"):
+        lm.trace(PROMPT, max_new_tokens=2, top_p=0.9)
+    with pytest.raises(TypeError, match="neither a Hugging Face transformers model"):
+        lw.LanguageModel(nn.Linear(3, 3), vocab=VOCAB)
+    with pytest.raises(ValueError, match="needs a tokenizer"):
+        lw.LanguageModel(EncoderLM())
+
+
+def test_cross_attention_models_are_refused_clearly():
+    class Seq2Seq(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(V, D)
+            self.decoder = nn.TransformerDecoderLayer(D, H, 64, dropout=0.0, batch_first=True)
+            self.head = nn.Linear(D, V)
+
+        def forward(self, ids):
+            x = self.embed(ids)
+            return self.head(self.decoder(x, x.flip(1)))
+
+    lm = lw.LanguageModel(Seq2Seq().eval(), vocab=VOCAB)
+    with pytest.raises(ValueError, match="plain PyTorch encoder-decoders are not supported yet"):
+        lm.trace(PROMPT)
