@@ -99,6 +99,60 @@ def llama_7b(device, dtype) -> lw.LanguageModel:
     return lw.LanguageModel(model, tokenizer, name="llama-7b-shaped (random)")
 
 
+def marian_base(device, dtype) -> lw.LanguageModel:
+    torch.manual_seed(0)
+    # opus-mt-en-de's shape: 6 + 6 layers, 8 heads, 512 wide (vocabulary cut to the tokenizer's)
+    config = transformers.MarianConfig(vocab_size=4096, d_model=512, encoder_layers=6, decoder_layers=6,
+                                       encoder_attention_heads=8, decoder_attention_heads=8, encoder_ffn_dim=2048,
+                                       decoder_ffn_dim=2048, max_position_embeddings=1024, pad_token_id=0,
+                                       eos_token_id=4095, decoder_start_token_id=0)
+    model = transformers.MarianMTModel(config).to(device=device, dtype=dtype).eval()
+    tokenizer = lw.load_model("tiny-gpt2").tokenizer
+    return lw.LanguageModel(model, tokenizer, name="marian-base-shaped (random)")
+
+
+def bench_seq2seq(lm: lw.LanguageModel, length: int, repeats: int, new_tokens: int) -> list[str]:
+    """An encoder-decoder: the source through the encoder and the decoder's first step, traced vs
+    plain; then generation with cross-attention edits on 12 heads vs plain generate."""
+    model, device = lm.model, next(lm.model.parameters()).device
+    g = torch.Generator().manual_seed(length)
+    ids = torch.randint(100, lm.facts.vocab_size - 100, (1, length), generator=g).to(device)
+    start = torch.tensor([[model.generation_config.decoder_start_token_id]], device=device)
+    cross = lm.trace(ids[0]).stack("cross")
+    edits = [lw.ScaleAttention(3.0, keys=(0, 8), layers=[layer], heads=[head], stack="cross")
+             for layer in range(cross.n_layers) for head in (0, cross.n_heads - 1)][:12]
+
+    def plain():
+        with torch.no_grad():
+            model(input_ids=ids, decoder_input_ids=start, use_cache=False)
+
+    def traced():
+        lm.trace(ids[0])
+
+    def generate_plain():
+        with torch.no_grad():
+            model.generate(input_ids=ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+
+    def generate_edited():
+        lm.trace(ids[0], max_new_tokens=new_tokens, min_new_tokens=new_tokens, edits=edits)
+
+    cases = {"plain": plain, "traced": traced, "gen_plain": generate_plain, "gen_edited": generate_edited}
+    for fn in cases.values():  # warm-up
+        fn()
+    t, m = alternate(cases, repeats, device)
+    rows = [
+        f"| {lm.name} | {length} | (a) traced forward (encoder + first decoder step), encoder, decoder and cross "
+        f"attention captured | {t['traced']:.3f} s vs {t['plain']:.3f} s | **{t['traced'] / t['plain']:.2f}x** "
+        f"(target <= 1.05x) | {m['traced']:.0f} vs {m['plain']:.0f} MiB |",
+        f"| {lm.name} | {length} | (c) generate {new_tokens} tokens, cross-attention edits on 12 heads | "
+        f"{t['gen_edited']:.3f} s vs {t['gen_plain']:.3f} s | **{t['gen_edited'] / t['gen_plain']:.2f}x** "
+        f"(target <= 1.10x) | {m['gen_edited']:.0f} vs {m['gen_plain']:.0f} MiB |",
+    ]
+    for row in rows:
+        print(row, flush=True)
+    return rows
+
+
 def sdpa_backend(device, dtype) -> str:
     """Which SDPA kernel serves a plain causal call here: the fastest that accepts it."""
     if device.type != "cuda":
@@ -226,6 +280,8 @@ def main() -> None:
     for name in args.models:
         if name == "gpt2-small":
             lm = gpt2_small(device, dtype)
+        elif name == "marian-base":
+            lm = marian_base(device, dtype)
         elif name == "llama-7b":
             lm = llama_7b(device, dtype)
         elif os.path.isdir(name) and not os.path.exists(os.path.join(name, "model.safetensors")):
@@ -237,7 +293,7 @@ def main() -> None:
         else:
             lm = lw.load_model(name, dtype=dtype, device=device)
         for length in args.lengths:
-            bench(lm, length, args.repeats, args.new_tokens)
+            (bench_seq2seq if lm.kind == "seq2seq" else bench)(lm, length, args.repeats, args.new_tokens)
         del lm
 
 

@@ -164,7 +164,7 @@ def test_masked_model_from_a_local_directory(tiny_gpt2, tmp_path):
 def test_not_a_language_model_is_refused(tmp_path):
     config = transformers.ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
     config.save_pretrained(tmp_path)
-    with pytest.raises(ValueError, match="neither a causal nor a masked language model"):
+    with pytest.raises(ValueError, match="neither a causal, an encoder-decoder nor a masked language model"):
         lw.load_model(tmp_path)
 
 

@@ -197,3 +197,10 @@ def test_cross_attention_models_are_refused_clearly():
     lm = lw.LanguageModel(Seq2Seq().eval(), vocab=VOCAB)
     with pytest.raises(ValueError, match="plain PyTorch encoder-decoders are not supported yet"):
         lm.trace(PROMPT)
+
+
+def test_analyses_of_transformers_models_refuse_clearly(lm):
+    with pytest.raises(ValueError, match="is a plain PyTorch model"):
+        lm.trace(PROMPT).logit_lens()
+    with pytest.raises(ValueError, match="is a plain PyTorch model"):
+        lw.scaling(lm, lengths=[8, 16])

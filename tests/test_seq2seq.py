@@ -207,3 +207,11 @@ def test_editor_steers_cross_attention(lm, traced):
     editor.picked = [[0, 1]]
     editor.stack = "decoder"
     assert editor.picked == []
+
+
+def test_analyses_of_one_stack_of_blocks_refuse_clearly(lm, traced):
+    with pytest.raises(ValueError, match="is an encoder-decoder"):
+        traced.logit_lens()
+    with pytest.raises(ValueError, match="is an encoder-decoder"):
+        lw.profile(lm, SOURCE)
+    assert repr(traced).startswith(f"Trace('{lm.name}': {len(SOURCE)} source + {NEW} generated tokens")

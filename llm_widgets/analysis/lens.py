@@ -99,6 +99,7 @@ def residual_streams(trace: Trace, positions: torch.Tensor | None = None) -> lis
 def logit_lens(trace: Trace, k: int = 5, target: Any = None, positions: Any = None) -> LogitLens:
     """See Trace.logit_lens."""
     lm = trace.model
+    lm.check_analysable("the logit lens")
     if lm.facts.kind != "causal":
         raise InputError(f"{lm.name} is a masked model: the logit lens reads next-token predictions of causal LMs")
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 100:

@@ -263,6 +263,7 @@ def _targets(lm: LanguageModel, target: Any, contrast: Any, notes: list[str]) ->
 def _check_model(lm: Any, site: str) -> None:
     if not isinstance(lm, LanguageModel):
         raise WrongTypeError(f"patching takes an lw.LanguageModel (from lw.load_model); got {type(lm).__name__}")
+    lm.check_analysable("activation patching")
     if lm.facts.kind != "causal":
         raise InputError(f"{lm.name} is a masked model: patching reads the next-token prediction of causal LMs")
     if site not in SITES:

@@ -258,6 +258,7 @@ def profile(model: LanguageModel, prompt: Any, *, max_new_tokens: int = 0, edits
     if not isinstance(model, LanguageModel):
         raise WrongTypeError(f"profile takes an lw.LanguageModel (from lw.load_model); got {type(model).__name__}")
     lm = model
+    lm.check_analysable("lw.profile")
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise InputError(f"repeats must be an integer >= 1; got {repeats!r}")
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:

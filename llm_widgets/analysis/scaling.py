@@ -102,6 +102,7 @@ def scaling(model: LanguageModel, lengths: Any = (256, 512, 1024, 2048), *, batc
     is switched for each and restored."""
     if not isinstance(model, LanguageModel):
         raise WrongTypeError(f"scaling takes an lw.LanguageModel; got {type(model).__name__}")
+    model.check_analysable("lw.scaling")
     lengths = sorted({int(n) for n in lengths})
     context = model.facts.context_length
     if not lengths or lengths[0] < 2 or (context and lengths[-1] > context):

