@@ -1,5 +1,6 @@
 """Writes the notebooks in notebooks/ (committed without outputs, run by nbval):
-01_tour.ipynb, 02_gradients.ipynb, 03_localise.ipynb and 04_performance.ipynb. Run it after editing their cells here."""
+01_tour.ipynb, 02_gradients.ipynb, 03_localise.ipynb, 04_performance.ipynb and 05_beyond_decoders.ipynb.
+Run it after editing their cells here."""
 
 from pathlib import Path
 
@@ -320,6 +321,84 @@ PERFORMANCE = [
     ),
 ]
 
+BEYOND = [
+    new_markdown_cell(
+        "# Beyond decoder-only models: translation and your own PyTorch transformer\n\n"
+        "**tiny-translator** is this project's own small Marian encoder-decoder (English to German), trained on "
+        "the short messages of the German gettext catalogues that Debian packages ship. Its translations are toy "
+        "quality (it knows the messages it was trained on, and little else); its cross-attention is real."
+    ),
+    new_code_cell("import torch\n\nimport llm_widgets as lw\n\nmt = lw.load_model(\"tiny-translator\")\nmt"),
+    new_code_cell(
+        "tr = mt.trace(\"failed to read directory\", max_new_tokens=16)\n"
+        "print(tr.output_text)\n"
+        "tr.stacks  # three kinds of attention: encoder (source to source), decoder (output to output), cross"
+    ),
+    new_markdown_cell("## Which source word does each German word look at?\n\nCross-attention of decoder layer 1, "
+                      "averaged over its heads: the step that wrote each output token, over the source tokens. "
+                      "`Ver(zeichnis)` looks at `directory`, and `fehlgeschlagen`, which German puts last, at "
+                      "`failed`: the alignment crosses. (A toy model: not every row is as tidy.)"),
+    new_code_cell(
+        "cross = tr.stack(\"cross\")  # its layers, heads, and the positions of its queries and keys\n"
+        "weights = torch.stack([tr.attention(1, h, stack=\"cross\") for h in range(cross.n_heads)]).mean(0)\n"
+        "for word, row in zip(tr.tokens[tr.n_prompt:], weights):  # row i: the step that wrote output token i\n"
+        "    print(f\"writing {word!r:>16} it looks at {tr.tokens[int(row.argmax())]!r}\")"
+    ),
+    new_markdown_cell("## See it\n\nThe switch above the view picks the kind of attention. Cross-attention shows "
+                      "the output tokens down the heatmap and the source across, and draws a line from each output "
+                      "token to the source tokens it attends to. Click an output token in the strip for its row in "
+                      "every head (the head view)."),
+    new_code_cell("lw.AttentionView(tr)"),
+    new_markdown_cell("## Steer it\n\nIn the editor, pick source words in the strip (click, or drag over several), "
+                      "then move the slider: cross-attention to them is scaled in the layers and heads you choose, and "
+                      "the translation regenerates beside the old one. The switch changes which attention you steer."),
+    new_code_cell("lw.AttentionEditor(mt, \"failed to read directory\", max_new_tokens=16)"),
+    new_markdown_cell("## Which source words drove an output word?\n\n`attribute(step=i)` scores the source tokens "
+                      "for output token i (gradient x input, through encoder and decoder)."),
+    new_code_cell("lw.AttributionView(tr.attribute(step=1))"),
+    new_markdown_cell(
+        "## Your own PyTorch transformer\n\nA model built from `torch.nn.TransformerEncoderLayer` (or "
+        "`nn.MultiheadAttention`), no transformers in it, wraps with its vocabulary. This one learns in a few "
+        "seconds to write five letters backwards after `=`; its attention shows how: each output letter looks "
+        "at the letter it copies. An unedited trace keeps torch's fused fast path."
+    ),
+    new_code_cell(
+        "import torch.nn as nn\n\n"
+        "torch.manual_seed(0)\n"
+        "vocab = list(\"abcdefghij\") + [\"=\"]\n\n\n"
+        "class TinyLM(nn.Module):\n"
+        "    \"\"\"A GPT in plain PyTorch: token and position embeddings, a causal nn.TransformerEncoder, a head.\"\"\"\n\n"
+        "    def __init__(self, d=64, heads=4, layers=2):\n"
+        "        super().__init__()\n"
+        "        self.embed, self.pos = nn.Embedding(len(vocab), d), nn.Embedding(32, d)\n"
+        "        layer = nn.TransformerEncoderLayer(d, heads, 4 * d, dropout=0.0, batch_first=True)\n"
+        "        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)\n"
+        "        self.head = nn.Linear(d, len(vocab))\n\n"
+        "    def forward(self, ids):\n"
+        "        n = ids.shape[1]\n"
+        "        x = self.embed(ids) + self.pos(torch.arange(n))\n"
+        "        mask = nn.Transformer.generate_square_subsequent_mask(n)\n"
+        "        return self.head(self.encoder(x, mask=mask, is_causal=True))\n\n\n"
+        "net = TinyLM()\n"
+        "optimizer = torch.optim.AdamW(net.parameters(), lr=3e-3)\n"
+        "for step in range(400):  # five random letters, \"=\", the same letters backwards\n"
+        "    x = torch.randint(0, 10, (64, 5))\n"
+        "    seq = torch.cat([x, torch.full((64, 1), 10), x.flip(1)], 1)\n"
+        "    logits = net(seq[:, :-1])\n"
+        "    loss = nn.functional.cross_entropy(logits[:, 5:].reshape(-1, len(vocab)), seq[:, 6:].reshape(-1))\n"
+        "    optimizer.zero_grad()\n"
+        "    loss.backward()\n"
+        "    optimizer.step()\n"
+        "print(f\"loss {loss.item():.4f}\")"
+    ),
+    new_code_cell(
+        "toy = lw.LanguageModel(net.eval(), vocab=vocab, name=\"reverse-5\")\n"
+        "backwards = toy.trace(\"c a f e b =\", max_new_tokens=5)\n"
+        "assert backwards.output_text == \"b e f a c\"\n"
+        "lw.AttentionView(backwards, layer=1)"
+    ),
+]
+
 
 def write(name: str, cells: list) -> Path:
     nb = new_notebook(cells=cells, metadata={
@@ -338,3 +417,4 @@ if __name__ == "__main__":
     print(write("02_gradients.ipynb", GRADIENTS))
     print(write("03_localise.ipynb", LOCALISE))
     print(write("04_performance.ipynb", PERFORMANCE))
+    print(write("05_beyond_decoders.ipynb", BEYOND))

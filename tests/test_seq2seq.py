@@ -215,3 +215,12 @@ def test_analyses_of_one_stack_of_blocks_refuse_clearly(lm, traced):
     with pytest.raises(ValueError, match="is an encoder-decoder"):
         lw.profile(lm, SOURCE)
     assert repr(traced).startswith(f"Trace('{lm.name}': {len(SOURCE)} source + {NEW} generated tokens")
+
+
+def test_the_bundled_translator():
+    mt = lw.load_model("tiny-translator", progress=False)
+    assert mt.kind == "seq2seq" and mt.source["bundled"] == "tiny-translator" and mt.source["weights_sha256"]
+    tr = mt.trace("failed to read directory", max_new_tokens=16)
+    assert tr.output_text == " Lesen des Verzeichnisses fehlgeschlagen"
+    assert tr.prompt_text == " failed to read directory" and tr.tokens[tr.n_source] == "<pad>"  # the start token
+    assert lw.replay(tr.record).generated_ids == tr.generated_ids  # loads the recorded bundled model

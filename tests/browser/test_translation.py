@@ -12,7 +12,7 @@ pytestmark = pytest.mark.browser
 
 
 def test_translation_notebook_cross_attention_view_and_edit(jupyter_server, page):
-    open_notebook(page, jupyter_server, "05_translation.ipynb")
+    open_notebook(page, jupyter_server, "05_beyond_decoders.ipynb")
     run_all_cells(page)
     view = page.locator(".lw-attn-view").first
     view.locator("canvas.lw-attn-heatmap[data-drawn]").wait_for(timeout=240_000)
