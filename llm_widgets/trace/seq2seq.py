@@ -61,13 +61,13 @@ def trace_seq2seq(lm: LanguageModel, ids: torch.Tensor, generation: dict, edits,
     shapes = stack_shapes(lm)
     n_source, max_new_tokens = len(ids), generation["max_new_tokens"]
     total = n_source + 1 + max_new_tokens
-    edits = validate_edits(edits, n_layers=lm.facts.n_layers, n_heads=lm.facts.n_heads, sequence_length=total,
-                           stacks=shapes)
+    n_layers, n_heads = shapes["encoder"]
+    edits = validate_edits(edits, n_layers=n_layers, n_heads=n_heads, sequence_length=total, stacks=shapes)
     for edit in edits:
         if edit.stack == "encoder" and any(stop > n_source for start, stop in getattr(edit, "keys", ())):
             raise InputError(f"{edit!r}: the encoder attends over the source, positions 0 to {n_source - 1}")
     offsets = {"encoder": (0, 0), "decoder": (n_source, n_source), "cross": (n_source, 0)}
-    run = RunState(lm.facts.n_layers, lm.facts.n_heads, total, edits, capture=capture, capture_device=capture_device,
+    run = RunState(n_layers, n_heads, total, edits, capture=capture, capture_device=capture_device,
                    capture_dtype=capture_dtype, offsets=offsets)
     device = input_device(model)
     source = ids[None].to(device)
@@ -106,7 +106,7 @@ def trace_seq2seq(lm: LanguageModel, ids: torch.Tensor, generation: dict, edits,
     for name in STACKS:
         (q0, q1), (k0, k1) = spans[name]
         n_layers, n_heads = shapes[name]
-        layers = assembled(run, name, n_layers, n_heads, q1 - q0, k1 - k0, lm.facts.architecture) \
+        layers = assembled(run, name, n_layers, n_heads, q1 - q0, k1 - k0, type(model).__name__) \
             if run.capture else None
         stacks[name] = AttentionStack(name, n_layers=n_layers, n_heads=n_heads, queries=(q0, q1), keys=(k0, k1),
                                       layers=[layer and layer.row(0, slice(None), slice(None)) for layer in layers]

@@ -40,9 +40,14 @@ class Trace:
         self._first_logprobs = first_logprobs  # [vocab] log-probabilities right after the prompt
         self._profile = None  # the run's Profile, once asked for
         shown = self.stack()
-        self.n_layers, self.n_heads, self.n_kv_heads = shown.n_layers, shown.n_heads, model.facts.n_kv_heads
+        self.n_layers, self.n_heads = shown.n_layers, shown.n_heads
         # every layer, but in a hybrid model only those that attend (the others have nothing to show)
         self.attention_layers = shown.attention_layers
+
+    @cached_property
+    def n_kv_heads(self) -> int:
+        """Key/value heads per layer (asked of the model when needed: its facts count every parameter)."""
+        return self.model.facts.n_kv_heads
 
     # Text is decoded when first asked for: a long prompt's tokens take longer to
     # decode than a GPU takes to run it, and many traces (patching, benchmarks) never show them.
