@@ -6,7 +6,7 @@ import torch
 import transformers
 
 import llm_widgets as lw
-from tests.test_trace_architectures import ToyTokenizer, VOCAB
+from tests.test_trace_architectures import VOCAB, build_from
 
 SOURCE = [5, 17, 42, 8, 23, 61, 4, 77, 19]
 NEW = 6
@@ -29,22 +29,12 @@ CROSS_EDIT = lw.ScaleAttention(30.0, keys=(2, 4), stack="cross")
 
 
 def build(arch: str, attn: str | None = None, state: dict | None = None) -> lw.LanguageModel:
-    torch.manual_seed(0)
-    kwargs = {"attn_implementation": attn} if attn else {}
-    model = transformers.AutoModelForSeq2SeqLM.from_config(CONFIGS[arch](), **kwargs).eval()
-    if state is not None:
-        model.load_state_dict(state)
-    return lw.LanguageModel(model, ToyTokenizer(), name=f"tiny-{arch}")
+    return build_from(CONFIGS[arch](), transformers.AutoModelForSeq2SeqLM, f"tiny-{arch}", attn, state)
 
 
 @pytest.fixture(scope="module", params=sorted(CONFIGS))
-def arch(request):
-    return request.param
-
-
-@pytest.fixture(scope="module")
-def lm(arch):
-    return build(arch)
+def lm(request):
+    return build(request.param)
 
 
 @pytest.fixture(scope="module")
@@ -52,11 +42,11 @@ def traced(lm):
     return lm.trace(SOURCE, max_new_tokens=NEW)
 
 
-def test_the_three_attentions_equal_eager(arch, lm, traced):
+def test_the_three_attentions_equal_eager(lm, traced):
     assert lm.kind == "seq2seq" and traced.stacks == ("encoder", "decoder", "cross")
     n = len(SOURCE)
     assert traced.n_source == n and traced.n_prompt == n + 1 and len(traced.generated_ids) == NEW
-    eager = build(arch, "eager", lm.model.state_dict()).model
+    eager = build(lm.name.removeprefix("tiny-"), "eager", lm.model.state_dict()).model
     with torch.no_grad():
         out = eager(input_ids=torch.tensor([SOURCE]), decoder_input_ids=traced.input_ids[n:][None],
                     output_attentions=True)

@@ -60,14 +60,19 @@ class ToyTokenizer:
 
 def build(arch: str, attn: str | None = None, state: dict | None = None) -> lw.LanguageModel:
     """A fresh config each time: models built from one config share (and change) it."""
-    config = CONFIGS[arch]()
     auto = transformers.AutoModelForMaskedLM if arch in MASKED else transformers.AutoModelForCausalLM
+    return build_from(CONFIGS[arch](), auto, f"tiny-{arch}", attn, state)
+
+
+def build_from(config, auto, name: str, attn: str | None = None, state: dict | None = None) -> lw.LanguageModel:
+    """A random model of `config` (seed 0) through the `auto` class, with the toy tokenizer; `state`
+    gives it another model's weights (the same model under another attention implementation)."""
     torch.manual_seed(0)
     kwargs = {"attn_implementation": attn} if attn else {}
     model = auto.from_config(config, **kwargs).eval()
     if state is not None:
         model.load_state_dict(state)
-    return lw.LanguageModel(model, ToyTokenizer(), name=f"tiny-{arch}")
+    return lw.LanguageModel(model, ToyTokenizer(), name=name)
 
 
 @pytest.fixture(scope="module", params=sorted(CONFIGS))
