@@ -1,6 +1,8 @@
 """Plain PyTorch transformers (nn.TransformerEncoderLayer, a hand-written block around
 nn.MultiheadAttention), no transformers in them: traced, viewed, edited and attributed."""
 
+import copy
+
 import pytest
 import torch
 import torch.nn as nn
@@ -74,8 +76,9 @@ def lm(kind):
     return lw.LanguageModel(MODELS[kind]().eval(), vocab=VOCAB, name=f"torch-{kind}")
 
 
-def reference_attention(module, ids) -> list[torch.Tensor]:
-    """Each layer's weights as nn.MultiheadAttention returns them with need_weights=True, per head."""
+def reference_attention(module, ids, call=None) -> list[torch.Tensor]:
+    """Each attention's weights as nn.MultiheadAttention returns them with need_weights=True, per head,
+    in the order they run (`call(module)` runs it, else module(ids))."""
     weights = []
 
     def keep(mha, args, kwargs, output):
@@ -89,7 +92,7 @@ def reference_attention(module, ids) -> list[torch.Tensor]:
         hooks.append(mha.register_forward_hook(keep, with_kwargs=True))
     try:
         with torch.no_grad():
-            module(ids)
+            call(module) if call else module(ids)
     finally:
         for hook in hooks:
             hook.remove()
@@ -172,8 +175,6 @@ def test_the_views_show_it(lm):
 def test_clear_errors(lm):
     with pytest.raises(ValueError, match="'hello' is not in this model's vocabulary"):
         lm.trace("w1 hello")
-    with pytest.raises(ValueError, match="AblateHead is not available for plain PyTorch models"):
-        lm.trace(PROMPT, edits=[lw.AblateHead(0, 1)])
     with pytest.raises(ValueError, match="are for transformers' generate"):
         lm.trace(PROMPT, max_new_tokens=2, top_p=0.9)
     with pytest.raises(TypeError, match="neither a Hugging Face transformers model"):
@@ -182,21 +183,98 @@ def test_clear_errors(lm):
         lw.LanguageModel(EncoderLM())
 
 
-def test_cross_attention_models_are_refused_clearly():
-    class Seq2Seq(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.embed = nn.Embedding(V, D)
-            self.decoder = nn.TransformerDecoderLayer(D, H, 64, dropout=0.0, batch_first=True)
-            self.head = nn.Linear(D, V)
+def test_ablating_a_head_is_zeroing_its_slice_of_the_output_projection(lm):
+    layer, head = 1, 2
+    ablated = lm.trace(PROMPT, keep_logits=True, edits=[lw.AblateHead(layer, head)])
+    reference = copy.deepcopy(lm.model)
+    mha = [m for m in reference.modules() if isinstance(m, nn.MultiheadAttention)][layer]
+    with torch.no_grad():
+        mha.out_proj.weight[:, head * mha.head_dim:(head + 1) * mha.head_dim] = 0
+        expected = reference(ablated.input_ids[None])[0]
+    torch.testing.assert_close(ablated.logits, expected, atol=1e-5, rtol=0)
+    assert (ablated.logits - lm.trace(PROMPT, keep_logits=True).logits).abs().max() > 1e-4
+    assert torch.backends.mha.get_fastpath_enabled()
 
-        def forward(self, ids):
-            x = self.embed(ids)
-            return self.head(self.decoder(x, x.flip(1)))
 
+class Seq2Seq(nn.Module):
+    """An encoder-decoder around nn.Transformer: forward(source ids, target ids) -> logits."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(V, D)  # shared by source and target
+        self.pos = nn.Parameter(torch.randn(64, D) * 0.3)
+        self.transformer = nn.Transformer(D, H, num_encoder_layers=2, num_decoder_layers=3, dim_feedforward=64,
+                                          dropout=0.0, batch_first=True)
+        self.head = nn.Linear(D, V)
+
+    def forward(self, src, tgt):
+        source = self.embed(src) + self.pos[:src.shape[1]]
+        target = self.embed(tgt) + self.pos[:tgt.shape[1]]
+        mask = nn.Transformer.generate_square_subsequent_mask(tgt.shape[1])
+        return self.head(self.transformer(source, target, tgt_mask=mask, tgt_is_causal=True))
+
+
+@pytest.fixture(scope="module")
+def translator():
+    torch.manual_seed(0)
+    tokenizer = lw.VocabTokenizer(VOCAB, bos_token="w0", eos_token="w39")
+    return lw.LanguageModel(Seq2Seq().eval(), tokenizer=tokenizer, name="torch-seq2seq")
+
+
+def test_an_nn_transformer_encoder_decoder(translator):
+    lm = translator
+    tr = lm.trace(PROMPT, max_new_tokens=5)
+    n = tr.n_source
+    assert lm.kind == "seq2seq" and tr.stacks == ("encoder", "decoder", "cross") and n == 6
+    assert tr.tokens[n] == "w0" and tr.stack("cross").queries == (n, len(tr)) and tr.stack("cross").keys == (0, n)
+    reference = reference_attention(lm.model, None, call=lambda m: m(tr.input_ids[None, :n], tr.input_ids[None, n:]))
+    encoder, decoder, cross = reference[:2], reference[2::2], reference[3::2]  # the call order
+    for stack, weights in (("encoder", encoder), ("decoder", decoder), ("cross", cross)):
+        assert tr.stack(stack).n_layers == len(weights)
+        for layer, per_head in enumerate(weights):
+            for head in range(H):
+                torch.testing.assert_close(tr.attention(layer, head, stack=stack), per_head[head], atol=1e-5, rtol=0)
+    target = tr.input_ids[None, n:n + 1]  # greedy, as the model itself would
+    with torch.no_grad():
+        for _ in range(5):
+            target = torch.cat([target, lm.model(tr.input_ids[None, :n], target)[:, -1].argmax(-1, keepdim=True)], 1)
+    assert tr.input_ids[n:].tolist() == target[0].tolist()[:len(tr) - n]
+    assert lw.trace.fidelity(lm, PROMPT) == 0.0
+
+
+def test_steering_an_nn_transformer_s_cross_attention(translator):
+    plain = translator.trace(PROMPT, keep_logits=True)
+    edit = lw.ScaleAttention(20.0, keys=(1, 3), stack="cross", layers=[0])
+    edited = translator.trace(PROMPT, keep_logits=True, edits=[edit])
+    assert (edited.logits - plain.logits).abs().max() > 1e-3
+    expected = plain.attention(0, 1, stack="cross").clone()  # the first step: same queries and keys in layer 0
+    expected[:, 1:3] *= 20.0
+    torch.testing.assert_close(edited.attention(0, 1, stack="cross"), expected / expected.sum(-1, keepdim=True),
+                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(edited.attention(1, 0, stack="encoder"), plain.attention(1, 0, stack="encoder"))
+    ablated = translator.trace(PROMPT, keep_logits=True, edits=[lw.AblateHead(1, 0, stack="cross")])
+    assert (ablated.logits - plain.logits).abs().max() > 1e-4
+    attribution = plain.attribute()
+    src = plain.input_ids[None, :plain.n_source]
+    x = translator.model.embed(src).detach().requires_grad_(True)
+    swap = translator.model.embed.register_forward_hook(lambda m, a, out: x if a[0].shape == src.shape else None)
+    try:
+        logits = translator.model(src, plain.input_ids[None, plain.n_source:plain.n_prompt])[0, -1]
+    finally:
+        swap.remove()
+    torch.log_softmax(logits, -1)[plain.next_token_id].backward()
+    torch.testing.assert_close(attribution.scores, (x.grad * x).sum(-1)[0], atol=1e-5, rtol=1e-4)
+    view = lw.AttentionView(plain)
+    assert view.stacks == ["encoder", "decoder", "cross"] and view.key_range == [0, plain.n_source]
+
+
+def test_a_plain_encoder_decoder_needs_a_start_token():
+    torch.manual_seed(0)
     lm = lw.LanguageModel(Seq2Seq().eval(), vocab=VOCAB)
-    with pytest.raises(ValueError, match="plain PyTorch encoder-decoders are not supported yet"):
+    with pytest.raises(ValueError, match="its output starts with a bos token"):
         lm.trace(PROMPT)
+    with pytest.raises(ValueError, match="bos_token 'x' is not in the vocabulary"):
+        lw.VocabTokenizer(VOCAB, bos_token="x")
 
 
 def test_analyses_of_transformers_models_refuse_clearly(lm):

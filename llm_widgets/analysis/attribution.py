@@ -158,9 +158,18 @@ def _forward(lm: LanguageModel, embeds: torch.Tensor, ids: torch.Tensor, decoder
     plain PyTorch model takes ids only: its embedding's output is replaced by `embeds` for the call."""
     model = lm.model
     if lm.plain:
-        swap = input_embedding(model, len(lm.tokenizer)).register_forward_hook(lambda module, args, out: embeds)
+        calls = []
+
+        def source(module, args, out):  # the first call embeds the source (an encoder-decoder's target comes after)
+            calls.append(1)
+            return embeds if len(calls) == 1 else None
+
+        swap = input_embedding(model, len(lm.tokenizer)).register_forward_hook(source)
+        batch = [ids[None].to(embeds.device).expand(len(embeds), -1)]
+        if decoder_ids is not None:
+            batch.append(decoder_ids.expand(len(embeds), -1))
         try:
-            return SimpleNamespace(logits=logits_of(model(ids[None].to(embeds.device).expand(len(embeds), -1))))
+            return SimpleNamespace(logits=logits_of(model(*batch)))
         finally:
             swap.remove()
     mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)

@@ -2,5 +2,6 @@
 
 from .language_model import LanguageModel, ModelFacts
 from .loading import BUNDLED_MODELS, cache_dir, load_model
+from .plain import VocabTokenizer
 
-__all__ = ["BUNDLED_MODELS", "LanguageModel", "ModelFacts", "cache_dir", "load_model"]
+__all__ = ["BUNDLED_MODELS", "LanguageModel", "ModelFacts", "VocabTokenizer", "cache_dir", "load_model"]

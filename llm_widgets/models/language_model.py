@@ -11,7 +11,7 @@ import torch
 from .._provide import implementation
 from ..errors import InputError, WrongTypeError
 from .devices import placement
-from .plain import VocabTokenizer, attention_modules
+from .plain import VocabTokenizer, attention_modules, is_encoder_decoder
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,9 @@ class LanguageModel:
     nn.MultiheadAttention or nn.TransformerEncoderLayer, no transformers in it, its
     forward taking ids [batch, T] to logits [batch, T, vocab]) wraps the same way, or
     with `vocab=[...]` (token strings by id) when it has no tokenizer:
-    `lw.LanguageModel(module, tokenizer=None, vocab=words)`.
+    `lw.LanguageModel(module, tokenizer=None, vocab=words)`. One built from
+    nn.TransformerDecoderLayer is an encoder-decoder: forward(source ids, target ids), its
+    output started with the tokenizer's bos token (`lw.VocabTokenizer(words, bos_token="<s>")`).
     """
 
     def __init__(self, model: Any, tokenizer: Any = None, *, vocab: list[str] | None = None, name: str | None = None,
@@ -107,8 +109,8 @@ class LanguageModel:
     @property
     def kind(self) -> str:
         """facts.kind, without the rest of the facts (which count parameters)."""
-        if self.plain:
-            return "causal"  # a plain model predicts the next token at every position
+        if self.plain:  # it predicts the next token at every position (of its output, for an encoder-decoder)
+            return "seq2seq" if is_encoder_decoder(self.model) else "causal"
         return _kind(self.model, bool(self.labels), getattr(self.model, "can_generate", lambda: False)())
 
     @property
@@ -174,7 +176,7 @@ class LanguageModel:
         attention = attention_modules(model)
         param = next(model.parameters(), None)
         return ModelFacts(
-            name=self.name, architecture=type(model).__name__, model_type="torch", kind="causal",
+            name=self.name, architecture=type(model).__name__, model_type="torch", kind=self.kind,
             n_layers=len(attention), n_heads=attention[0].num_heads, n_kv_heads=attention[0].num_heads,
             head_dim=attention[0].head_dim, hidden_size=attention[0].embed_dim, vocab_size=len(self.tokenizer),
             context_length=None, n_parameters=sum(p.numel() for p in model.parameters()),

@@ -4,7 +4,9 @@ from its vocabulary when it has none.
 
 Such a model's forward takes token ids [batch, T] and returns logits
 [batch, T, vocab] (or an object with `.logits`); it predicts the next token at
-each position, so the trace engine runs it as a causal LM.
+each position, so the trace engine runs it as a causal LM. A model built from
+nn.TransformerDecoderLayer (as nn.Transformer is) is an encoder-decoder: its
+forward takes (source ids [batch, S], target ids [batch, T]).
 """
 
 from __future__ import annotations
@@ -19,6 +21,10 @@ from ..errors import InputError
 def attention_modules(model: torch.nn.Module) -> list[torch.nn.MultiheadAttention]:
     """The model's attention modules, in the order they are registered (= layer order)."""
     return [m for m in model.modules() if isinstance(m, torch.nn.MultiheadAttention)]
+
+
+def is_encoder_decoder(model: torch.nn.Module) -> bool:
+    return any(isinstance(m, torch.nn.TransformerDecoderLayer) for m in model.modules())
 
 
 def input_embedding(model: torch.nn.Module, vocab_size: int) -> torch.nn.Embedding:
@@ -46,15 +52,18 @@ class VocabTokenizer:
 
     chat_template = None
 
-    def __init__(self, vocab: list[str], *, eos_token: str | None = None, pad_token: str | None = None):
+    def __init__(self, vocab: list[str], *, bos_token: str | None = None, eos_token: str | None = None,
+                 pad_token: str | None = None):
         if not isinstance(vocab, (list, tuple)) or not vocab or not all(isinstance(v, str) for v in vocab):
             raise InputError(f"vocab must be a non-empty list of token strings (id i is vocab[i]); got {vocab!r:.80}")
         if len(set(vocab)) != len(vocab):
             raise InputError("vocab has repeated tokens: each id needs its own string")
         self.vocab = list(vocab)
         self._ids = {token: i for i, token in enumerate(self.vocab)}
-        self.eos_token_id = self._ids.get(eos_token) if eos_token else None
-        self.pad_token_id = self._ids.get(pad_token) if pad_token else None
+        for name, token in (("bos_token", bos_token), ("eos_token", eos_token), ("pad_token", pad_token)):
+            if token is not None and token not in self._ids:
+                raise InputError(f"{name} {token!r} is not in the vocabulary")
+            setattr(self, f"{name}_id", self._ids[token] if token is not None else None)
 
     def __len__(self) -> int:
         return len(self.vocab)
@@ -72,7 +81,7 @@ class VocabTokenizer:
         return {"input_ids": torch.tensor([ids]) if return_tensors == "pt" else ids}
 
     def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
-        special = {self.eos_token_id, self.pad_token_id} if skip_special_tokens else set()
+        special = {self.bos_token_id, self.eos_token_id, self.pad_token_id} if skip_special_tokens else set()
         return " ".join(self.vocab[i] for i in ids if i not in special)
 
     def batch_decode(self, sequences: list[list[int]], **kwargs: Any) -> list[str]:

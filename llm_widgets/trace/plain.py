@@ -28,6 +28,7 @@ from ..models.devices import input_device
 from ..models.modes import model_mode
 from ..models.plain import attention_modules, logits_of
 from .attention import SELF, AttentionStack, LayerAttention
+from .capture import Place
 from .edits import AblateHead, ScaleAttention, validate_edits
 from .locking import exclusive
 from .masks import allowed_mask, edit_bias, spare_fully_masked
@@ -38,56 +39,92 @@ SETTINGS = {"temperature"}  # the generation settings a plain model's sampling l
 _MHA_ARGS = inspect.signature(torch.nn.MultiheadAttention.forward).parameters
 
 
+def plain_stacks(model: torch.nn.Module) -> dict[str, list[torch.nn.MultiheadAttention]]:
+    """The attention modules of each kind, in layer order: {"self": [...]}; or, for a model built from
+    nn.TransformerDecoderLayer (an encoder-decoder such as nn.Transformer), the encoder layers'
+    self-attention, the decoder layers' self-attention and their attention over the source."""
+    decoder_layers = [m for m in model.modules() if isinstance(m, torch.nn.TransformerDecoderLayer)]
+    if not decoder_layers:
+        return {SELF: attention_modules(model)}
+    stacks = {"encoder": [m.self_attn for m in model.modules() if isinstance(m, torch.nn.TransformerEncoderLayer)],
+              "decoder": [m.self_attn for m in decoder_layers], "cross": [m.multihead_attn for m in decoder_layers]}
+    known = {id(m) for modules in stacks.values() for m in modules}
+    if any(id(m) not in known for m in attention_modules(model)) or not stacks["encoder"]:
+        raise InputError(f"{type(model).__name__} has nn.TransformerDecoderLayer modules, so it is read as an "
+                         f"encoder-decoder, but its other attention is not in nn.TransformerEncoderLayer modules; "
+                         f"llm-widgets traces plain encoder-decoders built from the two (as nn.Transformer is)")
+    return stacks
+
+
 def trace_plain(lm: LanguageModel, ids: torch.Tensor, generation: dict, edits, *, keep_logits: bool = False,
                 capture: bool = True) -> Trace:
     """One instrumented run of a plain PyTorch model on one prompt, generating greedily (or
     sampling with `do_sample`, `temperature` and `seed`) by running the model on the whole
-    sequence at each step."""
+    sequence at each step. An encoder-decoder's forward takes (source ids, target ids); its
+    target starts with the tokenizer's bos token."""
     model = lm.model
     unknown = sorted(set(generation) - {"max_new_tokens", "do_sample", "seed"} - SETTINGS)
     if unknown:
         raise InputError(f"a plain PyTorch model generates with max_new_tokens, do_sample, seed and temperature; "
                          f"{unknown} are for transformers' generate")
-    modules = attention_modules(model)
-    n_heads, max_new = modules[0].num_heads, generation["max_new_tokens"]
-    edits = validate_edits(edits, n_layers=len(modules), n_heads=n_heads, sequence_length=len(ids) + max_new)
-    if any(isinstance(e, AblateHead) for e in edits):
-        raise InputError("AblateHead is not available for plain PyTorch models yet (nn.MultiheadAttention applies its "
-                         "output projection inside one call); use ScaleAttention")
+    stacks = plain_stacks(model)
+    shapes = {name: (len(modules), modules[0].num_heads) for name, modules in stacks.items()}
+    seq2seq = SELF not in stacks
+    max_new, n = generation["max_new_tokens"], len(ids)
+    (n_layers, n_heads), total = next(iter(shapes.values())), n + max_new + (1 if seq2seq else 0)
+    edits = validate_edits(edits, n_layers=n_layers, n_heads=n_heads, sequence_length=total,
+                           stacks=shapes if seq2seq else None)
     if generation["do_sample"] and generation["seed"] is None:
         generation = {**generation, "seed": secrets.randbits(31)}
     device = input_device(model)
-    run = _Run(model, modules, edits)
-    sequence = ids[None].to(device)
-    step_logits, prompt_logits = [], None
-    eos = getattr(lm.tokenizer, "eos_token_id", None)
+    offsets = {"encoder": (0, 0), "decoder": (n, n), "cross": (n, 0)} if seq2seq else {SELF: (0, 0)}
+    run = _Run(model, stacks, edits, offsets)
+    source = ids[None].to(device)
+    sequence = torch.tensor([[decoder_start(lm)]], device=device) if seq2seq else source
+    forward = (lambda out: logits_of(model(source, out))) if seq2seq else (lambda seq: logits_of(model(seq)))
+    step_logits, eos = [], getattr(lm.tokenizer, "eos_token_id", None)
     with exclusive(model), model_mode(model, training=False), torch.no_grad(), \
             torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), run.installed(capture):
         if generation["seed"] is not None:
             torch.manual_seed(generation["seed"])
-        logits = logits_of(model(sequence))
+        logits = forward(sequence)
         prompt_logits = logits[0].float().cpu() if keep_logits else None
+        start = sequence.shape[1]
         for step in range(max_new + 1):
             step_logits.append(logits[:, -1])
             if step == max_new or (eos is not None and step and int(sequence[0, -1]) == eos):
                 break
             sequence = torch.cat([sequence, _next_token(logits[:, -1], generation)], dim=1)
             if step + 1 < max_new or capture:  # the last token runs through the model for its attention only
-                logits = logits_of(model(sequence))
-        step_logits = step_logits[:max(1, sequence.shape[1] - len(ids))]
+                logits = forward(sequence)
     if run.fully_masked_rows:
         warnings.warn("ScaleAttention with factor 0 masked every key of some query rows; those rows were left "
                       "unchanged (a softmax over no keys has no answer).", stacklevel=4)
-    generated = sequence[0, len(ids):].tolist()
-    layers = [run.layer(i) for i in range(len(modules))] if capture else None
-    stack = AttentionStack(SELF, n_layers=len(modules), n_heads=n_heads, queries=(0, sequence.shape[1]),
-                           keys=(0, sequence.shape[1]), layers=layers, edits=edits, model_name=lm.name)
-    logits = [step[0] for step in step_logits]
-    return Trace(model=lm, input_ids=sequence[0].cpu(), n_prompt=len(ids), stacks={SELF: stack}, edits=edits,
-                 top_k=[top_k_of(step, TOP_K_KEPT) for step in logits],
+    generated = sequence[0, start:].tolist()
+    whole = torch.cat([ids, sequence[0].cpu()]) if seq2seq else sequence[0].cpu()
+    m = len(whole)
+    spans = {"encoder": ((0, n), (0, n)), "decoder": ((n, m), (n, m)), "cross": ((n, m), (0, n)),
+             SELF: ((0, m), (0, m))}
+    attention = {name: AttentionStack(name, n_layers=layers, n_heads=heads, queries=spans[name][0],
+                                      keys=spans[name][1], edits=edits, model_name=lm.name,
+                                      layers=[run.layer((name, i)) for i in range(layers)] if capture else None)
+                 for name, (layers, heads) in shapes.items()}
+    logits = [step[0] for step in step_logits[:max(1, len(generated))]]
+    return Trace(model=lm, input_ids=whole, n_prompt=n + 1 if seq2seq else n, n_source=n if seq2seq else 0,
+                 stacks=attention, edits=edits, top_k=[top_k_of(step, TOP_K_KEPT) for step in logits],
                  chosen=[probability_of(step, token) for step, token in zip(logits, generated)],
                  first_logprobs=torch.log_softmax(logits[0].float(), dim=-1).cpu(), logits=prompt_logits,
                  record=make_record(lm, ids.tolist(), generation, edits, generated))
+
+
+def decoder_start(lm: LanguageModel) -> int:
+    """The token a plain encoder-decoder's output starts with: its tokenizer's bos token."""
+    start = getattr(lm.tokenizer, "bos_token_id", None)
+    if not isinstance(start, int):
+        raise InputError(f"{lm.name} is a plain encoder-decoder: its output starts with a bos token, and its tokenizer "
+                         f"has none; give one, e.g. lw.LanguageModel(module, tokenizer=lw.VocabTokenizer(vocab, "
+                         f"bos_token='<s>', eos_token='</s>'))")
+    return start
 
 
 def _next_token(logits: torch.Tensor, generation: dict) -> torch.Tensor:
@@ -100,21 +137,28 @@ def _next_token(logits: torch.Tensor, generation: dict) -> torch.Tensor:
 class _Run:
     """The hooks of one run: capture each attention's queries and keys; steer the edited ones."""
 
-    def __init__(self, model: torch.nn.Module, modules: list[torch.nn.MultiheadAttention], edits: tuple):
-        self.modules = modules
+    def __init__(self, model: torch.nn.Module, stacks: dict[str, list[torch.nn.MultiheadAttention]], edits: tuple,
+                 offsets: dict[str, tuple[int, int]]):
+        self.places = {id(m): (name, i) for name, modules in stacks.items() for i, m in enumerate(modules)}
+        self.modules = {place: m for name, modules in stacks.items() for place, m in
+                        (((name, i), m) for i, m in enumerate(modules))}
         # attention module -> the encoder layer whose fused fast path may skip its forward
         self.owners = {id(layer.self_attn): layer for layer in model.modules()
-                       if isinstance(layer, torch.nn.TransformerEncoderLayer)}
-        self.edits = {i: tuple(e for e in edits if isinstance(e, ScaleAttention)
-                               and (e.layers is None or i in e.layers)) for i in range(len(modules))}
-        self.captured: dict[int, LayerAttention] = {}  # each pass overwrites: the last one covers every position
+                       if isinstance(layer, torch.nn.TransformerEncoderLayer) and id(layer.self_attn) in self.places}
+        self.edits = {place: tuple(e for e in edits if isinstance(e, ScaleAttention) and e.stack in (None, place[0])
+                                   and (e.layers is None or place[1] in e.layers)) for place in self.modules}
+        self.ablations = {place: [e for e in edits if isinstance(e, AblateHead) and (e.stack or SELF) == place[0]
+                                  and e.layer == place[1]] for place in self.modules}
+        self.offsets = offsets
+        self.captured: dict[Place, LayerAttention] = {}  # each pass overwrites: the last one covers every position
+        self.head_means: dict[tuple[Place, int], torch.Tensor] = {}  # mean ablation: the first (prompt) pass's
         self.fully_masked_rows = False
 
-    def layer(self, index: int) -> LayerAttention:
-        if index not in self.captured:
-            raise InputError(f"attention module {index} ({type(self.modules[index]).__name__}) never ran during the "
-                             f"forward pass, so it has nothing to show")
-        return self.captured[index]
+    def layer(self, place: Place) -> LayerAttention:
+        if place not in self.captured:
+            raise InputError(f"attention module {place[1]} of {place[0]!r} never ran during the forward pass, so it "
+                             f"has nothing to show")
+        return self.captured[place]
 
     @contextmanager
     def installed(self, capture: bool) -> Iterator[None]:
@@ -124,77 +168,104 @@ class _Run:
                 # hooks): a global one, called for every module, picks out ours and leaves it on.
                 hook = torch.nn.modules.module.register_module_forward_hook(self._layer_hook(), with_kwargs=True)
                 stack.callback(hook.remove)
-            for index, mha in enumerate(self.modules):
-                owner = self.owners.get(id(mha))
-                if (capture and owner is None) or self.edits[index]:
-                    hook = mha.register_forward_pre_hook(self._attention_hook(index, capture and owner is None),
+            for place, mha in self.modules.items():
+                fused = id(mha) in self.owners
+                if (capture and not fused) or self.edits[place] or self.ablations[place]:
+                    hook = mha.register_forward_pre_hook(self._attention_hook(place, capture and not fused),
                                                          with_kwargs=True)
                     stack.callback(hook.remove)
-            if any(self.edits.values()):  # the fused encoder layer never calls the attention we steer
-                enabled = torch.backends.mha.get_fastpath_enabled()
+                if self.ablations[place]:
+                    hook = mha.register_forward_hook(self._ablation_hook(place), with_kwargs=True)
+                    stack.callback(hook.remove)
+            if any(self.edits.values()) or any(self.ablations.values()):  # a fused encoder layer never calls
+                enabled = torch.backends.mha.get_fastpath_enabled()       # the attention we steer
                 torch.backends.mha.set_fastpath_enabled(False)
                 stack.callback(torch.backends.mha.set_fastpath_enabled, enabled)
             yield
 
     def _layer_hook(self):
-        index_of = {id(layer): self.modules.index(layer.self_attn) for layer in self.owners.values()
-                    if layer.self_attn in self.modules}
+        place_of = {id(layer): self.places[id(layer.self_attn)] for layer in self.owners.values()}
         thread = threading.get_ident()
 
         def hook(module, args, kwargs, output):  # after the layer ran: its input is as it was given
-            index = index_of.get(id(module))
-            if index is None or threading.get_ident() != thread:  # another module, or another thread's run
+            place = place_of.get(id(module))
+            if place is None or threading.get_ident() != thread:  # another module, or another thread's run
                 return None
             bound = dict(zip(("src", "src_mask", "src_key_padding_mask", "is_causal"), args), **kwargs)
             src = bound["src"]
             x = module.norm1(src) if module.norm_first else src
-            self._capture(index, x, x, bound.get("src_mask"), bool(bound.get("is_causal")),
+            self._capture(place, x, x, bound.get("src_mask"), bool(bound.get("is_causal")),
                           bound.get("src_key_padding_mask"))
             return None
         return hook
 
-    def _attention_hook(self, index: int, capture: bool):
-        mha = self.modules[index]
+    def _attention_hook(self, place: Place, capture: bool):
+        mha = self.modules[place]
 
         def hook(module, args, kwargs):
             bound = dict(zip(_MHA_ARGS_AFTER_SELF, args), **kwargs)
             query, key = bound["query"], bound["key"]
-            if key is not query and not torch.equal(key, query):
-                raise InputError(f"attention module {index} attends over another sequence (cross-attention, as in "
-                                 f"nn.Transformer's decoder); plain PyTorch encoder-decoders are not supported yet")
+            if place[0] != "cross" and key is not query and not torch.equal(key, query):
+                raise InputError(f"attention module {place[1]} attends over another sequence (cross-attention) outside "
+                                 f"an nn.TransformerDecoderLayer; llm-widgets reads plain encoder-decoders built from "
+                                 f"nn.TransformerEncoderLayer and nn.TransformerDecoderLayer (as nn.Transformer is)")
             mask, causal = bound.get("attn_mask"), bool(bound.get("is_causal"))
             if capture:
-                self._capture(index, query, key, mask, causal, bound.get("key_padding_mask"))
-            if not self.edits[index]:
+                self._capture(place, query, key, mask, causal, bound.get("key_padding_mask"))
+            if not self.edits[place]:
                 return None
-            bound["attn_mask"] = self._edited_mask(mha, query, mask, causal)
+            bound["attn_mask"] = self._edited_mask(place, mha, query, key, mask, causal)
             bound["is_causal"] = False  # the mask above says all of it
             return (), bound
         return hook
 
-    def _capture(self, index, query, key, mask, is_causal, padding) -> None:
-        mha = self.modules[index]
+    def _ablation_hook(self, place: Place):
+        mha = self.modules[place]
+
+        def hook(module, args, kwargs, output):
+            """The module's output again, computed here with the ablated heads removed before its
+            output projection (nn.MultiheadAttention applies it inside one call)."""
+            bound = dict(zip(_MHA_ARGS_AFTER_SELF, args), **kwargs)
+            query, key, value = bound["query"], bound["key"], bound["value"]
+            q, k, v = (_projected(mha, x, which) for which, x in enumerate((query, key, value)))
+            causal, bias = _mask_facts(bound.get("attn_mask"), bool(bound.get("is_causal")), q.shape[2], k.shape[2],
+                                       mha.num_heads, q.device)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=None if bias is None else bias[None].to(q.dtype),
+                                                 is_causal=causal and bias is None)  # [batch, heads, n, d]
+            for edit in self.ablations[place]:
+                if edit.mode == "zero":
+                    out[:, edit.head] = 0
+                else:
+                    mean = self.head_means.setdefault((place, edit.head), out[:, edit.head].mean(dim=1, keepdim=True))
+                    out[:, edit.head] = mean
+            out = F.linear(out.transpose(1, 2).flatten(2), mha.out_proj.weight, mha.out_proj.bias)
+            return (out if mha.batch_first else out.transpose(0, 1)), None
+        return hook
+
+    def _capture(self, place, query, key, mask, is_causal, padding) -> None:
+        mha = self.modules[place]
         if padding is not None and bool(torch.as_tensor(padding).any()):
             raise InputError("a key_padding_mask with padded keys: trace one unpadded prompt at a time")
         if mha.bias_k is not None or mha.add_zero_attn:
-            raise InputError(f"attention module {index} uses add_bias_kv or add_zero_attn, which llm-widgets does not "
-                             f"recompute yet")
-        q, k = _projected(mha, query, 0), _projected(mha, key, 1)  # [B, H, T, d]
-        n = q.shape[2]
-        causal, bias = _mask_facts(mask, is_causal, n, mha.num_heads, q.device)
-        self.captured[index] = LayerAttention(q[0].detach(), k[0].detach(), 1 / math.sqrt(q.shape[-1]), None, None,
+            raise InputError(f"attention module {place[1]} of {place[0]!r} uses add_bias_kv or add_zero_attn, which "
+                             f"llm-widgets does not recompute yet")
+        q, k = _projected(mha, query, 0), _projected(mha, key, 1)  # [B, H, n, d]
+        causal, bias = _mask_facts(mask, is_causal, q.shape[2], k.shape[2], mha.num_heads, q.device)
+        self.captured[place] = LayerAttention(q[0].detach(), k[0].detach(), 1 / math.sqrt(q.shape[-1]), None, None,
                                               causal, None, bias)
 
-    def _edited_mask(self, mha, query, mask, causal) -> torch.Tensor:
-        """The module's own mask as an additive float mask [heads, T, T], plus the edits' log-factors."""
-        n = query.shape[1] if mha.batch_first else query.shape[0]
-        pos = torch.arange(n, device=query.device)
-        is_causal, bias = _mask_facts(mask, causal, n, mha.num_heads, query.device)
-        base = torch.zeros(mha.num_heads, n, n, device=query.device) if bias is None else bias.clone()
-        allowed = allowed_mask(pos, pos, is_causal, None) & ~torch.isneginf(base[0])
+    def _edited_mask(self, place, mha, query, key, mask, causal) -> torch.Tensor:
+        """The module's own mask as an additive float mask [heads, n, kv], plus the edits' log-factors
+        (edit positions are the trace's: this stack's start there added)."""
+        n, kv = (query.shape[1], key.shape[1]) if mha.batch_first else (query.shape[0], key.shape[0])
+        q_off, k_off = self.offsets[place[0]]
+        q_pos, k_pos = torch.arange(n, device=query.device), torch.arange(kv, device=query.device)
+        is_causal, bias = _mask_facts(mask, causal, n, kv, mha.num_heads, query.device)
+        base = torch.zeros(mha.num_heads, n, kv, device=query.device) if bias is None else bias.clone()
+        allowed = allowed_mask(q_pos, k_pos, is_causal, None) & ~torch.isneginf(base[0])
         base = base.masked_fill(~allowed, float("-inf"))
-        index = self.modules.index(mha)
-        edit, spared = spare_fully_masked(edit_bias(self.edits[index], mha.num_heads, pos, pos), allowed)
+        edit, spared = spare_fully_masked(edit_bias(self.edits[place], mha.num_heads, q_pos + q_off, k_pos + k_off),
+                                          allowed)
         self.fully_masked_rows |= spared
         return (base + edit).to(query.dtype)
 
@@ -203,21 +274,21 @@ _MHA_ARGS_AFTER_SELF = [name for name in _MHA_ARGS if name != "self"]
 
 
 def _projected(mha: torch.nn.MultiheadAttention, x: torch.Tensor, which: int) -> torch.Tensor:
-    """Queries (which=0) or keys (1) of `x` as the module computes them: [batch, heads, T, head_dim]."""
+    """Queries (which=0), keys (1) or values (2) of `x` as the module computes them: [batch, heads, n, head_dim]."""
     if not mha.batch_first:
         x = x.transpose(0, 1)
     e = mha.embed_dim
     if mha._qkv_same_embed_dim:
         weight = mha.in_proj_weight[which * e:(which + 1) * e]
     else:
-        weight = mha.q_proj_weight if which == 0 else mha.k_proj_weight
+        weight = (mha.q_proj_weight, mha.k_proj_weight, mha.v_proj_weight)[which]
     bias = mha.in_proj_bias[which * e:(which + 1) * e] if mha.in_proj_bias is not None else None
     out = F.linear(x, weight, bias)
     return out.view(*out.shape[:2], mha.num_heads, mha.head_dim).transpose(1, 2)
 
 
-def _mask_facts(mask: Any, is_causal: bool, n: int, heads: int, device) -> tuple[bool, torch.Tensor | None]:
-    """(causal, additive bias [heads, n, n] or None) of the mask nn.MultiheadAttention was given: a
+def _mask_facts(mask: Any, is_causal: bool, n: int, kv: int, heads: int, device) -> tuple[bool, torch.Tensor | None]:
+    """(causal, additive bias [heads, n, kv] or None) of the mask nn.MultiheadAttention was given: a
     causal mask (nn.Transformer.generate_square_subsequent_mask's, or a boolean one) is just causal."""
     if mask is None:
         return bool(is_causal), None
@@ -225,8 +296,8 @@ def _mask_facts(mask: Any, is_causal: bool, n: int, heads: int, device) -> tuple
     additive = torch.zeros(mask.shape, device=device).masked_fill(mask, float("-inf")) if mask.dtype == torch.bool \
         else mask.float()
     if additive.dim() == 2:
-        upper = torch.ones(n, n, dtype=torch.bool, device=device).triu(1)
-        if torch.equal(torch.isneginf(additive), upper) and not additive[~upper].any():
+        upper = torch.ones(n, kv, dtype=torch.bool, device=device).triu(1)
+        if n == kv and torch.equal(torch.isneginf(additive), upper) and not additive[~upper].any():
             return True, None
-        return False, additive[None].expand(heads, n, n)
-    return False, additive[-heads:]  # [batch * heads, n, n]: one prompt, its heads
+        return False, additive[None].expand(heads, n, kv)
+    return False, additive[-heads:]  # [batch * heads, n, kv]: one prompt, its heads

@@ -24,6 +24,7 @@ from .record import make_record
 from .settings import check_generation_settings
 from .batch import TraceBatch, batch_rows, pad, positions
 from .attention import SELF, AttentionStack, assembled
+from .plain import decoder_start as plain_start
 from .plain import trace_plain
 from .seq2seq import decoder_start, trace_seq2seq
 from .trace import TOP_K_KEPT, Trace, probability_of, top_k_of
@@ -301,8 +302,9 @@ def fidelity(lm: LanguageModel, prompt: Any) -> float:
     model = lm.model
     with exclusive(model), model_mode(model, training=False), torch.no_grad():
         device = input_device(model)
-        if lm.plain:
-            return float((traced - logits_of(model(ids[None].to(device)))[0].float().cpu()).abs().max())
+        if lm.plain:  # (an encoder-decoder's first step: its output's start token)
+            start = [torch.tensor([[plain_start(lm)]], device=device)] if lm.kind == "seq2seq" else []
+            return float((traced - logits_of(model(ids[None].to(device), *start))[0].float().cpu()).abs().max())
         decoder = {"decoder_input_ids": torch.tensor([[decoder_start(lm)]], device=device)} \
             if lm.kind == "seq2seq" else {}  # an encoder-decoder's first step: the decoder's start token
         plain = model(input_ids=ids[None].to(device), use_cache=False, **decoder).logits[0].float().cpu()
