@@ -25,7 +25,8 @@ from transformers.models.auto import configuration_auto, modeling_auto
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import llm_widgets as lw  # noqa: E402
-from llm_widgets.models.compat import UNSUPPORTED_ATTENTION, uses_attention_registry  # noqa: E402
+from llm_widgets.models.compat import (UNSUPPORTED_ATTENTION, unsupported_attention,  # noqa: E402
+                                       uses_attention_registry)
 from tests.test_trace_architectures import PROMPT, ToyTokenizer, VOCAB  # noqa: E402
 
 TARGET = 0.97  # of the types that build, run and use the registry
@@ -168,13 +169,15 @@ def sweep(types: list[str], report=print) -> dict[str, tuple[str, str]]:
         model, why = runnable(model_type)
         if model is None:
             results[model_type] = ("not counted", why)
-        elif model_type in UNSUPPORTED_ATTENTION:
+        elif unsupported_attention(model_type):
+            reason = unsupported_attention(model_type)
             try:
                 lw.LanguageModel(model, ToyTokenizer()).trace(PROMPT)
                 results[model_type] = ("fail", "listed as unsupported, but traced without an error")
             except lw.InputError as error:
-                named = UNSUPPORTED_ATTENTION[model_type] in str(error)
-                results[model_type] = ("refused", UNSUPPORTED_ATTENTION[model_type]) if named else \
+                # (a type wrong only on an older transformers release is counted apart, as one that does not build)
+                status = "refused" if model_type in UNSUPPORTED_ATTENTION else "not counted"
+                results[model_type] = (status, reason) if reason in str(error) else \
                     ("fail", f"refused without its reason: {error}")
         else:
             try:
@@ -213,6 +216,8 @@ if __name__ == "__main__":
 # --- what the sweep's families need, one by one ---
 
 def test_a_hybrid_model_shows_the_layers_that_attend():
+    if "lfm3" not in configuration_auto.CONFIG_MAPPING:
+        pytest.skip(f"LFM3 (a convolution layer, then attention) is not in transformers {transformers.__version__}")
     lm = lw.LanguageModel(build("lfm3"), ToyTokenizer(), name="tiny-lfm3")  # a convolution layer, then attention
     tr = lm.trace(PROMPT, max_new_tokens=2)
     assert tr.attention_layers == (1,)

@@ -12,6 +12,8 @@ from functools import lru_cache
 from typing import Any
 
 import torch
+import transformers
+from packaging.version import Version
 
 
 @lru_cache(maxsize=None)
@@ -37,6 +39,23 @@ UNSUPPORTED_ATTENTION: dict[str, str] = {
     "inkling_text": "it adds a learned position bias to the attention scores inside the attention function, which "
                     "the recomputed maps would leave out",
 }
+
+
+# Types whose attention, on transformers releases before the one named, is not what their attention
+# function's inputs give (found by the registry sweep under `make test-oldest`, transformers 5.2; not
+# investigated further): refused there rather than shown wrong.
+CORRECT_FROM = {"doge": "5.24", "glm_moe_dsa": "5.24", "minimax": "5.24"}
+
+
+def unsupported_attention(model_type: str) -> str | None:
+    """Why llm-widgets cannot trace this model type with the installed transformers, or None."""
+    if model_type in UNSUPPORTED_ATTENTION:
+        return UNSUPPORTED_ATTENTION[model_type]
+    since = CORRECT_FROM.get(model_type)
+    if since and Version(transformers.__version__) < Version(since):
+        return (f"with transformers {transformers.__version__} its attention is not what llm-widgets recomputes from "
+                f"the attention function's inputs; upgrade to transformers >= {since}")
+    return None
 
 
 @lru_cache(maxsize=None)

@@ -145,7 +145,12 @@ def _from_pretrained(path: str, name: str, dtype: Any, revision: str | None, tru
     no_tokenizer = (f"Model {name!r} has no tokenizer that AutoTokenizer can load{{}}. Load the model yourself "
                     f"and pass a tokenizer: lw.LanguageModel(model, tokenizer).")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, **common)
+        if name in _OWN:  # our own tokenizer.json, read as it is: AutoTokenizer of transformers 5.2 stumbles on a
+            from transformers import PreTrainedTokenizerFast  # Marian config with no sentencepiece tokenizer
+
+            tokenizer = PreTrainedTokenizerFast.from_pretrained(path)
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(path, **common)
     except (OSError, ValueError, TypeError) as error:
         raise InputError(no_tokenizer.format(f" ({error})")) from error
     # transformers 5 returns a tokenizer with only special tokens when the files are missing

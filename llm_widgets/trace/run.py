@@ -12,8 +12,8 @@ import torch
 from .._provide import provides
 from ..errors import InputError
 from ..models import LanguageModel
-from ..models.compat import (UNSUPPORTED_ATTENTION, cache_kwargs, output_cache, takes_logits_to_keep,
-                             takes_position_ids, uses_attention_registry)
+from ..models.compat import (cache_kwargs, output_cache, takes_logits_to_keep,
+                             takes_position_ids, unsupported_attention, uses_attention_registry)
 from ..models.devices import input_device
 from ..models.plain import logits_of
 from ..models.modes import model_mode
@@ -127,9 +127,10 @@ def run_trace(lm: LanguageModel, prompt: Any, *, max_new_tokens: int = 0, edits=
         raise InputError("attention edits steer one prompt at a time (their positions are a prompt's own): trace the "
                          "row you want to steer on its own, e.g. model.trace(batch[i].record['prompt_ids'], edits=...)")
     supported = uses_attention_registry(lm.model)
-    if facts.model_type in UNSUPPORTED_ATTENTION:
+    unsupported = unsupported_attention(facts.model_type)
+    if unsupported:
         raise InputError(f"llm-widgets cannot trace {facts.architecture} (model_type {facts.model_type!r}) yet: "
-                         f"{UNSUPPORTED_ATTENTION[facts.model_type]}")
+                         f"{unsupported}")
     if edits and not supported:
         raise InputError(
             f"attention edits need a model whose attention goes through transformers' AttentionInterface; "

@@ -35,7 +35,8 @@ def stack_shapes(lm: LanguageModel) -> dict[str, tuple[int, int]]:
     if set(shapes) != set(STACKS) or not all(layers for layers, _ in shapes.values()):
         raise InputError(f"{lm.name} ({type(lm.model).__name__}) is an encoder-decoder whose encoder, decoder and "
                          f"cross-attention modules could not all be found (found {shapes}); llm-widgets traces those "
-                         f"whose attention goes through transformers' AttentionInterface (T5, BART, Marian, ...)")
+                         f"whose attention goes through transformers' AttentionInterface (BART, Marian, mBART, "
+                         f"Pegasus, and T5 in recent transformers releases)")
     return shapes
 
 
