@@ -149,7 +149,8 @@ def attribute(trace: Trace, target=None, contrast=None, method: str = "grad_x_in
         target_id=target_id, contrast=None if contrast_id is None else name(contrast_id),
         contrast_id=contrast_id, method=method, step=step, p_target=float(probs[target_id]),
         p_contrast=None if contrast_id is None else float(probs[contrast_id]), score=value,
-        n_prompt=trace.n_source or trace.n_prompt, head_importance=head_importance, delta=delta, notes=notes, trace=trace)
+        n_prompt=trace.n_source or trace.n_prompt, head_importance=head_importance, delta=delta, notes=notes,
+        trace=trace)
 
 
 def _forward(lm: LanguageModel, embeds: torch.Tensor, ids: torch.Tensor, decoder_ids: torch.Tensor | None = None,

@@ -171,7 +171,8 @@ class AttentionStack:
         data = self._layers[layer] if self._layers is not None else None
         if data is None and layer not in self.attention_layers:
             raise InputError(f"layer {layer} has no attention: {self._model_name} is a hybrid model whose other layers "
-                             f"are linear attention or state space; its attention layers are {list(self.attention_layers)}")
+                             f"are linear attention or state space; its attention layers are "
+                             f"{list(self.attention_layers)}")
         if data is None:
             raise InputError(f"layer {layer} was not captured in this trace (capture was limited or turned off)")
         return data
@@ -241,9 +242,9 @@ class AttentionStack:
         rows = torch.arange(q0, q1) if exact else q0 + pooling_bins(n, size)[0][1:] - 1
         bins = min(len(rows), size) if exact else len(rows)
         n_keys = self.keys[1] - self.keys[0]
+        blank = torch.zeros(self.n_heads, bins, min(n_keys, size))  # a layer without attention (a hybrid's)
         maps = [self._pooled(layer, list(range(self.n_heads)), rows, self.keys, size, exact_rows=exact).cpu()
-                if layer in self.attention_layers else torch.zeros(self.n_heads, bins, min(n_keys, size))  # no attention
-                for layer in range(self.n_layers)]
+                if layer in self.attention_layers else blank for layer in range(self.n_layers)]
         return torch.cat(maps).flatten(0, 1)
 
     def _pooled(self, layer: int, heads: list[int], q_pos: torch.Tensor, keys: tuple[int, int], size: int,

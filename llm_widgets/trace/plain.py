@@ -1,12 +1,14 @@
-"""Tracing a plain PyTorch transformer (nn.MultiheadAttention, nn.TransformerEncoderLayer):
-what `model.trace(prompt)` does for a model without transformers in it.
+"""Tracing a plain PyTorch transformer (nn.MultiheadAttention, nn.TransformerEncoderLayer,
+nn.TransformerDecoderLayer): what `model.trace(prompt)` does for a model without
+transformers in it.
 
 Queries and keys are computed from each attention's input with its own
-projection weights (a forward pre-hook), so a run without edits is the model's
-own run: nn.TransformerEncoderLayer keeps torch's fused fast path, whose kernel
-never calls nn.MultiheadAttention.forward. Edits turn the fast path off for the
-run and add their log-factors to the attention mask that nn.MultiheadAttention
-is given. Every hook is removed and the fast-path flag restored, on errors too.
+projection weights (hooks), so a run without edits is the model's own run:
+nn.TransformerEncoderLayer keeps torch's fused fast path, whose kernel never
+calls nn.MultiheadAttention.forward. Edits turn the fast path off for the run
+and add their log-factors to the attention mask that nn.MultiheadAttention is
+given; an ablated head's module output is computed again without it. Every hook
+is removed and the fast-path flag restored, on errors too.
 """
 
 from __future__ import annotations
@@ -36,7 +38,9 @@ from .record import make_record
 from .trace import TOP_K_KEPT, Trace, probability_of, top_k_of
 
 SETTINGS = {"temperature"}  # the generation settings a plain model's sampling loop takes
-_MHA_ARGS = inspect.signature(torch.nn.MultiheadAttention.forward).parameters
+# nn.MultiheadAttention.forward's arguments in order, to read them however a caller passed them
+_MHA_ARGS_AFTER_SELF = [name for name in inspect.signature(torch.nn.MultiheadAttention.forward).parameters
+                        if name != "self"]
 
 
 def plain_stacks(model: torch.nn.Module) -> dict[str, list[torch.nn.MultiheadAttention]]:
@@ -270,7 +274,6 @@ class _Run:
         return (base + edit).to(query.dtype)
 
 
-_MHA_ARGS_AFTER_SELF = [name for name in _MHA_ARGS if name != "self"]
 
 
 def _projected(mha: torch.nn.MultiheadAttention, x: torch.Tensor, which: int) -> torch.Tensor:
