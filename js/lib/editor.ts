@@ -4,8 +4,8 @@
 import type { AnyModel } from "@anywidget/types";
 import type { ViewState } from "./attention_panel";
 import {
-  applySteer, describeEdit, diffTokens, type EditSpec, factorToSlider, type Scope, SLIDER_MAX, sliderToFactor,
-  steerEdits, toggleAblation,
+  applySteer, describeEdit, diffTokens, type EditSpec, factorToSlider, sameTarget, type Scope, SLIDER_MAX,
+  sliderToFactor, steerEdits, toggleAblation,
 } from "./steer";
 import { download, el, shown } from "./widget_io";
 
@@ -142,9 +142,7 @@ export function mountSteerControls(m: AnyModel<EditorState>, actions: EditorActi
     // the slider shows the factor of the edit on these keys and heads, if there is one
     if (has) {
       const made = steerEdits([span[0], span[1]], 1, target(), m.get("stack"));
-      const same = m.get("edit_specs").find((s) => s.kind === "scale_attention" &&
-        made.some((x) => JSON.stringify([x.keys, x.layers, x.heads, x.stack ?? null]) ===
-          JSON.stringify([s.keys, s.layers, s.heads, s.stack ?? null])));
+      const same = m.get("edit_specs").find((s) => s.kind === "scale_attention" && made.some((x) => sameTarget(x, s)));
       const factor = same?.kind === "scale_attention" ? same.factor : 1;
       slider.value = String(factor === 1 ? SLIDER_MAX / 2 : factorToSlider(factor));
       factorText.textContent = `×${factor}`;

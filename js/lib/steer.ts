@@ -61,7 +61,8 @@ export function steerEdits(keys: [number, number], factor: number, target: Scope
     .map(([layer, heads]) => ({ ...base, layers: [layer], heads: [...new Set(heads)].sort((x, y) => x - y) }));
 }
 
-const sameTarget = (a: ScaleSpec, b: ScaleSpec) => JSON.stringify([a.keys, a.queries, a.layers, a.heads, a.stack ?? null]) ===
+/** Whether two scale edits steer the same keys, queries, layers, heads and stack (their factors aside). */
+export const sameTarget = (a: ScaleSpec, b: ScaleSpec) => JSON.stringify([a.keys, a.queries, a.layers, a.heads, a.stack ?? null]) ===
   JSON.stringify([b.keys, b.queries, b.layers, b.heads, b.stack ?? null]);
 
 /** Edits after moving the slider: edits on the same keys and heads are replaced; factor 1 removes them. */

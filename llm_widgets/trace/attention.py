@@ -128,6 +128,21 @@ def pooling_bins(n: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     return edges, torch.bucketize(torch.arange(n), edges[1:], right=True)
 
 
+def stack_spans(n_source: int, length: int) -> dict[str, tuple[tuple[int, int], tuple[int, int]]]:
+    """Each stack's (queries, keys) as spans of a trace of `length` positions: a decoder-only model's
+    one (n_source 0); an encoder-decoder's three, its source first, then the decoder's tokens."""
+    if not n_source:
+        return {SELF: ((0, length), (0, length))}
+    source, output = (0, n_source), (n_source, length)
+    return {"encoder": (source, source), "decoder": (output, output), "cross": (output, source)}
+
+
+def stack_offsets(n_source: int) -> dict[str, tuple[int, int]]:
+    """Where each stack's first query and first key sit in the trace (what a run adds to its own
+    positions to place an edit), known before the run."""
+    return {name: (queries[0], keys[0]) for name, (queries, keys) in stack_spans(n_source, n_source).items()}
+
+
 def check_int(value: Any, what: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise WrongTypeError(f"{what} must be an integer; got {type(value).__name__} {value!r}")

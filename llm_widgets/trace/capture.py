@@ -388,7 +388,6 @@ def instrument(model: torch.nn.Module, run: RunState) -> Iterator[str]:
         for index, module in enumerate(members):
             layer = module.layer_idx if stack == SELF and isinstance(module.layer_idx, int) else index
             run.places[id(module)] = (stack, layer)
-        for module in members:
             module.__dict__[STATE] = run
     try:
         model.set_attn_implementation(name)

@@ -8,6 +8,7 @@ apply exactly the same ones.
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 
@@ -53,6 +54,13 @@ def spare_fully_masked(bias: torch.Tensor, allowed: torch.Tensor) -> tuple[torch
         return bias, False
     bias[fully_masked] = 0.0
     return bias, True
+
+
+def warn_spared_rows(stacklevel: int) -> None:
+    """Say that factor-0 edits left some rows as they were (spare_fully_masked), once a run;
+    stacklevel counts from the caller."""
+    warnings.warn("ScaleAttention with factor 0 masked every key of some query rows; those rows were left "
+                  "unchanged (a softmax over no keys has no answer).", stacklevel=stacklevel + 1)
 
 
 def _in_spans(pos: torch.Tensor, spans) -> torch.Tensor:

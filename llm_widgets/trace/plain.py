@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import inspect
 import math
-import secrets
 import threading
-import warnings
 from contextlib import ExitStack, contextmanager
 from typing import Any, Iterator
 
@@ -29,13 +27,13 @@ from ..models import LanguageModel
 from ..models.devices import input_device
 from ..models.modes import model_mode
 from ..models.plain import attention_modules, logits_of
-from .attention import SELF, AttentionStack, LayerAttention
+from .attention import SELF, AttentionStack, LayerAttention, stack_offsets, stack_spans
 from .capture import Place
 from .edits import AblateHead, ScaleAttention, validate_edits
 from .locking import exclusive
-from .masks import allowed_mask, edit_bias, spare_fully_masked
+from .masks import allowed_mask, edit_bias, spare_fully_masked, warn_spared_rows
 from .record import make_record
-from .trace import TOP_K_KEPT, Trace, probability_of, top_k_of
+from .trace import Trace, predictions
 
 SETTINGS = {"temperature"}  # the generation settings a plain model's sampling loop takes
 # nn.MultiheadAttention.forward's arguments in order, to read them however a caller passed them
@@ -78,11 +76,9 @@ def trace_plain(lm: LanguageModel, ids: torch.Tensor, generation: dict, edits, *
     (n_layers, n_heads), total = next(iter(shapes.values())), n + max_new + (1 if seq2seq else 0)
     edits = validate_edits(edits, n_layers=n_layers, n_heads=n_heads, sequence_length=total,
                            stacks=shapes if seq2seq else None)
-    if generation["do_sample"] and generation["seed"] is None:
-        generation = {**generation, "seed": secrets.randbits(31)}
     device = input_device(model)
-    offsets = {"encoder": (0, 0), "decoder": (n, n), "cross": (n, 0)} if seq2seq else {SELF: (0, 0)}
-    run = _Run(model, stacks, edits, offsets)
+    n_source = n if seq2seq else 0
+    run = _Run(model, stacks, edits, stack_offsets(n_source))
     source = ids[None].to(device)
     sequence = torch.tensor([[decoder_start(lm)]], device=device) if seq2seq else source
     forward = (lambda out: logits_of(model(source, out))) if seq2seq else (lambda seq: logits_of(model(seq)))
@@ -102,22 +98,17 @@ def trace_plain(lm: LanguageModel, ids: torch.Tensor, generation: dict, edits, *
             if step + 1 < max_new or capture:  # the last token runs through the model for its attention only
                 logits = forward(sequence)
     if run.fully_masked_rows:
-        warnings.warn("ScaleAttention with factor 0 masked every key of some query rows; those rows were left "
-                      "unchanged (a softmax over no keys has no answer).", stacklevel=4)
+        warn_spared_rows(stacklevel=4)
     generated = sequence[0, start:].tolist()
     whole = torch.cat([ids, sequence[0].cpu()]) if seq2seq else sequence[0].cpu()
-    m = len(whole)
-    spans = {"encoder": ((0, n), (0, n)), "decoder": ((n, m), (n, m)), "cross": ((n, m), (0, n)),
-             SELF: ((0, m), (0, m))}
+    spans = stack_spans(n_source, len(whole))
     attention = {name: AttentionStack(name, n_layers=layers, n_heads=heads, queries=spans[name][0],
                                       keys=spans[name][1], edits=edits, model_name=lm.name,
                                       layers=[run.layer((name, i)) for i in range(layers)] if capture else None)
                  for name, (layers, heads) in shapes.items()}
     logits = [step[0] for step in step_logits[:max(1, len(generated))]]
-    return Trace(model=lm, input_ids=whole, n_prompt=n + 1 if seq2seq else n, n_source=n if seq2seq else 0,
-                 stacks=attention, edits=edits, top_k=[top_k_of(step, TOP_K_KEPT) for step in logits],
-                 chosen=[probability_of(step, token) for step, token in zip(logits, generated)],
-                 first_logprobs=torch.log_softmax(logits[0].float(), dim=-1).cpu(), logits=prompt_logits,
+    return Trace(model=lm, input_ids=whole, n_prompt=n + 1 if seq2seq else n, n_source=n_source,
+                 stacks=attention, edits=edits, **predictions(logits, generated), logits=prompt_logits,
                  record=make_record(lm, ids.tolist(), generation, edits, generated))
 
 

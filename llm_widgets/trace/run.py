@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import secrets
-import warnings
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -20,6 +19,7 @@ from ..models.modes import model_mode
 from .capture import RunState, attention_layers, instrument
 from .edits import validate_edits
 from .locking import exclusive
+from .masks import warn_spared_rows
 from .record import make_record
 from .settings import check_generation_settings
 from .batch import TraceBatch, batch_rows, pad, positions
@@ -27,7 +27,7 @@ from .attention import SELF, AttentionStack, assembled
 from .plain import decoder_start as plain_start
 from .plain import trace_plain
 from .seq2seq import decoder_start, trace_seq2seq
-from .trace import TOP_K_KEPT, Trace, probability_of, top_k_of
+from .trace import Trace, predictions
 
 
 
@@ -100,20 +100,20 @@ def run_trace(lm: LanguageModel, prompt: Any, *, max_new_tokens: int = 0, edits=
     rows = [prompt_ids(lm, p) for p in batch] if batch is not None else [prompt_ids(lm, prompt)]
     longest = max(len(ids) for ids in rows)
     total = longest + max_new_tokens
+    if do_sample and seed is None:
+        seed = secrets.randbits(31)  # recorded, so a sampled run replays
+    # JSON-able as it stands: check_generation_settings admitted only numbers, flags and token ids
+    generation = {"max_new_tokens": max_new_tokens, "do_sample": do_sample, "seed": seed, **generation_kwargs}
     if lm.plain:  # a plain PyTorch transformer: its own loop, hooks on nn.MultiheadAttention
         if is_batch:
             raise InputError(f"{lm.name} is a plain PyTorch model: trace one prompt at a time")
         if capture_device is not None or capture_dtype is not None or profile:
             raise InputError("capture_device, capture_dtype and profile are for transformers models")
-        return trace_plain(lm, rows[0], {"max_new_tokens": max_new_tokens, "do_sample": do_sample, "seed": seed,
-                                         **generation_kwargs}, edits, keep_logits=keep_logits, capture=capture)
+        return trace_plain(lm, rows[0], generation, edits, keep_logits=keep_logits, capture=capture)
     if facts.kind == "seq2seq":  # an encoder-decoder: the source runs through the encoder, the output is the decoder's
         if is_batch:
             raise InputError(f"{lm.name} is an encoder-decoder: trace one source text at a time (batches are for "
                              f"decoder-only models)")
-        if do_sample and seed is None:
-            seed = secrets.randbits(31)
-        generation = {"max_new_tokens": max_new_tokens, "do_sample": do_sample, "seed": seed, **generation_kwargs}
         trace = trace_seq2seq(lm, rows[0], generation, edits, keep_logits=keep_logits,
                               capture=capture, capture_device=capture_device, capture_dtype=capture_dtype)
         if profile:
@@ -146,10 +146,6 @@ def run_trace(lm: LanguageModel, prompt: Any, *, max_new_tokens: int = 0, edits=
             raise InputError(f"{edit!r} names layer {named[0]}, which has no attention in {facts.architecture} (a "
                              f"hybrid model: its other layers are linear attention or state space); its attention "
                              f"layers are {list(with_attention)}")
-    if do_sample and seed is None:
-        seed = secrets.randbits(31)  # recorded, so a sampled run replays
-    # JSON-able as it stands: check_generation_settings admitted only numbers, flags and token ids
-    generation = {"max_new_tokens": max_new_tokens, "do_sample": do_sample, "seed": seed, **generation_kwargs}
 
     model = lm.model
     device = input_device(model)
@@ -177,8 +173,7 @@ def run_trace(lm: LanguageModel, prompt: Any, *, max_new_tokens: int = 0, edits=
                 model, lm, inputs, max_new_tokens, do_sample, generation_kwargs, keep_logits)
             eager_attentions = _eager_attentions(model, sequence, inputs) if capture else None
     if run.fully_masked_rows:
-        warnings.warn("ScaleAttention with factor 0 masked every key of some query rows; those rows were left "
-                      "unchanged (a softmax over no keys has no answer).", stacklevel=3)
+        warn_spared_rows(stacklevel=3)
 
     layers = assembled(run, SELF, facts.n_layers, facts.n_heads, sequence.shape[1], sequence.shape[1],
                        facts.architecture) if run.capture else None
@@ -213,10 +208,7 @@ def run_trace(lm: LanguageModel, prompt: Any, *, max_new_tokens: int = 0, edits=
             edits=edits, attention_layers=with_attention, model_name=lm.name)
         traces.append(Trace(
             model=lm, input_ids=sequence[b, start:end].cpu(), n_prompt=len(ids), stacks={SELF: stack}, edits=edits,
-            top_k=[top_k_of(step, TOP_K_KEPT) for step in logits],
-            chosen=[probability_of(step, token) for step, token in zip(logits, generated)],
-            first_logprobs=torch.log_softmax(logits[0].float(), dim=-1).cpu(),  # any token's p at step 0
-            logits=None if prompt_logits is None else prompt_logits[b].float().cpu() if facts.kind == "classifier"
+            **predictions(logits, generated), logits=None if prompt_logits is None else prompt_logits[b].float().cpu() if facts.kind == "classifier"
             else prompt_logits[b, start:prompt_end].float().cpu(),
             record=row_record))
     if profile:

@@ -7,8 +7,6 @@ so edits and views name tokens the same way as for a decoder-only model.
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 from transformers.modeling_outputs import BaseModelOutput
 
@@ -17,12 +15,13 @@ from ..models import LanguageModel
 from ..models.compat import cache_kwargs, output_cache
 from ..models.devices import input_device
 from ..models.modes import model_mode
-from .attention import STACKS, AttentionStack, assembled
+from .attention import STACKS, AttentionStack, assembled, stack_offsets, stack_spans
 from .capture import RunState, instrument, stack_modules
 from .edits import validate_edits
 from .locking import exclusive
+from .masks import warn_spared_rows
 from .record import make_record
-from .trace import TOP_K_KEPT, Trace, probability_of, top_k_of
+from .trace import Trace, predictions
 
 
 def stack_shapes(lm: LanguageModel) -> dict[str, tuple[int, int]]:
@@ -67,9 +66,8 @@ def trace_seq2seq(lm: LanguageModel, ids: torch.Tensor, generation: dict, edits,
     for edit in edits:
         if edit.stack == "encoder" and any(stop > n_source for start, stop in getattr(edit, "keys", ())):
             raise InputError(f"{edit!r}: the encoder attends over the source, positions 0 to {n_source - 1}")
-    offsets = {"encoder": (0, 0), "decoder": (n_source, n_source), "cross": (n_source, 0)}
     run = RunState(n_layers, n_heads, total, edits, capture=capture, capture_device=capture_device,
-                   capture_dtype=capture_dtype, offsets=offsets)
+                   capture_dtype=capture_dtype, offsets=stack_offsets(n_source))
     device = input_device(model)
     source = ids[None].to(device)
     mask = torch.ones_like(source)
@@ -97,12 +95,8 @@ def trace_seq2seq(lm: LanguageModel, ids: torch.Tensor, generation: dict, edits,
         finally:
             hook.remove()
     if run.fully_masked_rows:
-        warnings.warn("ScaleAttention with factor 0 masked every key of some query rows; those rows were left "
-                      "unchanged (a softmax over no keys has no answer).", stacklevel=4)
-    n_decoded = decoded.shape[1]
-    spans = {"encoder": ((0, n_source), (0, n_source)),
-             "decoder": ((n_source, n_source + n_decoded), (n_source, n_source + n_decoded)),
-             "cross": ((n_source, n_source + n_decoded), (0, n_source))}
+        warn_spared_rows(stacklevel=4)
+    spans = stack_spans(n_source, n_source + decoded.shape[1])
     stacks = {}
     for name in STACKS:
         (q0, q1), (k0, k1) = spans[name]
@@ -115,9 +109,7 @@ def trace_seq2seq(lm: LanguageModel, ids: torch.Tensor, generation: dict, edits,
     generated = decoded[0, 1:].tolist()
     logits = [step[0] for step in step_logits[:max(1, len(generated))]]
     return Trace(model=lm, input_ids=torch.cat([ids, decoded[0].cpu()]), n_prompt=n_source + 1, n_source=n_source,
-                 stacks=stacks, edits=edits, top_k=[top_k_of(step, TOP_K_KEPT) for step in logits],
-                 chosen=[probability_of(step, token) for step, token in zip(logits, generated)],
-                 first_logprobs=torch.log_softmax(logits[0].float(), dim=-1).cpu(),
+                 stacks=stacks, edits=edits, **predictions(logits, generated),
                  logits=logits[0].float().cpu()[None] if keep_logits else None,
                  record=make_record(lm, ids.tolist(), generation, edits, generated))
 

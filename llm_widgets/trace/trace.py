@@ -263,9 +263,6 @@ class Trace:
         """
         return self.stack(stack).grid(size)
 
-    def _span(self, span: tuple[int, int] | None, what: str, stack: str | None = None) -> tuple[int, int]:
-        return self.stack(stack).span(span, what)
-
 def decode_each(tokenizer: Any, ids: list[int]) -> list[str]:
     """Each id decoded on its own, as `batch_decode([[i] for i in ids])` does; in one call
     into the Rust tokenizer when there is one (a Python loop costs ~2.5 us a token)."""
@@ -277,6 +274,14 @@ def decode_each(tokenizer: Any, ids: list[int]) -> list[str]:
 
 
 TOP_K_KEPT = 20  # the most likely tokens a trace keeps per step
+
+
+def predictions(logits: list[torch.Tensor], generated: list[int]) -> dict:
+    """What a Trace keeps of a run's logits (one [vocab] per step): the top tokens of each step, the
+    generated tokens' probabilities, and every token's log-probability at step 0."""
+    return {"top_k": [top_k_of(step, TOP_K_KEPT) for step in logits],
+            "chosen": [probability_of(step, token) for step, token in zip(logits, generated)],
+            "first_logprobs": torch.log_softmax(logits[0].float(), dim=-1).cpu()}
 
 
 def top_k_of(logits: torch.Tensor, k: int = 20) -> tuple[torch.Tensor, torch.Tensor]:

@@ -155,8 +155,8 @@ class AttentionView(Answers, StaticFallback, anywidget.AnyWidget):
         zoom = list(proposal.value)
         if zoom:
             try:
-                self.trace._span(zoom[:2], "zoom queries", self.stack), self.trace._span(zoom[2:], "zoom keys",
-                                                                                        self.stack)
+                part = self.trace.stack(self.stack)
+                part.span(zoom[:2], "zoom queries"), part.span(zoom[2:], "zoom keys")
                 assert len(zoom) == 4
             except (ValueError, AssertionError) as error:
                 raise traitlets.TraitError(f"zoom must be [] or [q0, q1, k0, k1] within the {len(self.trace)} "
