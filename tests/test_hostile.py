@@ -121,7 +121,7 @@ def test_matrix_and_profile_exports_of_hostile_text_are_valid(trace):
     page = matrix_export.to_html(fig)
     assert "<script>alert" not in page and "<img src=x" not in page
     assert matrix_export.to_png(fig)[:4] == b"\x89PNG"
-    hostile = copy.copy(trace.profile)
+    hostile = copy.copy(trace.profile())
     hostile.model_name = PAYLOADS[1]
     hostile.modules = [dict(m, module=PAYLOADS[i % len(PAYLOADS)] + m["module"]) for i, m in enumerate(hostile.modules)]
     _check_svg(profile_export.render(hostile, "svg").decode())

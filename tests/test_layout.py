@@ -1,6 +1,9 @@
 """The package's layers import one way: no module imports a higher layer, and no
 import cycle exists, counting imports inside functions too (a lazy import that
-dodges a cycle is still a dependency). The front end's functions stay small."""
+dodges a cycle is still a dependency). The one exception is named: a class that
+declares a `@provided` method (implemented a layer above, `_provide.py`) may
+import that method's result type for type checkers only, under `if TYPE_CHECKING:`,
+which never runs. The front end's functions stay small."""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ import llm_widgets
 PACKAGE = Path(llm_widgets.__file__).parent
 # bottom to top; a module may import its own layer and those below it (ARCHITECTURE.md)
 LAYERS = {
-    "llm_widgets._version": 0, "llm_widgets._provide": 0, "llm_widgets.errors": 0,
+    "llm_widgets._version": 0, "llm_widgets._provide": 0, "llm_widgets.errors": 0, "llm_widgets.checks": 0,
     "llm_widgets.models": 1,
     "llm_widgets.trace": 2,
     "llm_widgets.analysis": 3, "llm_widgets.training": 3,
@@ -41,23 +44,35 @@ def _resolve(name: str, known: dict[str, Path]) -> str | None:
     return name or None
 
 
-def _imports(module: str, path: Path, known: dict[str, Path]) -> set[str]:
-    """Every module of ours that `module` imports, anywhere in its file."""
+def _type_checking_only(tree: ast.AST) -> set[ast.AST]:
+    """The import statements inside `if TYPE_CHECKING:` blocks."""
+    return {node for block in ast.walk(tree) if isinstance(block, ast.If) and ast.unparse(block.test) in
+            ("TYPE_CHECKING", "typing.TYPE_CHECKING") for stmt in block.body for node in ast.walk(stmt)
+            if isinstance(node, (ast.Import, ast.ImportFrom))}
+
+
+def _imports(module: str, path: Path, known: dict[str, Path], *, typing_only: bool = False) -> set[str]:
+    """Every module of ours that `module` imports anywhere in its file (run-time imports; or,
+    with `typing_only`, those for type checkers only)."""
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    tree = ast.parse(path.read_text())
+    for_types = _type_checking_only(tree)
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(tree):
+        if not isinstance(node, (ast.Import, ast.ImportFrom)) or (node in for_types) != typing_only:
+            continue
         if isinstance(node, ast.Import):
             targets = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
+        else:
             if node.level:
                 base = package.split(".")
                 base = base[:len(base) - (node.level - 1)]
                 stem = ".".join(base + ([node.module] if node.module else []))
             else:
                 stem = node.module or ""
-            targets = [f"{stem}.{alias.name}" for alias in node.names] + [stem]
-        else:
-            continue
+            targets = [f"{stem}.{alias.name}" for alias in node.names]
+            if not all(f"{stem}.{alias.name}" in known for alias in node.names):  # names from the stem itself
+                targets.append(stem)
         for target in targets:
             if target.split(".")[0] == "llm_widgets":
                 resolved = _resolve(target, known)
@@ -90,6 +105,17 @@ def test_no_module_imports_a_higher_layer():
             if target_rank > rank:
                 upward.append(f"{module} ({name}) imports {target} ({target_name})")
     assert not upward, "imports that run back up:\n" + "\n".join(sorted(upward))
+
+
+def test_type_only_imports_serve_provided_methods():
+    """An import for type checkers only, upward, is the result type of a method the module
+    declares @provided (and implemented above); nothing else."""
+    known = _modules()
+    for module, path in known.items():
+        targets = _imports(module, path, known, typing_only=True)
+        if targets:
+            assert "@provided" in path.read_text(), f"{module} imports {targets} for type checkers but declares " \
+                                                    f"no @provided method"
 
 
 def test_no_import_cycles():

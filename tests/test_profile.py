@@ -98,7 +98,7 @@ def test_profiling_leaves_nothing_behind(tiny_gpt2):
 
 def test_a_trace_profiles_its_own_run(tiny_gpt2):
     tr = tiny_gpt2.trace(PROMPT, max_new_tokens=3, edits=[lw.ScaleAttention(2.0, keys=(0, 3))], profile=True)
-    assert tr._profile is not None and tr.profile.new_tokens == 3 and tr.profile.prompt_tokens == tr.n_prompt
+    assert tr._profile is not None and tr.profile().new_tokens == 3 and tr.profile().prompt_tokens == tr.n_prompt
     assert tiny_gpt2.trace(PROMPT)._profile is None  # only when asked for
 
 

@@ -14,6 +14,8 @@ training mode, the attention implementation.
 
 from __future__ import annotations
 
+import warnings
+
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
@@ -26,7 +28,7 @@ from ..models.devices import input_device
 from ..models.modes import model_mode
 from ..models.plain import input_embedding, logits_of
 from ..trace import Trace
-from ..trace.locking import exclusive
+from ..trace.runner import held
 from .targets import first_token_id
 
 METHODS = ("grad_x_input", "integrated_gradients", "attention_x_grad", "occlusion")
@@ -71,10 +73,12 @@ class Attribution:
                 f"strongest: {top})")
 
 
-@provides(Trace, "attribute")
-def attribute(trace: Trace, target=None, contrast=None, method: str = "grad_x_input", step: int | None = None,
-              n_steps: int = 64, baseline: str = "zeros") -> Attribution:
+@provides(Trace.attribute)
+def attribute(trace: Trace, target, contrast, method, step, n_steps, baseline) -> Attribution:
     """See Trace.attribute."""
+    if trace.edits:  # (stacklevel 3: the user's call, past Trace.attribute's binding)
+        warnings.warn("this trace was run with attention edits; attribution explains the model without them",
+                      stacklevel=3)
     if method not in METHODS:
         raise InputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if baseline not in BASELINES:
@@ -130,7 +134,7 @@ def attribute(trace: Trace, target=None, contrast=None, method: str = "grad_x_in
         return last[:, target_id] - last[:, contrast_id]
 
     model = lm.model
-    with exclusive(model), model_mode(model, training=False, frozen=True), torch.enable_grad():
+    with held(model, grad=True, frozen=True):
         embed = input_embedding(model, len(lm.tokenizer)) if lm.plain else model.get_input_embeddings()
         embeds = embed(ids[None].to(input_device(model))).detach()
         reference = _baseline(lm, embed, ids, embeds, baseline)

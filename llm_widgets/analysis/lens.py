@@ -19,10 +19,9 @@ from .._provide import provides
 from ..errors import InputError
 from ..models.anatomy import anatomy, block_output
 from ..models.devices import input_device
-from ..models.modes import model_mode
 from ..trace import Trace
 from ..trace.capture import RunState, instrument
-from ..trace.locking import exclusive
+from ..trace.runner import held
 from ..trace.trace import decode_each
 from .targets import first_token_id
 
@@ -78,9 +77,9 @@ def residual_streams(trace: Trace, positions: torch.Tensor | None = None) -> lis
             kept[layer] = (hidden if positions is None else hidden[positions.to(hidden.device)]).detach()
         return hook
 
-    handles = [block.register_forward_hook(keeper(i)) for i, block in enumerate(parts.blocks)]
-    try:
-        with exclusive(model), model_mode(model, training=False), torch.no_grad():
+    with held(model):  # hooks only once the model is ours: another run's forward must not meet them
+        handles = [block.register_forward_hook(keeper(i)) for i, block in enumerate(parts.blocks)]
+        try:
             device = input_device(model)
             ids = trace.input_ids[None].to(device)
             # the trace's own edits apply, so the lens reads the run that was traced
@@ -89,14 +88,14 @@ def residual_streams(trace: Trace, positions: torch.Tensor | None = None) -> lis
                       if trace.edits else contextlib.nullcontext())
             with edited:
                 model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
-    finally:
-        for handle in handles:
-            handle.remove()
+        finally:
+            for handle in handles:
+                handle.remove()
     return kept  # type: ignore[return-value]
 
 
-@provides(Trace, "logit_lens")
-def logit_lens(trace: Trace, k: int = 5, target: Any = None, positions: Any = None) -> LogitLens:
+@provides(Trace.logit_lens)
+def logit_lens(trace: Trace, k: int, target: Any, positions: Any) -> LogitLens:
     """See Trace.logit_lens."""
     lm = trace.model
     lm.check_analysable("the logit lens")

@@ -27,10 +27,9 @@ from ..models import LanguageModel
 from ..models.anatomy import Anatomy, anatomy, block_output
 from ..models.compat import takes_logits_to_keep, uses_attention_registry
 from ..models.devices import input_device
-from ..models.modes import model_mode
 from ..trace import Trace, prompt_ids
 from ..trace.capture import RunState, instrument
-from ..trace.locking import exclusive
+from ..trace.runner import held
 from ..trace.trace import decode_each
 from .targets import first_token_id
 
@@ -301,7 +300,7 @@ def patch(model: LanguageModel, clean: Any, corrupted: Any, target: Any, contras
     parts = anatomy(lm.model, facts.n_layers)
     device = input_device(lm.model)
     clean_ids, corrupted_ids = clean_ids[None].to(device), corrupted_ids[None].to(device)
-    with exclusive(lm.model), model_mode(lm.model, training=False), torch.no_grad():
+    with held(lm.model):
         source, clean_logits = _capture_site(lm, clean_ids, site, parts)
         corrupted_logits = _forward_last(lm.model, corrupted_ids)
         clean_score, corrupted_score = float(score(clean_logits)), float(score(corrupted_logits))
@@ -384,7 +383,7 @@ def ablation_sweep(trace: Trace, target: Any = None, contrast: Any = None, *, me
     facts = lm.facts
     device = input_device(lm.model)
     ids = trace.input_ids[:trace.n_prompt][None].to(device)
-    with exclusive(lm.model), model_mode(lm.model, training=False), torch.no_grad():
+    with held(lm.model):
         base = float(score(_forward_last(lm.model, ids)))
         heads = [(l, h, None) for l in range(facts.n_layers) for h in range(facts.n_heads)]
         head_scores = _run_all(lm, ids, "heads", heads, None, score, budget_bytes, progress, "ablating heads",

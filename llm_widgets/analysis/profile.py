@@ -31,11 +31,10 @@ from ..models import LanguageModel
 from ..models.anatomy import anatomy
 from ..models.compat import output_cache
 from ..models.devices import input_device
-from ..models.modes import model_mode
 from .._provide import provides
 from ..trace import Trace, prompt_ids
 from ..trace.edits import validate_edits
-from ..trace.locking import exclusive
+from ..trace.runner import held
 
 ROOT = "<model>"  # the root module's range name (its children may be called "model")
 COLUMNS = ["module", "depth", "kind", "calls", "total_s", "self_s", "prefill_s", "decode_s", "flops", "peak_bytes"]
@@ -276,14 +275,13 @@ def profile(model: LanguageModel, prompt: Any, *, max_new_tokens: int = 0, edits
     def run():
         if edits:  # the engine applies them; its own instruments are off
             return lm.trace(ids, max_new_tokens=max_new_tokens, edits=edits, capture=False)
-        with torch.no_grad():
-            if max_new_tokens == 0:
-                return net(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), use_cache=True)
-            return net.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), do_sample=False,
-                                max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, pad_token_id=lm.pad_token_id,
-                                return_dict_in_generate=True)
+        if max_new_tokens == 0:  # (held: no gradients)
+            return net(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), use_cache=True)
+        return net.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), do_sample=False,
+                            max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, pad_token_id=lm.pad_token_id,
+                            return_dict_in_generate=True)
 
-    with exclusive(net), model_mode(net, training=False):
+    with held(net):
         run()  # warm-up: first-call allocations and lazy initialisation are not what a user runs into
         clocks = []
         for _ in range(repeats):
@@ -435,9 +433,9 @@ def allocation_levels(events, *, cuda: bool) -> tuple[list[float], list[int]]:
     return [t for t, _ in changes], cumulative
 
 
-@provides(Trace, "profile")
-def profile_trace(trace: Trace, repeats: int = 1) -> Profile:
-    """trace.profile: the trace's prompt, generation length and edits, profiled."""
+@provides(Trace._profiled)
+def profile_trace(trace: Trace) -> Profile:
+    """trace.profile(): the trace's prompt, generation length and edits, profiled."""
     generated = len(trace.generated_ids)
     return profile(trace.model, trace.input_ids[:trace.n_prompt].tolist(), max_new_tokens=generated,
-                   edits=trace.edits, repeats=repeats)
+                   edits=trace.edits)

@@ -20,7 +20,7 @@ from ..models import LanguageModel
 from ..models.anatomy import anatomy
 from ..models.devices import input_device
 from ..models.modes import model_mode
-from ..trace.locking import exclusive
+from ..trace.runner import held
 from .profile import allocation_levels
 
 COMPONENTS = ("attention", "mlp", "rest", "total")
@@ -121,7 +121,7 @@ def scaling(model: LanguageModel, lengths: Any = (256, 512, 1024, 2048), *, batc
     rows: list[dict] = []
     notes: list[str] = []
     g = torch.Generator().manual_seed(0)
-    with exclusive(net), model_mode(net, training=False), torch.no_grad():
+    with held(net):
         for impl in implementations:
             with contextlib.ExitStack() as stack:
                 try:

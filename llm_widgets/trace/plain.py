@@ -16,7 +16,7 @@ from __future__ import annotations
 import inspect
 import math
 import threading
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from typing import Any, Iterator
 
 import torch
@@ -25,14 +25,13 @@ import torch.nn.functional as F
 from ..errors import InputError
 from ..models import LanguageModel
 from ..models.devices import input_device
-from ..models.modes import model_mode
 from ..models.plain import attention_modules, logits_of
 from .attention import SELF, AttentionStack, LayerAttention, stack_offsets, stack_spans
 from .capture import Place
 from .edits import AblateHead, ScaleAttention, validate_edits
-from .locking import exclusive
-from .masks import allowed_mask, edit_bias, spare_fully_masked, warn_spared_rows
+from .masks import allowed_mask, edit_bias, spare_fully_masked
 from .record import make_record
+from .runner import Request, Runner
 from .trace import Trace, predictions
 
 SETTINGS = {"temperature"}  # the generation settings a plain model's sampling loop takes
@@ -58,58 +57,75 @@ def plain_stacks(model: torch.nn.Module) -> dict[str, list[torch.nn.MultiheadAtt
     return stacks
 
 
-def trace_plain(lm: LanguageModel, ids: torch.Tensor, generation: dict, edits, *, keep_logits: bool = False,
-                capture: bool = True) -> Trace:
-    """One instrumented run of a plain PyTorch model on one prompt, generating greedily (or
-    sampling with `do_sample`, `temperature` and `seed`) by running the model on the whole
-    sequence at each step. An encoder-decoder's forward takes (source ids, target ids); its
-    target starts with the tokenizer's bos token."""
-    model = lm.model
-    unknown = sorted(set(generation) - {"max_new_tokens", "do_sample", "seed"} - SETTINGS)
-    if unknown:
-        raise InputError(f"a plain PyTorch model generates with max_new_tokens, do_sample, seed and temperature; "
-                         f"{unknown} are for transformers' generate")
-    stacks = plain_stacks(model)
-    shapes = {name: (len(modules), modules[0].num_heads) for name, modules in stacks.items()}
-    seq2seq = SELF not in stacks
-    max_new, n = generation["max_new_tokens"], len(ids)
-    (n_layers, n_heads), total = next(iter(shapes.values())), n + max_new + (1 if seq2seq else 0)
-    edits = validate_edits(edits, n_layers=n_layers, n_heads=n_heads, sequence_length=total,
-                           stacks=shapes if seq2seq else None)
-    device = input_device(model)
-    n_source = n if seq2seq else 0
-    run = _Run(model, stacks, edits, stack_offsets(n_source))
-    source = ids[None].to(device)
-    sequence = torch.tensor([[decoder_start(lm)]], device=device) if seq2seq else source
-    forward = (lambda out: logits_of(model(source, out))) if seq2seq else (lambda seq: logits_of(model(seq)))
-    step_logits, eos = [], getattr(lm.tokenizer, "eos_token_id", None)
-    with exclusive(model), model_mode(model, training=False), torch.no_grad(), \
-            torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), run.installed(capture):
-        if generation["seed"] is not None:
-            torch.manual_seed(generation["seed"])
+class PlainRunner(Runner):
+    """One run of a plain PyTorch model on one prompt, generating greedily (or sampling with
+    `do_sample`, `temperature` and `seed`) by running the model on the whole sequence at each
+    step. An encoder-decoder's forward takes (source ids, target ids); its target starts with the
+    tokenizer's bos token."""
+
+    def __init__(self, request: Request):
+        super().__init__(request)
+        lm, generation = self.lm, request.generation
+        if request.is_batch:
+            raise InputError(f"{lm.name} is a plain PyTorch model: trace one prompt at a time")
+        if request.capture_device is not None or request.capture_dtype is not None or request.profile:
+            raise InputError("capture_device, capture_dtype and profile are for transformers models")
+        unknown = sorted(set(generation) - {"max_new_tokens", "do_sample", "seed"} - SETTINGS)
+        if unknown:
+            raise InputError(f"a plain PyTorch model generates with max_new_tokens, do_sample, seed and "
+                             f"temperature; {unknown} are for transformers' generate")
+        stacks = plain_stacks(self.model)
+        self.shapes = {name: (len(modules), modules[0].num_heads) for name, modules in stacks.items()}
+        self.seq2seq = SELF not in stacks
+        self.ids = request.rows[0]
+        n = len(self.ids)
+        (n_layers, n_heads), total = next(iter(self.shapes.values())), n + request.max_new_tokens + int(self.seq2seq)
+        self.edits = validate_edits(request.edits, n_layers=n_layers, n_heads=n_heads, sequence_length=total,
+                                    stacks=self.shapes if self.seq2seq else None)
+        self.n_source = n if self.seq2seq else 0
+        self.run = _Run(self.model, stacks, self.edits, stack_offsets(self.n_source))
+        self.start = decoder_start(lm) if self.seq2seq else None
+
+    @property
+    def spared_rows(self) -> bool:
+        return self.run.fully_masked_rows
+
+    def instrumented(self) -> AbstractContextManager[None]:
+        return self.run.installed(self.request.capture)
+
+    def execute(self) -> None:
+        model, request = self.model, self.request
+        source = self.ids[None].to(input_device(model))
+        sequence = torch.tensor([[self.start]], device=source.device) if self.seq2seq else source
+        forward = (lambda out: logits_of(model(source, out))) if self.seq2seq else (lambda seq: logits_of(model(seq)))
+        self.step_logits, eos = [], getattr(self.lm.tokenizer, "eos_token_id", None)
+        max_new = request.max_new_tokens
         logits = forward(sequence)
-        prompt_logits = logits[0].float().cpu() if keep_logits else None
-        start = sequence.shape[1]
+        self.prompt_logits = logits[0].float().cpu() if request.keep_logits else None
+        self.first = sequence.shape[1]
         for step in range(max_new + 1):
-            step_logits.append(logits[:, -1])
+            self.step_logits.append(logits[:, -1])
             if step == max_new or (eos is not None and step and int(sequence[0, -1]) == eos):
                 break
-            sequence = torch.cat([sequence, _next_token(logits[:, -1], generation)], dim=1)
-            if step + 1 < max_new or capture:  # the last token runs through the model for its attention only
+            sequence = torch.cat([sequence, _next_token(logits[:, -1], request.generation)], dim=1)
+            if step + 1 < max_new or request.capture:  # the last token runs through the model for its attention only
                 logits = forward(sequence)
-    if run.fully_masked_rows:
-        warn_spared_rows(stacklevel=4)
-    generated = sequence[0, start:].tolist()
-    whole = torch.cat([ids, sequence[0].cpu()]) if seq2seq else sequence[0].cpu()
-    spans = stack_spans(n_source, len(whole))
-    attention = {name: AttentionStack(name, n_layers=layers, n_heads=heads, queries=spans[name][0],
-                                      keys=spans[name][1], edits=edits, model_name=lm.name,
-                                      layers=[run.layer((name, i)) for i in range(layers)] if capture else None)
-                 for name, (layers, heads) in shapes.items()}
-    logits = [step[0] for step in step_logits[:max(1, len(generated))]]
-    return Trace(model=lm, input_ids=whole, n_prompt=n + 1 if seq2seq else n, n_source=n_source,
-                 stacks=attention, edits=edits, **predictions(logits, generated), logits=prompt_logits,
-                 record=make_record(lm, ids.tolist(), generation, edits, generated))
+        self.sequence = sequence
+
+    def traces(self) -> list[Trace]:
+        ids, n_source, capture = self.ids, self.n_source, self.request.capture
+        generated = self.sequence[0, self.first:].tolist()
+        whole = torch.cat([ids, self.sequence[0].cpu()]) if self.seq2seq else self.sequence[0].cpu()
+        spans = stack_spans(n_source, len(whole))
+        attention = {name: AttentionStack(name, n_layers=layers, n_heads=heads, queries=spans[name][0],
+                                          keys=spans[name][1], edits=self.edits, model_name=self.lm.name,
+                                          layers=[self.run.layer((name, i)) for i in range(layers)] if capture else None)
+                     for name, (layers, heads) in self.shapes.items()}
+        logits = [step[0] for step in self.step_logits[:max(1, len(generated))]]
+        return [Trace(model=self.lm, input_ids=whole, n_prompt=len(ids) + 1 if self.seq2seq else len(ids),
+                      n_source=n_source, stacks=attention, edits=self.edits, **predictions(logits, generated),
+                      logits=self.prompt_logits,
+                      record=make_record(self.lm, ids.tolist(), self.request.generation, self.edits, generated))]
 
 
 def decoder_start(lm: LanguageModel) -> int:

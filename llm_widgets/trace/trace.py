@@ -9,15 +9,20 @@ from __future__ import annotations
 
 import warnings
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .._provide import implementation
+from .._provide import provided
 from ..errors import InputError
 from ..models import LanguageModel
 from .attention import GRID_CELL, OVERVIEW, AttentionStack
 from .attention import check_int as _check_int
+
+if TYPE_CHECKING:  # the result types, for type checkers: analyses (the layer above) make them
+    from ..analysis.attribution import Attribution
+    from ..analysis.lens import LogitLens
+    from ..analysis.profile import Profile
 
 
 class Trace:
@@ -167,9 +172,10 @@ class Trace:
 
     # --- gradients ---
 
+    @provided
     def attribute(self, target: str | int | None = None, contrast: str | int | None = None,
                   method: str = "grad_x_input", step: int | None = None, n_steps: int = 64,
-                  baseline: str = "zeros"):
+                  baseline: str = "zeros") -> Attribution:
         """Which input tokens drove the token at `step` (0: right after the prompt).
 
         Scores log p(target), or with `contrast` logit(target) - logit(contrast)
@@ -178,30 +184,31 @@ class Trace:
         every position holding the "eos" or "pad" token's embedding),
         "attention_x_grad" (also head importance [layers, heads]) or "occlusion".
         Returns an `Attribution`; the model's parameters are untouched.
+        Implemented by llm_widgets.analysis (the layer above).
         """
-        if self.edits:
-            warnings.warn("this trace was run with attention edits; attribution explains the model without them",
-                          stacklevel=2)
-        attribute = implementation(Trace, "attribute")  # llm_widgets.analysis, the layer above
-        return attribute(self, target=target, contrast=contrast, method=method, step=step, n_steps=n_steps,
-                         baseline=baseline)
+        ...
 
-    @property
-    def profile(self):
+    def profile(self) -> Profile:
         """Where this run's time and memory went: an `lw.Profile` of the same prompt, generation
-        length and edits (a run of its own, timed module by module), computed on first use, or at
-        once with model.trace(..., profile=True)."""
+        length and edits (a run of its own, timed module by module), computed on the first call
+        (or at once with model.trace(..., profile=True)) and kept."""
         if self._profile is None:
-            self._profile = implementation(Trace, "profile")(self)  # llm_widgets.analysis, the layer above
+            self._profile = self._profiled()
         return self._profile
 
-    def logit_lens(self, k: int = 5, target: str | int | None = None, positions=None):
+    @provided
+    def _profiled(self) -> Profile:
+        """A new profile of this run (llm_widgets.analysis, the layer above)."""
+        ...
+
+    @provided
+    def logit_lens(self, k: int = 5, target: str | int | None = None, positions: Any = None) -> LogitLens:
         """What the residual stream after each layer predicts at each position: the top-k tokens and
         probabilities, decoded through the model's own final norm and unembedding (at the last layer,
         the model's prediction). With `target` (text or id), its probability and rank too.
-        positions: all (default), an int or a list. Returns a `LogitLens`."""
-        logit_lens = implementation(Trace, "logit_lens")  # llm_widgets.analysis, the layer above
-        return logit_lens(self, k=k, target=target, positions=positions)
+        positions: all (default), an int or a list. Returns a `LogitLens`.
+        Implemented by llm_widgets.analysis (the layer above)."""
+        ...
 
     # --- attention ---
 

@@ -1,0 +1,74 @@
+"""Argument checks, one of each kind, so every entry point refuses bad input the same way.
+
+Each returns the value it accepted (normalised: a float for a number) and raises
+`InputError` naming the argument, what it takes and what it got. `bool` is never an
+integer here, although Python says it is: `max_new_tokens=True` is a mistake.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+from .errors import InputError
+
+
+def _bounds(low: float | None, high: float | None, *, low_open: bool = False) -> str:
+    parts = []
+    if low is not None:
+        parts.append(f"{'>' if low_open else '>='} {low}")
+    if high is not None:
+        parts.append(f"<= {high}")
+    return " " + " and ".join(parts) if parts else ""
+
+
+def is_int(value: Any) -> bool:
+    """An int that is not a bool."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def integer(value: Any, name: str, *, low: int | None = None, high: int | None = None, note: str = "") -> int:
+    """`value` if it is an int (not a bool) within [low, high]."""
+    if not is_int(value) or (low is not None and value < low) or (high is not None and value > high):
+        raise InputError(f"{name} must be an integer{_bounds(low, high)}{note}; got {value!r}")
+    return value
+
+
+def number(value: Any, name: str, *, low: float | None = None, high: float | None = None,
+           low_open: bool = False, finite: bool = True) -> float:
+    """`value` as a float if it is a real number (not a bool), finite unless `finite=False`,
+    within [low, high] ((low, high] with `low_open`)."""
+    bad = isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) \
+        or (finite and not math.isfinite(value)) or (low is not None and (value < low or (low_open and value == low))) \
+        or (high is not None and value > high)
+    if bad:
+        what = "a finite number" if finite else "a number"
+        raise InputError(f"{name} must be {what}{_bounds(low, high, low_open=low_open)}; got {value!r}")
+    return float(value)
+
+
+def flag(value: Any, name: str) -> bool:
+    """`value` if it is True or False (a truthy string is not)."""
+    if not isinstance(value, bool):
+        raise InputError(f"{name} must be True or False; got {value!r}")
+    return value
+
+
+def choice(value: Any, name: str, options: Iterable[Any]) -> Any:
+    """`value` if it is one of `options`."""
+    options = list(options)
+    if isinstance(value, bool) or not any(value == o and type(value) is type(o) for o in options):
+        raise InputError(f"{name} must be one of {', '.join(repr(o) for o in options)}; got {value!r}")
+    return value
+
+
+def integers(values: Any, name: str, *, low: int | None = None, high: int | None = None) -> list[int]:
+    """A non-empty list of integers within [low, high] (a single integer counts as a list of one)."""
+    listed = [values] if is_int(values) else values
+    if isinstance(listed, (str, bytes)) or not isinstance(listed, Iterable):
+        raise InputError(f"{name} must be an integer or a list of integers; got {values!r}")
+    listed = list(listed)
+    if not listed:
+        raise InputError(f"{name} must name at least one integer; got {values!r}")
+    return [integer(v, f"each of {name}", low=low, high=high) for v in listed]

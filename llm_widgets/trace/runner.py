@@ -1,0 +1,95 @@
+"""What every traced run shares: the checked request, the model held for the run, and the
+shape of a runner (one per family of model: decoder-only, encoder-decoder, plain PyTorch).
+
+`run.py` puts them together: check the request, let the family's runner check what is
+its own and build its run state, hold the model, instrument it, execute, and turn what
+ran into traces. A runner holds only what differs between families.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..models import LanguageModel
+from ..models.devices import input_device
+from ..models.language_model import ModelFacts
+from ..models.modes import model_mode
+from .locking import exclusive
+from .trace import Trace
+
+# the keys of `Request.generation` that are ours; the rest go to the model's generate
+OWN_SETTINGS = ("max_new_tokens", "do_sample", "seed")
+
+
+@contextmanager
+def held(model: torch.nn.Module, *, seed: int | None = None, grad: bool = False, frozen: bool = False,
+         on_wait: Any = None) -> Iterator[None]:
+    """The model held by this thread for one run: no other run of ours meanwhile (`exclusive`),
+    in eval mode, gradients off (on with `grad`, parameters `frozen` then), the random
+    generator forked (and seeded with `seed`); everything restored after, on errors too."""
+    device = input_device(model)
+    with exclusive(model, on_wait=on_wait), model_mode(model, training=False, frozen=frozen), \
+            torch.enable_grad() if grad else torch.no_grad(), \
+            torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        if seed is not None:
+            torch.manual_seed(seed)
+        yield
+
+
+@dataclass(frozen=True)
+class Request:
+    """The checked arguments of one `model.trace` call."""
+
+    lm: LanguageModel
+    facts: ModelFacts  # asked once: the facts count every parameter
+    rows: list[torch.Tensor]  # each prompt's token ids, 1-D
+    is_batch: bool  # several prompts given (a TraceBatch comes back), not one
+    generation: dict  # max_new_tokens, do_sample, seed and generate's settings: what the record keeps
+    edits: Any  # as given: each runner validates them against its own stacks
+    keep_logits: bool
+    capture: bool
+    capture_device: Any
+    capture_dtype: torch.dtype | None
+    profile: bool
+
+    @property
+    def max_new_tokens(self) -> int:
+        return self.generation["max_new_tokens"]
+
+    @property
+    def settings(self) -> dict:
+        """The generation settings that go to the model's generate."""
+        return {k: v for k, v in self.generation.items() if k not in OWN_SETTINGS}
+
+
+class Runner(ABC):
+    """One family's traced run. The constructor checks what only this family refuses and
+    builds the run state; `instrumented` installs the capture (removed on exit);
+    `execute` runs the model (inside `held` and `instrumented`); `traces` makes the result."""
+
+    padding_side = "right"  # where a batch's padding went, for TraceBatch
+
+    def __init__(self, request: Request):
+        self.request = request
+        self.lm = request.lm
+        self.model = request.lm.model
+
+    @abstractmethod
+    def instrumented(self) -> AbstractContextManager[Any]: ...
+
+    @abstractmethod
+    def execute(self) -> None: ...
+
+    @abstractmethod
+    def traces(self) -> list[Trace]: ...
+
+    @property
+    @abstractmethod
+    def spared_rows(self) -> bool:
+        """Whether factor-0 edits left some rows unedited (masks.warn_spared_rows says so)."""
