@@ -11,7 +11,7 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-from .errors import InputError
+from .errors import InputError, WrongTypeError
 
 
 def _bounds(low: float | None, high: float | None, *, low_open: bool = False) -> str:
@@ -26,6 +26,13 @@ def _bounds(low: float | None, high: float | None, *, low_open: bool = False) ->
 def is_int(value: Any) -> bool:
     """An int that is not a bool."""
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def of_int_type(value: Any, name: str) -> int:
+    """`value` if it is an int (not a bool), whatever its range (checked where it is used)."""
+    if not is_int(value):
+        raise WrongTypeError(f"{name} must be an integer; got {type(value).__name__} {value!r}")
+    return value
 
 
 def integer(value: Any, name: str, *, low: int | None = None, high: int | None = None, note: str = "") -> int:

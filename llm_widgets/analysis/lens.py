@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from .._provide import provides
+from .. import checks
 from ..errors import InputError
 from ..models.anatomy import anatomy, block_output
 from ..models.devices import input_device
@@ -101,8 +102,7 @@ def logit_lens(trace: Trace, k: int, target: Any, positions: Any) -> LogitLens:
     lm.check_analysable("the logit lens")
     if lm.facts.kind != "causal":
         raise InputError(f"{lm.name} is a masked model: the logit lens reads next-token predictions of causal LMs")
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 100:
-        raise InputError(f"k must be an integer from 1 to 100; got {k!r}")
+    checks.integer(k, "k", low=1, high=100)
     n = len(trace)
     if positions is None:
         pos = torch.arange(n)

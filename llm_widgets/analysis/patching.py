@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
+from .. import checks
 from ..errors import InputError, WrongTypeError
 from ..models import LanguageModel
 from ..models.anatomy import Anatomy, anatomy, block_output
@@ -291,8 +292,7 @@ def patch(model: LanguageModel, clean: Any, corrupted: Any, target: Any, contras
                          f"position; got {len(clean_ids)} ({decode_each(tok, clean_ids.tolist())}) "
                          f"and {len(corrupted_ids)} ({decode_each(tok, corrupted_ids.tolist())}). "
                          f"Reword one so their tokens line up (e.g. swap names of one token each)")
-    if isinstance(budget_bytes, bool) or not isinstance(budget_bytes, int) or budget_bytes <= 0:
-        raise InputError(f"budget_bytes must be a positive integer; got {budget_bytes!r}")
+    checks.integer(budget_bytes, "budget_bytes", low=1)
     notes: list[str] = []
     target_id, contrast_id = _targets(lm, target, contrast, notes)
     score = _scorer(target_id, contrast_id)

@@ -26,6 +26,7 @@ from typing import Any, Iterator
 
 import torch
 
+from .. import checks
 from ..errors import InputError, WrongTypeError
 from ..models import LanguageModel
 from ..models.anatomy import anatomy
@@ -258,10 +259,8 @@ def profile(model: LanguageModel, prompt: Any, *, max_new_tokens: int = 0, edits
         raise WrongTypeError(f"profile takes an lw.LanguageModel (from lw.load_model); got {type(model).__name__}")
     lm = model
     lm.check_analysable("lw.profile")
-    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
-        raise InputError(f"repeats must be an integer >= 1; got {repeats!r}")
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise InputError(f"max_new_tokens must be an integer >= 0; got {max_new_tokens!r}")
+    checks.integer(repeats, "repeats", low=1)
+    checks.integer(max_new_tokens, "max_new_tokens", low=0)
     if max_new_tokens and lm.facts.kind != "causal":
         raise InputError(f"{lm.name} is a masked model: it does not generate, use max_new_tokens=0")
     ids = prompt_ids(lm, prompt)

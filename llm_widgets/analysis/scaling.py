@@ -4,7 +4,6 @@ implementation, with power laws fitted on a log-log scale."""
 from __future__ import annotations
 
 import contextlib
-import io
 import math
 import statistics
 import time
@@ -15,6 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import checks
+from .._provide import provided
 from ..errors import InputError, WrongTypeError
 from ..models import LanguageModel
 from ..models.anatomy import anatomy
@@ -43,33 +44,10 @@ class Scaling:
         return pd.DataFrame(self.rows, columns=["implementation", "batch_size", "length", "component", "seconds",
                                                 "peak_bytes"])
 
+    @provided
     def render(self, fmt: str) -> bytes:
-        """The log-log plot as "png" or "svg" (matplotlib, from the same rows)."""
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        from matplotlib.figure import Figure
-
-        if fmt not in ("png", "svg"):
-            raise InputError(f"unknown format {fmt!r}: use 'png' or 'svg'")
-        fig = Figure(figsize=(7, 4.2), layout="constrained")
-        ax = fig.subplots()
-        styles = {"attention": "-", "mlp": "--", "rest": ":", "total": "-."}
-        for impl in sorted({r["implementation"] for r in self.rows}):
-            for component in ("attention", "mlp", "total"):
-                pts = sorted((r["length"], r["seconds"]) for r in self.rows
-                             if r["implementation"] == impl and r["component"] == component and r["batch_size"] ==
-                             min(x["batch_size"] for x in self.rows))
-                if not pts:
-                    continue
-                k = self.exponents.get((impl, component), float("nan"))
-                ax.plot(*zip(*pts), styles[component], marker="o", label=f"{impl} {component} (~L^{k:.2f})")
-        ax.set(xscale="log", yscale="log", xlabel="tokens", ylabel="seconds per forward",
-               title=f"{self.model_name}: time by length")
-        ax.legend(fontsize=8)
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format=fmt)
-        return buffer.getvalue()
+        """The log-log plot as "png" or "svg" (drawn by llm_widgets.export, the layer above)."""
+        ...
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -107,8 +85,7 @@ def scaling(model: LanguageModel, lengths: Any = (256, 512, 1024, 2048), *, batc
     context = model.facts.context_length
     if not lengths or lengths[0] < 2 or (context and lengths[-1] > context):
         raise InputError(f"lengths must be between 2 and the model's context ({context}); got {lengths}")
-    if any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in batch_sizes):
-        raise InputError(f"batch_sizes must be positive integers; got {batch_sizes}")
+    batch_sizes = checks.integers(batch_sizes, "batch_sizes", low=1)
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
     known = set(ALL_ATTENTION_FUNCTIONS) | {"eager"}

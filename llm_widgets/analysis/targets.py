@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import warnings
 from typing import Any
+from .. import checks
 from ..errors import InputError
 
 
 def first_token_id(tokenizer: Any, token: Any, what: str, notes: list[str], vocab_size: int) -> int:
     """The id of `token`. Text that is several tokens: its first token is used (the one the model
     must choose first), with a warning and a note saying so."""
-    if isinstance(token, int) and not isinstance(token, bool):
+    if checks.is_int(token):
         if not 0 <= token < vocab_size:
             raise InputError(f"{what} id {token} is outside the vocabulary (0 to {vocab_size - 1})")
         return token

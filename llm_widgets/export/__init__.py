@@ -2,11 +2,13 @@
 
 One module per kind of figure, each with `render(figure, fmt) -> bytes` and
 `save(figure, path) -> Path`: `attention` (a head's heatmap), `attribution`,
-`matrix` (lens, patching, sweeps, comparisons) and `profile`; `files` picks the
+`matrix` (lens, patching, sweeps, comparisons), `profile`, `monitor` (the gradient
+monitor's charts) and `scaling` (`Scaling.render`, declared on the result); `files` picks the
 format from a suffix, `text` makes token text safe in SVG and HTML.
 """
 
-from . import attention, attribution, files, matrix, profile, text
+from . import attention, attribution, files, matrix, monitor, profile, scaling, text
 from .attention import AttentionFigure, attention_figure
 
-__all__ = ["AttentionFigure", "attention", "attention_figure", "attribution", "files", "matrix", "profile", "text"]
+__all__ = ["AttentionFigure", "attention", "attention_figure", "attribution", "files", "matrix", "monitor", "profile", "scaling",
+           "text"]

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .._provide import provided
+from .. import checks
 from ..errors import InputError, WrongTypeError
 from .devices import placement
 from .plain import VocabTokenizer, attention_modules, is_encoder_decoder
@@ -129,7 +130,7 @@ class LanguageModel:
     def label_id(self, label: str | int) -> int:
         """A class given by name or id, checked."""
         labels = self.labels
-        if isinstance(label, int) and not isinstance(label, bool) and 0 <= label < len(labels):
+        if checks.is_int(label) and 0 <= label < len(labels):
             return label
         if isinstance(label, str) and label in labels:
             return labels.index(label)

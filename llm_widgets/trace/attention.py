@@ -20,10 +20,11 @@ from typing import Any
 
 import torch
 
+from .. import checks
 from ..errors import InputError, WrongTypeError
 from .capture import LayerCapture, RunState
 from .edits import ScaleAttention
-from .masks import allowed_mask, edit_bias
+from .masks import allowed_mask, edit_bias, key_reach
 
 BLOCK = 1024  # key (and query) block for blockwise work: at most BLOCK x BLOCK scores per head at once
 OVERVIEW = 512  # the pooled size of a head's first paint
@@ -143,11 +144,6 @@ def stack_offsets(n_source: int) -> dict[str, tuple[int, int]]:
     return {name: (queries[0], keys[0]) for name, (queries, keys) in stack_spans(n_source, n_source).items()}
 
 
-def check_int(value: Any, what: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise WrongTypeError(f"{what} must be an integer; got {type(value).__name__} {value!r}")
-
-
 class AttentionStack:
     """One kind of attention of a trace: its layers, heads, the positions its queries and keys
     cover, and the probabilities recomputed on demand."""
@@ -177,9 +173,9 @@ class AttentionStack:
 
     def check(self, layer: int, head: int) -> None:
         of = "" if self.name == SELF else f" in its {self.what}"
-        if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < self.n_layers:
+        if not checks.is_int(layer) or not 0 <= layer < self.n_layers:
             raise InputError(f"layer {layer!r} is out of range: this model has layers 0 to {self.n_layers - 1}{of}")
-        if isinstance(head, bool) or not isinstance(head, int) or not 0 <= head < self.n_heads:
+        if not checks.is_int(head) or not 0 <= head < self.n_heads:
             raise InputError(f"head {head!r} is out of range: this model has heads 0 to {self.n_heads - 1}{of}")
 
     def layer(self, layer: int) -> LayerAttention:
@@ -198,7 +194,7 @@ class AttentionStack:
         if value is None:
             return torch.arange(first, stop)
         given = value
-        if isinstance(value, int) and not isinstance(value, bool):
+        if checks.is_int(value):
             value = [value]
         elif isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, int) for v in value):
             value = range(*value)
@@ -345,16 +341,16 @@ class AttentionStack:
         if not any(e.factor == 0 for e in edits):
             return torch.zeros(len(q_pos), dtype=torch.bool, device=q_pos.device)
         data = self.layer(layer)
-        any_allowed = torch.zeros(len(q_pos), dtype=torch.bool, device=q_pos.device)
-        any_alive = torch.zeros_like(any_allowed)
+        sees = torch.zeros(len(q_pos), dtype=torch.bool, device=q_pos.device)
+        alive = torch.zeros_like(sees)
         k0, k1 = self.keys
-        for k_start in range(k0, k1, BLOCK):
+        for k_start in range(k0, k1, BLOCK):  # (the live run judges whole rows at once: spare_fully_masked)
             k_pos = torch.arange(k_start, min(k1, k_start + BLOCK), device=q_pos.device)
             allowed = allowed_mask(q_pos, k_pos, data.is_causal, data.sliding_window)
-            raw = edit_bias(edits, 1, q_pos, k_pos)[0]
-            any_allowed |= allowed.any(-1)
-            any_alive |= (allowed & ~torch.isneginf(raw)).any(-1)
-        return any_allowed & ~any_alive
+            block_sees, block_alive = key_reach(edit_bias(edits, 1, q_pos, k_pos)[0], allowed)
+            sees |= block_sees
+            alive |= block_alive
+        return sees & ~alive
 
     def _row_logsumexp(self, layer: int, heads: list[int], q_pos: torch.Tensor) -> torch.Tensor:
         """[heads, nq]: each row's normaliser over all its keys, computed blockwise once per
@@ -400,5 +396,4 @@ def _blocks(budget: int, n_rows: int, n_keys: int) -> tuple[int, int]:
 
 
 def _check_size(size: Any) -> None:
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise InputError(f"size must be a positive integer; got {size!r}")
+    checks.integer(size, "size", low=1)

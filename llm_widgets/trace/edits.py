@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Sequence
+from .. import checks
 from ..errors import InputError, WrongTypeError
 
 Span = tuple[int, int]
@@ -26,19 +27,19 @@ def _as_spans(value: Any, what: str) -> tuple[Span, ...] | None:
     """Accept (start, stop), [(start, stop), ...], an int, or a list of ints."""
     if value is None:
         return None
-    if isinstance(value, int) and not isinstance(value, bool):
+    if checks.is_int(value):
         return ((value, value + 1),)
     if not isinstance(value, (tuple, list, range)):
         raise InputError(f"{what} must be a position, a (start, stop) span or a list of them; got {value!r}")
     items: Sequence[Any] = value
-    if len(items) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in items):
+    if len(items) == 2 and all(checks.is_int(v) for v in items):
         items = [tuple(items)]
     spans = []
     for item in items:
-        if isinstance(item, int) and not isinstance(item, bool):
+        if checks.is_int(item):
             item = (item, item + 1)
         if not (isinstance(item, (tuple, list)) and len(item) == 2
-                and all(isinstance(v, int) and not isinstance(v, bool) for v in item)):
+                and all(checks.is_int(v) for v in item)):
             raise InputError(f"{what} must be a position, a (start, stop) span or a list of them; got {value!r}")
         start, stop = item
         if start < 0 or stop <= start:
@@ -52,12 +53,12 @@ def _as_spans(value: Any, what: str) -> tuple[Span, ...] | None:
 def _as_ints(value: Any, what: str) -> tuple[int, ...] | None:
     if value is None:
         return None
-    if isinstance(value, int) and not isinstance(value, bool):
+    if checks.is_int(value):
         return (int(value),)
     if not isinstance(value, (tuple, list, range)):
         raise InputError(f"{what} must be a non-empty list of non-negative integers (or None for all); got {value!r}")
     out = tuple(value)
-    if not out or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in out):
+    if not out or not all(checks.is_int(v) and v >= 0 for v in out):
         raise InputError(f"{what} must be a non-empty list of non-negative integers (or None for all); got {value!r}")
     return out
 
@@ -84,11 +85,8 @@ class ScaleAttention:
     kind: str = field(default="scale_attention", init=False)
 
     def __post_init__(self):
-        factor = self.factor
-        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not math.isfinite(factor) or factor < 0:
-            raise InputError(f"ScaleAttention factor must be a finite number >= 0 (0 masks the keys, 1 changes "
-                             f"nothing); got {factor!r}")
-        object.__setattr__(self, "factor", float(factor))
+        # (0 masks the keys, 1 changes nothing)
+        object.__setattr__(self, "factor", checks.number(self.factor, "ScaleAttention factor", low=0))
         if self.keys is None:
             raise InputError("ScaleAttention needs keys: the positions whose attention to scale, e.g. keys=(7, 12)")
         object.__setattr__(self, "keys", _as_spans(self.keys, "keys"))
@@ -128,9 +126,7 @@ class AblateHead:
 
     def __post_init__(self):
         for name in ("layer", "head"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise InputError(f"AblateHead {name} must be a non-negative integer; got {value!r}")
+            checks.integer(getattr(self, name), f"AblateHead {name}", low=0)
         if self.mode not in ("zero", "mean"):
             raise InputError(f"AblateHead mode must be 'zero' or 'mean'; got {self.mode!r}")
         _check_stack(self)

@@ -1,7 +1,7 @@
 """Which keys a query may see, and the log-factor biases of attention edits.
 
 Shared by the live attention wrapper (capture.py), which adds them to the
-model's mask, and the recomputation of probabilities (trace.py), which must
+model's mask, and the recomputation of probabilities (attention.py), which must
 apply exactly the same ones.
 """
 
@@ -49,11 +49,19 @@ def spare_fully_masked(bias: torch.Tensor, allowed: torch.Tensor) -> tuple[torch
     a softmax over no keys has no answer, so those rows stay as the model made them.
     Returns the bias, expanded to [heads or 1, q, k], and whether any row was spared."""
     bias = bias.expand(-1, allowed.shape[0], -1).clone()
-    fully_masked = (torch.isneginf(bias) | ~allowed).all(-1) & allowed.any(-1)
+    sees, alive = key_reach(bias, allowed)
+    fully_masked = sees & ~alive
     if not fully_masked.any():
         return bias, False
     bias[fully_masked] = 0.0
     return bias, True
+
+
+def key_reach(bias: torch.Tensor, allowed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row of these keys: whether it may see any of them, and whether any it may see survives the
+    edits (factor 0 biases by -inf). A row that sees keys of which none survive is spared; over keys
+    taken block by block, OR each block's answers together."""
+    return allowed.any(-1), (allowed & ~torch.isneginf(bias)).any(-1)
 
 
 def warn_spared_rows(stacklevel: int) -> None:

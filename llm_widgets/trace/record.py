@@ -10,6 +10,7 @@ import transformers
 from packaging.version import InvalidVersion, Version
 
 from .._version import __version__
+from .. import checks
 from ..errors import InputError, ReplayMismatchError, WrongTypeError
 from ..models import LanguageModel, load_model
 from .edits import edit_from_dict
@@ -90,14 +91,14 @@ def check_record(record: Any) -> dict:
         if not isinstance(batch, dict) or set(batch) != {"prompt_ids", "row"} or not isinstance(rows, list) \
                 or not rows or not all(_id_list(r) and r for r in rows):
             raise bad("'batch' must be {'prompt_ids': a list of token id lists, 'row': an index into it}")
-        if isinstance(row, bool) or not isinstance(row, int) or not 0 <= row < len(rows) or \
+        if not checks.is_int(row) or not 0 <= row < len(rows) or \
                 rows[row] != record["prompt_ids"]:
             raise bad(f"'batch' row {row!r} is not the index of this record's prompt_ids among the batch's rows")
     return record
 
 
 def _id_list(ids: Any) -> bool:
-    return isinstance(ids, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in ids)
+    return isinstance(ids, list) and all(checks.is_int(i) for i in ids)
 
 
 def replay(record: dict, model: LanguageModel | None = None, *, check: bool = True):

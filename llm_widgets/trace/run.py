@@ -38,7 +38,7 @@ def prompt_ids(lm: LanguageModel, prompt: Any) -> torch.Tensor:
         out = tok.apply_chat_template(list(prompt), add_generation_prompt=True, return_tensors="pt", return_dict=True)
         ids = out["input_ids"][0]
     elif isinstance(prompt, torch.Tensor) or (
-            isinstance(prompt, (list, tuple)) and all(isinstance(i, int) and not isinstance(i, bool) for i in prompt)):
+            isinstance(prompt, (list, tuple)) and all(checks.is_int(i) for i in prompt)):
         if isinstance(prompt, torch.Tensor):
             if prompt.dtype.is_floating_point or prompt.dtype.is_complex or prompt.dtype == torch.bool:
                 raise InputError(f"token ids must be integers; got a {prompt.dtype} tensor (did you pass embeddings "

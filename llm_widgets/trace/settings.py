@@ -11,44 +11,36 @@ from __future__ import annotations
 
 import math
 from typing import Any, Callable
+from .. import checks
 from ..errors import InputError
 
 RECORD_SCHEMA = 1  # the layout of Trace.record; replay refuses other versions
 
 
-def _number(low: float, high: float = math.inf, *, low_open: bool = False) -> Callable[[str, Any], float]:
-    def check(name: str, value: Any) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                or value < low or value > high or (low_open and value == low):
-            bound = f"{'>' if low_open else '>='} {low}" + (f" and <= {high}" if high != math.inf else "")
-            raise InputError(f"generation setting {name} must be a number {bound}; got {value!r}")
-        return value
+def _number(low: float, high: float | None = None, *, low_open: bool = False) -> Callable[[str, Any], Any]:
+    def check(name: str, value: Any) -> Any:
+        checks.number(value, f"generation setting {name}", low=low, high=high, low_open=low_open)
+        return value  # as given: the record keeps what the user wrote
     return check
 
 
 def _integer(low: int) -> Callable[[str, Any], int]:
-    def check(name: str, value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise InputError(f"generation setting {name} must be an integer >= {low}; got {value!r}")
-        return value
-    return check
+    return lambda name, value: checks.integer(value, f"generation setting {name}", low=low)
 
 
 def _flag(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise InputError(f"generation setting {name} must be True or False; got {value!r}")
-    return value
+    return checks.flag(value, f"generation setting {name}")
 
 
 def _token_ids(name: str, value: Any) -> Any:
     ids = value if isinstance(value, list) else [value]
-    if value is None or not ids or any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in ids):
+    if value is None or not ids or any(not checks.is_int(i) or i < 0 for i in ids):
         raise InputError(f"generation setting {name} must be a token id or a list of token ids; got {value!r}")
     return value
 
 
 def _one(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value != 1:
+    if not checks.is_int(value) or value != 1:
         what = "beam search" if name == "num_beams" else "several returned sequences"
         raise InputError(f"{name}={value!r}: {what} is not traced (a trace follows one sequence token by token); "
                          f"trace each candidate you want to see, e.g. with do_sample=True and different seeds")

@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .._provide import provided
+from .. import checks
 from ..errors import InputError
 from ..models import LanguageModel
 from .attention import GRID_CELL, OVERVIEW, AttentionStack
-from .attention import check_int as _check_int
 
 if TYPE_CHECKING:  # the result types, for type checkers: analyses (the layer above) make them
     from ..analysis.attribution import Attribution
@@ -115,8 +115,8 @@ class Trace:
     def top_k(self, step: int = 0, k: int = 10) -> list[tuple[str, float]]:
         """The k most likely next tokens at generation step `step` (0: right after the prompt),
         from the model's own distribution (before sampling settings), with probabilities."""
-        _check_int(step, "step")
-        _check_int(k, "k")
+        checks.of_int_type(step, "step")
+        checks.of_int_type(k, "k")
         if not 0 <= step < len(self._top_k):
             raise InputError(f"step {step} is out of range: this trace has steps 0 to {len(self._top_k) - 1}")
         ids, probs = self._top_k[step]
@@ -128,7 +128,7 @@ class Trace:
 
     def chosen_probability(self, step: int) -> float:
         """Probability the model gave the token that was actually generated at `step`."""
-        _check_int(step, "step")
+        checks.of_int_type(step, "step")
         if not 0 <= step < len(self._chosen):
             raise InputError(f"step {step} is out of range: this trace generated steps 0 to {len(self._chosen) - 1}")
         return self._chosen[step]
@@ -139,7 +139,7 @@ class Trace:
         if self.model.labels:
             return self.model.label_id(token)
         tok = self.model.tokenizer
-        if isinstance(token, int) and not isinstance(token, bool):
+        if checks.is_int(token):
             if not 0 <= token < len(tok):
                 raise InputError(f"token id {token} is outside the vocabulary (0 to {len(tok) - 1})")
             return token
@@ -156,7 +156,7 @@ class Trace:
         """p(token) at generation step `step`: exact at step 0 (right after the prompt); at later
         steps known for the generated token and the top tokens kept per step."""
         token_id = self.token_id(token)
-        _check_int(step, "step")
+        checks.of_int_type(step, "step")
         if step == 0 and self._first_logprobs is not None:
             return float(self._first_logprobs[token_id].exp())
         if not 0 <= step < len(self._top_k):

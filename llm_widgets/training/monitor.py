@@ -24,6 +24,7 @@ import torch
 import transformers
 
 from .._version import __version__
+from .. import checks
 from ..errors import InputError, WrongTypeError
 from .alerts import KINDS, GradientWarning, TrainingStopped
 
@@ -158,11 +159,9 @@ class GradientMonitor:
         """Scale and/or clip (by group norm) the gradients of the groups matching `pattern`
         (a regex over group names, or an exact group name) before each optimizer step, from
         the next step on. scale=1 and clip=None remove the steering. Returns the groups."""
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale < 0:
-            raise InputError(f"scale must be a finite number >= 0; got {scale!r}")
-        if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float)) or not clip > 0
-                                 or not math.isfinite(clip)):
-            raise InputError(f"clip must be a positive number (a maximum group norm) or None; got {clip!r}")
+        checks.number(scale, "scale", low=0)
+        if clip is not None:
+            checks.number(clip, "clip (a maximum group norm, or None)", low=0, low_open=True)
         if not isinstance(pattern, str):
             raise WrongTypeError(f"pattern must be a group name or a regex string; got {type(pattern).__name__}")
         try:
@@ -432,6 +431,4 @@ def _checked_loss(loss: Any) -> float | None:
 def _checked_lr(lr: Any) -> float | None:
     if lr is None:
         return None
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr < 0:
-        raise InputError(f"lr must be a finite number >= 0 (the optimizer's learning rate); got {lr!r}")
-    return float(lr)
+    return checks.number(lr, "lr (the optimizer's learning rate)", low=0)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
+from .. import checks
 from ..errors import InputError, WrongTypeError
 from ..models.devices import input_device
 
@@ -46,8 +47,7 @@ def profile_step(model: Any, batch: dict, optimizer: torch.optim.Optimizer, *, m
     if not isinstance(batch, dict):
         raise WrongTypeError(f"batch must be a dict of the model's inputs (with labels for the loss); got "
                              f"{type(batch).__name__}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise InputError(f"steps must be an integer >= 1; got {steps!r}")
+    checks.integer(steps, "steps", low=1)
     device = input_device(module)
     sync = device.type == "cuda"
 

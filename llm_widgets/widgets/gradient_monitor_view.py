@@ -24,7 +24,7 @@ import traitlets
 
 from ..errors import InputError
 from ..export.files import write
-from ..export.text import plain_label
+from ..export import monitor as monitor_figure
 from ..training.monitor import HIST_EDGES, GradientMonitor
 from ._frontend import Answers, StaticFallback, bundle
 
@@ -308,45 +308,8 @@ class GradientMonitorView(StaticFallback, ipywidgets.VBox):
 
     def render(self, fmt: str) -> bytes:
         self.flush()
-        if fmt == "html":
-            from bokeh.embed import file_html
-            from bokeh.resources import INLINE
-
-            return file_html(self.charts, INLINE, title="llm-widgets gradient monitor").encode("utf-8")
-        if fmt in ("png", "svg"):
-            return self._matplotlib(fmt)
-        raise InputError(f"unknown export format {fmt!r}: use 'png', 'svg' or 'html'")
-
-    def _matplotlib(self, fmt: str) -> bytes:
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        from matplotlib.figure import Figure
-
-        frame = self.monitor.to_dataframe()
-        fig = Figure(figsize=(11, 7), layout="constrained")
-        axes = fig.subplots(2, 2)
-        steps = frame.drop_duplicates("step")
-        axes[0, 0].plot(steps.step, steps.loss, color="#333")
-        axes[0, 0].set(title="loss", xlabel="step")
-        axes[0, 1].plot(steps.step, steps.global_norm, color="#d62728")
-        axes[0, 1].set(title="global gradient norm", xlabel="step", yscale="log")
-        for (group, colour) in zip(self._keys, self.controls.colours):
-            part = frame[frame.group == group]
-            label = plain_label(group)  # group names come from the user's patterns: never mathtext
-            axes[1, 0].plot(part.step, part.grad_norm, color=colour, label=label, linewidth=1.2)
-            axes[1, 1].plot(part.step, part.update_ratio, color=colour, label=label, linewidth=1.2)
-        axes[1, 0].set(title="gradient norm per group", xlabel="step", yscale="log")
-        axes[1, 1].set(title="update / weight per group", xlabel="step",
-                       yscale="log" if (frame.update_ratio > 0).any() else "linear")
-        if len(self._keys) <= 12:
-            axes[1, 0].legend(fontsize=7)
-        for a in self.monitor.alerts[:50]:
-            axes[1, 0].axvline(a["step"], color="#de2d26", alpha=0.2, linewidth=0.8)
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format=fmt)
-        return buffer.getvalue()
-
+        return monitor_figure.render(self.monitor, fmt, charts=self.charts, groups=list(self._keys),
+                                     colours=list(self.controls.colours))
 
 
 def _positive(value) -> float:
