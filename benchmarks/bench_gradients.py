@@ -19,8 +19,10 @@ import torch
 
 import llm_widgets as lw
 
-PROMPT = ("It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in "
-          "want of a wife. The capital of France is")
+PROMPT = (
+    "It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in "
+    "want of a wife. The capital of France is"
+)
 
 
 def training(steps: int, repeats: int) -> None:
@@ -34,8 +36,10 @@ def training(steps: int, repeats: int) -> None:
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
         monitor = lw.GradientMonitor(model, histograms_every=50, warn=False) if monitored else None
         g = torch.Generator().manual_seed(0)
-        batches = [torch.stack([ids[s:s + 128] for s in torch.randint(0, len(ids) - 129, (8,), generator=g)])
-                   for _ in range(steps)]
+        batches = [
+            torch.stack([ids[s : s + 128] for s in torch.randint(0, len(ids) - 129, (8,), generator=g)])
+            for _ in range(steps)
+        ]
         start = time.perf_counter()
         for batch in batches:
             loss = model(input_ids=batch, labels=batch).loss

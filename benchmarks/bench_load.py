@@ -34,12 +34,17 @@ def main() -> None:
     cases = {
         "smollm2-135m": (
             lambda: lw.load_model("smollm2-135m", progress=False),
-            lambda: (AutoModelForCausalLM.from_pretrained(cached, dtype=torch.float32), AutoTokenizer.from_pretrained(cached)),
+            lambda: (
+                AutoModelForCausalLM.from_pretrained(cached, dtype=torch.float32),
+                AutoTokenizer.from_pretrained(cached),
+            ),
         ),
         "tiny-gpt2": (
             lambda: lw.load_model("tiny-gpt2"),
-            lambda: (AutoModelForCausalLM.from_pretrained(str(loading.TINY_GPT2_DIR), dtype=torch.float32),
-                     AutoTokenizer.from_pretrained(str(loading.TINY_GPT2_DIR))),
+            lambda: (
+                AutoModelForCausalLM.from_pretrained(str(loading.TINY_GPT2_DIR), dtype=torch.float32),
+                AutoTokenizer.from_pretrained(str(loading.TINY_GPT2_DIR)),
+            ),
         ),
     }
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {args.repeats}\n")

@@ -45,10 +45,12 @@ def naive(lm, site: str, mode: str = "patch") -> torch.Tensor:
         if site == "residual":
             for layer in range(n_layers):
                 for position in range(clean.shape[1]):
+
                     def hook(_m, _a, out, layer=layer, position=position):
                         hidden = block_output(out).clone()
                         hidden[0, position] = source[layer][position]
                         return hidden if not isinstance(out, tuple) else (hidden, *out[1:])
+
                     handle = parts.blocks[layer].register_forward_hook(hook)
                     logits = model(input_ids=corrupted, use_cache=False).logits[0, -1]
                     handle.remove()
@@ -57,13 +59,16 @@ def naive(lm, site: str, mode: str = "patch") -> torch.Tensor:
             ids = corrupted if mode == "patch" else clean
             for layer in range(n_layers):
                 for head in range(lm.facts.n_heads):
+
                     def head_hook(at, out, layer=layer, head=head):
                         if at == layer:
                             out = out.clone()
                             out[0, :, head] = 0 if mode == "zero" else source[layer][:, head]
                         return out
-                    with instrument(model, RunState(n_layers, lm.facts.n_heads, ids.shape[1], capture=False,
-                                                    head_hook=head_hook)):
+
+                    with instrument(
+                        model, RunState(n_layers, lm.facts.n_heads, ids.shape[1], capture=False, head_hook=head_hook)
+                    ):
                         logits = model(input_ids=ids, use_cache=False).logits[0, -1]
                     scores.append(float(logits[mary] - logits[john]))
     return torch.tensor(scores)
@@ -86,15 +91,21 @@ def main() -> None:
     lm = lw.load_model("smollm2-135m", progress=False)
     tr = lm.trace(CLEAN)
     cases = [
-        ("residual patching, 30 layers x 14 positions (420 runs)",
-         lambda: lw.patch(lm, CLEAN, CORRUPTED, " Mary", " John", site="residual", progress=False).raw.flatten(),
-         lambda: naive(lm, "residual")),
-        ("head patching, 270 heads",
-         lambda: lw.patch(lm, CLEAN, CORRUPTED, " Mary", " John", site="heads", progress=False).raw.flatten(),
-         lambda: naive(lm, "heads")),
-        ("ablation sweep, 270 heads (zero)",
-         lambda: lw.ablation_sweep(tr, " Mary", " John", layers=False, progress=False).raw.flatten(),
-         lambda: naive(lm, "heads", mode="zero")),
+        (
+            "residual patching, 30 layers x 14 positions (420 runs)",
+            lambda: lw.patch(lm, CLEAN, CORRUPTED, " Mary", " John", site="residual", progress=False).raw.flatten(),
+            lambda: naive(lm, "residual"),
+        ),
+        (
+            "head patching, 270 heads",
+            lambda: lw.patch(lm, CLEAN, CORRUPTED, " Mary", " John", site="heads", progress=False).raw.flatten(),
+            lambda: naive(lm, "heads"),
+        ),
+        (
+            "ablation sweep, 270 heads (zero)",
+            lambda: lw.ablation_sweep(tr, " Mary", " John", layers=False, progress=False).raw.flatten(),
+            lambda: naive(lm, "heads", mode="zero"),
+        ),
     ]
     print("| measure | batched (ours) | one forward per patch | faster by | max |diff| of scores |")
     print("|---|---|---|---|---|")
@@ -107,8 +118,13 @@ def main() -> None:
     print("| chunk budget | rows per forward | peak memory above the model (residual patching, fresh process) |")
     print("|---|---|---|")
     for budget in (16 << 20, 64 << 20, 1 << 30):  # each in its own process: RSS never shrinks back
-        out = subprocess.run([sys.executable, __file__, "--memory", str(budget)], capture_output=True, text=True,
-                             check=True).stdout.strip().splitlines()[-1]
+        out = (
+            subprocess.run(
+                [sys.executable, __file__, "--memory", str(budget)], capture_output=True, text=True, check=True
+            )
+            .stdout.strip()
+            .splitlines()[-1]
+        )
         print(out, flush=True)
 
 

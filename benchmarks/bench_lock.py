@@ -49,10 +49,14 @@ def main() -> None:
             pass
     per_lock = (time.perf_counter() - start) / n
     print("| measure | with the lock | without | ratio |\n|---|---|---|---|")
-    print(f"| tiny-gpt2 trace, 5 tokens + 2 generated, one caller | {ours * 1e3:.2f} ms | {plain * 1e3:.2f} ms | "
-          f"**{ours / plain:.3f}x** |")
-    print(f"| the lock alone (uncontended acquire and release) | {per_lock * 1e6:.2f} µs | | "
-          f"{per_lock / plain:.5%} of that trace |")
+    print(
+        f"| tiny-gpt2 trace, 5 tokens + 2 generated, one caller | {ours * 1e3:.2f} ms | {plain * 1e3:.2f} ms | "
+        f"**{ours / plain:.3f}x** |"
+    )
+    print(
+        f"| the lock alone (uncontended acquire and release) | {per_lock * 1e6:.2f} µs | | "
+        f"{per_lock / plain:.5%} of that trace |"
+    )
 
 
 if __name__ == "__main__":

@@ -23,9 +23,11 @@ import llm_widgets as lw
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_trace import alternate, first_paint  # noqa: E402  (the same clock, memory sampling and paint)
 
-TEXT = ("It is a truth universally acknowledged, that a single man in possession of a good fortune, "
-        "must be in want of a wife. However little known the feelings or views of such a man may be on his "
-        "first entering a neighbourhood, this truth is so well fixed in the minds of the surrounding families. ")
+TEXT = (
+    "It is a truth universally acknowledged, that a single man in possession of a good fortune, "
+    "must be in want of a wife. However little known the feelings or views of such a man may be on his "
+    "first entering a neighbourhood, this truth is so well fixed in the minds of the surrounding families. "
+)
 
 
 def prompt_of(lm: lw.LanguageModel, length: int) -> list[int]:
@@ -59,16 +61,21 @@ def bench(lm: lw.LanguageModel, length: int, repeats: int, new_tokens: int) -> l
 
     def generate_plain():
         with torch.no_grad():
-            model.generate(input_ids=batch, attention_mask=torch.ones_like(batch), max_new_tokens=new_tokens,
-                           min_new_tokens=new_tokens, do_sample=False, pad_token_id=lm.tokenizer.eos_token_id)
+            model.generate(
+                input_ids=batch,
+                attention_mask=torch.ones_like(batch),
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
+                do_sample=False,
+                pad_token_id=lm.tokenizer.eos_token_id,
+            )
 
     def regenerate():  # what a slider's release does: the editor reruns with the new edits and publishes them
         flip[0] ^= 1
         editor.edits = edits[flip[0]]
         assert not editor.error, editor.error
 
-    cases = {"plain": plain, "traced": traced, "paint": paint, "gen_plain": generate_plain,
-             "regenerate": regenerate}
+    cases = {"plain": plain, "traced": traced, "paint": paint, "gen_plain": generate_plain, "regenerate": regenerate}
     t, m = alternate(cases, repeats, cpu)
     qk = captured_bytes(lm.trace(ids)) / 2**20
     allowed = 1.2 * m["plain"] + qk
@@ -97,8 +104,10 @@ def main() -> None:
     args = parser.parse_args()
     lm = lw.load_model("smollm2-135m", progress=False)
     lm.trace(prompt_of(lm, 64), max_new_tokens=2)  # warm-up
-    print(f"SmolLM2-135M (float32), torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
-          f"median of {args.repeats}\n")
+    print(
+        f"SmolLM2-135M (float32), torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
+        f"median of {args.repeats}\n"
+    )
     print("| tokens | case | time (ours vs plain) | ratio |")
     print("|---|---|---|---|")
     for length in args.lengths:

@@ -90,9 +90,15 @@ def gpt2_small(device, dtype) -> lw.LanguageModel:
 
 def llama_7b(device, dtype) -> lw.LanguageModel:
     torch.manual_seed(0)
-    config = transformers.LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-                                      num_attention_heads=32, num_key_value_heads=32, vocab_size=32000,
-                                      max_position_embeddings=34816)  # Llama-2-7B, context raised past 32k
+    config = transformers.LlamaConfig(
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        vocab_size=32000,
+        max_position_embeddings=34816,
+    )  # Llama-2-7B, context raised past 32k
     with torch.device(device):
         model = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
     tokenizer = lw.load_model("tiny-gpt2").tokenizer  # the inputs are ids; it decodes them
@@ -102,10 +108,20 @@ def llama_7b(device, dtype) -> lw.LanguageModel:
 def marian_base(device, dtype) -> lw.LanguageModel:
     torch.manual_seed(0)
     # opus-mt-en-de's shape: 6 + 6 layers, 8 heads, 512 wide (vocabulary cut to the tokenizer's)
-    config = transformers.MarianConfig(vocab_size=4096, d_model=512, encoder_layers=6, decoder_layers=6,
-                                       encoder_attention_heads=8, decoder_attention_heads=8, encoder_ffn_dim=2048,
-                                       decoder_ffn_dim=2048, max_position_embeddings=1024, pad_token_id=0,
-                                       eos_token_id=4095, decoder_start_token_id=0)
+    config = transformers.MarianConfig(
+        vocab_size=4096,
+        d_model=512,
+        encoder_layers=6,
+        decoder_layers=6,
+        encoder_attention_heads=8,
+        decoder_attention_heads=8,
+        encoder_ffn_dim=2048,
+        decoder_ffn_dim=2048,
+        max_position_embeddings=1024,
+        pad_token_id=0,
+        eos_token_id=4095,
+        decoder_start_token_id=0,
+    )
     model = transformers.MarianMTModel(config).to(device=device, dtype=dtype).eval()
     tokenizer = lw.load_model("tiny-gpt2").tokenizer
     return lw.LanguageModel(model, tokenizer, name="marian-base-shaped (random)")
@@ -119,8 +135,11 @@ def bench_seq2seq(lm: lw.LanguageModel, length: int, repeats: int, new_tokens: i
     ids = torch.randint(100, lm.facts.vocab_size - 100, (1, length), generator=g).to(device)
     start = torch.tensor([[model.generation_config.decoder_start_token_id]], device=device)
     cross = lm.trace(ids[0]).stack("cross")
-    edits = [lw.ScaleAttention(3.0, keys=(0, 8), layers=[layer], heads=[head], stack="cross")
-             for layer in range(cross.n_layers) for head in (0, cross.n_heads - 1)][:12]
+    edits = [
+        lw.ScaleAttention(3.0, keys=(0, 8), layers=[layer], heads=[head], stack="cross")
+        for layer in range(cross.n_layers)
+        for head in (0, cross.n_heads - 1)
+    ][:12]
 
     def plain():
         with torch.no_grad():
@@ -160,8 +179,11 @@ def sdpa_backend(device, dtype) -> str:
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     q = torch.randn(1, 8, 256, 128, device=device, dtype=dtype)
-    for name, backend in (("flash", SDPBackend.FLASH_ATTENTION), ("cuDNN", SDPBackend.CUDNN_ATTENTION),
-                          ("efficient", SDPBackend.EFFICIENT_ATTENTION)):
+    for name, backend in (
+        ("flash", SDPBackend.FLASH_ATTENTION),
+        ("cuDNN", SDPBackend.CUDNN_ATTENTION),
+        ("efficient", SDPBackend.EFFICIENT_ATTENTION),
+    ):
         try:
             with sdpa_kernel(backend):
                 torch.nn.functional.scaled_dot_product_attention(q, q, q, is_causal=True)
@@ -190,8 +212,11 @@ def first_paint(tr: lw.Trace) -> None:
 
 def twelve_heads(facts) -> list:
     """12 (layer, head) pairs spread over the model, each emphasising the first 8 keys."""
-    pairs = [(layer, head) for layer in range(0, facts.n_layers, max(1, facts.n_layers // 6))
-             for head in (0, facts.n_heads - 1)][:12]
+    pairs = [
+        (layer, head)
+        for layer in range(0, facts.n_layers, max(1, facts.n_layers // 6))
+        for head in (0, facts.n_heads - 1)
+    ][:12]
     return [lw.ScaleAttention(3.0, keys=(0, 8), layers=[layer], heads=[head]) for layer, head in pairs]
 
 
@@ -227,16 +252,28 @@ def bench(lm: lw.LanguageModel, length: int, repeats: int, new_tokens: int) -> l
 
     def generate_plain():
         with torch.no_grad():
-            model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
-                           min_new_tokens=new_tokens, do_sample=False, pad_token_id=pad)
+            model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
+                do_sample=False,
+                pad_token_id=pad,
+            )
 
     edits = twelve_heads(lm.facts)
 
     def generate_edited():
         lm.trace(ids[0], max_new_tokens=new_tokens, min_new_tokens=new_tokens, edits=edits)
 
-    cases = {"plain": plain, "traced": traced, "paint": paint, "eager": eager, "gen_plain": generate_plain,
-             "gen_edited": generate_edited}
+    cases = {
+        "plain": plain,
+        "traced": traced,
+        "paint": paint,
+        "eager": eager,
+        "gen_plain": generate_plain,
+        "gen_edited": generate_edited,
+    }
     eager_bytes = lm.facts.n_layers * lm.facts.n_heads * length * length * model.dtype.itemsize
     if device.type == "cuda" and eager_bytes > torch.cuda.mem_get_info()[0] * 0.8:
         del cases["eager"]
@@ -247,9 +284,12 @@ def bench(lm: lw.LanguageModel, length: int, repeats: int, new_tokens: int) -> l
         f"| {lm.name} | {length} | (a) traced forward, all layers captured | {t['traced']:.3f} s vs {t['plain']:.3f} s "
         f"| **{t['traced'] / t['plain']:.2f}x** (target <= 1.05x) | {m['traced']:.0f} vs {m['plain']:.0f} MiB |",
         f"| {lm.name} | {length} | (b) eager + output_attentions | "
-        + (f"{t['eager']:.3f} s vs {t['plain']:.3f} s | {t['eager'] / t['plain']:.2f}x | {m['eager']:.0f} vs "
-           f"{m['plain']:.0f} MiB |" if "eager" in t else
-           f"not run: its weights would need {eager_bytes / 2**30:.0f} GiB | | |"),
+        + (
+            f"{t['eager']:.3f} s vs {t['plain']:.3f} s | {t['eager'] / t['plain']:.2f}x | {m['eager']:.0f} vs "
+            f"{m['plain']:.0f} MiB |"
+            if "eager" in t
+            else f"not run: its weights would need {eager_bytes / 2**30:.0f} GiB | | |"
+        ),
         f"| {lm.name} | {length} | (c) generate {new_tokens} tokens, edits on 12 heads | {t['gen_edited']:.3f} s vs "
         f"{t['gen_plain']:.3f} s | **{t['gen_edited'] / t['gen_plain']:.2f}x** (target <= 1.10x) "
         f"| {m['gen_edited']:.0f} vs {m['gen_plain']:.0f} MiB |",
@@ -272,9 +312,11 @@ def main() -> None:
     args = parser.parse_args()
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(f"torch {torch.__version__}, transformers {transformers.__version__}, {name}, dtype {dtype}, "
-          f"{torch.get_num_threads()} CPU threads, plain SDPA runs the {sdpa_backend(device, dtype)} kernel, "
-          f"median of {args.repeats}; memory is the peak above the loaded model\n")
+    print(
+        f"torch {torch.__version__}, transformers {transformers.__version__}, {name}, dtype {dtype}, "
+        f"{torch.get_num_threads()} CPU threads, plain SDPA runs the {sdpa_backend(device, dtype)} kernel, "
+        f"median of {args.repeats}; memory is the peak above the loaded model\n"
+    )
     print("| model | tokens | case | time (ours vs plain) | ratio | peak memory (ours vs plain) |")
     print("|---|---|---|---|---|---|")
     for name in args.models:
@@ -289,7 +331,9 @@ def main() -> None:
             config = transformers.AutoConfig.from_pretrained(name)
             with torch.device(device):
                 model = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
-            lm = lw.LanguageModel(model, transformers.AutoTokenizer.from_pretrained(name), name=config.model_type + " (random)")
+            lm = lw.LanguageModel(
+                model, transformers.AutoTokenizer.from_pretrained(name), name=config.model_type + " (random)"
+            )
         else:
             lm = lw.load_model(name, dtype=dtype, device=device)
         for length in args.lengths:

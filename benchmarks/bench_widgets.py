@@ -36,8 +36,10 @@ import torch
 
 import llm_widgets as lw
 
-TEXT = ("It is a truth universally acknowledged, that a single man in possession of a good fortune, "
-        "must be in want of a wife. ")
+TEXT = (
+    "It is a truth universally acknowledged, that a single man in possession of a good fortune, "
+    "must be in want of a wife. "
+)
 
 
 def main() -> None:
@@ -49,8 +51,10 @@ def main() -> None:
     model = lw.load_model(args.model, progress=False)
     ids = model.tokenizer(TEXT * 400)["input_ids"]
     print(f"{args.model}, first paint of lw.AttentionView; JSON = one head's T x T list, times every head\n")
-    print("| tokens | state (JSON) | overview | grid | first paint in all | JSON of all heads | smaller by | "
-          "compute time |")
+    print(
+        "| tokens | state (JSON) | overview | grid | first paint in all | JSON of all heads | smaller by | "
+        "compute time |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for length in args.lengths:
         trace = model.trace(ids[:length])
@@ -64,9 +68,12 @@ def main() -> None:
         one_head = trace.attention(0, 0) if length <= 1024 else trace.attention(0, 0, queries=(0, 1024))
         per_number = len(json.dumps(one_head.tolist()).encode()) / one_head.numel()  # bytes per weight as JSON
         json_bytes = per_number * length * length * trace.n_layers * trace.n_heads
-        print(f"| {length} | {state / 1024:.0f} KiB | {sum(map(len, overview)) / 2**20:.2f} MiB "
-              f"| {sum(map(len, grid)) / 2**20:.2f} MiB | **{ours / 2**20:.2f} MiB** | {json_bytes / 2**30:.1f} GiB "
-              f"| **{json_bytes / ours:,.0f}x** | {elapsed:.1f} s |", flush=True)
+        print(
+            f"| {length} | {state / 1024:.0f} KiB | {sum(map(len, overview)) / 2**20:.2f} MiB "
+            f"| {sum(map(len, grid)) / 2**20:.2f} MiB | **{ours / 2**20:.2f} MiB** | {json_bytes / 2**30:.1f} GiB "
+            f"| **{json_bytes / ours:,.0f}x** | {elapsed:.1f} s |",
+            flush=True,
+        )
 
 
 EDITOR_PROMPT = "Write the word 'cat' or the word 'dog'. The answer is:"
@@ -75,14 +82,20 @@ NEW_TOKENS = 20
 
 
 def plain_generate(model, ids: torch.Tensor) -> None:
-    model.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=NEW_TOKENS,
-                         min_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=model.tokenizer.eos_token_id)
+    model.model.generate(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=NEW_TOKENS,
+        min_new_tokens=NEW_TOKENS,
+        do_sample=False,
+        pad_token_id=model.tokenizer.eos_token_id,
+    )
 
 
 def slider(model_name: str, repeats: int = 5) -> None:
     model = lw.load_model(model_name, progress=False)
     editor = lw.AttentionEditor(model, EDITOR_PROMPT, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS)
-    ids = torch.tensor([editor.unedited.input_ids[:editor.unedited.n_prompt].tolist()])
+    ids = torch.tensor([editor.unedited.input_ids[: editor.unedited.n_prompt].tolist()])
     ours, plain = [], []
     factors = [10.0, 0.0, 3.0, 0.3, 7.0, 0.5]
     for i in range(repeats + 1):  # the first round warms up
@@ -98,8 +111,10 @@ def slider(model_name: str, repeats: int = 5) -> None:
             ours.append(t_ours)
             plain.append(t_plain)
     o, p = statistics.median(ours), statistics.median(plain)
-    print(f"\n{model_name}, slider release to new output ({NEW_TOKENS} new tokens, edit on all layers and heads, "
-          f"Python side, median of {repeats})\n")
+    print(
+        f"\n{model_name}, slider release to new output ({NEW_TOKENS} new tokens, edit on all layers and heads, "
+        f"Python side, median of {repeats})\n"
+    )
     print("| regenerate in the editor | plain generate | ratio |\n|---|---|---|")
     print(f"| {o * 1000:.0f} ms | {p * 1000:.0f} ms | **{o / p:.2f}x** |", flush=True)
 
@@ -137,10 +152,14 @@ def browser(model_name: str, repeats: int = 5) -> None:
 
     root = Path(tempfile.mkdtemp(prefix="bench-widgets-"))
     (root / "notebooks").mkdir()
-    cells = [new_code_cell(c.format(model=model_name, text=TEXT, prompt=EDITOR_PROMPT, n=NEW_TOKENS, repeats=repeats))
-             for c in BROWSER_CELLS]
-    nbformat.write(new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3"}}),
-                   root / "notebooks" / "bench.ipynb")
+    cells = [
+        new_code_cell(c.format(model=model_name, text=TEXT, prompt=EDITOR_PROMPT, n=NEW_TOKENS, repeats=repeats))
+        for c in BROWSER_CELLS
+    ]
+    nbformat.write(
+        new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3"}}),
+        root / "notebooks" / "bench.ipynb",
+    )
     try:
         with jupyter_app(root, "jupyterlab") as server, chromium() as chrome:
             page = chrome.new_page(viewport={"width": 1280, "height": 1000})
@@ -151,8 +170,10 @@ def browser(model_name: str, repeats: int = 5) -> None:
             plain_ms = float(out.inner_text().split()[-1])
             out = page.locator(".jp-OutputArea-output", has_text="EDITOR_MS")
             out.wait_for(timeout=600_000)
-            print(f"\nregenerate set from Python in the kernel (no browser in the loop): "
-                  f"{float(out.inner_text().split()[-1]):.0f} ms")
+            print(
+                f"\nregenerate set from Python in the kernel (no browser in the loop): "
+                f"{float(out.inner_text().split()[-1]):.0f} ms"
+            )
             views = page.locator(".lw-attn-view")
             print(f"\n{model_name} in chromium (JupyterLab): heatmap draw and head switch, median of {repeats}\n")
             print("| tokens | draw (decode + colour + paint) | pick a head to heatmap on screen |\n|---|---|---|")
@@ -168,8 +189,10 @@ def browser(model_name: str, repeats: int = 5) -> None:
                     view.locator("canvas.lw-attn-heatmap[data-drawn]").wait_for(timeout=60_000)
                     switches.append(time.perf_counter() - start)
                     draws.append(float(view.locator("canvas.lw-attn-heatmap").get_attribute("data-draw-ms")))
-                print(f"| {length} | {statistics.median(draws):.1f} ms | {1000 * statistics.median(switches):.0f} ms |",
-                      flush=True)
+                print(
+                    f"| {length} | {statistics.median(draws):.1f} ms | {1000 * statistics.median(switches):.0f} ms |",
+                    flush=True,
+                )
             editor = page.locator(".lw-editor")
             after = editor.locator(".lw-ed-after")
             chips = editor.locator(".lw-tok")
@@ -189,17 +212,23 @@ def browser(model_name: str, repeats: int = 5) -> None:
                 start = time.perf_counter()
                 page.mouse.down()
                 page.mouse.up()
-                page.wait_for_function(f"el => Number(el.dataset.runs) > {runs}", arg=after.element_handle(),
-                                       timeout=120_000)
+                page.wait_for_function(
+                    f"el => Number(el.dataset.runs) > {runs}", arg=after.element_handle(), timeout=120_000
+                )
                 times.append(time.perf_counter() - start)
                 kernel.append(1000 * float(after.get_attribute("data-run-seconds")))
             ours = 1000 * statistics.median(times)
-            print(f"\nslider release (mouse) to new output on screen, {NEW_TOKENS} new tokens, vs plain generate "
-                  f"in the kernel\n")
+            print(
+                f"\nslider release (mouse) to new output on screen, {NEW_TOKENS} new tokens, vs plain generate "
+                f"in the kernel\n"
+            )
             print("| release to output on screen | of which the kernel's regenerate | plain generate | ratio |")
             print("|---|---|---|---|")
-            print(f"| {ours:.0f} ms | {statistics.median(kernel):.0f} ms | {plain_ms:.0f} ms | "
-                  f"**{ours / plain_ms:.2f}x** |", flush=True)
+            print(
+                f"| {ours:.0f} ms | {statistics.median(kernel):.0f} ms | {plain_ms:.0f} ms | "
+                f"**{ours / plain_ms:.2f}x** |",
+                flush=True,
+            )
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

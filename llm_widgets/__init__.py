@@ -9,20 +9,73 @@ models, trace (the engine), analysis and training, export, widgets.
 """
 
 from ._version import __version__
-from .analysis import (Attribution, Comparison, LogitLens, Patching, Profile, Scaling, Sweep, ablation_sweep, compare,
-                       patch, profile, scaling)
+from .analysis import (
+    Attribution,
+    Comparison,
+    LogitLens,
+    Patching,
+    Profile,
+    Scaling,
+    Sweep,
+    ablation_sweep,
+    compare,
+    patch,
+    profile,
+    scaling,
+)
 from .errors import InputError, LLMWidgetsError, ModelBusyError, ReplayMismatchError, WrongTypeError
 from .models import BUNDLED_MODELS, LanguageModel, ModelFacts, VocabTokenizer, load_model
 from .trace import AblateHead, ScaleAttention, Trace, TraceBatch, replay
 from .training import GradientMonitor, GradientWarning, StepProfile, TrainingStopped, profile_step
 
-_WIDGETS = {"AttentionEditor", "AttentionView", "AttributionView", "CompareView", "GradientMonitorView", "LensView",
-            "ModelCard", "PatchingView", "ProfileView"}
+_WIDGETS = {
+    "AttentionEditor",
+    "AttentionView",
+    "AttributionView",
+    "CompareView",
+    "GradientMonitorView",
+    "LensView",
+    "ModelCard",
+    "PatchingView",
+    "ProfileView",
+}
 
-__all__ = ["InputError", "LLMWidgetsError", "ModelBusyError", "ReplayMismatchError", "WrongTypeError", "AblateHead", "Attribution", "BUNDLED_MODELS", "Comparison", "GradientMonitor", "GradientWarning",
-           "LanguageModel", "LogitLens", "ModelFacts", "Patching", "Profile", "ScaleAttention", "Scaling", "StepProfile",
-           "Sweep", "Trace", "TraceBatch", "TrainingStopped", "VocabTokenizer", "ablation_sweep", "compare", "load_model", "patch", "profile",
-           "profile_step", "replay", "scaling", "__version__", *sorted(_WIDGETS)]
+__all__ = [
+    "InputError",
+    "LLMWidgetsError",
+    "ModelBusyError",
+    "ReplayMismatchError",
+    "WrongTypeError",
+    "AblateHead",
+    "Attribution",
+    "BUNDLED_MODELS",
+    "Comparison",
+    "GradientMonitor",
+    "GradientWarning",
+    "LanguageModel",
+    "LogitLens",
+    "ModelFacts",
+    "Patching",
+    "Profile",
+    "ScaleAttention",
+    "Scaling",
+    "StepProfile",
+    "Sweep",
+    "Trace",
+    "TraceBatch",
+    "TrainingStopped",
+    "VocabTokenizer",
+    "ablation_sweep",
+    "compare",
+    "load_model",
+    "patch",
+    "profile",
+    "profile_step",
+    "replay",
+    "scaling",
+    "__version__",
+    *sorted(_WIDGETS),
+]
 
 
 def __getattr__(name: str):

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import functools
 import inspect
-from typing import Any, Callable, ParamSpec, TypeVar
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -37,8 +38,10 @@ def provided(declaration: Callable[P, R]) -> Callable[P, R]:
         try:
             implementation = _IMPLEMENTATIONS[key]
         except KeyError:
-            raise RuntimeError(f"{key} is implemented by a layer of llm_widgets that is not imported: "
-                               f"`import llm_widgets` loads them all") from None
+            raise RuntimeError(
+                f"{key} is implemented by a layer of llm_widgets that is not imported: "
+                f"`import llm_widgets` loads them all"
+            ) from None
         return implementation(*bound.args, **bound.kwargs)
 
     method.__provided__ = signature  # type: ignore[attr-defined]
@@ -55,8 +58,10 @@ def provides(declaration: Callable[..., Any]) -> Callable[[Callable[..., R]], Ca
     def register(fn: Callable[..., R]) -> Callable[..., R]:
         declared, given = list(signature.parameters), list(inspect.signature(fn).parameters)
         if declared[1:] != given[1:]:  # the first is the object itself, named as each side likes
-            raise RuntimeError(f"{fn.__qualname__} must take the parameters of {declaration.__qualname__}: "
-                               f"{declared[1:]}; it takes {given[1:]}")
+            raise RuntimeError(
+                f"{fn.__qualname__} must take the parameters of {declaration.__qualname__}: "
+                f"{declared[1:]}; it takes {given[1:]}"
+            )
         _IMPLEMENTATIONS[declaration.__qualname__] = fn
         return fn
 

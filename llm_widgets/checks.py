@@ -42,13 +42,25 @@ def integer(value: Any, name: str, *, low: int | None = None, high: int | None =
     return value
 
 
-def number(value: Any, name: str, *, low: float | None = None, high: float | None = None,
-           low_open: bool = False, finite: bool = True) -> float:
+def number(
+    value: Any,
+    name: str,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    finite: bool = True,
+) -> float:
     """`value` as a float if it is a real number (not a bool), finite unless `finite=False`,
     within [low, high] ((low, high] with `low_open`)."""
-    bad = isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) \
-        or (finite and not math.isfinite(value)) or (low is not None and (value < low or (low_open and value == low))) \
+    bad = (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or math.isnan(value)
+        or (finite and not math.isfinite(value))
+        or (low is not None and (value < low or (low_open and value == low)))
         or (high is not None and value > high)
+    )
     if bad:
         what = "a finite number" if finite else "a number"
         raise InputError(f"{name} must be {what}{_bounds(low, high, low_open=low_open)}; got {value!r}")

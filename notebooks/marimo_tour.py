@@ -13,6 +13,7 @@ def _():
     import torch
 
     import llm_widgets as lw
+
     return lw, mo, torch
 
 
@@ -37,8 +38,10 @@ def _(lw, torch):
     net = tiny.model.float().train().requires_grad_(True)
     optimizer = torch.optim.SGD(net.parameters(), lr=0.05)
     monitor = lw.GradientMonitor(net, optimizer=optimizer, warn=False)
-    ids = tiny.tokenizer("Call me Ishmael. Some years ago, never mind how long precisely, having little or no "
-                         "money in my purse", return_tensors="pt")["input_ids"]
+    ids = tiny.tokenizer(
+        "Call me Ishmael. Some years ago, never mind how long precisely, having little or no money in my purse",
+        return_tensors="pt",
+    )["input_ids"]
     with monitor:
         for _ in range(30):
             loss = net(input_ids=ids, labels=ids).loss

@@ -80,7 +80,10 @@ def moby(root: Path) -> list[str]:
 def bible(root: Path) -> list[str]:
     text = subprocess.run(
         [str(root / "usr/bin/bible"), "-p", str(root / "usr/lib"), "Gen1:1-Rev22:21"],
-        check=True, capture_output=True, text=True, env={"COLUMNS": "100000"},
+        check=True,
+        capture_output=True,
+        text=True,
+        env={"COLUMNS": "100000"},
     ).stdout
     verses = []
     for line in text.splitlines():

@@ -28,7 +28,9 @@ def build(target_name: str, version: str) -> None:  # noqa: ARG001 (the hook's s
         return
     npm = shutil.which("npm")
     if npm is None:
-        raise RuntimeError("Building llm-widgets needs Node.js and npm (for the widget front ends); install them first.")
+        raise RuntimeError(
+            "Building llm-widgets needs Node.js and npm (for the widget front ends); install them first."
+        )
     lock, installed = ROOT / "package-lock.json", ROOT / "node_modules/.package-lock.json"
     if not installed.exists() or installed.stat().st_mtime < lock.stat().st_mtime:
         subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=ROOT, check=True)

@@ -28,9 +28,20 @@ OUT = ROOT / "llm_widgets/models/tiny_gpt2"
 EOS = "<|endoftext|>"
 
 SETTINGS = dict(
-    vocab_size=4096, n_positions=512, n_embd=256, n_layer=4, n_head=8,
-    seq_len=128, batch_size=16, steps=1500, warmup=100, lr=2e-3, weight_decay=0.1,
-    eval_every=100, eval_batches=10, seed=0,
+    vocab_size=4096,
+    n_positions=512,
+    n_embd=256,
+    n_layer=4,
+    n_head=8,
+    seq_len=128,
+    batch_size=16,
+    steps=1500,
+    warmup=100,
+    lr=2e-3,
+    weight_decay=0.1,
+    eval_every=100,
+    eval_batches=10,
+    seed=0,
 )
 
 
@@ -40,13 +51,18 @@ def train_tokenizer(text_file: Path, vocab_size: int) -> PreTrainedTokenizerFast
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=[EOS],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+        vocab_size=vocab_size,
+        special_tokens=[EOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
     tok.train([str(text_file)], trainer)
     # transformers 5: build the fast tokenizer from the object, not from files
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token=EOS, eos_token=EOS, unk_token=EOS,
+        tokenizer_object=tok,
+        bos_token=EOS,
+        eos_token=EOS,
+        unk_token=EOS,
         model_max_length=SETTINGS["n_positions"],
     )
 
@@ -66,8 +82,10 @@ def batches(data: torch.Tensor, n: int, seq_len: int, generator: torch.Generator
 def evaluate(model: GPT2LMHeadModel, valid: torch.Tensor, s: dict) -> float:
     model.eval()
     g = torch.Generator().manual_seed(1234)  # the same validation batches every time
-    losses = [model(input_ids=(x := batches(valid, s["batch_size"], s["seq_len"], g)), labels=x).loss.item()
-              for _ in range(s["eval_batches"])]
+    losses = [
+        model(input_ids=(x := batches(valid, s["batch_size"], s["seq_len"], g)), labels=x).loss.item()
+        for _ in range(s["eval_batches"])
+    ]
     model.train()
     return sum(losses) / len(losses)
 
@@ -87,15 +105,18 @@ def plot_loss_curve(csv_path: Path, svg_path: Path) -> None:
     x = lambda step: pad + (w - 2 * pad) * step / steps[-1]  # noqa: E731
     y = lambda loss: h - pad - (h - 2 * pad) * (min(loss, hi) - lo) / (hi - lo)  # noqa: E731
     line = lambda pts: " ".join(f"{x(s):.1f},{y(v):.1f}" for s, v in pts)  # noqa: E731
-    ticks = "".join(f'<text x="{pad - 6}" y="{y(v) + 4:.1f}" text-anchor="end">{v:.0f}</text>'
-                    f'<line x1="{pad}" x2="{w - pad}" y1="{y(v):.1f}" y2="{y(v):.1f}" stroke="#ddd"/>'
-                    for v in range(int(lo), int(hi) + 1))
+    ticks = "".join(
+        f'<text x="{pad - 6}" y="{y(v) + 4:.1f}" text-anchor="end">{v:.0f}</text>'
+        f'<line x1="{pad}" x2="{w - pad}" y1="{y(v):.1f}" y2="{y(v):.1f}" stroke="#ddd"/>'
+        for v in range(int(lo), int(hi) + 1)
+    )
     svg = f"""<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">
 <rect width="100%" height="100%" fill="white"/>{ticks}
 <polyline fill="none" stroke="#9ecae1" stroke-width="1" points="{line(zip(steps, train))}"/>
 <polyline fill="none" stroke="#08519c" stroke-width="2" points="{line(zip(steps, smooth))}"/>
 <polyline fill="none" stroke="#d94801" stroke-width="2" stroke-dasharray="6 3" points="{line(valid)}"/>
-<text x="{w / 2}" y="{h - 12}" text-anchor="middle">step (batch of {SETTINGS["batch_size"]} x {SETTINGS["seq_len"]} tokens)</text>
+<text x="{w / 2}" y="{h - 12}" text-anchor="middle">step (batch of {SETTINGS["batch_size"]} x \
+{SETTINGS["seq_len"]} tokens)</text>
 <text x="{pad}" y="20">tiny-gpt2 loss (nats/token): train (light), smoothed (dark), validation (dashed)</text>
 </svg>
 """
@@ -120,9 +141,14 @@ def main() -> None:
     print(f"train tokens {len(train):,}  valid tokens {len(valid):,}")
 
     config = GPT2Config(
-        vocab_size=len(tokenizer), n_positions=s["n_positions"], n_embd=s["n_embd"],
-        n_layer=s["n_layer"], n_head=s["n_head"], bos_token_id=tokenizer.eos_token_id,
-        eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True,
+        vocab_size=len(tokenizer),
+        n_positions=s["n_positions"],
+        n_embd=s["n_embd"],
+        n_layer=s["n_layer"],
+        n_head=s["n_head"],
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=True,
     )
     model = GPT2LMHeadModel(config)
     print(f"parameters {model.num_parameters():,}")
@@ -149,8 +175,11 @@ def main() -> None:
         row = {"step": step + 1, "train_loss": round(loss.item(), 4), "valid_loss": ""}
         if (step + 1) % s["eval_every"] == 0 or step + 1 == s["steps"]:
             row["valid_loss"] = round(evaluate(model, valid, s), 4)
-            print(f"step {step + 1:5d}  train {row['train_loss']:.3f}  valid {row['valid_loss']:.3f}  "
-                  f"{time.time() - start:.0f}s", flush=True)
+            print(
+                f"step {step + 1:5d}  train {row['train_loss']:.3f}  valid {row['valid_loss']:.3f}  "
+                f"{time.time() - start:.0f}s",
+                flush=True,
+            )
         curve.append(row)
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -162,9 +191,15 @@ def main() -> None:
         writer.writeheader()
         writer.writerows(curve)
     plot_loss_curve(args.out / "loss_curve.csv", args.out / "loss_curve.svg")
-    summary = {"settings": s, "parameters": model.num_parameters(), "train_tokens": len(train),
-               "valid_tokens": len(valid), "final_valid_loss": curve[-1]["valid_loss"],
-               "seconds": round(time.time() - start), "torch": torch.__version__}
+    summary = {
+        "settings": s,
+        "parameters": model.num_parameters(),
+        "train_tokens": len(train),
+        "valid_tokens": len(valid),
+        "final_valid_loss": curve[-1]["valid_loss"],
+        "seconds": round(time.time() - start),
+        "torch": torch.__version__,
+    }
     (args.out / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
 

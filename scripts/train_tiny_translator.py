@@ -31,12 +31,48 @@ from transformers import MarianConfig, MarianMTModel, PreTrainedTokenizerFast
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "scripts/work/translator"
 OUT = ROOT / "llm_widgets/models/tiny_translator"
-PACKAGES = ["iso-codes", "coreutils", "tar", "sed", "grep", "wget", "bash", "make", "dpkg", "apt", "diffutils",
-            "findutils", "gzip", "libgtk-3-common", "libglib2.0-data", "xkb-data", "libc-l10n", "gnupg-l10n",
-            "procps", "psmisc", "man-db", "shared-mime-info", "binutils-common", "gettext", "util-linux-locales"]
+PACKAGES = [
+    "iso-codes",
+    "coreutils",
+    "tar",
+    "sed",
+    "grep",
+    "wget",
+    "bash",
+    "make",
+    "dpkg",
+    "apt",
+    "diffutils",
+    "findutils",
+    "gzip",
+    "libgtk-3-common",
+    "libglib2.0-data",
+    "xkb-data",
+    "libc-l10n",
+    "gnupg-l10n",
+    "procps",
+    "psmisc",
+    "man-db",
+    "shared-mime-info",
+    "binutils-common",
+    "gettext",
+    "util-linux-locales",
+]
 PAD, EOS, UNK = "<pad>", "</s>", "<unk>"
-SETTINGS = dict(vocab_size=3000, d_model=192, layers=3, heads=4, ffn=512, max_words=6, batch_size=64, steps=6000,
-                warmup=300, lr=1.5e-3, valid_fraction=0.03, seed=0)
+SETTINGS = dict(
+    vocab_size=3000,
+    d_model=192,
+    layers=3,
+    heads=4,
+    ffn=512,
+    max_words=6,
+    batch_size=64,
+    steps=6000,
+    warmup=300,
+    lr=1.5e-3,
+    valid_fraction=0.03,
+    seed=0,
+)
 PHRASE = re.compile(r"^[A-Za-zÄÖÜäöüß][A-Za-zÄÖÜäöüß' -]*$")
 
 
@@ -68,12 +104,17 @@ def train_tokenizer(texts: list[str]) -> PreTrainedTokenizerFast:
     tok = Tokenizer(models.BPE(unk_token=UNK))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=SETTINGS["vocab_size"], special_tokens=[PAD, EOS, UNK],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=SETTINGS["vocab_size"],
+        special_tokens=[PAD, EOS, UNK],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(texts, trainer)
     tok.post_processor = processors.TemplateProcessing(single=f"$A {EOS}", special_tokens=[(EOS, 1)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=PAD, eos_token=EOS, unk_token=UNK,
-                                   model_max_length=64)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token=PAD, eos_token=EOS, unk_token=UNK, model_max_length=64
+    )
 
 
 def main() -> None:
@@ -88,15 +129,30 @@ def main() -> None:
     print(f"{len(train)} training pairs, {len(valid)} held out")
     tokenizer = train_tokenizer([e for e, _ in train] + [g for _, g in train])
     config = MarianConfig(
-        vocab_size=len(tokenizer), d_model=SETTINGS["d_model"], encoder_layers=SETTINGS["layers"],
-        decoder_layers=SETTINGS["layers"], encoder_attention_heads=SETTINGS["heads"],
-        decoder_attention_heads=SETTINGS["heads"], encoder_ffn_dim=SETTINGS["ffn"], decoder_ffn_dim=SETTINGS["ffn"],
-        max_position_embeddings=64, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0, forced_eos_token_id=1,
-        share_encoder_decoder_embeddings=True, scale_embedding=True, dropout=0.1, max_length=32, num_beams=1)
+        vocab_size=len(tokenizer),
+        d_model=SETTINGS["d_model"],
+        encoder_layers=SETTINGS["layers"],
+        decoder_layers=SETTINGS["layers"],
+        encoder_attention_heads=SETTINGS["heads"],
+        decoder_attention_heads=SETTINGS["heads"],
+        encoder_ffn_dim=SETTINGS["ffn"],
+        decoder_ffn_dim=SETTINGS["ffn"],
+        max_position_embeddings=64,
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
+        forced_eos_token_id=1,
+        share_encoder_decoder_embeddings=True,
+        scale_embedding=True,
+        dropout=0.1,
+        max_length=32,
+        num_beams=1,
+    )
     model = MarianMTModel(config)
     optimiser = torch.optim.AdamW(model.parameters(), lr=SETTINGS["lr"], weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: min(1.0, (s + 1) / SETTINGS["warmup"]) *
-                                                 max(0.05, 1 - s / SETTINGS["steps"]))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimiser, lambda s: min(1.0, (s + 1) / SETTINGS["warmup"]) * max(0.05, 1 - s / SETTINGS["steps"])
+    )
 
     def batch(rows):
         enc = tokenizer([e for e, _ in rows], padding=True, return_tensors="pt")
@@ -107,8 +163,10 @@ def main() -> None:
     def valid_loss() -> float:
         model.eval()
         with torch.no_grad():
-            losses = [model(**enc, labels=labels).loss.item() for enc, labels in
-                      (batch(valid[i:i + 256]) for i in range(0, len(valid), 256))]
+            losses = [
+                model(**enc, labels=labels).loss.item()
+                for enc, labels in (batch(valid[i : i + 256]) for i in range(0, len(valid), 256))
+            ]
         model.train()
         return sum(losses) / len(losses)
 
@@ -128,8 +186,10 @@ def main() -> None:
         optimiser.zero_grad()
         if step % 250 == 0 or step == SETTINGS["steps"] - 1:
             curve.append((step, loss.item(), valid_loss()))
-            print(f"step {step}: train {curve[-1][1]:.3f}, valid {curve[-1][2]:.3f}, {time.time() - started:.0f} s",
-                  flush=True)
+            print(
+                f"step {step}: train {curve[-1][1]:.3f}, valid {curve[-1][2]:.3f}, {time.time() - started:.0f} s",
+                flush=True,
+            )
     model.eval()
     OUT.mkdir(parents=True, exist_ok=True)
     model.half().save_pretrained(OUT)
@@ -138,15 +198,33 @@ def main() -> None:
         csv.writer(f).writerows([("step", "train_loss", "valid_loss"), *curve])
     model.float()
     samples = {}
-    for english in ("File not found", "Permission denied", "Republic of Austria", "Show hidden files",
-                    "Invalid argument", "Kingdom of Spain"):
+    for english in (
+        "File not found",
+        "Permission denied",
+        "Republic of Austria",
+        "Show hidden files",
+        "Invalid argument",
+        "Kingdom of Spain",
+    ):
         ids = tokenizer(english, return_tensors="pt")["input_ids"]
         samples[english] = tokenizer.decode(model.generate(ids, max_new_tokens=16)[0], skip_special_tokens=True)
         print(f"{english!r} -> {samples[english]!r}")
-    (OUT / "training.json").write_text(json.dumps({
-        "settings": SETTINGS, "packages": PACKAGES, "train_pairs": len(train), "valid_pairs": len(valid),
-        "final_valid_loss": curve[-1][2], "seconds": round(time.time() - started), "torch": torch.__version__,
-        "samples": samples}, indent=1) + "\n")
+    (OUT / "training.json").write_text(
+        json.dumps(
+            {
+                "settings": SETTINGS,
+                "packages": PACKAGES,
+                "train_pairs": len(train),
+                "valid_pairs": len(valid),
+                "final_valid_loss": curve[-1][2],
+                "seconds": round(time.time() - started),
+                "torch": torch.__version__,
+                "samples": samples,
+            },
+            indent=1,
+        )
+        + "\n"
+    )
 
 
 if __name__ == "__main__":

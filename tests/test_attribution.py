@@ -18,8 +18,13 @@ def trace(tiny_gpt2):
 
 
 def _model_state(model):
-    return ([p.requires_grad for p in model.parameters()], [p.grad for p in model.parameters()], model.training,
-            model.config._attn_implementation, [p.detach().clone() for p in list(model.parameters())[:3]])
+    return (
+        [p.requires_grad for p in model.parameters()],
+        [p.grad for p in model.parameters()],
+        model.training,
+        model.config._attn_implementation,
+        [p.detach().clone() for p in list(model.parameters())[:3]],
+    )
 
 
 def _direct_grad_x_input(lm, ids, target, contrast=None):
@@ -36,9 +41,9 @@ def test_grad_x_input_matches_autograd(trace, tiny_gpt2):
     before = _model_state(tiny_gpt2.model)
     attr = trace.attribute(" the")
     target = tiny_gpt2.tokenizer.encode(" the")[0]
-    expected = _direct_grad_x_input(tiny_gpt2, trace.input_ids[:trace.n_prompt], target)
+    expected = _direct_grad_x_input(tiny_gpt2, trace.input_ids[: trace.n_prompt], target)
     torch.testing.assert_close(attr.scores, expected, atol=1e-5, rtol=1e-5)
-    assert attr.tokens == trace.tokens[:trace.n_prompt] and attr.target == " the" and attr.step == 0
+    assert attr.tokens == trace.tokens[: trace.n_prompt] and attr.target == " the" and attr.step == 0
     assert attr.p_target == pytest.approx(trace.probability(" the"), rel=1e-4)
     after = _model_state(tiny_gpt2.model)
     assert before[:4] == after[:4] and all(torch.equal(a, b) for a, b in zip(before[4], after[4]))
@@ -59,8 +64,12 @@ def test_contrast_is_the_difference_of_the_two_targets(trace, tiny_gpt2):
     the, a = trace.attribute(" the"), trace.attribute(" a")
     torch.testing.assert_close(why.scores, the.scores - a.scores, atol=1e-5, rtol=1e-4)
     target, contrast = (tiny_gpt2.tokenizer.encode(t)[0] for t in (" the", " a"))
-    torch.testing.assert_close(why.scores, _direct_grad_x_input(tiny_gpt2, trace.input_ids[:trace.n_prompt], target,
-                                                                contrast), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        why.scores,
+        _direct_grad_x_input(tiny_gpt2, trace.input_ids[: trace.n_prompt], target, contrast),
+        atol=1e-5,
+        rtol=1e-5,
+    )
     assert why.quantity == "logit(' the') - logit(' a')" and why.p_contrast is not None
 
 
@@ -76,8 +85,9 @@ def test_integrated_gradients_from_the_eos_embedding(trace, tiny_gpt2):
     attr = trace.attribute(" the", method="integrated_gradients", n_steps=64, baseline="eos")
     assert abs(attr.delta) <= 0.05 * abs(attr.scores.sum().item() - attr.delta) + 1e-4
     occluded = trace.attribute(" the", method="occlusion", baseline="eos")
-    assert occluded.scores.shape == attr.scores.shape and not torch.equal(occluded.scores,
-                                                                          trace.attribute(" the", method="occlusion").scores)
+    assert occluded.scores.shape == attr.scores.shape and not torch.equal(
+        occluded.scores, trace.attribute(" the", method="occlusion").scores
+    )
     with pytest.raises(ValueError, match="unknown baseline 'mean'"):
         trace.attribute(method="integrated_gradients", baseline="mean")
 
@@ -94,7 +104,7 @@ def test_attention_x_grad_gives_head_importance_and_restores_sdpa(trace, tiny_gp
 def test_occlusion_scores_each_token_by_removing_it(trace, tiny_gpt2):
     attr = trace.attribute(" the", method="occlusion")
     model = tiny_gpt2.model
-    ids = trace.input_ids[:trace.n_prompt]
+    ids = trace.input_ids[: trace.n_prompt]
     embeds = model.get_input_embeddings()(ids[None]).detach()
     target = attr.target_id
 
@@ -111,7 +121,8 @@ def test_bad_targets_are_handled_clearly(trace):
     with pytest.warns(UserWarning, match="using its first token"):
         attr = trace.attribute(" universally acknowledged")
     assert attr.notes and attr.target == trace.model.tokenizer.decode(
-        [trace.model.tokenizer.encode(" universally acknowledged")[0]])
+        [trace.model.tokenizer.encode(" universally acknowledged")[0]]
+    )
     with pytest.raises(ValueError, match="unknown method 'magic'"):
         trace.attribute(method="magic")
     with pytest.raises(ValueError, match="same token"):
@@ -134,7 +145,7 @@ def test_every_method_runs_on_each_architecture(arch):
         assert attr.scores.shape == (tr.n_prompt + 1,) and torch.isfinite(attr.scores).all()
     after = _model_state(lm.model)
     assert before[:4] == after[:4]
-    expected = _direct_grad_x_input(lm, tr.input_ids[:tr.n_prompt], tr.generated_ids[0])
+    expected = _direct_grad_x_input(lm, tr.input_ids[: tr.n_prompt], tr.generated_ids[0])
     torch.testing.assert_close(tr.attribute().scores, expected, atol=1e-5, rtol=1e-4)
 
 
@@ -143,6 +154,7 @@ def test_arch_list_is_the_engine_matrix():
 
 
 # --- the widget and its exports ---
+
 
 def test_attribution_view_state_recompute_and_head_link(trace, tmp_path):
     attr = trace.attribute(" the", contrast=" a")

@@ -49,8 +49,10 @@ def test_batches_in_every_form_give_the_same_rows():
     reference = lm.trace(ROWS, max_new_tokens=2)
     width = max(len(r) for r in ROWS)
     right = torch.tensor([r + [0] * (width - len(r)) for r in ROWS])
-    encoding = {"input_ids": right, "attention_mask": (torch.arange(width)[None] < torch.tensor(
-        [len(r) for r in ROWS])[:, None]).long()}  # a right-padded tokenizer output: padding removed, laid out left
+    encoding = {
+        "input_ids": right,
+        "attention_mask": (torch.arange(width)[None] < torch.tensor([len(r) for r in ROWS])[:, None]).long(),
+    }  # a right-padded tokenizer output: padding removed, laid out left
     for prompt in (tuple(ROWS), [torch.tensor(r) for r in ROWS], encoding):
         batch = lm.trace(prompt, max_new_tokens=2)
         assert [t.input_ids.tolist() for t in batch] == [t.input_ids.tolist() for t in reference]
@@ -69,7 +71,7 @@ def test_a_row_that_stops_early_ends_at_its_eos():
         assert row.generated_ids == alone.generated_ids
         _same_row(row, alone)
     first = free[1].generated_ids.index(eos)
-    assert batch[1].generated_ids == free[1].generated_ids[:first + 1]
+    assert batch[1].generated_ids == free[1].generated_ids[: first + 1]
     assert len(batch[1].generated_ids) < NEW and max(len(t.generated_ids) for t in batch) == NEW
 
 
@@ -109,10 +111,12 @@ def test_batches_refuse_edits_and_bad_rows_clearly():
 def test_a_tampered_batch_record_is_refused():
     lm = build("llama")
     record = dict(lm.trace(ROWS, max_new_tokens=2)[1].record)
-    for batch, message in (({"prompt_ids": ROWS, "row": 0}, "is not the index of this record's prompt_ids"),
-                           ({"prompt_ids": ROWS, "row": 9}, "row 9"),
-                           ({"prompt_ids": [[1, "x"]], "row": 0}, "a list of token id lists"),
-                           ({"prompt_ids": ROWS, "row": 1, "code": "x"}, "a list of token id lists"),
-                           ([[1, 2]], "a list of token id lists")):  # not a dict: refused, not a raw TypeError
+    for batch, message in (
+        ({"prompt_ids": ROWS, "row": 0}, "is not the index of this record's prompt_ids"),
+        ({"prompt_ids": ROWS, "row": 9}, "row 9"),
+        ({"prompt_ids": [[1, "x"]], "row": 0}, "a list of token id lists"),
+        ({"prompt_ids": ROWS, "row": 1, "code": "x"}, "a list of token id lists"),
+        ([[1, 2]], "a list of token id lists"),
+    ):  # not a dict: refused, not a raw TypeError
         with pytest.raises(lw.InputError, match=message):
             lw.replay({**record, "batch": batch}, lm)

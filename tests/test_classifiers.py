@@ -13,16 +13,29 @@ import llm_widgets as lw
 from .test_trace_architectures import PROMPT, VOCAB, ToyTokenizer
 
 LABELS = {0: "negative", 1: "neutral", 2: "positive"}
-SIZES = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-             max_position_embeddings=128, id2label=LABELS, label2id={v: k for k, v in LABELS.items()}, pad_token_id=0)
+SIZES = dict(
+    vocab_size=VOCAB,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    max_position_embeddings=128,
+    id2label=LABELS,
+    label2id={v: k for k, v in LABELS.items()},
+    pad_token_id=0,
+)
 
 
 def build(arch: str, attn: str | None = None, state: dict | None = None) -> lw.LanguageModel:
-    config = (transformers.LlamaConfig(**SIZES, num_key_value_heads=2) if arch == "llama"
-              else transformers.BertConfig(**SIZES))
+    config = (
+        transformers.LlamaConfig(**SIZES, num_key_value_heads=2)
+        if arch == "llama"
+        else transformers.BertConfig(**SIZES)
+    )
     torch.manual_seed(0)
     model = transformers.AutoModelForSequenceClassification.from_config(
-        config, **({"attn_implementation": attn} if attn else {})).eval()
+        config, **({"attn_implementation": attn} if attn else {})
+    ).eval()
     if state is not None:
         model.load_state_dict(state)
     return lw.LanguageModel(model, ToyTokenizer(), name=f"tiny-{arch}-classifier")
@@ -107,13 +120,16 @@ def test_the_editor_regenerates_the_class(classifier):
     assert editor.unedited_tokens == [before] and editor.new_tokens == [editor.output_text]
     bars = {row["label"]: row for row in editor.class_bars}  # a bar per class, without edits and with them
     assert list(bars) == classifier.labels
-    assert bars[before]["before"] == pytest.approx(editor.p_before) and bars[before]["after"] == pytest.approx(editor.p_after)
+    assert bars[before]["before"] == pytest.approx(editor.p_before) and bars[before]["after"] == pytest.approx(
+        editor.p_after
+    )
     assert editor.output_text == classifier.trace(PROMPT, edits=editor.edits).output_text
     view = lw.AttentionView(classifier.trace(PROMPT))
     assert view.output_text == before
 
 
 # --- token classification: a class per token ---
+
 
 @pytest.fixture(scope="module")
 def tagger():
@@ -140,7 +156,9 @@ def test_token_attribution_explains_one_token_s_class(tagger):
     model = tagger.model
     embeds = model.get_input_embeddings()(torch.tensor([PROMPT])).detach().requires_grad_(True)
     with torch.enable_grad():
-        logp = torch.log_softmax(model(inputs_embeds=embeds, attention_mask=torch.ones(1, len(PROMPT))).logits[0, 5], -1)
+        logp = torch.log_softmax(
+            model(inputs_embeds=embeds, attention_mask=torch.ones(1, len(PROMPT))).logits[0, 5], -1
+        )
         logp[0].backward()
     torch.testing.assert_close(a.scores, (embeds.grad * embeds).sum(-1)[0].detach(), atol=1e-5, rtol=1e-4)
     assert a.target == "negative" and len(a.scores) == len(PROMPT)

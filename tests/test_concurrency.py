@@ -24,8 +24,13 @@ def _hooks(model):
 
 def _snapshot(lm):
     model = lm.model
-    return ({k: v.clone() for k, v in model.state_dict().items()}, model.config._attn_implementation, model.training,
-            [p.requires_grad for p in model.parameters()], _hooks(model))
+    return (
+        {k: v.clone() for k, v in model.state_dict().items()},
+        model.config._attn_implementation,
+        model.training,
+        [p.requires_grad for p in model.parameters()],
+        _hooks(model),
+    )
 
 
 def _assert_unchanged(lm, snapshot):
@@ -139,7 +144,7 @@ def test_interrupts_at_every_step_of_a_traced_generate_leave_the_model_restored(
     for at in range(total):
         seen = []
 
-        def hook(*_):
+        def hook(*_, seen=seen, at=at):
             seen.append(1)
             if len(seen) > at:
                 raise KeyboardInterrupt
@@ -156,28 +161,71 @@ def test_interrupts_at_every_step_of_a_traced_generate_leave_the_model_restored(
 
 # --- fuzz: never a raw error from torch or transformers, never a changed model ---
 
+
 def _random_text(rng: random.Random) -> str:
-    pieces = ["hello", " ", "\u202e", "\u200b", "\x00", "\x1b[31m", "é", "日本", "🙂", "<b>", "\n", "\t", "a" * 300,
-              "\ufeff", "\U0001F600" * 3, "\r\n", "\u0301", ""]
+    pieces = [
+        "hello",
+        " ",
+        "\u202e",
+        "\u200b",
+        "\x00",
+        "\x1b[31m",
+        "é",
+        "日本",
+        "🙂",
+        "<b>",
+        "\n",
+        "\t",
+        "a" * 300,
+        "\ufeff",
+        "\U0001f600" * 3,
+        "\r\n",
+        "\u0301",
+        "",
+    ]
     return "".join(rng.choice(pieces) for _ in range(rng.randint(0, 6)))
 
 
 def _random_value(rng: random.Random):
-    return rng.choice([0, 1, 3, -1, 10 ** 9, 2.5, float("nan"), float("inf"), True, None, "2", [0, 2], (3, 1),
-                       [[0, 1], [2, 9]], (), [True], -0.0])
+    return rng.choice(
+        [
+            0,
+            1,
+            3,
+            -1,
+            10**9,
+            2.5,
+            float("nan"),
+            float("inf"),
+            True,
+            None,
+            "2",
+            [0, 2],
+            (3, 1),
+            [[0, 1], [2, 9]],
+            (),
+            [True],
+            -0.0,
+        ]
+    )
 
 
 def _fuzz_case(rng: random.Random, lm, trace):
     kind = rng.choice(["trace", "edit", "attention", "record", "attribute", "top_k"])
     if kind == "trace":
-        prompt = rng.choice([_random_text(rng), [rng.randint(-5, 5000) for _ in range(rng.randint(0, 4))],
-                             _random_value(rng)])
-        return lambda: lm.trace(prompt, max_new_tokens=rng.choice([0, 1, 2, -1, True, 2.0]),
-                                seed=rng.choice([None, 0, -3, 1.5, "7"]))
+        prompt = rng.choice(
+            [_random_text(rng), [rng.randint(-5, 5000) for _ in range(rng.randint(0, 4))], _random_value(rng)]
+        )
+        return lambda: lm.trace(
+            prompt, max_new_tokens=rng.choice([0, 1, 2, -1, True, 2.0]), seed=rng.choice([None, 0, -3, 1.5, "7"])
+        )
     if kind == "edit":
         args = [_random_value(rng) for _ in range(5)]
-        return lambda: lm.trace("Call me Ishmael.", max_new_tokens=1, edits=[
-            lw.ScaleAttention(args[0], keys=args[1], queries=args[2], layers=args[3], heads=args[4])])
+        return lambda: lm.trace(
+            "Call me Ishmael.",
+            max_new_tokens=1,
+            edits=[lw.ScaleAttention(args[0], keys=args[1], queries=args[2], layers=args[3], heads=args[4])],
+        )
     if kind == "attention":
         args = [_random_value(rng) for _ in range(4)]
         return lambda: trace.attention(args[0], args[1], queries=args[2], keys=args[3])
@@ -187,8 +235,11 @@ def _fuzz_case(rng: random.Random, lm, trace):
         record[key] = _random_value(rng)
         return lambda: lw.replay(record, lm)
     if kind == "attribute":
-        return lambda: trace.attribute(rng.choice([None, " the", "", 5, -1, " x y z"]),
-                                       method=rng.choice(["grad_x_input", "nope", 3]), step=_random_value(rng))
+        return lambda: trace.attribute(
+            rng.choice([None, " the", "", 5, -1, " x y z"]),
+            method=rng.choice(["grad_x_input", "nope", 3]),
+            step=_random_value(rng),
+        )
     return lambda: trace.top_k(_random_value(rng), _random_value(rng))
 
 

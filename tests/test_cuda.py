@@ -22,8 +22,7 @@ import llm_widgets as lw
 
 from .test_trace_architectures import CONFIGS, MASKED, PROMPT, build
 
-pytestmark = [pytest.mark.cuda,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 ATOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -54,14 +53,15 @@ def test_traced_logits_and_attention_on_cuda(arch, dtype):
         reference = eager.model(ids, output_attentions=True).attentions
     for layer in range(lm.facts.n_layers):
         for head in range(lm.facts.n_heads):
-            torch.testing.assert_close(tr.attention(layer, head), reference[layer][0, head].float().cpu(),
-                                       atol=ATOL[dtype], rtol=0)
+            torch.testing.assert_close(
+                tr.attention(layer, head), reference[layer][0, head].float().cpu(), atol=ATOL[dtype], rtol=0
+            )
     # the pooled views, computed on the device, agree with the probabilities
     full = tr.attention(1, 2)
     n = len(tr)
     torch.testing.assert_close(tr.attention_overview(1, 2, size=n), full)
     grid = tr.attention_grid(size=n)
-    torch.testing.assert_close(grid[(1 * lm.facts.n_heads + 2) * n:(1 * lm.facts.n_heads + 3) * n], full)
+    torch.testing.assert_close(grid[(1 * lm.facts.n_heads + 2) * n : (1 * lm.facts.n_heads + 3) * n], full)
 
 
 def test_edits_on_cuda_match_with_and_without_cache_and_the_cpu(arch):
@@ -69,8 +69,11 @@ def test_edits_on_cuda_match_with_and_without_cache_and_the_cpu(arch):
         pytest.skip("masked models do not generate")
     cpu = build(arch)
     lm = on_cuda(cpu, torch.float32)
-    edits = [lw.ScaleAttention(0.05, keys=(1, 6), layers=[0]), lw.AblateHead(layer=1, head=3),
-             lw.ScaleAttention(8.0, keys=(3, 9), layers=[1], heads=[1])]
+    edits = [
+        lw.ScaleAttention(0.05, keys=(1, 6), layers=[0]),
+        lw.AblateHead(layer=1, head=3),
+        lw.ScaleAttention(8.0, keys=(3, 9), layers=[1], heads=[1]),
+    ]
     cached = lm.trace(PROMPT, max_new_tokens=8, edits=edits)
     uncached = lm.trace(PROMPT, max_new_tokens=8, edits=edits, use_cache=False)
     on_cpu = cpu.trace(PROMPT, max_new_tokens=8, edits=edits)
@@ -106,15 +109,18 @@ def test_attribution_on_cuda_equals_the_cpu(gpt2_cuda, tiny_gpt2):
 
 
 def test_patching_and_lens_on_cuda_equal_the_cpu(gpt2_cuda, tiny_gpt2):
-    clean, corrupted = "When Mary and John went to the store, John gave a drink to", \
-        "When Mary and John went to the store, Mary gave a drink to"
+    clean, corrupted = (
+        "When Mary and John went to the store, John gave a drink to",
+        "When Mary and John went to the store, Mary gave a drink to",
+    )
     for site in ("residual", "heads"):
         ours = lw.patch(gpt2_cuda, clean, corrupted, " Mary", " John", site=site, progress=False)
         reference = lw.patch(tiny_gpt2, clean, corrupted, " Mary", " John", site=site, progress=False)
         torch.testing.assert_close(ours.raw.cpu(), reference.raw, atol=1e-4, rtol=1e-4)
     lens = gpt2_cuda.trace(clean).logit_lens(k=3)
-    torch.testing.assert_close(lens.top_probs.cpu(), tiny_gpt2.trace(clean).logit_lens(k=3).top_probs,
-                               atol=1e-4, rtol=0)
+    torch.testing.assert_close(
+        lens.top_probs.cpu(), tiny_gpt2.trace(clean).logit_lens(k=3).top_probs, atol=1e-4, rtol=0
+    )
 
 
 def test_gradient_monitor_on_cuda(tiny_gpt2):
@@ -129,8 +135,16 @@ def test_gradient_monitor_on_cuda(tiny_gpt2):
     monitor.detach()
 
 
-SPLIT = {"transformer.wte": 0, "transformer.wpe": 0, "transformer.h.0": 0, "transformer.h.1": 0,
-         "transformer.h.2": "cpu", "transformer.h.3": "cpu", "transformer.ln_f": "cpu", "lm_head": 0}
+SPLIT = {
+    "transformer.wte": 0,
+    "transformer.wpe": 0,
+    "transformer.h.0": 0,
+    "transformer.h.1": 0,
+    "transformer.h.2": "cpu",
+    "transformer.h.3": "cpu",
+    "transformer.ln_f": "cpu",
+    "lm_head": 0,
+}
 
 
 def test_a_model_split_between_gpu_and_cpu_equals_the_whole(tiny_gpt2):
@@ -145,10 +159,16 @@ def test_a_model_split_between_gpu_and_cpu_equals_the_whole(tiny_gpt2):
     assert ours.stack().layer(3).queries.device.type == "cuda"
     for layer in (0, 3):
         torch.testing.assert_close(ours.attention(layer, 2), reference.attention(layer, 2), atol=1e-5, rtol=0)
-    torch.testing.assert_close(split.trace(TEXT).attribute(" the").scores.cpu(),
-                               tiny_gpt2.trace(TEXT).attribute(" the").scores, atol=1e-4, rtol=1e-3)
-    clean, corrupted = "When Mary and John went to the store, John gave a drink to", \
-        "When Mary and John went to the store, Mary gave a drink to"
+    torch.testing.assert_close(
+        split.trace(TEXT).attribute(" the").scores.cpu(),
+        tiny_gpt2.trace(TEXT).attribute(" the").scores,
+        atol=1e-4,
+        rtol=1e-3,
+    )
+    clean, corrupted = (
+        "When Mary and John went to the store, John gave a drink to",
+        "When Mary and John went to the store, Mary gave a drink to",
+    )
     ours = lw.patch(split, clean, corrupted, " Mary", " John", site="heads", progress=False)
     reference = lw.patch(tiny_gpt2, clean, corrupted, " Mary", " John", site="heads", progress=False)
     torch.testing.assert_close(ours.raw.cpu(), reference.raw, atol=1e-4, rtol=1e-4)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import json
 import xml.etree.ElementTree as ET
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,8 +16,18 @@ import llm_widgets as lw
 from llm_widgets.export import attention as attention_export
 from llm_widgets.export import attribution as attribution_export
 
-PAYLOADS = ["</script><script>alert(1)</script>", "<img src=x onerror=alert(1)>", "]]>", "</style>", "a\x01b",
-            "x\x00y", "&amp;", "\"'><svg onload=alert(1)>", "\u202eRTL", "\ud800"]
+PAYLOADS = [
+    "</script><script>alert(1)</script>",
+    "<img src=x onerror=alert(1)>",
+    "]]>",
+    "</style>",
+    "a\x01b",
+    "x\x00y",
+    "&amp;",
+    "\"'><svg onload=alert(1)>",
+    "\u202eRTL",
+    "\ud800",
+]
 
 
 @pytest.fixture(scope="module")
@@ -28,11 +37,14 @@ def trace(tiny_gpt2):
 
 # --- records never run code ---
 
+
 def test_a_crafted_record_runs_no_code(tiny_gpt2, trace, tmp_path):
     marker = tmp_path / "ran"
     (tmp_path / "custom_generate").mkdir()
     (tmp_path / "custom_generate" / "generate.py").write_text(
-        f"from pathlib import Path\nPath({str(marker)!r}).write_text('x')\ndef generate(*a, **k):\n    raise SystemExit\n")
+        f"from pathlib import Path\nPath({str(marker)!r}).write_text('x')\n"
+        "def generate(*a, **k):\n    raise SystemExit\n"
+    )
     record = copy.deepcopy(trace.record)
     record["generation"].update(custom_generate=str(tmp_path), trust_remote_code=True)
     with pytest.raises(ValueError, match="'custom_generate' is refused"):
@@ -61,10 +73,12 @@ def test_records_are_checked_before_anything_runs(tiny_gpt2, trace):
         "ids as text": (lambda r: r.update(prompt_ids="It is"), "'prompt_ids' must be a list of token ids"),
         "bool ids": (lambda r: r.update(prompt_ids=[True, 2]), "'prompt_ids' must be a list of token ids"),
         "temperature": (lambda r: r["generation"].update(temperature="hot"), "temperature must be a number"),
-        "edits": (lambda r: r.update(edits=[{"kind": "scale_attention", "factor": 2.0, "keys": [0, 2], "x": 1}]),
-                  r"unknown field\(s\) \['x'\]"),
+        "edits": (
+            lambda r: r.update(edits=[{"kind": "scale_attention", "factor": 2.0, "keys": [0, 2], "x": 1}]),
+            r"unknown field\(s\) \['x'\]",
+        ),
     }
-    for name, (spoil, message) in cases.items():
+    for spoil, message in cases.values():
         record = copy.deepcopy(good)
         spoil(record)
         with pytest.raises(ValueError, match=message):
@@ -85,6 +99,7 @@ def test_beam_search_and_several_sequences_are_refused_up_front(tiny_gpt2):
 
 
 # --- exports: valid XML, nothing injected, whatever the tokens are ---
+
 
 def _check_svg(svg: str) -> None:
     root = ET.fromstring(svg)  # raises on invalid XML (control characters, unescaped markup)
@@ -114,9 +129,14 @@ def test_matrix_and_profile_exports_of_hostile_text_are_valid(trace):
     from llm_widgets.export import matrix as matrix_export
     from llm_widgets.export import profile as profile_export
 
-    fig = matrix_export.MatrixFigure(title=PAYLOADS[0], values=np.zeros((2, len(PAYLOADS))),
-                                     row_labels=PAYLOADS[:2], column_labels=PAYLOADS,
-                                     words=[PAYLOADS, PAYLOADS[::-1]], notes=PAYLOADS[:3])
+    fig = matrix_export.MatrixFigure(
+        title=PAYLOADS[0],
+        values=np.zeros((2, len(PAYLOADS))),
+        row_labels=PAYLOADS[:2],
+        column_labels=PAYLOADS,
+        words=[PAYLOADS, PAYLOADS[::-1]],
+        notes=PAYLOADS[:3],
+    )
     _check_svg(matrix_export.to_svg(fig))
     page = matrix_export.to_html(fig)
     assert "<script>alert" not in page and "<img src=x" not in page
@@ -146,6 +166,7 @@ def test_monitor_exports_take_any_group_name(tiny_gpt2, tmp_path):
 
 # --- arguments: refused, never dropped or coerced ---
 
+
 def test_load_model_passes_on_or_refuses_every_argument(tiny_gpt2):
     eager = lw.load_model("tiny-gpt2", attn_implementation="eager")
     assert eager.facts.attn_implementation == "eager"
@@ -164,8 +185,9 @@ def test_local_weights_are_checked_and_errors_name_the_file(tiny_gpt2, tmp_path)
     weights = folder / "model.safetensors"
     from llm_widgets.models.loading import _sha256
 
-    (folder / "manifest.json").write_text(json.dumps(
-        {"files": {"model.safetensors": {"size": weights.stat().st_size, "sha256": _sha256(weights)}}}))
+    (folder / "manifest.json").write_text(
+        json.dumps({"files": {"model.safetensors": {"size": weights.stat().st_size, "sha256": _sha256(weights)}}})
+    )
     assert lw.load_model(folder).facts.n_layers == 4
     data = bytearray(weights.read_bytes())
     data[-100] ^= 0xFF  # one flipped byte in the tensor data
@@ -190,8 +212,11 @@ def test_no_silent_coercions(tiny_gpt2, trace):
     ids = trace.input_ids[:5]
     with pytest.raises(ValueError, match="token ids must be integers; got a torch.float32 tensor"):
         tiny_gpt2.trace(ids.float())
-    with pytest.raises(ValueError, match=r"one sequence, shape \[T\] or \[1, T\] \(or a batch, \[B, T\]\); got "
-                                         r"shape \[1, 2, 5\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"one sequence, shape \[T\] or \[1, T\] \(or a batch, \[B, T\]\); got "
+        r"shape \[1, 2, 5\]",
+    ):
         tiny_gpt2.trace(torch.stack([ids, ids])[None])
     assert len(tiny_gpt2.trace(torch.stack([ids, ids]))) == 2  # [B, T]: a batch
     assert tiny_gpt2.trace(ids[None]).input_ids.tolist() == ids.tolist()  # a batch of one is fine

@@ -16,10 +16,14 @@ import llm_widgets
 PACKAGE = Path(llm_widgets.__file__).parent
 # bottom to top; a module may import its own layer and those below it (ARCHITECTURE.md)
 LAYERS = {
-    "llm_widgets._version": 0, "llm_widgets._provide": 0, "llm_widgets.errors": 0, "llm_widgets.checks": 0,
+    "llm_widgets._version": 0,
+    "llm_widgets._provide": 0,
+    "llm_widgets.errors": 0,
+    "llm_widgets.checks": 0,
     "llm_widgets.models": 1,
     "llm_widgets.trace": 2,
-    "llm_widgets.analysis": 3, "llm_widgets.training": 3,
+    "llm_widgets.analysis": 3,
+    "llm_widgets.training": 3,
     "llm_widgets.export": 4,
     "llm_widgets.widgets": 5,
     "llm_widgets": 6,  # the package root: the public names
@@ -46,9 +50,14 @@ def _resolve(name: str, known: dict[str, Path]) -> str | None:
 
 def _type_checking_only(tree: ast.AST) -> set[ast.AST]:
     """The import statements inside `if TYPE_CHECKING:` blocks."""
-    return {node for block in ast.walk(tree) if isinstance(block, ast.If) and ast.unparse(block.test) in
-            ("TYPE_CHECKING", "typing.TYPE_CHECKING") for stmt in block.body for node in ast.walk(stmt)
-            if isinstance(node, (ast.Import, ast.ImportFrom))}
+    return {
+        node
+        for block in ast.walk(tree)
+        if isinstance(block, ast.If) and ast.unparse(block.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING")
+        for stmt in block.body
+        for node in ast.walk(stmt)
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+    }
 
 
 def _imports(module: str, path: Path, known: dict[str, Path], *, typing_only: bool = False) -> set[str]:
@@ -66,7 +75,7 @@ def _imports(module: str, path: Path, known: dict[str, Path], *, typing_only: bo
         else:
             if node.level:
                 base = package.split(".")
-                base = base[:len(base) - (node.level - 1)]
+                base = base[: len(base) - (node.level - 1)]
                 stem = ".".join(base + ([node.module] if node.module else []))
             else:
                 stem = node.module or ""
@@ -114,8 +123,9 @@ def test_type_only_imports_serve_provided_methods():
     for module, path in known.items():
         targets = _imports(module, path, known, typing_only=True)
         if targets:
-            assert "@provided" in path.read_text(), f"{module} imports {targets} for type checkers but declares " \
-                                                    f"no @provided method"
+            assert "@provided" in path.read_text(), (
+                f"{module} imports {targets} for type checkers but declares no @provided method"
+            )
 
 
 def test_no_import_cycles():
@@ -126,7 +136,7 @@ def test_no_import_cycles():
         state[node] = "open"
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == "open":
-                cycles.append(stack[stack.index(nxt):] + [nxt] if nxt in stack else [node, nxt])
+                cycles.append(stack[stack.index(nxt) :] + [nxt] if nxt in stack else [node, nxt])
             elif nxt not in state:
                 visit(nxt, stack + [nxt])
         state[node] = "done"
@@ -163,6 +173,10 @@ def _ts_functions(text: str) -> list[tuple[str, int]]:
 def test_front_end_functions_stay_small():
     """A reader should see a part's shape on one screen or two: no front-end function over 120 lines."""
     js = PACKAGE.parent / "js"
-    long = [(str(path.relative_to(js)), name, n) for path in sorted(js.rglob("*.ts"))
-            for name, n in _ts_functions(path.read_text()) if n > 120]
+    long = [
+        (str(path.relative_to(js)), name, n)
+        for path in sorted(js.rglob("*.ts"))
+        for name, n in _ts_functions(path.read_text())
+        if n > 120
+    ]
     assert long == [], f"split these: {long}"

@@ -34,7 +34,7 @@ def test_lens_at_the_last_layer_is_the_models_prediction(causal):
     assert torch.equal(lens.top_ids[-1], probs.topk(4, dim=-1).indices)
     torch.testing.assert_close(lens.target_probs[-1], probs[:, TARGET], atol=1e-5, rtol=0)
     assert lens.top_ids.shape == (causal.facts.n_layers, len(PROMPT), 4)
-    assert (lens.target_ranks[-1] == (probs > probs[:, TARGET:TARGET + 1]).sum(-1)).all()
+    assert (lens.target_ranks[-1] == (probs > probs[:, TARGET : TARGET + 1]).sum(-1)).all()
 
 
 def test_lens_follows_the_traces_edits():
@@ -67,8 +67,13 @@ def test_patching_a_whole_layer_gives_the_source_run(causal):
     parts = anatomy(causal.model, causal.facts.n_layers)
     with torch.no_grad():
         source, _ = _capture_site(causal, torch.tensor([CLEAN]), "residual", parts)
-        rows = run_patched(causal, torch.tensor([CORRUPTED]), "residual",
-                           [(layer, slice(None), None) for layer in range(causal.facts.n_layers)], source)
+        rows = run_patched(
+            causal,
+            torch.tensor([CORRUPTED]),
+            "residual",
+            [(layer, slice(None), None) for layer in range(causal.facts.n_layers)],
+            source,
+        )
     for row in rows:
         torch.testing.assert_close(row, clean_logits, atol=1e-4, rtol=0)
 
@@ -88,8 +93,10 @@ def test_patching_is_the_same_on_sdpa_and_eager():
     results = {}
     for attn in ("sdpa", "eager"):
         lm = build("llama", attn=attn)
-        results[attn] = [lw.patch(lm, CLEAN, CORRUPTED, TARGET, CONTRAST, site=site, progress=False).effect
-                         for site in ("residual", "heads")]
+        results[attn] = [
+            lw.patch(lm, CLEAN, CORRUPTED, TARGET, CONTRAST, site=site, progress=False).effect
+            for site in ("residual", "heads")
+        ]
     for a, b in zip(results["sdpa"], results["eager"]):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
@@ -100,8 +107,7 @@ def test_batched_patching_equals_one_forward_per_patch():
     batched = lw.patch(lm, CLEAN, CORRUPTED, TARGET, CONTRAST, site="heads", progress=False)
     torch.testing.assert_close(result.raw, batched.raw, atol=1e-5, rtol=0)
     assert result.effect.shape == (2, 4)
-    per_position = lw.patch(lm, CLEAN, CORRUPTED, TARGET, CONTRAST, site="heads", per_position=True,
-                            progress=False)
+    per_position = lw.patch(lm, CLEAN, CORRUPTED, TARGET, CONTRAST, site="heads", per_position=True, progress=False)
     assert per_position.effect.shape == (2, 4, len(CLEAN))
 
 
@@ -125,8 +131,9 @@ def test_sweep_ranks_heads_and_layers(causal):
     assert sweep.attention.shape == (causal.facts.n_layers,)
     mean = lw.ablation_sweep(tr, TARGET, CONTRAST, method="mean", layers=False, progress=False)
     ablated = _last_logits(causal, PROMPT, edits=[lw.AblateHead(0, 0, mode="mean")])
-    assert float(ablated[TARGET] - ablated[CONTRAST]) - mean.clean_score == pytest.approx(float(mean.effect[0, 0]),
-                                                                                            abs=1e-4)
+    assert float(ablated[TARGET] - ablated[CONTRAST]) - mean.clean_score == pytest.approx(
+        float(mean.effect[0, 0]), abs=1e-4
+    )
 
 
 def test_compare_before_and_after_an_edit():
@@ -177,9 +184,13 @@ def test_smollm2_names_the_indirect_object(smollm2):
 
 # --- the views ---
 
+
 def test_lens_view_windows_and_details(tiny_gpt2, tmp_path):
-    tr = tiny_gpt2.trace("It is a truth universally acknowledged, that a single man in possession of a good "
-                         "fortune, must be in want of a wife, and so", max_new_tokens=2)
+    tr = tiny_gpt2.trace(
+        "It is a truth universally acknowledged, that a single man in possession of a good "
+        "fortune, must be in want of a wife, and so",
+        max_new_tokens=2,
+    )
     view = lw.LensView(tr, target=" the")
     n = len(tr)
     assert n > 24 and view.window_total == n and view.window_start == n - 24
@@ -199,8 +210,7 @@ def test_patching_and_sweep_views_open_and_ablate_heads(tiny_gpt2, tmp_path):
     prompt = "It is a truth universally acknowledged"
     tr = tiny_gpt2.trace(prompt, max_new_tokens=4)
     attention = lw.AttentionView(tr)
-    result = lw.patch(tiny_gpt2, prompt, "It is a lie universally acknowledged", " that", site="heads",
-                      progress=False)
+    result = lw.patch(tiny_gpt2, prompt, "It is a lie universally acknowledged", " that", site="heads", progress=False)
     view = lw.PatchingView(result, view=attention)
     assert view.kind == "patching" and view.column_labels[0] == "head 0" and len(view.values) == 4
     view.selected = [2, 5]
@@ -210,8 +220,9 @@ def test_patching_and_sweep_views_open_and_ablate_heads(tiny_gpt2, tmp_path):
     assert sweep.kind == "sweep" and sweep.column_labels[-2:] == ["attention", "mlp"]
     sweep.selected = [1, 3]
     assert editor.edits == [lw.AblateHead(1, 3)] and "ablated layer 1 head 3" in sweep.detail[0]
-    residual = lw.PatchingView(lw.patch(tiny_gpt2, prompt, "It is a lie universally acknowledged", " that",
-                                        progress=False))
+    residual = lw.PatchingView(
+        lw.patch(tiny_gpt2, prompt, "It is a lie universally acknowledged", " that", progress=False)
+    )
     assert residual.column_labels[3].startswith("3:") and residual.scale == "diverging"
     for ext in ("png", "svg", "html"):
         assert sweep.save(tmp_path / f"sweep.{ext}").stat().st_size > 1000

@@ -21,11 +21,19 @@ T = 16384
 
 
 def test_sixteen_thousand_tokens_without_a_t_by_t_tensor():
-    config = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=T + 64)
+    config = transformers.LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=T + 64,
+    )
     torch.manual_seed(0)
-    lm = lw.LanguageModel(transformers.AutoModelForCausalLM.from_config(config).eval(), ToyTokenizer(),
-                          name="tiny-llama-16k")
+    lm = lw.LanguageModel(
+        transformers.AutoModelForCausalLM.from_config(config).eval(), ToyTokenizer(), name="tiny-llama-16k"
+    )
     ids = torch.randint(1, VOCAB, (T,), generator=torch.Generator().manual_seed(0))
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         tr = lm.trace(ids)

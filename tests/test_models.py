@@ -20,7 +20,7 @@ def greedy(model: lw.LanguageModel, prompt: str, n: int) -> str:
     ids = model.tokenizer(prompt, return_tensors="pt")
     with torch.no_grad():
         out = model.model.generate(**ids, max_new_tokens=n, do_sample=False, pad_token_id=model.tokenizer.eos_token_id)
-    return model.tokenizer.decode(out[0, ids["input_ids"].shape[1]:])
+    return model.tokenizer.decode(out[0, ids["input_ids"].shape[1] :])
 
 
 def test_tiny_gpt2_facts(tiny_gpt2):
@@ -55,9 +55,17 @@ def test_tiny_gpt2_bundle_is_small_and_fp16():
 
 def test_import_is_light_and_offline():
     """Loading tiny-gpt2 needs neither the JS build nor the widgets module."""
-    code = "import sys, llm_widgets as lw; m = lw.load_model('tiny-gpt2'); print(m); print('llm_widgets.widgets' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}).stdout
+    code = (
+        "import sys, llm_widgets as lw; m = lw.load_model('tiny-gpt2'); print(m); "
+        "print('llm_widgets.widgets' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+    ).stdout
     assert "LanguageModel('tiny-gpt2'" in out and out.strip().endswith("False")
 
 
@@ -136,8 +144,14 @@ def test_local_directory_loads_like_the_hub(tiny_gpt2, tmp_path):
 
 
 def test_a_classifier_from_a_local_directory(tiny_gpt2, tmp_path):
-    config = transformers.GPT2Config(vocab_size=len(tiny_gpt2.tokenizer), n_embd=32, n_layer=2, n_head=2,
-                                     id2label={0: "negative", 1: "positive"}, pad_token_id=0)
+    config = transformers.GPT2Config(
+        vocab_size=len(tiny_gpt2.tokenizer),
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        id2label={0: "negative", 1: "positive"},
+        pad_token_id=0,
+    )
     transformers.GPT2ForSequenceClassification(config).save_pretrained(tmp_path)
     tiny_gpt2.tokenizer.save_pretrained(tmp_path)
     clf = lw.load_model(tmp_path)
@@ -152,8 +166,14 @@ def test_local_directory_without_tokenizer(tiny_gpt2, tmp_path):
 
 
 def test_masked_model_from_a_local_directory(tiny_gpt2, tmp_path):
-    config = transformers.BertConfig(vocab_size=len(tiny_gpt2.tokenizer), hidden_size=32, num_hidden_layers=2,
-                                     num_attention_heads=4, intermediate_size=64, max_position_embeddings=64)
+    config = transformers.BertConfig(
+        vocab_size=len(tiny_gpt2.tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
     transformers.BertForMaskedLM(config).save_pretrained(tmp_path)
     tiny_gpt2.tokenizer.save_pretrained(tmp_path)
     bert = lw.load_model(tmp_path)

@@ -77,8 +77,16 @@ def test_update_to_weight_ratio_after_the_optimizer_step(tiny_gpt2):
     change = math.sqrt(sum((dict(model.named_parameters())[n].detach() - before[n]).pow(2).sum().item() for n in names))
     size = math.sqrt(sum(before[n].pow(2).sum().item() for n in names))
     assert row.update_ratio == pytest.approx(change / size, rel=1e-4)
-    assert set(frame.columns) >= {"step", "group", "grad_norm", "steered_norm", "update_ratio", "loss", "lr",
-                                  "global_norm"}
+    assert set(frame.columns) >= {
+        "step",
+        "group",
+        "grad_norm",
+        "steered_norm",
+        "update_ratio",
+        "loss",
+        "lr",
+        "global_norm",
+    }
     assert frame.lr.iloc[0] == 0.1
     monitor.detach()
 
@@ -95,7 +103,9 @@ def test_planted_explosion_is_found_at_its_layer_and_step(tiny_gpt2):
     with torch.no_grad():  # plant it: the layer norm feeding layer 2's attention grows 1000-fold
         model.transformer.h[2].ln_1.weight.mul_(1e3)
     _backward(model, batch)
-    with pytest.warns(lw.GradientWarning, match=r"step 5: exploding gradient in layer 2 \(norm [\d.]+, \d+x its median"):
+    with pytest.warns(
+        lw.GradientWarning, match=r"step 5: exploding gradient in layer 2 \(norm [\d.]+, \d+x its median"
+    ):
         monitor.step()
     assert [(a["step"], a["group"], a["kind"]) for a in monitor.alerts] == [(5, "layer 2", "exploding")]
     monitor.detach()
@@ -118,7 +128,10 @@ def test_planted_vanishing_and_nan_are_found_and_can_stop_training(tiny_gpt2):
     assert [(a["step"], a["group"], a["kind"]) for a in monitor.alerts] == [(1, "layer 1", "vanishing")]
     _backward(model, batch)
     model.transformer.h[3].mlp.c_proj.weight.grad[0, 0] = float("nan")
-    with pytest.raises(lw.TrainingStopped, match="step 2: nonfinite gradient in layer 3"), pytest.warns(lw.GradientWarning):
+    with (
+        pytest.raises(lw.TrainingStopped, match="step 2: nonfinite gradient in layer 3"),
+        pytest.warns(lw.GradientWarning),
+    ):
         monitor.step()
     monitor.detach()
 
@@ -146,7 +159,10 @@ def test_steering_scales_and_clips_a_group(tiny_gpt2):
     layer0 = [p.grad for n, p in model.named_parameters() if ".h.0." in n]
     assert torch.nn.utils.get_total_norm(layer0).item() == pytest.approx(0.01, rel=1e-4)
     assert [(e["step"], e["pattern"], e["scale"], e["clip"]) for e in monitor.steering_log] == [
-        (1, "layer 2", 0.5, None), (2, "layer 2", 1.0, None), (2, "layer [0-3]", 1.0, 0.01)]
+        (1, "layer 2", 0.5, None),
+        (2, "layer 2", 1.0, None),
+        (2, "layer [0-3]", 1.0, 0.01),
+    ]
     import json
 
     record = json.loads(json.dumps(monitor.record))  # JSON-able
@@ -179,12 +195,23 @@ def test_with_the_hf_trainer(tiny_gpt2, tmp_path):
 
     model = _fresh(tiny_gpt2)
     monitor = lw.GradientMonitor(model, histograms_every=2, updates_every=1)
-    ids = tiny_gpt2.tokenizer("Call me Ishmael. Some years ago, never mind how long precisely, having little or no "
-                              "money in my purse, and nothing particular to interest me on shore")["input_ids"]
-    data = [dict(input_ids=ids[i:i + 6], labels=ids[i:i + 6]) for i in range(0, 24, 6)] * 2
-    args = TrainingArguments(output_dir=str(tmp_path), max_steps=4, per_device_train_batch_size=2, logging_steps=1,
-                             report_to=[], save_strategy="no", max_grad_norm=0.0, use_cpu=True,
-                             disable_tqdm=True, learning_rate=1e-3)
+    ids = tiny_gpt2.tokenizer(
+        "Call me Ishmael. Some years ago, never mind how long precisely, having little or no "
+        "money in my purse, and nothing particular to interest me on shore"
+    )["input_ids"]
+    data = [dict(input_ids=ids[i : i + 6], labels=ids[i : i + 6]) for i in range(0, 24, 6)] * 2
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        max_steps=4,
+        per_device_train_batch_size=2,
+        logging_steps=1,
+        report_to=[],
+        save_strategy="no",
+        max_grad_norm=0.0,
+        use_cpu=True,
+        disable_tqdm=True,
+        learning_rate=1e-3,
+    )
     trainer = Trainer(model=model, args=args, train_dataset=data)
     trainer.add_callback(monitor.callback)
     trainer.train()
@@ -197,6 +224,7 @@ def test_with_the_hf_trainer(tiny_gpt2, tmp_path):
 
 
 # --- the widget: charts fed from the monitor, sliders that steer ---
+
 
 def test_widget_streams_steps_and_sliders_steer(tiny_gpt2, tmp_path):
     model = _fresh(tiny_gpt2)

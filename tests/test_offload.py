@@ -12,14 +12,23 @@ import torch
 import llm_widgets as lw
 
 TEXT = "It was a truth universally acknowledged, that a single man"
-SPLIT = {"transformer.wte": "cpu", "transformer.wpe": "cpu", "transformer.h.0": "cpu", "transformer.h.1": "cpu",
-         "transformer.h.2": "disk", "transformer.h.3": "disk", "transformer.ln_f": "cpu", "lm_head": "cpu"}
+SPLIT = {
+    "transformer.wte": "cpu",
+    "transformer.wpe": "cpu",
+    "transformer.h.0": "cpu",
+    "transformer.h.1": "cpu",
+    "transformer.h.2": "disk",
+    "transformer.h.3": "disk",
+    "transformer.ln_f": "cpu",
+    "lm_head": "cpu",
+}
 
 
 @pytest.fixture(scope="module")
 def offloaded(tmp_path_factory):
-    lm = lw.load_model("tiny-gpt2", device_map=SPLIT, offload_folder=str(tmp_path_factory.mktemp("offload")),
-                       progress=False)
+    lm = lw.load_model(
+        "tiny-gpt2", device_map=SPLIT, offload_folder=str(tmp_path_factory.mktemp("offload")), progress=False
+    )
     assert any(p.device.type == "meta" for p in lm.model.parameters())  # really offloaded
     return lm
 
@@ -52,14 +61,20 @@ def test_analyses_equal_the_whole_model(offloaded, tiny_gpt2):
         ours = offloaded.trace(TEXT).attribute(" the", method=method)
         reference = tiny_gpt2.trace(TEXT).attribute(" the", method=method)
         torch.testing.assert_close(ours.scores, reference.scores, atol=1e-5, rtol=1e-4)
-    clean, corrupted = "When Mary and John went to the store, John gave a drink to", \
-        "When Mary and John went to the store, Mary gave a drink to"
+    clean, corrupted = (
+        "When Mary and John went to the store, John gave a drink to",
+        "When Mary and John went to the store, Mary gave a drink to",
+    )
     for site in ("residual", "heads"):
         ours = lw.patch(offloaded, clean, corrupted, " Mary", " John", site=site, progress=False)
         reference = lw.patch(tiny_gpt2, clean, corrupted, " Mary", " John", site=site, progress=False)
         torch.testing.assert_close(ours.raw, reference.raw, atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(offloaded.trace(clean).logit_lens(k=3).top_probs,
-                               tiny_gpt2.trace(clean).logit_lens(k=3).top_probs, atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        offloaded.trace(clean).logit_lens(k=3).top_probs,
+        tiny_gpt2.trace(clean).logit_lens(k=3).top_probs,
+        atol=1e-5,
+        rtol=0,
+    )
 
 
 def test_device_and_device_map_together_are_refused():

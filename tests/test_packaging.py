@@ -18,8 +18,12 @@ def dist(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("dist")
     # no isolation: the build backend is installed in the test environment, and
     # the JS bundles are fresh, so this neither downloads nor reruns npm
-    subprocess.run([sys.executable, "-m", "build", "--wheel", "--sdist", "--no-isolation", "--outdir", str(out)],
-                   cwd=ROOT, check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "build", "--wheel", "--sdist", "--no-isolation", "--outdir", str(out)],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
     return out
 
 
@@ -39,7 +43,14 @@ def test_wheel_holds_bundles_and_model(dist):
 def test_sdist_holds_front_end_sources(dist):
     (sdist,) = dist.glob("*.tar.gz")
     names = {n.split("/", 1)[1] for n in tarfile.open(sdist).getnames() if "/" in n}
-    for required in ("package.json", "package-lock.json", "tsconfig.json", "js/build.mjs", "scripts/build_js.py",
-                     "js/model_card.ts", "js/lib/format.ts"):
+    for required in (
+        "package.json",
+        "package-lock.json",
+        "tsconfig.json",
+        "js/build.mjs",
+        "scripts/build_js.py",
+        "js/model_card.ts",
+        "js/lib/format.ts",
+    ):
         assert required in names, required
     assert not any(n.startswith(("node_modules/", ".venv/")) for n in names)

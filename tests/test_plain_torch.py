@@ -86,9 +86,12 @@ def reference_attention(module, ids, call=None) -> list[torch.Tensor]:
 
     hooks = []
     for mha in (m for m in module.modules() if isinstance(m, nn.MultiheadAttention)):
-        hooks.append(mha.register_forward_pre_hook(
-            lambda m, args, kwargs: (args, {**kwargs, "need_weights": True, "average_attn_weights": False}),
-            with_kwargs=True))
+        hooks.append(
+            mha.register_forward_pre_hook(
+                lambda m, args, kwargs: (args, {**kwargs, "need_weights": True, "average_attn_weights": False}),
+                with_kwargs=True,
+            )
+        )
         hooks.append(mha.register_forward_hook(keep, with_kwargs=True))
     try:
         with torch.no_grad():
@@ -107,7 +110,7 @@ def test_attention_equals_need_weights_and_outputs_are_unchanged(lm):
     for layer in range(LAYERS):
         for head in range(H):
             torch.testing.assert_close(tr.attention(layer, head), reference[layer][head], atol=1e-5, rtol=0)
-    ids = tr.input_ids[None, :tr.n_prompt]
+    ids = tr.input_ids[None, : tr.n_prompt]
     with torch.no_grad():
         plain = lm.model(ids)[0]
     assert torch.equal(tr.logits, plain)  # the very same computation
@@ -189,7 +192,7 @@ def test_ablating_a_head_is_zeroing_its_slice_of_the_output_projection(lm):
     reference = copy.deepcopy(lm.model)
     mha = [m for m in reference.modules() if isinstance(m, nn.MultiheadAttention)][layer]
     with torch.no_grad():
-        mha.out_proj.weight[:, head * mha.head_dim:(head + 1) * mha.head_dim] = 0
+        mha.out_proj.weight[:, head * mha.head_dim : (head + 1) * mha.head_dim] = 0
         expected = reference(ablated.input_ids[None])[0]
     torch.testing.assert_close(ablated.logits, expected, atol=1e-5, rtol=0)
     assert (ablated.logits - lm.trace(PROMPT, keep_logits=True).logits).abs().max() > 1e-4
@@ -203,13 +206,14 @@ class Seq2Seq(nn.Module):
         super().__init__()
         self.embed = nn.Embedding(V, D)  # shared by source and target
         self.pos = nn.Parameter(torch.randn(64, D) * 0.3)
-        self.transformer = nn.Transformer(D, H, num_encoder_layers=2, num_decoder_layers=3, dim_feedforward=64,
-                                          dropout=0.0, batch_first=True)
+        self.transformer = nn.Transformer(
+            D, H, num_encoder_layers=2, num_decoder_layers=3, dim_feedforward=64, dropout=0.0, batch_first=True
+        )
         self.head = nn.Linear(D, V)
 
     def forward(self, src, tgt):
-        source = self.embed(src) + self.pos[:src.shape[1]]
-        target = self.embed(tgt) + self.pos[:tgt.shape[1]]
+        source = self.embed(src) + self.pos[: src.shape[1]]
+        target = self.embed(tgt) + self.pos[: tgt.shape[1]]
         mask = nn.Transformer.generate_square_subsequent_mask(tgt.shape[1])
         return self.head(self.transformer(source, target, tgt_mask=mask, tgt_is_causal=True))
 
@@ -234,11 +238,11 @@ def test_an_nn_transformer_encoder_decoder(translator):
         for layer, per_head in enumerate(weights):
             for head in range(H):
                 torch.testing.assert_close(tr.attention(layer, head, stack=stack), per_head[head], atol=1e-5, rtol=0)
-    target = tr.input_ids[None, n:n + 1]  # greedy, as the model itself would
+    target = tr.input_ids[None, n : n + 1]  # greedy, as the model itself would
     with torch.no_grad():
         for _ in range(5):
             target = torch.cat([target, lm.model(tr.input_ids[None, :n], target)[:, -1].argmax(-1, keepdim=True)], 1)
-    assert tr.input_ids[n:].tolist() == target[0].tolist()[:len(tr) - n]
+    assert tr.input_ids[n:].tolist() == target[0].tolist()[: len(tr) - n]
     assert lw.trace.fidelity(lm, PROMPT) == 0.0
 
 
@@ -249,17 +253,18 @@ def test_steering_an_nn_transformer_s_cross_attention(translator):
     assert (edited.logits - plain.logits).abs().max() > 1e-3
     expected = plain.attention(0, 1, stack="cross").clone()  # the first step: same queries and keys in layer 0
     expected[:, 1:3] *= 20.0
-    torch.testing.assert_close(edited.attention(0, 1, stack="cross"), expected / expected.sum(-1, keepdim=True),
-                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        edited.attention(0, 1, stack="cross"), expected / expected.sum(-1, keepdim=True), atol=1e-5, rtol=0
+    )
     torch.testing.assert_close(edited.attention(1, 0, stack="encoder"), plain.attention(1, 0, stack="encoder"))
     ablated = translator.trace(PROMPT, keep_logits=True, edits=[lw.AblateHead(1, 0, stack="cross")])
     assert (ablated.logits - plain.logits).abs().max() > 1e-4
     attribution = plain.attribute()
-    src = plain.input_ids[None, :plain.n_source]
+    src = plain.input_ids[None, : plain.n_source]
     x = translator.model.embed(src).detach().requires_grad_(True)
     swap = translator.model.embed.register_forward_hook(lambda m, a, out: x if a[0].shape == src.shape else None)
     try:
-        logits = translator.model(src, plain.input_ids[None, plain.n_source:plain.n_prompt])[0, -1]
+        logits = translator.model(src, plain.input_ids[None, plain.n_source : plain.n_prompt])[0, -1]
     finally:
         swap.remove()
     torch.log_softmax(logits, -1)[plain.next_token_id].backward()

@@ -11,7 +11,7 @@ import torch
 import transformers
 
 import llm_widgets as lw
-from llm_widgets.analysis.profile import _memory, cache_bytes
+from llm_widgets.analysis.profile import _memory
 from tests.test_trace_architectures import ToyTokenizer
 
 PROMPT = "It is a truth universally acknowledged, that a single man in possession of a good fortune"
@@ -57,8 +57,15 @@ def test_kv_cache_bytes_follow_the_formula(tiny_gpt2, family):
     if family == "gpt2":
         lm = tiny_gpt2
     else:
-        config = transformers.LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
-                                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+        config = transformers.LlamaConfig(
+            vocab_size=96,
+            hidden_size=64,
+            intermediate_size=96,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=128,
+        )
         torch.manual_seed(0)
         lm = lw.LanguageModel(transformers.LlamaForCausalLM(config).eval(), ToyTokenizer(), name="tiny-gqa")
     ids = list(range(5, 17))
@@ -81,8 +88,8 @@ def test_memory_figures_match_known_allocations():
 
     net = Allocates()
     timeline, starts, peaks, chrome, peak = _memory(net, lambda: net(torch.ones(2, 4)), torch.device("cpu"))
-    assert peaks["<model>"] == pytest.approx(64 * 2 ** 20, rel=0.10)
-    assert peak == pytest.approx(64 * 2 ** 20, rel=0.10) and len(starts) == 1
+    assert peaks["<model>"] == pytest.approx(64 * 2**20, rel=0.10)
+    assert peak == pytest.approx(64 * 2**20, rel=0.10) and len(starts) == 1
     assert json.loads(chrome)["traceEvents"]
 
 
@@ -114,8 +121,15 @@ def test_profile_with_edits_and_bad_input(tiny_gpt2):
 def test_scaling_recovers_the_powers_of_attention_and_mlp():
     """Eager attention materialises T x T scores (time ~ T^2); the MLP is per token (~ T).
     A model whose attention is wide and whose MLP is big enough to time shows both."""
-    config = transformers.LlamaConfig(vocab_size=96, hidden_size=128, intermediate_size=1024, num_hidden_layers=2,
-                                      num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=4096)
+    config = transformers.LlamaConfig(
+        vocab_size=96,
+        hidden_size=128,
+        intermediate_size=1024,
+        num_hidden_layers=2,
+        num_attention_heads=8,
+        num_key_value_heads=8,
+        max_position_embeddings=4096,
+    )
     torch.manual_seed(0)
     lm = lw.LanguageModel(transformers.LlamaForCausalLM(config).eval(), ToyTokenizer(), name="built-to-show")
     # One thread: with two, how torch splits small matrices between the cores (and whatever else

@@ -11,37 +11,71 @@ multimodal wrappers) are counted apart; types we refuse are listed, with the rea
 
 from __future__ import annotations
 
-import inspect
 import sys
 import time
 import warnings
 from pathlib import Path
 
 import pytest
-import traitlets
 import torch
+import traitlets
 import transformers
 from transformers.models.auto import configuration_auto, modeling_auto
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import llm_widgets as lw  # noqa: E402
-from llm_widgets.models.compat import (UNSUPPORTED_ATTENTION, unsupported_attention,  # noqa: E402
-                                       uses_attention_registry)
-from tests.test_trace_architectures import PROMPT, ToyTokenizer, VOCAB  # noqa: E402
+from llm_widgets.models.compat import UNSUPPORTED_ATTENTION, unsupported_attention, uses_attention_registry  # noqa: E402
+from tests.test_trace_architectures import PROMPT, VOCAB, ToyTokenizer  # noqa: E402
 
 TARGET = 0.97  # of the types that build, run and use the registry
 TOO_BIG = 30_000_000  # parameters: a config whose sizes our shrinking does not reach (vision towers, ...)
 SIZES = {
-    "vocab_size": VOCAB, "hidden_size": 64, "n_embd": 64, "d_model": 64, "intermediate_size": 96, "ffn_dim": 96,
-    "n_inner": 96, "num_hidden_layers": 2, "n_layer": 2, "num_layers": 2, "num_attention_heads": 4, "n_head": 4,
-    "num_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "max_position_embeddings": 128, "n_positions": 128,
-    "moe_intermediate_size": 32, "shared_expert_intermediate_size": 32, "num_experts": 4, "num_local_experts": 4,
-    "n_routed_experts": 4, "num_experts_per_tok": 2, "n_shared_experts": 1, "kv_lora_rank": 16, "q_lora_rank": 24,
-    "qk_rope_head_dim": 8, "qk_nope_head_dim": 8, "v_head_dim": 16, "first_k_dense_replace": 1, "n_group": 1,
-    "topk_group": 1, "rotary_dim": 8, "encoder_layers": 2, "decoder_layers": 2, "encoder_attention_heads": 4,
-    "decoder_attention_heads": 4, "encoder_ffn_dim": 96, "decoder_ffn_dim": 96, "swa_num_attention_heads": 4,
-    "swa_num_key_value_heads": 2, "swa_head_dim": 16,
-    "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, "decoder_start_token_id": 1,
+    "vocab_size": VOCAB,
+    "hidden_size": 64,
+    "n_embd": 64,
+    "d_model": 64,
+    "intermediate_size": 96,
+    "ffn_dim": 96,
+    "n_inner": 96,
+    "num_hidden_layers": 2,
+    "n_layer": 2,
+    "num_layers": 2,
+    "num_attention_heads": 4,
+    "n_head": 4,
+    "num_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+    "max_position_embeddings": 128,
+    "n_positions": 128,
+    "moe_intermediate_size": 32,
+    "shared_expert_intermediate_size": 32,
+    "num_experts": 4,
+    "num_local_experts": 4,
+    "n_routed_experts": 4,
+    "num_experts_per_tok": 2,
+    "n_shared_experts": 1,
+    "kv_lora_rank": 16,
+    "q_lora_rank": 24,
+    "qk_rope_head_dim": 8,
+    "qk_nope_head_dim": 8,
+    "v_head_dim": 16,
+    "first_k_dense_replace": 1,
+    "n_group": 1,
+    "topk_group": 1,
+    "rotary_dim": 8,
+    "encoder_layers": 2,
+    "decoder_layers": 2,
+    "encoder_attention_heads": 4,
+    "decoder_attention_heads": 4,
+    "encoder_ffn_dim": 96,
+    "decoder_ffn_dim": 96,
+    "swa_num_attention_heads": 4,
+    "swa_num_key_value_heads": 2,
+    "swa_head_dim": 16,
+    "pad_token_id": 0,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "decoder_start_token_id": 1,
 }
 # what one family needs beyond the shared sizes: which layers attend in a hybrid, MLA's head sizes
 OVERRIDES = {
@@ -107,8 +141,9 @@ def runnable(model_type: str) -> tuple[torch.nn.Module | None, str]:
     try:
         with warnings.catch_warnings(), torch.device("meta"):
             warnings.simplefilter("ignore")
-            size = sum(p.numel() for p in transformers.AutoModelForCausalLM.from_config(
-                tiny_config(model_type)).parameters())
+            size = sum(
+                p.numel() for p in transformers.AutoModelForCausalLM.from_config(tiny_config(model_type)).parameters()
+            )
         if size > TOO_BIG:
             return None, f"does not shrink ({size / 1e6:.0f}M parameters)"
         model = build(model_type)
@@ -133,16 +168,22 @@ def check(model_type: str, model: torch.nn.Module) -> None:
         traced = lm.trace(PROMPT, max_new_tokens=4)
         with torch.no_grad():
             plain = model.generate(torch.tensor([PROMPT]), max_new_tokens=4, do_sample=False, pad_token_id=0)
-        assert traced.generated_ids == plain[0, len(PROMPT):].tolist(), "the traced generate differs from the plain one"
+        assert traced.generated_ids == plain[0, len(PROMPT) :].tolist(), (
+            "the traced generate differs from the plain one"
+        )
         eager = build(model_type, "eager", model.state_dict())
         with torch.no_grad():
             given = eager(torch.tensor([PROMPT]), output_attentions=True).attentions
         tr = lm.trace(PROMPT)
         # per layer, or (hybrids) only the layers that attend
-        reference = [given[layer] for layer in tr.attention_layers] if len(given) == tr.n_layers else \
-            [a for a in given if a is not None]
-        assert len(reference) == len(tr.attention_layers), \
+        reference = (
+            [given[layer] for layer in tr.attention_layers]
+            if len(given) == tr.n_layers
+            else [a for a in given if a is not None]
+        )
+        assert len(reference) == len(tr.attention_layers), (
             f"eager gives {len(reference)} attention maps, we see layers {tr.attention_layers}"
+        )
         for layer, maps in zip(tr.attention_layers, reference):
             for head in range(maps.shape[1]):
                 ours, theirs = tr.attention(layer, head), maps[0, head].float()
@@ -177,16 +218,19 @@ def sweep(types: list[str], report=print) -> dict[str, tuple[str, str]]:
             except lw.InputError as error:
                 # (a type wrong only on an older transformers release is counted apart, as one that does not build)
                 status = "refused" if model_type in UNSUPPORTED_ATTENTION else "not counted"
-                results[model_type] = (status, reason) if reason in str(error) else \
-                    ("fail", f"refused without its reason: {error}")
+                results[model_type] = (
+                    (status, reason) if reason in str(error) else ("fail", f"refused without its reason: {error}")
+                )
         else:
             try:
                 check(model_type, model)
                 results[model_type] = ("pass", "")
             except Exception as error:  # noqa: BLE001 - every failure is reported, none stops the sweep
                 results[model_type] = ("fail", f"{type(error).__name__}: {str(error)[:160]}")
-        report(f"{results[model_type][0]:12} {model_type:26} {time.perf_counter() - started:5.1f}s "
-               f"{results[model_type][1]}")
+        report(
+            f"{results[model_type][0]:12} {model_type:26} {time.perf_counter() - started:5.1f}s "
+            f"{results[model_type][1]}"
+        )
     return results
 
 
@@ -215,6 +259,7 @@ if __name__ == "__main__":
 
 # --- what the sweep's families need, one by one ---
 
+
 def test_a_hybrid_model_shows_the_layers_that_attend():
     if "lfm3" not in configuration_auto.CONFIG_MAPPING:
         pytest.skip(f"LFM3 (a convolution layer, then attention) is not in transformers {transformers.__version__}")
@@ -231,7 +276,9 @@ def test_a_hybrid_model_shows_the_layers_that_attend():
         view.layer = 0
     with pytest.raises(lw.InputError, match="names layer 0, which has no attention"):
         lm.trace(PROMPT, edits=[lw.ScaleAttention(2.0, keys=(0, 2), layers=[0])])
-    steered = lm.trace(PROMPT, keep_logits=True, edits=[lw.ScaleAttention(0.0, keys=(2, 8))])  # every layer that attends
+    steered = lm.trace(
+        PROMPT, keep_logits=True, edits=[lw.ScaleAttention(0.0, keys=(2, 8))]
+    )  # every layer that attends
     assert (steered.logits - lm.trace(PROMPT, keep_logits=True).logits).abs().max() > 1e-4
 
 

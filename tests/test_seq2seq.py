@@ -12,15 +12,38 @@ from tests.test_trace_architectures import VOCAB, build_from
 SOURCE = [5, 17, 42, 8, 23, 61, 4, 77, 19]
 NEW = 6
 EOS = VOCAB - 1  # a token random weights hardly pick: generation runs its length
-_BART_LIKE = dict(vocab_size=VOCAB, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
-                  decoder_attention_heads=2, encoder_ffn_dim=37, decoder_ffn_dim=37, max_position_embeddings=64,
-                  eos_token_id=EOS, forced_eos_token_id=None, pad_token_id=0, bos_token_id=1, decoder_start_token_id=2,
-                  init_std=0.3)
+_BART_LIKE = dict(
+    vocab_size=VOCAB,
+    d_model=32,
+    encoder_layers=2,
+    decoder_layers=2,
+    encoder_attention_heads=4,
+    decoder_attention_heads=2,
+    encoder_ffn_dim=37,
+    decoder_ffn_dim=37,
+    max_position_embeddings=64,
+    eos_token_id=EOS,
+    forced_eos_token_id=None,
+    pad_token_id=0,
+    bos_token_id=1,
+    decoder_start_token_id=2,
+    init_std=0.3,
+)
 CONFIGS = {
-    "t5": lambda: transformers.T5Config(vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=37, num_layers=2,
-                                        num_decoder_layers=2, num_heads=4, relative_attention_num_buckets=8,
-                                        decoder_start_token_id=0, eos_token_id=EOS, pad_token_id=0,
-                                        initializer_factor=3.0),
+    "t5": lambda: transformers.T5Config(
+        vocab_size=VOCAB,
+        d_model=32,
+        d_kv=8,
+        d_ff=37,
+        num_layers=2,
+        num_decoder_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        decoder_start_token_id=0,
+        eos_token_id=EOS,
+        pad_token_id=0,
+        initializer_factor=3.0,
+    ),
     "bart": lambda: transformers.BartConfig(**_BART_LIKE, forced_bos_token_id=None),
     "marian": lambda: transformers.MarianConfig(**_BART_LIKE),
     "mbart": lambda: transformers.MBartConfig(**_BART_LIKE),
@@ -52,20 +75,26 @@ def test_the_three_attentions_equal_eager(lm, traced):
     assert traced.n_source == n and traced.n_prompt == n + 1 and len(traced.generated_ids) == NEW
     eager = build(lm.name.removeprefix("tiny-"), "eager", lm.model.state_dict()).model
     with torch.no_grad():
-        out = eager(input_ids=torch.tensor([SOURCE]), decoder_input_ids=traced.input_ids[n:][None],
-                    output_attentions=True)
-    for stack, reference in (("encoder", out.encoder_attentions), ("decoder", out.decoder_attentions),
-                             ("cross", out.cross_attentions)):
+        out = eager(
+            input_ids=torch.tensor([SOURCE]), decoder_input_ids=traced.input_ids[n:][None], output_attentions=True
+        )
+    for stack, reference in (
+        ("encoder", out.encoder_attentions),
+        ("decoder", out.decoder_attentions),
+        ("cross", out.cross_attentions),
+    ):
         part = traced.stack(stack)
         assert (part.n_layers, part.n_heads) == (len(reference), reference[0].shape[1])
         for layer in range(part.n_layers):
             for head in range(part.n_heads):
-                torch.testing.assert_close(traced.attention(layer, head, stack=stack), reference[layer][0, head],
-                                           atol=1e-5, rtol=0)
+                torch.testing.assert_close(
+                    traced.attention(layer, head, stack=stack), reference[layer][0, head], atol=1e-5, rtol=0
+                )
     # positions are the trace's: cross-attention's rows are the output tokens, its columns the source
     assert traced.stack("cross").queries == (n, len(traced)) and traced.stack("cross").keys == (0, n)
-    torch.testing.assert_close(traced.attention(1, 1, queries=(n + 2, n + 4), keys=(3, 7)),
-                               traced.attention(1, 1)[2:4, 3:7])  # the default stack is cross-attention
+    torch.testing.assert_close(
+        traced.attention(1, 1, queries=(n + 2, n + 4), keys=(3, 7)), traced.attention(1, 1)[2:4, 3:7]
+    )  # the default stack is cross-attention
     assert traced.attention_overview(0, 1, stack="encoder").shape == (n, n)
     decoder = traced.stack("decoder")
     assert traced.attention_grid(size=4, stack="decoder").shape == (decoder.n_layers * decoder.n_heads * 4, 4)
@@ -74,7 +103,7 @@ def test_the_three_attentions_equal_eager(lm, traced):
 def test_generation_is_unchanged(lm, traced):
     with torch.no_grad():
         plain = lm.model.generate(input_ids=torch.tensor([SOURCE]), max_new_tokens=NEW, do_sample=False)
-    assert traced.input_ids[len(SOURCE):].tolist() == plain[0].tolist()
+    assert traced.input_ids[len(SOURCE) :].tolist() == plain[0].tolist()
     assert lw.trace.fidelity(lm, SOURCE) == 0.0
 
 
@@ -85,14 +114,19 @@ def test_factor_one_changes_nothing(lm, traced):
 
 
 def test_cross_attention_edits_steer_and_agree_with_and_without_cache(lm, traced):
-    edits = [CROSS_EDIT, lw.AblateHead(1, 0, stack="cross"), lw.ScaleAttention(0.2, keys=(0, 3), stack="encoder"),
-             lw.ScaleAttention(4.0, keys=(len(SOURCE), len(SOURCE) + 2), layers=[1], heads=[1], stack="decoder")]
+    edits = [
+        CROSS_EDIT,
+        lw.AblateHead(1, 0, stack="cross"),
+        lw.ScaleAttention(0.2, keys=(0, 3), stack="encoder"),
+        lw.ScaleAttention(4.0, keys=(len(SOURCE), len(SOURCE) + 2), layers=[1], heads=[1], stack="decoder"),
+    ]
     cached = lm.trace(SOURCE, max_new_tokens=NEW, edits=edits)
     uncached = lm.trace(SOURCE, max_new_tokens=NEW, edits=edits, use_cache=False)
     assert cached.generated_ids == uncached.generated_ids
     for stack in ("encoder", "decoder", "cross"):
-        torch.testing.assert_close(cached.attention(1, 1, stack=stack), uncached.attention(1, 1, stack=stack),
-                                   atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            cached.attention(1, 1, stack=stack), uncached.attention(1, 1, stack=stack), atol=1e-5, rtol=0
+        )
     steered = lm.trace(SOURCE, edits=[CROSS_EDIT], keep_logits=True)
     assert (steered.logits - lm.trace(SOURCE, keep_logits=True).logits).abs().max() > 1e-4
 
@@ -112,11 +146,11 @@ def test_recomputed_cross_attention_is_the_edited_one(lm):
 
 def test_attribution_scores_the_source(lm, traced):
     attribution = traced.attribute(step=2)
-    assert attribution.tokens == traced.tokens[:len(SOURCE)] and attribution.scores.shape == (len(SOURCE),)
+    assert attribution.tokens == traced.tokens[: len(SOURCE)] and attribution.scores.shape == (len(SOURCE),)
     # = autograd: d log p(token 2 | source, output so far) / d source embeddings . embeddings
     model = lm.model
     embeds = model.get_input_embeddings()(torch.tensor([SOURCE])).detach().requires_grad_(True)
-    decoder = traced.input_ids[len(SOURCE):traced.n_prompt + 2][None]
+    decoder = traced.input_ids[len(SOURCE) : traced.n_prompt + 2][None]
     logits = model(inputs_embeds=embeds, decoder_input_ids=decoder, use_cache=False).logits[0, -1]
     torch.log_softmax(logits, -1)[traced.generated_ids[2]].backward()
     torch.testing.assert_close(attribution.scores, (embeds.grad * embeds).sum(-1)[0].detach(), atol=1e-5, rtol=1e-4)
@@ -190,11 +224,13 @@ def test_attention_view_switches_between_the_three_kinds(lm, traced):
 
 def test_editor_steers_cross_attention(lm, traced):
     editor = lw.AttentionEditor(lm, SOURCE, max_new_tokens=NEW)
-    assert editor.stack == "cross" and editor.unedited_tokens == traced.tokens[traced.n_prompt:]
-    editor.edit_specs = [{**CROSS_EDIT.to_dict()}, {"kind": "ablate_head", "layer": 0, "head": 0, "mode": "zero",
-                                                    "stack": "cross"}]
+    assert editor.stack == "cross" and editor.unedited_tokens == traced.tokens[traced.n_prompt :]
+    editor.edit_specs = [
+        {**CROSS_EDIT.to_dict()},
+        {"kind": "ablate_head", "layer": 0, "head": 0, "mode": "zero", "stack": "cross"},
+    ]
     direct = lm.trace(SOURCE, max_new_tokens=NEW, edits=editor.edits)
-    assert editor.error == "" and editor.new_tokens == direct.tokens[direct.n_prompt:]
+    assert editor.error == "" and editor.new_tokens == direct.tokens[direct.n_prompt :]
     assert editor.query_range == [len(SOURCE), len(direct)]
     editor.edit_specs = [{"kind": "ablate_head", "layer": 0, "head": 0, "mode": "zero"}]  # whose head? refused, kept
     assert "say whose head it is" in editor.error and len(editor.edits) == 2

@@ -25,8 +25,9 @@ def tour_html(tmp_path_factory, smollm2):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     # store_widget_state=False: as JupyterLab saves by default; with state, nbconvert would embed
     # the widgets through a JavaScript manager fetched from a CDN
-    NotebookClient(nb, timeout=600, kernel_name="python3", store_widget_state=False,
-                   resources={"metadata": {"path": str(where)}}).execute()
+    NotebookClient(
+        nb, timeout=600, kernel_name="python3", store_widget_state=False, resources={"metadata": {"path": str(where)}}
+    ).execute()
     page, _ = HTMLExporter().from_notebook_node(nb)
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / "tour_static.html").write_text(page)
@@ -35,8 +36,9 @@ def tour_html(tmp_path_factory, smollm2):
 
 def test_every_widget_of_the_tour_leaves_its_figure_and_text(tour_html):
     nb, page = tour_html
-    widgets = [out for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs
-               if WIDGET in out.get("data", {})]
+    widgets = [
+        out for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs if WIDGET in out.get("data", {})
+    ]
     ours = [out for out in widgets if "lw-static" in out["data"].get("text/html", "")]
     assert len(ours) == 6  # two model cards, three attention views, the editor
     # the rest are transformers' loading bars (tqdm's widget), which leave their text

@@ -5,7 +5,6 @@ from __future__ import annotations
 import gc
 import json
 import tracemalloc
-import warnings
 
 import pytest
 import torch
@@ -41,7 +40,7 @@ def test_overview_is_max_pooled(tiny_gpt2):
     edges = torch.linspace(0, n, 9).round().long()
     for i in range(8):
         for j in range(8):
-            block = full[edges[i]:edges[i + 1], edges[j]:edges[j + 1]]
+            block = full[edges[i] : edges[i + 1], edges[j] : edges[j + 1]]
             assert pooled[i, j] == pytest.approx(block.max().item(), abs=1e-6)
     assert tr.attention_overview(2, 1, size=1000).shape == (n, n)
 
@@ -53,13 +52,13 @@ def test_grid_of_every_head_is_each_heads_overview(tiny_gpt2):
     grid = tr.attention_grid(size=6)
     for layer in range(tr.n_layers):
         for head in range(tr.n_heads):
-            cell = grid[(layer * tr.n_heads + head) * 6:(layer * tr.n_heads + head + 1) * 6]
+            cell = grid[(layer * tr.n_heads + head) * 6 : (layer * tr.n_heads + head + 1) * 6]
             torch.testing.assert_close(cell, tr.attention_overview(layer, head, size=6), atol=1e-6, rtol=0)
 
 
 def test_queries_and_keys_kept_in_half_precision(tiny_gpt2):
     full = tiny_gpt2.trace("It is a truth universally acknowledged, that a single man", max_new_tokens=4)
-    half = tiny_gpt2.trace(full.input_ids[:full.n_prompt], max_new_tokens=4, capture_dtype=torch.float16)
+    half = tiny_gpt2.trace(full.input_ids[: full.n_prompt], max_new_tokens=4, capture_dtype=torch.float16)
     assert half.stack().layer(0).queries.dtype == torch.float16 and half.generated_ids == full.generated_ids
     for layer in range(half.n_layers):
         torch.testing.assert_close(half.attention(layer, 3), full.attention(layer, 3), atol=2e-3, rtol=0)
@@ -68,16 +67,22 @@ def test_queries_and_keys_kept_in_half_precision(tiny_gpt2):
 
 
 def test_record_is_json_and_replays_a_sampled_run(tiny_gpt2):
-    tr = tiny_gpt2.trace("Call me Ishmael.", max_new_tokens=12, do_sample=True, temperature=1.3,
-                         edits=[lw.ScaleAttention(3.0, keys=(0, 2), layers=[1, 2]), lw.AblateHead(0, 5, mode="mean")])
+    tr = tiny_gpt2.trace(
+        "Call me Ishmael.",
+        max_new_tokens=12,
+        do_sample=True,
+        temperature=1.3,
+        edits=[lw.ScaleAttention(3.0, keys=(0, 2), layers=[1, 2]), lw.AblateHead(0, 5, mode="mean")],
+    )
     record = json.loads(json.dumps(tr.record))
     assert record["generation"]["seed"] is not None and record["generation"]["temperature"] == 1.3
     assert record["model"]["source"]["weights_sha256"] == tiny_gpt2.source["weights_sha256"]
     again = lw.replay(record, tiny_gpt2)
     assert again.generated_ids == tr.generated_ids
     assert lw.replay(record).generated_ids == tr.generated_ids  # loads the bundled model by name
-    other_seed = tiny_gpt2.trace("Call me Ishmael.", max_new_tokens=12, do_sample=True, temperature=1.3,
-                                 seed=record["generation"]["seed"] + 1)
+    other_seed = tiny_gpt2.trace(
+        "Call me Ishmael.", max_new_tokens=12, do_sample=True, temperature=1.3, seed=record["generation"]["seed"] + 1
+    )
     assert other_seed.generated_ids != tr.generated_ids
 
 
@@ -95,9 +100,12 @@ def test_chat_messages_use_the_chat_template(smollm2):
 
 
 def _model_state(lm):
-    return (lm.model.config._attn_implementation, lm.model.training,
-            sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in lm.model.modules()),
-            [k for m in lm.model.modules() for k in m.__dict__ if k.startswith("_llm_widgets")])
+    return (
+        lm.model.config._attn_implementation,
+        lm.model.training,
+        sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in lm.model.modules()),
+        [k for m in lm.model.modules() for k in m.__dict__ if k.startswith("_llm_widgets")],
+    )
 
 
 def test_restored_after_errors_and_interrupts(monkeypatch):
@@ -105,7 +113,8 @@ def test_restored_after_errors_and_interrupts(monkeypatch):
     lm.model.train()  # whatever mode the user left it in comes back
     before = _model_state(lm)
     for error in (RuntimeError("boom"), KeyboardInterrupt()):
-        def explode(*args, **kwargs):
+
+        def explode(*args, error=error, **kwargs):
             raise error
 
         monkeypatch.setattr(capture.RunState, "attend", explode)
@@ -117,8 +126,14 @@ def test_restored_after_errors_and_interrupts(monkeypatch):
 
 
 def test_two_models_from_one_config_do_not_interfere():
-    config = transformers.LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=2)
+    config = transformers.LlamaConfig(
+        vocab_size=96,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
     torch.manual_seed(0)
     a = lw.LanguageModel(transformers.LlamaForCausalLM(config).eval(), ToyTokenizer(), name="a")
     b = lw.LanguageModel(transformers.LlamaForCausalLM(config).eval(), ToyTokenizer(), name="b")
@@ -161,17 +176,23 @@ def test_no_growth_over_many_runs():
     assert grown < 256 * 1024, f"python memory grew by {grown} bytes over 1000 runs"
 
 
-@pytest.mark.parametrize("bad, message", [
-    (dict(prompt=""), "prompt is empty"),
-    (dict(prompt=[]), "prompt"),
-    (dict(prompt=[1, 2, 999]), "token ids must be between 0 and 95"),
-    (dict(max_new_tokens=-1), "max_new_tokens must be an integer >= 0"),
-    (dict(max_new_tokens=200), "longer than the context"),
-    (dict(edits=[lw.ScaleAttention(2.0, keys=(10, 40))]), r"outside the sequence: positions run from 0 to 17"),
-    (dict(edits=[lw.ScaleAttention(2.0, keys=(0, 2), layers=[2])]), "layer 2 is out of range; this model has layers 0 to 1"),
-    (dict(edits=[lw.ScaleAttention(2.0, keys=(0, 2), heads=[4])]), "head 4 is out of range"),
-    (dict(edits=[lw.AblateHead(5, 0)]), "layer 5 is out of range"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (dict(prompt=""), "prompt is empty"),
+        (dict(prompt=[]), "prompt"),
+        (dict(prompt=[1, 2, 999]), "token ids must be between 0 and 95"),
+        (dict(max_new_tokens=-1), "max_new_tokens must be an integer >= 0"),
+        (dict(max_new_tokens=200), "longer than the context"),
+        (dict(edits=[lw.ScaleAttention(2.0, keys=(10, 40))]), r"outside the sequence: positions run from 0 to 17"),
+        (
+            dict(edits=[lw.ScaleAttention(2.0, keys=(0, 2), layers=[2])]),
+            "layer 2 is out of range; this model has layers 0 to 1",
+        ),
+        (dict(edits=[lw.ScaleAttention(2.0, keys=(0, 2), heads=[4])]), "head 4 is out of range"),
+        (dict(edits=[lw.AblateHead(5, 0)]), "layer 5 is out of range"),
+    ],
+)
 def test_bad_input_is_a_clear_error_and_changes_nothing(bad, message):
     lm = build("llama")
     before = _model_state(lm)
@@ -215,14 +236,36 @@ def _outside_the_registry(attn: str | None = None):
     """A tiny model whose attention does not go through transformers' AttentionInterface in
     the installed version (models join the registry over releases: GPT-J did in 5.24)."""
     candidates = [
-        (transformers.FalconConfig, transformers.FalconForCausalLM,
-         dict(vocab_size=96, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, new_decoder_architecture=False,
-              multi_query=False, max_position_embeddings=128)),
-        (transformers.BloomConfig, transformers.BloomForCausalLM,
-         dict(vocab_size=96, hidden_size=64, n_layer=2, n_head=4)),
-        (transformers.GPTNeoConfig, transformers.GPTNeoForCausalLM,
-         dict(vocab_size=96, hidden_size=64, num_layers=2, num_heads=4, attention_types=[[["global"], 2]],
-              max_position_embeddings=128)),
+        (
+            transformers.FalconConfig,
+            transformers.FalconForCausalLM,
+            dict(
+                vocab_size=96,
+                hidden_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                new_decoder_architecture=False,
+                multi_query=False,
+                max_position_embeddings=128,
+            ),
+        ),
+        (
+            transformers.BloomConfig,
+            transformers.BloomForCausalLM,
+            dict(vocab_size=96, hidden_size=64, n_layer=2, n_head=4),
+        ),
+        (
+            transformers.GPTNeoConfig,
+            transformers.GPTNeoForCausalLM,
+            dict(
+                vocab_size=96,
+                hidden_size=64,
+                num_layers=2,
+                num_heads=4,
+                attention_types=[[["global"], 2]],
+                max_position_embeddings=128,
+            ),
+        ),
     ]
     for config_class, model_class, kwargs in candidates:
         if not compat.uses_attention_registry(model_class(config_class(**kwargs))):
@@ -243,7 +286,9 @@ def test_models_outside_the_registry_view_through_eager_and_refuse_edits():
     torch.testing.assert_close(tr.attention(1, 2), reference[1][0, 2].float())
     assert tr.attention(0, 0, queries=0, keys=(1, len(tr))).max() == 0  # causal: the first token sees itself only
     name = type(model).__name__
-    with pytest.raises(ValueError, match=rf"{name} \(model_type '{model.config.model_type}'\) computes attention its own way"):
+    with pytest.raises(
+        ValueError, match=rf"{name} \(model_type '{model.config.model_type}'\) computes attention its own way"
+    ):
         lm.trace(PROMPT, edits=[lw.ScaleAttention(2.0, keys=(0, 2))])
 
 
@@ -280,7 +325,11 @@ def test_every_generated_token_has_attention(tiny_gpt2):
     tr = tiny_gpt2.trace("Call me Ishmael.", max_new_tokens=5)
     full = tiny_gpt2.trace(tr.input_ids.tolist())  # the whole sequence in one forward pass
     for layer in range(4):
-        torch.testing.assert_close(tr.attention(layer, 3, queries=len(tr) - 1), full.attention(layer, 3, queries=len(tr) - 1),
-                                   atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            tr.attention(layer, 3, queries=len(tr) - 1),
+            full.attention(layer, 3, queries=len(tr) - 1),
+            atol=1e-5,
+            rtol=0,
+        )
     uncached = tiny_gpt2.trace("Call me Ishmael.", max_new_tokens=5, use_cache=False)
     torch.testing.assert_close(uncached.attention(2, 1), full.attention(2, 1), atol=1e-5, rtol=0)

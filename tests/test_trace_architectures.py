@@ -15,8 +15,14 @@ import llm_widgets as lw
 
 VOCAB = 96
 PROMPT = [5, 17, 42, 8, 23, 61, 4, 77, 19, 33, 50, 12, 9, 70]
-SMALL = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-             max_position_embeddings=128)
+SMALL = dict(
+    vocab_size=VOCAB,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    max_position_embeddings=128,
+)
 
 
 def _configs():
@@ -28,13 +34,30 @@ def _configs():
         "qwen3": lambda: t.Qwen3Config(**SMALL, num_key_value_heads=2, head_dim=16),
         "mistral": lambda: t.MistralConfig(**SMALL, num_key_value_heads=2, sliding_window=6),
         "gemma": lambda: t.GemmaConfig(**SMALL, num_key_value_heads=1, head_dim=16),
-        "gemma2": lambda: t.Gemma2Config(**SMALL, num_key_value_heads=2, head_dim=16, sliding_window=6,
-                                         attn_logit_softcapping=5.0, final_logit_softcapping=30.0),
-        "gemma3": lambda: t.Gemma3TextConfig(**SMALL, num_key_value_heads=2, head_dim=16, sliding_window=6,
-                                             layer_types=["sliding_attention", "full_attention"]),
+        "gemma2": lambda: t.Gemma2Config(
+            **SMALL,
+            num_key_value_heads=2,
+            head_dim=16,
+            sliding_window=6,
+            attn_logit_softcapping=5.0,
+            final_logit_softcapping=30.0,
+        ),
+        "gemma3": lambda: t.Gemma3TextConfig(
+            **SMALL,
+            num_key_value_heads=2,
+            head_dim=16,
+            sliding_window=6,
+            layer_types=["sliding_attention", "full_attention"],
+        ),
         "phi3": lambda: t.Phi3Config(**SMALL, num_key_value_heads=2, pad_token_id=0),
-        "bert": lambda: t.BertConfig(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                     intermediate_size=96, max_position_embeddings=128),
+        "bert": lambda: t.BertConfig(
+            vocab_size=VOCAB,
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=96,
+            max_position_embeddings=128,
+        ),
     }
 
 
@@ -115,14 +138,18 @@ def test_recomputed_attention_equals_eager(arch, lm):
 def test_edits_match_with_and_without_cache(arch, lm):
     if arch in MASKED:
         pytest.skip("masked models do not generate")
-    edits = [lw.ScaleAttention(0.05, keys=(1, 6), layers=[0]), lw.AblateHead(layer=1, head=3),
-             lw.ScaleAttention(8.0, keys=(3, 9), layers=[1], heads=[1])]  # one head: its group alone is masked
+    edits = [
+        lw.ScaleAttention(0.05, keys=(1, 6), layers=[0]),
+        lw.AblateHead(layer=1, head=3),
+        lw.ScaleAttention(8.0, keys=(3, 9), layers=[1], heads=[1]),
+    ]  # one head: its group alone is masked
     cached = lm.trace(PROMPT, max_new_tokens=8, edits=edits)
     uncached = lm.trace(PROMPT, max_new_tokens=8, edits=edits, use_cache=False)
     assert cached.generated_ids == uncached.generated_ids
     # the attention of generated tokens is there too, and agrees between the two runs
-    torch.testing.assert_close(cached.attention(0, 1, queries=(14, 22)), uncached.attention(0, 1, queries=(14, 22)),
-                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        cached.attention(0, 1, queries=(14, 22)), uncached.attention(0, 1, queries=(14, 22)), atol=1e-5, rtol=0
+    )
 
 
 def test_factor_one_changes_nothing(lm):

@@ -54,7 +54,7 @@ def test_generated_tokens_have_attention_rows(smollm2):
     rows = tr.attention(20, 0, queries=(tr.n_prompt, len(tr)))
     assert rows.shape == (4, len(tr))
     torch.testing.assert_close(rows.sum(-1), torch.ones(4))
-    assert rows[0, tr.n_prompt + 1:].abs().max() == 0  # causal: no attention to the future
+    assert rows[0, tr.n_prompt + 1 :].abs().max() == 0  # causal: no attention to the future
 
 
 @pytest.mark.parametrize("name", ["tiny-gpt2", "smollm2"])

@@ -33,8 +33,11 @@ def test_traces_are_warning_free(tiny_gpt2, strict):
         tiny_gpt2.trace("Hello", max_new_tokens=2)
         tiny_gpt2.trace("Hello", max_new_tokens=3, do_sample=True, seed=1)
         tiny_gpt2.trace("Hello", max_new_tokens=3, use_cache=False)
-        tr = tiny_gpt2.trace("It is a truth universally acknowledged", max_new_tokens=4,
-                             edits=[lw.ScaleAttention(3.0, keys=(0, 3)), lw.AblateHead(1, 2)])
+        tr = tiny_gpt2.trace(
+            "It is a truth universally acknowledged",
+            max_new_tokens=4,
+            edits=[lw.ScaleAttention(3.0, keys=(0, 3)), lw.AblateHead(1, 2)],
+        )
         tr.attention(2, 1)
         lw.replay(tr.record, tiny_gpt2)
 

@@ -118,8 +118,9 @@ def test_requests_answer_with_binary_matrices(view):
     np.testing.assert_allclose(decode_rows_uint8(message, buffers)[0], tr.attention(1, 0)[-1].numpy(), atol=1 / 255)
     message, buffers = view.answer({"what": "grid", "size": 6})
     assert message["shape"] == [4 * 8 * 6, 6]
-    np.testing.assert_allclose(decode_rows_uint8(message, buffers)[6 * 9: 6 * 10],
-                               tr.attention_overview(1, 1, size=6).numpy(), atol=1 / 255)
+    np.testing.assert_allclose(
+        decode_rows_uint8(message, buffers)[6 * 9 : 6 * 10], tr.attention_overview(1, 1, size=6).numpy(), atol=1 / 255
+    )
 
 
 def test_bad_requests_reply_with_an_error(view):
@@ -174,11 +175,11 @@ def test_grid_of_a_long_trace_samples_one_exact_row_per_bin(tiny_gpt2, monkeypat
     assert grid.shape == (4 * 8 * 4, 4)
     edges = torch.linspace(0, n, 5).round().long()
     layer, head = 2, 5
-    thumb = grid[(layer * 8 + head) * 4:(layer * 8 + head + 1) * 4]
+    thumb = grid[(layer * 8 + head) * 4 : (layer * 8 + head + 1) * 4]
     full = view.trace.attention(layer, head)
     for b in range(4):
         row = full[edges[b + 1] - 1]  # the bin's last query, exactly
-        expected = [row[edges[k]:edges[k + 1]].max().item() for k in range(4)]
+        expected = [row[edges[k] : edges[k + 1]].max().item() for k in range(4)]
         assert thumb[b].tolist() == pytest.approx(expected, abs=1e-6)
 
 
@@ -203,6 +204,7 @@ def test_zoom_tiles_and_head_rows(view):
 
 # --- export: what is on screen, as files ---
 
+
 def test_save_png_svg_html_keep_the_selection(view, tmp_path):
     from PIL import Image
 
@@ -219,6 +221,7 @@ def test_save_png_svg_html_keep_the_selection(view, tmp_path):
     from html import escape
 
     from llm_widgets.export.attention import shown
+
     for token in view.trace.tokens[:10]:  # the zoomed region's tokens label the axes, as text
         assert f">{escape(shown(token))}</text>" in text
     html_text = page.read_text()
@@ -229,8 +232,9 @@ def test_save_png_svg_html_keep_the_selection(view, tmp_path):
     import json
     import re
 
-    data = json.loads(re.search(r'<script type="application/json" id="llm-widgets-data">(.*?)</script>',
-                                html_text, re.S).group(1))
+    data = json.loads(
+        re.search(r'<script type="application/json" id="llm-widgets-data">(.*?)</script>', html_text, re.S).group(1)
+    )
     assert (data["layer"], data["head"], data["query"], data["queries"]) == (2, 3, 6, [0, 10])
     assert data["tokens"] == view.trace.tokens and data["record"]["output_ids"] == view.trace.generated_ids
     assert data["query_row"] == pytest.approx(view.trace.attention(2, 3)[6].tolist(), abs=1e-6)
@@ -265,15 +269,21 @@ def editor(tiny_gpt2):
 
 
 def _scale(factor, keys, layers=None, heads=None):
-    return {"kind": "scale_attention", "factor": factor, "keys": [list(keys)], "queries": None,
-            "layers": layers, "heads": heads}
+    return {
+        "kind": "scale_attention",
+        "factor": factor,
+        "keys": [list(keys)],
+        "queries": None,
+        "layers": layers,
+        "heads": heads,
+    }
 
 
 def test_editor_starts_from_the_run_without_edits(editor, tiny_gpt2):
     plain = tiny_gpt2.trace(PROMPT, max_new_tokens=8, seed=0)
     assert editor.fidelity == 0.0
     assert editor.edit_specs == [] and editor.edits == []
-    assert editor.unedited_tokens == editor.new_tokens == plain.tokens[plain.n_prompt:]
+    assert editor.unedited_tokens == editor.new_tokens == plain.tokens[plain.n_prompt :]
     assert editor.target == editor.new_tokens[0]
     assert editor.p_before == pytest.approx(plain.chosen_probability(0)) == pytest.approx(editor.p_after)
     assert json.loads(editor.record_json)["output_ids"] == plain.generated_ids
@@ -284,7 +294,7 @@ def test_ui_edits_regenerate_and_equal_model_trace(editor, tiny_gpt2):
     editor.edit_specs = [_scale(10.0, (4, 6)), {"kind": "ablate_head", "layer": 1, "head": 2, "mode": "zero"}]
     direct = tiny_gpt2.trace(PROMPT, max_new_tokens=8, seed=0, edits=editor.edits)
     assert editor.edits == [lw.ScaleAttention(10.0, keys=(4, 6)), lw.AblateHead(1, 2)]
-    assert editor.new_tokens == direct.tokens[direct.n_prompt:] != editor.unedited_tokens
+    assert editor.new_tokens == direct.tokens[direct.n_prompt :] != editor.unedited_tokens
     assert editor.tokens == direct.tokens and editor.revision == revision + 1 and not editor.busy
     assert editor.p_after == pytest.approx(direct.probability(editor.unedited.next_token_id))
     assert json.loads(editor.record_json)["edits"][1] == {"kind": "ablate_head", "layer": 1, "head": 2, "mode": "zero"}
@@ -369,14 +379,20 @@ def test_trace_probability_of_any_token(tiny_gpt2):
 
 def test_every_synced_trait_is_typed_and_explained():
     """What a widget sends its front end is documented where it is declared (as lonboard does)."""
-    ours = {(c.__name__, name): trait for widget in lw._WIDGETS for c in getattr(lw, widget).__mro__
-            if c.__module__.startswith("llm_widgets") for name, trait in vars(c).items()
-            if isinstance(trait, traitlets.TraitType) and trait.metadata.get("sync")}
+    ours = {
+        (c.__name__, name): trait
+        for widget in lw._WIDGETS
+        for c in getattr(lw, widget).__mro__
+        if c.__module__.startswith("llm_widgets")
+        for name, trait in vars(c).items()
+        if isinstance(trait, traitlets.TraitType) and trait.metadata.get("sync")
+    }
     assert len(ours) > 60
     assert [key for key, trait in ours.items() if not trait.help] == []
 
 
 # --- where no widget front end runs: the static fallback ---
+
 
 def _fallback(widget) -> tuple[dict, str]:
     data, _ = widget._repr_mimebundle_()
@@ -385,8 +401,12 @@ def _fallback(widget) -> tuple[dict, str]:
 
 def test_every_view_carries_its_figure_and_text_as_a_static_fallback(tiny_gpt2):
     trace = tiny_gpt2.trace("<b>Call</b> me Ishmael", max_new_tokens=3)
-    figures = [lw.AttentionView(trace, layer=1, head=2), lw.AttributionView(trace.attribute(trace.generated_ids[0])),
-               lw.AttentionEditor(tiny_gpt2, "<b>Call</b> me", max_new_tokens=3), lw.LensView(trace)]
+    figures = [
+        lw.AttentionView(trace, layer=1, head=2),
+        lw.AttributionView(trace.attribute(trace.generated_ids[0])),
+        lw.AttentionEditor(tiny_gpt2, "<b>Call</b> me", max_new_tokens=3),
+        lw.LensView(trace),
+    ]
     for widget in figures:
         data, page = _fallback(widget)
         assert "application/vnd.jupyter.widget-view+json" in data  # the live widget still ranks first
@@ -403,7 +423,9 @@ def test_every_view_carries_its_figure_and_text_as_a_static_fallback(tiny_gpt2):
 def test_the_editor_fallback_says_both_outputs(tiny_gpt2):
     editor = lw.AttentionEditor(tiny_gpt2, "Call me", max_new_tokens=4, edits=[lw.ScaleAttention(5.0, keys=(0, 1))])
     text = _fallback(editor)[0]["text/plain"]
-    assert f"without edits: {editor.unedited.output_text!r}" in text and f"with edits:    {editor.output_text!r}" in text
+    assert (
+        f"without edits: {editor.unedited.output_text!r}" in text and f"with edits:    {editor.output_text!r}" in text
+    )
 
 
 def test_the_monitor_fallback_is_its_charts_once_it_has_steps(tiny_gpt2):

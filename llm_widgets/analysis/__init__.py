@@ -1,12 +1,12 @@
 """Analyses on top of the trace engine, one module per job.
 
-    trace.attribute(" Paris", contrast=" London")     # attribution.py: which input tokens drove an output
-    trace.logit_lens(k=5, target=" Paris")             # lens.py: what each layer would predict
-    patch(model, clean, corrupted, " Mary", " John")   # patching.py: which layer, position, head makes it
-    ablation_sweep(trace, " Mary", " John")            # patching.py: every head removed in turn
-    compare(trace_a, trace_b)                          # compare.py: two runs side by side
-    profile(model, prompt, max_new_tokens=8)           # profile.py: time and memory per module
-    scaling(model, lengths=[256, 512, 1024])           # scaling.py: how cost grows with length
+trace.attribute(" Paris", contrast=" London")     # attribution.py: which input tokens drove an output
+trace.logit_lens(k=5, target=" Paris")             # lens.py: what each layer would predict
+patch(model, clean, corrupted, " Mary", " John")   # patching.py: which layer, position, head makes it
+ablation_sweep(trace, " Mary", " John")            # patching.py: every head removed in turn
+compare(trace_a, trace_b)                          # compare.py: two runs side by side
+profile(model, prompt, max_new_tokens=8)           # profile.py: time and memory per module
+scaling(model, lengths=[256, 512, 1024])           # scaling.py: how cost grows with length
 """
 
 from .attribution import METHODS, Attribution, attribute
@@ -16,5 +16,21 @@ from .patching import SITES, Patching, Sweep, ablation_sweep, patch
 from .profile import Profile, profile
 from .scaling import Scaling, scaling
 
-__all__ = ["METHODS", "SITES", "Attribution", "Comparison", "LogitLens", "Patching", "Profile", "Scaling", "Sweep",
-           "ablation_sweep", "attribute", "compare", "logit_lens", "patch", "profile", "scaling"]
+__all__ = [
+    "METHODS",
+    "SITES",
+    "Attribution",
+    "Comparison",
+    "LogitLens",
+    "Patching",
+    "Profile",
+    "Scaling",
+    "Sweep",
+    "ablation_sweep",
+    "attribute",
+    "compare",
+    "logit_lens",
+    "patch",
+    "profile",
+    "scaling",
+]

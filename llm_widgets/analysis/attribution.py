@@ -15,7 +15,6 @@ training mode, the attention implementation.
 from __future__ import annotations
 
 import warnings
-
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
@@ -69,16 +68,16 @@ class Attribution:
 
     def __repr__(self) -> str:
         top = ", ".join(f"{t!r} {s:+.3g}" for _, t, s in self.top(3))
-        return (f"Attribution({self.method}, step {self.step}, {self.quantity} = {self.score:.3f}; "
-                f"strongest: {top})")
+        return f"Attribution({self.method}, step {self.step}, {self.quantity} = {self.score:.3f}; strongest: {top})"
 
 
 @provides(Trace.attribute)
 def attribute(trace: Trace, target, contrast, method, step, n_steps, baseline) -> Attribution:
     """See Trace.attribute."""
     if trace.edits:  # (stacklevel 3: the user's call, past Trace.attribute's binding)
-        warnings.warn("this trace was run with attention edits; attribution explains the model without them",
-                      stacklevel=3)
+        warnings.warn(
+            "this trace was run with attention edits; attribution explains the model without them", stacklevel=3
+        )
     if method not in METHODS:
         raise InputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if baseline not in BASELINES:
@@ -89,13 +88,15 @@ def attribute(trace: Trace, target, contrast, method, step, n_steps, baseline) -
     n_steps_available = len(trace) if per_token else max(1, len(trace.generated_ids))
     step = 0 if step is None else step
     if not isinstance(step, int) or not 0 <= step < n_steps_available:
-        raise InputError(f"step {step!r} is out of range: this trace has steps 0 to {n_steps_available - 1} "
-                         f"(step s attributes the token generated after the prompt and s earlier ones)")
+        raise InputError(
+            f"step {step!r} is out of range: this trace has steps 0 to {n_steps_available - 1} "
+            f"(step s attributes the token generated after the prompt and s earlier ones)"
+        )
     notes: list[str] = []
-    ids = trace.input_ids[:trace.n_prompt if per_token else trace.n_prompt + step]
+    ids = trace.input_ids[: trace.n_prompt if per_token else trace.n_prompt + step]
     decoder_ids = None
     if kind == "seq2seq":  # the source tokens are scored; the decoder is fed what it had produced before `step`
-        ids, decoder_ids = ids[:trace.n_source], ids[trace.n_source:]
+        ids, decoder_ids = ids[: trace.n_source], ids[trace.n_source :]
     classifier = kind == "classifier"  # logits [batch, classes]: the text's, no position
     if per_token:
         position = step
@@ -107,9 +108,11 @@ def attribute(trace: Trace, target, contrast, method, step, n_steps, baseline) -
         mask = getattr(lm.tokenizer, "mask_token_id", None)
         hits = (ids == mask).nonzero() if mask is not None else []
         if len(hits) == 0:
-            raise InputError(f"{lm.name} is a masked model: put its mask token "
-                             f"{getattr(lm.tokenizer, 'mask_token', None)!r} in the prompt, and the attribution is for "
-                             f"what it predicts there")
+            raise InputError(
+                f"{lm.name} is a masked model: put its mask token "
+                f"{getattr(lm.tokenizer, 'mask_token', None)!r} in the prompt, and the attribution is for "
+                f"what it predicts there"
+            )
         position = int(hits[0, 0])
     if target is None and per_token:
         target_id = lm.label_id(trace.token_labels[step][1])
@@ -122,8 +125,9 @@ def attribute(trace: Trace, target, contrast, method, step, n_steps, baseline) -
     if classifier or per_token:
         contrast_id = None if contrast is None else lm.label_id(contrast)
     else:
-        contrast_id = None if contrast is None else first_token_id(lm.tokenizer, contrast, "contrast", notes,
-                                                                    len(lm.tokenizer))
+        contrast_id = (
+            None if contrast is None else first_token_id(lm.tokenizer, contrast, "contrast", notes, len(lm.tokenizer))
+        )
     if contrast_id is not None and contrast_id == target_id:
         raise InputError(f"target and contrast are the same token ({target!r}): give two different tokens")
 
@@ -149,16 +153,28 @@ def attribute(trace: Trace, target, contrast, method, step, n_steps, baseline) -
     value = score_of(logits[None]).item()
     name = (lambda i: lm.labels[i]) if lm.labels else (lambda i: lm.tokenizer.decode([i]))
     return Attribution(
-        tokens=list(trace.tokens[:len(ids)]), scores=scores.float().cpu(), target=name(target_id),
-        target_id=target_id, contrast=None if contrast_id is None else name(contrast_id),
-        contrast_id=contrast_id, method=method, step=step, p_target=float(probs[target_id]),
-        p_contrast=None if contrast_id is None else float(probs[contrast_id]), score=value,
-        n_prompt=trace.n_source or trace.n_prompt, head_importance=head_importance, delta=delta, notes=notes,
-        trace=trace)
+        tokens=list(trace.tokens[: len(ids)]),
+        scores=scores.float().cpu(),
+        target=name(target_id),
+        target_id=target_id,
+        contrast=None if contrast_id is None else name(contrast_id),
+        contrast_id=contrast_id,
+        method=method,
+        step=step,
+        p_target=float(probs[target_id]),
+        p_contrast=None if contrast_id is None else float(probs[contrast_id]),
+        score=value,
+        n_prompt=trace.n_source or trace.n_prompt,
+        head_importance=head_importance,
+        delta=delta,
+        notes=notes,
+        trace=trace,
+    )
 
 
-def _forward(lm: LanguageModel, embeds: torch.Tensor, ids: torch.Tensor, decoder_ids: torch.Tensor | None = None,
-             **kwargs):
+def _forward(
+    lm: LanguageModel, embeds: torch.Tensor, ids: torch.Tensor, decoder_ids: torch.Tensor | None = None, **kwargs
+):
     """The model on input embeddings (an encoder-decoder's source, its decoder fed `decoder_ids`). A
     plain PyTorch model takes ids only: its embedding's output is replaced by `embeds` for the call."""
     model = lm.model
@@ -195,8 +211,9 @@ def _baseline(lm: LanguageModel, embed, ids, embeds, name: str) -> torch.Tensor:
     return embed(torch.full_like(ids[None], token).to(embeds.device)).detach().to(embeds.dtype)
 
 
-def _captum(lm: LanguageModel, ids, embeds, score_of, method: str, n_steps: int, reference: torch.Tensor,
-            decoder_ids=None):
+def _captum(
+    lm: LanguageModel, ids, embeds, score_of, method: str, n_steps: int, reference: torch.Tensor, decoder_ids=None
+):
     from captum.attr import InputXGradient, IntegratedGradients, Occlusion
 
     seen: dict[str, torch.Tensor] = {}
@@ -207,8 +224,9 @@ def _captum(lm: LanguageModel, ids, embeds, score_of, method: str, n_steps: int,
             seen["logits"] = logits[0].detach()
         return score_of(logits)
 
-    embeds = embeds.float() if embeds.dtype in (torch.float16, torch.bfloat16) and embeds.device.type == "cpu" \
-        else embeds
+    embeds = (
+        embeds.float() if embeds.dtype in (torch.float16, torch.bfloat16) and embeds.device.type == "cpu" else embeds
+    )
     delta = None
     if method == "grad_x_input":
         attr = InputXGradient(forward).attribute(embeds.clone().requires_grad_(True))
@@ -216,13 +234,21 @@ def _captum(lm: LanguageModel, ids, embeds, score_of, method: str, n_steps: int,
         if not isinstance(n_steps, int) or n_steps < 2:
             raise InputError(f"n_steps must be an integer >= 2 for integrated gradients; got {n_steps!r}")
         attr, gap = IntegratedGradients(forward).attribute(
-            embeds.clone().requires_grad_(True), baselines=reference.to(embeds.dtype), n_steps=n_steps,
-            internal_batch_size=min(n_steps, 16), return_convergence_delta=True)
+            embeds.clone().requires_grad_(True),
+            baselines=reference.to(embeds.dtype),
+            n_steps=n_steps,
+            internal_batch_size=min(n_steps, 16),
+            return_convergence_delta=True,
+        )
         delta = float(gap.abs().max())
     else:  # occlusion: each token's embedding replaced by the baseline's, one at a time
         with torch.no_grad():
-            attr = Occlusion(forward).attribute(embeds, sliding_window_shapes=(1, embeds.shape[-1]),
-                                                strides=(1, embeds.shape[-1]), baselines=reference.to(embeds.dtype))
+            attr = Occlusion(forward).attribute(
+                embeds,
+                sliding_window_shapes=(1, embeds.shape[-1]),
+                strides=(1, embeds.shape[-1]),
+                baselines=reference.to(embeds.dtype),
+            )
         attr = attr / embeds.shape[-1]  # Occlusion spreads each token's effect over its features
     if "logits" not in seen:
         with torch.no_grad():
@@ -235,8 +261,10 @@ def _attention_x_grad(lm: LanguageModel, ids, embeds, score_of, decoder_ids=None
     (an encoder-decoder's cross-attention: each output token's weights over the source)."""
     model = lm.model
     if lm.plain:
-        raise InputError("attention_x_grad needs attention weights, which a plain PyTorch model's fused attention "
-                         "does not return; use grad_x_input, integrated_gradients or occlusion")
+        raise InputError(
+            "attention_x_grad needs attention weights, which a plain PyTorch model's fused attention "
+            "does not return; use grad_x_input, integrated_gradients or occlusion"
+        )
     with model_mode(model, attn_implementation="eager"):  # SDPA gives no weights
         x = embeds.clone().requires_grad_(True)  # so the graph (and the weights' gradients) exists
         out = _forward(lm, x, ids, decoder_ids, output_attentions=True)

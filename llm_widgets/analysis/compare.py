@@ -42,8 +42,10 @@ class Comparison:
     def __repr__(self) -> str:
         top = self.top_heads(1)
         head = f"; most changed head {top[0][:2]} (max |Δ| {top[0][2]:.3f})" if top else ""
-        return (f"Comparison({self.a.output_text!r} vs {self.b.output_text!r}; first diverging step "
-                f"{self.first_diverging_step}{head})")
+        return (
+            f"Comparison({self.a.output_text!r} vs {self.b.output_text!r}; first diverging step "
+            f"{self.first_diverging_step}{head})"
+        )
 
 
 def compare(a: Trace, b: Trace, *, positions: str = "common") -> Comparison:
@@ -56,10 +58,13 @@ def compare(a: Trace, b: Trace, *, positions: str = "common") -> Comparison:
         raise InputError(f"positions must be 'common' or 'aligned'; got {positions!r}")
     notes: list[str] = []
     tok_a, tok_b = a.model.tokenizer, b.model.tokenizer
-    if tok_a is not tok_b and (len(tok_a) != len(tok_b) or getattr(tok_a, "get_vocab", dict)() !=
-                               getattr(tok_b, "get_vocab", dict)()):
-        raise InputError(f"the two runs use different tokenizers ({a.model.name!r}, {b.model.name!r}): token by token "
-                         f"comparison needs one vocabulary")
+    if tok_a is not tok_b and (
+        len(tok_a) != len(tok_b) or getattr(tok_a, "get_vocab", dict)() != getattr(tok_b, "get_vocab", dict)()
+    ):
+        raise InputError(
+            f"the two runs use different tokenizers ({a.model.name!r}, {b.model.name!r}): token by token "
+            f"comparison needs one vocabulary"
+        )
     ids_a, ids_b = a.input_ids.tolist(), b.input_ids.tolist()
     common = 0
     while common < min(len(ids_a), len(ids_b)) and ids_a[common] == ids_b[common]:
@@ -74,17 +79,26 @@ def compare(a: Trace, b: Trace, *, positions: str = "common") -> Comparison:
             p_b = b.probability(token, step)
         except ValueError:  # a's token is not among the tokens b kept for this step
             p_b = None
-        steps.append({"step": step, "token_a": a.tokens[a.n_prompt + step], "token_b": b.tokens[b.n_prompt + step],
-                      "p_a": a.chosen_probability(step), "p_b_of_a": p_b,
-                      "delta": None if p_b is None else p_b - a.chosen_probability(step)})
+        steps.append(
+            {
+                "step": step,
+                "token_a": a.tokens[a.n_prompt + step],
+                "token_b": b.tokens[b.n_prompt + step],
+                "p_a": a.chosen_probability(step),
+                "p_b_of_a": p_b,
+                "delta": None if p_b is None else p_b - a.chosen_probability(step),
+            }
+        )
         if other != token:
             diverged = step
             break
     attention_max = attention_mean = None
     same_shape = (a.n_layers, a.n_heads) == (b.n_layers, b.n_heads)
     if not same_shape:
-        notes.append(f"the models differ in shape ({a.n_layers}x{a.n_heads} vs {b.n_layers}x{b.n_heads}): "
-                     f"no attention difference")
+        notes.append(
+            f"the models differ in shape ({a.n_layers}x{a.n_heads} vs {b.n_layers}x{b.n_heads}): "
+            f"no attention difference"
+        )
     elif n == 0:
         notes.append("the runs share no position: no attention difference (try positions='aligned')")
     else:
@@ -92,9 +106,19 @@ def compare(a: Trace, b: Trace, *, positions: str = "common") -> Comparison:
         attention_mean = torch.zeros(a.n_layers, a.n_heads)
         for layer in range(a.n_layers):
             for head in range(a.n_heads):
-                delta = (b.attention(layer, head, queries=(0, n), keys=(0, n))
-                         - a.attention(layer, head, queries=(0, n), keys=(0, n))).abs()
+                delta = (
+                    b.attention(layer, head, queries=(0, n), keys=(0, n))
+                    - a.attention(layer, head, queries=(0, n), keys=(0, n))
+                ).abs()
                 attention_max[layer, head] = delta.max()
                 attention_mean[layer, head] = delta.mean()
-    return Comparison(a=a, b=b, positions=n, steps=steps, attention_max=attention_max,
-                      attention_mean=attention_mean, first_diverging_step=diverged, notes=notes)
+    return Comparison(
+        a=a,
+        b=b,
+        positions=n,
+        steps=steps,
+        attention_max=attention_max,
+        attention_mean=attention_mean,
+        first_diverging_step=diverged,
+        notes=notes,
+    )

@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from .._provide import provides
 from .. import checks
+from .._provide import provides
 from ..errors import InputError
 from ..models.anatomy import anatomy, block_output
 from ..models.devices import input_device
@@ -76,6 +76,7 @@ def residual_streams(trace: Trace, positions: torch.Tensor | None = None) -> lis
         def hook(_module, _args, output):
             hidden = block_output(output)[0]
             kept[layer] = (hidden if positions is None else hidden[positions.to(hidden.device)]).detach()
+
         return hook
 
     with held(model):  # hooks only once the model is ours: another run's forward must not meet them
@@ -84,9 +85,11 @@ def residual_streams(trace: Trace, positions: torch.Tensor | None = None) -> lis
             device = input_device(model)
             ids = trace.input_ids[None].to(device)
             # the trace's own edits apply, so the lens reads the run that was traced
-            edited = (instrument(model, RunState(lm.facts.n_layers, lm.facts.n_heads, len(trace), trace.edits,
-                                                 capture=False))
-                      if trace.edits else contextlib.nullcontext())
+            edited = (
+                instrument(model, RunState(lm.facts.n_layers, lm.facts.n_heads, len(trace), trace.edits, capture=False))
+                if trace.edits
+                else contextlib.nullcontext()
+            )
             with edited:
                 model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
         finally:
@@ -109,7 +112,9 @@ def logit_lens(trace: Trace, k: int, target: Any, positions: Any) -> LogitLens:
     else:
         pos = torch.as_tensor([positions] if isinstance(positions, int) else list(positions), dtype=torch.long)
         if pos.numel() == 0 or int(pos.min()) < -n or int(pos.max()) >= n:
-            raise InputError(f"positions {positions!r} are outside the sequence: 0 to {n - 1} (or negative from the end)")
+            raise InputError(
+                f"positions {positions!r} are outside the sequence: 0 to {n - 1} (or negative from the end)"
+            )
         pos = pos % n
     notes: list[str] = []
     target_id = None if target is None else first_token_id(lm.tokenizer, target, "target", notes, len(lm.tokenizer))
@@ -120,7 +125,7 @@ def logit_lens(trace: Trace, k: int, target: Any, positions: Any) -> LogitLens:
         for hidden in streams:
             ids_l, probs_l, tp_l, tr_l = [], [], [], []
             for start in range(0, len(pos), POSITION_BLOCK):
-                logits = parts.logits(hidden[start:start + POSITION_BLOCK]).float()
+                logits = parts.logits(hidden[start : start + POSITION_BLOCK]).float()
                 probs = torch.softmax(logits, dim=-1)
                 p, i = probs.topk(k, dim=-1)
                 ids_l.append(i.cpu())
@@ -138,10 +143,17 @@ def logit_lens(trace: Trace, k: int, target: Any, positions: Any) -> LogitLens:
     tok = lm.tokenizer
     flat = decode_each(tok, ids.reshape(-1).tolist())
     L, P = ids.shape[:2]
-    top_tokens = [[flat[(l * P + p) * k:(l * P + p + 1) * k] for p in range(P)] for l in range(L)]
-    return LogitLens(tokens=[trace.tokens[i] for i in pos.tolist()], positions=pos.tolist(), top_ids=ids,
-                     top_probs=torch.stack(top_probs), top_tokens=top_tokens,
-                     target=None if target_id is None else tok.decode([target_id]), target_id=target_id,
-                     target_probs=torch.stack(target_probs) if target_id is not None else None,
-                     target_ranks=torch.stack(target_ranks) if target_id is not None else None,
-                     notes=notes, trace=trace)
+    top_tokens = [[flat[(l * P + p) * k : (l * P + p + 1) * k] for p in range(P)] for l in range(L)]
+    return LogitLens(
+        tokens=[trace.tokens[i] for i in pos.tolist()],
+        positions=pos.tolist(),
+        top_ids=ids,
+        top_probs=torch.stack(top_probs),
+        top_tokens=top_tokens,
+        target=None if target_id is None else tok.decode([target_id]),
+        target_id=target_id,
+        target_probs=torch.stack(target_probs) if target_id is not None else None,
+        target_ranks=torch.stack(target_ranks) if target_id is not None else None,
+        notes=notes,
+        trace=trace,
+    )

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 
@@ -66,17 +67,22 @@ class Patching:
         """The k cells with the largest |effect|: ((layer, position-or-head), effect)."""
         flat = self.effect.flatten()
         order = torch.argsort(flat.abs(), descending=True)[:k].tolist()
-        return [(tuple(int(i) for i in torch.unravel_index(torch.tensor(o), self.effect.shape)), float(flat[o]))
-                for o in order]
+        return [
+            (tuple(int(i) for i in torch.unravel_index(torch.tensor(o), self.effect.shape)), float(flat[o]))
+            for o in order
+        ]
 
     def __repr__(self) -> str:
-        (cell, value), = self.top(1) or [((), 0.0)]
-        return (f"Patching({self.site}, {self.quantity}: clean {self.clean_score:.3f}, corrupted "
-                f"{self.corrupted_score:.3f}; effect {list(self.effect.shape)}, strongest {self.axes} {cell}: "
-                f"{value:+.3f})")
+        ((cell, value),) = self.top(1) or [((), 0.0)]
+        return (
+            f"Patching({self.site}, {self.quantity}: clean {self.clean_score:.3f}, corrupted "
+            f"{self.corrupted_score:.3f}; effect {list(self.effect.shape)}, strongest {self.axes} {cell}: "
+            f"{value:+.3f})"
+        )
 
 
 # --- the score, and running many patched rows as batches ---
+
 
 def _scorer(target_id: int, contrast_id: int | None) -> Callable[[torch.Tensor], torch.Tensor]:
     def score(last_logits: torch.Tensor) -> torch.Tensor:  # [rows, vocab] -> [rows]
@@ -84,6 +90,7 @@ def _scorer(target_id: int, contrast_id: int | None) -> Callable[[torch.Tensor],
         if contrast_id is None:
             return torch.log_softmax(last_logits, dim=-1)[:, target_id]
         return last_logits[:, target_id] - last_logits[:, contrast_id]
+
     return score
 
 
@@ -99,8 +106,11 @@ def _layer_chunks(patches: list[tuple[int, Any, Any]], size: int, length: int) -
     start = 0
     while start < len(patches):
         stop = start + 1
-        while stop < len(patches) and stop - start < size and \
-                (patches[stop][0] == patches[stop - 1][0] or stop - start < min_rows):
+        while (
+            stop < len(patches)
+            and stop - start < size
+            and (patches[stop][0] == patches[stop - 1][0] or stop - start < min_rows)
+        ):
             stop += 1
         yield range(start, stop)
         start = stop
@@ -133,13 +143,16 @@ def _progress(total: int, enabled: bool, what: str):
 
 # --- what is patched where ---
 
+
 def _site_modules(parts: Anatomy, site: str, name: str) -> list[torch.nn.Module]:
     modules = {"residual": list(parts.blocks), "attention": list(parts.attentions), "mlp": list(parts.mlps)}[site]
     missing = [i for i, m in enumerate(modules) if m is None]
     if missing:
-        raise InputError(f"{name} has no {site} module in layer(s) {missing[:5]}: its blocks' children are "
-                         f"{[n for n, _ in parts.blocks[missing[0]].named_children()]}; choose another site of "
-                         f"{', '.join(SITES)}")
+        raise InputError(
+            f"{name} has no {site} module in layer(s) {missing[:5]}: its blocks' children are "
+            f"{[n for n, _ in parts.blocks[missing[0]].named_children()]}; choose another site of "
+            f"{', '.join(SITES)}"
+        )
     return modules  # type: ignore[return-value]
 
 
@@ -151,22 +164,28 @@ def _replace_output(output: Any, hidden: torch.Tensor) -> Any:
     return hidden
 
 
-def _capture_site(lm: LanguageModel, ids: torch.Tensor, site: str, parts: Anatomy) -> tuple[list[torch.Tensor], torch.Tensor]:
+def _capture_site(
+    lm: LanguageModel, ids: torch.Tensor, site: str, parts: Anatomy
+) -> tuple[list[torch.Tensor], torch.Tensor]:
     """One run of `ids`: the site's output per layer ([T, d], or [T, heads, head_dim] for heads)
     and the last position's logits."""
     model = lm.model
     kept: dict[int, torch.Tensor] = {}
     handles = []
     if site == "heads":
+
         def head_hook(layer: int, out: torch.Tensor) -> torch.Tensor:
             kept[layer] = out[0].detach().clone()
             return out
+
         run = RunState(lm.facts.n_layers, lm.facts.n_heads, ids.shape[1], capture=False, head_hook=head_hook)
         context = instrument(model, run)
     else:
         for layer, module in enumerate(_site_modules(parts, site, lm.name)):
+
             def hook(_m, _a, output, layer=layer):
                 kept[layer] = block_output(output)[0].detach().clone()
+
             handles.append(module.register_forward_hook(hook))
         context = contextlib.nullcontext()
     try:
@@ -178,8 +197,15 @@ def _capture_site(lm: LanguageModel, ids: torch.Tensor, site: str, parts: Anatom
     return [kept[layer] for layer in range(lm.facts.n_layers)], logits
 
 
-def run_patched(lm: LanguageModel, ids: torch.Tensor, site: str, patches: list[tuple[int, Any, Any]],
-                source: list[torch.Tensor] | None, *, mode: str = "patch") -> torch.Tensor:
+def run_patched(
+    lm: LanguageModel,
+    ids: torch.Tensor,
+    site: str,
+    patches: list[tuple[int, Any, Any]],
+    source: list[torch.Tensor] | None,
+    *,
+    mode: str = "patch",
+) -> torch.Tensor:
     """Last-position logits of one batch: row r runs `ids` with patches[r] = (layer, where, what)
     applied. site "residual"/"attention"/"mlp": `where` is a position (or slice), the row's output
     of that module takes source[layer][where]. site "heads": `where` is a head, (head, position)
@@ -197,6 +223,7 @@ def run_patched(lm: LanguageModel, ids: torch.Tensor, site: str, patches: list[t
     # so the layers below cost one row, not `rows`.
     handles = [parts.blocks[min(by_layer)].register_forward_pre_hook(_fan_out(rows), with_kwargs=True)]
     if site == "heads":
+
         def head_hook(layer: int, out: torch.Tensor) -> torch.Tensor:
             todo = by_layer.get(layer)
             if not todo:
@@ -211,8 +238,10 @@ def run_patched(lm: LanguageModel, ids: torch.Tensor, site: str, patches: list[t
                 else:
                     out[row, position, head] = source[layer][position, head]
             return out
-        context = instrument(model, RunState(lm.facts.n_layers, lm.facts.n_heads, ids.shape[1], capture=False,
-                                             head_hook=head_hook))
+
+        context = instrument(
+            model, RunState(lm.facts.n_layers, lm.facts.n_heads, ids.shape[1], capture=False, head_hook=head_hook)
+        )
     else:
         for layer, module in enumerate(_site_modules(parts, site, lm.name)):
             todo = by_layer.get(layer)
@@ -224,6 +253,7 @@ def run_patched(lm: LanguageModel, ids: torch.Tensor, site: str, patches: list[t
                 for row, where in todo:
                     hidden[row, where] = 0 if mode == "zero" else source[layer][where]
                 return _replace_output(output, hidden)
+
             handles.append(module.register_forward_hook(hook))
         context = contextlib.nullcontext()
     try:
@@ -240,14 +270,16 @@ def _fan_out(rows: int):
             return (args[0].repeat(rows, *[1] * (args[0].dim() - 1)), *args[1:]), kwargs
         hidden = kwargs["hidden_states"]
         return args, {**kwargs, "hidden_states": hidden.repeat(rows, *[1] * (hidden.dim() - 1))}
+
     return hook
 
 
 # --- the public entry points ---
 
+
 def _ids(lm: LanguageModel, prompt: Any) -> torch.Tensor:
     if isinstance(prompt, Trace):
-        return prompt.input_ids[:prompt.n_prompt]
+        return prompt.input_ids[: prompt.n_prompt]
     return prompt_ids(lm, prompt)
 
 
@@ -269,14 +301,25 @@ def _check_model(lm: Any, site: str) -> None:
     if site not in SITES:
         raise InputError(f"unknown site {site!r}; choose one of {', '.join(SITES)}")
     if site == "heads" and not uses_attention_registry(lm.model):
-        raise InputError(f"site='heads' needs a model whose attention goes through transformers' "
-                         f"AttentionInterface; {lm.facts.architecture} computes attention its own way. "
-                         f"Use site='attention' (each layer's whole attention output)")
+        raise InputError(
+            f"site='heads' needs a model whose attention goes through transformers' "
+            f"AttentionInterface; {lm.facts.architecture} computes attention its own way. "
+            f"Use site='attention' (each layer's whole attention output)"
+        )
 
 
-def patch(model: LanguageModel, clean: Any, corrupted: Any, target: Any, contrast: Any = None, *,
-          site: str = "residual", per_position: bool = False, budget_bytes: int = DEFAULT_BUDGET,
-          progress: bool = True) -> Patching:
+def patch(
+    model: LanguageModel,
+    clean: Any,
+    corrupted: Any,
+    target: Any,
+    contrast: Any = None,
+    *,
+    site: str = "residual",
+    per_position: bool = False,
+    budget_bytes: int = DEFAULT_BUDGET,
+    progress: bool = True,
+) -> Patching:
     """Activation patching from the `clean` prompt into the `corrupted` one (strings, token ids or
     traces; the same number of tokens). site: "residual" (each block's output, layer x position),
     "attention" / "mlp" (each block's attention or MLP output, layer x position), "heads" (each
@@ -288,10 +331,12 @@ def patch(model: LanguageModel, clean: Any, corrupted: Any, target: Any, contras
     clean_ids, corrupted_ids = _ids(lm, clean), _ids(lm, corrupted)
     if len(clean_ids) != len(corrupted_ids):
         tok = lm.tokenizer
-        raise InputError(f"clean and corrupted prompts must have the same number of tokens to patch position by "
-                         f"position; got {len(clean_ids)} ({decode_each(tok, clean_ids.tolist())}) "
-                         f"and {len(corrupted_ids)} ({decode_each(tok, corrupted_ids.tolist())}). "
-                         f"Reword one so their tokens line up (e.g. swap names of one token each)")
+        raise InputError(
+            f"clean and corrupted prompts must have the same number of tokens to patch position by "
+            f"position; got {len(clean_ids)} ({decode_each(tok, clean_ids.tolist())}) "
+            f"and {len(corrupted_ids)} ({decode_each(tok, corrupted_ids.tolist())}). "
+            f"Reword one so their tokens line up (e.g. swap names of one token each)"
+        )
     checks.integer(budget_bytes, "budget_bytes", low=1)
     notes: list[str] = []
     target_id, contrast_id = _targets(lm, target, contrast, notes)
@@ -306,8 +351,11 @@ def patch(model: LanguageModel, clean: Any, corrupted: Any, target: Any, contras
         clean_score, corrupted_score = float(score(clean_logits)), float(score(corrupted_logits))
         if site == "heads":
             n_heads = source[0].shape[1]  # from the captured tensor, never the config
-            cells = [(l, h, p) for l in range(facts.n_layers) for h in range(n_heads) for p in range(T)] \
-                if per_position else [(l, h, None) for l in range(facts.n_layers) for h in range(n_heads)]
+            cells = (
+                [(l, h, p) for l in range(facts.n_layers) for h in range(n_heads) for p in range(T)]
+                if per_position
+                else [(l, h, None) for l in range(facts.n_layers) for h in range(n_heads)]
+            )
             patches = [(l, (h, p) if p is not None else h, None) for l, h, p in cells]
             shape = (facts.n_layers, n_heads, T) if per_position else (facts.n_layers, n_heads)
         else:
@@ -317,13 +365,23 @@ def patch(model: LanguageModel, clean: Any, corrupted: Any, target: Any, contras
     raw = raw.reshape(shape)
     effect = _normalised(raw, clean_score, corrupted_score, notes)
     tok = lm.tokenizer
-    return Patching(site=site, effect=effect, raw=raw, target=tok.decode([target_id]), target_id=target_id,
-                    contrast=None if contrast_id is None else tok.decode([contrast_id]), contrast_id=contrast_id,
-                    clean_score=clean_score, corrupted_score=corrupted_score,
-                    quantity=_quantity(tok.decode([target_id]), None if contrast_id is None else tok.decode([contrast_id])),
-                    tokens=decode_each(tok, corrupted_ids[0].tolist()),
-                    clean_tokens=decode_each(tok, clean_ids[0].tolist()), notes=notes,
-                    axes=("layer", "head") if site == "heads" else ("layer", "position"), model_name=lm.name)
+    return Patching(
+        site=site,
+        effect=effect,
+        raw=raw,
+        target=tok.decode([target_id]),
+        target_id=target_id,
+        contrast=None if contrast_id is None else tok.decode([contrast_id]),
+        contrast_id=contrast_id,
+        clean_score=clean_score,
+        corrupted_score=corrupted_score,
+        quantity=_quantity(tok.decode([target_id]), None if contrast_id is None else tok.decode([contrast_id])),
+        tokens=decode_each(tok, corrupted_ids[0].tolist()),
+        clean_tokens=decode_each(tok, clean_ids[0].tolist()),
+        notes=notes,
+        axes=("layer", "head") if site == "heads" else ("layer", "position"),
+        model_name=lm.name,
+    )
 
 
 def _run_all(lm, ids, site, patches, source, score, budget, progress, what, mode="patch") -> torch.Tensor:
@@ -344,8 +402,10 @@ def _run_all(lm, ids, site, patches, source, score, budget, progress, what, mode
 def _normalised(raw: torch.Tensor, clean: float, corrupted: float, notes: list[str]) -> torch.Tensor:
     gap = clean - corrupted
     if not math.isfinite(gap) or abs(gap) < 1e-6:
-        notes.append(f"the clean and corrupted scores are equal ({clean:.4g}): effects are shown unnormalised "
-                     f"(patched - corrupted)")
+        notes.append(
+            f"the clean and corrupted scores are equal ({clean:.4g}): effects are shown unnormalised "
+            f"(patched - corrupted)"
+        )
         return raw - corrupted
     return (raw - corrupted) / gap
 
@@ -365,8 +425,16 @@ class Sweep(Patching):
         return [(cell[0], cell[1], value) for cell, value in self.top(k)]
 
 
-def ablation_sweep(trace: Trace, target: Any = None, contrast: Any = None, *, method: str = "zero",
-                   layers: bool = True, budget_bytes: int = DEFAULT_BUDGET, progress: bool = True) -> Sweep:
+def ablation_sweep(
+    trace: Trace,
+    target: Any = None,
+    contrast: Any = None,
+    *,
+    method: str = "zero",
+    layers: bool = True,
+    budget_bytes: int = DEFAULT_BUDGET,
+    progress: bool = True,
+) -> Sweep:
     """Remove every head in turn (and, with layers=True, every layer's attention and MLP output)
     on the trace's prompt and read the change in the score (logit(target) - logit(contrast), or
     log p(target)); target defaults to the token the trace produced after the prompt. method:
@@ -382,12 +450,13 @@ def ablation_sweep(trace: Trace, target: Any = None, contrast: Any = None, *, me
     score = _scorer(target_id, contrast_id)
     facts = lm.facts
     device = input_device(lm.model)
-    ids = trace.input_ids[:trace.n_prompt][None].to(device)
+    ids = trace.input_ids[: trace.n_prompt][None].to(device)
     with held(lm.model):
         base = float(score(_forward_last(lm.model, ids)))
         heads = [(l, h, None) for l in range(facts.n_layers) for h in range(facts.n_heads)]
-        head_scores = _run_all(lm, ids, "heads", heads, None, score, budget_bytes, progress, "ablating heads",
-                               mode=method).reshape(facts.n_layers, facts.n_heads)
+        head_scores = _run_all(
+            lm, ids, "heads", heads, None, score, budget_bytes, progress, "ablating heads", mode=method
+        ).reshape(facts.n_layers, facts.n_heads)
         attention = mlp = None
         if layers:
             parts = anatomy(lm.model, facts.n_layers)
@@ -400,8 +469,23 @@ def ablation_sweep(trace: Trace, target: Any = None, contrast: Any = None, *, me
     tok = lm.tokenizer
     target_text = tok.decode([target_id])
     contrast_text = None if contrast_id is None else tok.decode([contrast_id])
-    return Sweep(site="ablation", effect=head_scores - base, raw=head_scores, tokens=trace.tokens[:trace.n_prompt],
-                 clean_tokens=trace.tokens[:trace.n_prompt], target=target_text, target_id=target_id,
-                 contrast=contrast_text, contrast_id=contrast_id, clean_score=base, corrupted_score=base,
-                 quantity=_quantity(target_text, contrast_text), notes=notes, axes=("layer", "head"),
-                 model_name=lm.name, attention=attention, mlp=mlp, method=method)
+    return Sweep(
+        site="ablation",
+        effect=head_scores - base,
+        raw=head_scores,
+        tokens=trace.tokens[: trace.n_prompt],
+        clean_tokens=trace.tokens[: trace.n_prompt],
+        target=target_text,
+        target_id=target_id,
+        contrast=contrast_text,
+        contrast_id=contrast_id,
+        clean_score=base,
+        corrupted_score=base,
+        quantity=_quantity(target_text, contrast_text),
+        notes=notes,
+        axes=("layer", "head"),
+        model_name=lm.name,
+        attention=attention,
+        mlp=mlp,
+        method=method,
+    )

@@ -19,20 +19,21 @@ import bisect
 import math
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
 from .. import checks
+from .._provide import provides
 from ..errors import InputError, WrongTypeError
 from ..models import LanguageModel
 from ..models.anatomy import anatomy
 from ..models.compat import output_cache
 from ..models.devices import input_device
-from .._provide import provides
 from ..trace import Trace, prompt_ids
 from ..trace.edits import validate_edits
 from ..trace.runner import held
@@ -101,15 +102,19 @@ class Profile:
         if self.new_tokens > 1:
             out.append(f"decode runs at {self.tokens_per_s:.1f} tokens/s")
         if self.peak_bytes > 0:
-            out.append(f"the KV cache ({_bytes(self.kv_cache_bytes)}) is {self.kv_cache_bytes / self.peak_bytes:.0%} of "
-                       f"the peak memory allocated during the run ({_bytes(self.peak_bytes)}; the weights, "
-                       f"{_bytes(self.parameter_bytes)}, come on top)")
+            out.append(
+                f"the KV cache ({_bytes(self.kv_cache_bytes)}) is {self.kv_cache_bytes / self.peak_bytes:.0%} of "
+                f"the peak memory allocated during the run ({_bytes(self.peak_bytes)}; the weights, "
+                f"{_bytes(self.parameter_bytes)}, come on top)"
+            )
         flops = next((m["flops"] for m in self.modules if m["depth"] == 0), 0)
         if flops and self.total_s:
             out.append(f"{flops / 1e9:.2f} GFLOP in all, {flops / self.total_s / 1e9:.1f} GFLOP/s")
         slowest = max((m for m in self.modules if m["depth"] > 0), key=lambda m: m["self_s"], default=None)
         if slowest is not None and self.total_s:
-            out.append(f"the most time in one module itself: {slowest['module']} ({slowest['self_s'] / self.total_s:.0%})")
+            out.append(
+                f"the most time in one module itself: {slowest['module']} ({slowest['self_s'] / self.total_s:.0%})"
+            )
         return out
 
     def save_chrome_trace(self, path: str | Path) -> Path:
@@ -119,9 +124,11 @@ class Profile:
         return path
 
     def __repr__(self) -> str:
-        return (f"Profile({self.model_name!r}: {self.prompt_tokens} prompt + {self.new_tokens} new tokens, total "
-                f"{self.total_s * 1e3:.1f} ms (prefill {self.prefill_s * 1e3:.1f}, decode {self.decode_s * 1e3:.1f}), "
-                f"KV cache {_bytes(self.kv_cache_bytes)}, peak {_bytes(self.peak_bytes)})")
+        return (
+            f"Profile({self.model_name!r}: {self.prompt_tokens} prompt + {self.new_tokens} new tokens, total "
+            f"{self.total_s * 1e3:.1f} ms (prefill {self.prefill_s * 1e3:.1f}, decode {self.decode_s * 1e3:.1f}), "
+            f"KV cache {_bytes(self.kv_cache_bytes)}, peak {_bytes(self.peak_bytes)})"
+        )
 
 
 def _inside_same_kind(row: dict, rows: list[dict]) -> bool:
@@ -131,7 +138,7 @@ def _inside_same_kind(row: dict, rows: list[dict]) -> bool:
 
 
 def _bytes(n: float) -> str:
-    for unit, size in (("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if abs(n) >= size:
             return f"{n / size:.1f} {unit}"
     return f"{int(n)} B"
@@ -164,6 +171,7 @@ def cache_bytes(cache: Any) -> int:
 
 
 # --- the clock in the modules ---
+
 
 class _Clock:
     """Forward hooks on every module: total and self time per (module, phase), and calls.
@@ -201,7 +209,7 @@ class _Clock:
             self.root_calls.append((start, elapsed))
             self.phase = "decode"
 
-    def __enter__(self) -> "_Clock":
+    def __enter__(self) -> _Clock:
         for module in self.names:
             self.handles.append(module.register_forward_pre_hook(self.pre))
             self.handles.append(module.register_forward_hook(self.post))
@@ -249,8 +257,17 @@ def _rss() -> int | None:
 
 # --- the entry point ---
 
-def profile(model: LanguageModel, prompt: Any, *, max_new_tokens: int = 0, edits: Any = (), repeats: int = 3,
-            flops: bool = True, memory: bool = True) -> Profile:
+
+def profile(
+    model: LanguageModel,
+    prompt: Any,
+    *,
+    max_new_tokens: int = 0,
+    edits: Any = (),
+    repeats: int = 3,
+    flops: bool = True,
+    memory: bool = True,
+) -> Profile:
     """Profile one run of `prompt` (prefill, then `max_new_tokens` of greedy generation with the KV
     cache), with `edits` applied as in model.trace. Times come from the median of `repeats` runs
     (by wall time) after a warm-up; FLOPs (FlopCounterMode) and memory (torch.profiler) come from
@@ -264,8 +281,9 @@ def profile(model: LanguageModel, prompt: Any, *, max_new_tokens: int = 0, edits
     if max_new_tokens and lm.facts.kind != "causal":
         raise InputError(f"{lm.name} is a masked model: it does not generate, use max_new_tokens=0")
     ids = prompt_ids(lm, prompt)
-    edits = validate_edits(edits, n_layers=lm.facts.n_layers, n_heads=lm.facts.n_heads,
-                           sequence_length=len(ids) + max_new_tokens)
+    edits = validate_edits(
+        edits, n_layers=lm.facts.n_layers, n_heads=lm.facts.n_heads, sequence_length=len(ids) + max_new_tokens
+    )
     net = lm.model
     device = input_device(net)
     sync = device.type == "cuda"
@@ -276,9 +294,15 @@ def profile(model: LanguageModel, prompt: Any, *, max_new_tokens: int = 0, edits
             return lm.trace(ids, max_new_tokens=max_new_tokens, edits=edits, capture=False)
         if max_new_tokens == 0:  # (held: no gradients)
             return net(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), use_cache=True)
-        return net.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), do_sample=False,
-                            max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, pad_token_id=lm.pad_token_id,
-                            return_dict_in_generate=True)
+        return net.generate(
+            input_ids=input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            do_sample=False,
+            max_new_tokens=max_new_tokens,
+            min_new_tokens=max_new_tokens,
+            pad_token_id=lm.pad_token_id,
+            return_dict_in_generate=True,
+        )
 
     with held(net):
         run()  # warm-up: first-call allocations and lazy initialisation are not what a user runs into
@@ -300,14 +324,30 @@ def profile(model: LanguageModel, prompt: Any, *, max_new_tokens: int = 0, edits
     decode = sum(s for _, s in middle.root_calls[1:])
     cached = len(ids) + max(max_new_tokens - 1, 0)  # generate never runs its last token
     per_token = kv / cached if cached else 0
-    steps = [{"step": i, "seconds": s, "kv_cache_bytes": int(per_token * (len(ids) + i))}
-             for i, (_, s) in enumerate(middle.root_calls)]
+    steps = [
+        {"step": i, "seconds": s, "kv_cache_bytes": int(per_token * (len(ids) + i))}
+        for i, (_, s) in enumerate(middle.root_calls)
+    ]
     parameter_bytes = sum(p.numel() * p.element_size() for p in net.parameters())
-    return Profile(model_name=lm.name, device=str(device), prompt_tokens=len(ids), new_tokens=max_new_tokens,
-                   total_s=middle.wall, prefill_s=prefill, decode_s=decode,
-                   kv_cache_bytes=kv, peak_bytes=peak, parameter_bytes=parameter_bytes, rss_peak_bytes=_rss(),
-                   modules=rows, steps=steps, timeline=timeline, step_times=step_starts, repeats=repeats,
-                   chrome_trace=chrome)
+    return Profile(
+        model_name=lm.name,
+        device=str(device),
+        prompt_tokens=len(ids),
+        new_tokens=max_new_tokens,
+        total_s=middle.wall,
+        prefill_s=prefill,
+        decode_s=decode,
+        kv_cache_bytes=kv,
+        peak_bytes=peak,
+        parameter_bytes=parameter_bytes,
+        rss_peak_bytes=_rss(),
+        modules=rows,
+        steps=steps,
+        timeline=timeline,
+        step_times=step_starts,
+        repeats=repeats,
+        chrome_trace=chrome,
+    )
 
 
 def _kinds(lm: LanguageModel) -> dict[str, str]:
@@ -355,11 +395,20 @@ def _rows(lm, clock: _Clock, counts: dict, peaks: dict) -> list[dict]:
         self_ = {p: clock.self_.get((name, p), 0.0) for p in ("prefill", "decode")}
         if name not in clock.calls:
             continue
-        rows.append({"module": name or type(lm.model).__name__, "depth": 0 if not name else name.count(".") + 1,
-                     "kind": kinds.get(name, "other"), "calls": clock.calls[name],
-                     "total_s": total["prefill"] + total["decode"], "self_s": self_["prefill"] + self_["decode"],
-                     "prefill_s": total["prefill"], "decode_s": total["decode"],
-                     "flops": int(counts.get(name, 0)), "peak_bytes": int(peaks.get(name or ROOT, 0))})
+        rows.append(
+            {
+                "module": name or type(lm.model).__name__,
+                "depth": 0 if not name else name.count(".") + 1,
+                "kind": kinds.get(name, "other"),
+                "calls": clock.calls[name],
+                "total_s": total["prefill"] + total["decode"],
+                "self_s": self_["prefill"] + self_["decode"],
+                "prefill_s": total["prefill"],
+                "decode_s": total["decode"],
+                "flops": int(counts.get(name, 0)),
+                "peak_bytes": int(peaks.get(name or ROOT, 0)),
+            }
+        )
     return rows
 
 
@@ -420,11 +469,11 @@ def allocation_levels(events, *, cuda: bool) -> tuple[list[float], list[int]]:
     """From torch.profiler events (profile_memory=True): the times of allocations and frees and the
     bytes allocated after each, above the start. Each op counts its own (self_) usage, so nested
     ops do not count twice; the allocator's free-standing "[memory]" events count too."""
+
     def usage(e) -> int:
         return e.self_device_memory_usage if cuda else e.self_cpu_memory_usage
 
-    changes = sorted((e.time_range.start, usage(e)) for e in events
-                     if not e.name.startswith("module::") and usage(e))
+    changes = sorted((e.time_range.start, usage(e)) for e in events if not e.name.startswith("module::") and usage(e))
     level, cumulative = 0, []
     for _, delta in changes:
         level += delta
@@ -436,5 +485,4 @@ def allocation_levels(events, *, cuda: bool) -> tuple[list[float], list[int]]:
 def profile_trace(trace: Trace) -> Profile:
     """trace.profile(): the trace's prompt, generation length and edits, profiled."""
     generated = len(trace.generated_ids)
-    return profile(trace.model, trace.input_ids[:trace.n_prompt].tolist(), max_new_tokens=generated,
-                   edits=trace.edits)
+    return profile(trace.model, trace.input_ids[: trace.n_prompt].tolist(), max_new_tokens=generated, edits=trace.edits)

@@ -41,8 +41,9 @@ class Scaling:
     def to_dataframe(self):
         import pandas as pd
 
-        return pd.DataFrame(self.rows, columns=["implementation", "batch_size", "length", "component", "seconds",
-                                                "peak_bytes"])
+        return pd.DataFrame(
+            self.rows, columns=["implementation", "batch_size", "length", "component", "seconds", "peak_bytes"]
+        )
 
     @provided
     def render(self, fmt: str) -> bytes:
@@ -58,8 +59,9 @@ class Scaling:
         return self.render("svg").decode("utf-8")
 
     def __repr__(self) -> str:
-        fitted = ", ".join(f"{impl} {c} ~L^{k:.2f}" for (impl, c), k in sorted(self.exponents.items())
-                           if c in ("attention", "mlp"))
+        fitted = ", ".join(
+            f"{impl} {c} ~L^{k:.2f}" for (impl, c), k in sorted(self.exponents.items()) if c in ("attention", "mlp")
+        )
         return f"Scaling({self.model_name!r}: {fitted})"
 
 
@@ -72,8 +74,15 @@ def fit_exponent(lengths: list[int], seconds: list[float]) -> float:
     return float(np.polyfit(x, y, 1)[0])
 
 
-def scaling(model: LanguageModel, lengths: Any = (256, 512, 1024, 2048), *, batch_sizes: Any = (1,),
-            implementations: Any = ("sdpa", "eager"), repeats: int = 3, memory: bool = True) -> Scaling:
+def scaling(
+    model: LanguageModel,
+    lengths: Any = (256, 512, 1024, 2048),
+    *,
+    batch_sizes: Any = (1,),
+    implementations: Any = ("sdpa", "eager"),
+    repeats: int = 3,
+    memory: bool = True,
+) -> Scaling:
     """Time one forward at each length (random token ids; median of `repeats`) with hooks on each
     block's attention and MLP; the rest is the model's total minus those. Peak memory from
     torch.profiler's allocator events (one pass per point). The model's attention implementation
@@ -111,13 +120,24 @@ def scaling(model: LanguageModel, lengths: Any = (256, 512, 1024, 2048), *, batc
                         ids = torch.randint(0, model.facts.vocab_size, (batch, n), generator=g).to(device)
                         times, peak = _measure(net, parts, ids, repeats, memory, device)
                         for component, seconds in times.items():
-                            rows.append({"implementation": impl, "batch_size": batch, "length": n,
-                                         "component": component, "seconds": seconds, "peak_bytes": peak})
+                            rows.append(
+                                {
+                                    "implementation": impl,
+                                    "batch_size": batch,
+                                    "length": n,
+                                    "component": component,
+                                    "seconds": seconds,
+                                    "peak_bytes": peak,
+                                }
+                            )
     exponents = {}
     for impl in {r["implementation"] for r in rows}:
         for component in COMPONENTS:
-            pts = sorted((r["length"], r["seconds"]) for r in rows if r["implementation"] == impl
-                         and r["component"] == component and r["batch_size"] == min(batch_sizes))
+            pts = sorted(
+                (r["length"], r["seconds"])
+                for r in rows
+                if r["implementation"] == impl and r["component"] == component and r["batch_size"] == min(batch_sizes)
+            )
             exponents[(impl, component)] = fit_exponent([p[0] for p in pts], [p[1] for p in pts])
     return Scaling(model_name=model.name, rows=rows, exponents=exponents, notes=notes)
 
@@ -138,6 +158,7 @@ def _measure(net, parts, ids, repeats: int, memory: bool, device) -> tuple[dict[
     def post_for(kind):
         def post(module, _args, _out):
             spent[kind] += clock() - starts.pop(id(module))
+
         return post
 
     handles = []

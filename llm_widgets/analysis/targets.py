@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from typing import Any
+
 from .. import checks
 from ..errors import InputError
 
@@ -22,8 +23,10 @@ def first_token_id(tokenizer: Any, token: Any, what: str, notes: list[str], voca
         raise InputError(f"{what} {token!r} is no token at all: give a word, e.g. ' Paris' (mind the space)")
     if len(ids) > 1:
         pieces = tokenizer.batch_decode([[i] for i in ids])
-        message = (f"{what} {token!r} is {len(ids)} tokens {pieces}; using its first token {pieces[0]!r}, "
-                   f"the one the model must choose first")
+        message = (
+            f"{what} {token!r} is {len(ids)} tokens {pieces}; using its first token {pieces[0]!r}, "
+            f"the one the model must choose first"
+        )
         notes.append(message)
         warnings.warn(message, stacklevel=4)
     return ids[0]

@@ -10,5 +10,15 @@ format from a suffix, `text` makes token text safe in SVG and HTML.
 from . import attention, attribution, files, matrix, monitor, profile, scaling, text
 from .attention import AttentionFigure, attention_figure
 
-__all__ = ["AttentionFigure", "attention", "attention_figure", "attribution", "files", "matrix", "monitor", "profile", "scaling",
-           "text"]
+__all__ = [
+    "AttentionFigure",
+    "attention",
+    "attention_figure",
+    "attribution",
+    "files",
+    "matrix",
+    "monitor",
+    "profile",
+    "scaling",
+    "text",
+]

@@ -21,12 +21,15 @@ from ..trace import Trace
 from ..trace.trace import OVERVIEW  # the pooled size the widget paints, and the figure's resolution
 from .files import to_bytes, write
 from .text import xml_text
+
 SIDE = 420  # drawn size of the heatmap, px (as in the widget)
 LABELLED = 48  # up to this many tokens per axis, each is labelled
 
 # The colour map of js/lib/heatmap.ts (light to dark, monotone in lightness).
-STOPS = np.array([[255, 255, 255], [224, 236, 244], [158, 188, 218], [140, 150, 198],
-                  [136, 86, 167], [110, 1, 107], [50, 0, 60]], dtype=np.float64)
+STOPS = np.array(
+    [[255, 255, 255], [224, 236, 244], [158, 188, 218], [140, 150, 198], [136, 86, 167], [110, 1, 107], [50, 0, 60]],
+    dtype=np.float64,
+)
 
 
 def colours(values: np.ndarray) -> np.ndarray:
@@ -86,9 +89,16 @@ class AttentionFigure:
         return buffer.getvalue()
 
 
-def attention_figure(trace: Trace, layer: int, head: int, *, query: int = -1,
-                     queries: tuple[int, int] | None = None, keys: tuple[int, int] | None = None,
-                     stack: str | None = None) -> AttentionFigure:
+def attention_figure(
+    trace: Trace,
+    layer: int,
+    head: int,
+    *,
+    query: int = -1,
+    queries: tuple[int, int] | None = None,
+    keys: tuple[int, int] | None = None,
+    stack: str | None = None,
+) -> AttentionFigure:
     part = trace.stack(stack)
     matrix = trace.attention_overview(layer, head, size=OVERVIEW, queries=queries, keys=keys, stack=part.name)
     q0, q1 = part.queries
@@ -97,14 +107,26 @@ def attention_figure(trace: Trace, layer: int, head: int, *, query: int = -1,
     row = None
     if query >= 0:
         row = np.zeros(len(trace), dtype=np.float32)
-        row[part.keys[0]:part.keys[1]] = trace.attention(layer, head, queries=query, stack=part.name)[0].numpy()
-    return AttentionFigure(model_name=trace.model.name, layer=layer, head=head, tokens=list(trace.tokens),
-                           n_prompt=trace.n_prompt, matrix=matrix.numpy(), queries=tuple(queries or part.queries),
-                           keys=tuple(keys or part.keys), query=query, query_row=row, record=trace.record,
-                           stack=part.name, whole=(part.queries, part.keys))
+        row[part.keys[0] : part.keys[1]] = trace.attention(layer, head, queries=query, stack=part.name)[0].numpy()
+    return AttentionFigure(
+        model_name=trace.model.name,
+        layer=layer,
+        head=head,
+        tokens=list(trace.tokens),
+        n_prompt=trace.n_prompt,
+        matrix=matrix.numpy(),
+        queries=tuple(queries or part.queries),
+        keys=tuple(keys or part.keys),
+        query=query,
+        query_row=row,
+        record=trace.record,
+        stack=part.name,
+        whole=(part.queries, part.keys),
+    )
 
 
 # --- layout shared by SVG and PNG ---
+
 
 def _layout(fig: AttentionFigure) -> dict:
     rows, cols = fig.matrix.shape
@@ -116,8 +138,17 @@ def _layout(fig: AttentionFigure) -> dict:
     lines = len(fig.top_keys()) + 1 if fig.query >= 0 else 0
     width = left + SIDE + 30
     height = top + SIDE + bottom + 16 * lines
-    return dict(rows=rows, cols=cols, left=left, top=top, width=width, height=height,
-                labelled_q=labelled_q, labelled_k=labelled_k, notes_y=top + SIDE + bottom)
+    return dict(
+        rows=rows,
+        cols=cols,
+        left=left,
+        top=top,
+        width=width,
+        height=height,
+        labelled_q=labelled_q,
+        labelled_k=labelled_k,
+        notes_y=top + SIDE + bottom,
+    )
 
 
 def _ticks(span: tuple[int, int], labelled: bool, fig: AttentionFigure) -> list[tuple[float, str]]:
@@ -146,7 +177,7 @@ def to_svg(fig: AttentionFigure) -> str:
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{lay["width"]}" height="{lay["height"]}" '
         f'viewBox="0 0 {lay["width"]} {lay["height"]}" font-family="monospace" font-size="11">',
-        f'<rect width="100%" height="100%" fill="#fff"/>',
+        '<rect width="100%" height="100%" fill="#fff"/>',
         f'<text x="{left}" y="20" font-size="13" font-weight="bold">{esc(fig.title)}</text>',
         f'<image x="{left}" y="{top}" width="{SIDE}" height="{SIDE}" preserveAspectRatio="none" '
         f'style="image-rendering:pixelated" href="data:image/png;base64,{png}"/>',
@@ -154,16 +185,22 @@ def to_svg(fig: AttentionFigure) -> str:
     ]
     for frac, label in _ticks(fig.queries, lay["labelled_q"], fig):
         y = top + frac * SIDE
-        parts.append(f'<text x="{left - 4}" y="{y:.1f}" text-anchor="end" dominant-baseline="middle">{esc(label)}</text>')
+        parts.append(
+            f'<text x="{left - 4}" y="{y:.1f}" text-anchor="end" dominant-baseline="middle">{esc(label)}</text>'
+        )
     for frac, label in _ticks(fig.keys, lay["labelled_k"], fig):
         x = left + frac * SIDE
-        parts.append(f'<text transform="translate({x:.1f},{top + SIDE + 6}) rotate(60)" '
-                     f'dominant-baseline="middle">{esc(label)}</text>')
+        parts.append(
+            f'<text transform="translate({x:.1f},{top + SIDE + 6}) rotate(60)" '
+            f'dominant-baseline="middle">{esc(label)}</text>'
+        )
     if fig.query >= 0 and fig.queries[0] <= fig.query < fig.queries[1]:
         h = SIDE / lay["rows"]
         row = int((fig.query - fig.queries[0]) * lay["rows"] / (fig.queries[1] - fig.queries[0]))
-        parts.append(f'<rect x="{left}" y="{top + row * h:.1f}" width="{SIDE}" height="{max(h, 2):.1f}" '
-                     f'fill="none" stroke="#e6550d" stroke-width="2"/>')
+        parts.append(
+            f'<rect x="{left}" y="{top + row * h:.1f}" width="{SIDE}" height="{max(h, 2):.1f}" '
+            f'fill="none" stroke="#e6550d" stroke-width="2"/>'
+        )
     for i, line in enumerate(_notes(fig)):
         parts.append(f'<text x="{left}" y="{lay["notes_y"] + 16 * i}" xml:space="preserve">{esc(line)}</text>')
     parts.append("</svg>")
@@ -192,8 +229,9 @@ def to_png(fig: AttentionFigure, scale: int = 2) -> bytes:
     if fig.query >= 0 and fig.queries[0] <= fig.query < fig.queries[1]:
         h = side / lay["rows"]
         row = int((fig.query - fig.queries[0]) * lay["rows"] / (fig.queries[1] - fig.queries[0]))
-        draw.rectangle([left, top + row * h, left + side, top + row * h + max(h, 2 * scale)], outline="#e6550d",
-                       width=2 * scale)
+        draw.rectangle(
+            [left, top + row * h, left + side, top + row * h + max(h, 2 * scale)], outline="#e6550d", width=2 * scale
+        )
     for i, line in enumerate(_notes(fig)):
         draw.text((left, (lay["notes_y"] + 16 * i) * scale), line, fill="black", font=font)
     buffer = io.BytesIO()
@@ -225,10 +263,20 @@ def to_html(fig: AttentionFigure) -> str:
         chips.append(f'<span class="{cls}"{style} title="{esc(f"{i}: {token!r}{weight}")}">{esc(shown(token))}</span>')
     values = (fig.matrix / max(float(fig.matrix.max()), 1e-12) * 255).round().astype(np.uint8)
     data = {
-        "model": fig.model_name, "layer": fig.layer, "head": fig.head, "query": fig.query,
-        "queries": list(fig.queries), "keys": list(fig.keys), "tokens": fig.tokens, "n_prompt": fig.n_prompt,
-        "map": {"shape": list(values.shape), "dtype": "uint8", "max": float(fig.matrix.max()),
-                "base64": base64.b64encode(values.tobytes()).decode("ascii")},
+        "model": fig.model_name,
+        "layer": fig.layer,
+        "head": fig.head,
+        "query": fig.query,
+        "queries": list(fig.queries),
+        "keys": list(fig.keys),
+        "tokens": fig.tokens,
+        "n_prompt": fig.n_prompt,
+        "map": {
+            "shape": list(values.shape),
+            "dtype": "uint8",
+            "max": float(fig.matrix.max()),
+            "base64": base64.b64encode(values.tobytes()).decode("ascii"),
+        },
         "query_row": row.tolist() if row is not None else None,
         "record": fig.record,
     }
@@ -244,7 +292,7 @@ body {{ font-family: system-ui, sans-serif; margin: 24px; color: #111; backgroun
 footer {{ color: #666; font-size: 12px; }}
 </style></head><body>
 <h1 style="font-size:16px">{esc(fig.title)}</h1>
-<div class="tokens" aria-label="tokens{', coloured by the query' if row is not None else ''}">{''.join(chips)}</div>
+<div class="tokens" aria-label="tokens{", coloured by the query" if row is not None else ""}">{"".join(chips)}</div>
 {to_svg(fig)}
 <footer>Exported by llm-widgets. Prompt tokens solid, generated dashed. The data (pooled map, the query's row,
 the run record) is embedded below as JSON.</footer>

@@ -9,7 +9,6 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 from ..analysis.attribution import Attribution
-
 from .attention import shown
 from .files import to_bytes, write
 from .text import xml_text
@@ -25,9 +24,11 @@ def diverging(value: float) -> tuple[int, int, int]:
 
 
 def _title(attr: Attribution) -> list[str]:
-    lines = [f"{attr.method}, step {attr.step}: {attr.quantity} = {attr.score:.3f}",
-             f"p({attr.target!r}) = {attr.p_target:.3f}" +
-             (f", p({attr.contrast!r}) = {attr.p_contrast:.3f}" if attr.contrast is not None else "")]
+    lines = [
+        f"{attr.method}, step {attr.step}: {attr.quantity} = {attr.score:.3f}",
+        f"p({attr.target!r}) = {attr.p_target:.3f}"
+        + (f", p({attr.contrast!r}) = {attr.p_contrast:.3f}" if attr.contrast is not None else ""),
+    ]
     if attr.delta is not None:
         lines.append(f"integrated gradients completeness gap: {attr.delta:.3g}")
     return lines
@@ -55,22 +56,32 @@ def to_svg(attr: Attribution) -> str:
     boxes = _layout(attr, lambda s: 7.2 * len(s))
     top = 16 * (len(_title(attr)) + 1)
     height = top + (boxes[-1][2] if boxes else 0) + 40
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height:.0f}" '
-             f'viewBox="0 0 {WIDTH} {height:.0f}" font-family="monospace" font-size="12">',
-             '<rect width="100%" height="100%" fill="#fff"/>']
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height:.0f}" '
+        f'viewBox="0 0 {WIDTH} {height:.0f}" font-family="monospace" font-size="12">',
+        '<rect width="100%" height="100%" fill="#fff"/>',
+    ]
     for i, line in enumerate(_title(attr)):
-        parts.append(f'<text x="10" y="{16 * (i + 1)}" font-weight="{"bold" if i == 0 else "normal"}">{esc(line)}</text>')
+        parts.append(
+            f'<text x="10" y="{16 * (i + 1)}" font-weight="{"bold" if i == 0 else "normal"}">{esc(line)}</text>'
+        )
     for i, x, y, w, label in boxes:
         r, g, b = diverging(float(attr.scores[i]) / peak)
         dark = abs(float(attr.scores[i]) / peak) > 0.6
         dash = ' stroke-dasharray="3,2"' if i >= attr.n_prompt else ""
-        parts.append(f'<rect x="{x:.1f}" y="{top + y:.1f}" width="{w:.1f}" height="20" rx="3" fill="rgb({r},{g},{b})" '
-                     f'stroke="#999"{dash}><title>{esc(f"{i}: {attr.tokens[i]!r} {float(attr.scores[i]):+.4g}")}</title></rect>')
-        parts.append(f'<text x="{x + 4:.1f}" y="{top + y + 14:.1f}" fill="{"#fff" if dark else "#111"}" '
-                     f'xml:space="preserve">{esc(label)}</text>')
-    parts.append(f'<text x="10" y="{height - 10:.0f}" fill="#555">orange (+) pushed towards {esc(repr(attr.target))}'
-                 f'{", blue (−) towards " + esc(repr(attr.contrast)) if attr.contrast else ", blue (−) against it"}'
-                 f'; colour scaled to the largest |score| {peak:.3g}</text>')
+        parts.append(
+            f'<rect x="{x:.1f}" y="{top + y:.1f}" width="{w:.1f}" height="20" rx="3" fill="rgb({r},{g},{b})" '
+            f'stroke="#999"{dash}><title>{esc(f"{i}: {attr.tokens[i]!r} {float(attr.scores[i]):+.4g}")}</title></rect>'
+        )
+        parts.append(
+            f'<text x="{x + 4:.1f}" y="{top + y + 14:.1f}" fill="{"#fff" if dark else "#111"}" '
+            f'xml:space="preserve">{esc(label)}</text>'
+        )
+    parts.append(
+        f'<text x="10" y="{height - 10:.0f}" fill="#555">orange (+) pushed towards {esc(repr(attr.target))}'
+        f"{', blue (−) towards ' + esc(repr(attr.contrast)) if attr.contrast else ', blue (−) against it'}"
+        f"; colour scaled to the largest |score| {peak:.3g}</text>"
+    )
     parts.append("</svg>")
     return "\n".join(parts)
 
@@ -97,18 +108,29 @@ def to_png(attr: Attribution, scale: int = 2) -> bytes:
 
 
 def to_html(attr: Attribution) -> str:
-    data = {"method": attr.method, "step": attr.step, "target": attr.target, "contrast": attr.contrast,
-            "p_target": attr.p_target, "p_contrast": attr.p_contrast, "score": attr.score, "tokens": attr.tokens,
-            "scores": attr.scores.tolist(), "delta": attr.delta,
-            "head_importance": None if attr.head_importance is None else attr.head_importance.tolist(),
-            "record": getattr(attr.trace, "record", None)}
+    data = {
+        "method": attr.method,
+        "step": attr.step,
+        "target": attr.target,
+        "contrast": attr.contrast,
+        "p_target": attr.p_target,
+        "p_contrast": attr.p_contrast,
+        "score": attr.score,
+        "tokens": attr.tokens,
+        "scores": attr.scores.tolist(),
+        "delta": attr.delta,
+        "head_importance": None if attr.head_importance is None else attr.head_importance.tolist(),
+        "record": getattr(attr.trace, "record", None),
+    }
     payload = json.dumps(data).replace("<", "\\u003c")
     title = xml_text(_title(attr)[0])
-    return (f"<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title}</title>"
-            f"<style>body {{ font-family: system-ui, sans-serif; margin: 24px; }}</style></head><body>\n"
-            f"{to_svg(attr)}\n<p style=\"color:#666;font-size:12px\">Exported by llm-widgets; the scores and the run "
-            f"record are embedded below as JSON.</p>\n"
-            f"<script type=\"application/json\" id=\"llm-widgets-data\">{payload}</script>\n</body></html>\n")
+    return (
+        f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
+        f"<style>body {{ font-family: system-ui, sans-serif; margin: 24px; }}</style></head><body>\n"
+        f'{to_svg(attr)}\n<p style="color:#666;font-size:12px">Exported by llm-widgets; the scores and the run '
+        f"record are embedded below as JSON.</p>\n"
+        f'<script type="application/json" id="llm-widgets-data">{payload}</script>\n</body></html>\n'
+    )
 
 
 def render(attr: Attribution, fmt: str) -> bytes:

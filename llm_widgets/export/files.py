@@ -3,16 +3,18 @@ the figure's PNG, SVG or standalone HTML, shared by every export module."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import InputError
 
 FORMATS = (".png", ".svg", ".html")
 
 
-def to_bytes(fig: Any, fmt: str, to_png: Callable[[Any], bytes], to_svg: Callable[[Any], str],
-           to_html: Callable[[Any], str]) -> bytes:
+def to_bytes(
+    fig: Any, fmt: str, to_png: Callable[[Any], bytes], to_svg: Callable[[Any], str], to_html: Callable[[Any], str]
+) -> bytes:
     """The file's bytes for "png", "svg" or "html" (what the widgets' buttons download)."""
     if fmt == "png":
         return to_png(fig)

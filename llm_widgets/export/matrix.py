@@ -74,9 +74,12 @@ def to_svg(fig: MatrixFigure) -> str:
     width, height = _size(fig)
     rgb = fig.rgb()
     rows, cols = fig.values.shape
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} '
-             f'{height}" font-family="monospace" font-size="10">', '<rect width="100%" height="100%" fill="#fff"/>',
-             f'<text x="8" y="18" font-size="13" font-weight="bold">{xml_text(fig.title)}</text>']
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} '
+        f'{height}" font-family="monospace" font-size="10">',
+        '<rect width="100%" height="100%" fill="#fff"/>',
+        f'<text x="8" y="18" font-size="13" font-weight="bold">{xml_text(fig.title)}</text>',
+    ]
     for c, label in enumerate(fig.column_labels):
         x = LEFT + c * CELL_W + CELL_W / 2
         parts.append(f'<text x="{x:.0f}" y="{TOP - 6}" text-anchor="middle">{xml_text(shown(label)[:8])}</text>')
@@ -84,7 +87,7 @@ def to_svg(fig: MatrixFigure) -> str:
         y = TOP + r * CELL_H
         parts.append(f'<text x="{LEFT - 6}" y="{y + 13}" text-anchor="end">{xml_text(label)}</text>')
         for c in range(cols):
-            colour = "#%02x%02x%02x" % tuple(int(v) for v in rgb[r, c])
+            colour = "#{:02x}{:02x}{:02x}".format(*(int(v) for v in rgb[r, c]))
             x = LEFT + c * CELL_W
             parts.append(f'<rect x="{x}" y="{y}" width="{CELL_W}" height="{CELL_H}" fill="{colour}"/>')
             ink = "#fff" if _dark(rgb[r, c]) else "#111"
@@ -118,8 +121,13 @@ def to_png(fig: MatrixFigure, scale: int = 2) -> bytes:
             x = (LEFT + c * CELL_W) * scale
             colour = tuple(int(v) for v in rgb[r, c])
             draw.rectangle([x, y, x + CELL_W * scale - 1, y + CELL_H * scale - 1], fill=colour)
-            draw.text((x + 3 * scale, y + 13 * scale), printable(_cell_word(fig, r, c)),
-                      fill="white" if _dark(colour) else "black", font=font, anchor="ls")
+            draw.text(
+                (x + 3 * scale, y + 13 * scale),
+                printable(_cell_word(fig, r, c)),
+                fill="white" if _dark(colour) else "black",
+                font=font,
+                anchor="ls",
+            )
     y = (TOP + rows * CELL_H + 20) * scale
     for i, (label, colour) in enumerate(fig.legend()):
         x = (LEFT + i * 60) * scale
@@ -133,8 +141,15 @@ def to_png(fig: MatrixFigure, scale: int = 2) -> bytes:
 
 
 def to_html(fig: MatrixFigure) -> str:
-    data = json.dumps({"title": fig.title, "rows": fig.row_labels, "columns": fig.column_labels,
-                       "values": np.nan_to_num(fig.values.astype(float)).round(5).tolist(), **fig.data})
+    data = json.dumps(
+        {
+            "title": fig.title,
+            "rows": fig.row_labels,
+            "columns": fig.column_labels,
+            "values": np.nan_to_num(fig.values.astype(float)).round(5).tolist(),
+            **fig.data,
+        }
+    )
     data = data.replace("<", "\\u003c")  # inside <script>, "</" would end the element
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{xml_text(fig.title)}</title>

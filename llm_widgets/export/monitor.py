@@ -43,8 +43,9 @@ def _matplotlib(monitor: GradientMonitor, fmt: str, groups: list[str], colours: 
         axes[1, 0].plot(part.step, part.grad_norm, color=colour, label=label, linewidth=1.2)
         axes[1, 1].plot(part.step, part.update_ratio, color=colour, label=label, linewidth=1.2)
     axes[1, 0].set(title="gradient norm per group", xlabel="step", yscale="log")
-    axes[1, 1].set(title="update / weight per group", xlabel="step",
-                   yscale="log" if (frame.update_ratio > 0).any() else "linear")
+    axes[1, 1].set(
+        title="update / weight per group", xlabel="step", yscale="log" if (frame.update_ratio > 0).any() else "linear"
+    )
     if len(groups) <= 12:
         axes[1, 0].legend(fontsize=7)
     for a in monitor.alerts[:50]:

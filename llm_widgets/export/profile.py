@@ -13,8 +13,16 @@ from ..errors import InputError
 from .text import plain_label, xml_text
 
 FORMATS = (".png", ".svg", ".html", ".json")
-KIND_COLOURS = {"attention": "#6a51a3", "mlp": "#e6550d", "head": "#31a354", "embedding": "#3182bd",
-                "norm": "#969696", "block": "#9e9ac8", "model": "#bdbdbd", "other": "#d9d9d9"}  # as profile_view.ts
+KIND_COLOURS = {
+    "attention": "#6a51a3",
+    "mlp": "#e6550d",
+    "head": "#31a354",
+    "embedding": "#3182bd",
+    "norm": "#969696",
+    "block": "#9e9ac8",
+    "model": "#bdbdbd",
+    "other": "#d9d9d9",
+}  # as profile_view.ts
 
 
 def _boxes(profile: Profile, zoom: str = "", levels: int = 5) -> list[tuple[dict, int, float, float]]:
@@ -72,15 +80,22 @@ def render(profile: Profile, fmt: str, zoom: str = "") -> bytes:
     fig = Figure(figsize=(10, 6.5), layout="constrained")
     top, bottom = fig.subplots(2, 1, height_ratios=[3, 2])
     for row, level, x0, x1 in _boxes(profile, zoom):
-        top.barh(-level, x1 - x0, left=x0, height=0.9, color=KIND_COLOURS.get(row["kind"], "#d9d9d9"),
-                 edgecolor="white")
+        top.barh(
+            -level, x1 - x0, left=x0, height=0.9, color=KIND_COLOURS.get(row["kind"], "#d9d9d9"), edgecolor="white"
+        )
         if x1 - x0 > 0.06:
             top.text(x0 + 0.003, -level, plain_label(row["module"].split(".")[-1]), va="center", fontsize=7)
-    top.set(title=plain_label(f"{profile.model_name}: time by module ({profile.total_s * 1e3:.0f} ms"
-                              f"{', zoomed into ' + zoom if zoom else ''})"), yticks=[], xlabel="share of time")
+    top.set(
+        title=plain_label(
+            f"{profile.model_name}: time by module ({profile.total_s * 1e3:.0f} ms"
+            f"{', zoomed into ' + zoom if zoom else ''})"
+        ),
+        yticks=[],
+        xlabel="share of time",
+    )
     if profile.timeline:
         t, b = zip(*profile.timeline)
-        bottom.plot(t, [x / 2 ** 20 for x in b], color="#6a51a3")
+        bottom.plot(t, [x / 2**20 for x in b], color="#6a51a3")
         for start in profile.step_times:
             bottom.axvline(start, color="#e6550d", alpha=0.3, linewidth=0.8)
     bottom.set(title="memory allocated during the run (forwards marked)", xlabel="seconds", ylabel="MiB")
@@ -90,12 +105,19 @@ def render(profile: Profile, fmt: str, zoom: str = "") -> bytes:
 
 
 def _html(profile: Profile, zoom: str) -> str:
-    data = json.dumps({"findings": profile.findings(), "modules": profile.modules, "steps": profile.steps,
-                       "total_s": profile.total_s, "kv_cache_bytes": profile.kv_cache_bytes})
+    data = json.dumps(
+        {
+            "findings": profile.findings(),
+            "modules": profile.modules,
+            "steps": profile.steps,
+            "total_s": profile.total_s,
+            "kv_cache_bytes": profile.kv_cache_bytes,
+        }
+    )
     data = data.replace("<", "\\u003c")
     items = "".join(f"<li>{xml_text(f)}</li>" for f in profile.findings())
     svg = render(profile, "svg", zoom).decode("utf-8")
-    svg = svg[svg.index("<svg"):]  # without the XML prolog, inside HTML
+    svg = svg[svg.index("<svg") :]  # without the XML prolog, inside HTML
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{xml_text(profile.model_name)} profile</title>
 <style>body{{font-family:system-ui,sans-serif;margin:16px;color:#111;background:#fff}}</style></head><body>

@@ -28,14 +28,22 @@ def render(scaling: Scaling, fmt: str) -> bytes:
     smallest = min((r["batch_size"] for r in rows), default=1)
     for impl in sorted({r["implementation"] for r in rows}):
         for component in ("attention", "mlp", "total"):
-            pts = sorted((r["length"], r["seconds"]) for r in rows
-                         if r["implementation"] == impl and r["component"] == component and r["batch_size"] == smallest)
+            pts = sorted(
+                (r["length"], r["seconds"])
+                for r in rows
+                if r["implementation"] == impl and r["component"] == component and r["batch_size"] == smallest
+            )
             if not pts:
                 continue
             k = scaling.exponents.get((impl, component), float("nan"))
             ax.plot(*zip(*pts), STYLES[component], marker="o", label=f"{impl} {component} (~L^{k:.2f})")
-    ax.set(xscale="log", yscale="log", xlabel="tokens", ylabel="seconds per forward",
-           title=f"{scaling.model_name}: time by length")
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="tokens",
+        ylabel="seconds per forward",
+        title=f"{scaling.model_name}: time by length",
+    )
     ax.legend(fontsize=8)
     buffer = io.BytesIO()
     fig.savefig(buffer, format=fmt)

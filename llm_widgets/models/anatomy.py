@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
 from ..errors import InputError
 
 _MLP_NAMES = ("mlp", "feed_forward", "ffn", "block_sparse_moe", "moe")
@@ -31,8 +32,10 @@ class Anatomy:
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Residual stream [..., d] -> logits [..., vocab], as the model's head computes them."""
         if self.unembedding is None:
-            raise InputError("this model has no unembedding (get_output_embeddings() is None): it does not predict "
-                             "tokens, so residual streams cannot be read as predictions")
+            raise InputError(
+                "this model has no unembedding (get_output_embeddings() is None): it does not predict "
+                "tokens, so residual streams cannot be read as predictions"
+            )
         if self.final_norm is not None:
             hidden = self.final_norm(hidden)
         logits = self.unembedding(hidden) * self.logit_scale
@@ -58,8 +61,10 @@ def anatomy(model: torch.nn.Module, n_layers: int) -> Anatomy:
                 if size > best:
                     parent, blocks, best = module, child, size
     if blocks is None:
-        raise InputError(f"{type(model).__name__}: no stack of {n_layers} blocks found, so per-layer analyses "
-                         f"(lens, patching) cannot locate its residual stream")
+        raise InputError(
+            f"{type(model).__name__}: no stack of {n_layers} blocks found, so per-layer analyses "
+            f"(lens, patching) cannot locate its residual stream"
+        )
     final_norm, after = None, False
     for child in parent.children():
         if child is blocks:
@@ -74,10 +79,15 @@ def anatomy(model: torch.nn.Module, n_layers: int) -> Anatomy:
     if getattr(config, "logit_scale", None) and isinstance(config.logit_scale, (int, float)):  # Cohere multiplies
         scale *= float(config.logit_scale)
     unembedding = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    return Anatomy(blocks=blocks, final_norm=final_norm, unembedding=unembedding,
-                   attentions=tuple(_child(block, _is_attention) for block in blocks),
-                   mlps=tuple(_child(block, _is_mlp) for block in blocks),
-                   logit_softcap=getattr(config, "final_logit_softcapping", None), logit_scale=scale)
+    return Anatomy(
+        blocks=blocks,
+        final_norm=final_norm,
+        unembedding=unembedding,
+        attentions=tuple(_child(block, _is_attention) for block in blocks),
+        mlps=tuple(_child(block, _is_mlp) for block in blocks),
+        logit_softcap=getattr(config, "final_logit_softcapping", None),
+        logit_scale=scale,
+    )
 
 
 def _is_attention(name: str, module: torch.nn.Module) -> bool:

@@ -8,7 +8,7 @@ warn (and go in 5.40). We ask the running version which one it wants.
 from __future__ import annotations
 
 import inspect
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 import torch
@@ -16,7 +16,7 @@ import transformers
 from packaging.version import Version
 
 
-@lru_cache(maxsize=None)
+@cache
 def _forward_takes(model_type: type, name: str) -> bool:
     return name in inspect.signature(model_type.forward).parameters
 
@@ -35,9 +35,9 @@ def takes_position_ids(model: torch.nn.Module) -> bool:
 # them with it (tests/test_registry_sweep.py checks every other causal LM of the installed transformers).
 UNSUPPORTED_ATTENTION: dict[str, str] = {
     "diffllama": "its differential attention subtracts two softmax maps per head (weighted by a learned lambda), so no "
-                 "single map is the attention the values see; showing both maps and their difference is not built",
+    "single map is the attention the values see; showing both maps and their difference is not built",
     "inkling_text": "it adds a learned position bias to the attention scores inside the attention function, which "
-                    "the recomputed maps would leave out",
+    "the recomputed maps would leave out",
 }
 
 
@@ -53,12 +53,14 @@ def unsupported_attention(model_type: str) -> str | None:
         return UNSUPPORTED_ATTENTION[model_type]
     since = CORRECT_FROM.get(model_type)
     if since and Version(transformers.__version__) < Version(since):
-        return (f"with transformers {transformers.__version__} its attention is not what llm-widgets recomputes from "
-                f"the attention function's inputs; upgrade to transformers >= {since}")
+        return (
+            f"with transformers {transformers.__version__} its attention is not what llm-widgets recomputes from "
+            f"the attention function's inputs; upgrade to transformers >= {since}"
+        )
     return None
 
 
-@lru_cache(maxsize=None)
+@cache
 def calls_attention_interface(module_type: type) -> bool:
     """Whether a module's forward computes attention through transformers' registry
     (ALL_ATTENTION_FUNCTIONS). A hybrid's linear-attention and state-space modules may carry a

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .._provide import provided
 from .. import checks
+from .._provide import provided
 from ..errors import InputError, WrongTypeError
 from .devices import placement
 from .plain import VocabTokenizer, attention_modules, is_encoder_decoder
@@ -73,8 +73,15 @@ class LanguageModel:
     output started with the tokenizer's bos token (`lw.VocabTokenizer(words, bos_token="<s>")`).
     """
 
-    def __init__(self, model: Any, tokenizer: Any = None, *, vocab: list[str] | None = None, name: str | None = None,
-                 source: dict | None = None):
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any = None,
+        *,
+        vocab: list[str] | None = None,
+        name: str | None = None,
+        source: dict | None = None,
+    ):
         if not isinstance(model, torch.nn.Module):
             raise WrongTypeError(
                 f"LanguageModel needs a Hugging Face transformers model or a PyTorch transformer (a torch.nn.Module), "
@@ -86,7 +93,8 @@ class LanguageModel:
         if self.plain and not attention_modules(model):
             raise WrongTypeError(
                 f"{type(model).__name__} is neither a Hugging Face transformers model (it has no .config) nor built "
-                f"from torch.nn.MultiheadAttention / nn.TransformerEncoderLayer, so it has no attention to trace")
+                f"from torch.nn.MultiheadAttention / nn.TransformerEncoderLayer, so it has no attention to trace"
+            )
         if tokenizer is None and vocab is not None:
             tokenizer = VocabTokenizer(vocab)
         if tokenizer is None:
@@ -134,8 +142,9 @@ class LanguageModel:
             return label
         if isinstance(label, str) and label in labels:
             return labels.index(label)
-        raise InputError(f"{label!r} is not a class of {self.name}: its classes are {labels} (by name, or id 0 to "
-                         f"{len(labels) - 1})")
+        raise InputError(
+            f"{label!r} is not a class of {self.name}: its classes are {labels} (by name, or id 0 to {len(labels) - 1})"
+        )
 
     @property
     def facts(self) -> ModelFacts:
@@ -169,30 +178,55 @@ class LanguageModel:
         """Refuse, saying why, an analysis that walks a transformers model's one stack of blocks
         (the lens, patching, sweeps, profiles, scaling): not an encoder-decoder's or a plain model's."""
         if self.plain:
-            raise InputError(f"{what} needs a Hugging Face transformers model; {self.name} is a plain PyTorch model "
-                             f"(trace it, view and edit its attention, attribute its output)")
+            raise InputError(
+                f"{what} needs a Hugging Face transformers model; {self.name} is a plain PyTorch model "
+                f"(trace it, view and edit its attention, attribute its output)"
+            )
         if self.kind == "seq2seq":
-            raise InputError(f"{what} reads a decoder-only model's stack of blocks; {self.name} is an "
-                             f"encoder-decoder (trace it, view and edit its three kinds of attention, attribute "
-                             f"its output to the source)")
+            raise InputError(
+                f"{what} reads a decoder-only model's stack of blocks; {self.name} is an "
+                f"encoder-decoder (trace it, view and edit its three kinds of attention, attribute "
+                f"its output to the source)"
+            )
 
     def _plain_facts(self) -> ModelFacts:
         model = self.model
         attention = attention_modules(model)
         param = next(model.parameters(), None)
         return ModelFacts(
-            name=self.name, architecture=type(model).__name__, model_type="torch", kind=self.kind,
-            n_layers=len(attention), n_heads=attention[0].num_heads, n_kv_heads=attention[0].num_heads,
-            head_dim=attention[0].head_dim, hidden_size=attention[0].embed_dim, vocab_size=len(self.tokenizer),
-            context_length=None, n_parameters=sum(p.numel() for p in model.parameters()),
+            name=self.name,
+            architecture=type(model).__name__,
+            model_type="torch",
+            kind=self.kind,
+            n_layers=len(attention),
+            n_heads=attention[0].num_heads,
+            n_kv_heads=attention[0].num_heads,
+            head_dim=attention[0].head_dim,
+            hidden_size=attention[0].embed_dim,
+            vocab_size=len(self.tokenizer),
+            context_length=None,
+            n_parameters=sum(p.numel() for p in model.parameters()),
             dtype=str(param.dtype).removeprefix("torch.") if param is not None else "unknown",
-            device=placement(model), attn_implementation="torch.nn.MultiheadAttention")
+            device=placement(model),
+            attn_implementation="torch.nn.MultiheadAttention",
+        )
 
     @provided
-    def trace(self, prompt: Any, *, max_new_tokens: int = 0, edits: Any = (), seed: int | None = None,
-              do_sample: bool = False, keep_logits: bool = False, capture: bool = True,
-              capture_device: str | torch.device | None = None, capture_dtype: torch.dtype | None = None,
-              profile: bool = False, **generation_kwargs: Any) -> Trace | TraceBatch:
+    def trace(
+        self,
+        prompt: Any,
+        *,
+        max_new_tokens: int = 0,
+        edits: Any = (),
+        seed: int | None = None,
+        do_sample: bool = False,
+        keep_logits: bool = False,
+        capture: bool = True,
+        capture_device: str | torch.device | None = None,
+        capture_dtype: torch.dtype | None = None,
+        profile: bool = False,
+        **generation_kwargs: Any,
+    ) -> Trace | TraceBatch:
         """One instrumented run: the prompt's forward pass and, with max_new_tokens, generation.
 
         `prompt` is a string, a chat message list or token ids; several of them (a list of

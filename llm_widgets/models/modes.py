@@ -8,8 +8,8 @@ errors and interrupts too.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 
@@ -17,8 +17,13 @@ from .compat import set_attention
 
 
 @contextmanager
-def model_mode(model: torch.nn.Module, *, training: bool | None = None, frozen: bool = False,
-               attn_implementation: str | None = None) -> Iterator[torch.nn.Module]:
+def model_mode(
+    model: torch.nn.Module,
+    *,
+    training: bool | None = None,
+    frozen: bool = False,
+    attn_implementation: str | None = None,
+) -> Iterator[torch.nn.Module]:
     """Within the block: `training` sets train/eval mode; `frozen` turns off every
     parameter's requires_grad (their flags and any .grad are restored after);
     `attn_implementation` switches the model's attention (e.g. "eager" for

@@ -32,16 +32,20 @@ def input_embedding(model: torch.nn.Module, vocab_size: int) -> torch.nn.Embeddi
     for module in model.modules():
         if isinstance(module, torch.nn.Embedding) and module.num_embeddings == vocab_size:
             return module
-    raise InputError(f"{type(model).__name__} has no nn.Embedding with {vocab_size} rows (one per token of its "
-                     f"vocabulary), so its inputs cannot be attributed")
+    raise InputError(
+        f"{type(model).__name__} has no nn.Embedding with {vocab_size} rows (one per token of its "
+        f"vocabulary), so its inputs cannot be attributed"
+    )
 
 
 def logits_of(output: Any) -> torch.Tensor:
     logits = getattr(output, "logits", output)
     if not isinstance(logits, torch.Tensor) or logits.dim() != 3:
-        raise InputError("a plain PyTorch model's forward(input_ids [batch, T]) must return logits [batch, T, vocab] "
-                         f"(or an object with .logits); got {type(output).__name__}"
-                         + (f" of shape {list(logits.shape)}" if isinstance(logits, torch.Tensor) else ""))
+        raise InputError(
+            "a plain PyTorch model's forward(input_ids [batch, T]) must return logits [batch, T, vocab] "
+            f"(or an object with .logits); got {type(output).__name__}"
+            + (f" of shape {list(logits.shape)}" if isinstance(logits, torch.Tensor) else "")
+        )
     return logits
 
 
@@ -52,8 +56,14 @@ class VocabTokenizer:
 
     chat_template = None
 
-    def __init__(self, vocab: list[str], *, bos_token: str | None = None, eos_token: str | None = None,
-                 pad_token: str | None = None):
+    def __init__(
+        self,
+        vocab: list[str],
+        *,
+        bos_token: str | None = None,
+        eos_token: str | None = None,
+        pad_token: str | None = None,
+    ):
         if not isinstance(vocab, (list, tuple)) or not vocab or not all(isinstance(v, str) for v in vocab):
             raise InputError(f"vocab must be a non-empty list of token strings (id i is vocab[i]); got {vocab!r:.80}")
         if len(set(vocab)) != len(vocab):
@@ -72,8 +82,10 @@ class VocabTokenizer:
         words = text.split()
         unknown = [w for w in words if w not in self._ids]
         if unknown:
-            raise InputError(f"{unknown[0]!r} is not in this model's vocabulary ({len(self.vocab)} tokens, e.g. "
-                             f"{self.vocab[:5]}); write the prompt as space-separated vocabulary tokens")
+            raise InputError(
+                f"{unknown[0]!r} is not in this model's vocabulary ({len(self.vocab)} tokens, e.g. "
+                f"{self.vocab[:5]}); write the prompt as space-separated vocabulary tokens"
+            )
         return [self._ids[w] for w in words]
 
     def __call__(self, text: str, return_tensors: str | None = None, **_: Any) -> dict:

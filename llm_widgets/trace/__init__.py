@@ -1,8 +1,8 @@
 """The trace engine: instrumented forward and generate runs (pure torch, no widget code).
 
-    tr = model.trace("The capital of France is", max_new_tokens=8, seed=0)
-    tr.attention(layer=3, head=2)          # probabilities, recomputed on demand
-    model.trace(prompt, edits=[ScaleAttention(4.0, keys=(0, 4), layers=[5])])
+tr = model.trace("The capital of France is", max_new_tokens=8, seed=0)
+tr.attention(layer=3, head=2)          # probabilities, recomputed on demand
+model.trace(prompt, edits=[ScaleAttention(4.0, keys=(0, 4), layers=[5])])
 """
 
 from .batch import TraceBatch
@@ -11,5 +11,15 @@ from .record import make_record, replay
 from .run import fidelity, prompt_ids, run_trace
 from .trace import Trace
 
-__all__ = ["AblateHead", "ScaleAttention", "Trace", "TraceBatch", "edit_from_dict", "fidelity", "make_record", "prompt_ids",
-           "replay", "run_trace"]
+__all__ = [
+    "AblateHead",
+    "ScaleAttention",
+    "Trace",
+    "TraceBatch",
+    "edit_from_dict",
+    "fidelity",
+    "make_record",
+    "prompt_ids",
+    "replay",
+    "run_trace",
+]

@@ -33,8 +33,12 @@ EXACT_GRID = 512  # up to this many queries the grid's thumbnails are exact max-
 
 SELF = "self"
 STACKS = ("encoder", "decoder", "cross")  # an encoder-decoder's, in the order the views list them
-WHAT = {SELF: "attention", "encoder": "encoder self-attention (source to source)",
-        "decoder": "decoder self-attention (output to output)", "cross": "cross-attention (output to source)"}
+WHAT = {
+    SELF: "attention",
+    "encoder": "encoder self-attention (source to source)",
+    "decoder": "decoder self-attention (output to output)",
+    "cross": "cross-attention (output to source)",
+}
 
 
 @dataclass(frozen=True)
@@ -64,13 +68,21 @@ def assemble(captured: LayerCapture, n_queries: int, n_keys: int) -> LayerAttent
     as when generation runs without a cache and recomputes every position)."""
     if not captured.queries:
         return None
-    return LayerAttention(_positioned(captured.queries, n_queries), _positioned(captured.keys, n_keys),
-                          float(captured.scaling), captured.softcap, captured.sliding_window, captured.is_causal,
-                          captured.sinks, _bias(captured.biases, n_queries, n_keys))
+    return LayerAttention(
+        _positioned(captured.queries, n_queries),
+        _positioned(captured.keys, n_keys),
+        float(captured.scaling),
+        captured.softcap,
+        captured.sliding_window,
+        captured.is_causal,
+        captured.sinks,
+        _bias(captured.biases, n_queries, n_keys),
+    )
 
 
-def assembled(run: RunState, stack: str, n_layers: int, n_heads: int, n_queries: int, n_keys: int,
-              architecture: str) -> list[LayerAttention | None]:
+def assembled(
+    run: RunState, stack: str, n_layers: int, n_heads: int, n_queries: int, n_keys: int, architecture: str
+) -> list[LayerAttention | None]:
     """A stack's captured chunks joined into one LayerAttention per layer (None where nothing was
     captured), each layer's chunks freed once joined: no second copy of them all."""
     layers = []
@@ -82,8 +94,10 @@ def assembled(run: RunState, stack: str, n_layers: int, n_heads: int, n_queries:
             captured.keys.clear()
             captured.biases.clear()
         if layer is not None and layer.queries.shape[-3] != n_heads:  # the views and edits count heads from the config
-            raise InputError(f"layer {index} of {architecture} has {layer.queries.shape[-3]} attention heads, its "
-                             f"config says {n_heads}: models whose layers differ in head count are not supported yet")
+            raise InputError(
+                f"layer {index} of {architecture} has {layer.queries.shape[-3]} attention heads, its "
+                f"config says {n_heads}: models whose layers differ in head count are not supported yet"
+            )
         layers.append(layer)
     return layers
 
@@ -94,7 +108,7 @@ def _positioned(chunks: list[tuple[int, torch.Tensor]], length: int) -> torch.Te
     first = chunks[0][1]
     whole = first.new_zeros(*first.shape[:-2], length, first.shape[-1])
     for start, chunk in chunks:
-        whole[..., start:start + chunk.shape[-2], :] = chunk
+        whole[..., start : start + chunk.shape[-2], :] = chunk
     return whole
 
 
@@ -117,7 +131,9 @@ def _bias(chunks: list[tuple[int, int, torch.Tensor]], n_queries: int, n_keys: i
     whole = first.new_zeros(first.shape[0], first.shape[1], n_queries, n_keys, dtype=torch.float32)
     for q_start, k_start, chunk in chunks:
         n, kv = chunk.shape[-2:]
-        whole[..., q_start:q_start + n, k_start:k_start + kv] = chunk[..., :n_queries - q_start, :n_keys - k_start]
+        whole[..., q_start : q_start + n, k_start : k_start + kv] = chunk[
+            ..., : n_queries - q_start, : n_keys - k_start
+        ]
     return whole
 
 
@@ -148,9 +164,20 @@ class AttentionStack:
     """One kind of attention of a trace: its layers, heads, the positions its queries and keys
     cover, and the probabilities recomputed on demand."""
 
-    def __init__(self, name: str, *, n_layers: int, n_heads: int, queries: tuple[int, int], keys: tuple[int, int],
-                 layers: list[LayerAttention | None] | None, eager: list[torch.Tensor] | None = None,
-                 edits: tuple = (), attention_layers: tuple[int, ...] | None = None, model_name: str = "the model"):
+    def __init__(
+        self,
+        name: str,
+        *,
+        n_layers: int,
+        n_heads: int,
+        queries: tuple[int, int],
+        keys: tuple[int, int],
+        layers: list[LayerAttention | None] | None,
+        eager: list[torch.Tensor] | None = None,
+        edits: tuple = (),
+        attention_layers: tuple[int, ...] | None = None,
+        model_name: str = "the model",
+    ):
         self.name = name
         self.n_layers, self.n_heads = n_layers, n_heads
         self.queries, self.keys = queries, keys  # (start, stop) of the trace's positions
@@ -181,9 +208,11 @@ class AttentionStack:
     def layer(self, layer: int) -> LayerAttention:
         data = self._layers[layer] if self._layers is not None else None
         if data is None and layer not in self.attention_layers:
-            raise InputError(f"layer {layer} has no attention: {self._model_name} is a hybrid model whose other layers "
-                             f"are linear attention or state space; its attention layers are "
-                             f"{list(self.attention_layers)}")
+            raise InputError(
+                f"layer {layer} has no attention: {self._model_name} is a hybrid model whose other layers "
+                f"are linear attention or state space; its attention layers are "
+                f"{list(self.attention_layers)}"
+            )
         if data is None:
             raise InputError(f"layer {layer} was not captured in this trace (capture was limited or turned off)")
         return data
@@ -200,10 +229,12 @@ class AttentionStack:
             value = range(*value)
         elif isinstance(value, slice):
             value = range(first, stop)[value]
-        if not isinstance(value, (list, tuple, range, torch.Tensor)) or \
-                any(isinstance(v, bool) or not isinstance(v, (int, torch.Tensor)) for v in value):
-            raise WrongTypeError(f"{what} must be a position, a (start, stop) pair, a slice or a list of positions; "
-                                 f"got {value!r}")
+        if not isinstance(value, (list, tuple, range, torch.Tensor)) or any(
+            isinstance(v, bool) or not isinstance(v, (int, torch.Tensor)) for v in value
+        ):
+            raise WrongTypeError(
+                f"{what} must be a position, a (start, stop) pair, a slice or a list of positions; got {value!r}"
+            )
         pos = torch.as_tensor(list(value), dtype=torch.long)
         if pos.numel() == 0:
             raise InputError(f"{what} is empty: give positions between {first} and {stop - 1}")
@@ -220,8 +251,9 @@ class AttentionStack:
         except (TypeError, ValueError):
             raise InputError(f"{what} must be a (start, stop) span; got {span!r}") from None
         if not first <= start < end <= stop:
-            raise InputError(f"{what} span {span!r} is outside {self._range_text(what)}: use {first} <= start < stop "
-                             f"<= {stop}")
+            raise InputError(
+                f"{what} span {span!r} is outside {self._range_text(what)}: use {first} <= start < stop <= {stop}"
+            )
         return start, end
 
     def _range_text(self, what: str) -> str:
@@ -238,8 +270,14 @@ class AttentionStack:
         q_pos, k_pos = self.positions(queries, "queries"), self.positions(keys, "keys")
         return self._probs(layer, [head], q_pos, k_pos)[0].cpu()
 
-    def overview(self, layer: int, head: int, size: int, queries: tuple[int, int] | None = None,
-                 keys: tuple[int, int] | None = None) -> torch.Tensor:
+    def overview(
+        self,
+        layer: int,
+        head: int,
+        size: int,
+        queries: tuple[int, int] | None = None,
+        keys: tuple[int, int] | None = None,
+    ) -> torch.Tensor:
         self.check(layer, head)
         _check_size(size)
         (q0, q1), keys = self.span(queries, "queries"), self.span(keys, "keys")
@@ -254,12 +292,17 @@ class AttentionStack:
         bins = min(len(rows), size) if exact else len(rows)
         n_keys = self.keys[1] - self.keys[0]
         blank = torch.zeros(self.n_heads, bins, min(n_keys, size))  # a layer without attention (a hybrid's)
-        maps = [self._pooled(layer, list(range(self.n_heads)), rows, self.keys, size, exact_rows=exact).cpu()
-                if layer in self.attention_layers else blank for layer in range(self.n_layers)]
+        maps = [
+            self._pooled(layer, list(range(self.n_heads)), rows, self.keys, size, exact_rows=exact).cpu()
+            if layer in self.attention_layers
+            else blank
+            for layer in range(self.n_layers)
+        ]
         return torch.cat(maps).flatten(0, 1)
 
-    def _pooled(self, layer: int, heads: list[int], q_pos: torch.Tensor, keys: tuple[int, int], size: int,
-                exact_rows: bool) -> torch.Tensor:
+    def _pooled(
+        self, layer: int, heads: list[int], q_pos: torch.Tensor, keys: tuple[int, int], size: int, exact_rows: bool
+    ) -> torch.Tensor:
         """[heads, row bins, key bins] max-pooled probabilities of rows `q_pos` over keys [k0, k1),
         on the device of the captured tensors. exact_rows: rows pooled into min(len, size) bins;
         else each row is its own bin."""
@@ -276,13 +319,13 @@ class AttentionStack:
         out = torch.zeros(len(heads), q_bins, k_bins, device=dev)
         q_block, k_block = _blocks(_budget(dev) // len(heads), len(q_pos), k1 - k0)
         for qs in range(0, len(q_pos), q_block):
-            rows_pos = q_pos[qs:qs + q_block]
+            rows_pos = q_pos[qs : qs + q_block]
             rows = torch.zeros(len(heads), len(rows_pos), k_bins, device=dev)
             for ks in range(k0, k1, k_block):
                 k_pos = torch.arange(ks, min(k1, ks + k_block))
                 probs = self._probs(layer, heads, rows_pos, k_pos)
-                rows.scatter_reduce_(2, k_bin[ks - k0:ks - k0 + len(k_pos)].expand_as(probs), probs, reduce="amax")
-            index = q_bin[qs:qs + len(rows_pos)][None, :, None].expand_as(rows)
+                rows.scatter_reduce_(2, k_bin[ks - k0 : ks - k0 + len(k_pos)].expand_as(probs), probs, reduce="amax")
+            index = q_bin[qs : qs + len(rows_pos)][None, :, None].expand_as(rows)
             out.scatter_reduce_(1, index, rows, reduce="amax")
         return out
 
@@ -321,8 +364,11 @@ class AttentionStack:
 
     def _head_edits(self, layer: int, head: int) -> tuple[ScaleAttention, ...]:
         """This head's ScaleAttention edits on this layer, as single-head edits."""
-        return tuple(replace(e, heads=None) for e in self.edits
-                     if (e.layers is None or layer in e.layers) and (e.heads is None or head in e.heads))
+        return tuple(
+            replace(e, heads=None)
+            for e in self.edits
+            if (e.layers is None or layer in e.layers) and (e.heads is None or head in e.heads)
+        )
 
     def _edit_bias(self, layer: int, heads: list[int], q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor | None:
         """[heads, nq or 1, nk] log-factors of the edits on these heads, or None when none has any."""

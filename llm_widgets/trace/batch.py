@@ -40,8 +40,10 @@ def batch_rows(prompt: Any) -> list[Any] | None:
 def _rows_of_encoding(encoding: Mapping) -> list[torch.Tensor]:
     ids = encoding.get("input_ids")
     if not isinstance(ids, torch.Tensor) or ids.dim() != 2:
-        raise InputError("a tokenizer output passed as the prompt needs 2-D 'input_ids' (return_tensors='pt'); got "
-                         f"{type(ids).__name__}{list(ids.shape) if isinstance(ids, torch.Tensor) else ''}")
+        raise InputError(
+            "a tokenizer output passed as the prompt needs 2-D 'input_ids' (return_tensors='pt'); got "
+            f"{type(ids).__name__}{list(ids.shape) if isinstance(ids, torch.Tensor) else ''}"
+        )
     mask = encoding.get("attention_mask")
     if mask is None:
         return list(ids)
@@ -75,8 +77,8 @@ def pad(rows: list[torch.Tensor], pad_id: int, left: bool) -> Padded:
     starts = []
     for b, row in enumerate(rows):
         start = length - len(row) if left else 0
-        ids[b, start:start + len(row)] = row
-        mask[b, start:start + len(row)] = 1
+        ids[b, start : start + len(row)] = row
+        mask[b, start : start + len(row)] = 1
         starts.append(start)
     return Padded(ids, mask, starts)
 
@@ -104,5 +106,7 @@ class TraceBatch(Sequence[Trace]):
 
     def __repr__(self) -> str:
         lengths = ", ".join(f"{t.n_prompt}+{len(t) - t.n_prompt}" for t in self._traces)
-        return (f"TraceBatch({self._traces[0].model.name!r}: {len(self)} rows, prompt+generated tokens {lengths}; "
-                f"padded on the {self.padding_side})")
+        return (
+            f"TraceBatch({self._traces[0].model.name!r}: {len(self)} rows, prompt+generated tokens {lengths}; "
+            f"padded on the {self.padding_side})"
+        )

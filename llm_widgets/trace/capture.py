@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import sys
 import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 
@@ -66,10 +67,18 @@ class RunState:
     Edit positions are the trace's; `offsets` says where each stack's queries and keys
     start in it (an encoder-decoder's decoder positions follow the source's)."""
 
-    def __init__(self, n_layers: int, n_heads: int, length: int, edits: tuple = (), capture: bool = True,
-                 capture_device: torch.device | str | None = None, capture_dtype: torch.dtype | None = None,
-                 head_hook: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
-                 offsets: dict[str, tuple[int, int]] | None = None):
+    def __init__(
+        self,
+        n_layers: int,
+        n_heads: int,
+        length: int,
+        edits: tuple = (),
+        capture: bool = True,
+        capture_device: torch.device | str | None = None,
+        capture_dtype: torch.dtype | None = None,
+        head_hook: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
+        offsets: dict[str, tuple[int, int]] | None = None,
+    ):
         self.n_layers = n_layers
         self.n_heads = n_heads
         self.length = length  # every position the run can reach
@@ -97,8 +106,9 @@ class RunState:
     def edits_at(self, place: Place) -> tuple[ScaleAttention, ...]:
         if place not in self._edits_at:
             stack, layer = place
-            self._edits_at[place] = tuple(e for e in self.scale_edits if e.stack in (None, stack)
-                                          and (e.layers is None or layer in e.layers))
+            self._edits_at[place] = tuple(
+                e for e in self.scale_edits if e.stack in (None, stack) and (e.layers is None or layer in e.layers)
+            )
         return self._edits_at[place]
 
     def edited_heads(self, place: Place) -> set[int] | None:
@@ -119,8 +129,16 @@ class RunState:
         place = self.places.get(id(module))
         return place if place is not None else (SELF, module.layer_idx)
 
-    def attend(self, fn: Callable, module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
-               value: torch.Tensor, attention_mask: Any, kwargs: dict) -> tuple[torch.Tensor, Any]:
+    def attend(
+        self,
+        fn: Callable,
+        module: torch.nn.Module,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attention_mask: Any,
+        kwargs: dict,
+    ) -> tuple[torch.Tensor, Any]:
         place = self.place(module)
         stack, layer = place
         captured = self.capture_of(place)
@@ -151,8 +169,20 @@ class RunState:
             q_off, k_off = self.offsets[stack]
 
             def edited_mask(rows: tuple[int, int], q_heads: list[int] | None = None) -> torch.Tensor:
-                return self._edited_mask(place, edits, attention_mask, query, q_off + q_start, k_off + k_start, kv_len,
-                                         bool(is_causal), sliding_window, rows, q_heads)
+                return self._edited_mask(
+                    place,
+                    edits,
+                    attention_mask,
+                    query,
+                    q_off + q_start,
+                    k_off + k_start,
+                    kv_len,
+                    bool(is_causal),
+                    sliding_window,
+                    rows,
+                    q_heads,
+                )
+
         if edits and heads is not None and len(heads) < query.shape[1] and q_len > 1:
             # An explicit mask takes SDPA off its fused causal kernel: give it only to
             # the (whole key/value groups of) edited heads, the rest keep the model's own.
@@ -203,15 +233,18 @@ class RunState:
             if isinstance(bias, torch.Tensor) and bias.shape[1] > 1:  # a per-head position bias (T5): these heads'
                 part_kwargs = {**kwargs, "position_bias": _heads(bias, q_heads)}
             if edited:
-                part, _ = self._masked(fn, module, q, k, v, lambda rows: edited_mask(rows, q_heads), part_kwargs)
+                part, _ = self._masked(
+                    fn, module, q, k, v, lambda rows, heads=q_heads: edited_mask(rows, heads), part_kwargs
+                )
             else:
                 part, _ = fn(module, q, k, v, mask, **part_kwargs)
             out[:, :, q_heads] = part
         return out
 
     @staticmethod
-    def _masked(fn, module, query, key, value, mask_for: Callable[[tuple[int, int]], torch.Tensor],
-                kwargs: dict) -> tuple[torch.Tensor, Any]:
+    def _masked(
+        fn, module, query, key, value, mask_for: Callable[[tuple[int, int]], torch.Tensor], kwargs: dict
+    ) -> tuple[torch.Tensor, Any]:
         """fn with an explicit mask, in blocks of query rows: a long prompt's mask is
         never T x T at once (at most MASK_ELEMENTS per block)."""
         q_len, kv_len = query.shape[2], key.shape[2]
@@ -220,9 +253,17 @@ class RunState:
             return fn(module, query, key, value, mask_for((0, q_len)), **kwargs)
         bias = kwargs.get("position_bias")
         per_row = isinstance(bias, torch.Tensor) and bias.shape[2] > 1  # a position bias (T5) has rows too
-        parts = [fn(module, query[:, :, r:r + rows], key, value, mask_for((r, min(q_len, r + rows))),
-                    **({**kwargs, "position_bias": bias[:, :, r:r + rows]} if per_row else kwargs))[0]
-                 for r in range(0, q_len, rows)]
+        parts = [
+            fn(
+                module,
+                query[:, :, r : r + rows],
+                key,
+                value,
+                mask_for((r, min(q_len, r + rows))),
+                **({**kwargs, "position_bias": bias[:, :, r : r + rows]} if per_row else kwargs),
+            )[0]
+            for r in range(0, q_len, rows)
+        ]
         return torch.cat(parts, dim=1), None  # out is [batch, q, heads, d]; weights are not assembled
 
     def _keep(self, part: torch.Tensor, whole: torch.Tensor) -> torch.Tensor:
@@ -234,20 +275,34 @@ class RunState:
             return part.to(device=self.capture_device, dtype=self.capture_dtype, copy=True)
         return part if part.numel() == whole.numel() else part.clone()
 
-    def _edited_mask(self, place, edits, mask, query, q_start, k_start, kv_len, is_causal, sliding_window,
-                     rows: tuple[int, int], q_heads: list[int] | None = None) -> torch.Tensor:
+    def _edited_mask(
+        self,
+        place,
+        edits,
+        mask,
+        query,
+        q_start,
+        k_start,
+        kv_len,
+        is_causal,
+        sliding_window,
+        rows: tuple[int, int],
+        q_heads: list[int] | None = None,
+    ) -> torch.Tensor:
         """The model's own mask as an additive float mask, plus the edits' log-factors, for
         this call's query rows [r0, r1) (and the query heads `q_heads` only, when given)."""
         if mask is not None and not isinstance(mask, torch.Tensor):
-            raise NotImplementedError("attention edits need a tensor mask; this attention implementation uses "
-                                      f"{type(mask).__name__}")
+            raise NotImplementedError(
+                f"attention edits need a tensor mask; this attention implementation uses {type(mask).__name__}"
+            )
         r0, r1 = rows
         dtype, device = query.dtype, query.device
         q_pos = torch.arange(q_start + r0, q_start + r1, device=device)
         k_pos = torch.arange(k_start, k_start + kv_len, device=device)
         if mask is None:  # plain causal (or bidirectional): SDPA's flag, spelt out
-            mask = torch.where(allowed_mask(q_pos, k_pos, is_causal, sliding_window), 0.0,
-                               torch.finfo(dtype).min).to(dtype)[None, None]
+            mask = torch.where(allowed_mask(q_pos, k_pos, is_causal, sliding_window), 0.0, torch.finfo(dtype).min).to(
+                dtype
+            )[None, None]
         else:
             mask = mask[:, :, r0:r1] if mask.shape[2] > 1 else mask
             if mask.dtype == torch.bool:
@@ -258,7 +313,7 @@ class RunState:
             if place not in self.key_bias:
                 everywhere = torch.arange(self.length, device=device)
                 self.key_bias[place] = edit_bias(edits, query.shape[1], everywhere[:1], everywhere)
-            bias = self.key_bias[place][:, :, k_start:k_start + kv_len]
+            bias = self.key_bias[place][:, :, k_start : k_start + kv_len]
         if q_heads is not None and bias.shape[0] > 1:
             bias = bias[q_heads]
         if any(edit.factor == 0 for edit in edits):  # only then does it matter which keys a row may see
@@ -281,7 +336,7 @@ class RunState:
 def _heads(t: torch.Tensor, index: list[int]) -> torch.Tensor:
     """t[:, index]: a view when the heads are contiguous, a copy only when they are not."""
     if index == list(range(index[0], index[-1] + 1)):
-        return t[:, index[0]:index[-1] + 1]
+        return t[:, index[0] : index[-1] + 1]
     return t[:, index]
 
 
@@ -344,8 +399,14 @@ def attention_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
 def attention_layers(model: torch.nn.Module) -> tuple[int, ...]:
     """The layers that attend through the registry: all of them, but in a hybrid model (Qwen3-Next,
     OLMo-hybrid, Nemotron-H, ...) only those between its linear-attention or state-space layers."""
-    return tuple(sorted({m.layer_idx if isinstance(getattr(m, "layer_idx", None), int) else i
-                         for i, m in enumerate(attention_modules(model))}))
+    return tuple(
+        sorted(
+            {
+                m.layer_idx if isinstance(getattr(m, "layer_idx", None), int) else i
+                for i, m in enumerate(attention_modules(model))
+            }
+        )
+    )
 
 
 _CROSS_NAMES = ("encoder_attn", "encdecattention", "crossattention", "cross_attn", "cross_attention")

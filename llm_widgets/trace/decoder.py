@@ -10,8 +10,14 @@ from typing import Any, NamedTuple
 import torch
 
 from ..errors import InputError
-from ..models.compat import (cache_kwargs, output_cache, takes_logits_to_keep, takes_position_ids,
-                             unsupported_attention, uses_attention_registry)
+from ..models.compat import (
+    cache_kwargs,
+    output_cache,
+    takes_logits_to_keep,
+    takes_position_ids,
+    unsupported_attention,
+    uses_attention_registry,
+)
 from ..models.devices import input_device
 from ..models.modes import model_mode
 from .attention import SELF, AttentionStack, assembled
@@ -28,11 +34,14 @@ class DecoderRunner(Runner):
         super().__init__(request)
         facts, total = request.facts, max(len(ids) for ids in request.rows) + request.max_new_tokens
         if facts.context_length and total > facts.context_length:
-            raise InputError(f"the prompt ({total - request.max_new_tokens} tokens) plus max_new_tokens "
-                             f"({request.max_new_tokens}) is {total} tokens, longer than the context of "
-                             f"{self.lm.name} ({facts.context_length}); shorten one of them")
-        self.edits = validate_edits(request.edits, n_layers=facts.n_layers, n_heads=facts.n_heads,
-                                    sequence_length=total)
+            raise InputError(
+                f"the prompt ({total - request.max_new_tokens} tokens) plus max_new_tokens "
+                f"({request.max_new_tokens}) is {total} tokens, longer than the context of "
+                f"{self.lm.name} ({facts.context_length}); shorten one of them"
+            )
+        self.edits = validate_edits(
+            request.edits, n_layers=facts.n_layers, n_heads=facts.n_heads, sequence_length=total
+        )
         self.supported = uses_attention_registry(self.model)
         self._refuse_edits_it_cannot_apply()
         self.left = facts.kind == "causal"  # batched generation appends on the right: padding goes left
@@ -41,36 +50,54 @@ class DecoderRunner(Runner):
         # right padding leaves positions as they are; left padding shifts them
         shifted = self.left and self.padded.has_padding and takes_position_ids(self.model)
         device = input_device(self.model)
-        self.inputs = _Inputs(self.padded.input_ids.to(device), self.padded.attention_mask.to(device),
-                              positions(self.padded.attention_mask).to(device) if shifted else None)
-        self.run = RunState(facts.n_layers, facts.n_heads, self.padded.input_ids.shape[1] + request.max_new_tokens,
-                            self.edits, capture=request.capture and self.supported,
-                            capture_device=request.capture_device, capture_dtype=request.capture_dtype)
+        self.inputs = _Inputs(
+            self.padded.input_ids.to(device),
+            self.padded.attention_mask.to(device),
+            positions(self.padded.attention_mask).to(device) if shifted else None,
+        )
+        self.run = RunState(
+            facts.n_layers,
+            facts.n_heads,
+            self.padded.input_ids.shape[1] + request.max_new_tokens,
+            self.edits,
+            capture=request.capture and self.supported,
+            capture_device=request.capture_device,
+            capture_dtype=request.capture_dtype,
+        )
 
     def _refuse_edits_it_cannot_apply(self) -> None:
         facts, edits = self.request.facts, self.edits
         if edits and self.request.is_batch:
-            raise InputError("attention edits steer one prompt at a time (their positions are a prompt's own): "
-                             "trace the row you want to steer on its own, e.g. "
-                             "model.trace(batch[i].record['prompt_ids'], edits=...)")
+            raise InputError(
+                "attention edits steer one prompt at a time (their positions are a prompt's own): "
+                "trace the row you want to steer on its own, e.g. "
+                "model.trace(batch[i].record['prompt_ids'], edits=...)"
+            )
         unsupported = unsupported_attention(facts.model_type)
         if unsupported:
-            raise InputError(f"llm-widgets cannot trace {facts.architecture} (model_type {facts.model_type!r}) yet: "
-                             f"{unsupported}")
+            raise InputError(
+                f"llm-widgets cannot trace {facts.architecture} (model_type {facts.model_type!r}) yet: {unsupported}"
+            )
         if edits and not self.supported:
             raise InputError(
                 f"attention edits need a model whose attention goes through transformers' AttentionInterface; "
                 f"{facts.architecture} (model_type {facts.model_type!r}) computes attention its own way. Viewing "
                 f"works (through eager output_attentions); edits work on Llama, Mistral, Qwen2/3, Gemma 1-3, "
-                f"Phi-3, GPT-2, BERT and the other models that use the registry.")
+                f"Phi-3, GPT-2, BERT and the other models that use the registry."
+            )
         self.with_attention = attention_layers(self.model) if self.supported else tuple(range(facts.n_layers))
         for edit in edits:
-            named = [layer for layer in (getattr(edit, "layers", None) or [getattr(edit, "layer", None)])
-                     if layer is not None and layer not in self.with_attention]
+            named = [
+                layer
+                for layer in (getattr(edit, "layers", None) or [getattr(edit, "layer", None)])
+                if layer is not None and layer not in self.with_attention
+            ]
             if named:
-                raise InputError(f"{edit!r} names layer {named[0]}, which has no attention in {facts.architecture} "
-                                 f"(a hybrid model: its other layers are linear attention or state space); its "
-                                 f"attention layers are {list(self.with_attention)}")
+                raise InputError(
+                    f"{edit!r} names layer {named[0]}, which has no attention in {facts.architecture} "
+                    f"(a hybrid model: its other layers are linear attention or state space); its "
+                    f"attention layers are {list(self.with_attention)}"
+                )
 
     @property
     def spared_rows(self) -> bool:
@@ -89,8 +116,11 @@ class DecoderRunner(Runner):
 
     def traces(self) -> list[Trace]:
         facts, n = self.request.facts, self.sequence.shape[1]
-        self.layers = assembled(self.run, SELF, facts.n_layers, facts.n_heads, n, n, facts.architecture) \
-            if self.run.capture else None
+        self.layers = (
+            assembled(self.run, SELF, facts.n_layers, facts.n_heads, n, n, facts.architecture)
+            if self.run.capture
+            else None
+        )
         return [self._row_trace(b, ids) for b, ids in enumerate(self.request.rows)]
 
     def _row_trace(self, b: int, ids: torch.Tensor) -> Trace:
@@ -100,7 +130,7 @@ class DecoderRunner(Runner):
         generated = self._generated(b)
         end = prompt_end + len(generated)
         if kind == "causal":
-            logits = [step[b] for step in self.step_logits[:max(1, len(generated))]]
+            logits = [step[b] for step in self.step_logits[: max(1, len(generated))]]
         elif kind == "classifier":  # one step: the classes
             logits = [self.step_logits[0][b]]
         else:
@@ -110,24 +140,43 @@ class DecoderRunner(Runner):
             record["batch"] = {"prompt_ids": [r.tolist() for r in request.rows], "row": b}
         mine = slice(start, end)
         stack = AttentionStack(
-            SELF, n_layers=facts.n_layers, n_heads=facts.n_heads, queries=(0, end - start), keys=(0, end - start),
+            SELF,
+            n_layers=facts.n_layers,
+            n_heads=facts.n_heads,
+            queries=(0, end - start),
+            keys=(0, end - start),
             layers=[layer and layer.row(b, mine, mine) for layer in self.layers] if self.layers is not None else None,
             eager=[a[b, :, mine, mine] for a in self.eager] if self.eager is not None else None,
-            edits=self.edits, attention_layers=self.with_attention, model_name=self.lm.name)
-        kept = None if self.prompt_logits is None else self.prompt_logits[b].float().cpu() \
-            if kind == "classifier" else self.prompt_logits[b, start:prompt_end].float().cpu()
-        return Trace(model=self.lm, input_ids=self.sequence[b, start:end].cpu(), n_prompt=len(ids),
-                     stacks={SELF: stack}, edits=self.edits, **predictions(logits, generated), logits=kept,
-                     record=record)
+            edits=self.edits,
+            attention_layers=self.with_attention,
+            model_name=self.lm.name,
+        )
+        kept = (
+            None
+            if self.prompt_logits is None
+            else self.prompt_logits[b].float().cpu()
+            if kind == "classifier"
+            else self.prompt_logits[b, start:prompt_end].float().cpu()
+        )
+        return Trace(
+            model=self.lm,
+            input_ids=self.sequence[b, start:end].cpu(),
+            n_prompt=len(ids),
+            stacks={SELF: stack},
+            edits=self.edits,
+            **predictions(logits, generated),
+            logits=kept,
+            record=record,
+        )
 
     def _generated(self, b: int) -> list[int]:
         """Row b's generated tokens, up to its end-of-text: a row that finished early was padded by
         generate after its eos."""
-        generated = self.sequence[b, self.padded.input_ids.shape[1]:].tolist()
+        generated = self.sequence[b, self.padded.input_ids.shape[1] :].tolist()
         stops = set(_eos_ids(self.model, self.request.settings)) if self.request.is_batch else set()
         for i, token in enumerate(generated):
             if token in stops:
-                return generated[:i + 1]
+                return generated[: i + 1]
         return generated
 
     def _forward_or_generate(self):
@@ -138,15 +187,28 @@ class DecoderRunner(Runner):
             # a causal run needs only the last position's logits: [T, vocab] of them is GBs on a long prompt
             last_only = kind == "causal" and not request.keep_logits and takes_logits_to_keep(model)
             given = {} if inputs.position_ids is None else {"position_ids": inputs.position_ids}
-            out = model(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask, use_cache=False, **given,
-                        **({"logits_to_keep": 1} if last_only else {}))
+            out = model(
+                input_ids=inputs.input_ids,
+                attention_mask=inputs.attention_mask,
+                use_cache=False,
+                **given,
+                **({"logits_to_keep": 1} if last_only else {}),
+            )
             logits = out.logits
-            steps = [logits[:, -1]] if kind == "causal" else [logits] if kind == "classifier" else list(logits.unbind(1))
+            steps = (
+                [logits[:, -1]] if kind == "causal" else [logits] if kind == "classifier" else list(logits.unbind(1))
+            )
             return inputs.input_ids, steps, logits.float().cpu() if request.keep_logits else None, None
         kwargs = {"pad_token_id": self.lm.pad_token_id, **request.settings}
-        out = model.generate(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask,
-                             max_new_tokens=request.max_new_tokens, do_sample=request.generation["do_sample"],
-                             return_dict_in_generate=True, output_logits=True, **kwargs)
+        out = model.generate(
+            input_ids=inputs.input_ids,
+            attention_mask=inputs.attention_mask,
+            max_new_tokens=request.max_new_tokens,
+            do_sample=request.generation["do_sample"],
+            return_dict_in_generate=True,
+            output_logits=True,
+            **kwargs,
+        )
         return out.sequences, list(out.logits), None, output_cache(out)
 
     def _last_token_step(self, cache) -> None:
@@ -165,11 +227,17 @@ class DecoderRunner(Runner):
         sequence with output_attentions (what other tools do for every model), [B, heads, T, T]
         per layer. Eager, because SDPA returns no weights (only a log line saying so)."""
         with model_mode(self.model, attn_implementation="eager"):
-            out = self.model(input_ids=self.sequence, output_attentions=True, use_cache=False,
-                             **_extended(self.inputs, self.sequence.shape[1]))
+            out = self.model(
+                input_ids=self.sequence,
+                output_attentions=True,
+                use_cache=False,
+                **_extended(self.inputs, self.sequence.shape[1]),
+            )
         if not out.attentions:
-            raise InputError(f"{type(self.model).__name__} returned no attentions even with output_attentions=True; "
-                             f"load it with attn_implementation='eager' to view its attention")
+            raise InputError(
+                f"{type(self.model).__name__} returned no attentions even with output_attentions=True; "
+                f"load it with attn_implementation='eager' to view its attention"
+            )
         return [a.detach() for a in out.attentions]
 
 

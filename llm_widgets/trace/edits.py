@@ -7,9 +7,10 @@ cache slots. Spans are (start, stop), stop exclusive.
 
 from __future__ import annotations
 
-import math
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any
+
 from .. import checks
 from ..errors import InputError, WrongTypeError
 
@@ -19,8 +20,10 @@ STACK_NAMES = ("self", "encoder", "decoder", "cross")  # as trace.stacks names t
 
 def _check_stack(edit: Any) -> None:
     if edit.stack is not None and edit.stack not in STACK_NAMES:
-        raise InputError(f"{type(edit).__name__} stack must be None or one of {list(STACK_NAMES[1:])} (an "
-                         f"encoder-decoder's attention); got {edit.stack!r}")
+        raise InputError(
+            f"{type(edit).__name__} stack must be None or one of {list(STACK_NAMES[1:])} (an "
+            f"encoder-decoder's attention); got {edit.stack!r}"
+        )
 
 
 def _as_spans(value: Any, what: str) -> tuple[Span, ...] | None:
@@ -38,12 +41,13 @@ def _as_spans(value: Any, what: str) -> tuple[Span, ...] | None:
     for item in items:
         if checks.is_int(item):
             item = (item, item + 1)
-        if not (isinstance(item, (tuple, list)) and len(item) == 2
-                and all(checks.is_int(v) for v in item)):
+        if not (isinstance(item, (tuple, list)) and len(item) == 2 and all(checks.is_int(v) for v in item)):
             raise InputError(f"{what} must be a position, a (start, stop) span or a list of them; got {value!r}")
         start, stop = item
         if start < 0 or stop <= start:
-            raise InputError(f"{what} span {tuple(item)} is empty or negative: use (start, stop) with 0 <= start < stop")
+            raise InputError(
+                f"{what} span {tuple(item)} is empty or negative: use (start, stop) with 0 <= start < stop"
+            )
         spans.append((int(start), int(stop)))
     if not spans:
         raise InputError(f"{what} is empty: give at least one position or (start, stop) span")
@@ -160,8 +164,14 @@ def edit_from_dict(d: dict) -> Edit:
         raise InputError(f"{kind} edit: {error}") from None
 
 
-def validate_edits(edits: Iterable[Edit], *, n_layers: int, n_heads: int, sequence_length: int,
-                   stacks: dict[str, tuple[int, int]] | None = None) -> tuple[Edit, ...]:
+def validate_edits(
+    edits: Iterable[Edit],
+    *,
+    n_layers: int,
+    n_heads: int,
+    sequence_length: int,
+    stacks: dict[str, tuple[int, int]] | None = None,
+) -> tuple[Edit, ...]:
     """Check every edit against the model and the sequence; a ValueError names what is out of range.
     stacks: an encoder-decoder's {"encoder": (layers, heads), "decoder": ..., "cross": ...}."""
     stacks = stacks or {"self": (n_layers, n_heads)}
@@ -172,8 +182,10 @@ def validate_edits(edits: Iterable[Edit], *, n_layers: int, n_heads: int, sequen
         if isinstance(edit, AblateHead):
             layers, heads = (edit.layer,), (edit.head,)
             if edit.stack is None and len(stacks) > 1:
-                raise InputError(f"{edit!r}: this encoder-decoder has three kinds of attention; say whose head it is "
-                                 f"with stack='encoder', 'decoder' or 'cross'")
+                raise InputError(
+                    f"{edit!r}: this encoder-decoder has three kinds of attention; say whose head it is "
+                    f"with stack='encoder', 'decoder' or 'cross'"
+                )
         elif isinstance(edit, ScaleAttention):
             layers, heads = edit.layers or (), edit.heads or ()
             for what, spans in (("keys", edit.keys), ("queries", edit.queries or ())):
@@ -187,19 +199,25 @@ def validate_edits(edits: Iterable[Edit], *, n_layers: int, n_heads: int, sequen
         else:
             raise WrongTypeError(f"edits must be ScaleAttention or AblateHead, got {type(edit).__name__}")
         if edit.stack is not None and edit.stack not in stacks:
-            raise InputError(f"{type(edit).__name__} stack {edit.stack!r}: this model's attention is "
-                             f"{' / '.join(repr(name) for name in stacks)}")
+            raise InputError(
+                f"{type(edit).__name__} stack {edit.stack!r}: this model's attention is "
+                f"{' / '.join(repr(name) for name in stacks)}"
+            )
         for name, (n_layers, n_heads) in stacks.items():
             if edit.stack not in (None, name):
                 continue
             of = "" if name == "self" else f" in its {name} attention"
             for layer in layers:
                 if layer >= n_layers:
-                    raise InputError(f"{type(edit).__name__}: layer {layer} is out of range; this model has layers "
-                                     f"0 to {n_layers - 1}{of}")
+                    raise InputError(
+                        f"{type(edit).__name__}: layer {layer} is out of range; this model has layers "
+                        f"0 to {n_layers - 1}{of}"
+                    )
             for head in heads:
                 if head >= n_heads:
-                    raise InputError(f"{type(edit).__name__}: head {head} is out of range; this model has heads "
-                                     f"0 to {n_heads - 1} in each layer{of}")
+                    raise InputError(
+                        f"{type(edit).__name__}: head {head} is out of range; this model has heads "
+                        f"0 to {n_heads - 1} in each layer{of}"
+                    )
         out.append(edit)
     return tuple(out)

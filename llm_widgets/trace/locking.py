@@ -15,8 +15,8 @@ from __future__ import annotations
 import threading
 import warnings
 import weakref
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
 import torch
 
@@ -37,8 +37,9 @@ def model_lock(model: torch.nn.Module) -> threading.RLock:
 
 
 @contextmanager
-def exclusive(model: torch.nn.Module, *, on_wait: Callable[[], None] | None = None,
-              timeout: float | None = None) -> Iterator[None]:
+def exclusive(
+    model: torch.nn.Module, *, on_wait: Callable[[], None] | None = None, timeout: float | None = None
+) -> Iterator[None]:
     """Hold `model` for one run. When another run holds it: call `on_wait` (a widget says
     "waiting for the model"), warn after WARN_AFTER_S seconds, and raise TimeoutError
     after `timeout` seconds if one is given."""
@@ -53,11 +54,16 @@ def exclusive(model: torch.nn.Module, *, on_wait: Callable[[], None] | None = No
                 break
             waited += step
             if timeout is not None and waited >= timeout:
-                raise ModelBusyError(f"{type(model).__name__} was busy with another run for {waited:.0f} s; "
-                                     f"try again when it has finished")
+                raise ModelBusyError(
+                    f"{type(model).__name__} was busy with another run for {waited:.0f} s; "
+                    f"try again when it has finished"
+                )
             if not warned:
-                warnings.warn(f"waiting for another run of {type(model).__name__} to finish ({waited:.0f} s so far): "
-                              f"runs of one model take turns", stacklevel=3)
+                warnings.warn(
+                    f"waiting for another run of {type(model).__name__} to finish ({waited:.0f} s so far): "
+                    f"runs of one model take turns",
+                    stacklevel=3,
+                )
                 warned = True
     try:
         yield

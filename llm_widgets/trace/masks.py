@@ -25,7 +25,9 @@ def allowed_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, is_causal: bool, slid
     return allowed
 
 
-def edit_bias(edits: tuple[ScaleAttention, ...], n_heads: int, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
+def edit_bias(
+    edits: tuple[ScaleAttention, ...], n_heads: int, q_pos: torch.Tensor, k_pos: torch.Tensor
+) -> torch.Tensor:
     """[heads or 1, q or 1, k] float32 log-factors of these edits (already chosen for the layer).
 
     One row for all heads unless an edit names heads, and one row for all
@@ -67,8 +69,11 @@ def key_reach(bias: torch.Tensor, allowed: torch.Tensor) -> tuple[torch.Tensor, 
 def warn_spared_rows(stacklevel: int) -> None:
     """Say that factor-0 edits left some rows as they were (spare_fully_masked), once a run;
     stacklevel counts from the caller."""
-    warnings.warn("ScaleAttention with factor 0 masked every key of some query rows; those rows were left "
-                  "unchanged (a softmax over no keys has no answer).", stacklevel=stacklevel + 1)
+    warnings.warn(
+        "ScaleAttention with factor 0 masked every key of some query rows; those rows were left "
+        "unchanged (a softmax over no keys has no answer).",
+        stacklevel=stacklevel + 1,
+    )
 
 
 def _in_spans(pos: torch.Tensor, spans) -> torch.Tensor:

@@ -16,8 +16,9 @@ from __future__ import annotations
 import inspect
 import math
 import threading
+from collections.abc import Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -36,8 +37,9 @@ from .trace import Trace, predictions
 
 SETTINGS = {"temperature"}  # the generation settings a plain model's sampling loop takes
 # nn.MultiheadAttention.forward's arguments in order, to read them however a caller passed them
-_MHA_ARGS_AFTER_SELF = [name for name in inspect.signature(torch.nn.MultiheadAttention.forward).parameters
-                        if name != "self"]
+_MHA_ARGS_AFTER_SELF = [
+    name for name in inspect.signature(torch.nn.MultiheadAttention.forward).parameters if name != "self"
+]
 
 
 def plain_stacks(model: torch.nn.Module) -> dict[str, list[torch.nn.MultiheadAttention]]:
@@ -47,13 +49,18 @@ def plain_stacks(model: torch.nn.Module) -> dict[str, list[torch.nn.MultiheadAtt
     decoder_layers = [m for m in model.modules() if isinstance(m, torch.nn.TransformerDecoderLayer)]
     if not decoder_layers:
         return {SELF: attention_modules(model)}
-    stacks = {"encoder": [m.self_attn for m in model.modules() if isinstance(m, torch.nn.TransformerEncoderLayer)],
-              "decoder": [m.self_attn for m in decoder_layers], "cross": [m.multihead_attn for m in decoder_layers]}
+    stacks = {
+        "encoder": [m.self_attn for m in model.modules() if isinstance(m, torch.nn.TransformerEncoderLayer)],
+        "decoder": [m.self_attn for m in decoder_layers],
+        "cross": [m.multihead_attn for m in decoder_layers],
+    }
     known = {id(m) for modules in stacks.values() for m in modules}
     if any(id(m) not in known for m in attention_modules(model)) or not stacks["encoder"]:
-        raise InputError(f"{type(model).__name__} has nn.TransformerDecoderLayer modules, so it is read as an "
-                         f"encoder-decoder, but its other attention is not in nn.TransformerEncoderLayer modules; "
-                         f"llm-widgets traces plain encoder-decoders built from the two (as nn.Transformer is)")
+        raise InputError(
+            f"{type(model).__name__} has nn.TransformerDecoderLayer modules, so it is read as an "
+            f"encoder-decoder, but its other attention is not in nn.TransformerEncoderLayer modules; "
+            f"llm-widgets traces plain encoder-decoders built from the two (as nn.Transformer is)"
+        )
     return stacks
 
 
@@ -72,16 +79,23 @@ class PlainRunner(Runner):
             raise InputError("capture_device, capture_dtype and profile are for transformers models")
         unknown = sorted(set(generation) - {"max_new_tokens", "do_sample", "seed"} - SETTINGS)
         if unknown:
-            raise InputError(f"a plain PyTorch model generates with max_new_tokens, do_sample, seed and "
-                             f"temperature; {unknown} are for transformers' generate")
+            raise InputError(
+                f"a plain PyTorch model generates with max_new_tokens, do_sample, seed and "
+                f"temperature; {unknown} are for transformers' generate"
+            )
         stacks = plain_stacks(self.model)
         self.shapes = {name: (len(modules), modules[0].num_heads) for name, modules in stacks.items()}
         self.seq2seq = SELF not in stacks
         self.ids = request.rows[0]
         n = len(self.ids)
         (n_layers, n_heads), total = next(iter(self.shapes.values())), n + request.max_new_tokens + int(self.seq2seq)
-        self.edits = validate_edits(request.edits, n_layers=n_layers, n_heads=n_heads, sequence_length=total,
-                                    stacks=self.shapes if self.seq2seq else None)
+        self.edits = validate_edits(
+            request.edits,
+            n_layers=n_layers,
+            n_heads=n_heads,
+            sequence_length=total,
+            stacks=self.shapes if self.seq2seq else None,
+        )
         self.n_source = n if self.seq2seq else 0
         self.run = _Run(self.model, stacks, self.edits, stack_offsets(self.n_source))
         self.start = decoder_start(lm) if self.seq2seq else None
@@ -114,27 +128,47 @@ class PlainRunner(Runner):
 
     def traces(self) -> list[Trace]:
         ids, n_source, capture = self.ids, self.n_source, self.request.capture
-        generated = self.sequence[0, self.first:].tolist()
+        generated = self.sequence[0, self.first :].tolist()
         whole = torch.cat([ids, self.sequence[0].cpu()]) if self.seq2seq else self.sequence[0].cpu()
         spans = stack_spans(n_source, len(whole))
-        attention = {name: AttentionStack(name, n_layers=layers, n_heads=heads, queries=spans[name][0],
-                                          keys=spans[name][1], edits=self.edits, model_name=self.lm.name,
-                                          layers=[self.run.layer((name, i)) for i in range(layers)] if capture else None)
-                     for name, (layers, heads) in self.shapes.items()}
-        logits = [step[0] for step in self.step_logits[:max(1, len(generated))]]
-        return [Trace(model=self.lm, input_ids=whole, n_prompt=len(ids) + 1 if self.seq2seq else len(ids),
-                      n_source=n_source, stacks=attention, edits=self.edits, **predictions(logits, generated),
-                      logits=self.prompt_logits,
-                      record=make_record(self.lm, ids.tolist(), self.request.generation, self.edits, generated))]
+        attention = {
+            name: AttentionStack(
+                name,
+                n_layers=layers,
+                n_heads=heads,
+                queries=spans[name][0],
+                keys=spans[name][1],
+                edits=self.edits,
+                model_name=self.lm.name,
+                layers=[self.run.layer((name, i)) for i in range(layers)] if capture else None,
+            )
+            for name, (layers, heads) in self.shapes.items()
+        }
+        logits = [step[0] for step in self.step_logits[: max(1, len(generated))]]
+        return [
+            Trace(
+                model=self.lm,
+                input_ids=whole,
+                n_prompt=len(ids) + 1 if self.seq2seq else len(ids),
+                n_source=n_source,
+                stacks=attention,
+                edits=self.edits,
+                **predictions(logits, generated),
+                logits=self.prompt_logits,
+                record=make_record(self.lm, ids.tolist(), self.request.generation, self.edits, generated),
+            )
+        ]
 
 
 def decoder_start(lm: LanguageModel) -> int:
     """The token a plain encoder-decoder's output starts with: its tokenizer's bos token."""
     start = getattr(lm.tokenizer, "bos_token_id", None)
     if not isinstance(start, int):
-        raise InputError(f"{lm.name} is a plain encoder-decoder: its output starts with a bos token, and its tokenizer "
-                         f"has none; give one, e.g. lw.LanguageModel(module, tokenizer=lw.VocabTokenizer(vocab, "
-                         f"bos_token='<s>', eos_token='</s>'))")
+        raise InputError(
+            f"{lm.name} is a plain encoder-decoder: its output starts with a bos token, and its tokenizer "
+            f"has none; give one, e.g. lw.LanguageModel(module, tokenizer=lw.VocabTokenizer(vocab, "
+            f"bos_token='<s>', eos_token='</s>'))"
+        )
     return start
 
 
@@ -148,18 +182,39 @@ def _next_token(logits: torch.Tensor, generation: dict) -> torch.Tensor:
 class _Run:
     """The hooks of one run: capture each attention's queries and keys; steer the edited ones."""
 
-    def __init__(self, model: torch.nn.Module, stacks: dict[str, list[torch.nn.MultiheadAttention]], edits: tuple,
-                 offsets: dict[str, tuple[int, int]]):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        stacks: dict[str, list[torch.nn.MultiheadAttention]],
+        edits: tuple,
+        offsets: dict[str, tuple[int, int]],
+    ):
         self.places = {id(m): (name, i) for name, modules in stacks.items() for i, m in enumerate(modules)}
-        self.modules = {place: m for name, modules in stacks.items() for place, m in
-                        (((name, i), m) for i, m in enumerate(modules))}
+        self.modules = {
+            place: m for name, modules in stacks.items() for place, m in (((name, i), m) for i, m in enumerate(modules))
+        }
         # attention module -> the encoder layer whose fused fast path may skip its forward
-        self.owners = {id(layer.self_attn): layer for layer in model.modules()
-                       if isinstance(layer, torch.nn.TransformerEncoderLayer) and id(layer.self_attn) in self.places}
-        self.edits = {place: tuple(e for e in edits if isinstance(e, ScaleAttention) and e.stack in (None, place[0])
-                                   and (e.layers is None or place[1] in e.layers)) for place in self.modules}
-        self.ablations = {place: [e for e in edits if isinstance(e, AblateHead) and (e.stack or SELF) == place[0]
-                                  and e.layer == place[1]] for place in self.modules}
+        self.owners = {
+            id(layer.self_attn): layer
+            for layer in model.modules()
+            if isinstance(layer, torch.nn.TransformerEncoderLayer) and id(layer.self_attn) in self.places
+        }
+        self.edits = {
+            place: tuple(
+                e
+                for e in edits
+                if isinstance(e, ScaleAttention)
+                and e.stack in (None, place[0])
+                and (e.layers is None or place[1] in e.layers)
+            )
+            for place in self.modules
+        }
+        self.ablations = {
+            place: [
+                e for e in edits if isinstance(e, AblateHead) and (e.stack or SELF) == place[0] and e.layer == place[1]
+            ]
+            for place in self.modules
+        }
         self.offsets = offsets
         self.captured: dict[Place, LayerAttention] = {}  # each pass overwrites: the last one covers every position
         self.head_means: dict[tuple[Place, int], torch.Tensor] = {}  # mean ablation: the first (prompt) pass's
@@ -167,8 +222,10 @@ class _Run:
 
     def layer(self, place: Place) -> LayerAttention:
         if place not in self.captured:
-            raise InputError(f"attention module {place[1]} of {place[0]!r} never ran during the forward pass, so it "
-                             f"has nothing to show")
+            raise InputError(
+                f"attention module {place[1]} of {place[0]!r} never ran during the forward pass, so it "
+                f"has nothing to show"
+            )
         return self.captured[place]
 
     @contextmanager
@@ -182,14 +239,15 @@ class _Run:
             for place, mha in self.modules.items():
                 fused = id(mha) in self.owners
                 if (capture and not fused) or self.edits[place] or self.ablations[place]:
-                    hook = mha.register_forward_pre_hook(self._attention_hook(place, capture and not fused),
-                                                         with_kwargs=True)
+                    hook = mha.register_forward_pre_hook(
+                        self._attention_hook(place, capture and not fused), with_kwargs=True
+                    )
                     stack.callback(hook.remove)
                 if self.ablations[place]:
                     hook = mha.register_forward_hook(self._ablation_hook(place), with_kwargs=True)
                     stack.callback(hook.remove)
             if any(self.edits.values()) or any(self.ablations.values()):  # a fused encoder layer never calls
-                enabled = torch.backends.mha.get_fastpath_enabled()       # the attention we steer
+                enabled = torch.backends.mha.get_fastpath_enabled()  # the attention we steer
                 torch.backends.mha.set_fastpath_enabled(False)
                 stack.callback(torch.backends.mha.set_fastpath_enabled, enabled)
             yield
@@ -205,9 +263,11 @@ class _Run:
             bound = dict(zip(("src", "src_mask", "src_key_padding_mask", "is_causal"), args), **kwargs)
             src = bound["src"]
             x = module.norm1(src) if module.norm_first else src
-            self._capture(place, x, x, bound.get("src_mask"), bool(bound.get("is_causal")),
-                          bound.get("src_key_padding_mask"))
+            self._capture(
+                place, x, x, bound.get("src_mask"), bool(bound.get("is_causal")), bound.get("src_key_padding_mask")
+            )
             return None
+
         return hook
 
     def _attention_hook(self, place: Place, capture: bool):
@@ -217,9 +277,11 @@ class _Run:
             bound = dict(zip(_MHA_ARGS_AFTER_SELF, args), **kwargs)
             query, key = bound["query"], bound["key"]
             if place[0] != "cross" and key is not query and not torch.equal(key, query):
-                raise InputError(f"attention module {place[1]} attends over another sequence (cross-attention) outside "
-                                 f"an nn.TransformerDecoderLayer; llm-widgets reads plain encoder-decoders built from "
-                                 f"nn.TransformerEncoderLayer and nn.TransformerDecoderLayer (as nn.Transformer is)")
+                raise InputError(
+                    f"attention module {place[1]} attends over another sequence (cross-attention) outside "
+                    f"an nn.TransformerDecoderLayer; llm-widgets reads plain encoder-decoders built from "
+                    f"nn.TransformerEncoderLayer and nn.TransformerDecoderLayer (as nn.Transformer is)"
+                )
             mask, causal = bound.get("attn_mask"), bool(bound.get("is_causal"))
             if capture:
                 self._capture(place, query, key, mask, causal, bound.get("key_padding_mask"))
@@ -228,6 +290,7 @@ class _Run:
             bound["attn_mask"] = self._edited_mask(place, mha, query, key, mask, causal)
             bound["is_causal"] = False  # the mask above says all of it
             return (), bound
+
         return hook
 
     def _ablation_hook(self, place: Place):
@@ -239,10 +302,12 @@ class _Run:
             bound = dict(zip(_MHA_ARGS_AFTER_SELF, args), **kwargs)
             query, key, value = bound["query"], bound["key"], bound["value"]
             q, k, v = (_projected(mha, x, which) for which, x in enumerate((query, key, value)))
-            causal, bias = _mask_facts(bound.get("attn_mask"), bool(bound.get("is_causal")), q.shape[2], k.shape[2],
-                                       mha.num_heads, q.device)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=None if bias is None else bias[None].to(q.dtype),
-                                                 is_causal=causal and bias is None)  # [batch, heads, n, d]
+            causal, bias = _mask_facts(
+                bound.get("attn_mask"), bool(bound.get("is_causal")), q.shape[2], k.shape[2], mha.num_heads, q.device
+            )
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=None if bias is None else bias[None].to(q.dtype), is_causal=causal and bias is None
+            )  # [batch, heads, n, d]
             for edit in self.ablations[place]:
                 if edit.mode == "zero":
                     out[:, edit.head] = 0
@@ -251,6 +316,7 @@ class _Run:
                     out[:, edit.head] = mean
             out = F.linear(out.transpose(1, 2).flatten(2), mha.out_proj.weight, mha.out_proj.bias)
             return (out if mha.batch_first else out.transpose(0, 1)), None
+
         return hook
 
     def _capture(self, place, query, key, mask, is_causal, padding) -> None:
@@ -258,12 +324,15 @@ class _Run:
         if padding is not None and bool(torch.as_tensor(padding).any()):
             raise InputError("a key_padding_mask with padded keys: trace one unpadded prompt at a time")
         if mha.bias_k is not None or mha.add_zero_attn:
-            raise InputError(f"attention module {place[1]} of {place[0]!r} uses add_bias_kv or add_zero_attn, which "
-                             f"llm-widgets does not recompute yet")
+            raise InputError(
+                f"attention module {place[1]} of {place[0]!r} uses add_bias_kv or add_zero_attn, which "
+                f"llm-widgets does not recompute yet"
+            )
         q, k = _projected(mha, query, 0), _projected(mha, key, 1)  # [B, H, n, d]
         causal, bias = _mask_facts(mask, is_causal, q.shape[2], k.shape[2], mha.num_heads, q.device)
-        self.captured[place] = LayerAttention(q[0].detach(), k[0].detach(), 1 / math.sqrt(q.shape[-1]), None, None,
-                                              causal, None, bias)
+        self.captured[place] = LayerAttention(
+            q[0].detach(), k[0].detach(), 1 / math.sqrt(q.shape[-1]), None, None, causal, None, bias
+        )
 
     def _edited_mask(self, place, mha, query, key, mask, causal) -> torch.Tensor:
         """The module's own mask as an additive float mask [heads, n, kv], plus the edits' log-factors
@@ -275,12 +344,11 @@ class _Run:
         base = torch.zeros(mha.num_heads, n, kv, device=query.device) if bias is None else bias.clone()
         allowed = allowed_mask(q_pos, k_pos, is_causal, None) & ~torch.isneginf(base[0])
         base = base.masked_fill(~allowed, float("-inf"))
-        edit, spared = spare_fully_masked(edit_bias(self.edits[place], mha.num_heads, q_pos + q_off, k_pos + k_off),
-                                          allowed)
+        edit, spared = spare_fully_masked(
+            edit_bias(self.edits[place], mha.num_heads, q_pos + q_off, k_pos + k_off), allowed
+        )
         self.fully_masked_rows |= spared
         return (base + edit).to(query.dtype)
-
-
 
 
 def _projected(mha: torch.nn.MultiheadAttention, x: torch.Tensor, which: int) -> torch.Tensor:
@@ -289,10 +357,10 @@ def _projected(mha: torch.nn.MultiheadAttention, x: torch.Tensor, which: int) ->
         x = x.transpose(0, 1)
     e = mha.embed_dim
     if mha._qkv_same_embed_dim:
-        weight = mha.in_proj_weight[which * e:(which + 1) * e]
+        weight = mha.in_proj_weight[which * e : (which + 1) * e]
     else:
         weight = (mha.q_proj_weight, mha.k_proj_weight, mha.v_proj_weight)[which]
-    bias = mha.in_proj_bias[which * e:(which + 1) * e] if mha.in_proj_bias is not None else None
+    bias = mha.in_proj_bias[which * e : (which + 1) * e] if mha.in_proj_bias is not None else None
     out = F.linear(x, weight, bias)
     return out.view(*out.shape[:2], mha.num_heads, mha.head_dim).transpose(1, 2)
 
@@ -303,8 +371,11 @@ def _mask_facts(mask: Any, is_causal: bool, n: int, kv: int, heads: int, device)
     if mask is None:
         return bool(is_causal), None
     mask = torch.as_tensor(mask, device=device)
-    additive = torch.zeros(mask.shape, device=device).masked_fill(mask, float("-inf")) if mask.dtype == torch.bool \
+    additive = (
+        torch.zeros(mask.shape, device=device).masked_fill(mask, float("-inf"))
+        if mask.dtype == torch.bool
         else mask.float()
+    )
     if additive.dim() == 2:
         upper = torch.ones(n, kv, dtype=torch.bool, device=device).triu(1)
         if n == kv and torch.equal(torch.isneginf(additive), upper) and not additive[~upper].any():

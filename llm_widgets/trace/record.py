@@ -9,19 +9,30 @@ import torch
 import transformers
 from packaging.version import InvalidVersion, Version
 
-from .._version import __version__
 from .. import checks
+from .._version import __version__
 from ..errors import InputError, ReplayMismatchError, WrongTypeError
 from ..models import LanguageModel, load_model
 from .edits import edit_from_dict
 from .settings import RECORD_SCHEMA, check_generation_settings
 
-RECORD_KEYS = {"schema", "llm_widgets", "torch", "transformers", "model", "prompt_ids", "generation", "edits",
-               "output_ids", "batch"}  # "batch": a row of a batched run ({"prompt_ids": every row's, "row": i})
+RECORD_KEYS = {
+    "schema",
+    "llm_widgets",
+    "torch",
+    "transformers",
+    "model",
+    "prompt_ids",
+    "generation",
+    "edits",
+    "output_ids",
+    "batch",
+}  # "batch": a row of a batched run ({"prompt_ids": every row's, "row": i})
 
 
-def make_record(lm: LanguageModel, prompt_ids: list[int], generation: dict, edits: tuple,
-                output_ids: list[int]) -> dict[str, Any]:
+def make_record(
+    lm: LanguageModel, prompt_ids: list[int], generation: dict, edits: tuple, output_ids: list[int]
+) -> dict[str, Any]:
     """The record of one run: versions, the model and where its weights came from, the
     prompt's ids, the generation settings (with the seed), the edits and the output ids."""
     facts = lm.facts
@@ -30,9 +41,14 @@ def make_record(lm: LanguageModel, prompt_ids: list[int], generation: dict, edit
         "llm_widgets": __version__,
         "torch": torch.__version__,
         "transformers": transformers.__version__,
-        "model": {"name": lm.name, "source": {k: str(v) for k, v in lm.source.items()},
-                  "architecture": facts.architecture, "dtype": facts.dtype, "device": facts.device,
-                  "attn_implementation": facts.attn_implementation},
+        "model": {
+            "name": lm.name,
+            "source": {k: str(v) for k, v in lm.source.items()},
+            "architecture": facts.architecture,
+            "dtype": facts.dtype,
+            "device": facts.device,
+            "attn_implementation": facts.attn_implementation,
+        },
         "prompt_ids": prompt_ids,
         "generation": generation,
         "edits": [e.to_dict() for e in edits],
@@ -43,6 +59,7 @@ def make_record(lm: LanguageModel, prompt_ids: list[int], generation: dict, edit
 def check_record(record: Any) -> dict:
     """A record read from elsewhere, checked key by key before anything runs: a ValueError
     names the key that is missing, of the wrong type, unknown, or refused."""
+
     def bad(message: str) -> InputError:
         return InputError(f"not a run record llm-widgets can replay: {message}")
 
@@ -53,8 +70,10 @@ def check_record(record: Any) -> dict:
         raise bad(f"unknown key(s) {unknown}; a record has {sorted(RECORD_KEYS)}")
     schema = record.get("schema", RECORD_SCHEMA)  # records of 0.1.0 had no schema key: the same layout
     if schema != RECORD_SCHEMA or isinstance(schema, bool):
-        raise bad(f"schema {schema!r} is not one this version reads ({RECORD_SCHEMA}); replay it with the "
-                  f"llm-widgets version that wrote it ({record.get('llm_widgets', 'unknown')})")
+        raise bad(
+            f"schema {schema!r} is not one this version reads ({RECORD_SCHEMA}); replay it with the "
+            f"llm-widgets version that wrote it ({record.get('llm_widgets', 'unknown')})"
+        )
     made_by = record.get("llm_widgets")
     if made_by is not None:
         try:
@@ -67,8 +86,11 @@ def check_record(record: Any) -> dict:
         if key not in record:
             raise bad(f"the key {key!r} is missing")
     model = record["model"]
-    if not isinstance(model, dict) or not isinstance(model.get("name"), str) or \
-            not isinstance(model.get("source", {}), dict):
+    if (
+        not isinstance(model, dict)
+        or not isinstance(model.get("name"), str)
+        or not isinstance(model.get("source", {}), dict)
+    ):
         raise bad("'model' must be a dict with a 'name' string (and a 'source' dict)")
     for key in ("prompt_ids", "output_ids"):
         if not _id_list(record[key]):
@@ -88,11 +110,15 @@ def check_record(record: Any) -> dict:
     batch = record.get("batch")
     if batch is not None:
         rows, row = (batch.get("prompt_ids"), batch.get("row")) if isinstance(batch, dict) else (None, None)
-        if not isinstance(batch, dict) or set(batch) != {"prompt_ids", "row"} or not isinstance(rows, list) \
-                or not rows or not all(_id_list(r) and r for r in rows):
+        if (
+            not isinstance(batch, dict)
+            or set(batch) != {"prompt_ids", "row"}
+            or not isinstance(rows, list)
+            or not rows
+            or not all(_id_list(r) and r for r in rows)
+        ):
             raise bad("'batch' must be {'prompt_ids': a list of token id lists, 'row': an index into it}")
-        if not checks.is_int(row) or not 0 <= row < len(rows) or \
-                rows[row] != record["prompt_ids"]:
+        if not checks.is_int(row) or not 0 <= row < len(rows) or rows[row] != record["prompt_ids"]:
             raise bad(f"'batch' row {row!r} is not the index of this record's prompt_ids among the batch's rows")
     return record
 
@@ -109,28 +135,39 @@ def replay(record: dict, model: LanguageModel | None = None, *, check: bool = Tr
     record = check_record(record)
     edits = [edit_from_dict(e) for e in record["edits"]]
     if model is not None and not isinstance(model, LanguageModel):
-        raise WrongTypeError(f"replay's model must be an lw.LanguageModel (or None to load the recorded one); "
-                             f"got {type(model).__name__}")
+        raise WrongTypeError(
+            f"replay's model must be an lw.LanguageModel (or None to load the recorded one); got {type(model).__name__}"
+        )
     recorded_architecture = record["model"].get("architecture")
     if model is not None and recorded_architecture and recorded_architecture != model.facts.architecture:
-        raise InputError(f"this record is of a {recorded_architecture} ({record['model']['name']!r}); the model "
-                         f"given is a {model.facts.architecture} ({model.name!r}): pass the recorded model, or "
-                         f"model=None to load it")
+        raise InputError(
+            f"this record is of a {recorded_architecture} ({record['model']['name']!r}); the model "
+            f"given is a {model.facts.architecture} ({model.name!r}): pass the recorded model, or "
+            f"model=None to load it"
+        )
     if model is None:
         source = record["model"].get("source", {})
         model = load_model(source.get("bundled") or source.get("path") or record["model"]["name"])
     weights = record["model"].get("source", {}).get("weights_sha256")
     if weights and model.source.get("weights_sha256") and weights != model.source["weights_sha256"]:
-        warnings.warn("the model's weights differ from the recorded ones (weights_sha256): replay may diverge",
-                      stacklevel=2)
+        warnings.warn(
+            "the model's weights differ from the recorded ones (weights_sha256): replay may diverge", stacklevel=2
+        )
     generation = dict(record["generation"])
     batch = record.get("batch")  # a row of a batch runs with its batch: padding can change the last bits
-    trace = model.trace(batch["prompt_ids"] if batch else record["prompt_ids"], edits=edits,
-                        max_new_tokens=generation.pop("max_new_tokens"), seed=generation.pop("seed"),
-                        do_sample=generation.pop("do_sample"), **generation)
+    trace = model.trace(
+        batch["prompt_ids"] if batch else record["prompt_ids"],
+        edits=edits,
+        max_new_tokens=generation.pop("max_new_tokens"),
+        seed=generation.pop("seed"),
+        do_sample=generation.pop("do_sample"),
+        **generation,
+    )
     if batch:
         trace = trace[batch["row"]]
     if check and trace.generated_ids != record["output_ids"]:
-        raise ReplayMismatchError(f"replay produced different tokens: {trace.generated_ids} instead of the recorded "
-                                  f"{record['output_ids']} (different hardware, dtype or library versions can do this)")
+        raise ReplayMismatchError(
+            f"replay produced different tokens: {trace.generated_ids} instead of the recorded "
+            f"{record['output_ids']} (different hardware, dtype or library versions can do this)"
+        )
     return trace

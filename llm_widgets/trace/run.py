@@ -38,33 +38,62 @@ def prompt_ids(lm: LanguageModel, prompt: Any) -> torch.Tensor:
         out = tok.apply_chat_template(list(prompt), add_generation_prompt=True, return_tensors="pt", return_dict=True)
         ids = out["input_ids"][0]
     elif isinstance(prompt, torch.Tensor) or (
-            isinstance(prompt, (list, tuple)) and all(checks.is_int(i) for i in prompt)):
+        isinstance(prompt, (list, tuple)) and all(checks.is_int(i) for i in prompt)
+    ):
         if isinstance(prompt, torch.Tensor):
             if prompt.dtype.is_floating_point or prompt.dtype.is_complex or prompt.dtype == torch.bool:
-                raise InputError(f"token ids must be integers; got a {prompt.dtype} tensor (did you pass embeddings "
-                                 f"or a mask?)")
+                raise InputError(
+                    f"token ids must be integers; got a {prompt.dtype} tensor (did you pass embeddings or a mask?)"
+                )
             if prompt.dim() not in (1, 2) or (prompt.dim() == 2 and prompt.shape[0] != 1):
-                raise InputError(f"token ids must be one sequence, shape [T] or [1, T] (or a batch, [B, T]); got "
-                                 f"shape {list(prompt.shape)}")
+                raise InputError(
+                    f"token ids must be one sequence, shape [T] or [1, T] (or a batch, [B, T]); got "
+                    f"shape {list(prompt.shape)}"
+                )
         ids = torch.as_tensor(prompt, dtype=torch.long).reshape(-1)  # [1, T]: a batch of one, as tokenizers return it
         vocab = lm.facts.vocab_size
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
             raise InputError(f"token ids must be between 0 and {vocab - 1} for {lm.name}")
     else:
-        raise InputError(f"prompt must be a string, a list of chat messages ({{'role': ..., 'content': ...}}) or token "
-                         f"ids; got {type(prompt).__name__}")
+        raise InputError(
+            f"prompt must be a string, a list of chat messages ({{'role': ..., 'content': ...}}) or token "
+            f"ids; got {type(prompt).__name__}"
+        )
     if ids.numel() == 0:
         raise InputError("the prompt is empty after tokenisation: give some text or token ids")
     return ids
 
 
 @provides(LanguageModel.trace)
-def run_trace(lm: LanguageModel, prompt, max_new_tokens, edits, seed, do_sample, keep_logits, capture, capture_device,
-              capture_dtype, profile, **generation_kwargs) -> Trace | TraceBatch:
+def run_trace(
+    lm: LanguageModel,
+    prompt,
+    max_new_tokens,
+    edits,
+    seed,
+    do_sample,
+    keep_logits,
+    capture,
+    capture_device,
+    capture_dtype,
+    profile,
+    **generation_kwargs,
+) -> Trace | TraceBatch:
     """See LanguageModel.trace: every traced run, whatever the family of model, goes through here."""
-    request = _request(lm, prompt, max_new_tokens=max_new_tokens, edits=edits, seed=seed, do_sample=do_sample,
-                       keep_logits=keep_logits, capture=capture, capture_device=capture_device,
-                       capture_dtype=capture_dtype, profile=profile, generation_kwargs=generation_kwargs)
+    request = _request(
+        lm,
+        prompt,
+        max_new_tokens=max_new_tokens,
+        edits=edits,
+        seed=seed,
+        do_sample=do_sample,
+        keep_logits=keep_logits,
+        capture=capture,
+        capture_device=capture_device,
+        capture_dtype=capture_dtype,
+        profile=profile,
+        generation_kwargs=generation_kwargs,
+    )
     runner = _runner_class(lm, request.facts)(request)  # the family's own checks and run state
     with held(lm.model, seed=request.generation["seed"]), runner.instrumented():
         runner.execute()
@@ -85,26 +114,45 @@ def _runner_class(lm: LanguageModel, facts: ModelFacts) -> type[Runner]:
     return DecoderRunner
 
 
-def _request(lm: LanguageModel, prompt: Any, *, max_new_tokens: Any, edits: Any, seed: Any, do_sample: Any,
-             keep_logits: Any, capture: Any, capture_device: Any, capture_dtype: Any, profile: Any,
-             generation_kwargs: dict) -> Request:
+def _request(
+    lm: LanguageModel,
+    prompt: Any,
+    *,
+    max_new_tokens: Any,
+    edits: Any,
+    seed: Any,
+    do_sample: Any,
+    keep_logits: Any,
+    capture: Any,
+    capture_device: Any,
+    capture_dtype: Any,
+    profile: Any,
+    generation_kwargs: dict,
+) -> Request:
     """The arguments every family takes, checked; the prompt turned into rows of ids."""
     facts = lm.facts
     if facts.n_heads == 0:
-        raise InputError(f"{lm.name} ({facts.architecture}) has no attention heads; llm-widgets traces attention models")
+        raise InputError(
+            f"{lm.name} ({facts.architecture}) has no attention heads; llm-widgets traces attention models"
+        )
     checks.integer(max_new_tokens, "max_new_tokens", low=0)
     if seed is not None:
         checks.integer(seed, "seed", low=0, note=" (or None)")
-    for value, name in ((do_sample, "do_sample"), (keep_logits, "keep_logits"), (capture, "capture"),
-                        (profile, "profile")):
+    for value, name in (
+        (do_sample, "do_sample"),
+        (keep_logits, "keep_logits"),
+        (capture, "capture"),
+        (profile, "profile"),
+    ):
         checks.flag(value, name)
     check_generation_settings(generation_kwargs)
     if capture_dtype is not None and not (isinstance(capture_dtype, torch.dtype) and capture_dtype.is_floating_point):
         raise InputError(f"capture_dtype must be a floating torch dtype such as torch.float16; got {capture_dtype!r}")
     if facts.kind in ("classifier", "token_classifier") and max_new_tokens:
         what = "trace.label_probabilities" if facts.kind == "classifier" else "trace.token_labels"
-        raise InputError(f"{lm.name} is a classifier: it gives class probabilities ({what}), not text; use "
-                         f"max_new_tokens=0")
+        raise InputError(
+            f"{lm.name} is a classifier: it gives class probabilities ({what}), not text; use max_new_tokens=0"
+        )
     if facts.kind == "masked" and max_new_tokens:
         raise InputError(f"{lm.name} is a masked (bidirectional) model: it does not generate, use max_new_tokens=0")
     batch = batch_rows(prompt)
@@ -114,9 +162,19 @@ def _request(lm: LanguageModel, prompt: Any, *, max_new_tokens: Any, edits: Any,
         seed = secrets.randbits(31)  # recorded, so a sampled run replays
     # JSON-able as it stands: check_generation_settings admitted only numbers, flags and token ids
     generation = {"max_new_tokens": max_new_tokens, "do_sample": do_sample, "seed": seed, **generation_kwargs}
-    return Request(lm=lm, facts=facts, rows=rows, is_batch=is_batch, generation=generation, edits=edits,
-                   keep_logits=keep_logits, capture=capture, capture_device=capture_device,
-                   capture_dtype=capture_dtype, profile=profile)
+    return Request(
+        lm=lm,
+        facts=facts,
+        rows=rows,
+        is_batch=is_batch,
+        generation=generation,
+        edits=edits,
+        keep_logits=keep_logits,
+        capture=capture,
+        capture_device=capture_device,
+        capture_dtype=capture_dtype,
+        profile=profile,
+    )
 
 
 def fidelity(lm: LanguageModel, prompt: Any) -> float:
@@ -131,7 +189,8 @@ def fidelity(lm: LanguageModel, prompt: Any) -> float:
         if lm.plain:  # (an encoder-decoder's first step: its output's start token)
             start = [torch.tensor([[plain_start(lm)]], device=device)] if lm.kind == "seq2seq" else []
             return float((traced.logits - logits_of(model(ids[None].to(device), *start))[0].float().cpu()).abs().max())
-        decoder = {"decoder_input_ids": torch.tensor([[decoder_start(lm)]], device=device)} \
-            if lm.kind == "seq2seq" else {}  # an encoder-decoder's first step: the decoder's start token
+        decoder = (
+            {"decoder_input_ids": torch.tensor([[decoder_start(lm)]], device=device)} if lm.kind == "seq2seq" else {}
+        )  # an encoder-decoder's first step: the decoder's start token
         plain = model(input_ids=ids[None].to(device), use_cache=False, **decoder).logits[0].float().cpu()
     return float((traced.logits - plain).abs().max())

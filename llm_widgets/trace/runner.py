@@ -28,15 +28,19 @@ OWN_SETTINGS = ("max_new_tokens", "do_sample", "seed")
 
 
 @contextmanager
-def held(model: torch.nn.Module, *, seed: int | None = None, grad: bool = False, frozen: bool = False,
-         on_wait: Any = None) -> Iterator[None]:
+def held(
+    model: torch.nn.Module, *, seed: int | None = None, grad: bool = False, frozen: bool = False, on_wait: Any = None
+) -> Iterator[None]:
     """The model held by this thread for one run: no other run of ours meanwhile (`exclusive`),
     in eval mode, gradients off (on with `grad`, parameters `frozen` then), the random
     generator forked (and seeded with `seed`); everything restored after, on errors too."""
     device = input_device(model)
-    with exclusive(model, on_wait=on_wait), model_mode(model, training=False, frozen=frozen), \
-            torch.enable_grad() if grad else torch.no_grad(), \
-            torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    with (
+        exclusive(model, on_wait=on_wait),
+        model_mode(model, training=False, frozen=frozen),
+        torch.enable_grad() if grad else torch.no_grad(),
+        torch.random.fork_rng(devices=[device] if device.type == "cuda" else []),
+    ):
         if seed is not None:
             torch.manual_seed(seed)
         yield

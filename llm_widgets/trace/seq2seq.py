@@ -33,10 +33,12 @@ def stack_shapes(lm: LanguageModel) -> dict[str, tuple[int, int]]:
         heads = getattr(first, "num_heads", None) or getattr(first, "n_heads", None) or lm.facts.n_heads
         shapes[name] = (len(modules), int(heads))
     if set(shapes) != set(STACKS) or not all(layers for layers, _ in shapes.values()):
-        raise InputError(f"{lm.name} ({type(lm.model).__name__}) is an encoder-decoder whose encoder, decoder and "
-                         f"cross-attention modules could not all be found (found {shapes}); llm-widgets traces those "
-                         f"whose attention goes through transformers' AttentionInterface (BART, Marian, mBART, "
-                         f"Pegasus, and T5 in recent transformers releases)")
+        raise InputError(
+            f"{lm.name} ({type(lm.model).__name__}) is an encoder-decoder whose encoder, decoder and "
+            f"cross-attention modules could not all be found (found {shapes}); llm-widgets traces those "
+            f"whose attention goes through transformers' AttentionInterface (BART, Marian, mBART, "
+            f"Pegasus, and T5 in recent transformers releases)"
+        )
     return shapes
 
 
@@ -46,8 +48,10 @@ def decoder_start(lm: LanguageModel) -> int:
         start = getattr(source, "decoder_start_token_id", None)
         if isinstance(start, int):
             return start
-    raise InputError(f"{lm.name} has no decoder_start_token_id (in its generation config or config): the decoder "
-                     f"cannot start; set model.generation_config.decoder_start_token_id")
+    raise InputError(
+        f"{lm.name} has no decoder_start_token_id (in its generation config or config): the decoder "
+        f"cannot start; set model.generation_config.decoder_start_token_id"
+    )
 
 
 class Seq2SeqRunner(Runner):
@@ -58,25 +62,37 @@ class Seq2SeqRunner(Runner):
         super().__init__(request)
         lm = self.lm
         if request.is_batch:
-            raise InputError(f"{lm.name} is an encoder-decoder: trace one source text at a time (batches are for "
-                             f"decoder-only models)")
+            raise InputError(
+                f"{lm.name} is an encoder-decoder: trace one source text at a time (batches are for "
+                f"decoder-only models)"
+            )
         if lm.labels:
-            raise InputError(f"{lm.name} is an encoder-decoder classifier ({type(self.model).__name__}); "
-                             f"llm-widgets traces encoder-decoders that generate (…ForConditionalGeneration) and "
-                             f"decoder-only or encoder classifiers")
+            raise InputError(
+                f"{lm.name} is an encoder-decoder classifier ({type(self.model).__name__}); "
+                f"llm-widgets traces encoder-decoders that generate (…ForConditionalGeneration) and "
+                f"decoder-only or encoder classifiers"
+            )
         self.shapes = stack_shapes(lm)
         self.ids = request.rows[0]
         self.n_source = len(self.ids)
         total = self.n_source + 1 + request.max_new_tokens
         n_layers, n_heads = self.shapes["encoder"]
-        self.edits = validate_edits(request.edits, n_layers=n_layers, n_heads=n_heads, sequence_length=total,
-                                    stacks=self.shapes)
+        self.edits = validate_edits(
+            request.edits, n_layers=n_layers, n_heads=n_heads, sequence_length=total, stacks=self.shapes
+        )
         for edit in self.edits:
             if edit.stack == "encoder" and any(stop > self.n_source for start, stop in getattr(edit, "keys", ())):
                 raise InputError(f"{edit!r}: the encoder attends over the source, positions 0 to {self.n_source - 1}")
-        self.run = RunState(n_layers, n_heads, total, self.edits, capture=request.capture,
-                            capture_device=request.capture_device, capture_dtype=request.capture_dtype,
-                            offsets=stack_offsets(self.n_source))
+        self.run = RunState(
+            n_layers,
+            n_heads,
+            total,
+            self.edits,
+            capture=request.capture,
+            capture_device=request.capture_device,
+            capture_dtype=request.capture_dtype,
+            offsets=stack_offsets(self.n_source),
+        )
         self.start = decoder_start(lm)
         self.encoded: list = []  # the encoder's output, for the last token's step
 
@@ -103,9 +119,16 @@ class Seq2SeqRunner(Runner):
             out = model(input_ids=source, attention_mask=self.mask, decoder_input_ids=start, use_cache=False)
             self.decoded, self.step_logits = start, [out.logits[:, -1]]
             return
-        out = model.generate(input_ids=source, attention_mask=self.mask, max_new_tokens=request.max_new_tokens,
-                             do_sample=request.generation["do_sample"], return_dict_in_generate=True,
-                             output_logits=True, pad_token_id=self.lm.pad_token_id, **request.settings)
+        out = model.generate(
+            input_ids=source,
+            attention_mask=self.mask,
+            max_new_tokens=request.max_new_tokens,
+            do_sample=request.generation["do_sample"],
+            return_dict_in_generate=True,
+            output_logits=True,
+            pad_token_id=self.lm.pad_token_id,
+            **request.settings,
+        )
         self.decoded, self.step_logits = out.sequences, list(out.logits)
         if self.run.capture:  # generate never runs its last token through the model: one more step
             _last_token_step(model, self.decoded, self.encoded[0], self.mask, output_cache(out))
@@ -117,24 +140,49 @@ class Seq2SeqRunner(Runner):
         for name in STACKS:
             (q0, q1), (k0, k1) = spans[name]
             n_layers, n_heads = self.shapes[name]
-            layers = assembled(self.run, name, n_layers, n_heads, q1 - q0, k1 - k0, type(self.model).__name__) \
-                if self.run.capture else None
-            stacks[name] = AttentionStack(name, n_layers=n_layers, n_heads=n_heads, queries=(q0, q1), keys=(k0, k1),
-                                          layers=[layer and layer.row(0, slice(None), slice(None)) for layer in layers]
-                                          if layers is not None else None, edits=self.edits, model_name=self.lm.name)
+            layers = (
+                assembled(self.run, name, n_layers, n_heads, q1 - q0, k1 - k0, type(self.model).__name__)
+                if self.run.capture
+                else None
+            )
+            stacks[name] = AttentionStack(
+                name,
+                n_layers=n_layers,
+                n_heads=n_heads,
+                queries=(q0, q1),
+                keys=(k0, k1),
+                layers=[layer and layer.row(0, slice(None), slice(None)) for layer in layers]
+                if layers is not None
+                else None,
+                edits=self.edits,
+                model_name=self.lm.name,
+            )
         generated = decoded[0, 1:].tolist()
-        logits = [step[0] for step in self.step_logits[:max(1, len(generated))]]
-        return [Trace(model=self.lm, input_ids=torch.cat([self.ids, decoded[0].cpu()]), n_prompt=n_source + 1,
-                      n_source=n_source, stacks=stacks, edits=self.edits, **predictions(logits, generated),
-                      logits=logits[0].float().cpu()[None] if self.request.keep_logits else None,
-                      record=make_record(self.lm, self.ids.tolist(), self.request.generation, self.edits, generated))]
+        logits = [step[0] for step in self.step_logits[: max(1, len(generated))]]
+        return [
+            Trace(
+                model=self.lm,
+                input_ids=torch.cat([self.ids, decoded[0].cpu()]),
+                n_prompt=n_source + 1,
+                n_source=n_source,
+                stacks=stacks,
+                edits=self.edits,
+                **predictions(logits, generated),
+                logits=logits[0].float().cpu()[None] if self.request.keep_logits else None,
+                record=make_record(self.lm, self.ids.tolist(), self.request.generation, self.edits, generated),
+            )
+        ]
 
 
 def _last_token_step(model: torch.nn.Module, decoded: torch.Tensor, encoded, mask: torch.Tensor, cache) -> None:
     """The decoder's step on the last generated token (on the cache, or the whole output without one)."""
     encoder_outputs = encoded if isinstance(encoded, BaseModelOutput) else BaseModelOutput(last_hidden_state=encoded[0])
     if cache is not None:
-        model(encoder_outputs=encoder_outputs, attention_mask=mask, decoder_input_ids=decoded[:, -1:],
-              **cache_kwargs(model, cache))
+        model(
+            encoder_outputs=encoder_outputs,
+            attention_mask=mask,
+            decoder_input_ids=decoded[:, -1:],
+            **cache_kwargs(model, cache),
+        )
     else:
         model(encoder_outputs=encoder_outputs, attention_mask=mask, decoder_input_ids=decoded, use_cache=False)

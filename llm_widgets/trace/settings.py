@@ -9,8 +9,9 @@ trace and again when a record is read.
 
 from __future__ import annotations
 
-import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
+
 from .. import checks
 from ..errors import InputError
 
@@ -21,6 +22,7 @@ def _number(low: float, high: float | None = None, *, low_open: bool = False) ->
     def check(name: str, value: Any) -> Any:
         checks.number(value, f"generation setting {name}", low=low, high=high, low_open=low_open)
         return value  # as given: the record keeps what the user wrote
+
     return check
 
 
@@ -42,8 +44,10 @@ def _token_ids(name: str, value: Any) -> Any:
 def _one(name: str, value: Any) -> int:
     if not checks.is_int(value) or value != 1:
         what = "beam search" if name == "num_beams" else "several returned sequences"
-        raise InputError(f"{name}={value!r}: {what} is not traced (a trace follows one sequence token by token); "
-                         f"trace each candidate you want to see, e.g. with do_sample=True and different seeds")
+        raise InputError(
+            f"{name}={value!r}: {what} is not traced (a trace follows one sequence token by token); "
+            f"trace each candidate you want to see, e.g. with do_sample=True and different seeds"
+        )
     return value
 
 
@@ -63,19 +67,32 @@ GENERATION_SETTINGS: dict[str, Callable[[str, Any], Any]] = {
     "num_return_sequences": _one,
 }
 # settings that would load or run code, or hand generate objects a record cannot hold
-CODE_SETTINGS = ("custom_generate", "trust_remote_code", "assistant_model", "logits_processor",
-                 "stopping_criteria", "prefix_allowed_tokens_fn", "streamer", "generation_config",
-                 "synced_gpus", "assistant_tokenizer", "tokenizer")
+CODE_SETTINGS = (
+    "custom_generate",
+    "trust_remote_code",
+    "assistant_model",
+    "logits_processor",
+    "stopping_criteria",
+    "prefix_allowed_tokens_fn",
+    "streamer",
+    "generation_config",
+    "synced_gpus",
+    "assistant_tokenizer",
+    "tokenizer",
+)
 
 
 def check_generation_settings(settings: dict[str, Any], where: str = "trace") -> dict[str, Any]:
     """The settings, each checked; a ValueError names any that is refused and why."""
     for name, value in settings.items():
         if name in CODE_SETTINGS:
-            raise InputError(f"{where}: the generation setting {name!r} is refused: it would let a run (or a shared "
-                             f"record) load or run code or objects beyond the model's own")
+            raise InputError(
+                f"{where}: the generation setting {name!r} is refused: it would let a run (or a shared "
+                f"record) load or run code or objects beyond the model's own"
+            )
         if name not in GENERATION_SETTINGS:
-            raise InputError(f"{where}: unknown generation setting {name!r}; a trace takes "
-                             f"{', '.join(sorted(GENERATION_SETTINGS))}")
+            raise InputError(
+                f"{where}: unknown generation setting {name!r}; a trace takes {', '.join(sorted(GENERATION_SETTINGS))}"
+            )
         GENERATION_SETTINGS[name](name, value)
     return settings

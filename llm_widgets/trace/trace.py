@@ -7,14 +7,13 @@ for an encoder-decoder (encoder, decoder, cross).
 
 from __future__ import annotations
 
-import warnings
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .._provide import provided
 from .. import checks
+from .._provide import provided
 from ..errors import InputError
 from ..models import LanguageModel
 from .attention import GRID_CELL, OVERVIEW, AttentionStack
@@ -28,12 +27,25 @@ if TYPE_CHECKING:  # the result types, for type checkers: analyses (the layer ab
 class Trace:
     """One run of a model: tokens, output, top-k predictions, and attention on demand."""
 
-    def __init__(self, *, model: LanguageModel, input_ids: torch.Tensor, n_prompt: int,
-                 stacks: dict[str, AttentionStack], edits: tuple, top_k: list[tuple[torch.Tensor, torch.Tensor]],
-                 chosen: list[float], logits: torch.Tensor | None, record: dict,
-                 first_logprobs: torch.Tensor | None = None, n_source: int = 0):
+    def __init__(
+        self,
+        *,
+        model: LanguageModel,
+        input_ids: torch.Tensor,
+        n_prompt: int,
+        stacks: dict[str, AttentionStack],
+        edits: tuple,
+        top_k: list[tuple[torch.Tensor, torch.Tensor]],
+        chosen: list[float],
+        logits: torch.Tensor | None,
+        record: dict,
+        first_logprobs: torch.Tensor | None = None,
+        n_source: int = 0,
+    ):
         self.model = model
-        self.input_ids = input_ids  # [T]: prompt then generated (an encoder-decoder's: source, decoder start, generated)
+        self.input_ids = (
+            input_ids  # [T]: prompt then generated (an encoder-decoder's: source, decoder start, generated)
+        )
         self.n_prompt = n_prompt
         self.n_source = n_source  # an encoder-decoder's source tokens, at positions 0 .. n_source - 1 (else 0)
         self.edits = edits
@@ -74,7 +86,7 @@ class Trace:
             return " ".join(label for _, label, _ in self.token_labels)
         if self.model.labels:
             return self.model.labels[self.next_token_id]
-        return self.model.tokenizer.decode(self.input_ids[self.n_prompt:].tolist(), skip_special_tokens=True)
+        return self.model.tokenizer.decode(self.input_ids[self.n_prompt :].tolist(), skip_special_tokens=True)
 
     @property
     def label_probabilities(self) -> dict[str, float]:
@@ -97,7 +109,7 @@ class Trace:
 
     @property
     def generated_ids(self) -> list[int]:
-        return self.input_ids[self.n_prompt:].tolist()
+        return self.input_ids[self.n_prompt :].tolist()
 
     @property
     def next_token_id(self) -> int:
@@ -107,8 +119,10 @@ class Trace:
     def __repr__(self) -> str:
         edits = f", {len(self.edits)} edits" if self.edits else ""
         prompt = f"{self.n_source} source" if self.n_source else f"{self.n_prompt} prompt"
-        return (f"Trace({self.model.name!r}: {prompt} + {len(self) - self.n_prompt} generated tokens"
-                f"{edits}; output {self.output_text!r})")
+        return (
+            f"Trace({self.model.name!r}: {prompt} + {len(self) - self.n_prompt} generated tokens"
+            f"{edits}; output {self.output_text!r})"
+        )
 
     # --- predictions ---
 
@@ -148,8 +162,10 @@ class Trace:
         ids = tok.encode(token, add_special_tokens=False)
         if len(ids) != 1:
             pieces = tok.batch_decode([[i] for i in ids])
-            raise InputError(f"{token!r} is {len(ids)} tokens for this tokenizer ({pieces}); give one token, e.g. "
-                             f"{pieces[0]!r} (mind the leading space)")
+            raise InputError(
+                f"{token!r} is {len(ids)} tokens for this tokenizer ({pieces}); give one token, e.g. "
+                f"{pieces[0]!r} (mind the leading space)"
+            )
         return ids[0]
 
     def probability(self, token: str | int, step: int = 0) -> float:
@@ -166,16 +182,24 @@ class Trace:
         ids, probs = self._top_k[step]
         hits = (ids == token_id).nonzero()
         if len(hits) == 0:
-            raise InputError(f"{token!r} is not among the {len(ids)} most likely tokens kept for step {step}; "
-                             f"only step 0 keeps every token's probability")
+            raise InputError(
+                f"{token!r} is not among the {len(ids)} most likely tokens kept for step {step}; "
+                f"only step 0 keeps every token's probability"
+            )
         return float(probs[hits[0, 0]])
 
     # --- gradients ---
 
     @provided
-    def attribute(self, target: str | int | None = None, contrast: str | int | None = None,
-                  method: str = "grad_x_input", step: int | None = None, n_steps: int = 64,
-                  baseline: str = "zeros") -> Attribution:
+    def attribute(
+        self,
+        target: str | int | None = None,
+        contrast: str | int | None = None,
+        method: str = "grad_x_input",
+        step: int | None = None,
+        n_steps: int = 64,
+        baseline: str = "zeros",
+    ) -> Attribution:
         """Which input tokens drove the token at `step` (0: right after the prompt).
 
         Scores log p(target), or with `contrast` logit(target) - logit(contrast)
@@ -223,9 +247,10 @@ class Trace:
         if name is None:
             return self._stacks[self.default_stack]
         if name not in self._stacks:
-            raise InputError(f"stack {name!r} is not in this trace: it has {list(self._stacks)}"
-                             + ("" if len(self._stacks) > 1 else " (an encoder-decoder has 'encoder', 'decoder' and "
-                                                                 "'cross')"))
+            raise InputError(
+                f"stack {name!r} is not in this trace: it has {list(self._stacks)}"
+                + ("" if len(self._stacks) > 1 else " (an encoder-decoder has 'encoder', 'decoder' and 'cross')")
+            )
         return self._stacks[name]
 
     @property
@@ -238,8 +263,9 @@ class Trace:
         to less than 1; the rest went to the sink."""
         return self.stack().sink_layers
 
-    def attention(self, layer: int, head: int, queries: Any = None, keys: Any = None, *,
-                  stack: str | None = None) -> torch.Tensor:
+    def attention(
+        self, layer: int, head: int, queries: Any = None, keys: Any = None, *, stack: str | None = None
+    ) -> torch.Tensor:
         """Attention probabilities [len(queries), len(keys)] of one head, float32 on the CPU.
 
         queries / keys: None (all), a position, a (start, stop) span, a slice or a list of
@@ -250,8 +276,16 @@ class Trace:
         """
         return self.stack(stack).attention(layer, head, queries, keys)
 
-    def attention_overview(self, layer: int, head: int, size: int = OVERVIEW, queries: tuple[int, int] | None = None,
-                           keys: tuple[int, int] | None = None, *, stack: str | None = None) -> torch.Tensor:
+    def attention_overview(
+        self,
+        layer: int,
+        head: int,
+        size: int = OVERVIEW,
+        queries: tuple[int, int] | None = None,
+        keys: tuple[int, int] | None = None,
+        *,
+        stack: str | None = None,
+    ) -> torch.Tensor:
         """Max-pooled probabilities of a region, at most size x size: the first paint of a long
         sequence (the whole matrix) and the detail tiles of a zoom (queries / keys as (start, stop)).
 
@@ -270,6 +304,7 @@ class Trace:
         """
         return self.stack(stack).grid(size)
 
+
 def decode_each(tokenizer: Any, ids: list[int]) -> list[str]:
     """Each id decoded on its own, as `batch_decode([[i] for i in ids])` does; in one call
     into the Rust tokenizer when there is one (a Python loop costs ~2.5 us a token)."""
@@ -286,9 +321,11 @@ TOP_K_KEPT = 20  # the most likely tokens a trace keeps per step
 def predictions(logits: list[torch.Tensor], generated: list[int]) -> dict:
     """What a Trace keeps of a run's logits (one [vocab] per step): the top tokens of each step, the
     generated tokens' probabilities, and every token's log-probability at step 0."""
-    return {"top_k": [top_k_of(step, TOP_K_KEPT) for step in logits],
-            "chosen": [probability_of(step, token) for step, token in zip(logits, generated)],
-            "first_logprobs": torch.log_softmax(logits[0].float(), dim=-1).cpu()}
+    return {
+        "top_k": [top_k_of(step, TOP_K_KEPT) for step in logits],
+        "chosen": [probability_of(step, token) for step, token in zip(logits, generated)],
+        "first_logprobs": torch.log_softmax(logits[0].float(), dim=-1).cpu(),
+    }
 
 
 def top_k_of(logits: torch.Tensor, k: int = 20) -> tuple[torch.Tensor, torch.Tensor]:
@@ -299,4 +336,3 @@ def top_k_of(logits: torch.Tensor, k: int = 20) -> tuple[torch.Tensor, torch.Ten
 
 def probability_of(logits: torch.Tensor, token: int) -> float:
     return float(torch.softmax(logits.float(), dim=-1)[token])
-

@@ -17,19 +17,21 @@ import math
 import re
 import warnings
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import transformers
 
-from .._version import __version__
 from .. import checks
+from .._version import __version__
 from ..errors import InputError, WrongTypeError
 from .alerts import KINDS, GradientWarning, TrainingStopped
 
 HIST_EDGES = torch.linspace(-12, 4, 65)  # log10 |g|: 64 fixed bins from 1e-12 to 1e4; zeros counted apart
 _LAYER = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)\.")
+
 
 @dataclass
 class Steering:
@@ -60,20 +62,34 @@ class GradientMonitor:
     model: a torch module or lw.LanguageModel. groups: "layers" (by block index),
     "parameters" (one group each), or {name: regex} / [regex, ...] over parameter
     names. updates_every: how often the update-to-weight ratio is measured (it keeps a
-    copy of the weights across the optimizer step). vanishing / exploding: thresholds on a group's gradient norm; spike: a norm
+    copy of the weights across the optimizer step). vanishing / exploding: thresholds on a group's gradient
+    norm; spike: a norm
     above spike x the group's median over its last 20 recorded steps is exploding too
     (when it is at least spike_floor: a jump from 1e-6 to 1e-5 is no explosion).
     stop_on: alert kinds ("nonfinite", "exploding", "vanishing") that stop training.
     """
 
-    def __init__(self, model: Any, *, every: int = 1, histograms_every: int = 50, updates_every: int = 10,
-                 groups: Any = "layers",
-                 vanishing: float = 1e-7, exploding: float = 1e3, spike: float | None = 10.0, spike_floor: float = 1e-3,
-                 stop_on: Any = (),
-                 optimizer: Any = None, warn: bool = True):
+    def __init__(
+        self,
+        model: Any,
+        *,
+        every: int = 1,
+        histograms_every: int = 50,
+        updates_every: int = 10,
+        groups: Any = "layers",
+        vanishing: float = 1e-7,
+        exploding: float = 1e3,
+        spike: float | None = 10.0,
+        spike_floor: float = 1e-3,
+        stop_on: Any = (),
+        optimizer: Any = None,
+        warn: bool = True,
+    ):
         module = getattr(model, "model", model)  # a LanguageModel holds the torch module
         if not isinstance(module, torch.nn.Module):
-            raise WrongTypeError(f"GradientMonitor takes a torch module or lw.LanguageModel; got {type(model).__name__}")
+            raise WrongTypeError(
+                f"GradientMonitor takes a torch module or lw.LanguageModel; got {type(model).__name__}"
+            )
         for name, value in (("every", every), ("histograms_every", histograms_every), ("updates_every", updates_every)):
             if not isinstance(value, int) or value < 1:
                 raise InputError(f"{name} must be a positive integer; got {value!r}")
@@ -85,23 +101,29 @@ class GradientMonitor:
             raise InputError(f"stop_on takes {', '.join(KINDS)}; got {sorted(unknown)}")
         current = getattr(module, "_llm_widgets_monitor", None)
         if current is not None and current() is not None:
-            raise RuntimeError("this model already has a GradientMonitor attached: use that one, or call its "
-                               ".detach() before attaching another (two would both steer the same gradients)")
+            raise RuntimeError(
+                "this model already has a GradientMonitor attached: use that one, or call its "
+                ".detach() before attaching another (two would both steer the same gradients)"
+            )
         trainable = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
         # accelerate keeps offloaded weights on the meta device and loads a copy for each call:
         # they receive no gradients, so they are left out (not reported as vanishing)
         named = [(n, p) for n, p in trainable if p.device.type != "meta"]
         self.offloaded = len(trainable) - len(named)
         if self.offloaded:
-            message = (f"{self.offloaded} parameters are offloaded by accelerate (on the meta device, loaded for each "
-                       f"call): they get no gradients and are not monitored. Put the layers you train on a device "
-                       f"(a device_map without 'cpu' or 'disk' for them)")
+            message = (
+                f"{self.offloaded} parameters are offloaded by accelerate (on the meta device, loaded for each "
+                f"call): they get no gradients and are not monitored. Put the layers you train on a device "
+                f"(a device_map without 'cpu' or 'disk' for them)"
+            )
             if not named:
                 raise InputError(message.replace("are not monitored", "nothing is left to monitor"))
             warnings.warn(message, UserWarning, stacklevel=2)
         if not named:
-            raise InputError("every parameter of this model is frozen (requires_grad=False): there are no gradients "
-                             "to monitor. Unfreeze what you train, e.g. model.requires_grad_(True)")
+            raise InputError(
+                "every parameter of this model is frozen (requires_grad=False): there are no gradients "
+                "to monitor. Unfreeze what you train, e.g. model.requires_grad_(True)"
+            )
         self.module = module
         self.every, self.histograms_every, self.updates_every = every, histograms_every, updates_every
         if spike is not None and not spike > 1:
@@ -141,16 +163,20 @@ class GradientMonitor:
         if isinstance(groups, (list, tuple)):
             groups = {pattern: pattern for pattern in groups}
         if not isinstance(groups, dict) or not groups:
-            raise InputError("groups must be 'layers', 'parameters', a list of name patterns (regular expressions) "
-                             "or a dict {group name: pattern}")
+            raise InputError(
+                "groups must be 'layers', 'parameters', a list of name patterns (regular expressions) "
+                "or a dict {group name: pattern}"
+            )
         out = []
         for name in self.names:
             hit = next((g for g, pattern in groups.items() if re.search(pattern, name)), "other")
             out.append(hit)
         for group, pattern in groups.items():
             if group not in out:
-                raise InputError(f"group {group!r} ({pattern!r}) matches no trainable parameter; "
-                                 f"close names: {difflib.get_close_matches(pattern, self.names, n=5, cutoff=0.3)}")
+                raise InputError(
+                    f"group {group!r} ({pattern!r}) matches no trainable parameter; "
+                    f"close names: {difflib.get_close_matches(pattern, self.names, n=5, cutoff=0.3)}"
+                )
         return out
 
     # --- steering ---
@@ -167,19 +193,24 @@ class GradientMonitor:
         try:
             regex = re.compile(pattern)
         except re.error as error:
-            raise InputError(f"pattern {pattern!r} is not a valid regular expression ({error}); give a group name "
-                             f"such as {self.groups[0]!r}, or escape special characters with re.escape") from None
+            raise InputError(
+                f"pattern {pattern!r} is not a valid regular expression ({error}); give a group name "
+                f"such as {self.groups[0]!r}, or escape special characters with re.escape"
+            ) from None
         hits = [g for g in self.groups if g == pattern or regex.fullmatch(g)]
         if not hits:
             close = difflib.get_close_matches(pattern, self.groups, n=5, cutoff=0.3) or self.groups[:8]
-            raise InputError(f"{pattern!r} matches no group of this monitor; close names: {close} "
-                             f"(groups are {', '.join(self.groups[:3])}, ...; a regex matches whole names)")
+            raise InputError(
+                f"{pattern!r} matches no group of this monitor; close names: {close} "
+                f"(groups are {', '.join(self.groups[:3])}, ...; a regex matches whole names)"
+            )
         if scale == 1.0 and clip is None:
             self.steering.pop(pattern, None)
         else:
             self.steering[pattern] = Steering(pattern, tuple(hits), float(scale), None if clip is None else float(clip))
-        self.steering_log.append({"step": self.step_count + 1, "pattern": pattern, "groups": hits,
-                                  "scale": float(scale), "clip": clip})
+        self.steering_log.append(
+            {"step": self.step_count + 1, "pattern": pattern, "groups": hits, "scale": float(scale), "clip": clip}
+        )
         return hits
 
     # --- the step ---
@@ -192,8 +223,10 @@ class GradientMonitor:
         step = self.step_count
         pairs = [(i, p.grad) for i, p in enumerate(self.params) if p.grad is not None]
         if not pairs:
-            raise RuntimeError("no parameter has a gradient: call monitor.step() after loss.backward() and before "
-                               "optimizer.zero_grad()")
+            raise RuntimeError(
+                "no parameter has a gradient: call monitor.step() after loss.backward() and before "
+                "optimizer.zero_grad()"
+            )
         idx = torch.tensor([i for i, _ in pairs])
         grads = [g for _, g in pairs]
         measure = step % self.every == 0 or bool(self.steering)
@@ -246,8 +279,15 @@ class GradientMonitor:
         self.steps.append({"step": step, "loss": loss, "lr": None if lr is None else float(lr), "global_norm": total})
         rows = []
         for g, group in enumerate(self.groups):
-            rows.append({"step": step, "group": group, "grad_norm": float(group_norms[g]),
-                         "steered_norm": float(applied[g]), "update_ratio": None})
+            rows.append(
+                {
+                    "step": step,
+                    "group": group,
+                    "grad_norm": float(group_norms[g]),
+                    "steered_norm": float(applied[g]),
+                    "update_ratio": None,
+                }
+            )
         self.rows.extend(rows)
         self._check(step, group_norms)
         if step % self.histograms_every == 0 or step == 1:
@@ -257,7 +297,9 @@ class GradientMonitor:
     def _typical(self, group: str) -> float | None:
         """The group's median norm over its last 20 recorded steps before this one (None if fewer than 3)."""
         n = len(self.groups)
-        past = [r["grad_norm"] for r in self.rows[-21 * n:-n] if r["group"] == group and math.isfinite(r["grad_norm"])]
+        past = [
+            r["grad_norm"] for r in self.rows[-21 * n : -n] if r["group"] == group and math.isfinite(r["grad_norm"])
+        ]
         return float(torch.tensor(past).median()) if len(past) >= 3 else None
 
     def _check(self, step: int, group_norms: torch.Tensor) -> None:
@@ -265,16 +307,28 @@ class GradientMonitor:
             norm = float(group_norms[g])
             typical = self._typical(group) if self.spike else None
             spiking = typical is not None and typical > 0 and norm > self.spike * typical and norm >= self.spike_floor
-            kind = ("nonfinite" if not math.isfinite(norm) else "exploding" if norm > self.exploding or spiking
-                    else "vanishing" if norm < self.vanishing else None)
+            kind = (
+                "nonfinite"
+                if not math.isfinite(norm)
+                else "exploding"
+                if norm > self.exploding or spiking
+                else "vanishing"
+                if norm < self.vanishing
+                else None
+            )
             for k in KINDS:
                 if k != kind:
                     self._alerting.discard((k, group))
             if kind is None:
                 continue
-            limit = {"exploding": f" > {self.exploding:g}" if norm > self.exploding else
-                     f", {norm / typical:.0f}x its median {typical:.3g}" if spiking else "",
-                     "vanishing": f" < {self.vanishing:g}"}.get(kind, "")
+            limit = {
+                "exploding": f" > {self.exploding:g}"
+                if norm > self.exploding
+                else f", {norm / typical:.0f}x its median {typical:.3g}"
+                if spiking
+                else "",
+                "vanishing": f" < {self.vanishing:g}",
+            }.get(kind, "")
             message = f"step {step}: {kind} gradient in {group} (norm {norm:.3g}{limit})"
             self.alerts.append({"step": step, "group": group, "kind": kind, "value": norm, "message": message})
             if (kind, group) not in self._alerting:  # warn when it starts, not every step it lasts
@@ -292,10 +346,12 @@ class GradientMonitor:
             values = torch.cat(parts).float().abs()
             zeros = int((values == 0).sum())
             logs = torch.log10(values[values > 0]).clamp(float(HIST_EDGES[0]), float(HIST_EDGES[-1]))
-            counts = torch.histc(logs.cpu(), bins=len(HIST_EDGES) - 1, min=float(HIST_EDGES[0]),
-                                 max=float(HIST_EDGES[-1]))
-            self.histograms.append({"step": step, "group": self.groups[i], "counts": counts.long().tolist(),
-                                    "zeros": zeros})
+            counts = torch.histc(
+                logs.cpu(), bins=len(HIST_EDGES) - 1, min=float(HIST_EDGES[0]), max=float(HIST_EDGES[-1])
+            )
+            self.histograms.append(
+                {"step": step, "group": self.groups[i], "counts": counts.long().tolist(), "zeros": zeros}
+            )
 
     def _finish_update(self) -> None:
         """Update-to-weight ratio of the optimizer step that followed the last snapshot."""
@@ -308,8 +364,9 @@ class GradientMonitor:
             torch._foreach_sub_(before, [p.detach() for p in self.params])  # in place: before - after
             change = torch.stack(torch._foreach_norm(before)).float().cpu().double().pow(2)
         n = len(self.groups)
-        ratios = (torch.zeros(n, dtype=torch.float64).index_add_(0, self._group_index, change).sqrt()
-                  / torch.zeros(n, dtype=torch.float64).index_add_(0, self._group_index, size).sqrt().clamp_min(1e-30))
+        ratios = torch.zeros(n, dtype=torch.float64).index_add_(0, self._group_index, change).sqrt() / torch.zeros(
+            n, dtype=torch.float64
+        ).index_add_(0, self._group_index, size).sqrt().clamp_min(1e-30)
         for row in self.rows[-n:]:
             if row["step"] == step:
                 row["update_ratio"] = float(ratios[self.groups.index(row["group"])])
@@ -348,13 +405,23 @@ class GradientMonitor:
         """What this monitoring run was, JSON-able: settings, groups, every steering change with
         its step, and the alerts (for the notes of an experiment, beside the trace records)."""
         return {
-            "llm_widgets": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "model": type(self.module).__name__, "groups": self.groups, "trainable_parameters": len(self.params),
+            "llm_widgets": __version__,
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "model": type(self.module).__name__,
+            "groups": self.groups,
+            "trainable_parameters": len(self.params),
             "frozen_parameters": self.frozen,
-            "settings": {"every": self.every, "histograms_every": self.histograms_every,
-                         "updates_every": self.updates_every, "vanishing": self.vanishing,
-                         "exploding": self.exploding, "spike": self.spike, "spike_floor": self.spike_floor,
-                         "stop_on": list(self.stop_on)},
+            "settings": {
+                "every": self.every,
+                "histograms_every": self.histograms_every,
+                "updates_every": self.updates_every,
+                "vanishing": self.vanishing,
+                "exploding": self.exploding,
+                "spike": self.spike,
+                "spike_floor": self.spike_floor,
+                "stop_on": list(self.stop_on),
+            },
             "steps": self.step_count,
             "steering": [dict(entry) for entry in self.steering_log],
             "alerts": [{k: a[k] for k in ("step", "group", "kind", "value")} for a in self.alerts],
@@ -385,18 +452,20 @@ class GradientMonitor:
 
     # --- optimizer hooks: `with monitor:` ---
 
-    def __enter__(self) -> "GradientMonitor":
+    def __enter__(self) -> GradientMonitor:
         if self._optimizer is None:
-            raise RuntimeError("`with monitor:` hooks the optimizer: create it as GradientMonitor(model, "
-                               "optimizer=opt), or call monitor.step() yourself after backward()")
+            raise RuntimeError(
+                "`with monitor:` hooks the optimizer: create it as GradientMonitor(model, "
+                "optimizer=opt), or call monitor.step() yourself after backward()"
+            )
+
         def before(*_):
             self.step()  # a pre-hook must return None
 
         def after(*_):
             self.after_optimizer_step()
 
-        self._hooks = [self._optimizer.register_step_pre_hook(before),
-                       self._optimizer.register_step_post_hook(after)]
+        self._hooks = [self._optimizer.register_step_pre_hook(before), self._optimizer.register_step_post_hook(after)]
         return self
 
     def __exit__(self, *exc) -> None:
@@ -412,8 +481,10 @@ class GradientMonitor:
             del self.module._llm_widgets_monitor
 
     def __repr__(self) -> str:
-        return (f"GradientMonitor({len(self.params)} parameters in {len(self.groups)} groups, step {self.step_count}, "
-                f"{len(self.alerts)} alerts, steering {list(self.steering) or 'none'})")
+        return (
+            f"GradientMonitor({len(self.params)} parameters in {len(self.groups)} groups, step {self.step_count}, "
+            f"{len(self.alerts)} alerts, steering {list(self.steering) or 'none'})"
+        )
 
 
 def _checked_loss(loss: Any) -> float | None:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
+
 from .. import checks
 from ..errors import InputError, WrongTypeError
 from ..models.devices import input_device
@@ -35,8 +37,15 @@ class StepProfile:
         return f"StepProfile({self.total_s * 1e3:.1f} ms per step over {self.steps}: {parts})"
 
 
-def profile_step(model: Any, batch: dict, optimizer: torch.optim.Optimizer, *, monitor: Any = None, steps: int = 3,
-                 loss: Callable[[Any], torch.Tensor] | None = None) -> StepProfile:
+def profile_step(
+    model: Any,
+    batch: dict,
+    optimizer: torch.optim.Optimizer,
+    *,
+    monitor: Any = None,
+    steps: int = 3,
+    loss: Callable[[Any], torch.Tensor] | None = None,
+) -> StepProfile:
     """Run `steps` real training steps (they update the weights: profile inside your loop, or on a
     copy) and time each part: forward (`model(**batch)`, the loss from `loss(output)` or
     `output.loss`), backward, `monitor.step()` when a GradientMonitor is given, and
@@ -45,8 +54,9 @@ def profile_step(model: Any, batch: dict, optimizer: torch.optim.Optimizer, *, m
     if not isinstance(module, torch.nn.Module):
         raise WrongTypeError(f"profile_step takes a torch module or lw.LanguageModel; got {type(model).__name__}")
     if not isinstance(batch, dict):
-        raise WrongTypeError(f"batch must be a dict of the model's inputs (with labels for the loss); got "
-                             f"{type(batch).__name__}")
+        raise WrongTypeError(
+            f"batch must be a dict of the model's inputs (with labels for the loss); got {type(batch).__name__}"
+        )
     checks.integer(steps, "steps", low=1)
     device = input_device(module)
     sync = device.type == "cuda"

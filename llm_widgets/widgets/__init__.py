@@ -8,5 +8,14 @@ from .matrix_views import CompareView, LensView, PatchingView
 from .model_card import ModelCard
 from .profile_view import ProfileView
 
-__all__ = ["AttentionEditor", "AttentionView", "AttributionView", "CompareView", "GradientMonitorView", "LensView",
-           "ModelCard", "PatchingView", "ProfileView"]
+__all__ = [
+    "AttentionEditor",
+    "AttentionView",
+    "AttributionView",
+    "CompareView",
+    "GradientMonitorView",
+    "LensView",
+    "ModelCard",
+    "PatchingView",
+    "ProfileView",
+]

@@ -66,8 +66,10 @@ class StaticFallback:
         parts = ['<div class="lw-static">']
         if png is not None:
             alt = html.escape(text.splitlines()[0] if text else type(self).__name__, quote=True)
-            parts.append(f'<img src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}" alt="{alt}" '
-                         f'style="max-width:100%">')
+            parts.append(
+                f'<img src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}" alt="{alt}" '
+                f'style="max-width:100%">'
+            )
         parts.append(f"<pre>{html.escape(text)}</pre></div>")  # token text is data, never markup
         return "".join(parts)
 
@@ -78,6 +80,9 @@ class StaticFallback:
             data["text/html"] = self.static_html()
             data["text/plain"] = self.static_text()
         except Exception as error:  # the live widget must still show: no fallback is the lesser loss
-            warnings.warn(f"{type(self).__name__}: no static fallback for this output "
-                          f"({type(error).__name__}: {error}); the live widget is not affected", stacklevel=2)
+            warnings.warn(
+                f"{type(self).__name__}: no static fallback for this output "
+                f"({type(error).__name__}: {error}); the live widget is not affected",
+                stacklevel=2,
+            )
         return data, metadata

@@ -32,7 +32,9 @@ def _as_spec(edit: Any) -> dict:
         return edit.to_dict()
     if isinstance(edit, dict):
         return edit_from_dict(edit).to_dict()  # validated and normalised
-    raise WrongTypeError(f"an edit is lw.ScaleAttention(...), lw.AblateHead(...) or their dict; got {type(edit).__name__}")
+    raise WrongTypeError(
+        f"an edit is lw.ScaleAttention(...), lw.AblateHead(...) or their dict; got {type(edit).__name__}"
+    )
 
 
 class AttentionEditor(AttentionView):
@@ -52,7 +54,8 @@ class AttentionEditor(AttentionView):
     edit_specs = traitlets.List(
         traitlets.Dict(per_key_traits={"kind": traitlets.Enum(["scale_attention", "ablate_head"])}),
         help="the edits, as ScaleAttention / AblateHead .to_dict() makes them: the sliders write them, Python "
-             "checks them (edit_from_dict) and regenerates").tag(sync=True)
+        "checks them (edit_from_dict) and regenerates",
+    ).tag(sync=True)
     key_span = traitlets.List(traitlets.Int(), help="[start, stop) selected in the strip, [] for none").tag(sync=True)
     picked = traitlets.List(traitlets.List(traitlets.Int()), help="[[layer, head], ...] for 'picked'").tag(sync=True)
     unedited_tokens = traitlets.List(traitlets.Unicode(), help="generated without edits").tag(sync=True)
@@ -62,44 +65,70 @@ class AttentionEditor(AttentionView):
     p_after = traitlets.Float(help="p(target) right after the prompt, with the edits").tag(sync=True)
     busy = traitlets.Bool(False, help="a regenerate is running").tag(sync=True)
     waiting = traitlets.Bool(False, help="another run holds the model: this one waits its turn").tag(sync=True)
-    error = traitlets.Unicode(
-        help="why the last regenerate failed ('' when it did not); nothing changed").tag(sync=True)
+    error = traitlets.Unicode(help="why the last regenerate failed ('' when it did not); nothing changed").tag(
+        sync=True
+    )
     fidelity = traitlets.Float(
-        help="max |logit difference| of the instrumented vs the plain model on this prompt, no edits").tag(sync=True)
-    record_json = traitlets.Unicode(
-        help="the current run's record, as JSON (the download button's file)").tag(sync=True)
+        help="max |logit difference| of the instrumented vs the plain model on this prompt, no edits"
+    ).tag(sync=True)
+    record_json = traitlets.Unicode(help="the current run's record, as JSON (the download button's file)").tag(
+        sync=True
+    )
     runs = traitlets.Int(0, help="regenerations so far").tag(sync=True)
-    class_bars = traitlets.List(traitlets.Dict(per_key_traits={
-        "label": traitlets.Unicode(), "before": traitlets.Float(), "after": traitlets.Float()}),
-        help="a classifier's classes with p without edits and with them ([] for a generating model)").tag(sync=True)
+    class_bars = traitlets.List(
+        traitlets.Dict(
+            per_key_traits={"label": traitlets.Unicode(), "before": traitlets.Float(), "after": traitlets.Float()}
+        ),
+        help="a classifier's classes with p without edits and with them ([] for a generating model)",
+    ).tag(sync=True)
     run_seconds = traitlets.Float(0.0, help="how long the last regenerate took in Python").tag(sync=True)
 
-    def __init__(self, model: LanguageModel, prompt: Any, *, max_new_tokens: int = 20, edits: Any = (),
-                 seed: int | None = 0, do_sample: bool = False, layer: int | None = None, head: int = 0,
-                 **generation_kwargs):
+    def __init__(
+        self,
+        model: LanguageModel,
+        prompt: Any,
+        *,
+        max_new_tokens: int = 20,
+        edits: Any = (),
+        seed: int | None = 0,
+        do_sample: bool = False,
+        layer: int | None = None,
+        head: int = 0,
+        **generation_kwargs,
+    ):
         if not isinstance(model, LanguageModel):
-            raise WrongTypeError(f"AttentionEditor takes a LanguageModel (from lw.load_model), got {type(model).__name__}")
+            raise WrongTypeError(
+                f"AttentionEditor takes a LanguageModel (from lw.load_model), got {type(model).__name__}"
+            )
         if model.facts.kind == "masked":
-            raise InputError(f"{model.name} does not generate (a masked model): the editor needs a causal LM, an "
-                             f"encoder-decoder or a classifier; use lw.AttentionView(model.trace(prompt)) to see its "
-                             f"attention")
+            raise InputError(
+                f"{model.name} does not generate (a masked model): the editor needs a causal LM, an "
+                f"encoder-decoder or a classifier; use lw.AttentionView(model.trace(prompt)) to see its "
+                f"attention"
+            )
         self.lm = model
         if model.facts.kind in ("classifier", "token_classifier"):  # classes: the editor shows them, with p
             max_new_tokens = 0
         self._settings = dict(max_new_tokens=max_new_tokens, seed=seed, do_sample=do_sample, **generation_kwargs)
         self.unedited: Trace = model.trace(prompt, **self._settings)
         # ids: what every rerun uses (an encoder-decoder's source)
-        self._prompt = self.unedited.input_ids[:self.unedited.n_source or self.unedited.n_prompt].tolist()
+        self._prompt = self.unedited.input_ids[: self.unedited.n_source or self.unedited.n_prompt].tolist()
         specs = [_as_spec(e) for e in edits]
         current = self._run(specs) if specs else self.unedited
         self._reverting = False
         self._failure: Exception | None = None
-        super().__init__(current, layer=layer, head=head, prompt_text=self.unedited.prompt_text,
-                         unedited_tokens=_output_tokens(self.unedited),
-                         target=self.unedited.top_k(k=1)[0][0] if model.labels else
-                         model.tokenizer.decode([self.unedited.next_token_id]),
-                         p_before=self.unedited.probability(self.unedited.next_token_id),
-                         fidelity=fidelity(model, self._prompt))
+        super().__init__(
+            current,
+            layer=layer,
+            head=head,
+            prompt_text=self.unedited.prompt_text,
+            unedited_tokens=_output_tokens(self.unedited),
+            target=self.unedited.top_k(k=1)[0][0]
+            if model.labels
+            else model.tokenizer.decode([self.unedited.next_token_id]),
+            p_before=self.unedited.probability(self.unedited.next_token_id),
+            fidelity=fidelity(model, self._prompt),
+        )
         self.edit_specs = specs
         self._publish(current, specs)
         self.observe(self._on_edit_specs, names="edit_specs")
@@ -113,8 +142,11 @@ class AttentionEditor(AttentionView):
     @property
     def baseline(self) -> Trace:
         """Deprecated: `editor.unedited` (the run without edits; "baseline" means attribution's reference input)."""
-        warnings.warn("AttentionEditor.baseline is now AttentionEditor.unedited; the old name goes in the next release",
-                      DeprecationWarning, stacklevel=2)
+        warnings.warn(
+            "AttentionEditor.baseline is now AttentionEditor.unedited; the old name goes in the next release",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         return self.unedited
 
     @property
@@ -132,10 +164,12 @@ class AttentionEditor(AttentionView):
 
     def static_text(self) -> str:
         edits = "; ".join(repr(e) for e in self.edits) or "none"
-        return (f"{self.model_name}, layer {self.layer}, head {self.head}: edits {edits}\n"
-                f"prompt:        {self.unedited.prompt_text!r}\n"
-                f"without edits: {self.unedited.output_text!r}\n"
-                f"with edits:    {self.trace.output_text!r}")
+        return (
+            f"{self.model_name}, layer {self.layer}, head {self.head}: edits {edits}\n"
+            f"prompt:        {self.unedited.prompt_text!r}\n"
+            f"without edits: {self.unedited.output_text!r}\n"
+            f"with edits:    {self.trace.output_text!r}"
+        )
 
     def reset(self) -> None:
         """Back to the run without edits."""
@@ -188,8 +222,10 @@ class AttentionEditor(AttentionView):
     def _publish(self, trace: Trace, specs: list[dict]) -> None:
         """Show `trace` (made with `specs`) as the current run."""
         self.new_tokens = _output_tokens(trace)
-        self.class_bars = [{"label": label, "before": p, "after": trace.label_probabilities[label]}
-                           for label, p in self.unedited.label_probabilities.items()]
+        self.class_bars = [
+            {"label": label, "before": p, "after": trace.label_probabilities[label]}
+            for label, p in self.unedited.label_probabilities.items()
+        ]
         self.p_after = trace.probability(self.unedited.next_token_id)
         self.record_json = json.dumps(trace.record, indent=1)
         self.error = ""
@@ -202,4 +238,4 @@ def _output_tokens(trace: Trace) -> list[str]:
     classifier's class of each token."""
     if trace.model.kind == "token_classifier":
         return [label for _, label, _ in trace.token_labels]
-    return [trace.output_text] if trace.model.labels else trace.tokens[trace.n_prompt:]
+    return [trace.output_text] if trace.model.labels else trace.tokens[trace.n_prompt :]

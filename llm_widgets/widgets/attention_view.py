@@ -42,51 +42,82 @@ class AttentionView(Answers, StaticFallback, anywidget.AnyWidget):
     revision = traitlets.Int(0, help="bumped when the trace is replaced: the front end reloads").tag(sync=True)
     overview_size = traitlets.Int(OVERVIEW, help="the pooled size of the heatmap the front end asks for").tag(sync=True)
     grid_size = traitlets.Int(GRID_CELL, help="the pooled size of each thumbnail of the grid").tag(sync=True)
-    attention_layers = traitlets.List(traitlets.Int(), help="the layers that attend (all but a hybrid model's linear "
-                                                          "attention or state-space layers)").tag(sync=True)
-    sink_layers = traitlets.List(traitlets.Int(), help="layers with attention sinks (GPT-OSS, ...): a row's weights "
-                                                     "sum to less than 1, the rest is the sink's").tag(sync=True)
-    stacks = traitlets.List(traitlets.Unicode(), help="the kinds of attention: ['self'], or an encoder-decoder's "
-                                                      "['encoder', 'decoder', 'cross']").tag(sync=True)
+    attention_layers = traitlets.List(
+        traitlets.Int(), help="the layers that attend (all but a hybrid model's linear attention or state-space layers)"
+    ).tag(sync=True)
+    sink_layers = traitlets.List(
+        traitlets.Int(),
+        help="layers with attention sinks (GPT-OSS, ...): a row's weights sum to less than 1, the rest is the sink's",
+    ).tag(sync=True)
+    stacks = traitlets.List(
+        traitlets.Unicode(),
+        help="the kinds of attention: ['self'], or an encoder-decoder's ['encoder', 'decoder', 'cross']",
+    ).tag(sync=True)
     stack = traitlets.Unicode("self", help="the kind of attention shown").tag(sync=True)
-    query_range = traitlets.List(traitlets.Int(), help="[start, stop) of the positions that are this stack's "
-                                                      "queries").tag(sync=True)
+    query_range = traitlets.List(
+        traitlets.Int(), help="[start, stop) of the positions that are this stack's queries"
+    ).tag(sync=True)
     key_range = traitlets.List(traitlets.Int(), help="[start, stop) of the positions that are its keys").tag(sync=True)
     n_source = traitlets.Int(0, help="an encoder-decoder's source tokens (positions 0 .. n_source - 1)").tag(sync=True)
     n_rows = traitlets.Int(1, help="rows of the batch shown (1 for a single trace)").tag(sync=True)
     row = traitlets.Int(0, help="the batch row on screen").tag(sync=True)
 
-    def __init__(self, trace: Trace | TraceBatch, *, layer: int | None = None, head: int = 0, row: int = 0,
-                 stack: str | None = None, **kwargs):
+    def __init__(
+        self,
+        trace: Trace | TraceBatch,
+        *,
+        layer: int | None = None,
+        head: int = 0,
+        row: int = 0,
+        stack: str | None = None,
+        **kwargs,
+    ):
         if isinstance(trace, TraceBatch):
             self.batch = trace
         elif isinstance(trace, Trace):
             self.batch = None
         else:
-            raise WrongTypeError(f"AttentionView takes a Trace or a TraceBatch (from model.trace(...)), got "
-                                 f"{type(trace).__name__}")
+            raise WrongTypeError(
+                f"AttentionView takes a Trace or a TraceBatch (from model.trace(...)), got {type(trace).__name__}"
+            )
         first = trace[0] if self.batch is not None else trace
         self.trace = first
         shown = first.stack(stack)  # an encoder-decoder's cross-attention unless asked otherwise
-        super().__init__(model_name=first.model.name, tokens=first.tokens, n_prompt=first.n_prompt,
-                         output_text=first.output_text, stacks=list(first.stacks), stack=shown.name,
-                         n_source=first.n_source, n_rows=len(trace) if self.batch is not None else 1,
-                         **self._stack_state(shown), **kwargs)
+        super().__init__(
+            model_name=first.model.name,
+            tokens=first.tokens,
+            n_prompt=first.n_prompt,
+            output_text=first.output_text,
+            stacks=list(first.stacks),
+            stack=shown.name,
+            n_source=first.n_source,
+            n_rows=len(trace) if self.batch is not None else 1,
+            **self._stack_state(shown),
+            **kwargs,
+        )
         self.layer, self.head, self.row = self.layer if layer is None else layer, head, row  # validated below
 
     @staticmethod
     def _stack_state(stack) -> dict:
         """The traits that follow the kind of attention shown (its layers, heads and positions)."""
         first_layer = stack.attention_layers[0] if stack.attention_layers else 0  # a hybrid's first may not attend
-        return dict(n_layers=stack.n_layers, n_heads=stack.n_heads, attention_layers=list(stack.attention_layers),
-                    sink_layers=list(stack.sink_layers), query_range=list(stack.queries), key_range=list(stack.keys),
-                    layer=first_layer, head=0)
+        return dict(
+            n_layers=stack.n_layers,
+            n_heads=stack.n_heads,
+            attention_layers=list(stack.attention_layers),
+            sink_layers=list(stack.sink_layers),
+            query_range=list(stack.queries),
+            key_range=list(stack.keys),
+            layer=first_layer,
+            head=0,
+        )
 
     @traitlets.validate("stack")
     def _check_stack(self, proposal):
         if proposal.value not in self.trace.stacks:
-            raise traitlets.TraitError(f"stack {proposal.value!r} is not in this trace: pick one of "
-                                       f"{list(self.trace.stacks)}")
+            raise traitlets.TraitError(
+                f"stack {proposal.value!r} is not in this trace: pick one of {list(self.trace.stacks)}"
+            )
         return proposal.value
 
     @traitlets.observe("stack")
@@ -101,8 +132,9 @@ class AttentionView(Answers, StaticFallback, anywidget.AnyWidget):
     @traitlets.validate("row")
     def _check_row(self, proposal):
         if not 0 <= proposal.value < self.n_rows:
-            raise traitlets.TraitError(f"row {proposal.value} is out of range: this batch has rows 0 to "
-                                       f"{self.n_rows - 1}")
+            raise traitlets.TraitError(
+                f"row {proposal.value} is out of range: this batch has rows 0 to {self.n_rows - 1}"
+            )
         return proposal.value
 
     @traitlets.observe("row")
@@ -132,8 +164,10 @@ class AttentionView(Answers, StaticFallback, anywidget.AnyWidget):
         if not 0 <= proposal.value < part.n_layers:
             raise traitlets.TraitError(f"layer {proposal.value} is out of range: 0 to {part.n_layers - 1}")
         if proposal.value not in part.attention_layers:
-            raise traitlets.TraitError(f"layer {proposal.value} has no attention (a linear-attention or state-space "
-                                       f"layer of this hybrid model): pick one of {list(part.attention_layers)}")
+            raise traitlets.TraitError(
+                f"layer {proposal.value} has no attention (a linear-attention or state-space "
+                f"layer of this hybrid model): pick one of {list(part.attention_layers)}"
+            )
         return proposal.value
 
     @traitlets.validate("head")
@@ -159,8 +193,9 @@ class AttentionView(Answers, StaticFallback, anywidget.AnyWidget):
                 part.span(zoom[:2], "zoom queries"), part.span(zoom[2:], "zoom keys")
                 assert len(zoom) == 4
             except (ValueError, AssertionError) as error:
-                raise traitlets.TraitError(f"zoom must be [] or [q0, q1, k0, k1] within the {len(self.trace)} "
-                                           f"tokens: {error}") from None
+                raise traitlets.TraitError(
+                    f"zoom must be [] or [q0, q1, k0, k1] within the {len(self.trace)} tokens: {error}"
+                ) from None
         return zoom
 
     # --- figures ---
@@ -176,8 +211,10 @@ class AttentionView(Answers, StaticFallback, anywidget.AnyWidget):
     def static_text(self) -> str:
         row = f", batch row {self.row} of {self.n_rows}" if self.n_rows > 1 else ""
         which = "" if self.stack == "self" else f" ({self.stack} attention)"
-        return (f"{self.model_name}, layer {self.layer}, head {self.head}{which}{row}: {len(self.trace)} tokens\n"
-                f"{self.trace.prompt_text}{self.trace.output_text}")
+        return (
+            f"{self.model_name}, layer {self.layer}, head {self.head}{which}{row}: {len(self.trace)} tokens\n"
+            f"{self.trace.prompt_text}{self.trace.output_text}"
+        )
 
     def save(self, path: str | Path) -> Path:
         """`view.save("fig.png" | "fig.svg" | "fig.html")`: the current selection as a file; returns its path.
@@ -191,22 +228,29 @@ class AttentionView(Answers, StaticFallback, anywidget.AnyWidget):
         what = request.get("what")
         stack = self.stack
         if what == "overview":
-            matrix = self.trace.attention_overview(int(request["layer"]), int(request["head"]),
-                                                   size=int(request.get("size", OVERVIEW)), stack=stack)
+            matrix = self.trace.attention_overview(
+                int(request["layer"]), int(request["head"]), size=int(request.get("size", OVERVIEW)), stack=stack
+            )
         elif what == "row":
-            matrix = self.trace.attention(int(request["layer"]), int(request["head"]), queries=int(request["query"]),
-                                          stack=stack)
+            matrix = self.trace.attention(
+                int(request["layer"]), int(request["head"]), queries=int(request["query"]), stack=stack
+            )
         elif what == "tile":
-            matrix = self.trace.attention_overview(int(request["layer"]), int(request["head"]),
-                                                   size=int(request.get("size", OVERVIEW)),
-                                                   queries=(int(request["q0"]), int(request["q1"])),
-                                                   keys=(int(request["k0"]), int(request["k1"])), stack=stack)
+            matrix = self.trace.attention_overview(
+                int(request["layer"]),
+                int(request["head"]),
+                size=int(request.get("size", OVERVIEW)),
+                queries=(int(request["q0"]), int(request["q1"])),
+                keys=(int(request["k0"]), int(request["k1"])),
+                stack=stack,
+            )
         elif what == "heads":  # one query's row in every head of a layer, over every position: the head view's lines
             layer, query = int(request["layer"]), int(request["query"])
             part = self.trace.stack(stack)
             matrix = torch.zeros(part.n_heads, len(self.trace))
-            matrix[:, part.keys[0]:part.keys[1]] = torch.cat(
-                [part.attention(layer, head, queries=query) for head in range(part.n_heads)])
+            matrix[:, part.keys[0] : part.keys[1]] = torch.cat(
+                [part.attention(layer, head, queries=query) for head in range(part.n_heads)]
+            )
         elif what == "grid":
             matrix = self.trace.attention_grid(int(request.get("size", GRID_CELL)), stack=stack)
         elif what == "export":
@@ -216,7 +260,8 @@ class AttentionView(Answers, StaticFallback, anywidget.AnyWidget):
             name = f"attention-{which}L{self.layer}-H{self.head}.{fmt}"
             return {"type": "file", "id": request.get("id"), "name": name, "format": fmt}, [data]
         else:
-            raise InputError(f"unknown request {what!r}: ask for 'overview', 'tile', 'row', 'heads', 'grid' or "
-                             f"'export'")
+            raise InputError(
+                f"unknown request {what!r}: ask for 'overview', 'tile', 'row', 'heads', 'grid' or 'export'"
+            )
         meta, buffers = encode_rows_uint8(matrix)
         return {"type": "reply", "id": request.get("id"), "what": what, **meta}, buffers

@@ -13,9 +13,9 @@ from pathlib import Path
 import anywidget
 import traitlets
 
+from ..analysis import METHODS, Attribution
 from ..errors import InputError, WrongTypeError
 from ..export import attribution as export
-from ..analysis import METHODS, Attribution
 from ._frontend import Answers, StaticFallback, bundle
 from .attention_view import AttentionView
 
@@ -27,26 +27,32 @@ class AttributionView(Answers, StaticFallback, anywidget.AnyWidget):
     _css = bundle("attribution_view", ".css")
 
     tokens = traitlets.List(traitlets.Unicode(), help="each token as text").tag(sync=True)
-    scores = traitlets.List(traitlets.Float(), 
-        help="each token's attribution score (prompt tokens; 0 after)").tag(sync=True)
+    scores = traitlets.List(traitlets.Float(), help="each token's attribution score (prompt tokens; 0 after)").tag(
+        sync=True
+    )
     n_prompt = traitlets.Int(help="how many of the tokens are the prompt").tag(sync=True)
     target = traitlets.Unicode(help="the token explained").tag(sync=True)
-    contrast = traitlets.Unicode(allow_none=True, 
-        help="the token it is compared with ('why target, not contrast'), or None").tag(sync=True)
+    contrast = traitlets.Unicode(
+        allow_none=True, help="the token it is compared with ('why target, not contrast'), or None"
+    ).tag(sync=True)
     p_target = traitlets.Float(help="p(target) at the step explained").tag(sync=True)
     p_contrast = traitlets.Float(allow_none=True, help="p(contrast) at that step, or None").tag(sync=True)
     quantity = traitlets.Unicode(help="what the scores explain, e.g. 'log p(target)'").tag(sync=True)
     score = traitlets.Float(help="that quantity's value").tag(sync=True)
-    delta = traitlets.Float(allow_none=True, 
-        help="integrated gradients' completeness gap (sum of scores minus the change in the quantity), or None").tag(sync=True)
+    delta = traitlets.Float(
+        allow_none=True,
+        help="integrated gradients' completeness gap (sum of scores minus the change in the quantity), or None",
+    ).tag(sync=True)
     notes = traitlets.List(traitlets.Unicode(), help="caveats of the method, in words").tag(sync=True)
     method = traitlets.Unicode(help="the attribution method shown").tag(sync=True)
-    methods = traitlets.List(traitlets.Unicode(), default_value=list(METHODS), 
-        help="the methods the select offers").tag(sync=True)
+    methods = traitlets.List(
+        traitlets.Unicode(), default_value=list(METHODS), help="the methods the select offers"
+    ).tag(sync=True)
     step = traitlets.Int(0, help="the generation step explained (0: right after the prompt)").tag(sync=True)
     step_labels = traitlets.List(traitlets.Unicode(), help="the token generated at each step").tag(sync=True)
-    head_importance = traitlets.List(traitlets.List(traitlets.Float()), 
-        help="[] unless attention_x_grad").tag(sync=True)
+    head_importance = traitlets.List(traitlets.List(traitlets.Float()), help="[] unless attention_x_grad").tag(
+        sync=True
+    )
     layer = traitlets.Int(-1, help="the head picked in the grid, -1 for none").tag(sync=True)
     head = traitlets.Int(-1, help="the head picked in the grid, -1 for none").tag(sync=True)
     busy = traitlets.Bool(False, help="a recomputation is running").tag(sync=True)
@@ -54,25 +60,42 @@ class AttributionView(Answers, StaticFallback, anywidget.AnyWidget):
 
     def __init__(self, attribution: Attribution, *, view: AttentionView | None = None, **kwargs):
         if not isinstance(attribution, Attribution):
-            raise WrongTypeError(f"AttributionView takes an Attribution (from trace.attribute(...)), "
-                                 f"got {type(attribution).__name__}")
+            raise WrongTypeError(
+                f"AttributionView takes an Attribution (from trace.attribute(...)), got {type(attribution).__name__}"
+            )
         self.attribution = attribution
         self.view = view
         trace = attribution.trace
         # the target the user chose stays when the step changes; a default target follows the step
-        self._explicit_target = attribution.target_id if attribution.target_id != _default_target(trace, attribution.step) \
-            else None
-        super().__init__(step_labels=trace.tokens[trace.n_prompt:] or [trace.model.tokenizer.decode([trace.next_token_id])],
-                         **self._state(attribution), **kwargs)
+        self._explicit_target = (
+            attribution.target_id if attribution.target_id != _default_target(trace, attribution.step) else None
+        )
+        super().__init__(
+            step_labels=trace.tokens[trace.n_prompt :] or [trace.model.tokenizer.decode([trace.next_token_id])],
+            **self._state(attribution),
+            **kwargs,
+        )
         self.observe(self._recompute, names=["method", "step"])
         self.observe(self._open_head, names=["layer", "head"])
 
     @staticmethod
     def _state(a: Attribution) -> dict:
-        return dict(tokens=a.tokens, scores=a.scores.tolist(), n_prompt=a.n_prompt, target=a.target,
-                    contrast=a.contrast, p_target=a.p_target, p_contrast=a.p_contrast, quantity=a.quantity,
-                    score=a.score, delta=a.delta, notes=a.notes, method=a.method, step=a.step,
-                    head_importance=[] if a.head_importance is None else a.head_importance.tolist())
+        return dict(
+            tokens=a.tokens,
+            scores=a.scores.tolist(),
+            n_prompt=a.n_prompt,
+            target=a.target,
+            contrast=a.contrast,
+            p_target=a.p_target,
+            p_contrast=a.p_contrast,
+            quantity=a.quantity,
+            score=a.score,
+            delta=a.delta,
+            notes=a.notes,
+            method=a.method,
+            step=a.step,
+            head_importance=[] if a.head_importance is None else a.head_importance.tolist(),
+        )
 
     def _recompute(self, change) -> None:
         a = self.attribution

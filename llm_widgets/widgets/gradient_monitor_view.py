@@ -12,7 +12,6 @@ cells, or live when the loop runs in a thread.
 from __future__ import annotations
 
 import asyncio
-import io
 import math
 import time
 from pathlib import Path
@@ -23,13 +22,12 @@ import numpy as np
 import traitlets
 
 from ..errors import InputError
-from ..export.files import write
 from ..export import monitor as monitor_figure
+from ..export.files import write
 from ..training.monitor import HIST_EDGES, GradientMonitor
 from ._frontend import Answers, StaticFallback, bundle
 
-PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
-           "#17becf"]
+PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
 
 
 def _colour(i: int, n: int) -> str:
@@ -42,8 +40,10 @@ def _colour(i: int, n: int) -> str:
 
 # The charts' inks per theme: the page's own background shade (JupyterLab's light and dark layout colour),
 # text and axes with 4.5:1 or more on it, grid lines faint.
-CHART_INK = {False: {"background": "#ffffff", "text": "#222222", "axis": "#555555", "grid": "#e5e5e5", "loss": "#333333"},
-             True: {"background": "#212121", "text": "#e0e0e0", "axis": "#9e9e9e", "grid": "#3a3a3a", "loss": "#e0e0e0"}}
+CHART_INK = {
+    False: {"background": "#ffffff", "text": "#222222", "axis": "#555555", "grid": "#e5e5e5", "loss": "#333333"},
+    True: {"background": "#212121", "text": "#e0e0e0", "axis": "#9e9e9e", "grid": "#3a3a3a", "loss": "#e0e0e0"},
+}
 
 
 def percentiles(counts: list[int], zeros: int, qs=(0.05, 0.5, 0.95)) -> list[float]:
@@ -70,17 +70,28 @@ class MonitorControls(Answers, anywidget.AnyWidget):
     steps_plotted = traitlets.Int(0, help="steps drawn in the charts so far").tag(sync=True)
     loss = traitlets.Float(allow_none=True, help="the latest loss, or None").tag(sync=True)
     global_norm = traitlets.Float(allow_none=True, help="the latest global gradient norm, or None").tag(sync=True)
-    alerts = traitlets.List(traitlets.Dict(per_key_traits={
-        "step": traitlets.Int(), "group": traitlets.Unicode(), "kind": traitlets.Unicode(), "message": traitlets.Unicode()}),
-        help="the latest 20 alerts, newest last: {step, group, kind, message}").tag(sync=True)
+    alerts = traitlets.List(
+        traitlets.Dict(
+            per_key_traits={
+                "step": traitlets.Int(),
+                "group": traitlets.Unicode(),
+                "kind": traitlets.Unicode(),
+                "message": traitlets.Unicode(),
+            }
+        ),
+        help="the latest 20 alerts, newest last: {step, group, kind, message}",
+    ).tag(sync=True)
     n_alerts = traitlets.Int(0, help="alerts raised so far").tag(sync=True)
-    steering = traitlets.Dict(value_trait=traitlets.Dict(), help="what the sliders ask: {group: {'scale': s, 'clip': c or "
-                                                                "None}}").tag(sync=True)
-    applied = traitlets.Dict(value_trait=traitlets.Dict(), help="what the monitor applies: {pattern: {'scale', 'clip', "
-                                                               "'groups'}}").tag(sync=True)
+    steering = traitlets.Dict(
+        value_trait=traitlets.Dict(), help="what the sliders ask: {group: {'scale': s, 'clip': c or None}}"
+    ).tag(sync=True)
+    applied = traitlets.Dict(
+        value_trait=traitlets.Dict(), help="what the monitor applies: {pattern: {'scale', 'clip', 'groups'}}"
+    ).tag(sync=True)
     error = traitlets.Unicode(help="why the last steering change was refused ('' when it was not)").tag(sync=True)
-    dark = traitlets.Bool(False, help="the page under the widget is dark (the front end tells): the charts "
-                                      "follow").tag(sync=True)
+    dark = traitlets.Bool(False, help="the page under the widget is dark (the front end tells): the charts follow").tag(
+        sync=True
+    )
     exporter = None  # the view's render(fmt) -> bytes, set by GradientMonitorView
 
     def answer(self, request: dict) -> tuple[dict, list[bytes]]:
@@ -121,26 +132,43 @@ class GradientMonitorView(StaticFallback, ipywidgets.VBox):
         groups = monitor.groups[:max_groups_drawn]
         self._keys = {g: f"g{i}" for i, g in enumerate(groups)}
         colours = [_colour(i, len(groups)) for i in range(len(groups))]
+
         def empty() -> dict:  # fresh lists for each source: stream() appends to them
             return {"step": [], **{k: [] for k in self._keys.values()}}
 
         self.loss_source = ColumnDataSource({"step": [], "loss": [], "global_norm": []})
         self.norm_source = ColumnDataSource(empty())
         self.ratio_source = ColumnDataSource(empty())
-        self.hist_source = ColumnDataSource({"step": [], **{f"{k}_{q}": [] for k in self._keys.values()
-                                                            for q in ("lo", "mid", "hi")}})
+        self.hist_source = ColumnDataSource(
+            {"step": [], **{f"{k}_{q}": [] for k in self._keys.values() for q in ("lo", "mid", "hi")}}
+        )
         tools = "pan,wheel_zoom,box_zoom,reset,hover"
         loss = figure(title="loss", height=200, width=380, tools=tools, x_axis_label="step", y_axis_type="log")
-        self._loss_line = loss.line("step", "loss", source=self.loss_source, line_width=2, color=CHART_INK[False]["loss"])
-        total = figure(title="global gradient norm", height=200, width=380, tools=tools, y_axis_type="log",
-                       x_axis_label="step")
+        self._loss_line = loss.line(
+            "step", "loss", source=self.loss_source, line_width=2, color=CHART_INK[False]["loss"]
+        )
+        total = figure(
+            title="global gradient norm", height=200, width=380, tools=tools, y_axis_type="log", x_axis_label="step"
+        )
         total.line("step", "global_norm", source=self.loss_source, line_width=2, color="#d62728")
-        norms = figure(title="gradient norm per group", height=280, width=470, tools=tools, y_axis_type="log",
-                       x_axis_label="step")
-        ratios = figure(title="update / weight per group", height=280, width=330,
-                        tools=tools, y_axis_type="log", x_axis_label="step")
-        hist = figure(title="log10 |gradient|: 5th-95th percentile band and median", height=260, width=470,
-                      tools=tools, x_axis_label="step")
+        norms = figure(
+            title="gradient norm per group", height=280, width=470, tools=tools, y_axis_type="log", x_axis_label="step"
+        )
+        ratios = figure(
+            title="update / weight per group",
+            height=280,
+            width=330,
+            tools=tools,
+            y_axis_type="log",
+            x_axis_label="step",
+        )
+        hist = figure(
+            title="log10 |gradient|: 5th-95th percentile band and median",
+            height=260,
+            width=470,
+            tools=tools,
+            x_axis_label="step",
+        )
         items = []
         for (group, key), colour in zip(self._keys.items(), colours):
             line = norms.line("step", key, source=self.norm_source, color=colour, line_width=1.5)
@@ -203,23 +231,32 @@ class GradientMonitorView(StaticFallback, ipywidgets.VBox):
         self._flush_scheduled = False
         self._last_flush = time.monotonic()
         m = self.monitor
-        steps = m.steps[self._sent_until:len(m.steps) if final else len(m.steps) - 1]
+        steps = m.steps[self._sent_until : len(m.steps) if final else len(m.steps) - 1]
         if steps:
             n = len(m.groups)
             first = self._sent_until
-            rows = m.rows[first * n:(first + len(steps)) * n]
+            rows = m.rows[first * n : (first + len(steps)) * n]
             by_step: dict[int, dict] = {}
             for r in rows:
                 by_step.setdefault(r["step"], {})[r["group"]] = r
-            self.loss_source.stream({"step": [s["step"] for s in steps],
-                                     "loss": [math.nan if s["loss"] is None else s["loss"] for s in steps],
-                                     "global_norm": [_positive(s["global_norm"]) for s in steps]})
-            self.norm_source.stream({"step": [s["step"] for s in steps],
-                                     **{k: [_positive(by_step[s["step"]][g]["grad_norm"]) for s in steps]
-                                        for g, k in self._keys.items()}})
+            self.loss_source.stream(
+                {
+                    "step": [s["step"] for s in steps],
+                    "loss": [math.nan if s["loss"] is None else s["loss"] for s in steps],
+                    "global_norm": [_positive(s["global_norm"]) for s in steps],
+                }
+            )
+            self.norm_source.stream(
+                {
+                    "step": [s["step"] for s in steps],
+                    **{
+                        k: [_positive(by_step[s["step"]][g]["grad_norm"]) for s in steps] for g, k in self._keys.items()
+                    },
+                }
+            )
             self._sent_until += len(steps)
         self._stream_ratios()
-        hists = m.histograms[self._hist_sent:]
+        hists = m.histograms[self._hist_sent :]
         if hists:
             by_step: dict[int, dict] = {}
             for h in hists:
@@ -247,16 +284,22 @@ class GradientMonitorView(StaticFallback, ipywidgets.VBox):
         n = len(m.groups)
         ready = []
         while self._ratio_sent < len(m.steps):
-            rows = m.rows[self._ratio_sent * n:(self._ratio_sent + 1) * n]
+            rows = m.rows[self._ratio_sent * n : (self._ratio_sent + 1) * n]
             if m.update_pending == rows[0]["step"]:
                 break  # its optimizer step has not been measured yet
             if rows[0]["update_ratio"] is not None:
                 ready.append(rows)
             self._ratio_sent += 1
         if ready:
-            self.ratio_source.stream({"step": [rows[0]["step"] for rows in ready],
-                                      **{k: [_positive(next(r["update_ratio"] for r in rows if r["group"] == g))
-                                             for rows in ready] for g, k in self._keys.items()}})
+            self.ratio_source.stream(
+                {
+                    "step": [rows[0]["step"] for rows in ready],
+                    **{
+                        k: [_positive(next(r["update_ratio"] for r in rows if r["group"] == g)) for rows in ready]
+                        for g, k in self._keys.items()
+                    },
+                }
+            )
 
     # --- from the sliders to the monitor ---
 
@@ -284,8 +327,10 @@ class GradientMonitorView(StaticFallback, ipywidgets.VBox):
         c = self.controls
         loss = "-" if c.loss is None else f"{c.loss:.4g}"
         norm = "-" if c.global_norm is None else f"{c.global_norm:.4g}"
-        return (f"gradient monitor: step {c.step}, loss {loss}, global gradient norm {norm}, {c.n_alerts} alerts\n"
-                f"groups: {', '.join(c.groups)}")
+        return (
+            f"gradient monitor: step {c.step}, loss {loss}, global gradient norm {norm}, {c.n_alerts} alerts\n"
+            f"groups: {', '.join(c.groups)}"
+        )
 
     # --- marimo ---
 
@@ -295,8 +340,10 @@ class GradientMonitorView(StaticFallback, ipywidgets.VBox):
         (standalone bokeh, inline resources, in an iframe): run the cell again to refresh them."""
         import marimo as mo
 
-        note = ("live charts need Jupyter (jupyter_bokeh); in marimo they show the steps recorded when this "
-                f"cell ran ({len(self.monitor.steps)}): run it again to refresh them")
+        note = (
+            "live charts need Jupyter (jupyter_bokeh); in marimo they show the steps recorded when this "
+            f"cell ran ({len(self.monitor.steps)}): run it again to refresh them"
+        )
         charts = mo.iframe(self.render("html").decode("utf-8"), height="900px")
         return mo.vstack([mo.ui.anywidget(self.controls), mo.md(f"*{note}*"), charts])
 
@@ -308,8 +355,9 @@ class GradientMonitorView(StaticFallback, ipywidgets.VBox):
 
     def render(self, fmt: str) -> bytes:
         self.flush()
-        return monitor_figure.render(self.monitor, fmt, charts=self.charts, groups=list(self._keys),
-                                     colours=list(self.controls.colours))
+        return monitor_figure.render(
+            self.monitor, fmt, charts=self.charts, groups=list(self._keys), colours=list(self.controls.colours)
+        )
 
 
 def _positive(value) -> float:

@@ -46,7 +46,9 @@ class MatrixWidget(Answers, StaticFallback, anywidget.AnyWidget):
     scale = traitlets.Unicode("sequential", help="'sequential' (0..vmax) or 'diverging' (-vmax..vmax)").tag(sync=True)
     vmax = traitlets.Float(1.0, help="the value the colour scale's end stands for").tag(sync=True)
     value_name = traitlets.Unicode("value", help="what a cell's number is, for the tooltip").tag(sync=True)
-    window_start = traitlets.Int(0, help="first column shown, when the columns travel a window at a time").tag(sync=True)
+    window_start = traitlets.Int(0, help="first column shown, when the columns travel a window at a time").tag(
+        sync=True
+    )
     window_total = traitlets.Int(0, help="all columns (0: no window)").tag(sync=True)
     selected = traitlets.List(traitlets.Int(), help="[row, column] clicked, [] for none").tag(sync=True)
     detail = traitlets.List(traitlets.Unicode(), help="lines about the clicked cell").tag(sync=True)
@@ -63,10 +65,16 @@ class MatrixWidget(Answers, StaticFallback, anywidget.AnyWidget):
 
     def figure(self) -> export.MatrixFigure:
         return export.MatrixFigure(
-            title=self.title, values=np.array(self.values, dtype=np.float64).reshape(len(self.row_labels), -1),
-            row_labels=list(self.row_labels), column_labels=list(self.column_labels), scale=self.scale,
-            vmax=self.vmax, words=[list(r) for r in self.words] or None, notes=list(self.summary) + list(self.notes),
-            data={"kind": self.kind, "window_start": self.window_start})
+            title=self.title,
+            values=np.array(self.values, dtype=np.float64).reshape(len(self.row_labels), -1),
+            row_labels=list(self.row_labels),
+            column_labels=list(self.column_labels),
+            scale=self.scale,
+            vmax=self.vmax,
+            words=[list(r) for r in self.words] or None,
+            notes=list(self.summary) + list(self.notes),
+            data={"kind": self.kind, "window_start": self.window_start},
+        )
 
     def static_figure(self) -> bytes:
         return export.render(self.figure(), "png")
@@ -99,9 +107,16 @@ class LensView(MatrixWidget):
         n = len(trace)
         start = max(0, n - WINDOW)  # the end of the prompt is where the answer forms
         lens = self._lens(start)
-        super().__init__(kind="lens", window_total=n if n > WINDOW else 0, window_start=start,
-                         row_labels=[f"layer {i}" for i in range(trace.n_layers)],
-                         scale="sequential", vmax=1.0, **self._state(lens), **kwargs)
+        super().__init__(
+            kind="lens",
+            window_total=n if n > WINDOW else 0,
+            window_start=start,
+            row_labels=[f"layer {i}" for i in range(trace.n_layers)],
+            scale="sequential",
+            vmax=1.0,
+            **self._state(lens),
+            **kwargs,
+        )
         self.observe(self._on_window, names="window_start")
 
     def _lens(self, start: int) -> LogitLens:
@@ -112,12 +127,19 @@ class LensView(MatrixWidget):
         self.lens = lens
         values = lens.target_probs if lens.target_probs is not None else lens.top_probs[..., 0]
         what = f"p({lens.target!r})" if lens.target is not None else "p(top token)"
-        return dict(values=values.tolist(), words=[[cell[0] for cell in row] for row in lens.top_tokens],
-                    column_labels=[f"{p}:{t}" for p, t in zip(lens.positions, lens.tokens)], value_name=what,
-                    title=f"logit lens of {self.trace.model.name}: the next token each layer predicts, "
-                          f"coloured by {what}", notes=list(lens.notes), detail=[], summary=[
-                              "each cell: the top token of the residual stream after that layer, read through the "
-                              "final norm and unembedding; the last layer is the model's own prediction"])
+        return dict(
+            values=values.tolist(),
+            words=[[cell[0] for cell in row] for row in lens.top_tokens],
+            column_labels=[f"{p}:{t}" for p, t in zip(lens.positions, lens.tokens)],
+            value_name=what,
+            title=f"logit lens of {self.trace.model.name}: the next token each layer predicts, coloured by {what}",
+            notes=list(lens.notes),
+            detail=[],
+            summary=[
+                "each cell: the top token of the residual stream after that layer, read through the "
+                "final norm and unembedding; the last layer is the model's own prediction"
+            ],
+        )
 
     def _on_window(self, change) -> None:
         start = max(0, min(int(change["new"]), max(0, len(self.trace) - WINDOW)))
@@ -139,10 +161,14 @@ class LensView(MatrixWidget):
         layer, column = self.selected
         lens = self.lens
         lines = [f"layer {layer}, after {lens.tokens[column]!r} (position {lens.positions[column]}):"]
-        lines += [f"{t!r} {float(p):.3f}" for t, p in zip(lens.top_tokens[layer][column], lens.top_probs[layer, column])]
+        lines += [
+            f"{t!r} {float(p):.3f}" for t, p in zip(lens.top_tokens[layer][column], lens.top_probs[layer, column])
+        ]
         if lens.target_probs is not None:
-            lines.append(f"{lens.target!r}: p {float(lens.target_probs[layer, column]):.3f}, rank "
-                         f"{int(lens.target_ranks[layer, column])}")
+            lines.append(
+                f"{lens.target!r}: p {float(lens.target_probs[layer, column]):.3f}, rank "
+                f"{int(lens.target_ranks[layer, column])}"
+            )
         self.detail = lines
 
 
@@ -151,38 +177,66 @@ class PatchingView(MatrixWidget):
     each site, tokens or heads across. With `view=` a click on a head opens it there; with
     `editor=` a click on a head of a sweep (or of head patching) ablates it in the editor."""
 
-    def __init__(self, result: Patching, *, view: AttentionView | None = None,
-                 editor: AttentionEditor | None = None, **kwargs: Any):
+    def __init__(
+        self,
+        result: Patching,
+        *,
+        view: AttentionView | None = None,
+        editor: AttentionEditor | None = None,
+        **kwargs: Any,
+    ):
         if not isinstance(result, Patching):
-            raise WrongTypeError(f"PatchingView takes the result of lw.patch or lw.ablation_sweep, got "
-                                 f"{type(result).__name__}")
+            raise WrongTypeError(
+                f"PatchingView takes the result of lw.patch or lw.ablation_sweep, got {type(result).__name__}"
+            )
         self.result, self.view, self.editor = result, view, editor
         effect = result.effect
         if effect.dim() == 3:  # per position: the strongest position of each head
             effect = effect.gather(2, effect.abs().argmax(2, keepdim=True))[..., 0]
-        columns = [f"{i}:{t}" for i, t in enumerate(result.tokens)] if result.axes[1] == "position" \
+        columns = (
+            [f"{i}:{t}" for i, t in enumerate(result.tokens)]
+            if result.axes[1] == "position"
             else [f"head {h}" for h in range(effect.shape[1])]
+        )
         values = effect.clone()
         if isinstance(result, Sweep):
             extra = [x for x in (result.attention, result.mlp) if x is not None]
             values = torch.cat([values, *[x[:, None] for x in extra]], dim=1)
-            columns += ["attention", "mlp"][:len(extra)]
+            columns += ["attention", "mlp"][: len(extra)]
         sweep = isinstance(result, Sweep)
         vmax = float(values.abs().max()) if sweep else max(1.0, float(values.abs().max()))
-        summary = [f"{result.quantity}: " + (f"{result.clean_score:.3f} without ablation; a cell is the change when "
-                                             f"that head (or layer part) is removed ({result.method})" if sweep else
-                                             f"clean {result.clean_score:.3f}, corrupted {result.corrupted_score:.3f}; "
-                                             f"a cell is the share of the clean answer that patching it restores")]
+        summary = [
+            f"{result.quantity}: "
+            + (
+                f"{result.clean_score:.3f} without ablation; a cell is the change when "
+                f"that head (or layer part) is removed ({result.method})"
+                if sweep
+                else f"clean {result.clean_score:.3f}, corrupted {result.corrupted_score:.3f}; "
+                f"a cell is the share of the clean answer that patching it restores"
+            )
+        ]
         if sweep and editor is not None:
             summary.append("click a head to ablate it in the editor")
         elif view is not None and result.axes[1] == "head":
             summary.append("click a head to open it in the attention view")
-        super().__init__(kind="sweep" if sweep else "patching", values=values.tolist(), words=[],
-                         row_labels=[f"layer {i}" for i in range(values.shape[0])], column_labels=columns,
-                         scale="diverging", vmax=vmax or 1.0, value_name="change" if sweep else "effect",
-                         title=(f"ablation sweep of {result.model_name}" if sweep else
-                                f"activation patching ({result.site}) of {result.model_name}"),
-                         summary=summary, notes=list(result.notes), **kwargs)
+        super().__init__(
+            kind="sweep" if sweep else "patching",
+            values=values.tolist(),
+            words=[],
+            row_labels=[f"layer {i}" for i in range(values.shape[0])],
+            column_labels=columns,
+            scale="diverging",
+            vmax=vmax or 1.0,
+            value_name="change" if sweep else "effect",
+            title=(
+                f"ablation sweep of {result.model_name}"
+                if sweep
+                else f"activation patching ({result.site}) of {result.model_name}"
+            ),
+            summary=summary,
+            notes=list(result.notes),
+            **kwargs,
+        )
 
     def _on_select(self, change) -> None:
         if len(self.selected) != 2:
@@ -193,7 +247,9 @@ class PatchingView(MatrixWidget):
         if self.view is not None:
             self.view.layer, self.view.head = layer, column
         if self.editor is not None:
-            edits = [e for e in self.editor.edits if not (isinstance(e, AblateHead) and (e.layer, e.head) == (layer, column))]
+            edits = [
+                e for e in self.editor.edits if not (isinstance(e, AblateHead) and (e.layer, e.head) == (layer, column))
+            ]
             self.editor.edits = edits + [AblateHead(layer, column, mode=getattr(self.result, "method", "zero"))]
             self.detail = [f"ablated layer {layer} head {column} in the editor: {self.editor.output_text!r}"]
 
@@ -204,8 +260,14 @@ class CompareView(MatrixWidget):
     the editor's output without and with its edits. With `view_a` / `view_b`, a click on a head
     opens it in both."""
 
-    def __init__(self, comparison: Comparison | AttentionEditor, *, view_a: AttentionView | None = None,
-                 view_b: AttentionView | None = None, **kwargs: Any):
+    def __init__(
+        self,
+        comparison: Comparison | AttentionEditor,
+        *,
+        view_a: AttentionView | None = None,
+        view_b: AttentionView | None = None,
+        **kwargs: Any,
+    ):
         if isinstance(comparison, AttentionEditor):
             comparison = compare(comparison.unedited, comparison.trace)
         if not isinstance(comparison, Comparison):
@@ -216,22 +278,34 @@ class CompareView(MatrixWidget):
         for s in c.steps:
             change = "" if s["delta"] is None else f" ({s['delta']:+.3f})"
             p_b = "not in b's top tokens" if s["p_b_of_a"] is None else f"{s['p_b_of_a']:.3f}"
-            summary.append(f"step {s['step']}: a {s['token_a']!r} p {s['p_a']:.3f}; b gives it {p_b}{change}; "
-                           f"b chose {s['token_b']!r}")
+            summary.append(
+                f"step {s['step']}: a {s['token_a']!r} p {s['p_a']:.3f}; b gives it {p_b}{change}; "
+                f"b chose {s['token_b']!r}"
+            )
         if c.first_diverging_step is not None:
             summary.append(f"the outputs part at step {c.first_diverging_step}")
         values = c.attention_max if c.attention_max is not None else torch.zeros(1, 1)
-        super().__init__(kind="compare", values=values.tolist(), words=[],
-                         row_labels=[f"layer {i}" for i in range(values.shape[0])],
-                         column_labels=[f"head {h}" for h in range(values.shape[1])], scale="sequential",
-                         vmax=max(float(values.max()), 1e-6), value_name="max |Δ attention|",
-                         title=f"compare: attention change per head over {c.positions} shared positions",
-                         summary=summary, notes=list(c.notes), **kwargs)
+        super().__init__(
+            kind="compare",
+            values=values.tolist(),
+            words=[],
+            row_labels=[f"layer {i}" for i in range(values.shape[0])],
+            column_labels=[f"head {h}" for h in range(values.shape[1])],
+            scale="sequential",
+            vmax=max(float(values.max()), 1e-6),
+            value_name="max |Δ attention|",
+            title=f"compare: attention change per head over {c.positions} shared positions",
+            summary=summary,
+            notes=list(c.notes),
+            **kwargs,
+        )
 
     def _on_select(self, change) -> None:
         if len(self.selected) == 2 and self.comparison.attention_max is not None:
             layer, head = self.selected
             for view in self.views:
                 view.layer, view.head = layer, head
-            self.detail = [f"layer {layer} head {head}: max |Δ| {float(self.comparison.attention_max[layer, head]):.3f},"
-                           f" mean |Δ| {float(self.comparison.attention_mean[layer, head]):.4f}"]
+            self.detail = [
+                f"layer {layer} head {head}: max |Δ| {float(self.comparison.attention_max[layer, head]):.3f},"
+                f" mean |Δ| {float(self.comparison.attention_mean[layer, head]):.4f}"
+            ]

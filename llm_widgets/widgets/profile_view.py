@@ -33,9 +33,15 @@ class ProfileView(Answers, StaticFallback, anywidget.AnyWidget):
         if not isinstance(profile, Profile):
             raise WrongTypeError(f"ProfileView takes a Profile (from lw.profile(...)), got {type(profile).__name__}")
         self.profile = profile
-        super().__init__(title=repr(profile), findings=profile.findings(), modules=profile.modules,
-                         timeline=[[t, float(b)] for t, b in profile.timeline], step_times=profile.step_times,
-                         steps=profile.steps, **kwargs)
+        super().__init__(
+            title=repr(profile),
+            findings=profile.findings(),
+            modules=profile.modules,
+            timeline=[[t, float(b)] for t, b in profile.timeline],
+            step_times=profile.step_times,
+            steps=profile.steps,
+            **kwargs,
+        )
 
     @traitlets.validate("zoom")
     def _check_zoom(self, proposal):
@@ -59,4 +65,6 @@ class ProfileView(Answers, StaticFallback, anywidget.AnyWidget):
             raise InputError(f"unknown request {request.get('what')!r}: this view answers 'export'")
         fmt = str(request.get("format"))
         data = export.render(self.profile, fmt, self.zoom)
-        return {"type": "file", "name": "profile.trace.json" if fmt == "json" else f"profile.{fmt}", "format": fmt}, [data]
+        return {"type": "file", "name": "profile.trace.json" if fmt == "json" else f"profile.{fmt}", "format": fmt}, [
+            data
+        ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+
 from ..errors import InputError
 
 
@@ -20,6 +21,7 @@ def encode_rows_uint8(matrix: torch.Tensor) -> tuple[dict, list[bytes]]:
     scales = m.abs().amax(dim=1).clamp_min(1e-12)
     values = torch.round(m / scales[:, None] * 255).clamp(0, 255).to(torch.uint8)
     meta = {"shape": list(m.shape), "dtype": "uint8", "scale": "per_row"}
-    return meta, [np.ascontiguousarray(values.numpy()).tobytes(),
-                  np.ascontiguousarray(scales.numpy().astype(np.float32)).tobytes()]
-
+    return meta, [
+        np.ascontiguousarray(values.numpy()).tobytes(),
+        np.ascontiguousarray(scales.numpy().astype(np.float32)).tobytes(),
+    ]

@@ -29,8 +29,16 @@ LAB_SETTINGS = {
     "@jupyterlab/notebook-extension:tracker": {"windowingMode": "none"},
     "@jupyterlab/apputils-extension:notification": {"fetchNews": "false", "checkForUpdates": False},
 }
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run", "--disable-sync", "--disable-quic"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+    "--disable-quic",
+]
 
 
 def _free_port() -> int:
@@ -76,10 +84,23 @@ def jupyter_app(root: Path, app: str):
     for plugin, values in LAB_SETTINGS.items():
         (settings / plugin.split(":")[0]).mkdir(parents=True, exist_ok=True)
         (settings / plugin.split(":")[0] / f"{plugin.split(':')[1]}.jupyterlab-settings").write_text(json.dumps(values))
-    env = dict(os.environ, JUPYTER_CONFIG_DIR=str(root / "config"), JUPYTERLAB_WORKSPACES_DIR=str(root / "ws"),
-               JUPYTERLAB_SETTINGS_DIR=str(settings), HF_HUB_OFFLINE="1")
-    cmd = [sys.executable, "-m", app, "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-           f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root / 'notebooks'}"]
+    env = dict(
+        os.environ,
+        JUPYTER_CONFIG_DIR=str(root / "config"),
+        JUPYTERLAB_WORKSPACES_DIR=str(root / "ws"),
+        JUPYTERLAB_SETTINGS_DIR=str(settings),
+        HF_HUB_OFFLINE="1",
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        app,
+        "--no-browser",
+        "--ip=127.0.0.1",
+        f"--port={port}",
+        f"--IdentityProvider.token={token}",
+        f"--ServerApp.root_dir={root / 'notebooks'}",
+    ]
     if app == "jupyterlab":
         cmd += ["--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
     if os.geteuid() == 0:
@@ -103,7 +124,7 @@ def serve(cmd: list[str], env: dict, cwd: Path, base: str, probe: str, log_name:
                 break
             except OSError:
                 if proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError(f"{cmd[2]} did not start; see {ARTIFACTS / log_name}")
+                    raise RuntimeError(f"{cmd[2]} did not start; see {ARTIFACTS / log_name}") from None
                 time.sleep(0.5)
         yield base
     finally:
@@ -207,7 +228,8 @@ CONTRAST_JS = """root => {
     const ratio = (hi + 0.05) / (lo + 0.05);
     checked++;
     if (ratio < 4.5) out.push(`${ratio.toFixed(2)}:1 ${style.color} on rgb(${bg.slice(0, 3).map(Math.round)}) ` +
-                              `<${el.tagName.toLowerCase()} class="${el.className}"> ${el.textContent.trim().slice(0, 30)}`);
+                              `<${el.tagName.toLowerCase()} class="${el.className}"> `
+                              + el.textContent.trim().slice(0, 30));
   }
   return [checked, out];
 }"""

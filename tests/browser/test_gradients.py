@@ -46,15 +46,18 @@ def test_gradients_notebook_monitor_updates_live_and_steers(front_end, page):
     grid = attributions.nth(1).locator("canvas.lw-attn-grid[data-drawn]")
     grid.click(position={"x": 3, "y": 3})
     status = page.locator(".lw-attn-view .lw-attn-status")
-    page.wait_for_function("el => el.textContent.startsWith('layer 0, head 0')", arg=status.element_handle(),
-                           timeout=60_000)
+    page.wait_for_function(
+        "el => el.textContent.startsWith('layer 0, head 0')", arg=status.element_handle(), timeout=60_000
+    )
     attributions.first.scroll_into_view_if_needed()
     attributions.first.screenshot(path=shot(front_end, "attribution_view"))
     # a steering slider, moved after the runs: the monitor applies the new scale
     steered = monitors.nth(1)
     steered.locator("summary").click()
     slider = steered.locator("input.lw-mon-scale[data-group='layer 1']")
-    slider.evaluate("el => { el.value = '0.5'; el.dispatchEvent(new Event('input')); el.dispatchEvent(new Event('change')); }")
+    slider.evaluate(
+        "el => { el.value = '0.5'; el.dispatchEvent(new Event('input')); el.dispatchEvent(new Event('change')); }"
+    )
     applied = steered.locator(".lw-mon-row", has=page.locator("[data-group='layer 1']")).locator(".lw-mon-applied")
     page.wait_for_function("el => el.dataset.scale === '0.5'", arg=applied.element_handle(), timeout=60_000)
     assert "applied: ×0.5" in applied.inner_text()

@@ -26,8 +26,7 @@ def test_localise_notebook_lens_patching_and_sweep(jupyter_server, page):
     assert "Mary" in lens.locator("tr").last.locator(".lw-mx-cell").nth(13).inner_text()
     lens.locator("tr").nth(25).locator(".lw-mx-cell").nth(13).click()
     detail = lens.locator(".lw-mx-detail")
-    page.wait_for_function("el => el.textContent.startsWith('layer 24')", arg=detail.element_handle(),
-                           timeout=60_000)
+    page.wait_for_function("el => el.textContent.startsWith('layer 24')", arg=detail.element_handle(), timeout=60_000)
     assert lens.locator(".lw-legend-swatch").count() == 5  # the colour legend, with its values
     lens.scroll_into_view_if_needed()
     lens.screenshot(path=str(ARTIFACTS / "lens_view.png"))
@@ -36,13 +35,17 @@ def test_localise_notebook_lens_patching_and_sweep(jupyter_server, page):
     assert heads.locator(".lw-mx-col").first.inner_text() == "head 0"
     heads.locator("tr").nth(21).locator(".lw-mx-cell").nth(0).click()
     status = page.locator(".lw-attn-view .lw-attn-status").first
-    page.wait_for_function("el => el.textContent.startsWith('layer 20, head 0')", arg=status.element_handle(),
-                           timeout=60_000)
+    page.wait_for_function(
+        "el => el.textContent.startsWith('layer 20, head 0')", arg=status.element_handle(), timeout=60_000
+    )
     matrices.nth(1).scroll_into_view_if_needed()
     matrices.nth(1).screenshot(path=str(ARTIFACTS / "patching_view.png"))
     # the sweep: a click on a head ablates it in the editor (whose edit list shows it)
     sweep = matrices.nth(3)
     sweep.locator("tr").nth(2).locator(".lw-mx-cell").nth(5).click()
-    page.wait_for_function("el => el.textContent.includes('ablated layer 1 head 5')",
-                           arg=sweep.locator(".lw-mx-detail").element_handle(), timeout=120_000)
+    page.wait_for_function(
+        "el => el.textContent.includes('ablated layer 1 head 5')",
+        arg=sweep.locator(".lw-mx-detail").element_handle(),
+        timeout=120_000,
+    )
     assert not page.dialogs

@@ -19,9 +19,22 @@ pytestmark = pytest.mark.browser
 def marimo_app(smollm2, tmp_path_factory):
     port = _free_port()
     env = dict(os.environ, HF_HUB_OFFLINE="1", MARIMO_SKIP_UPDATE_CHECK="1")
-    cmd = [sys.executable, "-m", "marimo", "run", str(ROOT / "notebooks" / "marimo_tour.py"), "--headless",
-           "--host", "127.0.0.1", f"--port={port}", "--no-token", "--no-skew-protection"]
-    with serve(cmd, env, tmp_path_factory.mktemp("marimo"), f"http://127.0.0.1:{port}", "/health", "marimo.log") as base:
+    cmd = [
+        sys.executable,
+        "-m",
+        "marimo",
+        "run",
+        str(ROOT / "notebooks" / "marimo_tour.py"),
+        "--headless",
+        "--host",
+        "127.0.0.1",
+        f"--port={port}",
+        "--no-token",
+        "--no-skew-protection",
+    ]
+    with serve(
+        cmd, env, tmp_path_factory.mktemp("marimo"), f"http://127.0.0.1:{port}", "/health", "marimo.log"
+    ) as base:
         yield base
 
 
@@ -34,8 +47,9 @@ def test_marimo_renders_the_widgets_and_they_answer(marimo_app, page):
     assert canvas_ink(view.locator("canvas.lw-attn-grid")) > 0.05
     chip = view.locator(".lw-tok").nth(5)  # a click asks Python for every head's row of that query
     chip.click()
-    page.wait_for_function("el => el.style.backgroundColor !== ''", arg=view.locator(".lw-tok").nth(0).element_handle(),
-                           timeout=30_000)
+    page.wait_for_function(
+        "el => el.style.backgroundColor !== ''", arg=view.locator(".lw-tok").nth(0).element_handle(), timeout=30_000
+    )
     view.locator("canvas.lw-attn-lines[data-drawn]").wait_for(timeout=30_000)
     assert view.locator(".lw-attn-status").inner_text().startswith("layer 15, head 4")
 

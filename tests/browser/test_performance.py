@@ -25,8 +25,9 @@ def test_performance_notebook_profile_view(jupyter_server, page):
     view.screenshot(path=str(ARTIFACTS / "profile_view.png"))
     view.locator(".lw-prof-box[data-module='model.layers.3']").click()
     crumbs = view.locator(".lw-prof-crumbs")
-    page.wait_for_function("el => el.textContent.includes('zoomed into model.layers.3')",
-                           arg=crumbs.element_handle(), timeout=60_000)
+    page.wait_for_function(
+        "el => el.textContent.includes('zoomed into model.layers.3')", arg=crumbs.element_handle(), timeout=60_000
+    )
     assert view.locator(".lw-prof-box[data-module='model.layers.3.self_attn']").count() == 1
     assert view.locator(".lw-prof-box[data-module='model.layers.4']").count() == 0
     for fmt, name in (("png", "profile.png"), ("json", "profile.trace.json")):

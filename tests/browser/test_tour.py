@@ -17,7 +17,8 @@ def canvas_ink(locator) -> float:
     return locator.evaluate("""c => {
         const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
         let ink = 0;
-        for (let i = 0; i < d.length; i += 4) if (d[i + 3] > 0 && (d[i] < 245 || d[i + 1] < 245 || d[i + 2] < 245)) ink++;
+        for (let i = 0; i < d.length; i += 4)
+            if (d[i + 3] > 0 && (d[i] < 245 || d[i + 1] < 245 || d[i + 2] < 245)) ink++;
         return ink / (d.length / 4);
     }""")
 
@@ -34,8 +35,10 @@ def test_tour_notebook_runs_and_shows_its_widgets(front_end, page):
     assert "GPT2LMHeadModel" in second
     assert page.locator(".jp-OutputArea-output", has_text="The capital of France is Paris").count() >= 1
     assert page.locator(".jp-OutputArea-output", has_text="steered: ").count() == 1
-    assert page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']",
-                        has_text="Error").count() == 0
+    assert (
+        page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']", has_text="Error").count()
+        == 0
+    )
     # the attention views: heatmaps drawn, a token click colours the strip, HTML in tokens stays text
     views = page.locator(".lw-attn-view")
     views.nth(2).wait_for(timeout=120_000)  # the last cell
@@ -48,7 +51,9 @@ def test_tour_notebook_runs_and_shows_its_widgets(front_end, page):
     first = views.nth(0)
     chip = first.locator(".lw-tok").nth(5)
     chip.click()
-    page.wait_for_function("el => el.style.backgroundColor !== ''", arg=first.locator(".lw-tok").nth(0).element_handle())
+    page.wait_for_function(
+        "el => el.style.backgroundColor !== ''", arg=first.locator(".lw-tok").nth(0).element_handle()
+    )
     assert "lw-tok-query" in chip.get_attribute("class")
     first.locator("canvas.lw-attn-lines[data-drawn]").wait_for(timeout=30_000)  # the head view's lines
     assert canvas_ink(first.locator("canvas.lw-attn-lines")) > 0.005
@@ -88,7 +93,9 @@ def test_tour_notebook_runs_and_shows_its_widgets(front_end, page):
     page.mouse.move(box["x"] + box["width"] * 0.6, box["y"] + box["height"] * 0.6, steps=5)
     page.mouse.up()
     first.locator("button", has_text="reset zoom").wait_for(state="visible", timeout=30_000)
-    page.wait_for_function("el => el.textContent.includes('queries 0')", arg=first.locator(".lw-attn-status").element_handle())
+    page.wait_for_function(
+        "el => el.textContent.includes('queries 0')", arg=first.locator(".lw-attn-status").element_handle()
+    )
     first.locator("button", has_text="reset zoom").click()
 
     # the editor: no keys, no slider; select "the word 'dog'", slide to 10, the output regenerates
@@ -101,8 +108,15 @@ def test_tour_notebook_runs_and_shows_its_widgets(front_end, page):
     after = editor.locator(".lw-ed-after")
     original, runs = after.get_attribute("data-text"), int(after.get_attribute("data-runs"))
     chips = drag_over_keys(page, editor, 7, 11)
-    assert [("lw-tok-key" in (chips.nth(i).get_attribute("class") or "")) for i in range(6, 13)] == \
-        [False, True, True, True, True, True, False]
+    assert [("lw-tok-key" in (chips.nth(i).get_attribute("class") or "")) for i in range(6, 13)] == [
+        False,
+        True,
+        True,
+        True,
+        True,
+        True,
+        False,
+    ]
     assert editor.locator(".lw-ed-keys").inner_text().startswith("7–11")
     assert slider.is_enabled()
     slider.focus()
@@ -130,8 +144,10 @@ def test_tour_notebook_runs_and_shows_its_widgets(front_end, page):
     page.evaluate("""() => {
         window.__lwListeners = 0;
         const add = window.addEventListener, remove = window.removeEventListener;
-        window.addEventListener = function (type, ...rest) { if (type === 'mouseup') window.__lwListeners++; return add.call(this, type, ...rest); };
-        window.removeEventListener = function (type, ...rest) { if (type === 'mouseup') window.__lwListeners--; return remove.call(this, type, ...rest); };
+        window.addEventListener = function (type, ...rest) {
+            if (type === 'mouseup') window.__lwListeners++; return add.call(this, type, ...rest); };
+        window.removeEventListener = function (type, ...rest) {
+            if (type === 'mouseup') window.__lwListeners--; return remove.call(this, type, ...rest); };
     }""")
     last = page.locator(".jp-CodeCell").last
     prompt = last.locator(".jp-InputPrompt")
@@ -139,8 +155,11 @@ def test_tour_notebook_runs_and_shows_its_widgets(front_end, page):
         before = prompt.inner_text().strip()
         last.locator(".jp-InputArea-editor").click()
         page.keyboard.press("Control+Enter")
-        page.wait_for_function("([el, before]) => { const t = el.textContent.trim(); return t !== before && t !== '[*]:'; }",
-                               arg=[prompt.element_handle(), before], timeout=60_000)
+        page.wait_for_function(
+            "([el, before]) => { const t = el.textContent.trim(); return t !== before && t !== '[*]:'; }",
+            arg=[prompt.element_handle(), before],
+            timeout=60_000,
+        )
         last.locator("canvas.lw-attn-heatmap[data-drawn]").wait_for(timeout=60_000)
     assert page.evaluate("window.__lwListeners") == 0  # each new view's listeners replace the old one's
 
@@ -150,8 +169,9 @@ def test_tour_notebook_runs_and_shows_its_widgets(front_end, page):
     set_theme(page, "JupyterLab Dark")
     try:
         panels = page.locator(".lw-panel:not(.lw-card)")
-        page.wait_for_function("n => document.querySelectorAll('.lw-panel.lw-dark').length === n",
-                               arg=panels.count(), timeout=10_000)  # each view saw the page turn dark
+        page.wait_for_function(
+            "n => document.querySelectorAll('.lw-panel.lw-dark').length === n", arg=panels.count(), timeout=10_000
+        )  # each view saw the page turn dark
         bad = low_contrast(page)
         assert bad == [], "\n".join(bad)
         assert canvas_ink(first.locator("canvas.lw-attn-heatmap")) > 0.05

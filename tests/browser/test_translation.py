@@ -30,8 +30,9 @@ def test_translation_notebook_cross_attention_view_and_edit(jupyter_server, page
     view.screenshot(path=str(ARTIFACTS / "cross_attention_view.png"))
     # a source token is no query of cross-attention; an output token is, and its row lights the source
     view.locator(".lw-tok").first.click()
-    page.wait_for_function("el => el.textContent.includes('is not a query of this attention')",
-                           arg=status.element_handle(), timeout=30_000)
+    page.wait_for_function(
+        "el => el.textContent.includes('is not a query of this attention')", arg=status.element_handle(), timeout=30_000
+    )
     n_source = view.locator(".lw-tok-output-start").evaluate("el => Number(el.dataset.index)")
     view.locator(".lw-tok").nth(n_source + 1).click()
     view.locator("canvas.lw-attn-lines[data-drawn]").wait_for(timeout=60_000)  # the head view's lines
@@ -40,13 +41,19 @@ def test_translation_notebook_cross_attention_view_and_edit(jupyter_server, page
     assert len(set(colours[n_source:])) == 1 and any(c != colours[n_source] for c in colours[:n_source])
     # the switch: encoder self-attention is source x source, with its own grid; then back
     bar.locator("button", has_text="encoder").click()
-    page.wait_for_function("el => el.querySelector('[aria-checked=\"true\"]').textContent.startsWith('encoder')",
-                           arg=bar.element_handle(), timeout=30_000)
+    page.wait_for_function(
+        "el => el.querySelector('[aria-checked=\"true\"]').textContent.startsWith('encoder')",
+        arg=bar.element_handle(),
+        timeout=30_000,
+    )
     view.locator("canvas.lw-attn-heatmap[data-drawn]").wait_for(timeout=60_000)
     view.locator("canvas.lw-attn-grid[data-drawn]").wait_for(timeout=60_000)
     assert view.locator("canvas.lw-attn-xlines").count() == 0
-    page.wait_for_function(f"el => el.textContent.includes('{n_source} tokens')",
-                           arg=view.locator(".lw-attn-status").element_handle(), timeout=30_000)
+    page.wait_for_function(
+        f"el => el.textContent.includes('{n_source} tokens')",
+        arg=view.locator(".lw-attn-status").element_handle(),
+        timeout=30_000,
+    )
     view.screenshot(path=str(ARTIFACTS / "encoder_attention_view.png"))
     bar.locator("button", has_text="cross").click()
     view.locator("canvas.lw-attn-xlines[data-drawn]").wait_for(timeout=60_000)
