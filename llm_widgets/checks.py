@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TypeGuard
 
 from .errors import InputError, WrongTypeError
 
@@ -23,7 +23,7 @@ def _bounds(low: float | None, high: float | None, *, low_open: bool = False) ->
     return " " + " and ".join(parts) if parts else ""
 
 
-def is_int(value: Any) -> bool:
+def is_int(value: Any) -> TypeGuard[int]:
     """An int that is not a bool."""
     return isinstance(value, int) and not isinstance(value, bool)
 

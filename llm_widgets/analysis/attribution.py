@@ -106,8 +106,8 @@ def attribute(trace: Trace, target, contrast, method, step, n_steps, baseline) -
         position = len(ids) - 1
     else:
         mask = getattr(lm.tokenizer, "mask_token_id", None)
-        hits = (ids == mask).nonzero() if mask is not None else []
-        if len(hits) == 0:
+        hits = (ids == mask).nonzero() if mask is not None else None
+        if hits is None or len(hits) == 0:
             raise InputError(
                 f"{lm.name} is a masked model: put its mask token "
                 f"{getattr(lm.tokenizer, 'mask_token', None)!r} in the prompt, and the attribution is for "

@@ -214,6 +214,7 @@ def run_patched(
     site is "attention"/"mlp" and mode "zero": the whole output is zeroed."""
     model = lm.model
     parts = anatomy(model, lm.facts.n_layers)
+    source = source or []  # (mode "patch" always gives one: the corrupted run's outputs)
     rows = len(patches)
     by_layer: dict[int, list[tuple[int, Any]]] = {}
     for row, (layer, where, _) in enumerate(patches):

@@ -187,6 +187,7 @@ class _Clock:
         self.root_calls: list[tuple[float, float]] = []  # (start, seconds) of each forward of the model
         self.phase = "prefill"
         self.handles: list[Any] = []
+        self.wall = 0.0  # the whole run's seconds, measured around it
 
     def _now(self) -> float:
         if self.sync:
@@ -222,7 +223,7 @@ class _Clock:
 
 
 @contextmanager
-def _ranges(model: torch.nn.Module) -> Iterator[dict]:
+def _ranges(model: Any) -> Iterator[dict]:
     """Each module's forward as a named range in torch.profiler's trace (module::name)."""
     names = {m: n or ROOT for n, m in model.named_modules()}
     open_ranges: list[Any] = []
@@ -412,7 +413,7 @@ def _rows(lm, clock: _Clock, counts: dict, peaks: dict) -> list[dict]:
     return rows
 
 
-def _flops(net: torch.nn.Module, run) -> dict[str, int]:
+def _flops(net: Any, run) -> dict[str, int]:
     from torch.utils.flop_counter import FlopCounterMode
 
     with FlopCounterMode(display=False) as counter:
@@ -427,7 +428,7 @@ def _flops(net: torch.nn.Module, run) -> dict[str, int]:
     return out
 
 
-def _memory(net: torch.nn.Module, run, device: torch.device):
+def _memory(net: Any, run, device: torch.device):
     """torch.profiler with profile_memory: the allocation timeline, each module's peak above its
     start, the forwards' start times, the Chrome trace and the run's peak."""
     from torch.profiler import ProfilerActivity
@@ -436,7 +437,7 @@ def _memory(net: torch.nn.Module, run, device: torch.device):
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with _ranges(net), torch_profile(activities=activities, profile_memory=True, record_shapes=False) as prof:
         run()
-    events = prof.events()
+    events = prof.events() or []
     times, cumulative = allocation_levels(events, cuda=device.type == "cuda")
     if not times:
         return [], [], {}, "", 0

@@ -12,6 +12,7 @@ import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -115,8 +116,8 @@ def attention_figure(
         tokens=list(trace.tokens),
         n_prompt=trace.n_prompt,
         matrix=matrix.numpy(),
-        queries=tuple(queries or part.queries),
-        keys=tuple(keys or part.keys),
+        queries=_pair(queries or part.queries),
+        keys=_pair(keys or part.keys),
         query=query,
         query_row=row,
         record=trace.record,
@@ -222,7 +223,7 @@ def to_png(fig: AttentionFigure, scale: int = 2) -> bytes:
         draw.text((left - 4 * scale, top + frac * side), label, fill="black", font=font, anchor="rm")
     for frac, label in _ticks(fig.keys, lay["labelled_k"], fig):
         box = font.getbbox(label)
-        text = Image.new("RGBA", (box[2] + 4, box[3] + 4), (255, 255, 255, 0))
+        text = Image.new("RGBA", (int(box[2]) + 4, int(box[3]) + 4), (255, 255, 255, 0))
         ImageDraw.Draw(text).text((0, 0), label, fill="black", font=font)
         turned = text.rotate(-60, expand=True)
         image.paste(turned, (int(left + frac * side - 4 * scale), top + side + 4 * scale), turned)
@@ -309,3 +310,9 @@ def save(fig: AttentionFigure, path: str | Path) -> Path:
 def render(fig: AttentionFigure, fmt: str) -> bytes:
     """The file's bytes for a format name ("png", "svg", "html"): what the widget's buttons download."""
     return to_bytes(fig, fmt, to_png, to_svg, to_html)
+
+
+def _pair(span: Any) -> tuple[int, int]:
+    """A (start, stop) given as any two-item sequence (the view's zoom is a list)."""
+    start, stop = span
+    return int(start), int(stop)

@@ -20,7 +20,8 @@ WIDTH = 760
 def diverging(value: float) -> tuple[int, int, int]:
     v = max(-1.0, min(1.0, value))
     end = NEGATIVE if v < 0 else POSITIVE
-    return tuple(round(255 + (e - 255) * abs(v)) for e in end)
+    r, g, b = (round(255 + (e - 255) * abs(v)) for e in end)
+    return r, g, b
 
 
 def _title(attr: Attribution) -> list[str]:

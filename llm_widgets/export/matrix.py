@@ -13,6 +13,7 @@ import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -50,7 +51,7 @@ class MatrixFigure:
             stops = [-1.0, -0.5, 0.0, 0.5, 1.0]
             return [(f"{s * self.vmax:+.2g}", diverging(s)) for s in stops]
         stops = [0.0, 0.25, 0.5, 0.75, 1.0]
-        return [(f"{s * self.vmax:.2g}", tuple(int(c) for c in colours(np.array([s]))[0])) for s in stops]
+        return [(f"{s * self.vmax:.2g}", _rgb(colours(np.array([s]))[0])) for s in stops]
 
 
 def _dark(rgb) -> bool:
@@ -168,3 +169,7 @@ def render(fig: MatrixFigure, fmt: str) -> bytes:
 def save(fig: MatrixFigure, path: str | Path) -> Path:
     """Write the figure; the format follows the suffix (.png, .svg, .html)."""
     return write(path, lambda fmt: render(fig, fmt))
+
+
+def _rgb(colour: Any) -> tuple[int, int, int]:
+    return int(colour[0]), int(colour[1]), int(colour[2])

@@ -49,7 +49,7 @@ def block_output(output: Any) -> torch.Tensor:
     return output[0] if isinstance(output, (tuple, list)) else output
 
 
-def anatomy(model: torch.nn.Module, n_layers: int) -> Anatomy:
+def anatomy(model: Any, n_layers: int) -> Anatomy:
     """The blocks (the largest ModuleList with one entry per layer), the final norm (the
     first norm registered after them in their parent), the unembedding and the scaling the
     model's head applies (Gemma 2's softcap, Granite's and Cohere's logit scales)."""
@@ -60,7 +60,7 @@ def anatomy(model: torch.nn.Module, n_layers: int) -> Anatomy:
                 size = sum(p.numel() for p in child.parameters())
                 if size > best:
                     parent, blocks, best = module, child, size
-    if blocks is None:
+    if blocks is None or parent is None:
         raise InputError(
             f"{type(model).__name__}: no stack of {n_layers} blocks found, so per-layer analyses "
             f"(lens, patching) cannot locate its residual stream"

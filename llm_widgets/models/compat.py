@@ -82,7 +82,7 @@ def uses_attention_registry(model: torch.nn.Module) -> bool:
     return any(hasattr(m, "layer_idx") and calls_attention_interface(type(m)) for m in model.modules())
 
 
-def set_attention(model: torch.nn.Module, implementation: str | None) -> None:
+def set_attention(model: Any, implementation: str | None) -> None:
     """Switch the model's attention implementation. Models outside the attention registry refuse
     `set_attn_implementation` (with a log line each time) but read the config at every forward:
     for them the config is set directly (else Falcon, asked for weights under "sdpa", adds a

@@ -8,6 +8,8 @@ The first parameter's device, the usual answer, is then "meta".
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 
@@ -19,7 +21,7 @@ def execution_device(module: torch.nn.Module) -> torch.device | None:
     return torch.device("cuda", device) if isinstance(device, int) else torch.device(device)
 
 
-def input_device(model: torch.nn.Module) -> torch.device:
+def input_device(model: Any) -> torch.device:
     """The device input ids (or embeddings) must be on for `model(...)`."""
     embed = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     for module in (embed, model):

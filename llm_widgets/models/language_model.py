@@ -104,7 +104,7 @@ class LanguageModel:
                 f"lw.LanguageModel(model, vocab=[token strings by id]). Text goes in and comes out through it, so it "
                 f"cannot be guessed."
             )
-        self.model = model
+        self.model: Any = model  # transformers' methods (generate, config, ...) or a plain module's: not typed
         self.tokenizer = tokenizer
         self.name = name or getattr(getattr(model, "config", None), "name_or_path", None) or type(model).__name__
         # where the weights came from (path, revision, weights hash): goes into run records

@@ -227,7 +227,7 @@ def smollm2_gguf_path() -> Path:
         ) from None
     for file in dist.files or []:
         if file.name.endswith(".gguf"):
-            path = Path(dist.locate_file(file))
+            path = Path(str(dist.locate_file(file)))
             if path.is_file():
                 return path
     raise InputError(f"The package {SMOLLM2_PACKAGE} is installed but holds no .gguf file; reinstall it.")

@@ -70,10 +70,14 @@ class VocabTokenizer:
             raise InputError("vocab has repeated tokens: each id needs its own string")
         self.vocab = list(vocab)
         self._ids = {token: i for i, token in enumerate(self.vocab)}
-        for name, token in (("bos_token", bos_token), ("eos_token", eos_token), ("pad_token", pad_token)):
-            if token is not None and token not in self._ids:
-                raise InputError(f"{name} {token!r} is not in the vocabulary")
-            setattr(self, f"{name}_id", self._ids[token] if token is not None else None)
+        self.bos_token_id = self._special_id("bos_token", bos_token)
+        self.eos_token_id = self._special_id("eos_token", eos_token)
+        self.pad_token_id = self._special_id("pad_token", pad_token)
+
+    def _special_id(self, name: str, token: str | None) -> int | None:
+        if token is not None and token not in self._ids:
+            raise InputError(f"{name} {token!r} is not in the vocabulary")
+        return self._ids[token] if token is not None else None
 
     def __len__(self) -> int:
         return len(self.vocab)

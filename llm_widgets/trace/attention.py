@@ -66,7 +66,7 @@ class LayerAttention:
 def assemble(captured: LayerCapture, n_queries: int, n_keys: int) -> LayerAttention | None:
     """Scatter a layer's captured chunks into position-indexed tensors (later chunks win,
     as when generation runs without a cache and recomputes every position)."""
-    if not captured.queries:
+    if not captured.queries or captured.scaling is None:
         return None
     return LayerAttention(
         _positioned(captured.queries, n_queries),
@@ -413,6 +413,7 @@ class AttentionStack:
                 k_pos = torch.arange(k_start, min(k1, k_start + k_block))
                 block = torch.logsumexp(self._scores(layer, heads, todo, k_pos), dim=-1)
                 running = block if running is None else torch.logaddexp(running, block)
+            assert running is not None  # every stack has keys
             sinks = self.layer(layer).sinks
             if sinks is not None:  # a sink takes its share of every row: the keys' rows sum to less than 1
                 running = torch.logaddexp(running, sinks[heads].to(running.device)[:, None])

@@ -110,3 +110,13 @@ class TraceBatch(Sequence[Trace]):
             f"TraceBatch({self._traces[0].model.name!r}: {len(self)} rows, prompt+generated tokens {lengths}; "
             f"padded on the {self.padding_side})"
         )
+
+
+def one_trace(result: Trace | TraceBatch, what: str) -> Trace:
+    """The Trace of a run of one prompt; a batch refused, naming `what` refuses it."""
+    if isinstance(result, TraceBatch):
+        raise InputError(
+            f"{what} takes one prompt (a string, a chat or token ids); got {len(result)} prompts, a "
+            f"batch: give one of them"
+        )
+    return result

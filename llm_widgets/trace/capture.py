@@ -125,7 +125,7 @@ class RunState:
     def changes_attention(self) -> bool:
         return bool(self.scale_edits)
 
-    def place(self, module: torch.nn.Module) -> Place:
+    def place(self, module: Any) -> Place:
         place = self.places.get(id(module))
         return place if place is not None else (SELF, module.layer_idx)
 
@@ -260,7 +260,11 @@ class RunState:
                 key,
                 value,
                 mask_for((r, min(q_len, r + rows))),
-                **({**kwargs, "position_bias": bias[:, :, r : r + rows]} if per_row else kwargs),
+                **(
+                    {**kwargs, "position_bias": bias[:, :, r : r + rows]}
+                    if isinstance(bias, torch.Tensor) and per_row
+                    else kwargs
+                ),
             )[0]
             for r in range(0, q_len, rows)
         ]
@@ -399,20 +403,17 @@ def attention_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
 def attention_layers(model: torch.nn.Module) -> tuple[int, ...]:
     """The layers that attend through the registry: all of them, but in a hybrid model (Qwen3-Next,
     OLMo-hybrid, Nemotron-H, ...) only those between its linear-attention or state-space layers."""
-    return tuple(
-        sorted(
-            {
-                m.layer_idx if isinstance(getattr(m, "layer_idx", None), int) else i
-                for i, m in enumerate(attention_modules(model))
-            }
-        )
-    )
+    layers = set()
+    for i, module in enumerate(attention_modules(model)):
+        index = getattr(module, "layer_idx", None)
+        layers.add(index if isinstance(index, int) else i)
+    return tuple(sorted(layers))
 
 
 _CROSS_NAMES = ("encoder_attn", "encdecattention", "crossattention", "cross_attn", "cross_attention")
 
 
-def stack_modules(model: torch.nn.Module) -> dict[str, list[torch.nn.Module]]:
+def stack_modules(model: Any) -> dict[str, list[torch.nn.Module]]:
     """The attention modules of each stack, in layer order: {"self": [...]}, or an
     encoder-decoder's {"encoder": [...], "decoder": [...], "cross": [...]}. A decoder's
     cross-attention is told by its name (BART's encoder_attn, T5's EncDecAttention, ...), or,
@@ -435,7 +436,7 @@ def stack_modules(model: torch.nn.Module) -> dict[str, list[torch.nn.Module]]:
 
 
 @contextmanager
-def instrument(model: torch.nn.Module, run: RunState) -> Iterator[str]:
+def instrument(model: Any, run: RunState) -> Iterator[str]:
     """Route the model's attention through our wrapper for the duration of a run."""
     original = model.config._attn_implementation or "eager"
     inner = original.removeprefix(PREFIX)

@@ -84,7 +84,7 @@ class PlainRunner(Runner):
                 f"temperature; {unknown} are for transformers' generate"
             )
         stacks = plain_stacks(self.model)
-        self.shapes = {name: (len(modules), modules[0].num_heads) for name, modules in stacks.items()}
+        self.shapes = {name: (len(modules), int(modules[0].num_heads)) for name, modules in stacks.items()}
         self.seq2seq = SELF not in stacks
         self.ids = request.rows[0]
         n = len(self.ids)

@@ -13,6 +13,7 @@ from .. import checks
 from .._version import __version__
 from ..errors import InputError, ReplayMismatchError, WrongTypeError
 from ..models import LanguageModel, load_model
+from .batch import TraceBatch
 from .edits import edit_from_dict
 from .settings import RECORD_SCHEMA, check_generation_settings
 
@@ -163,8 +164,8 @@ def replay(record: dict, model: LanguageModel | None = None, *, check: bool = Tr
         do_sample=generation.pop("do_sample"),
         **generation,
     )
-    if batch:
-        trace = trace[batch["row"]]
+    if isinstance(trace, TraceBatch):  # (a record of a batch's row: check_record saw its "batch")
+        trace = trace[record["batch"]["row"]]
     if check and trace.generated_ids != record["output_ids"]:
         raise ReplayMismatchError(
             f"replay produced different tokens: {trace.generated_ids} instead of the recorded "

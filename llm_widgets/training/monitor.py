@@ -32,6 +32,14 @@ from .alerts import KINDS, GradientWarning, TrainingStopped
 HIST_EDGES = torch.linspace(-12, 4, 65)  # log10 |g|: 64 fixed bins from 1e-12 to 1e4; zeros counted apart
 _LAYER = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)\.")
 
+# torch's fused multi-tensor kernels (torch.optim runs on them): private by name in torch's stubs only
+_foreach_norm, _foreach_copy_, _foreach_mul_, _foreach_sub_ = (  # pyright: ignore[reportPrivateImportUsage]
+    torch._foreach_norm,  # pyright: ignore[reportPrivateImportUsage]
+    torch._foreach_copy_,  # pyright: ignore[reportPrivateImportUsage]
+    torch._foreach_mul_,  # pyright: ignore[reportPrivateImportUsage]
+    torch._foreach_sub_,  # pyright: ignore[reportPrivateImportUsage]
+)
+
 
 @dataclass
 class Steering:
@@ -151,7 +159,7 @@ class GradientMonitor:
         self._flushers: list[Callable[[], None]] = []
         self._optimizer = optimizer
         self._hooks: list[Any] = []
-        module._llm_widgets_monitor = weakref.ref(self)
+        vars(module)["_llm_widgets_monitor"] = weakref.ref(self)  # a plain attribute (not a parameter or module)
 
     # --- groups ---
 
@@ -232,7 +240,7 @@ class GradientMonitor:
         measure = step % self.every == 0 or bool(self.steering)
         record: dict = {"step": step}
         if measure:
-            norms = torch.stack(torch._foreach_norm(grads)).float().cpu()
+            norms = torch.stack(_foreach_norm(grads)).float().cpu()
             squares = torch.zeros(len(self.groups)).index_add_(0, self._group_index[idx], norms.double().pow(2).float())
             group_norms = squares.sqrt()
             applied = self._apply_steering(grads, idx, group_norms)
@@ -250,7 +258,7 @@ class GradientMonitor:
             if self._buffers is None:
                 self._buffers = [p.detach().clone() for p in self.params]
             else:
-                torch._foreach_copy_(self._buffers, [p.detach() for p in self.params])
+                _foreach_copy_(self._buffers, [p.detach() for p in self.params])
         self._snapshot = step
 
     def _apply_steering(self, grads, idx, group_norms) -> torch.Tensor:
@@ -267,7 +275,7 @@ class GradientMonitor:
             for factor in sorted(set(per_param)):
                 if factor != 1.0:
                     chosen = [g for g, f in zip(grads, per_param) if f == factor]
-                    torch._foreach_mul_(chosen, factor)
+                    _foreach_mul_(chosen, factor)
         return group_norms * factors
 
     def _record(self, step, loss, lr, group_norms, applied, grads, idx) -> dict:
@@ -306,7 +314,13 @@ class GradientMonitor:
         for g, group in enumerate(self.groups):
             norm = float(group_norms[g])
             typical = self._typical(group) if self.spike else None
-            spiking = typical is not None and typical > 0 and norm > self.spike * typical and norm >= self.spike_floor
+            spiking = (
+                self.spike is not None
+                and typical is not None
+                and typical > 0
+                and norm > self.spike * typical
+                and norm >= self.spike_floor
+            )
             kind = (
                 "nonfinite"
                 if not math.isfinite(norm)
@@ -325,7 +339,7 @@ class GradientMonitor:
                 "exploding": f" > {self.exploding:g}"
                 if norm > self.exploding
                 else f", {norm / typical:.0f}x its median {typical:.3g}"
-                if spiking
+                if spiking and typical
                 else "",
                 "vanishing": f" < {self.vanishing:g}",
             }.get(kind, "")
@@ -355,14 +369,14 @@ class GradientMonitor:
 
     def _finish_update(self) -> None:
         """Update-to-weight ratio of the optimizer step that followed the last snapshot."""
-        if self._snapshot is None:
+        if self._snapshot is None or self._buffers is None:
             return
         step, before = self._snapshot, self._buffers
         self._snapshot = None
         with torch.no_grad():
-            size = torch.stack(torch._foreach_norm(before)).float().cpu().double().pow(2)
-            torch._foreach_sub_(before, [p.detach() for p in self.params])  # in place: before - after
-            change = torch.stack(torch._foreach_norm(before)).float().cpu().double().pow(2)
+            size = torch.stack(_foreach_norm(before)).float().cpu().double().pow(2)
+            _foreach_sub_(before, [p.detach() for p in self.params])  # in place: before - after
+            change = torch.stack(_foreach_norm(before)).float().cpu().double().pow(2)
         n = len(self.groups)
         ratios = torch.zeros(n, dtype=torch.float64).index_add_(0, self._group_index, change).sqrt() / torch.zeros(
             n, dtype=torch.float64

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import anywidget
+import anywidget.experimental
 
 from ..errors import LLMWidgetsError
 

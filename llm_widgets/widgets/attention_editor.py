@@ -19,6 +19,7 @@ import traitlets
 from ..errors import InputError, WrongTypeError
 from ..models import LanguageModel
 from ..trace import Trace, edit_from_dict, fidelity
+from ..trace.batch import one_trace
 from ..trace.edits import AblateHead, ScaleAttention
 from ..trace.locking import exclusive
 from ._frontend import bundle
@@ -109,8 +110,10 @@ class AttentionEditor(AttentionView):
         self.lm = model
         if model.facts.kind in ("classifier", "token_classifier"):  # classes: the editor shows them, with p
             max_new_tokens = 0
-        self._settings = dict(max_new_tokens=max_new_tokens, seed=seed, do_sample=do_sample, **generation_kwargs)
-        self.unedited: Trace = model.trace(prompt, **self._settings)
+        self._settings: dict[str, Any] = dict(
+            max_new_tokens=max_new_tokens, seed=seed, do_sample=do_sample, **generation_kwargs
+        )
+        self.unedited = one_trace(model.trace(prompt, **self._settings), "AttentionEditor")
         # ids: what every rerun uses (an encoder-decoder's source)
         self._prompt = self.unedited.input_ids[: self.unedited.n_source or self.unedited.n_prompt].tolist()
         specs = [_as_spec(e) for e in edits]
@@ -186,7 +189,7 @@ class AttentionEditor(AttentionView):
         try:
             with exclusive(self.lm.model, on_wait=wait):
                 self.waiting = False
-                return self.lm.trace(self._prompt, edits=edits, **self._settings)
+                return one_trace(self.lm.trace(self._prompt, edits=edits, **self._settings), "AttentionEditor")
         finally:
             self.waiting = False
 

@@ -80,8 +80,8 @@ class AttentionView(Answers, StaticFallback, anywidget.AnyWidget):
             raise WrongTypeError(
                 f"AttentionView takes a Trace or a TraceBatch (from model.trace(...)), got {type(trace).__name__}"
             )
-        first = trace[0] if self.batch is not None else trace
-        self.trace = first
+        first = trace[0] if isinstance(trace, TraceBatch) else trace
+        self.trace: Trace = first
         shown = first.stack(stack)  # an encoder-decoder's cross-attention unless asked otherwise
         super().__init__(
             model_name=first.model.name,
@@ -190,7 +190,8 @@ class AttentionView(Answers, StaticFallback, anywidget.AnyWidget):
         if zoom:
             try:
                 part = self.trace.stack(self.stack)
-                part.span(zoom[:2], "zoom queries"), part.span(zoom[2:], "zoom keys")
+                part.span((zoom[0], zoom[1]), "zoom queries")
+                part.span((zoom[2], zoom[3]), "zoom keys")
                 assert len(zoom) == 4
             except (ValueError, AssertionError) as error:
                 raise traitlets.TraitError(
@@ -202,7 +203,8 @@ class AttentionView(Answers, StaticFallback, anywidget.AnyWidget):
 
     def figure(self) -> export.AttentionFigure:
         """What is on screen (head, zoom, query) as figure data."""
-        region = {"queries": tuple(self.zoom[:2]), "keys": tuple(self.zoom[2:])} if self.zoom else {}
+        zoom = [int(z) for z in self.zoom]
+        region = {"queries": (zoom[0], zoom[1]), "keys": (zoom[2], zoom[3])} if zoom else {}
         return export.attention_figure(self.trace, self.layer, self.head, query=self.query, stack=self.stack, **region)
 
     def static_figure(self) -> bytes:

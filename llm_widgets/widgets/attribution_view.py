@@ -66,6 +66,12 @@ class AttributionView(Answers, StaticFallback, anywidget.AnyWidget):
         self.attribution = attribution
         self.view = view
         trace = attribution.trace
+        if trace is None:
+            raise InputError(
+                "this Attribution was made without its trace (trace.attribute(...) keeps it); "
+                "AttributionView needs the trace to recompute it"
+            )
+        self.trace = trace
         # the target the user chose stays when the step changes; a default target follows the step
         self._explicit_target = (
             attribution.target_id if attribution.target_id != _default_target(trace, attribution.step) else None
@@ -103,7 +109,9 @@ class AttributionView(Answers, StaticFallback, anywidget.AnyWidget):
             return
         self.busy = True
         try:
-            new = a.trace.attribute(self._explicit_target, contrast=a.contrast_id, method=self.method, step=self.step)
+            new = self.trace.attribute(
+                self._explicit_target, contrast=a.contrast_id, method=self.method, step=self.step
+            )
         except Exception as error:  # shown in the widget; the previous attribution stays
             with self.hold_sync():
                 self.method, self.step = a.method, a.step

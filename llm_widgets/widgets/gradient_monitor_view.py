@@ -14,7 +14,9 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import anywidget
 import ipywidgets
@@ -92,7 +94,7 @@ class MonitorControls(Answers, anywidget.AnyWidget):
     dark = traitlets.Bool(False, help="the page under the widget is dark (the front end tells): the charts follow").tag(
         sync=True
     )
-    exporter = None  # the view's render(fmt) -> bytes, set by GradientMonitorView
+    exporter: Callable[[str], bytes] | None = None  # the view's render(fmt), set by GradientMonitorView
 
     def answer(self, request: dict) -> tuple[dict, list[bytes]]:
         """The front end's requests: only exports of the charts."""
@@ -202,7 +204,8 @@ class GradientMonitorView(StaticFallback, ipywidgets.VBox):
         for fig in self._figures:
             fig.background_fill_color = fig.border_fill_color = ink["background"]
             fig.outline_line_color = ink["grid"]
-            fig.title.text_color = ink["text"]
+            if fig.title is not None and not isinstance(fig.title, str):
+                fig.title.text_color = ink["text"]
             for axis in fig.axis:
                 axis.axis_label_text_color = axis.major_label_text_color = ink["text"]
                 axis.axis_line_color = axis.major_tick_line_color = axis.minor_tick_line_color = ink["axis"]
@@ -261,7 +264,7 @@ class GradientMonitorView(StaticFallback, ipywidgets.VBox):
             by_step: dict[int, dict] = {}
             for h in hists:
                 by_step.setdefault(h["step"], {})[h["group"]] = percentiles(h["counts"], h["zeros"])
-            data = {"step": list(by_step)}
+            data: dict[str, Any] = {"step": list(by_step)}
             for g, k in self._keys.items():
                 for j, q in enumerate(("lo", "mid", "hi")):
                     data[f"{k}_{q}"] = [by_step[s].get(g, [math.nan] * 3)[j] for s in by_step]

@@ -164,7 +164,7 @@ class LensView(MatrixWidget):
         lines += [
             f"{t!r} {float(p):.3f}" for t, p in zip(lens.top_tokens[layer][column], lens.top_probs[layer, column])
         ]
-        if lens.target_probs is not None:
+        if lens.target_probs is not None and lens.target_ranks is not None:
             lines.append(
                 f"{lens.target!r}: p {float(lens.target_probs[layer, column]):.3f}, rank "
                 f"{int(lens.target_ranks[layer, column])}"
@@ -301,7 +301,11 @@ class CompareView(MatrixWidget):
         )
 
     def _on_select(self, change) -> None:
-        if len(self.selected) == 2 and self.comparison.attention_max is not None:
+        if (
+            len(self.selected) == 2
+            and self.comparison.attention_max is not None
+            and self.comparison.attention_mean is not None
+        ):
             layer, head = self.selected
             for view in self.views:
                 view.layer, view.head = layer, head
