@@ -49,21 +49,19 @@ def number(
     low: float | None = None,
     high: float | None = None,
     low_open: bool = False,
-    finite: bool = True,
+    noun: str = "a finite number",
 ) -> float:
-    """`value` as a float if it is a real number (not a bool), finite unless `finite=False`,
-    within [low, high] ((low, high] with `low_open`)."""
+    """`value` as a float if it is a finite real number (not a bool) within [low, high] ((low, high]
+    with `low_open`); `noun` is what the message calls it."""
     bad = (
         isinstance(value, bool)
         or not isinstance(value, (int, float))
-        or math.isnan(value)
-        or (finite and not math.isfinite(value))
+        or not math.isfinite(value)
         or (low is not None and (value < low or (low_open and value == low)))
         or (high is not None and value > high)
     )
     if bad:
-        what = "a finite number" if finite else "a number"
-        raise InputError(f"{name} must be {what}{_bounds(low, high, low_open=low_open)}; got {value!r}")
+        raise InputError(f"{name} must be {noun}{_bounds(low, high, low_open=low_open)}; got {value!r}")
     return float(value)
 
 

@@ -276,3 +276,20 @@ def test_throttle_sends_at_most_every_interval(tiny_gpt2):
     monitor.flush()
     assert widget.controls.steps_plotted == 5
     monitor.detach()
+
+
+def test_a_transformers_model_is_monitored_whole_head_included():
+    """A Llama-style model has a `.model` of its own (the base model, no head): the monitor and
+    profile_step take the model they are given, not that."""
+    from tests.test_trace_architectures import build
+
+    lm = build("llama")
+    hf = lm.model
+    hf.train()
+    for given in (hf, lm):
+        monitor = lw.GradientMonitor(given)
+        assert len(monitor.params) == sum(1 for p in hf.parameters() if p.requires_grad)
+        monitor.detach()
+    ids = torch.randint(0, hf.config.vocab_size, (1, 8))
+    steps = lw.profile_step(hf, {"input_ids": ids, "labels": ids}, torch.optim.SGD(hf.parameters(), lr=0.0), steps=1)
+    assert steps.seconds["forward"] > 0  # the head ran: its loss came back

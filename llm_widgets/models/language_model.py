@@ -264,3 +264,9 @@ def _human(n: int) -> str:
         if n >= size:
             return f"{n / size:.1f}{unit}"
     return str(n)
+
+
+def torch_module(model: Any) -> Any:
+    """The torch module of a LanguageModel, or `model` itself. (Not `getattr(model, "model")`: a
+    transformers model has a `.model` too, its base model without the head.)"""
+    return model.model if isinstance(model, LanguageModel) else model

@@ -20,7 +20,7 @@ RECORD_SCHEMA = 1  # the layout of Trace.record; replay refuses other versions
 
 def _number(low: float, high: float | None = None, *, low_open: bool = False) -> Callable[[str, Any], Any]:
     def check(name: str, value: Any) -> Any:
-        checks.number(value, f"generation setting {name}", low=low, high=high, low_open=low_open)
+        checks.number(value, f"generation setting {name}", low=low, high=high, low_open=low_open, noun="a number")
         return value  # as given: the record keeps what the user wrote
 
     return check

@@ -27,6 +27,7 @@ import transformers
 from .. import checks
 from .._version import __version__
 from ..errors import InputError, WrongTypeError
+from ..models.language_model import torch_module
 from .alerts import KINDS, GradientWarning, TrainingStopped
 
 HIST_EDGES = torch.linspace(-12, 4, 65)  # log10 |g|: 64 fixed bins from 1e-12 to 1e4; zeros counted apart
@@ -93,7 +94,7 @@ class GradientMonitor:
         optimizer: Any = None,
         warn: bool = True,
     ):
-        module = getattr(model, "model", model)  # a LanguageModel holds the torch module
+        module = torch_module(model)
         if not isinstance(module, torch.nn.Module):
             raise WrongTypeError(
                 f"GradientMonitor takes a torch module or lw.LanguageModel; got {type(model).__name__}"

@@ -13,6 +13,7 @@ import torch
 from .. import checks
 from ..errors import InputError, WrongTypeError
 from ..models.devices import input_device
+from ..models.language_model import torch_module
 
 PHASES = ("forward", "backward", "monitor", "optimizer")
 
@@ -50,7 +51,7 @@ def profile_step(
     copy) and time each part: forward (`model(**batch)`, the loss from `loss(output)` or
     `output.loss`), backward, `monitor.step()` when a GradientMonitor is given, and
     `optimizer.step()` with `zero_grad()`. The median of each part is kept."""
-    module = getattr(model, "model", model)  # a LanguageModel holds the torch module
+    module = torch_module(model)
     if not isinstance(module, torch.nn.Module):
         raise WrongTypeError(f"profile_step takes a torch module or lw.LanguageModel; got {type(model).__name__}")
     if not isinstance(batch, dict):
