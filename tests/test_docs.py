@@ -61,8 +61,14 @@ def _sentiment_model(directory: Path) -> str:
 
     tiny = lw.load_model("tiny-gpt2")
     config = transformers.GPT2Config.from_dict(tiny.model.config.to_dict())
-    config.update({"num_labels": 2, "id2label": {0: "negative", 1: "positive"},
-                   "label2id": {"negative": 0, "positive": 1}, "pad_token_id": tiny.pad_token_id})
+    config.update(
+        {
+            "num_labels": 2,
+            "id2label": {0: "negative", 1: "positive"},
+            "label2id": {"negative": 0, "positive": 1},
+            "pad_token_id": tiny.pad_token_id,
+        }
+    )
     transformers.GPT2ForSequenceClassification(config).save_pretrained(directory)
     tiny.tokenizer.save_pretrained(directory)
     return str(directory)
@@ -94,8 +100,14 @@ def test_the_readme_python_blocks_run_as_pasted(tmp_path, monkeypatch):
 # --- ARCHITECTURE.md ---
 
 # names the text uses for objects of these classes
-INSTANCES = {"trace": "Trace", "tr": "Trace", "model": "LanguageModel", "monitor": "GradientMonitor",
-             "editor": "AttentionEditor", "view": "AttentionView"}
+INSTANCES = {
+    "trace": "Trace",
+    "tr": "Trace",
+    "model": "LanguageModel",
+    "monitor": "GradientMonitor",
+    "editor": "AttentionEditor",
+    "view": "AttentionView",
+}
 
 
 def _cited(text: str) -> list[str]:
