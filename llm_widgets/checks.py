@@ -50,9 +50,10 @@ def number(
     high: float | None = None,
     low_open: bool = False,
     noun: str = "a finite number",
+    note: str = "",
 ) -> float:
     """`value` as a float if it is a finite real number (not a bool) within [low, high] ((low, high]
-    with `low_open`); `noun` is what the message calls it."""
+    with `low_open`); `noun` is what the message calls it, `note` what follows the bounds."""
     bad = (
         isinstance(value, bool)
         or not isinstance(value, (int, float))
@@ -61,7 +62,7 @@ def number(
         or (high is not None and value > high)
     )
     if bad:
-        raise InputError(f"{name} must be {noun}{_bounds(low, high, low_open=low_open)}; got {value!r}")
+        raise InputError(f"{name} must be {noun}{_bounds(low, high, low_open=low_open)}{note}; got {value!r}")
     return float(value)
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, field
 from types import SimpleNamespace
+from typing import Any
 
 import torch
 
@@ -83,53 +84,10 @@ def attribute(trace: Trace, target, contrast, method, step, n_steps, baseline) -
     if baseline not in BASELINES:
         raise InputError(f"unknown baseline {baseline!r}; choose one of {', '.join(BASELINES)}")
     lm = trace.model
-    kind = lm.kind  # (lm.facts would count the parameters)
-    per_token = kind == "token_classifier"  # step s: the class of token s
-    n_steps_available = len(trace) if per_token else max(1, len(trace.generated_ids))
-    step = 0 if step is None else step
-    if not isinstance(step, int) or not 0 <= step < n_steps_available:
-        raise InputError(
-            f"step {step!r} is out of range: this trace has steps 0 to {n_steps_available - 1} "
-            f"(step s attributes the token generated after the prompt and s earlier ones)"
-        )
+    step, ids, decoder_ids, position = _inputs(trace, step)
     notes: list[str] = []
-    ids = trace.input_ids[: trace.n_prompt if per_token else trace.n_prompt + step]
-    decoder_ids = None
-    if kind == "seq2seq":  # the source tokens are scored; the decoder is fed what it had produced before `step`
-        ids, decoder_ids = ids[: trace.n_source], ids[trace.n_source :]
-    classifier = kind == "classifier"  # logits [batch, classes]: the text's, no position
-    if per_token:
-        position = step
-    elif decoder_ids is not None:
-        position = len(decoder_ids) - 1
-    elif kind == "causal" or classifier:
-        position = len(ids) - 1
-    else:
-        mask = getattr(lm.tokenizer, "mask_token_id", None)
-        hits = (ids == mask).nonzero() if mask is not None else None
-        if hits is None or len(hits) == 0:
-            raise InputError(
-                f"{lm.name} is a masked model: put its mask token "
-                f"{getattr(lm.tokenizer, 'mask_token', None)!r} in the prompt, and the attribution is for "
-                f"what it predicts there"
-            )
-        position = int(hits[0, 0])
-    if target is None and per_token:
-        target_id = lm.label_id(trace.token_labels[step][1])
-    elif target is None:
-        target_id = trace.generated_ids[step] if trace.generated_ids else trace.next_token_id
-    elif classifier or per_token:
-        target_id = lm.label_id(target)
-    else:
-        target_id = first_token_id(lm.tokenizer, target, "target", notes, len(lm.tokenizer))
-    if classifier or per_token:
-        contrast_id = None if contrast is None else lm.label_id(contrast)
-    else:
-        contrast_id = (
-            None if contrast is None else first_token_id(lm.tokenizer, contrast, "contrast", notes, len(lm.tokenizer))
-        )
-    if contrast_id is not None and contrast_id == target_id:
-        raise InputError(f"target and contrast are the same token ({target!r}): give two different tokens")
+    target_id, contrast_id = _target_ids(trace, target, contrast, step, notes)
+    classifier = lm.kind == "classifier"  # logits [batch, classes]: the text's, no position
 
     def score_of(logits: torch.Tensor) -> torch.Tensor:  # logits [batch, T, vocab] (or [batch, classes]) -> [batch]
         last = logits.float() if classifier else logits[:, position].float()
@@ -150,7 +108,6 @@ def attribute(trace: Trace, target, contrast, method, step, n_steps, baseline) -
         else:
             scores, delta, logits = _captum(lm, ids, embeds, score_of, method, n_steps, reference, decoder_ids)
     probs = torch.softmax((logits if classifier else logits[position]).float(), dim=-1)
-    value = score_of(logits[None]).item()
     name = (lambda i: lm.labels[i]) if lm.labels else (lambda i: lm.tokenizer.decode([i]))
     return Attribution(
         tokens=list(trace.tokens[: len(ids)]),
@@ -163,13 +120,67 @@ def attribute(trace: Trace, target, contrast, method, step, n_steps, baseline) -
         step=step,
         p_target=float(probs[target_id]),
         p_contrast=None if contrast_id is None else float(probs[contrast_id]),
-        score=value,
+        score=score_of(logits[None]).item(),
         n_prompt=trace.n_source or trace.n_prompt,
         head_importance=head_importance,
         delta=delta,
         notes=notes,
         trace=trace,
     )
+
+
+def _inputs(trace: Trace, step: Any) -> tuple[int, torch.Tensor, torch.Tensor | None, int]:
+    """(step, the ids scored, an encoder-decoder's decoder ids, the position whose output is read).
+    Step s is the token generated after the prompt and s earlier ones (a tagger's: token s)."""
+    lm, kind = trace.model, trace.model.kind  # (lm.facts would count the parameters)
+    per_token = kind == "token_classifier"
+    available = len(trace) if per_token else max(1, len(trace.generated_ids))
+    step = 0 if step is None else step
+    if not isinstance(step, int) or not 0 <= step < available:
+        raise InputError(
+            f"step {step!r} is out of range: this trace has steps 0 to {available - 1} "
+            f"(step s attributes the token generated after the prompt and s earlier ones)"
+        )
+    ids = trace.input_ids[: trace.n_prompt if per_token else trace.n_prompt + step]
+    if kind == "seq2seq":  # the source tokens are scored; the decoder is fed what it had produced before `step`
+        return step, ids[: trace.n_source], ids[trace.n_source :], len(ids) - trace.n_source - 1
+    if per_token:
+        return step, ids, None, step
+    if kind in ("causal", "classifier"):
+        return step, ids, None, len(ids) - 1
+    mask = getattr(lm.tokenizer, "mask_token_id", None)
+    hits = (ids == mask).nonzero() if mask is not None else None
+    if hits is None or len(hits) == 0:
+        raise InputError(
+            f"{lm.name} is a masked model: put its mask token {getattr(lm.tokenizer, 'mask_token', None)!r} "
+            f"in the prompt, and the attribution is for what it predicts there"
+        )
+    return step, ids, None, int(hits[0, 0])
+
+
+def _target_ids(trace: Trace, target: Any, contrast: Any, step: int, notes: list[str]) -> tuple[int, int | None]:
+    """The target's id (default: what the run produced at `step`) and the contrast's: tokens, or a
+    classifier's classes by name or id."""
+    lm = trace.model
+    by_class = lm.kind in ("classifier", "token_classifier")
+    if target is None and lm.kind == "token_classifier":
+        target_id = lm.label_id(trace.token_labels[step][1])
+    elif target is None:
+        target_id = trace.generated_ids[step] if trace.generated_ids else trace.next_token_id
+    elif by_class:
+        target_id = lm.label_id(target)
+    else:
+        target_id = first_token_id(lm.tokenizer, target, "target", notes, len(lm.tokenizer))
+    if contrast is None:
+        return target_id, None
+    contrast_id = (
+        lm.label_id(contrast)
+        if by_class
+        else first_token_id(lm.tokenizer, contrast, "contrast", notes, len(lm.tokenizer))
+    )
+    if contrast_id == target_id:
+        raise InputError(f"target and contrast are the same token ({target!r}): give two different tokens")
+    return target_id, contrast_id
 
 
 def _forward(

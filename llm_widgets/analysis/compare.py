@@ -70,11 +70,36 @@ def compare(a: Trace, b: Trace, *, positions: str = "common") -> Comparison:
     while common < min(len(ids_a), len(ids_b)) and ids_a[common] == ids_b[common]:
         common += 1
     n = common if positions == "common" else min(len(ids_a), len(ids_b))
-    steps, diverged = [], None
+    steps, diverged = _steps(a, b, common)
+    attention_max = attention_mean = None
+    if (a.n_layers, a.n_heads) != (b.n_layers, b.n_heads):
+        notes.append(
+            f"the models differ in shape ({a.n_layers}x{a.n_heads} vs {b.n_layers}x{b.n_heads}): "
+            f"no attention difference"
+        )
+    elif n == 0:
+        notes.append("the runs share no position: no attention difference (try positions='aligned')")
+    else:
+        attention_max, attention_mean = _attention_difference(a, b, n)
+    return Comparison(
+        a=a,
+        b=b,
+        positions=n,
+        steps=steps,
+        attention_max=attention_max,
+        attention_mean=attention_mean,
+        first_diverging_step=diverged,
+        notes=notes,
+    )
+
+
+def _steps(a: Trace, b: Trace, common: int) -> tuple[list[dict], int | None]:
+    """Per generated step while the two follow one prefix: each run's token, a's probability and
+    b's of a's token; and the step where they chose differently (None if they never did)."""
+    steps = []
     for step, token in enumerate(a.generated_ids):
         if step >= len(b.generated_ids) or a.n_prompt != b.n_prompt or common < a.n_prompt + step:
             break  # b's prediction at this step follows another prefix: not comparable
-        other = b.generated_ids[step]
         try:
             p_b = b.probability(token, step)
         except ValueError:  # a's token is not among the tokens b kept for this step
@@ -89,36 +114,21 @@ def compare(a: Trace, b: Trace, *, positions: str = "common") -> Comparison:
                 "delta": None if p_b is None else p_b - a.chosen_probability(step),
             }
         )
-        if other != token:
-            diverged = step
-            break
-    attention_max = attention_mean = None
-    same_shape = (a.n_layers, a.n_heads) == (b.n_layers, b.n_heads)
-    if not same_shape:
-        notes.append(
-            f"the models differ in shape ({a.n_layers}x{a.n_heads} vs {b.n_layers}x{b.n_heads}): "
-            f"no attention difference"
-        )
-    elif n == 0:
-        notes.append("the runs share no position: no attention difference (try positions='aligned')")
-    else:
-        attention_max = torch.zeros(a.n_layers, a.n_heads)
-        attention_mean = torch.zeros(a.n_layers, a.n_heads)
-        for layer in range(a.n_layers):
-            for head in range(a.n_heads):
-                delta = (
-                    b.attention(layer, head, queries=(0, n), keys=(0, n))
-                    - a.attention(layer, head, queries=(0, n), keys=(0, n))
-                ).abs()
-                attention_max[layer, head] = delta.max()
-                attention_mean[layer, head] = delta.mean()
-    return Comparison(
-        a=a,
-        b=b,
-        positions=n,
-        steps=steps,
-        attention_max=attention_max,
-        attention_mean=attention_mean,
-        first_diverging_step=diverged,
-        notes=notes,
-    )
+        if b.generated_ids[step] != token:
+            return steps, step
+    return steps, None
+
+
+def _attention_difference(a: Trace, b: Trace, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Max and mean |b - a| of every head's attention over the first n positions: [layers, heads]."""
+    attention_max = torch.zeros(a.n_layers, a.n_heads)
+    attention_mean = torch.zeros(a.n_layers, a.n_heads)
+    for layer in range(a.n_layers):
+        for head in range(a.n_heads):
+            delta = (
+                b.attention(layer, head, queries=(0, n), keys=(0, n))
+                - a.attention(layer, head, queries=(0, n), keys=(0, n))
+            ).abs()
+            attention_max[layer, head] = delta.max()
+            attention_mean[layer, head] = delta.mean()
+    return attention_max, attention_mean

@@ -224,38 +224,16 @@ def run_patched(
     # so the layers below cost one row, not `rows`.
     handles = [parts.blocks[min(by_layer)].register_forward_pre_hook(_fan_out(rows), with_kwargs=True)]
     if site == "heads":
-
-        def head_hook(layer: int, out: torch.Tensor) -> torch.Tensor:
-            todo = by_layer.get(layer)
-            if not todo:
-                return out
-            out = out.clone()  # [rows, T, heads, head_dim]
-            for row, where in todo:
-                head, position = where if isinstance(where, tuple) else (where, slice(None))
-                if mode == "zero":
-                    out[row, position, head] = 0
-                elif mode == "mean":
-                    out[row, :, head] = out[row, :, head].mean(dim=0, keepdim=True)
-                else:
-                    out[row, position, head] = source[layer][position, head]
-            return out
-
+        hook = _head_patcher(by_layer, mode, source)
         context = instrument(
-            model, RunState(lm.facts.n_layers, lm.facts.n_heads, ids.shape[1], capture=False, head_hook=head_hook)
+            model, RunState(lm.facts.n_layers, lm.facts.n_heads, ids.shape[1], capture=False, head_hook=hook)
         )
     else:
-        for layer, module in enumerate(_site_modules(parts, site, lm.name)):
-            todo = by_layer.get(layer)
-            if not todo:
-                continue
-
-            def hook(_m, _a, output, todo=todo, layer=layer):
-                hidden = block_output(output).clone()
-                for row, where in todo:
-                    hidden[row, where] = 0 if mode == "zero" else source[layer][where]
-                return _replace_output(output, hidden)
-
-            handles.append(module.register_forward_hook(hook))
+        modules = _site_modules(parts, site, lm.name)
+        handles += [
+            modules[layer].register_forward_hook(_output_patcher(todo, layer, mode, source))
+            for layer, todo in by_layer.items()
+        ]
         context = contextlib.nullcontext()
     try:
         with context:
@@ -263,6 +241,65 @@ def run_patched(
     finally:
         for handle in handles:
             handle.remove()
+
+
+def _head_patcher(by_layer: dict[int, list[tuple[int, Any]]], mode: str, source: list[torch.Tensor]):
+    """The engine's head hook: each row's head outputs [rows, T, heads, head_dim] patched, zeroed or
+    mean-replaced where its patch says."""
+
+    def head_hook(layer: int, out: torch.Tensor) -> torch.Tensor:
+        todo = by_layer.get(layer)
+        if not todo:
+            return out
+        out = out.clone()
+        for row, where in todo:
+            head, position = where if isinstance(where, tuple) else (where, slice(None))
+            if mode == "zero":
+                out[row, position, head] = 0
+            elif mode == "mean":
+                out[row, :, head] = out[row, :, head].mean(dim=0, keepdim=True)
+            else:
+                out[row, position, head] = source[layer][position, head]
+        return out
+
+    return head_hook
+
+
+def _output_patcher(todo: list[tuple[int, Any]], layer: int, mode: str, source: list[torch.Tensor]):
+    """A forward hook on one layer's module: each row's output at its positions patched or zeroed."""
+
+    def hook(_module, _args, output):
+        hidden = block_output(output).clone()
+        for row, where in todo:
+            hidden[row, where] = 0 if mode == "zero" else source[layer][where]
+        return _replace_output(output, hidden)
+
+    return hook
+
+
+def _paired_ids(lm: LanguageModel, clean: Any, corrupted: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two prompts' ids, which must line up token for token."""
+    clean_ids, corrupted_ids = _ids(lm, clean), _ids(lm, corrupted)
+    if len(clean_ids) != len(corrupted_ids):
+        tok = lm.tokenizer
+        raise InputError(
+            f"clean and corrupted prompts must have the same number of tokens to patch position by "
+            f"position; got {len(clean_ids)} ({decode_each(tok, clean_ids.tolist())}) "
+            f"and {len(corrupted_ids)} ({decode_each(tok, corrupted_ids.tolist())}). "
+            f"Reword one so their tokens line up (e.g. swap names of one token each)"
+        )
+    return clean_ids, corrupted_ids
+
+
+def _cells(site: str, n_layers: int, n_heads: int, n: int, per_position: bool) -> tuple[list, tuple[int, ...]]:
+    """The patches of a whole map (layer, where, None) and the map's shape: layer x position, or for
+    heads layer x head (x position). n_heads: from the captured tensor, never the config."""
+    if site != "heads":
+        return [(l, p, None) for l in range(n_layers) for p in range(n)], (n_layers, n)
+    if per_position:
+        cells = [(l, (h, p), None) for l in range(n_layers) for h in range(n_heads) for p in range(n)]
+        return cells, (n_layers, n_heads, n)
+    return [(l, h, None) for l in range(n_layers) for h in range(n_heads)], (n_layers, n_heads)
 
 
 def _fan_out(rows: int):
@@ -329,15 +366,7 @@ def patch(
     log p(target) without a contrast. Patched runs go as batches within `budget_bytes`."""
     _check_model(model, site)
     lm = model
-    clean_ids, corrupted_ids = _ids(lm, clean), _ids(lm, corrupted)
-    if len(clean_ids) != len(corrupted_ids):
-        tok = lm.tokenizer
-        raise InputError(
-            f"clean and corrupted prompts must have the same number of tokens to patch position by "
-            f"position; got {len(clean_ids)} ({decode_each(tok, clean_ids.tolist())}) "
-            f"and {len(corrupted_ids)} ({decode_each(tok, corrupted_ids.tolist())}). "
-            f"Reword one so their tokens line up (e.g. swap names of one token each)"
-        )
+    clean_ids, corrupted_ids = _paired_ids(lm, clean, corrupted)
     checks.integer(budget_bytes, "budget_bytes", low=1)
     notes: list[str] = []
     target_id, contrast_id = _targets(lm, target, contrast, notes)
@@ -350,18 +379,7 @@ def patch(
         source, clean_logits = _capture_site(lm, clean_ids, site, parts)
         corrupted_logits = _forward_last(lm.model, corrupted_ids)
         clean_score, corrupted_score = float(score(clean_logits)), float(score(corrupted_logits))
-        if site == "heads":
-            n_heads = source[0].shape[1]  # from the captured tensor, never the config
-            cells = (
-                [(l, h, p) for l in range(facts.n_layers) for h in range(n_heads) for p in range(T)]
-                if per_position
-                else [(l, h, None) for l in range(facts.n_layers) for h in range(n_heads)]
-            )
-            patches = [(l, (h, p) if p is not None else h, None) for l, h, p in cells]
-            shape = (facts.n_layers, n_heads, T) if per_position else (facts.n_layers, n_heads)
-        else:
-            patches = [(l, p, None) for l in range(facts.n_layers) for p in range(T)]
-            shape = (facts.n_layers, T)
+        patches, shape = _cells(site, facts.n_layers, source[0].shape[1] if site == "heads" else 0, T, per_position)
         raw = _run_all(lm, corrupted_ids, site, patches, source, score, budget_bytes, progress, "patching")
     raw = raw.reshape(shape)
     effect = _normalised(raw, clean_score, corrupted_score, notes)

@@ -19,7 +19,7 @@ import bisect
 import math
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -287,11 +287,57 @@ def profile(
     )
     net = lm.model
     device = input_device(net)
-    sync = device.type == "cuda"
-    input_ids = ids[None].to(device)
+    run = _one_run(lm, ids, max_new_tokens, edits)
+    with held(net):
+        run()  # warm-up: first-call allocations and lazy initialisation are not what a user runs into
+        clocks, out = [], None
+        for _ in range(repeats):
+            clock, out = _clocked(net, run, device.type == "cuda")  # (one output kept at a time)
+            clocks.append(clock)
+        kv = cache_bytes(output_cache(out)) if not edits else 0
+        counts = _flops(net, run) if flops else {}
+        timeline, step_starts, peaks, chrome, peak = _memory(net, run, device) if memory else ([], [], {}, "", 0)
+    middle = sorted(clocks, key=lambda c: c.wall)[len(clocks) // 2]
+    return Profile(
+        model_name=lm.name,
+        device=str(device),
+        prompt_tokens=len(ids),
+        new_tokens=max_new_tokens,
+        total_s=middle.wall,
+        prefill_s=middle.root_calls[0][1] if middle.root_calls else 0.0,
+        decode_s=sum(s for _, s in middle.root_calls[1:]),
+        kv_cache_bytes=kv,
+        peak_bytes=peak,
+        parameter_bytes=sum(p.numel() * p.element_size() for p in net.parameters()),
+        rss_peak_bytes=_rss(),
+        modules=_rows(lm, middle, counts, peaks),
+        steps=_steps(middle, kv, len(ids), max_new_tokens),
+        timeline=timeline,
+        step_times=step_starts,
+        repeats=repeats,
+        chrome_trace=chrome,
+    )
+
+
+def _steps(clock: _Clock, kv: int, n_prompt: int, max_new_tokens: int) -> list[dict]:
+    """Each forward of the run (the prefill, then a decode step per token): its seconds and the KV
+    cache it held (the final cache's bytes per token, times the tokens in it then)."""
+    cached = n_prompt + max(max_new_tokens - 1, 0)  # generate never runs its last token
+    per_token = kv / cached if cached else 0
+    return [
+        {"step": i, "seconds": s, "kv_cache_bytes": int(per_token * (n_prompt + i))}
+        for i, (_, s) in enumerate(clock.root_calls)
+    ]
+
+
+def _one_run(lm: LanguageModel, ids: torch.Tensor, max_new_tokens: int, edits: tuple) -> Callable[[], Any]:
+    """The run profiled: the prompt's forward, or greedy generation with the KV cache (through the
+    engine when there are edits: it applies them, its own instruments off)."""
+    net = lm.model
+    input_ids = ids[None].to(input_device(net))
 
     def run():
-        if edits:  # the engine applies them; its own instruments are off
+        if edits:
             return lm.trace(ids, max_new_tokens=max_new_tokens, edits=edits, capture=False)
         if max_new_tokens == 0:  # (held: no gradients)
             return net(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), use_cache=True)
@@ -305,50 +351,18 @@ def profile(
             return_dict_in_generate=True,
         )
 
-    with held(net):
-        run()  # warm-up: first-call allocations and lazy initialisation are not what a user runs into
-        clocks = []
-        for _ in range(repeats):
-            with _Clock(net, sync) as clock:
-                start = time.perf_counter()
-                out = run()
-                if sync:
-                    torch.cuda.synchronize()
-                clock.wall = time.perf_counter() - start
-            clocks.append(clock)
-        kv = cache_bytes(output_cache(out)) if not edits else 0
-        counts = _flops(net, run) if flops else {}
-        timeline, step_starts, peaks, chrome, peak = _memory(net, run, device) if memory else ([], [], {}, "", 0)
-    middle = sorted(clocks, key=lambda c: c.wall)[len(clocks) // 2]
-    rows = _rows(lm, middle, counts, peaks)
-    prefill = middle.root_calls[0][1] if middle.root_calls else 0.0
-    decode = sum(s for _, s in middle.root_calls[1:])
-    cached = len(ids) + max(max_new_tokens - 1, 0)  # generate never runs its last token
-    per_token = kv / cached if cached else 0
-    steps = [
-        {"step": i, "seconds": s, "kv_cache_bytes": int(per_token * (len(ids) + i))}
-        for i, (_, s) in enumerate(middle.root_calls)
-    ]
-    parameter_bytes = sum(p.numel() * p.element_size() for p in net.parameters())
-    return Profile(
-        model_name=lm.name,
-        device=str(device),
-        prompt_tokens=len(ids),
-        new_tokens=max_new_tokens,
-        total_s=middle.wall,
-        prefill_s=prefill,
-        decode_s=decode,
-        kv_cache_bytes=kv,
-        peak_bytes=peak,
-        parameter_bytes=parameter_bytes,
-        rss_peak_bytes=_rss(),
-        modules=rows,
-        steps=steps,
-        timeline=timeline,
-        step_times=step_starts,
-        repeats=repeats,
-        chrome_trace=chrome,
-    )
+    return run
+
+
+def _clocked(net: Any, run: Callable[[], Any], sync: bool) -> tuple[_Clock, Any]:
+    """One run under the module clock (its wall time kept on the clock), and what it returned."""
+    with _Clock(net, sync) as clock:
+        start = time.perf_counter()
+        out = run()
+        if sync:
+            torch.cuda.synchronize()
+        clock.wall = time.perf_counter() - start
+    return clock, out
 
 
 def _kinds(lm: LanguageModel) -> dict[str, str]:

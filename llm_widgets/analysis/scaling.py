@@ -87,20 +87,7 @@ def scaling(
     block's attention and MLP; the rest is the model's total minus those. Peak memory from
     torch.profiler's allocator events (one pass per point). The model's attention implementation
     is switched for each and restored."""
-    if not isinstance(model, LanguageModel):
-        raise WrongTypeError(f"scaling takes an lw.LanguageModel; got {type(model).__name__}")
-    model.check_analysable("lw.scaling")
-    lengths = sorted({int(n) for n in lengths})
-    context = model.facts.context_length
-    if not lengths or lengths[0] < 2 or (context and lengths[-1] > context):
-        raise InputError(f"lengths must be between 2 and the model's context ({context}); got {lengths}")
-    batch_sizes = checks.integers(batch_sizes, "batch_sizes", low=1)
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
-    known = set(ALL_ATTENTION_FUNCTIONS) | {"eager"}
-    unknown = [i for i in implementations if i not in known]
-    if unknown:
-        raise InputError(f"unknown attention implementation(s) {unknown}; installed: {sorted(known)}")
+    lengths, batch_sizes, implementations = _checked(model, lengths, batch_sizes, implementations, repeats)
     net = model.model
     parts = anatomy(net, model.facts.n_layers)
     device = input_device(net)
@@ -130,16 +117,42 @@ def scaling(
                                     "peak_bytes": peak,
                                 }
                             )
+    return Scaling(model_name=model.name, rows=rows, exponents=_fitted(rows, min(batch_sizes)), notes=notes)
+
+
+def _checked(model: Any, lengths: Any, batch_sizes: Any, implementations: Any, repeats: Any) -> tuple[list, list, list]:
+    """lengths (sorted, unique), batch sizes and implementations, each a list, checked."""
+    if not isinstance(model, LanguageModel):
+        raise WrongTypeError(f"scaling takes an lw.LanguageModel; got {type(model).__name__}")
+    model.check_analysable("lw.scaling")
+    lengths = sorted(set(checks.integers(lengths, "lengths", low=2)))
+    context = model.facts.context_length
+    if context and lengths[-1] > context:
+        raise InputError(f"lengths must be between 2 and the model's context ({context}); got {lengths}")
+    batch_sizes = checks.integers(batch_sizes, "batch_sizes", low=1)
+    checks.integer(repeats, "repeats", low=1)
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    implementations = [implementations] if isinstance(implementations, str) else list(implementations)
+    known = set(ALL_ATTENTION_FUNCTIONS) | {"eager"}
+    unknown = [i for i in implementations if i not in known]
+    if unknown or not implementations:
+        raise InputError(f"unknown attention implementation(s) {unknown}; installed: {sorted(known)}")
+    return lengths, batch_sizes, implementations
+
+
+def _fitted(rows: list[dict], batch_size: int) -> dict[tuple[str, str], float]:
+    """The fitted power of length per (implementation, component), at one batch size."""
     exponents = {}
     for impl in {r["implementation"] for r in rows}:
         for component in COMPONENTS:
             pts = sorted(
                 (r["length"], r["seconds"])
                 for r in rows
-                if r["implementation"] == impl and r["component"] == component and r["batch_size"] == min(batch_sizes)
+                if r["implementation"] == impl and r["component"] == component and r["batch_size"] == batch_size
             )
             exponents[(impl, component)] = fit_exponent([p[0] for p in pts], [p[1] for p in pts])
-    return Scaling(model_name=model.name, rows=rows, exponents=exponents, notes=notes)
+    return exponents
 
 
 def _measure(net, parts, ids, repeats: int, memory: bool, device) -> tuple[dict[str, float], int]:

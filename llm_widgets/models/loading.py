@@ -113,73 +113,13 @@ def load_model(
 def _from_pretrained(
     path: str, name: str, dtype: Any, revision: str | None, trust_remote_code: bool, kwargs: dict, progress: bool = True
 ) -> LanguageModel:
-    from transformers import (
-        MODEL_FOR_CAUSAL_LM_MAPPING,
-        MODEL_FOR_MASKED_LM_MAPPING,
-        MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING,
-        AutoConfig,
-        AutoModelForCausalLM,
-        AutoModelForMaskedLM,
-        AutoModelForSeq2SeqLM,
-        AutoModelForSequenceClassification,
-        AutoModelForTokenClassification,
-        AutoTokenizer,
-    )
+    from transformers import AutoModelForCausalLM
 
     common = {"revision": revision, "trust_remote_code": trust_remote_code}
     local = Path(path)
-    try:
-        config = AutoConfig.from_pretrained(path, **common)
-    except (OSError, ValueError) as error:
-        if (local / "config.json").is_file():
-            raise InputError(
-                f"{path} has a config.json that AutoConfig cannot load ({type(error).__name__}: "
-                f"{error}). A config with auto_map needs its own code, which llm-widgets never runs "
-                f"for you: load the model yourself if you trust it and wrap it, "
-                f"lw.LanguageModel(model, tokenizer)"
-            ) from error
-        bundled = ", ".join(repr(n) for n in BUNDLED_MODELS)
-        raise InputError(
-            f"Cannot load model {name!r}: it is not a bundled model ({bundled}), not a local directory with a "
-            f"config.json, and not reachable as a Hugging Face hub id. To load a hub model, pass its id "
-            f"(e.g. {SMOLLM2_HUB_ID!r}) on a machine with network access or with the files in the hub cache, "
-            f"or save it with save_pretrained() and pass that directory. ({type(error).__name__}: {error})"
-        ) from error
-    # BERT-style configs are in both mappings; the saved architecture decides (a classifier too)
-    saved = config.architectures or []
-    saved_as_masked = any(a.endswith("ForMaskedLM") for a in saved)
-    if any(a.endswith("ForSequenceClassification") for a in saved):
-        auto = AutoModelForSequenceClassification
-    elif any(a.endswith("ForTokenClassification") for a in saved):
-        auto = AutoModelForTokenClassification
-    elif getattr(config, "is_encoder_decoder", False) and type(config) in MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING:
-        auto = AutoModelForSeq2SeqLM  # T5, BART, Marian, ...: generates from a source text
-    elif type(config) in MODEL_FOR_CAUSAL_LM_MAPPING and not saved_as_masked:
-        auto = AutoModelForCausalLM
-    elif type(config) in MODEL_FOR_MASKED_LM_MAPPING:
-        auto = AutoModelForMaskedLM
-    else:
-        raise InputError(
-            f"{name!r} is a {config.model_type!r} model, which is neither a causal, an encoder-decoder nor a masked "
-            f"language model; llm-widgets loads models that AutoModelForCausalLM, AutoModelForSeq2SeqLM or "
-            f"AutoModelForMaskedLM can load."
-        )
-    no_tokenizer = (
-        f"Model {name!r} has no tokenizer that AutoTokenizer can load{{}}. Load the model yourself "
-        f"and pass a tokenizer: lw.LanguageModel(model, tokenizer)."
-    )
-    try:
-        if name in _OWN:  # our own tokenizer.json, read as it is: AutoTokenizer of transformers 5.2 stumbles on a
-            from transformers import PreTrainedTokenizerFast  # Marian config with no sentencepiece tokenizer
-
-            tokenizer = PreTrainedTokenizerFast.from_pretrained(path)
-        else:
-            tokenizer = AutoTokenizer.from_pretrained(path, **common)
-    except (OSError, ValueError, TypeError) as error:
-        raise InputError(no_tokenizer.format(f" ({error})")) from error
-    # transformers 5 returns a tokenizer with only special tokens when the files are missing
-    if len(tokenizer.get_vocab()) <= len(tokenizer.all_special_tokens):
-        raise InputError(no_tokenizer.format(" (no vocabulary files next to the weights)"))
+    config = _config(path, name, common)
+    auto = _auto_class(config, name)
+    tokenizer = _tokenizer(path, name, common)
     if dtype is not None:
         kwargs = {**kwargs, "dtype": dtype}
     try:
@@ -197,6 +137,80 @@ def _from_pretrained(
     if getattr(config, "_commit_hash", None):
         source["revision"] = config._commit_hash
     return LanguageModel(model, tokenizer, name=name, source=source)
+
+
+def _config(path: str, name: str, common: dict) -> Any:
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(path, **common)
+    except (OSError, ValueError) as error:
+        if (Path(path) / "config.json").is_file():
+            raise InputError(
+                f"{path} has a config.json that AutoConfig cannot load ({type(error).__name__}: "
+                f"{error}). A config with auto_map needs its own code, which llm-widgets never runs "
+                f"for you: load the model yourself if you trust it and wrap it, "
+                f"lw.LanguageModel(model, tokenizer)"
+            ) from error
+        bundled = ", ".join(repr(n) for n in BUNDLED_MODELS)
+        raise InputError(
+            f"Cannot load model {name!r}: it is not a bundled model ({bundled}), not a local directory with a "
+            f"config.json, and not reachable as a Hugging Face hub id. To load a hub model, pass its id "
+            f"(e.g. {SMOLLM2_HUB_ID!r}) on a machine with network access or with the files in the hub cache, "
+            f"or save it with save_pretrained() and pass that directory. ({type(error).__name__}: {error})"
+        ) from error
+
+
+def _auto_class(config: Any, name: str) -> Any:
+    """The Auto class to load this config with. BERT-style configs are in both the causal and the
+    masked mappings: the saved architecture decides (a classifier too)."""
+    from transformers import (
+        MODEL_FOR_CAUSAL_LM_MAPPING,
+        MODEL_FOR_MASKED_LM_MAPPING,
+        MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING,
+        AutoModelForCausalLM,
+        AutoModelForMaskedLM,
+        AutoModelForSeq2SeqLM,
+        AutoModelForSequenceClassification,
+        AutoModelForTokenClassification,
+    )
+
+    saved = config.architectures or []
+    if any(a.endswith("ForSequenceClassification") for a in saved):
+        return AutoModelForSequenceClassification
+    if any(a.endswith("ForTokenClassification") for a in saved):
+        return AutoModelForTokenClassification
+    if getattr(config, "is_encoder_decoder", False) and type(config) in MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING:
+        return AutoModelForSeq2SeqLM  # T5, BART, Marian, ...: generates from a source text
+    if type(config) in MODEL_FOR_CAUSAL_LM_MAPPING and not any(a.endswith("ForMaskedLM") for a in saved):
+        return AutoModelForCausalLM
+    if type(config) in MODEL_FOR_MASKED_LM_MAPPING:
+        return AutoModelForMaskedLM
+    raise InputError(
+        f"{name!r} is a {config.model_type!r} model, which is neither a causal, an encoder-decoder nor a masked "
+        f"language model; llm-widgets loads models that AutoModelForCausalLM, AutoModelForSeq2SeqLM or "
+        f"AutoModelForMaskedLM can load."
+    )
+
+
+def _tokenizer(path: str, name: str, common: dict) -> Any:
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    no_tokenizer = (
+        f"Model {name!r} has no tokenizer that AutoTokenizer can load{{}}. Load the model yourself "
+        f"and pass a tokenizer: lw.LanguageModel(model, tokenizer)."
+    )
+    try:
+        if name in _OWN:  # our own tokenizer.json, read as it is: AutoTokenizer of transformers 5.2 stumbles on a
+            tokenizer = PreTrainedTokenizerFast.from_pretrained(path)  # Marian config with no sentencepiece one
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(path, **common)
+    except (OSError, ValueError, TypeError) as error:
+        raise InputError(no_tokenizer.format(f" ({error})")) from error
+    # transformers 5 returns a tokenizer with only special tokens when the files are missing
+    if len(tokenizer.get_vocab()) <= len(tokenizer.all_special_tokens):
+        raise InputError(no_tokenizer.format(" (no vocabulary files next to the weights)"))
+    return tokenizer
 
 
 @contextmanager

@@ -143,16 +143,7 @@ class RunState:
         stack, layer = place
         captured = self.capture_of(place)
         q_len, kv_len = query.shape[2], key.shape[2]
-        # Positions in the stack, kept on the CPU (no device sync): a pass over as many
-        # keys as queries starts at 0 (the prompt, or generation without a cache);
-        # a cached step continues where this layer left off.
-        if stack == "cross":  # the decoder's queries (as its self-attention just placed them) over every source key
-            q_start, k_start = self.capture_of(("decoder", layer)).last_start, 0
-        else:
-            q_start = 0 if kv_len == q_len else captured.next_position
-            k_start = q_start + q_len - kv_len if kv_len <= q_start + q_len else 0  # caches keep the latest keys;
-            # a static cache (more slots than tokens) is indexed by position
-        captured.last_start, captured.next_position = q_start, q_start + q_len
+        q_start, k_start = self._starts(place, captured, q_len, kv_len)
         is_causal = _causal_in(attention_mask, q_len, kv_len)  # what the model's mask does, where it shows
         if is_causal is None:
             is_causal = kwargs.get("is_causal")
@@ -198,6 +189,20 @@ class RunState:
         if self.head_hook is not None and stack == SELF:
             out = self.head_hook(layer, out)
         return out, weights
+
+    def _starts(self, place: Place, captured: LayerCapture, q_len: int, kv_len: int) -> tuple[int, int]:
+        """Where this call's queries and keys start in the stack, kept on the CPU (no device sync): a
+        pass over as many keys as queries starts at 0 (the prompt, or generation without a cache); a
+        cached step continues where this layer left off."""
+        stack, layer = place
+        if stack == "cross":  # the decoder's queries (as its self-attention just placed them) over every source key
+            q_start, k_start = self.capture_of(("decoder", layer)).last_start, 0
+        else:
+            q_start = 0 if kv_len == q_len else captured.next_position
+            k_start = q_start + q_len - kv_len if kv_len <= q_start + q_len else 0  # caches keep the latest keys;
+            # a static cache (more slots than tokens) is indexed by position
+        captured.last_start, captured.next_position = q_start, q_start + q_len
+        return q_start, k_start
 
     def _capture(self, captured: LayerCapture, module, query, key, kwargs, q_start, k_start, q_len, cross) -> None:
         captured.scaling = kwargs.get("scaling") or query.shape[-1] ** -0.5

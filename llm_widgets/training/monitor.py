@@ -42,6 +42,29 @@ _foreach_norm, _foreach_copy_, _foreach_mul_, _foreach_sub_ = (  # pyright: igno
 )
 
 
+def _monitored(module: torch.nn.Module) -> tuple[list[tuple[str, torch.nn.Parameter]], int]:
+    """The (name, parameter) pairs that will get gradients, and how many trainable ones accelerate
+    offloads (kept on the meta device, a copy loaded for each call: no gradient reaches them)."""
+    trainable = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+    named = [(n, p) for n, p in trainable if p.device.type != "meta"]
+    offloaded = len(trainable) - len(named)
+    if offloaded:
+        message = (
+            f"{offloaded} parameters are offloaded by accelerate (on the meta device, loaded for each "
+            f"call): they get no gradients and are not monitored. Put the layers you train on a device "
+            f"(a device_map without 'cpu' or 'disk' for them)"
+        )
+        if not named:
+            raise InputError(message.replace("are not monitored", "nothing is left to monitor"))
+        warnings.warn(message, UserWarning, stacklevel=3)
+    if not named:
+        raise InputError(
+            "every parameter of this model is frozen (requires_grad=False): there are no gradients "
+            "to monitor. Unfreeze what you train, e.g. model.requires_grad_(True)"
+        )
+    return named, offloaded
+
+
 @dataclass
 class Steering:
     pattern: str
@@ -100,8 +123,7 @@ class GradientMonitor:
                 f"GradientMonitor takes a torch module or lw.LanguageModel; got {type(model).__name__}"
             )
         for name, value in (("every", every), ("histograms_every", histograms_every), ("updates_every", updates_every)):
-            if not isinstance(value, int) or value < 1:
-                raise InputError(f"{name} must be a positive integer; got {value!r}")
+            checks.integer(value, name, low=1)
         if not (0 <= vanishing < exploding):
             raise InputError(f"thresholds must satisfy 0 <= vanishing < exploding; got {vanishing}, {exploding}")
         stop_on = (stop_on,) if isinstance(stop_on, str) else tuple(stop_on)
@@ -114,25 +136,7 @@ class GradientMonitor:
                 "this model already has a GradientMonitor attached: use that one, or call its "
                 ".detach() before attaching another (two would both steer the same gradients)"
             )
-        trainable = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
-        # accelerate keeps offloaded weights on the meta device and loads a copy for each call:
-        # they receive no gradients, so they are left out (not reported as vanishing)
-        named = [(n, p) for n, p in trainable if p.device.type != "meta"]
-        self.offloaded = len(trainable) - len(named)
-        if self.offloaded:
-            message = (
-                f"{self.offloaded} parameters are offloaded by accelerate (on the meta device, loaded for each "
-                f"call): they get no gradients and are not monitored. Put the layers you train on a device "
-                f"(a device_map without 'cpu' or 'disk' for them)"
-            )
-            if not named:
-                raise InputError(message.replace("are not monitored", "nothing is left to monitor"))
-            warnings.warn(message, UserWarning, stacklevel=2)
-        if not named:
-            raise InputError(
-                "every parameter of this model is frozen (requires_grad=False): there are no gradients "
-                "to monitor. Unfreeze what you train, e.g. model.requires_grad_(True)"
-            )
+        named, self.offloaded = _monitored(module)
         self.module = module
         self.every, self.histograms_every, self.updates_every = every, histograms_every, updates_every
         if spike is not None and not spike > 1:
@@ -196,7 +200,7 @@ class GradientMonitor:
         the next step on. scale=1 and clip=None remove the steering. Returns the groups."""
         checks.number(scale, "scale", low=0)
         if clip is not None:
-            checks.number(clip, "clip (a maximum group norm, or None)", low=0, low_open=True)
+            checks.number(clip, "clip", low=0, low_open=True, note=" (a maximum group norm) or None")
         if not isinstance(pattern, str):
             raise WrongTypeError(f"pattern must be a group name or a regex string; got {type(pattern).__name__}")
         try:
@@ -517,4 +521,4 @@ def _checked_loss(loss: Any) -> float | None:
 def _checked_lr(lr: Any) -> float | None:
     if lr is None:
         return None
-    return checks.number(lr, "lr (the optimizer's learning rate)", low=0)
+    return checks.number(lr, "lr", low=0, note=" (the optimizer's learning rate)")

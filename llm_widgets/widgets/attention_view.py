@@ -189,10 +189,10 @@ class AttentionView(Answers, StaticFallback, anywidget.AnyWidget):
         zoom = list(proposal.value)
         if zoom:
             try:
+                assert len(zoom) == 4
                 part = self.trace.stack(self.stack)
                 part.span((zoom[0], zoom[1]), "zoom queries")
                 part.span((zoom[2], zoom[3]), "zoom keys")
-                assert len(zoom) == 4
             except (ValueError, AssertionError) as error:
                 raise traitlets.TraitError(
                     f"zoom must be [] or [q0, q1, k0, k1] within the {len(self.trace)} tokens: {error}"

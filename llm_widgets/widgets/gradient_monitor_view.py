@@ -123,9 +123,6 @@ class GradientMonitorView(StaticFallback, ipywidgets.VBox):
     """`lw.GradientMonitorView(monitor)`: display it, then train; it follows the monitor."""
 
     def __init__(self, monitor: GradientMonitor, *, min_interval: float = 0.5, max_groups_drawn: int = 40):
-        from bokeh.layouts import column, row
-        from bokeh.models import ColumnDataSource, Legend
-        from bokeh.plotting import figure
         from jupyter_bokeh import BokehModel
 
         _ensure_bokehjs()
@@ -134,6 +131,30 @@ class GradientMonitorView(StaticFallback, ipywidgets.VBox):
         groups = monitor.groups[:max_groups_drawn]
         self._keys = {g: f"g{i}" for i, g in enumerate(groups)}
         colours = [_colour(i, len(groups)) for i in range(len(groups))]
+
+        self.charts, self._figures = self._make_charts(colours)
+        self.paint(dark=False)
+        self.chart = BokehModel(self.charts)
+        self.controls = MonitorControls(groups=groups, colours=colours)
+        self.controls.observe(self._on_sliders, names="steering")
+        self.controls.observe(lambda change: self.paint(change["new"]), names="dark")
+        self.controls.exporter = self.render
+        self._pending: list[dict] = []
+        self._sent_until = 0  # steps of monitor.steps already streamed
+        self._hist_sent = 0
+        self._ratio_sent = 0  # steps whose update ratios were streamed
+        self._last_flush = 0.0
+        self._flush_scheduled = False
+        super().__init__([self.controls, self.chart])
+        monitor.subscribe(self._on_step, flush=lambda: self.flush())
+        self.flush()
+
+    def _make_charts(self, colours: list[str]) -> tuple[Any, list[Any]]:
+        """The live charts (bokeh, fed by their ColumnDataSources): loss, global norm, norm and update
+        ratio per group, the gradients' percentile band."""
+        from bokeh.layouts import column, row
+        from bokeh.models import ColumnDataSource, Legend
+        from bokeh.plotting import figure
 
         def empty() -> dict:  # fresh lists for each source: stream() appends to them
             return {"step": [], **{k: [] for k in self._keys.values()}}
@@ -179,23 +200,8 @@ class GradientMonitorView(StaticFallback, ipywidgets.VBox):
             hist.line("step", f"{key}_mid", source=self.hist_source, color=colour, line_width=1.5)
             items.append((group, [line]))
         norms.add_layout(Legend(items=items, label_text_font_size="8pt", click_policy="hide"), "right")
-        self.charts = column(row(loss, total), row(norms, ratios), hist)
-        self._figures = [loss, total, norms, ratios, hist]
-        self.paint(dark=False)
-        self.chart = BokehModel(self.charts)
-        self.controls = MonitorControls(groups=groups, colours=colours)
-        self.controls.observe(self._on_sliders, names="steering")
-        self.controls.observe(lambda change: self.paint(change["new"]), names="dark")
-        self.controls.exporter = self.render
-        self._pending: list[dict] = []
-        self._sent_until = 0  # steps of monitor.steps already streamed
-        self._hist_sent = 0
-        self._ratio_sent = 0  # steps whose update ratios were streamed
-        self._last_flush = 0.0
-        self._flush_scheduled = False
-        super().__init__([self.controls, self.chart])
-        monitor.subscribe(self._on_step, flush=lambda: self.flush())
-        self.flush()
+
+        return column(row(loss, total), row(norms, ratios), hist), [loss, total, norms, ratios, hist]
 
     def paint(self, dark: bool) -> None:
         """The charts in the page's theme (the front end reports it): backgrounds and inks. Exports
