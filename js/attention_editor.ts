@@ -10,6 +10,14 @@ import type { EditSpec } from "./lib/steer";
 import { el, Requests } from "./lib/widget_io";
 import { followTheme } from "./lib/theme";
 
+/** The grid's marks: heads picked for steering (blue), ablated heads (grey). */
+function gridMarks(m: AnyModel<EditorState>) {
+  return [
+    ...m.get("picked").map(([layer, head]) => ({ layer, head, colour: "#2b8cbe" })),
+    ...m.get("edit_specs").flatMap((s) => (s.kind === "ablate_head" ? [{ layer: s.layer, head: s.head, colour: "#636363" }] : [])),
+  ];
+}
+
 function render({ model, el: root, experimental, signal }: RenderProps<EditorState>): () => void {
   const m = model as AnyModel<EditorState>;
   const frame = el("div", "lw-panel lw-editor");
@@ -53,10 +61,7 @@ function render({ model, el: root, experimental, signal }: RenderProps<EditorSta
     stripMode: controls.mode,
     onKeys: setKeys,
     keySpan: () => m.get("key_span"),
-    gridMarks: () => [
-      ...m.get("picked").map(([layer, head]) => ({ layer, head, colour: "#2b8cbe" })),
-      ...m.get("edit_specs").flatMap((s) => (s.kind === "ablate_head" ? [{ layer: s.layer, head: s.head, colour: "#636363" }] : [])),
-    ],
+    gridMarks: () => gridMarks(m),
     onGridClick: (layer, head, event) => {
       if (!(event.shiftKey || event.ctrlKey || event.metaKey)) return false;
       togglePick(layer, head);

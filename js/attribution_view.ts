@@ -48,26 +48,34 @@ function scoreChips(tokens: string[], scores: number[], nPrompt: number): HTMLSp
   });
 }
 
+/** A select of (value, text) options, named for screen readers. */
+function options(name: string, items: [string, string][]): HTMLSelectElement {
+  const box = el("select");
+  box.setAttribute("aria-label", name);
+  for (const [value, text] of items) {
+    const option = el("option", "", text);
+    option.value = value;
+    box.append(option);
+  }
+  return box;
+}
+
+/** A select with its visible label. */
+function label(text: string, box: HTMLElement): HTMLElement {
+  const wrap = el("label", "lw-select", `${text} `);
+  wrap.append(box);
+  return wrap;
+}
+
 function render({ model, el: root, experimental, signal }: RenderProps<AttributionState>): () => void {
   const m = model as AnyModel<AttributionState>;
   const frame = el("div", "lw-panel lw-attrib");
   const stopTheme = followTheme(frame);
   const header = el("div", "lw-attrib-header");
   const title = el("span", "lw-attn-title");
-  const methodBox = el("select");
-  methodBox.setAttribute("aria-label", "attribution method");
-  for (const method of m.get("methods")) {
-    const option = el("option", "", method.replace(/_/g, " "));
-    option.value = method;
-    methodBox.append(option);
-  }
-  const stepBox = el("select");
-  stepBox.setAttribute("aria-label", "generation step");
-  m.get("step_labels").forEach((token, i) => {
-    const option = el("option", "", `step ${i}: ${JSON.stringify(token)}`);
-    option.value = String(i);
-    stepBox.append(option);
-  });
+  const methodBox = options("attribution method", m.get("methods").map((method) => [method, method.replace(/_/g, " ")]));
+  const stepBox = options("generation step",
+    m.get("step_labels").map((token, i) => [String(i), `step ${i}: ${JSON.stringify(token)}`]));
   const busy = el("span", "lw-busy-note", "computing…");
   const requests = new Requests(model, experimental, signal);
   const exports = exportButtons(requests, "attribution", (text) => {
@@ -75,11 +83,6 @@ function render({ model, el: root, experimental, signal }: RenderProps<Attributi
     errorBox.textContent = text;
     errorBox.hidden = false;
   });
-  const label = (text: string, box: HTMLElement) => {
-    const wrap = el("label", "lw-select", `${text} `);
-    wrap.append(box);
-    return wrap;
-  };
   header.append(title, label("method", methodBox), label("for", stepBox), busy, exports);
   const summary = el("div", "lw-attrib-summary");
   const strip = el("div", "lw-attn-tokens lw-attrib-tokens");

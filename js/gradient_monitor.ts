@@ -22,6 +22,39 @@ interface MonitorState {
   dark: boolean;
 }
 
+/** One group's steering row (name, scale slider, clip box, what is applied), appended to `table`. */
+function steerRow(group: string, colour: string, table: HTMLElement, send: (group: string, setting: Setting) => void) {
+  const name = el("span", "lw-mon-group", group);
+  name.style.borderLeftColor = colour;
+  const slider = el("input", "lw-mon-scale");
+  slider.type = "range";
+  slider.min = "0";
+  slider.max = "2";
+  slider.step = "0.05";
+  slider.value = "1";
+  slider.setAttribute("aria-label", `gradient scale of ${group}`);
+  slider.dataset.group = group;
+  const value = el("span", "lw-mon-value", "×1.00");
+  const clip = el("input", "lw-mon-clip");
+  clip.type = "number";
+  clip.min = "0";
+  clip.step = "any";
+  clip.placeholder = "no clip";
+  clip.setAttribute("aria-label", `clip the gradient norm of ${group} at`);
+  const applied = el("span", "lw-mon-applied");
+  const current = (): Setting => ({
+    scale: Number(slider.value),
+    clip: clip.value === "" || !(Number(clip.value) > 0) ? null : Number(clip.value),
+  });
+  slider.addEventListener("input", () => (value.textContent = `×${Number(slider.value).toFixed(2)}`));
+  slider.addEventListener("change", () => send(group, current()));
+  clip.addEventListener("change", () => send(group, current()));
+  const row = el("div", "lw-mon-row");
+  row.append(name, slider, value, el("span", "lw-note", "clip"), clip, applied);
+  table.append(row);
+  return { group, slider, value, clip, applied };
+}
+
 function render({ model, el: root, experimental, signal }: RenderProps<MonitorState>): () => void {
   const m = model as AnyModel<MonitorState>;
   const frame = el("div", "lw-panel lw-monitor");
@@ -57,37 +90,7 @@ function render({ model, el: root, experimental, signal }: RenderProps<MonitorSt
     m.save_changes();
   }
 
-  const rows = m.get("groups").map((group, i) => {
-    const name = el("span", "lw-mon-group", group);
-    name.style.borderLeftColor = m.get("colours")[i];
-    const slider = el("input", "lw-mon-scale");
-    slider.type = "range";
-    slider.min = "0";
-    slider.max = "2";
-    slider.step = "0.05";
-    slider.value = "1";
-    slider.setAttribute("aria-label", `gradient scale of ${group}`);
-    slider.dataset.group = group;
-    const value = el("span", "lw-mon-value", "×1.00");
-    const clip = el("input", "lw-mon-clip");
-    clip.type = "number";
-    clip.min = "0";
-    clip.step = "any";
-    clip.placeholder = "no clip";
-    clip.setAttribute("aria-label", `clip the gradient norm of ${group} at`);
-    const applied = el("span", "lw-mon-applied");
-    const current = (): Setting => ({
-      scale: Number(slider.value),
-      clip: clip.value === "" || !(Number(clip.value) > 0) ? null : Number(clip.value),
-    });
-    slider.addEventListener("input", () => (value.textContent = `×${Number(slider.value).toFixed(2)}`));
-    slider.addEventListener("change", () => send(group, current()));
-    clip.addEventListener("change", () => send(group, current()));
-    const row = el("div", "lw-mon-row");
-    row.append(name, slider, value, el("span", "lw-note", "clip"), clip, applied);
-    table.append(row);
-    return { group, slider, value, clip, applied };
-  });
+  const rows = m.get("groups").map((group, i) => steerRow(group, m.get("colours")[i], table, send));
 
   function draw() {
     const loss = m.get("loss");

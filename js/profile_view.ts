@@ -44,6 +44,31 @@ function svgEl(tag: string, attrs: Record<string, string | number>): SVGElement 
   return node;
 }
 
+/** The allocation timeline with each forward marked, into `memory`. */
+function drawMemory(m: AnyModel<ProfileState>, memory: HTMLElement) {
+  const points = m.get("timeline");
+  const width = 640;
+  const height = 120;
+  const svg = svgEl("svg", { width, height: height + 18, class: "lw-prof-chart", role: "img" }) as SVGSVGElement;
+  svg.append(svgEl("polyline", { points: polyline(points, width, height), fill: "none", stroke: "#6a51a3",
+    "stroke-width": 1.5 }));
+  const tMax = points.length ? points[points.length - 1][0] || 1 : 1;
+  m.get("step_times").forEach((t, i) => {
+    const x = (t / tMax) * width;
+    svg.append(svgEl("line", { x1: x, x2: x, y1: 0, y2: height, stroke: "#e6550d", "stroke-opacity": 0.35 }));
+    if (i < 40) {
+      const label = svgEl("text", { x: x + 2, y: height + 14, "font-size": 10, fill: "currentColor" });
+      label.textContent = i === 0 ? "prefill" : String(i);
+      svg.append(label);
+    }
+  });
+  const peak = Math.max(0, ...points.map((p) => p[1]));
+  const steps = m.get("steps");
+  const kv = steps.length ? steps[steps.length - 1].kv_cache_bytes : 0;
+  memory.replaceChildren(el("div", "lw-prof-caption", `memory allocated during the run (peak ${mib(peak)}); ` +
+    `forwards marked; KV cache ${mib(kv)} after the last step`), svg);
+}
+
 function render({ model, el: root, experimental, signal }: RenderProps<ProfileState>): () => void {
   const m = model as AnyModel<ProfileState>;
   const frame = el("div", "lw-panel lw-prof");
@@ -97,30 +122,6 @@ function render({ model, el: root, experimental, signal }: RenderProps<ProfileSt
     }
   }
 
-  function drawMemory() {
-    const points = m.get("timeline");
-    const width = 640;
-    const height = 120;
-    const svg = svgEl("svg", { width, height: height + 18, class: "lw-prof-chart", role: "img" }) as SVGSVGElement;
-    svg.append(svgEl("polyline", { points: polyline(points, width, height), fill: "none", stroke: "#6a51a3",
-      "stroke-width": 1.5 }));
-    const tMax = points.length ? points[points.length - 1][0] || 1 : 1;
-    m.get("step_times").forEach((t, i) => {
-      const x = (t / tMax) * width;
-      svg.append(svgEl("line", { x1: x, x2: x, y1: 0, y2: height, stroke: "#e6550d", "stroke-opacity": 0.35 }));
-      if (i < 40) {
-        const label = svgEl("text", { x: x + 2, y: height + 14, "font-size": 10, fill: "currentColor" });
-        label.textContent = i === 0 ? "prefill" : String(i);
-        svg.append(label);
-      }
-    });
-    const peak = Math.max(0, ...points.map((p) => p[1]));
-    const steps = m.get("steps");
-    const kv = steps.length ? steps[steps.length - 1].kv_cache_bytes : 0;
-    memory.replaceChildren(el("div", "lw-prof-caption", `memory allocated during the run (peak ${mib(peak)}); ` +
-      `forwards marked; KV cache ${mib(kv)} after the last step`), svg);
-  }
-
   function drawTable() {
     const head = el("tr");
     for (const [key, label] of COLUMNS) {
@@ -144,7 +145,7 @@ function render({ model, el: root, experimental, signal }: RenderProps<ProfileSt
     title.textContent = m.get("title");
     findings.replaceChildren(...m.get("findings").map((f) => el("li", "", f)));
     drawIcicle();
-    drawMemory();
+    drawMemory(m, memory);
     drawTable();
   }
   const stop = redrawOn(m, ["modules", "zoom", "timeline", "findings"], draw);

@@ -18,7 +18,8 @@ export interface HeatmapView {
   destroy(): void;
 }
 
-export function mountHeatmap(onPick: (query: number) => void, onZoom: (region: Region) => void): HeatmapView {
+/** The heatmap's elements: the canvas between its token axes, the colour scale, tooltip and lasso. */
+function heatmapParts() {
   const box = el("div", "lw-attn-map");
   const canvas = el("canvas", "lw-attn-heatmap");
   canvas.width = canvas.height = HEATMAP_PX;
@@ -35,6 +36,11 @@ export function mountHeatmap(onPick: (query: number) => void, onZoom: (region: R
   plot.append(yAxis, canvas, el("div"), xAxis);
   const scale = el("div", "lw-attn-scale");
   box.append(el("div", "lw-attn-caption", "queries ↓  keys →  (drag to zoom)"), plot, scale, tooltip, lasso);
+  return { box, canvas, tooltip, lasso, yAxis, xAxis, scale };
+}
+
+export function mountHeatmap(onPick: (query: number) => void, onZoom: (region: Region) => void): HeatmapView {
+  const { box, canvas, tooltip, lasso, yAxis, xAxis, scale } = heatmapParts();
   const ctx = canvas.getContext("2d")!;
 
   let current: { map: Matrix; region: Region; tokens: string[] } | null = null;

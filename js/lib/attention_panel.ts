@@ -102,17 +102,9 @@ export function mountAttention(model: AnyModel<ViewState>, requests: Requests, o
   };
 }
 
-function mountStack(model: AnyModel<ViewState>, requests: Requests, options: PanelOptions): Panel {
-  let alive = true;
-  let overview: Matrix | null = null;
-  const set = (changes: Partial<ViewState>) => {
-    for (const [key, value] of Object.entries(changes)) model.set(key as keyof ViewState, value as never);
-    model.save_changes();
-  };
-  const tokens = () => model.get("tokens");
-  const region = () => shownRegion(model);
-  const failed = (error: unknown) => (status.textContent = `error: ${(error as Error).message}`);
-
+/** The panel's parts, laid out, their controls wired to `set`. */
+function mountParts(model: AnyModel<ViewState>, requests: Requests, options: PanelOptions,
+  set: (changes: Partial<ViewState>) => void) {
   const { header, layerBox, headBox, status, unzoom } = mountHeader(model, requests);
   const strip = mountStrip({ mode: () => options.stripMode?.() ?? "query", onKeys: options.onKeys, keySpan: options.keySpan,
     onQuery: (i) => pickQuery(model, i, status) });
@@ -127,10 +119,25 @@ function mountStack(model: AnyModel<ViewState>, requests: Requests, options: Pan
   body.append(heatmap.element, grid.element, headView.element, ...(lines ? [lines.element] : []));
   const view = el("div", "lw-attn");
   view.append(header, strip.element, body);
-
   layerBox.addEventListener("change", () => set({ layer: Number(layerBox.value) }));
   headBox.addEventListener("change", () => set({ head: Number(headBox.value) }));
   unzoom.addEventListener("click", () => set({ zoom: [] }));
+  return { view, layerBox, headBox, status, unzoom, strip, heatmap, grid, headView, lines };
+}
+
+function mountStack(model: AnyModel<ViewState>, requests: Requests, options: PanelOptions): Panel {
+  let alive = true;
+  let overview: Matrix | null = null;
+  const set = (changes: Partial<ViewState>) => {
+    for (const [key, value] of Object.entries(changes)) model.set(key as keyof ViewState, value as never);
+    model.save_changes();
+  };
+  const tokens = () => model.get("tokens");
+  const region = () => shownRegion(model);
+  const failed = (error: unknown) => (status.textContent = `error: ${(error as Error).message}`);
+
+  const { view, layerBox, headBox, status, unzoom, strip, heatmap, grid, headView, lines } =
+    mountParts(model, requests, options, set);
   const drawGrid = () => grid.draw({ layer: model.get("layer"), head: model.get("head") }, options.gridMarks?.() ?? []);
 
   async function loadOverview() {

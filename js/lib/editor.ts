@@ -46,17 +46,8 @@ export interface SteerControls {
   destroy(): void;
 }
 
-export function mountSteerControls(m: AnyModel<EditorState>, actions: EditorActions): SteerControls {
-  const nLayers = m.get("n_layers");
-  let mode: "keys" | "query" = "keys";
-  const steer = el("div", "lw-ed-steer");
-  const modes = modeChoice(mode, (value) => (mode = value));
-  const keysRow = el("div", "lw-ed-row");
-  const keysText = el("span", "lw-ed-keys");
-  const clearKeys = el("button", "lw-button", "clear");
-  clearKeys.addEventListener("click", () => actions.setKeys([]));
-  keysRow.append(el("span", "lw-ed-label", "keys"), keysText, clearKeys);
-
+/** The factor slider (0 to 10 on a log scale, 1 in the middle), its value and its hint. */
+function factorSlider() {
   const sliderRow = el("div", "lw-ed-row");
   const slider = el("input", "lw-ed-factor");
   slider.type = "range";
@@ -68,8 +59,11 @@ export function mountSteerControls(m: AnyModel<EditorState>, actions: EditorActi
   const hint = el("span", "lw-ed-hint");
   sliderRow.append(el("span", "lw-ed-label", "factor"), el("span", "lw-ed-scale", "0"), slider,
     el("span", "lw-ed-scale", "10"), factorText, hint);
+  return { sliderRow, slider, factorText, hint };
+}
 
-  const { scopeRow, scope, fromLayer, toLayer, layerRange, pickedText } = scopeChoice(nLayers);
+/** Pick or ablate the head on screen, reset the edits, download the run record. */
+function actionButtons() {
   const actionRow = el("div", "lw-ed-row");
   const pick = el("button", "lw-button lw-ed-pick");
   const ablate = el("button", "lw-button lw-ed-ablate");
@@ -78,6 +72,23 @@ export function mountSteerControls(m: AnyModel<EditorState>, actions: EditorActi
   const record = el("button", "lw-button lw-ed-record", "download record");
   record.title = "the run record (JSON): lw.replay(record) runs it again";
   actionRow.append(pick, ablate, reset, record);
+  return { actionRow, pick, ablate, reset, record };
+}
+
+export function mountSteerControls(m: AnyModel<EditorState>, actions: EditorActions): SteerControls {
+  const nLayers = m.get("n_layers");
+  let mode: "keys" | "query" = "keys";
+  const steer = el("div", "lw-ed-steer");
+  const modes = modeChoice(mode, (value) => (mode = value));
+  const keysRow = el("div", "lw-ed-row");
+  const keysText = el("span", "lw-ed-keys");
+  const clearKeys = el("button", "lw-button", "clear");
+  clearKeys.addEventListener("click", () => actions.setKeys([]));
+  keysRow.append(el("span", "lw-ed-label", "keys"), keysText, clearKeys);
+
+  const { sliderRow, slider, factorText, hint } = factorSlider();
+  const { scopeRow, scope, fromLayer, toLayer, layerRange, pickedText } = scopeChoice(nLayers);
+  const { actionRow, pick, ablate, reset, record } = actionButtons();
   steer.append(modes, keysRow, sliderRow, scopeRow, actionRow);
 
   function target(): Scope {

@@ -302,6 +302,17 @@ def _cells(site: str, n_layers: int, n_heads: int, n: int, per_position: bool) -
     return [(l, h, None) for l in range(n_layers) for h in range(n_heads)], (n_layers, n_heads)
 
 
+def _layer_sweep(lm: LanguageModel, ids, score, base: float, budget: int, notes: list[str]):
+    """Each layer's whole attention output, then MLP output, zeroed in turn: the score's change."""
+    n_layers = lm.facts.n_layers
+    whole = [(l, slice(None), None) for l in range(n_layers)]
+    attention = _run_all(lm, ids, "attention", whole, None, score, budget, False, "", mode="zero") - base
+    if all(m is not None for m in anatomy(lm.model, n_layers).mlps):
+        return attention, _run_all(lm, ids, "mlp", whole, None, score, budget, False, "", mode="zero") - base
+    notes.append("this model's blocks have no MLP module found: only heads and attention were swept")
+    return attention, None
+
+
 def _fan_out(rows: int):
     def hook(_module, args, kwargs):
         if args:
@@ -476,15 +487,7 @@ def ablation_sweep(
         head_scores = _run_all(
             lm, ids, "heads", heads, None, score, budget_bytes, progress, "ablating heads", mode=method
         ).reshape(facts.n_layers, facts.n_heads)
-        attention = mlp = None
-        if layers:
-            parts = anatomy(lm.model, facts.n_layers)
-            whole = [(l, slice(None), None) for l in range(facts.n_layers)]
-            attention = _run_all(lm, ids, "attention", whole, None, score, budget_bytes, False, "", mode="zero") - base
-            if all(m is not None for m in parts.mlps):
-                mlp = _run_all(lm, ids, "mlp", whole, None, score, budget_bytes, False, "", mode="zero") - base
-            else:
-                notes.append("this model's blocks have no MLP module found: only heads and attention were swept")
+        attention, mlp = _layer_sweep(lm, ids, score, base, budget_bytes, notes) if layers else (None, None)
     tok = lm.tokenizer
     target_text = tok.decode([target_id])
     contrast_text = None if contrast_id is None else tok.decode([contrast_id])

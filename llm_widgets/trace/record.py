@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -108,20 +109,25 @@ def check_record(record: Any) -> dict:
     check_generation_settings(rest, where="replay")
     if not isinstance(record["edits"], list):
         raise bad("'edits' must be a list")
-    batch = record.get("batch")
-    if batch is not None:
-        rows, row = (batch.get("prompt_ids"), batch.get("row")) if isinstance(batch, dict) else (None, None)
-        if (
-            not isinstance(batch, dict)
-            or set(batch) != {"prompt_ids", "row"}
-            or not isinstance(rows, list)
-            or not rows
-            or not all(_id_list(r) and r for r in rows)
-        ):
-            raise bad("'batch' must be {'prompt_ids': a list of token id lists, 'row': an index into it}")
-        if not checks.is_int(row) or not 0 <= row < len(rows) or rows[row] != record["prompt_ids"]:
-            raise bad(f"'batch' row {row!r} is not the index of this record's prompt_ids among the batch's rows")
+    if record.get("batch") is not None:
+        _check_batch(record, bad)
     return record
+
+
+def _check_batch(record: dict, bad: Callable[[str], InputError]) -> None:
+    """A batch row's record: every row's ids, and which row it is."""
+    batch = record["batch"]
+    rows, row = (batch.get("prompt_ids"), batch.get("row")) if isinstance(batch, dict) else (None, None)
+    if (
+        not isinstance(batch, dict)
+        or set(batch) != {"prompt_ids", "row"}
+        or not isinstance(rows, list)
+        or not rows
+        or not all(_id_list(r) and r for r in rows)
+    ):
+        raise bad("'batch' must be {'prompt_ids': a list of token id lists, 'row': an index into it}")
+    if not checks.is_int(row) or not 0 <= row < len(rows) or rows[row] != record["prompt_ids"]:
+        raise bad(f"'batch' row {row!r} is not the index of this record's prompt_ids among the batch's rows")
 
 
 def _id_list(ids: Any) -> bool:

@@ -148,13 +148,8 @@ def _request(
     check_generation_settings(generation_kwargs)
     if capture_dtype is not None and not (isinstance(capture_dtype, torch.dtype) and capture_dtype.is_floating_point):
         raise InputError(f"capture_dtype must be a floating torch dtype such as torch.float16; got {capture_dtype!r}")
-    if facts.kind in ("classifier", "token_classifier") and max_new_tokens:
-        what = "trace.label_probabilities" if facts.kind == "classifier" else "trace.token_labels"
-        raise InputError(
-            f"{lm.name} is a classifier: it gives class probabilities ({what}), not text; use max_new_tokens=0"
-        )
-    if facts.kind == "masked" and max_new_tokens:
-        raise InputError(f"{lm.name} is a masked (bidirectional) model: it does not generate, use max_new_tokens=0")
+    if max_new_tokens:
+        _refuse_generation(lm, facts)
     batch = batch_rows(prompt)
     is_batch = batch is not None and not (isinstance(prompt, Mapping) and len(batch) == 1)
     rows = [prompt_ids(lm, p) for p in batch] if batch is not None else [prompt_ids(lm, prompt)]
@@ -175,6 +170,17 @@ def _request(
         capture_dtype=capture_dtype,
         profile=profile,
     )
+
+
+def _refuse_generation(lm: LanguageModel, facts: ModelFacts) -> None:
+    """A classifier or a masked model gives its answer in one pass: asked to generate, say so."""
+    if facts.kind in ("classifier", "token_classifier"):
+        what = "trace.label_probabilities" if facts.kind == "classifier" else "trace.token_labels"
+        raise InputError(
+            f"{lm.name} is a classifier: it gives class probabilities ({what}), not text; use max_new_tokens=0"
+        )
+    if facts.kind == "masked":
+        raise InputError(f"{lm.name} is a masked (bidirectional) model: it does not generate, use max_new_tokens=0")
 
 
 def fidelity(lm: LanguageModel, prompt: Any) -> float:

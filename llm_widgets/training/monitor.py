@@ -42,6 +42,19 @@ _foreach_norm, _foreach_copy_, _foreach_mul_, _foreach_sub_ = (  # pyright: igno
 )
 
 
+def _checked_alerts(vanishing: Any, exploding: Any, spike: Any, stop_on: Any) -> tuple[str, ...]:
+    """The alert thresholds checked; the kinds of alert that stop training, as a tuple."""
+    if not (0 <= vanishing < exploding):
+        raise InputError(f"thresholds must satisfy 0 <= vanishing < exploding; got {vanishing}, {exploding}")
+    if spike is not None and not spike > 1:
+        raise InputError(f"spike must be a factor > 1 (or None to turn it off); got {spike!r}")
+    stop_on = (stop_on,) if isinstance(stop_on, str) else tuple(stop_on)
+    unknown = set(stop_on) - set(KINDS)
+    if unknown:
+        raise InputError(f"stop_on takes {', '.join(KINDS)}; got {sorted(unknown)}")
+    return stop_on
+
+
 def _monitored(module: torch.nn.Module) -> tuple[list[tuple[str, torch.nn.Parameter]], int]:
     """The (name, parameter) pairs that will get gradients, and how many trainable ones accelerate
     offloads (kept on the meta device, a copy loaded for each call: no gradient reaches them)."""
@@ -124,12 +137,7 @@ class GradientMonitor:
             )
         for name, value in (("every", every), ("histograms_every", histograms_every), ("updates_every", updates_every)):
             checks.integer(value, name, low=1)
-        if not (0 <= vanishing < exploding):
-            raise InputError(f"thresholds must satisfy 0 <= vanishing < exploding; got {vanishing}, {exploding}")
-        stop_on = (stop_on,) if isinstance(stop_on, str) else tuple(stop_on)
-        unknown = set(stop_on) - set(KINDS)
-        if unknown:
-            raise InputError(f"stop_on takes {', '.join(KINDS)}; got {sorted(unknown)}")
+        stop_on = _checked_alerts(vanishing, exploding, spike, stop_on)
         current = getattr(module, "_llm_widgets_monitor", None)
         if current is not None and current() is not None:
             raise RuntimeError(
@@ -139,8 +147,6 @@ class GradientMonitor:
         named, self.offloaded = _monitored(module)
         self.module = module
         self.every, self.histograms_every, self.updates_every = every, histograms_every, updates_every
-        if spike is not None and not spike > 1:
-            raise InputError(f"spike must be a factor > 1 (or None to turn it off); got {spike!r}")
         self.vanishing, self.exploding, self.spike, self.stop_on, self.warn = vanishing, exploding, spike, stop_on, warn
         self.spike_floor = spike_floor
         self.names = [n for n, _ in named]
