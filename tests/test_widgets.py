@@ -381,7 +381,7 @@ def test_every_synced_trait_is_typed_and_explained():
     """What a widget sends its front end is documented where it is declared (as lonboard does)."""
     ours = {
         (c.__name__, name): trait
-        for widget in lw.widgets.__all__
+        for widget in [name for name in lw.__all__ if name in vars(lw.widgets)]
         for c in getattr(lw, widget).__mro__
         if c.__module__.startswith("llm_widgets")
         for name, trait in vars(c).items()

@@ -1,21 +1,12 @@
-"""Widgets: one anywidget view per result object, answering the front end's requests."""
+"""Widgets: one anywidget view per result object, answering the front end's requests.
+(`llm_widgets` lists them in its `__all__` and imports them on first use.)"""
 
-from .attention_editor import AttentionEditor
-from .attention_view import AttentionView
-from .attribution_view import AttributionView
-from .gradient_monitor_view import GradientMonitorView
-from .matrix_views import CompareView, LensView, PatchingView
-from .model_card import ModelCard
-from .profile_view import ProfileView
-
-__all__ = [
-    "AttentionEditor",
-    "AttentionView",
-    "AttributionView",
-    "CompareView",
-    "GradientMonitorView",
-    "LensView",
-    "ModelCard",
-    "PatchingView",
-    "ProfileView",
-]
+from .attention_editor import AttentionEditor as AttentionEditor
+from .attention_view import AttentionView as AttentionView
+from .attribution_view import AttributionView as AttributionView
+from .gradient_monitor_view import GradientMonitorView as GradientMonitorView
+from .matrix_views import CompareView as CompareView
+from .matrix_views import LensView as LensView
+from .matrix_views import PatchingView as PatchingView
+from .model_card import ModelCard as ModelCard
+from .profile_view import ProfileView as ProfileView

@@ -165,33 +165,26 @@ class GradientMonitorView(StaticFallback, ipywidgets.VBox):
         self.hist_source = ColumnDataSource(
             {"step": [], **{f"{k}_{q}": [] for k in self._keys.values() for q in ("lo", "mid", "hi")}}
         )
-        tools = "pan,wheel_zoom,box_zoom,reset,hover"
-        loss = figure(title="loss", height=200, width=380, tools=tools, x_axis_label="step", y_axis_type="log")
+
+        def chart(title: str, height: int, width: int, *, log: bool) -> Any:
+            return figure(
+                title=title,
+                height=height,
+                width=width,
+                tools="pan,wheel_zoom,box_zoom,reset,hover",
+                x_axis_label="step",
+                y_axis_type="log" if log else "linear",
+            )
+
+        loss = chart("loss", 200, 380, log=True)
         self._loss_line = loss.line(
             "step", "loss", source=self.loss_source, line_width=2, color=CHART_INK[False]["loss"]
         )
-        total = figure(
-            title="global gradient norm", height=200, width=380, tools=tools, y_axis_type="log", x_axis_label="step"
-        )
+        total = chart("global gradient norm", 200, 380, log=True)
         total.line("step", "global_norm", source=self.loss_source, line_width=2, color="#d62728")
-        norms = figure(
-            title="gradient norm per group", height=280, width=470, tools=tools, y_axis_type="log", x_axis_label="step"
-        )
-        ratios = figure(
-            title="update / weight per group",
-            height=280,
-            width=330,
-            tools=tools,
-            y_axis_type="log",
-            x_axis_label="step",
-        )
-        hist = figure(
-            title="log10 |gradient|: 5th-95th percentile band and median",
-            height=260,
-            width=470,
-            tools=tools,
-            x_axis_label="step",
-        )
+        norms = chart("gradient norm per group", 280, 470, log=True)
+        ratios = chart("update / weight per group", 280, 330, log=True)
+        hist = chart("log10 |gradient|: 5th-95th percentile band and median", 260, 470, log=False)
         items = []
         for (group, key), colour in zip(self._keys.items(), colours):
             line = norms.line("step", key, source=self.norm_source, color=colour, line_width=1.5)
