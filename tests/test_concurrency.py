@@ -78,18 +78,19 @@ def test_overlapping_runs_on_one_model_equal_serial_runs(tiny_gpt2):
     _assert_unchanged(tiny_gpt2, before)
 
 
-def test_a_forward_on_another_thread_passes_through_untouched(tiny_gpt2):
-    """A training loop in a thread runs the model while a traced run with edits holds it:
-    its forwards get the plain model's outputs, not the run's edits."""
+def test_a_forward_on_another_thread_waits_for_the_run_and_gets_the_plain_model(tiny_gpt2):
+    """A training loop in a thread runs the model while a traced run with edits holds it: its
+    forward waits at the model's gate until the run has ended, then gets the plain model's
+    outputs, never the run's edits."""
     ids = torch.tensor([tiny_gpt2.tokenizer(PROMPTS[0])["input_ids"]])
     with torch.no_grad():
         plain = tiny_gpt2.model(input_ids=ids).logits
-    seen, started, release = [], threading.Event(), threading.Event()
+    seen, during, started, finished = [], [], threading.Event(), threading.Event()
 
-    def hook(*_):  # runs inside the traced run: let the other thread go, wait for it
+    def hook(*_):  # runs inside the traced run: let the other thread go, see that it waits
         if not started.is_set():
             started.set()
-            release.wait(30)
+            during.append(finished.wait(1.0))
 
     handle = tiny_gpt2.model.transformer.h[0].register_forward_pre_hook(hook)
 
@@ -97,7 +98,7 @@ def test_a_forward_on_another_thread_passes_through_untouched(tiny_gpt2):
         started.wait(30)
         with torch.no_grad():
             seen.append(tiny_gpt2.model(input_ids=ids).logits)
-        release.set()
+        finished.set()
 
     thread = threading.Thread(target=other)
     thread.start()
@@ -106,6 +107,7 @@ def test_a_forward_on_another_thread_passes_through_untouched(tiny_gpt2):
     finally:
         handle.remove()
         thread.join()
+    assert during == [False]  # it did not run while the run held the model
     torch.testing.assert_close(seen[0], plain, atol=0, rtol=0)
 
 

@@ -96,7 +96,8 @@ def attribute(trace: Trace, target, contrast, method, step, n_steps, baseline) -
         return last[:, target_id] - last[:, contrast_id]
 
     model = lm.model
-    with held(model, grad=True, frozen=True):
+    # parameters left as they are (requires_grad, .grad): gradients are taken of the inputs alone
+    with held(model, grad=True):
         embed = input_embedding(model, len(lm.tokenizer)) if lm.plain else model.get_input_embeddings()
         embeds = embed(ids[None].to(input_device(model))).detach()
         reference = _baseline(lm, embed, ids, embeds, baseline)
@@ -283,10 +284,9 @@ def _attention_x_grad(lm: LanguageModel, ids, embeds, score_of, decoder_ids=None
         attentions = [a for a in weights if a is not None]
         if not attentions:
             raise InputError(f"{lm.name} returned no attention weights; use another method")
-        for a in attentions:
-            a.retain_grad()
-        score_of(out.logits).sum().backward()
-        contributions = [(a * a.grad)[0].detach().float() for a in attentions]  # [heads, T, T] each
+        # autograd.grad, not backward(): no parameter's .grad is written (another thread may train it)
+        grads = torch.autograd.grad(score_of(out.logits).sum(), attentions)
+        contributions = [(a * g)[0].detach().float() for a, g in zip(attentions, grads)]  # [heads, T, T] each
     heads = torch.stack([c.sum(dim=(1, 2)) for c in contributions]).cpu()  # [layers, heads]
     tokens = torch.stack([c.sum(dim=(0, 1)) for c in contributions]).sum(0)  # per key position
     return tokens, heads, out.logits[0].detach()

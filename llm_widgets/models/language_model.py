@@ -12,6 +12,7 @@ from .. import checks
 from .._provide import provided
 from ..errors import InputError, WrongTypeError
 from .devices import placement
+from .gate import gate
 from .plain import VocabTokenizer, attention_modules, is_encoder_decoder
 
 if TYPE_CHECKING:  # the result types, for type checkers: the engine (a layer above) makes them
@@ -105,6 +106,7 @@ class LanguageModel:
                 f"cannot be guessed."
             )
         self.model: Any = model  # transformers' methods (generate, config, ...) or a plain module's: not typed
+        gate(model)  # other threads' forwards wait while a run of ours holds it (gate.py)
         self.tokenizer = tokenizer
         self.name = name or getattr(getattr(model, "config", None), "name_or_path", None) or type(model).__name__
         # where the weights came from (path, revision, weights hash): goes into run records

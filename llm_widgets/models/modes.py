@@ -1,8 +1,7 @@
 """Changing a model's modes for one computation, and always putting them back.
 
 Every layer that runs a model in a mode the user did not choose (eval for a
-trace, frozen parameters for attribution, eager attention for attention
-weights) goes through `model_mode`, so restoring is written once and happens on
+trace, eager attention for attention weights) goes through `model_mode`, so restoring is written once and happens on
 errors and interrupts too.
 """
 
@@ -21,35 +20,25 @@ def model_mode(
     model: torch.nn.Module,
     *,
     training: bool | None = None,
-    frozen: bool = False,
     attn_implementation: str | None = None,
 ) -> Iterator[torch.nn.Module]:
-    """Within the block: `training` sets train/eval mode; `frozen` turns off every
-    parameter's requires_grad (their flags and any .grad are restored after);
-    `attn_implementation` switches the model's attention (e.g. "eager" for
-    attention weights). Afterwards the model is exactly as it was."""
+    """Within the block: `training` sets train/eval mode; `attn_implementation` switches the
+    model's attention (e.g. "eager" for attention weights). Afterwards the model is exactly as it was."""
     # each module's own flag, restored exactly (a user's model in training may hold a frozen
     # submodule in eval); train() walks the tree, so it is called only when something changes
     modules = list(model.modules()) if training is not None else []
     modes = [m.training for m in modules]
-    params = list(model.parameters()) if frozen else []
-    flags = [p.requires_grad for p in params]
-    grads = [p.grad for p in params]
     attn_before = getattr(model.config, "_attn_implementation", None) if attn_implementation else None
     switch = attn_implementation is not None and attn_before != attn_implementation
     try:
         if training is not None and any(mode != training for mode in modes):
             model.train(training)
-        for p in params:
-            p.requires_grad_(False)
         if switch:
             set_attention(model, attn_implementation)
         yield model
     finally:
         if switch:
             set_attention(model, attn_before)
-        for p, flag, grad in zip(params, flags, grads):
-            p.requires_grad_(flag)
-            p.grad = grad
         for module, mode in zip(modules, modes):
-            module.training = mode
+            if module.training == training:  # (a mode another thread set meanwhile is its own: kept)
+                module.training = mode

@@ -6,8 +6,9 @@ and restore each other's settings. So every run holds the model's lock: a
 second caller (another thread, a widget callback) waits its turn, and the
 attention setting is restored exactly when each run ends. The lock is
 re-entrant, so a run may call another on the same thread (replay, fidelity).
-Forwards of the model that are not ours (a training loop in a thread) pass
-through the wrapper untouched: run state applies only on the thread that owns it.
+Forwards of the model that are not ours (a training loop in a thread) wait at
+the model's gate while a run holds it, and a run starts once those under way
+have finished (models/gate.py): they never meet a run's modes, hooks or edits.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from contextlib import contextmanager
 import torch
 
 from ..errors import ModelBusyError
+from ..models.gate import gate
 
 WARN_AFTER_S = 10.0
 
@@ -66,6 +68,7 @@ def exclusive(
                 )
                 warned = True
     try:
-        yield
+        with gate(model).closed():  # and other threads' own forwards of it wait (models/gate.py)
+            yield
     finally:
         lock.release()

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from ..errors import InputError
 from ..models import LanguageModel
 from ..models.devices import input_device
 from ..models.language_model import ModelFacts
@@ -28,22 +29,28 @@ OWN_SETTINGS = ("max_new_tokens", "do_sample", "seed")
 
 
 @contextmanager
-def held(
-    model: torch.nn.Module, *, seed: int | None = None, grad: bool = False, frozen: bool = False, on_wait: Any = None
-) -> Iterator[None]:
+def held(model: torch.nn.Module, *, seed: int | None = None, grad: bool = False) -> Iterator[None]:
     """The model held by this thread for one run: no other run of ours meanwhile (`exclusive`),
-    in eval mode, gradients off (on with `grad`, parameters `frozen` then), the random
-    generator forked (and seeded with `seed`); everything restored after, on errors too."""
+    other threads' forwards waiting at its gate, in eval mode, gradients off (on with `grad`: of the
+    inputs, parameters untouched); with a `seed`, torch's random generator forked and seeded (only
+    then: a run without one draws no random number, and a generator restored at its end would undo
+    another thread's torch.manual_seed meanwhile). Everything restored after, on errors too."""
     device = input_device(model)
     with (
-        exclusive(model, on_wait=on_wait),
-        model_mode(model, training=False, frozen=frozen),
+        exclusive(model),
+        model_mode(model, training=False),
         torch.enable_grad() if grad else torch.no_grad(),
-        torch.random.fork_rng(devices=[device] if device.type == "cuda" else []),
+        torch.random.fork_rng(devices=[device] if device.type == "cuda" else [], enabled=seed is not None),
     ):
         if seed is not None:
             torch.manual_seed(seed)
         yield
+        if model.training:  # (eval was set above; model.train() called on another thread meanwhile)
+            raise InputError(
+                f"{type(model).__name__} was switched to training mode during this run (model.train() on "
+                f"another thread?): its dropout may have changed the results, so they are not returned. Run it "
+                f"again when the model's mode stays put."
+            )
 
 
 @dataclass(frozen=True)
