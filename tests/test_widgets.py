@@ -462,3 +462,39 @@ def test_the_monitor_charts_follow_the_page_theme(tiny_gpt2):
     assert view._loss_line.glyph.line_color == "#e0e0e0"  # the loss line was near-black
     view.controls.dark = False
     assert loss.background_fill_color == "#ffffff" and view._loss_line.glyph.line_color == "#333333"
+
+
+def test_closed_views_are_freed_with_the_traces_they_hold(tiny_gpt2):
+    """anywidget keeps a widget alive when its front end is a file Path (it watches the file):
+    ours are text, so a view that is closed and dropped is collected, its trace with it."""
+    import gc
+    import weakref
+
+    prompt = "It is a truth universally acknowledged"
+
+    def views():
+        tr = tiny_gpt2.trace(prompt, max_new_tokens=2)
+        yield tr, lambda: lw.AttentionView(tr)
+        yield tr, lambda: lw.AttributionView(tr.attribute())
+        yield tr, lambda: lw.LensView(tr)
+        yield tr, lambda: lw.CompareView(lw.compare(tr, tiny_gpt2.trace(prompt, max_new_tokens=2)))
+        yield tr, lambda: lw.PatchingView(lw.ablation_sweep(tr, progress=False))
+        yield None, lambda: lw.AttentionEditor(tiny_gpt2, prompt, max_new_tokens=2)
+        yield None, lambda: lw.ModelCard(tiny_gpt2)
+        yield None, lambda: lw.ProfileView(lw.profile(tiny_gpt2, prompt, repeats=1))
+
+    kept = []
+    for trace, make in views():
+        view = make()
+        kept.append((type(view).__name__, weakref.ref(view), trace and weakref.ref(trace)))
+        view.close()
+        del view, trace, make
+    monitor = lw.GradientMonitor(tiny_gpt2.model)
+    view = lw.GradientMonitorView(monitor)
+    kept.append(("GradientMonitorView", weakref.ref(view), None))
+    view.close()
+    monitor.detach()
+    del view, monitor
+    gc.collect()
+    alive = [(name, ref() is not None, trace is not None and trace() is not None) for name, ref, trace in kept]
+    assert [a for a in alive if a[1] or a[2]] == []

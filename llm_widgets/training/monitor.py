@@ -468,6 +468,11 @@ class GradientMonitor:
         if flush is not None:
             self._flushers.append(flush)
 
+    def unsubscribe(self, listener: Callable[[dict], None], flush: Callable[[], None] | None = None) -> None:
+        """Stop calling them (a closed view lets go of the monitor, and the monitor of it)."""
+        self._listeners = [f for f in self._listeners if f != listener]
+        self._flushers = [f for f in self._flushers if f != flush]
+
     @property
     def callback(self):
         """A transformers TrainerCallback: `trainer.add_callback(monitor.callback)`."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import html
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -18,15 +19,18 @@ from ..errors import LLMWidgetsError
 STATIC = Path(__file__).resolve().parent.parent / "static"
 
 
-def bundle(name: str, suffix: str = ".js") -> Path:
-    """The built file for widget `name`; a clear error if the JS was never built."""
+def bundle(name: str, suffix: str = ".js") -> str | Path:
+    """The built file for widget `name`, as text (read once, when the widget class is defined); a
+    clear error if the JS was never built. Text, not a Path: anywidget watches a Path's file for
+    hot reload and keeps every widget given one alive, so a closed view and its trace would never
+    be freed. LLM_WIDGETS_DEV=1 gives the Path, for hot reload while editing js/."""
     path = STATIC / f"{name}{suffix}"
     if not path.is_file():
         raise RuntimeError(
             f"The front end of llm-widgets is not built ({path} is missing). From a source checkout run "
             f"`make build` (or `npm ci && npm run build`), or reinstall with `pip install .`, which builds it."
         )
-    return path
+    return path if os.environ.get("LLM_WIDGETS_DEV") == "1" else path.read_text(encoding="utf-8")
 
 
 class Answers:

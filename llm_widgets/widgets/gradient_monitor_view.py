@@ -146,7 +146,7 @@ class GradientMonitorView(StaticFallback, ipywidgets.VBox):
         self._last_flush = 0.0
         self._flush_scheduled = False
         super().__init__([self.controls, self.chart])
-        monitor.subscribe(self._on_step, flush=lambda: self.flush())
+        monitor.subscribe(self._on_step, flush=self.flush)
         self.flush()
 
     def _make_charts(self, colours: list[str]) -> tuple[Any, list[Any]]:
@@ -195,6 +195,14 @@ class GradientMonitorView(StaticFallback, ipywidgets.VBox):
         norms.add_layout(Legend(items=items, label_text_font_size="8pt", click_policy="hide"), "right")
 
         return column(row(loss, total), row(norms, ratios), hist), [loss, total, norms, ratios, hist]
+
+    def close(self) -> None:
+        """Close the view, its controls and charts, and stop following the monitor: a closed view
+        is freed (the monitor keeps recording). The chart closes itself when it is collected
+        (jupyter_bokeh's close may run only once)."""
+        self.monitor.unsubscribe(self._on_step, flush=self.flush)
+        self.controls.close()
+        super().close()
 
     def paint(self, dark: bool) -> None:
         """The charts in the page's theme (the front end reports it): backgrounds and inks. Exports
