@@ -20,6 +20,7 @@ LAYERS = {
     "llm_widgets._provide": 0,
     "llm_widgets.errors": 0,
     "llm_widgets.checks": 0,
+    "llm_widgets.text": 0,
     "llm_widgets.models": 1,
     "llm_widgets.trace": 2,
     "llm_widgets.analysis": 3,

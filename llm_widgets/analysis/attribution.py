@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from .. import checks
 from .._provide import provides
 from ..errors import InputError
 from ..models import LanguageModel
@@ -33,6 +34,9 @@ from .targets import first_token_id
 
 METHODS = ("grad_x_input", "integrated_gradients", "attention_x_grad", "occlusion")
 BASELINES = ("zeros", "eos", "pad")  # what integrated gradients and occlusion replace the input with
+
+
+N_STEPS_MAX = 4096  # integrated gradients' steps: each is a forward and a backward of the prompt
 
 
 @dataclass
@@ -83,6 +87,10 @@ def attribute(trace: Trace, target, contrast, method, step, n_steps, baseline) -
         raise InputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if baseline not in BASELINES:
         raise InputError(f"unknown baseline {baseline!r}; choose one of {', '.join(BASELINES)}")
+    if method != "integrated_gradients" and n_steps != 64:
+        raise InputError(f"n_steps is integrated gradients' setting (its number of steps); {method} takes none")
+    if method in ("grad_x_input", "attention_x_grad") and baseline != "zeros":
+        raise InputError(f"baseline is the reference of integrated gradients and occlusion; {method} takes none")
     lm = trace.model
     step, ids, decoder_ids, position = _inputs(trace, step)
     notes: list[str] = []
@@ -243,8 +251,7 @@ def _captum(
     if method == "grad_x_input":
         attr = InputXGradient(forward).attribute(embeds.clone().requires_grad_(True))
     elif method == "integrated_gradients":
-        if not isinstance(n_steps, int) or n_steps < 2:
-            raise InputError(f"n_steps must be an integer >= 2 for integrated gradients; got {n_steps!r}")
+        checks.integer(n_steps, "n_steps", low=2, high=N_STEPS_MAX, note=" for integrated gradients")
         attr, gap = IntegratedGradients(forward).attribute(
             embeds.clone().requires_grad_(True),
             baselines=reference.to(embeds.dtype),

@@ -379,6 +379,10 @@ def patch(
     lm = model
     clean_ids, corrupted_ids = _paired_ids(lm, clean, corrupted)
     checks.integer(budget_bytes, "budget_bytes", low=1)
+    checks.flag(per_position, "per_position")
+    checks.flag(progress, "progress")
+    if per_position and site != "heads":
+        raise InputError(f"per_position splits heads by position (site='heads'); site {site!r} is per position already")
     notes: list[str] = []
     target_id, contrast_id = _targets(lm, target, contrast, notes)
     score = _scorer(target_id, contrast_id)
@@ -440,7 +444,7 @@ def _normalised(raw: torch.Tensor, clean: float, corrupted: float, notes: list[s
     return (raw - corrupted) / gap
 
 
-@dataclass
+@dataclass(repr=False)  # Patching's summary, not every tensor
 class Sweep(Patching):
     """An ablation sweep: `effect` [layers, heads] is the change in the score when each head is
     removed (negative: the head helped the target); `attention` and `mlp` [layers] the same for
@@ -471,8 +475,10 @@ def ablation_sweep(
     "zero" or "mean" (the head's mean over positions, as lw.AblateHead). Batched like `patch`."""
     if not isinstance(trace, Trace):
         raise WrongTypeError(f"ablation_sweep takes a Trace (from model.trace(...)); got {type(trace).__name__}")
-    if method not in ("zero", "mean"):
-        raise InputError(f"method must be 'zero' or 'mean'; got {method!r}")
+    checks.choice(method, "method", ("zero", "mean"))
+    checks.integer(budget_bytes, "budget_bytes", low=1)
+    checks.flag(layers, "layers")
+    checks.flag(progress, "progress")
     lm = trace.model
     _check_model(lm, "heads")
     notes: list[str] = []

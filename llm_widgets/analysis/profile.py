@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, unquote
 
 import torch
 
@@ -222,10 +223,21 @@ class _Clock:
         self.handles.clear()
 
 
+def _label(name: str) -> str:
+    """A module's name as a range label: torch writes labels into its Chrome trace unescaped (and
+    turns backslashes into slashes), so anything but name characters is percent-encoded, a lone
+    surrogate included; an ordinary dotted name stays as it is."""
+    return quote(name, safe="._-:[]<>()", errors="surrogatepass")
+
+
+def _unlabel(label: str) -> str:
+    return unquote(label, errors="surrogatepass")
+
+
 @contextmanager
 def _ranges(model: Any) -> Iterator[dict]:
     """Each module's forward as a named range in torch.profiler's trace (module::name)."""
-    names = {m: n or ROOT for n, m in model.named_modules()}
+    names = {m: _label(n or ROOT) for n, m in model.named_modules()}
     open_ranges: list[Any] = []
     handles = []
 
@@ -461,7 +473,7 @@ def _memory(net: Any, run, device: torch.device):
     for e in events:
         if not e.name.startswith("module::"):
             continue
-        name = e.name.removeprefix("module::")
+        name = _unlabel(e.name.removeprefix("module::"))
         lo = bisect.bisect_left(times, e.time_range.start)
         hi = bisect.bisect_right(times, e.time_range.end)
         base = cumulative[lo - 1] if lo > 0 else 0

@@ -3,6 +3,7 @@ that every other layer needs (layers, heads, context length, attention)."""
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -11,6 +12,7 @@ import torch
 from .. import checks
 from .._provide import provided
 from ..errors import InputError, WrongTypeError
+from ..text import printable
 from .devices import placement
 from .gate import gate
 from .plain import VocabTokenizer, attention_modules, is_encoder_decoder
@@ -130,12 +132,18 @@ class LanguageModel:
 
     @property
     def labels(self) -> list[str]:
-        """A classifier's class names by id (the config's id2label); [] for other models."""
+        """A classifier's class names by id (the config's id2label, control characters and lone
+        surrogates shown as escapes; a name given to several classes gets each one's id: "pos (0)",
+        "pos (2)"); [] for other models."""
         if not type(self.model).__name__.endswith(("ForSequenceClassification", "ForTokenClassification")):
             return []
         config = self.model.config
         names = getattr(config, "id2label", None) or {}
-        return [str(names.get(i, f"LABEL_{i}")) for i in range(int(getattr(config, "num_labels", len(names))))]
+        given = [
+            printable(str(names.get(i, f"LABEL_{i}"))) for i in range(int(getattr(config, "num_labels", len(names))))
+        ]
+        counts = Counter(given)  # two classes of one name would be one key, one bar: each gets its id
+        return [f"{name} ({i})" if counts[name] > 1 else name for i, name in enumerate(given)]
 
     def label_id(self, label: str | int) -> int:
         """A class given by name or id, checked."""
@@ -144,6 +152,12 @@ class LanguageModel:
             return label
         if isinstance(label, str) and label in labels:
             return labels.index(label)
+        shared = [name for name in labels if isinstance(label, str) and name.rsplit(" (", 1)[0] == label]
+        if len(shared) > 1:
+            raise InputError(
+                f"{label!r} names {len(shared)} classes of {self.name} ({shared}, its config's id2label repeats it): "
+                f"give one of those names, or the class id"
+            )
         raise InputError(
             f"{label!r} is not a class of {self.name}: its classes are {labels} (by name, or id 0 to {len(labels) - 1})"
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -44,8 +45,8 @@ def make_record(
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "model": {
-            "name": lm.name,
-            "source": {k: str(v) for k, v in lm.source.items()},
+            "name": _shareable(lm.name),
+            "source": {("folder" if k == "path" else k): _shareable(str(v)) for k, v in lm.source.items()},
             "architecture": facts.architecture,
             "dtype": facts.dtype,
             "device": facts.device,
@@ -56,6 +57,13 @@ def make_record(
         "edits": [e.to_dict() for e in edits],
         "output_ids": output_ids,
     }
+
+
+def _shareable(name: str) -> str:
+    """A model's name or source as a record keeps it: a local folder by its own name only (records
+    are shared: the sender's file layout stays theirs); a bundled name or a hub id as it is."""
+    path = Path(name)
+    return path.name if (path.is_absolute() or len(path.parts) > 1) and path.exists() else name
 
 
 def check_record(record: Any) -> dict:
@@ -154,6 +162,11 @@ def replay(record: dict, model: LanguageModel | None = None, *, check: bool = Tr
         )
     if model is None:
         source = record["model"].get("source", {})
+        if "folder" in source and "bundled" not in source:
+            raise InputError(
+                f"this record's model was loaded from a local folder ({source['folder']!r}, its path not "
+                f"recorded, as records are shared): load it and pass it, lw.replay(record, model)"
+            )
         model = load_model(source.get("bundled") or source.get("path") or record["model"]["name"])
     weights = record["model"].get("source", {}).get("weights_sha256")
     if weights and model.source.get("weights_sha256") and weights != model.source["weights_sha256"]:

@@ -14,6 +14,7 @@ from ..errors import InputError
 from ..models import LanguageModel, ModelFacts
 from ..models.devices import input_device
 from ..models.plain import logits_of
+from ..text import has_lone_surrogate
 from .batch import TraceBatch, batch_rows
 from .decoder import DecoderRunner
 from .masks import warn_spared_rows
@@ -24,6 +25,8 @@ from .seq2seq import Seq2SeqRunner, decoder_start
 from .settings import check_generation_settings
 from .trace import Trace
 
+SEED_MAX = 2**64 - 1  # torch.manual_seed takes no more
+
 
 def prompt_ids(lm: LanguageModel, prompt: Any) -> torch.Tensor:
     """A string, a chat message list, or token ids -> 1-D LongTensor of ids."""
@@ -31,6 +34,11 @@ def prompt_ids(lm: LanguageModel, prompt: Any) -> torch.Tensor:
     if isinstance(prompt, str):
         if not prompt:
             raise InputError("the prompt is empty: give some text, a chat message list or token ids")
+        if has_lone_surrogate(prompt):
+            raise InputError(
+                "the prompt holds a lone surrogate (a character between U+D800 and U+DFFF on its own, as "
+                "'\\ud800' in JSON): it is not text a tokenizer can read; remove it or pass token ids"
+            )
         ids = tok(prompt, return_tensors="pt")["input_ids"][0]
     elif isinstance(prompt, (list, tuple)) and prompt and all(isinstance(m, dict) for m in prompt):
         if not getattr(tok, "chat_template", None):
@@ -50,6 +58,10 @@ def prompt_ids(lm: LanguageModel, prompt: Any) -> torch.Tensor:
                     f"token ids must be one sequence, shape [T] or [1, T] (or a batch, [B, T]); got "
                     f"shape {list(prompt.shape)}"
                 )
+        if not isinstance(prompt, torch.Tensor):  # checked before the tensor: 2**70 does not fit an int64
+            vocab = lm.facts.vocab_size
+            if any(i < 0 or i >= vocab for i in prompt):
+                raise InputError(f"token ids must be between 0 and {vocab - 1} for {lm.name}")
         ids = torch.as_tensor(prompt, dtype=torch.long).reshape(-1)  # [1, T]: a batch of one, as tokenizers return it
         vocab = lm.facts.vocab_size
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
@@ -137,7 +149,7 @@ def _request(
         )
     checks.integer(max_new_tokens, "max_new_tokens", low=0)
     if seed is not None:
-        checks.integer(seed, "seed", low=0, note=" (or None)")
+        checks.integer(seed, "seed", low=0, high=SEED_MAX, note=" (or None)")
     for value, name in (
         (do_sample, "do_sample"),
         (keep_logits, "keep_logits"),

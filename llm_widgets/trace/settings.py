@@ -52,7 +52,7 @@ def _one(name: str, value: Any) -> int:
 
 
 GENERATION_SETTINGS: dict[str, Callable[[str, Any], Any]] = {
-    "temperature": _number(0, low_open=True),
+    "temperature": _number(1e-3),  # (a smaller one overflows the logits it divides)
     "top_k": _integer(0),
     "top_p": _number(0, 1, low_open=True),
     "min_p": _number(0, 1),

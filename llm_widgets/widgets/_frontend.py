@@ -15,6 +15,7 @@ import anywidget
 import anywidget.experimental
 
 from ..errors import LLMWidgetsError
+from ..text import printable
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
 
@@ -75,7 +76,7 @@ class StaticFallback:
                 f'<img src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}" alt="{alt}" '
                 f'style="max-width:100%">'
             )
-        parts.append(f"<pre>{html.escape(text)}</pre></div>")  # token text is data, never markup
+        parts.append(f"<pre>{html.escape(printable(text))}</pre></div>")  # token text is data, never markup
         return "".join(parts)
 
     def _repr_mimebundle_(self, **kwargs: Any):
@@ -83,7 +84,7 @@ class StaticFallback:
         data, metadata = bundle if isinstance(bundle, tuple) else (bundle, {})
         try:
             data["text/html"] = self.static_html()
-            data["text/plain"] = self.static_text()
+            data["text/plain"] = printable(self.static_text())  # no terminal escapes from names or tokens
         except Exception as error:  # the live widget must still show: no fallback is the lesser loss
             warnings.warn(
                 f"{type(self).__name__}: no static fallback for this output "

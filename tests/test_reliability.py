@@ -1,0 +1,114 @@
+"""Inputs found to break things (issue 26's list), each answered clearly now."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import transformers
+
+import llm_widgets as lw
+
+from .test_classifiers import SIZES
+from .test_trace_architectures import PROMPT as TOY_PROMPT
+from .test_trace_architectures import ToyTokenizer
+
+PROMPT = "It is a truth universally acknowledged"
+
+
+def _classifier(labels: dict[int, str]) -> lw.LanguageModel:
+    sizes = {**SIZES, "id2label": labels, "label2id": {}}
+    torch.manual_seed(0)
+    model = transformers.LlamaForSequenceClassification(transformers.LlamaConfig(**sizes, num_key_value_heads=2))
+    return lw.LanguageModel(model.eval(), ToyTokenizer(), name="tiny-classifier")
+
+
+def test_a_chrome_trace_stays_json_whatever_the_module_names(tiny_gpt2, tmp_path):
+    """torch writes range names into its Chrome trace unescaped (and turns backslashes into slashes)."""
+    lm = lw.load_model("tiny-gpt2")
+    odd = 'a"b\\c\ud800,"x":1'
+
+    class Wrap(torch.nn.Module):
+        def __init__(self, mlp):
+            super().__init__()
+            self.parts = torch.nn.ModuleDict({odd: mlp})
+
+        def forward(self, x):
+            return self.parts[odd](x)
+
+    block = lm.model.transformer.h[0]
+    block.mlp = Wrap(block.mlp)
+    p = lw.profile(lm, PROMPT, repeats=1)
+    trace = json.loads(p.save_chrome_trace(tmp_path / "t.json").read_text())
+    assert "x" not in trace  # nothing injected
+    assert f"transformer.h.0.mlp.parts.{odd}" in {r["module"] for r in p.modules}
+    assert any(r["module"].endswith(odd) and r["peak_bytes"] >= 0 for r in p.modules)
+
+
+def test_lone_surrogates_and_terminal_escapes(tiny_gpt2):
+    with pytest.raises(lw.InputError, match="lone surrogate"):
+        tiny_gpt2.trace("It is \ud800 a truth")
+    clf = _classifier({0: "neg\ud800", 1: "neutral\x1b[31m", 2: "positive"})
+    assert clf.labels == ["neg\\ud800", "neutral\\x1b[31m", "positive"]
+    editor = lw.AttentionEditor(clf, TOY_PROMPT)
+    json.dumps(editor.get_state(), ensure_ascii=False).encode("utf-8")  # what the kernel sends: encodable
+    text = editor._repr_mimebundle_()[0]["text/plain"]
+    assert "\x1b" not in text and "\ud800" not in text
+
+
+def test_classes_that_share_a_name_keep_their_own(tiny_gpt2):
+    clf = _classifier({0: "pos", 1: "neg", 2: "pos"})
+    tr = clf.trace(TOY_PROMPT)
+    assert list(tr.label_probabilities) == ["pos (0)", "neg", "pos (2)"]
+    assert sum(tr.label_probabilities.values()) == pytest.approx(1.0)
+    assert tr.attribute("pos (2)").target_id == 2
+    with pytest.raises(lw.InputError, match="names 2 classes"):
+        tr.attribute("pos")
+
+
+def test_records_keep_no_local_path(tmp_path):
+    lm = lw.load_model("tiny-gpt2")
+    lm.model.save_pretrained(tmp_path / "mine")
+    lm.tokenizer.save_pretrained(tmp_path / "mine")
+    local = lw.load_model(str(tmp_path / "mine"))
+    record = local.trace(PROMPT, max_new_tokens=2).record
+    assert str(tmp_path) not in json.dumps(record)
+    assert record["model"]["name"] == "mine" and record["model"]["source"] == {"folder": "mine"}
+    with pytest.raises(lw.InputError, match="pass it, lw.replay"):
+        lw.replay(record)
+    assert lw.replay(record, local).generated_ids == record["output_ids"]
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda lm: lm.trace(PROMPT, seed=2**64), "seed must be an integer >= 0 and <= 18446744073709551615"),
+        (lambda lm: lm.trace([1, 2**63]), "token ids must be between"),
+        (lambda lm: lm.trace([1, 2**70]), "token ids must be between"),
+        (lambda lm: lm.trace(PROMPT, max_new_tokens=2, do_sample=True, temperature=1e-300), "temperature"),
+        (lambda lm: lm.trace(PROMPT, keep_logits="yes"), "keep_logits must be True or False"),
+        (lambda lm: lm.trace(PROMPT).attribute(method="integrated_gradients", n_steps=10**6), "n_steps"),
+        (lambda lm: lm.trace(PROMPT).attribute(n_steps=8), "n_steps is integrated gradients' setting"),
+        (lambda lm: lm.trace(PROMPT).attribute(baseline="eos"), "baseline is the reference"),
+        (lambda lm: lw.ablation_sweep(lm.trace(PROMPT), budget_bytes=0), "budget_bytes must be an integer >= 1"),
+        (lambda lm: lw.ablation_sweep(lm.trace(PROMPT), layers="no"), "layers must be True or False"),
+        (lambda lm: lw.patch(lm, PROMPT, PROMPT, " the", per_position=True), "per_position splits heads"),
+        (lambda lm: lw.scaling(lm, lengths=[16], implementations="nope"), "unknown attention implementation"),
+        (lambda lm: lw.scaling(lm, lengths=[16], repeats=0), "repeats must be an integer >= 1"),
+        (lambda lm: lw.AttentionEditor(lm, [PROMPT, PROMPT]), "AttentionEditor takes one prompt"),
+    ],
+)
+def test_bad_input_is_named(tiny_gpt2, call, message):
+    with pytest.raises(lw.LLMWidgetsError, match=message):
+        call(tiny_gpt2)
+
+
+def test_a_single_length_and_implementation_are_taken(tiny_gpt2):
+    s = lw.scaling(tiny_gpt2, lengths=16, implementations="eager", repeats=1, memory=False)
+    assert {r["length"] for r in s.rows} == {16} and {r["implementation"] for r in s.rows} == {"eager"}
+
+
+def test_a_sweep_reads_as_a_summary(tiny_gpt2):
+    text = repr(lw.ablation_sweep(tiny_gpt2.trace(PROMPT), progress=False))
+    assert text.startswith("Patching(ablation") and "tensor" not in text and len(text) < 300
