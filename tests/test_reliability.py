@@ -112,3 +112,33 @@ def test_a_single_length_and_implementation_are_taken(tiny_gpt2):
 def test_a_sweep_reads_as_a_summary(tiny_gpt2):
     text = repr(lw.ablation_sweep(tiny_gpt2.trace(PROMPT), progress=False))
     assert text.startswith("Patching(ablation") and "tensor" not in text and len(text) < 300
+
+
+def test_an_interrupted_monitor_step_is_undone_and_a_retry_counts_once(tiny_gpt2, monkeypatch):
+    import copy
+
+    from llm_widgets.training import monitor as monitor_module
+
+    model = copy.deepcopy(tiny_gpt2.model).train()
+    ids = torch.tensor([tiny_gpt2.tokenizer(PROMPT)["input_ids"]])
+    model(input_ids=ids, labels=ids).loss.backward()
+    monitor = lw.GradientMonitor(model, every=1, histograms_every=1)
+    monitor.steer("layer 1", scale=0.5)
+    before = [p.grad.clone() for p in model.parameters()]
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(monitor_module.GradientMonitor, "_histograms", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        monitor.step(loss=1.0)
+    assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), before))  # not half steered
+    assert monitor.step_count == 0 and monitor.steps == [] and monitor.rows == []
+    monkeypatch.undo()
+    monitor.step(loss=1.0)
+    steered = [n for n, p in model.named_parameters() if ".h.1." in n]
+    by_name = dict(zip([n for n, _ in model.named_parameters()], before))
+    for name, p in model.named_parameters():
+        assert torch.equal(p.grad, by_name[name] * 0.5 if name in steered else by_name[name]), name
+    assert monitor.step_count == 1 and [s["step"] for s in monitor.steps] == [1]
+    monitor.detach()

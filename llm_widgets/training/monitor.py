@@ -34,10 +34,10 @@ HIST_EDGES = torch.linspace(-12, 4, 65)  # log10 |g|: 64 fixed bins from 1e-12 t
 _LAYER = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)\.")
 
 # torch's fused multi-tensor kernels (torch.optim runs on them): private by name in torch's stubs only
-_foreach_norm, _foreach_copy_, _foreach_mul_, _foreach_sub_ = (  # pyright: ignore[reportPrivateImportUsage]
+_foreach_norm, _foreach_copy_, _foreach_mul, _foreach_sub_ = (
     torch._foreach_norm,  # pyright: ignore[reportPrivateImportUsage]
     torch._foreach_copy_,  # pyright: ignore[reportPrivateImportUsage]
-    torch._foreach_mul_,  # pyright: ignore[reportPrivateImportUsage]
+    torch._foreach_mul,  # pyright: ignore[reportPrivateImportUsage]
     torch._foreach_sub_,  # pyright: ignore[reportPrivateImportUsage]
 )
 
@@ -235,32 +235,52 @@ class GradientMonitor:
     # --- the step ---
 
     def step(self, loss: Any = None, lr: float | None = None) -> dict:
-        """Read (and steer) this step's gradients. Call after backward(), before optimizer.step()."""
+        """Read (and steer) this step's gradients. Call after backward(), before optimizer.step().
+        All or nothing: an error or an interrupt meanwhile leaves the gradients, the step count and
+        the history as they were, so a retry steers once and records the step once."""
         loss, lr = _checked_loss(loss), _checked_lr(lr)  # before anything changes: a retry must not steer twice
         self._finish_update()
+        marks = (self.step_count, len(self.steps), len(self.rows), len(self.histograms), len(self.alerts))
+        alerting, grads_before = set(self._alerting), [p.grad for p in self.params]
+        try:
+            record = self._step(loss, lr)
+        except TrainingStopped:
+            raise  # the step is recorded, its alert decided to stop: nothing to undo
+        except BaseException:
+            for p, grad in zip(self.params, grads_before):
+                p.grad = grad
+            self.step_count = marks[0]
+            for kept, n in zip((self.steps, self.rows, self.histograms, self.alerts), marks[1:]):
+                del kept[n:]
+            self._alerting, self._snapshot = alerting, None
+            raise
+        for listener in list(self._listeners):
+            listener(record)
+        return record
+
+    def _step(self, loss: Any, lr: float | None) -> dict:
         self.step_count += 1
         step = self.step_count
-        pairs = [(i, p.grad) for i, p in enumerate(self.params) if p.grad is not None]
-        if not pairs:
+        idx_list = [i for i, p in enumerate(self.params) if p.grad is not None]
+        if not idx_list:
             raise RuntimeError(
                 "no parameter has a gradient: call monitor.step() after loss.backward() and before "
                 "optimizer.zero_grad()"
             )
-        idx = torch.tensor([i for i, _ in pairs])
-        grads = [g for _, g in pairs]
+        idx = torch.tensor(idx_list)
+        grads = self._grads(idx_list)
         measure = step % self.every == 0 or bool(self.steering)
         record: dict = {"step": step}
         if measure:
             norms = torch.stack(_foreach_norm(grads)).float().cpu()
             squares = torch.zeros(len(self.groups)).index_add_(0, self._group_index[idx], norms.double().pow(2).float())
             group_norms = squares.sqrt()
-            applied = self._apply_steering(grads, idx, group_norms)
+            applied = self._apply_steering(idx_list, group_norms)
+            grads = self._grads(idx_list)  # (steered ones are new tensors)
             if step % self.every == 0:
                 record.update(self._record(step, loss, lr, group_norms, applied, grads, idx))
         if step % self.updates_every == 0 or step == 1:
             self._take_snapshot(step)
-        for listener in list(self._listeners):
-            listener(record)
         return record
 
     def _take_snapshot(self, step: int) -> None:
@@ -272,7 +292,13 @@ class GradientMonitor:
                 _foreach_copy_(self._buffers, [p.detach() for p in self.params])
         self._snapshot = step
 
-    def _apply_steering(self, grads, idx, group_norms) -> torch.Tensor:
+    def _grads(self, idx: list[int]) -> list[torch.Tensor]:
+        """The gradients of these parameters (each has one)."""
+        return [g for g in (self.params[i].grad for i in idx) if g is not None]
+
+    def _apply_steering(self, idx: list[int], group_norms: torch.Tensor) -> torch.Tensor:
+        """Scale or clip the steered groups' gradients: new tensors put in .grad (the old ones are
+        untouched, so an interrupted step can be undone exactly). Returns the groups' norms after."""
         factors = torch.ones(len(self.groups))
         for rule in self.steering.values():
             for group in rule.groups:
@@ -282,11 +308,12 @@ class GradientMonitor:
                     factor = rule.clip / float(group_norms[g])
                 factors[g] *= factor
         if (factors != 1).any():
-            per_param = factors[self._group_index[idx]].tolist()
+            per_param = factors[self._group_index[torch.tensor(idx)]].tolist()
             for factor in sorted(set(per_param)):
                 if factor != 1.0:
-                    chosen = [g for g, f in zip(grads, per_param) if f == factor]
-                    _foreach_mul_(chosen, factor)
+                    chosen = [i for i, f in zip(idx, per_param) if f == factor]
+                    for i, scaled in zip(chosen, _foreach_mul(self._grads(chosen), factor)):
+                        self.params[i].grad = scaled
         return group_norms * factors
 
     def _record(self, step, loss, lr, group_norms, applied, grads, idx) -> dict:
