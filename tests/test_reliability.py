@@ -142,3 +142,33 @@ def test_an_interrupted_monitor_step_is_undone_and_a_retry_counts_once(tiny_gpt2
         assert torch.equal(p.grad, by_name[name] * 0.5 if name in steered else by_name[name]), name
     assert monitor.step_count == 1 and [s["step"] for s in monitor.steps] == [1]
     monitor.detach()
+
+
+def test_a_model_on_the_meta_device_is_refused_with_what_to_do(tiny_gpt2):
+    config = transformers.GPT2Config.from_dict(tiny_gpt2.model.config.to_dict())
+    with torch.device("meta"):
+        empty = transformers.GPT2LMHeadModel(config)
+    lm = lw.LanguageModel(empty, tiny_gpt2.tokenizer)
+    for call in (
+        lambda: lm.trace(PROMPT),
+        lambda: lw.profile(lm, PROMPT, repeats=1),
+        lambda: lw.patch(lm, PROMPT, PROMPT, " the", progress=False),
+        lambda: lw.AttentionEditor(lm, PROMPT),
+    ):
+        with pytest.raises(lw.InputError, match="meta device"):
+            call()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_attribution_of_a_half_precision_model_on_the_cpu(dtype):
+    full = lw.load_model("tiny-gpt2")
+    half = lw.load_model("tiny-gpt2")
+    half.model.to(dtype)
+    for method in ("grad_x_input", "integrated_gradients", "occlusion"):
+        want = full.trace(PROMPT).attribute(method=method, n_steps=16) if method == "integrated_gradients" else None
+        want = want or full.trace(PROMPT).attribute(method=method)
+        got = half.trace(PROMPT).attribute(
+            method=method, **({"n_steps": 16} if method == "integrated_gradients" else {})
+        )
+        assert got.scores.dtype == torch.float32
+        torch.testing.assert_close(got.scores, want.scores, atol=0.1, rtol=0.1)

@@ -238,8 +238,10 @@ def _captum(
 
     seen: dict[str, torch.Tensor] = {}
 
-    def forward(x):
-        logits = _forward(lm, x, ids, decoder_ids).logits
+    model_dtype = embeds.dtype
+
+    def forward(x):  # (captum's arithmetic in float32 on the CPU; the model gets its own dtype)
+        logits = _forward(lm, x.to(model_dtype), ids, decoder_ids).logits
         if len(x) == 1 and "logits" not in seen and torch.equal(x.detach(), embeds):  # the input itself: keep
             seen["logits"] = logits[0].detach()
         return score_of(logits)

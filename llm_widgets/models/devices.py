@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from ..errors import InputError
+
 
 def execution_device(module: torch.nn.Module) -> torch.device | None:
     """The device accelerate's hook runs this module on, or None when it has no hook."""
@@ -48,3 +50,17 @@ def placement(model: torch.nn.Module) -> str:
     # "meta": offloaded weights, moved in for each call
     places = sorted(devices - {"meta"}) + (["offloaded"] if "meta" in devices else [])
     return " + ".join(places) if places else "cpu"
+
+
+def check_runnable(model: torch.nn.Module) -> None:
+    """Refuse, saying what to do, a model whose weights are on the meta device with nothing to load
+    them (made under init_empty_weights, or with device="meta"): accelerate's offloaded weights are
+    there too, but its hooks move them in for each call."""
+    if any(p.is_meta for p in model.parameters()) and not any(
+        getattr(m, "_hf_hook", None) is not None for m in model.modules()
+    ):
+        raise InputError(
+            f"{type(model).__name__} has weights on the meta device (shapes without values, as "
+            f"init_empty_weights or device='meta' make them): there is nothing to run. Load its weights "
+            f"first: from_pretrained(...), or model.to_empty(device='cpu') then load_state_dict(...)"
+        )

@@ -18,7 +18,7 @@ import torch
 
 from ..errors import InputError
 from ..models import LanguageModel
-from ..models.devices import input_device
+from ..models.devices import check_runnable, input_device
 from ..models.language_model import ModelFacts
 from ..models.modes import model_mode
 from .locking import exclusive
@@ -35,6 +35,7 @@ def held(model: torch.nn.Module, *, seed: int | None = None, grad: bool = False)
     inputs, parameters untouched); with a `seed`, torch's random generator forked and seeded (only
     then: a run without one draws no random number, and a generator restored at its end would undo
     another thread's torch.manual_seed meanwhile). Everything restored after, on errors too."""
+    check_runnable(model)
     device = input_device(model)
     with (
         exclusive(model),
