@@ -164,11 +164,8 @@ def test_attribution_of_a_half_precision_model_on_the_cpu(dtype):
     full = lw.load_model("tiny-gpt2")
     half = lw.load_model("tiny-gpt2")
     half.model.to(dtype)
-    for method in ("grad_x_input", "integrated_gradients", "occlusion"):
-        want = full.trace(PROMPT).attribute(method=method, n_steps=16) if method == "integrated_gradients" else None
-        want = want or full.trace(PROMPT).attribute(method=method)
-        got = half.trace(PROMPT).attribute(
-            method=method, **({"n_steps": 16} if method == "integrated_gradients" else {})
-        )
+    for method, settings in (("grad_x_input", {}), ("integrated_gradients", {"n_steps": 16}), ("occlusion", {})):
+        want = full.trace(PROMPT).attribute(method=method, **settings)
+        got = half.trace(PROMPT).attribute(method=method, **settings)
         assert got.scores.dtype == torch.float32
         torch.testing.assert_close(got.scores, want.scores, atol=0.1, rtol=0.1)
