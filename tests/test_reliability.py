@@ -169,3 +169,40 @@ def test_attribution_of_a_half_precision_model_on_the_cpu(dtype):
         got = half.trace(PROMPT).attribute(method=method, **settings)
         assert got.scores.dtype == torch.float32
         torch.testing.assert_close(got.scores, want.scores, atol=0.1, rtol=0.1)
+
+
+def test_replay_says_which_model_and_refuses_a_sampled_run_without_its_seed(tiny_gpt2):
+    record = tiny_gpt2.trace(PROMPT, max_new_tokens=4).record
+    other = lw.load_model("tiny-gpt2")
+    torch.manual_seed(1)
+    for p in other.model.parameters():
+        p.data.add_(torch.randn_like(p) * 0.5)
+    other.name = "my-fine-tune"
+    with pytest.raises(lw.ReplayMismatchError, match="the record is of 'tiny-gpt2', this model is 'my-fine-tune'"):
+        lw.replay(record, other)
+    sampled = tiny_gpt2.trace(PROMPT, max_new_tokens=2, do_sample=True).record
+    sampled["generation"]["seed"] = None
+    with pytest.raises(lw.InputError, match="sampled run .* without its 'seed'"):
+        lw.replay(sampled, tiny_gpt2)
+
+
+def test_load_model_says_what_is_wrong_with_a_folder(tmp_path):
+    tiny = lw.load_model("tiny-gpt2")
+    folder = tmp_path / "more-layers"
+    tiny.model.save_pretrained(folder)
+    tiny.tokenizer.save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "n_layer": config["n_layer"] + 2}))
+    with pytest.raises(lw.InputError, match="do not fill the model its config describes"):
+        lw.load_model(str(folder))
+    import pickle
+
+    pickled = tmp_path / "pickled"
+    tiny.tokenizer.save_pretrained(pickled)
+    (pickled / "config.json").write_text(json.dumps(config))
+    (pickled / "pytorch_model.bin").write_bytes(pickle.dumps({"x": print}))  # code a pickle would run
+    with pytest.raises(lw.InputError, match="cannot load the weights"):
+        lw.load_model(str(pickled))
+    if not torch.cuda.is_available():
+        with pytest.raises(lw.InputError, match="no CUDA device"):
+            lw.load_model("tiny-gpt2", device="cuda")

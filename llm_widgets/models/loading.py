@@ -7,6 +7,7 @@ import hashlib
 import importlib.metadata
 import json
 import os
+import pickle
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -77,6 +78,7 @@ def load_model(
             f"load_model takes a bundled name, a local directory or a hub id; got {type(name_or_path).__name__}"
         )
     name = os.fspath(name_or_path)
+    _check_device(device if device is not None else from_pretrained_kwargs.get("device_map"))
     if device is not None and from_pretrained_kwargs.get("device_map") is not None:
         raise InputError(
             f"give device or device_map, not both: device={device!r} moves the whole model, "
@@ -124,11 +126,21 @@ def _from_pretrained(
         kwargs = {**kwargs, "dtype": dtype}
     try:
         with _progress_bars(progress):
-            model = auto.from_pretrained(path, config=config, **common, **kwargs)
-    except (OSError, RuntimeError, ValueError, SafetensorError) as error:
+            model, loaded = auto.from_pretrained(path, config=config, **common, **kwargs, output_loading_info=True)
+    except (OSError, RuntimeError, ValueError, SafetensorError, pickle.UnpicklingError) as error:
         weights = sorted(local.glob("*.safetensors")) + sorted(local.glob("*.bin")) if local.is_dir() else []
         named = f" (weights: {', '.join(str(w) for w in weights)})" if weights else ""
-        raise InputError(f"cannot load the weights of {name!r}{named}: {type(error).__name__}: {error}") from error
+        raise InputError(
+            f"cannot load the weights of {name!r}{named}: {type(error).__name__}: {error} (a pickle checkpoint "
+            f"is read without running code in it: save the model as safetensors to load it here)"
+        ) from error
+    missing = list(loaded.get("missing_keys") or [])
+    if missing:  # a config with more layers (or other sizes) than the weights: the rest would be random
+        raise InputError(
+            f"the weights of {name!r} do not fill the model its config describes: {len(missing)} tensors are "
+            f"missing (e.g. {sorted(missing)[:3]}), so they would be random. Check that config.json and the "
+            f"weights belong together (num_hidden_layers, sizes)"
+        )
     if getattr(model, "loss_type", "") is None and auto is AutoModelForCausalLM:
         # GPT-2's class name matches no loss of transformers' table, so each training step
         # would log "loss_type=None ... Using the default loss: ForCausalLMLoss": say it here
@@ -139,11 +151,25 @@ def _from_pretrained(
     return LanguageModel(model, tokenizer, name=name, source=source)
 
 
+def _check_device(device: Any) -> None:
+    """A CUDA device asked for on a machine without one: said before anything loads."""
+    named = str(device) if isinstance(device, (str, torch.device)) else ""
+    if named.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(
+            f"device {named!r} asked for, but torch sees no CUDA device here (torch {torch.__version__}): "
+            f"use device='cpu', or install a CUDA build of torch on a machine with a GPU"
+        )
+
+
 def _config(path: str, name: str, common: dict) -> Any:
     from transformers import AutoConfig
 
     try:
         return AutoConfig.from_pretrained(path, **common)
+    except (ArithmeticError, TypeError) as error:  # e.g. n_head 0: the config's own arithmetic fails
+        raise InputError(
+            f"the config of {name!r} does not describe a model: {type(error).__name__}: {error}"
+        ) from error
     except (OSError, ValueError) as error:
         if (Path(path) / "config.json").is_file():
             raise InputError(

@@ -113,6 +113,8 @@ def check_record(record: Any) -> dict:
     for key in ("max_new_tokens", "do_sample", "seed"):
         if key not in generation:
             raise bad(f"'generation' has no {key!r}")
+    if generation["do_sample"] is True and generation["seed"] is None:
+        raise bad("it is of a sampled run ('do_sample': true) without its 'seed': it cannot be run again exactly")
     rest = {k: v for k, v in generation.items() if k not in ("max_new_tokens", "do_sample", "seed")}
     check_generation_settings(rest, where="replay")
     if not isinstance(record["edits"], list):
@@ -186,8 +188,15 @@ def replay(record: dict, model: LanguageModel | None = None, *, check: bool = Tr
     if isinstance(trace, TraceBatch):  # (a record of a batch's row: check_record saw its "batch")
         trace = trace[record["batch"]["row"]]
     if check and trace.generated_ids != record["output_ids"]:
+        recorded = record["model"]["name"]
+        why = (
+            f"the record is of {recorded!r}, this model is {_shareable(model.name)!r}: another model (or another "
+            f"checkpoint of one architecture) generates otherwise"
+            if recorded != _shareable(model.name)
+            else "different hardware, dtype or library versions can do this"
+        )
         raise ReplayMismatchError(
             f"replay produced different tokens: {trace.generated_ids} instead of the recorded "
-            f"{record['output_ids']} (different hardware, dtype or library versions can do this)"
+            f"{record['output_ids']} ({why})"
         )
     return trace
