@@ -206,3 +206,28 @@ def test_load_model_says_what_is_wrong_with_a_folder(tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(lw.InputError, match="no CUDA device"):
             lw.load_model("tiny-gpt2", device="cuda")
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda lm: lm.trace(PROMPT, edits="keys 0 to 3"), "edits must be a list"),
+        (lambda lm: lm.trace(PROMPT, capture_device="banana"), "capture_device must be a torch device"),
+        (lambda lm: lm.trace(PROMPT, capture_device="meta"), "keeps no values"),
+        (lambda lm: lw.LanguageModel(lm.model, "gpt2"), "tokenizer must be a tokenizer object"),
+        (lambda lm: lw.GradientMonitor(lm.model, optimizer="sgd"), "optimizer must be a torch.optim.Optimizer"),
+        (lambda lm: lw.GradientMonitorView("x"), "GradientMonitorView takes a GradientMonitor"),
+        (lambda lm: lm.trace(PROMPT).logit_lens(positions="first"), "positions must be an integer or a list"),
+    ],
+)
+def test_more_bad_input_is_named(tiny_gpt2, call, message):
+    with pytest.raises(lw.LLMWidgetsError, match=message):
+        call(tiny_gpt2)
+
+
+def test_edits_as_none_or_one_edit_and_every_lens_position(tiny_gpt2):
+    assert tiny_gpt2.trace(PROMPT, edits=None).edits == ()
+    one = lw.ScaleAttention(2.0, keys=(0, 2))
+    assert tiny_gpt2.trace(PROMPT, edits=one).edits == (one,)
+    tr = tiny_gpt2.trace(PROMPT)
+    assert tr.logit_lens(positions="all").positions == tr.logit_lens().positions

@@ -110,7 +110,8 @@ def logit_lens(trace: Trace, k: int, target: Any, positions: Any) -> LogitLens:
     if positions is None:
         pos = torch.arange(n)
     else:
-        pos = torch.as_tensor([positions] if isinstance(positions, int) else list(positions), dtype=torch.long)
+        listed = checks.integers(positions, "positions", low=-n, high=n - 1) if positions != "all" else range(n)
+        pos = torch.as_tensor(list(listed), dtype=torch.long)
         if pos.numel() == 0 or int(pos.min()) < -n or int(pos.max()) >= n:
             raise InputError(
                 f"positions {positions!r} are outside the sequence: 0 to {n - 1} (or negative from the end)"

@@ -98,6 +98,11 @@ class LanguageModel:
                 f"{type(model).__name__} is neither a Hugging Face transformers model (it has no .config) nor built "
                 f"from torch.nn.MultiheadAttention / nn.TransformerEncoderLayer, so it has no attention to trace"
             )
+        if tokenizer is not None and not hasattr(tokenizer, "decode"):  # (a path given where the object goes)
+            raise WrongTypeError(
+                f"LanguageModel's tokenizer must be a tokenizer object (e.g. AutoTokenizer.from_pretrained(path), "
+                f"or lw.VocabTokenizer(words)); got {type(tokenizer).__name__} {tokenizer!r:.60}"
+            )
         if tokenizer is None and vocab is not None:
             tokenizer = VocabTokenizer(vocab)
         if tokenizer is None:

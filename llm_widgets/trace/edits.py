@@ -165,7 +165,7 @@ def edit_from_dict(d: dict) -> Edit:
 
 
 def validate_edits(
-    edits: Iterable[Edit],
+    edits: Any,
     *,
     n_layers: int,
     n_heads: int,
@@ -175,6 +175,14 @@ def validate_edits(
     """Check every edit against the model and the sequence; a ValueError names what is out of range.
     stacks: an encoder-decoder's {"encoder": (layers, heads), "decoder": ..., "cross": ...}."""
     stacks = stacks or {"self": (n_layers, n_heads)}
+    if edits is None:
+        edits = ()
+    elif isinstance(edits, (ScaleAttention, AblateHead, dict)):  # one edit given on its own
+        edits = (edits,)
+    elif isinstance(edits, (str, bytes)) or not isinstance(edits, Iterable):
+        raise InputError(
+            f"edits must be a list of lw.ScaleAttention / lw.AblateHead (or one of them); got {type(edits).__name__}"
+        )
     out = []
     for edit in edits:
         if isinstance(edit, dict):

@@ -158,6 +158,8 @@ def _request(
     ):
         checks.flag(value, name)
     check_generation_settings(generation_kwargs)
+    if capture_device is not None:
+        _check_capture_device(capture_device)
     if capture_dtype is not None and not (isinstance(capture_dtype, torch.dtype) and capture_dtype.is_floating_point):
         raise InputError(f"capture_dtype must be a floating torch dtype such as torch.float16; got {capture_dtype!r}")
     if max_new_tokens:
@@ -182,6 +184,16 @@ def _request(
         capture_dtype=capture_dtype,
         profile=profile,
     )
+
+
+def _check_capture_device(device: Any) -> None:
+    """A device the captured queries and keys can be kept on: real, and not "meta" (no values)."""
+    try:
+        where = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InputError(f"capture_device must be a torch device such as 'cpu' or 'cuda:0'; got {device!r}") from None
+    if where.type == "meta":
+        raise InputError("capture_device='meta' keeps no values: the attention could not be shown; use 'cpu'")
 
 
 def _refuse_generation(lm: LanguageModel, facts: ModelFacts) -> None:

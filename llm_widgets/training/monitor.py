@@ -138,6 +138,11 @@ class GradientMonitor:
         for name, value in (("every", every), ("histograms_every", histograms_every), ("updates_every", updates_every)):
             checks.integer(value, name, low=1)
         stop_on = _checked_alerts(vanishing, exploding, spike, stop_on)
+        if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+            raise WrongTypeError(
+                f"optimizer must be a torch.optim.Optimizer (the one that steps this model), or None; got "
+                f"{type(optimizer).__name__} {optimizer!r:.40}"
+            )
         current = getattr(module, "_llm_widgets_monitor", None)
         if current is not None and current() is not None:
             raise RuntimeError(

@@ -23,7 +23,7 @@ import ipywidgets
 import numpy as np
 import traitlets
 
-from ..errors import InputError
+from ..errors import InputError, WrongTypeError
 from ..export import monitor as monitor_figure
 from ..export.files import write
 from ..training.monitor import HIST_EDGES, GradientMonitor
@@ -125,6 +125,10 @@ class GradientMonitorView(StaticFallback, ipywidgets.VBox):
     def __init__(self, monitor: GradientMonitor, *, min_interval: float = 0.5, max_groups_drawn: int = 40):
         from jupyter_bokeh import BokehModel
 
+        if not isinstance(monitor, GradientMonitor):
+            raise WrongTypeError(
+                f"GradientMonitorView takes a GradientMonitor (lw.GradientMonitor(model)); got {type(monitor).__name__}"
+            )
         _ensure_bokehjs()
         self.monitor = monitor
         self.min_interval = min_interval
