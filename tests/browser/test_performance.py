@@ -31,7 +31,7 @@ def test_performance_notebook_profile_view(jupyter_server, page):
     assert view.locator(".lw-prof-box[data-module='model.layers.3.self_attn']").count() == 1
     assert view.locator(".lw-prof-box[data-module='model.layers.4']").count() == 0
     for fmt, name in (("png", "profile.png"), ("json", "profile.trace.json")):
-        with page.expect_download() as download:
+        with page.expect_download(timeout=300_000) as download:  # the kernel may still run the later cells
             view.locator(f"button[data-format='{fmt}']").click()
         assert download.value.suggested_filename == name
         path = ARTIFACTS / name
