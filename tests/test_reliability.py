@@ -231,3 +231,13 @@ def test_edits_as_none_or_one_edit_and_every_lens_position(tiny_gpt2):
     assert tiny_gpt2.trace(PROMPT, edits=one).edits == (one,)
     tr = tiny_gpt2.trace(PROMPT)
     assert tr.logit_lens(positions="all").positions == tr.logit_lens().positions
+
+
+def test_what_would_be_ignored_is_refused(tiny_gpt2):
+    with pytest.raises(lw.InputError, match="temperature shapes sampling, and this run is greedy"):
+        tiny_gpt2.trace(PROMPT, max_new_tokens=2, temperature=0.7)
+    tr = tiny_gpt2.trace(PROMPT)
+    with pytest.raises(lw.WrongTypeError, match="view must be an lw.AttentionView"):
+        lw.PatchingView(lw.ablation_sweep(tr, progress=False), view="x")
+    with pytest.raises(lw.WrongTypeError, match="view must be an lw.AttentionView"):
+        lw.AttributionView(tr.attribute(), view=lw.ModelCard(tiny_gpt2))

@@ -32,7 +32,7 @@ from .capture import Place
 from .edits import AblateHead, ScaleAttention, validate_edits
 from .masks import allowed_mask, edit_bias, spare_fully_masked
 from .record import make_record
-from .runner import Request, Runner
+from .runner import Request, Runner, refuse_unused_sampling
 from .trace import Trace, predictions
 
 SETTINGS = {"temperature"}  # the generation settings a plain model's sampling loop takes
@@ -83,6 +83,7 @@ class PlainRunner(Runner):
                 f"a plain PyTorch model generates with max_new_tokens, do_sample, seed and "
                 f"temperature; {unknown} are for transformers' generate"
             )
+        refuse_unused_sampling(request.settings, generation["do_sample"])
         stacks = plain_stacks(self.model)
         self.shapes = {name: (len(modules), int(modules[0].num_heads)) for name, modules in stacks.items()}
         self.seq2seq = SELF not in stacks

@@ -20,7 +20,7 @@ from .decoder import DecoderRunner
 from .masks import warn_spared_rows
 from .plain import PlainRunner
 from .plain import decoder_start as plain_start
-from .runner import Request, Runner, held
+from .runner import Request, Runner, held, refuse_unused_sampling
 from .seq2seq import Seq2SeqRunner, decoder_start
 from .settings import check_generation_settings
 from .trace import Trace
@@ -158,6 +158,8 @@ def _request(
     ):
         checks.flag(value, name)
     check_generation_settings(generation_kwargs)
+    if not lm.plain:  # (a plain model's runner first refuses what its own loop does not take)
+        refuse_unused_sampling(generation_kwargs, do_sample)
     if capture_device is not None:
         _check_capture_device(capture_device)
     if capture_dtype is not None and not (isinstance(capture_dtype, torch.dtype) and capture_dtype.is_floating_point):

@@ -54,6 +54,19 @@ def held(model: torch.nn.Module, *, seed: int | None = None, grad: bool = False)
             )
 
 
+SAMPLING_SETTINGS = {"temperature", "top_k", "top_p", "min_p", "typical_p"}  # what a greedy run ignores
+
+
+def refuse_unused_sampling(settings: dict, do_sample: bool) -> None:
+    """Sampling settings on a greedy run would be ignored without a word: refused, saying why."""
+    given = sorted(set(settings) & SAMPLING_SETTINGS)
+    if given and not do_sample:
+        raise InputError(
+            f"{', '.join(given)} shape{'s' if len(given) == 1 else ''} sampling, and this run is greedy: add "
+            f"do_sample=True, or leave {'it' if len(given) == 1 else 'them'} out"
+        )
+
+
 @dataclass(frozen=True)
 class Request:
     """The checked arguments of one `model.trace` call."""

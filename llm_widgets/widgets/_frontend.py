@@ -14,7 +14,7 @@ from typing import Any
 import anywidget
 import anywidget.experimental
 
-from ..errors import LLMWidgetsError
+from ..errors import LLMWidgetsError, WrongTypeError
 from ..text import printable
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
@@ -32,6 +32,14 @@ def bundle(name: str, suffix: str = ".js") -> str | Path:
             f"`make build` (or `npm ci && npm run build`), or reinstall with `pip install .`, which builds it."
         )
     return path if os.environ.get("LLM_WIDGETS_DEV") == "1" else path.read_text(encoding="utf-8")
+
+
+def linked(widget: Any, kind: type, name: str) -> Any:
+    """A view or editor a result view is linked to (None: none), checked: a wrong one would only fail
+    later, at the first click."""
+    if widget is not None and not isinstance(widget, kind):
+        raise WrongTypeError(f"{name} must be an lw.{kind.__name__} (or None); got {type(widget).__name__}")
+    return widget
 
 
 class Answers:

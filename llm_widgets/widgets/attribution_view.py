@@ -16,7 +16,7 @@ import traitlets
 from ..analysis import METHODS, Attribution
 from ..errors import InputError, WrongTypeError
 from ..export import attribution as export
-from ._frontend import Answers, StaticFallback, bundle
+from ._frontend import Answers, StaticFallback, bundle, linked
 from .attention_view import AttentionView
 
 
@@ -64,7 +64,7 @@ class AttributionView(Answers, StaticFallback, anywidget.AnyWidget):
                 f"AttributionView takes an Attribution (from trace.attribute(...)), got {type(attribution).__name__}"
             )
         self.attribution = attribution
-        self.view = view
+        self.view = linked(view, AttentionView, "view")
         trace = attribution.trace
         if trace is None:
             raise InputError(

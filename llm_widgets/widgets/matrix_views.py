@@ -22,7 +22,7 @@ from ..analysis import Comparison, LogitLens, Patching, Sweep, compare
 from ..errors import InputError, WrongTypeError
 from ..export import matrix as export
 from ..trace import AblateHead, Trace
-from ._frontend import Answers, StaticFallback, bundle
+from ._frontend import Answers, StaticFallback, bundle, linked
 from .attention_editor import AttentionEditor
 from .attention_view import AttentionView
 
@@ -189,7 +189,8 @@ class PatchingView(MatrixWidget):
             raise WrongTypeError(
                 f"PatchingView takes the result of lw.patch or lw.ablation_sweep, got {type(result).__name__}"
             )
-        self.result, self.view, self.editor = result, view, editor
+        self.result = result
+        self.view, self.editor = linked(view, AttentionView, "view"), linked(editor, AttentionEditor, "editor")
         effect = result.effect
         if effect.dim() == 3:  # per position: the strongest position of each head
             effect = effect.gather(2, effect.abs().argmax(2, keepdim=True))[..., 0]
@@ -272,7 +273,8 @@ class CompareView(MatrixWidget):
             comparison = compare(comparison.unedited, comparison.trace)
         if not isinstance(comparison, Comparison):
             raise WrongTypeError(f"CompareView takes the result of lw.compare, got {type(comparison).__name__}")
-        self.comparison, self.views = comparison, [v for v in (view_a, view_b) if v is not None]
+        views = (linked(view_a, AttentionView, "view_a"), linked(view_b, AttentionView, "view_b"))
+        self.comparison, self.views = comparison, [v for v in views if v is not None]
         c = comparison
         summary = [f"a: {c.a.prompt_text!r} → {c.a.output_text!r}", f"b: {c.b.prompt_text!r} → {c.b.output_text!r}"]
         for s in c.steps:
