@@ -48,6 +48,7 @@ def test_tour_notebook_runs_and_shows_its_widgets(front_end, page):
         views.nth(i).locator("canvas.lw-attn-grid[data-drawn]").wait_for(timeout=60_000)
         assert canvas_ink(views.nth(i).locator("canvas.lw-attn-heatmap")) > 0.05
         assert canvas_ink(views.nth(i).locator("canvas.lw-attn-grid")) > 0.05
+        assert not views.nth(i).locator(".lw-attn-stackbar").is_visible()  # one kind of attention: no switch
     first = views.nth(0)
     chip = first.locator(".lw-tok").nth(5)
     chip.click()
