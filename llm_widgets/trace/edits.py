@@ -164,6 +164,19 @@ def edit_from_dict(d: dict) -> Edit:
         raise InputError(f"{kind} edit: {error}") from None
 
 
+def _listed(edits: Any) -> Iterable[Any]:
+    """Edits as given: a list of them, one on its own, or None (none)."""
+    if edits is None:
+        return ()
+    if isinstance(edits, (ScaleAttention, AblateHead, dict)):
+        return (edits,)
+    if isinstance(edits, (str, bytes)) or not isinstance(edits, Iterable):
+        raise InputError(
+            f"edits must be a list of lw.ScaleAttention / lw.AblateHead (or one of them); got {type(edits).__name__}"
+        )
+    return edits
+
+
 def validate_edits(
     edits: Any,
     *,
@@ -175,16 +188,8 @@ def validate_edits(
     """Check every edit against the model and the sequence; a ValueError names what is out of range.
     stacks: an encoder-decoder's {"encoder": (layers, heads), "decoder": ..., "cross": ...}."""
     stacks = stacks or {"self": (n_layers, n_heads)}
-    if edits is None:
-        edits = ()
-    elif isinstance(edits, (ScaleAttention, AblateHead, dict)):  # one edit given on its own
-        edits = (edits,)
-    elif isinstance(edits, (str, bytes)) or not isinstance(edits, Iterable):
-        raise InputError(
-            f"edits must be a list of lw.ScaleAttention / lw.AblateHead (or one of them); got {type(edits).__name__}"
-        )
     out = []
-    for edit in edits:
+    for edit in _listed(edits):
         if isinstance(edit, dict):
             edit = edit_from_dict(edit)
         if isinstance(edit, AblateHead):

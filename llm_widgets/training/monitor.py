@@ -42,6 +42,14 @@ _foreach_norm, _foreach_copy_, _foreach_mul, _foreach_sub_ = (
 )
 
 
+def _check_optimizer(optimizer: Any) -> None:
+    if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+        raise WrongTypeError(
+            f"optimizer must be a torch.optim.Optimizer (the one that steps this model), or None; got "
+            f"{type(optimizer).__name__} {optimizer!r:.40}"
+        )
+
+
 def _checked_alerts(vanishing: Any, exploding: Any, spike: Any, stop_on: Any) -> tuple[str, ...]:
     """The alert thresholds checked; the kinds of alert that stop training, as a tuple."""
     if not (0 <= vanishing < exploding):
@@ -138,11 +146,7 @@ class GradientMonitor:
         for name, value in (("every", every), ("histograms_every", histograms_every), ("updates_every", updates_every)):
             checks.integer(value, name, low=1)
         stop_on = _checked_alerts(vanishing, exploding, spike, stop_on)
-        if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
-            raise WrongTypeError(
-                f"optimizer must be a torch.optim.Optimizer (the one that steps this model), or None; got "
-                f"{type(optimizer).__name__} {optimizer!r:.40}"
-            )
+        _check_optimizer(optimizer)
         current = getattr(module, "_llm_widgets_monitor", None)
         if current is not None and current() is not None:
             raise RuntimeError(

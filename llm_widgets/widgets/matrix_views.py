@@ -172,6 +172,19 @@ class LensView(MatrixWidget):
         self.detail = lines
 
 
+def _reading(result: Patching) -> str:
+    """How to read a cell of this result."""
+    if isinstance(result, Sweep):
+        return (
+            f"{result.clean_score:.3f} without ablation; a cell is the change when that head (or layer part) is "
+            f"removed ({result.method})"
+        )
+    return (
+        f"clean {result.clean_score:.3f}, corrupted {result.corrupted_score:.3f}; a cell is the share of the clean "
+        f"answer that patching it restores"
+    )
+
+
 class PatchingView(MatrixWidget):
     """`lw.PatchingView(lw.patch(...))` or `lw.PatchingView(lw.ablation_sweep(...))`: the effect of
     each site, tokens or heads across. With `view=` a click on a head opens it there; with
@@ -200,22 +213,13 @@ class PatchingView(MatrixWidget):
             else [f"head {h}" for h in range(effect.shape[1])]
         )
         values = effect.clone()
+        sweep = isinstance(result, Sweep)
         if isinstance(result, Sweep):
             extra = [x for x in (result.attention, result.mlp) if x is not None]
             values = torch.cat([values, *[x[:, None] for x in extra]], dim=1)
             columns += ["attention", "mlp"][: len(extra)]
-        sweep = isinstance(result, Sweep)
         vmax = float(values.abs().max()) if sweep else max(1.0, float(values.abs().max()))
-        summary = [
-            f"{result.quantity}: "
-            + (
-                f"{result.clean_score:.3f} without ablation; a cell is the change when "
-                f"that head (or layer part) is removed ({result.method})"
-                if sweep
-                else f"clean {result.clean_score:.3f}, corrupted {result.corrupted_score:.3f}; "
-                f"a cell is the share of the clean answer that patching it restores"
-            )
-        ]
+        summary = [f"{result.quantity}: " + _reading(result)]
         if sweep and editor is not None:
             summary.append("click a head to ablate it in the editor")
         elif view is not None and result.axes[1] == "head":
