@@ -241,3 +241,27 @@ def test_what_would_be_ignored_is_refused(tiny_gpt2):
         lw.PatchingView(lw.ablation_sweep(tr, progress=False), view="x")
     with pytest.raises(lw.WrongTypeError, match="view must be an lw.AttentionView"):
         lw.AttributionView(tr.attribute(), view=lw.ModelCard(tiny_gpt2))
+
+
+def test_out_of_range_selections_and_malformed_inputs_are_named(tiny_gpt2):
+    import traitlets
+
+    editor = lw.AttentionEditor(tiny_gpt2, PROMPT, max_new_tokens=2)
+    with pytest.raises(traitlets.TraitError, match="key_span must be"):
+        editor.key_span = [3, 999]
+    with pytest.raises(traitlets.TraitError, match="picked heads must be"):
+        editor.picked = [[0, 99]]
+    editor.key_span, editor.picked = [0, 2], [[1, 3]]  # in range: taken
+    lens = lw.LensView(tiny_gpt2.trace(PROMPT))
+    with pytest.raises(traitlets.TraitError, match="selected must be"):
+        lens.selected = [99, 0]
+    record = tiny_gpt2.trace(PROMPT).record
+    record["model"]["code"] = "x"
+    with pytest.raises(lw.InputError, match=r"unknown key\(s\) \['code'\] in 'model'"):
+        lw.replay(record, tiny_gpt2)
+    with pytest.raises(lw.InputError, match="without whitespace"):
+        lw.VocabTokenizer(["a", "b c"])
+    with pytest.raises(lw.InputError, match="is not a regular expression"):
+        lw.GradientMonitor(tiny_gpt2.model, groups={"bad": "("})
+    with pytest.raises(lw.InputError, match="both strings"):
+        lw.GradientMonitor(tiny_gpt2.model, groups={"layer": 3})

@@ -68,6 +68,12 @@ class VocabTokenizer:
             raise InputError(f"vocab must be a non-empty list of token strings (id i is vocab[i]); got {vocab!r:.80}")
         if len(set(vocab)) != len(vocab):
             raise InputError("vocab has repeated tokens: each id needs its own string")
+        blank = [i for i, v in enumerate(vocab) if not v or any(c.isspace() for c in v)]
+        if blank:  # text is split on whitespace: such a token could never be written
+            raise InputError(
+                f"vocab tokens must be non-empty and without whitespace (text is split on it); token "
+                f"{blank[0]} is {vocab[blank[0]]!r}"
+            )
         self.vocab = list(vocab)
         self._ids = {token: i for i, token in enumerate(self.vocab)}
         self.bos_token_id = self._special_id("bos_token", bos_token)

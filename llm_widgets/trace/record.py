@@ -33,6 +33,9 @@ RECORD_KEYS = {
 }  # "batch": a row of a batched run ({"prompt_ids": every row's, "row": i})
 
 
+MODEL_KEYS = {"name", "source", "architecture", "dtype", "device", "attn_implementation"}  # a record's "model"
+
+
 def make_record(
     lm: LanguageModel, prompt_ids: list[int], generation: dict, edits: tuple, output_ids: list[int]
 ) -> dict[str, Any]:
@@ -102,6 +105,9 @@ def check_record(record: Any) -> dict:
         or not isinstance(model.get("source", {}), dict)
     ):
         raise bad("'model' must be a dict with a 'name' string (and a 'source' dict)")
+    unknown = sorted(set(model) - MODEL_KEYS)
+    if unknown:
+        raise bad(f"unknown key(s) {unknown} in 'model'; it has {sorted(MODEL_KEYS)}")
     for key in ("prompt_ids", "output_ids"):
         if not _id_list(record[key]):
             raise bad(f"{key!r} must be a list of token ids (integers); got {type(record[key]).__name__}")

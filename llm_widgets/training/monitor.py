@@ -195,10 +195,18 @@ class GradientMonitor:
                 "groups must be 'layers', 'parameters', a list of name patterns (regular expressions) "
                 "or a dict {group name: pattern}"
             )
-        out = []
-        for name in self.names:
-            hit = next((g for g, pattern in groups.items() if re.search(pattern, name)), "other")
-            out.append(hit)
+        compiled = {}
+        for group, pattern in groups.items():
+            if not isinstance(group, str) or not isinstance(pattern, str):
+                raise InputError(f"groups maps group names to name patterns, both strings; got {group!r}: {pattern!r}")
+            try:
+                compiled[group] = re.compile(pattern)
+            except re.error as error:
+                raise InputError(
+                    f"group {group!r}: {pattern!r} is not a regular expression ({error}); escape special "
+                    f"characters with re.escape"
+                ) from None
+        out = [next((g for g, regex in compiled.items() if regex.search(n)), "other") for n in self.names]
         for group, pattern in groups.items():
             if group not in out:
                 raise InputError(

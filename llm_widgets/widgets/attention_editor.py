@@ -165,6 +165,25 @@ class AttentionEditor(AttentionView):
         if self._failure is not None:  # shown in the widget too; the previous edits are still in place
             raise self._failure
 
+    @traitlets.validate("key_span")
+    def _check_key_span(self, proposal):
+        span = list(proposal.value)
+        if span and (len(span) != 2 or not 0 <= span[0] < span[1] <= len(self.tokens)):
+            raise traitlets.TraitError(
+                f"key_span must be [] or [start, stop) within the {len(self.tokens)} tokens; got {span}"
+            )
+        return span
+
+    @traitlets.validate("picked")
+    def _check_picked(self, proposal):
+        picked = [list(p) for p in proposal.value]
+        bad = [p for p in picked if len(p) != 2 or not (0 <= p[0] < self.n_layers and 0 <= p[1] < self.n_heads)]
+        if bad:
+            raise traitlets.TraitError(
+                f"picked heads must be [layer, head] within {self.n_layers} layers x {self.n_heads} heads; got {bad[0]}"
+            )
+        return picked
+
     def static_text(self) -> str:
         edits = "; ".join(repr(e) for e in self.edits) or "none"
         return (

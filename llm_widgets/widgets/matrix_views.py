@@ -59,6 +59,17 @@ class MatrixWidget(Answers, StaticFallback, anywidget.AnyWidget):
         super().__init__(**kwargs)
         self.observe(self._on_select, names="selected")
 
+    @traitlets.validate("selected")
+    def _check_selected(self, proposal):
+        cell = list(proposal.value)
+        columns = max(len(self.column_labels), self.window_total)
+        if cell and (len(cell) != 2 or not 0 <= cell[0] < len(self.row_labels) or not 0 <= cell[1] < columns):
+            raise traitlets.TraitError(
+                f"selected must be [] or [row, column] within {len(self.row_labels)} rows and {columns} columns; "
+                f"got {cell}"
+            )
+        return cell
+
     # subclasses: what a click means
     def _on_select(self, change) -> None:
         pass
