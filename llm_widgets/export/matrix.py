@@ -18,10 +18,11 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from ..text import printable
 from .attention import colours, shown
 from .attribution import diverging
 from .files import to_bytes, write
-from .text import printable, xml_text
+from .text import xml_text
 
 CELL_W, CELL_H, LEFT, TOP = 54, 18, 90, 56
 

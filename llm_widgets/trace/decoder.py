@@ -99,10 +99,6 @@ class DecoderRunner(Runner):
                     f"attention layers are {list(self.with_attention)}"
                 )
 
-    @property
-    def spared_rows(self) -> bool:
-        return self.run.fully_masked_rows
-
     def instrumented(self) -> AbstractContextManager[Any]:
         return instrument(self.model, self.run) if self.supported else nullcontext()
 
@@ -121,6 +117,8 @@ class DecoderRunner(Runner):
             if self.run.capture
             else None
         )
+        # a batch's rows end at their end-of-text (generate pads a row that finished early)
+        self.stops = set(_eos_ids(self.model, self.request.settings)) if self.request.is_batch else set()
         return [self._row_trace(b, ids) for b, ids in enumerate(self.request.rows)]
 
     def _row_trace(self, b: int, ids: torch.Tensor) -> Trace:
@@ -173,9 +171,8 @@ class DecoderRunner(Runner):
         """Row b's generated tokens, up to its end-of-text: a row that finished early was padded by
         generate after its eos."""
         generated = self.sequence[b, self.padded.input_ids.shape[1] :].tolist()
-        stops = set(_eos_ids(self.model, self.request.settings)) if self.request.is_batch else set()
         for i, token in enumerate(generated):
-            if token in stops:
+            if token in self.stops:
                 return generated[: i + 1]
         return generated
 

@@ -101,10 +101,6 @@ class PlainRunner(Runner):
         self.run = _Run(self.model, stacks, self.edits, stack_offsets(self.n_source))
         self.start = decoder_start(lm) if self.seq2seq else None
 
-    @property
-    def spared_rows(self) -> bool:
-        return self.run.fully_masked_rows
-
     def instrumented(self) -> AbstractContextManager[None]:
         return self.run.installed(self.request.capture)
 

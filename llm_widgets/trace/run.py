@@ -15,7 +15,7 @@ from ..models import LanguageModel, ModelFacts
 from ..models.devices import input_device
 from ..models.plain import logits_of
 from ..text import has_lone_surrogate
-from .batch import TraceBatch, batch_rows
+from .batch import TraceBatch, batch_rows, one_trace
 from .decoder import DecoderRunner
 from .masks import warn_spared_rows
 from .plain import PlainRunner
@@ -48,6 +48,7 @@ def prompt_ids(lm: LanguageModel, prompt: Any) -> torch.Tensor:
     elif isinstance(prompt, torch.Tensor) or (
         isinstance(prompt, (list, tuple)) and all(checks.is_int(i) for i in prompt)
     ):
+        vocab = lm.facts.vocab_size
         if isinstance(prompt, torch.Tensor):
             if prompt.dtype.is_floating_point or prompt.dtype.is_complex or prompt.dtype == torch.bool:
                 raise InputError(
@@ -58,14 +59,12 @@ def prompt_ids(lm: LanguageModel, prompt: Any) -> torch.Tensor:
                     f"token ids must be one sequence, shape [T] or [1, T] (or a batch, [B, T]); got "
                     f"shape {list(prompt.shape)}"
                 )
-        if not isinstance(prompt, torch.Tensor):  # checked before the tensor: 2**70 does not fit an int64
-            vocab = lm.facts.vocab_size
-            if any(i < 0 or i >= vocab for i in prompt):
-                raise InputError(f"token ids must be between 0 and {vocab - 1} for {lm.name}")
-        ids = torch.as_tensor(prompt, dtype=torch.long).reshape(-1)  # [1, T]: a batch of one, as tokenizers return it
-        vocab = lm.facts.vocab_size
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
+            outside = prompt.numel() > 0 and (int(prompt.min()) < 0 or int(prompt.max()) >= vocab)
+        else:  # a list is checked before it becomes a tensor: 2**70 does not fit an int64
+            outside = any(i < 0 or i >= vocab for i in prompt)
+        if outside:
             raise InputError(f"token ids must be between 0 and {vocab - 1} for {lm.name}")
+        ids = torch.as_tensor(prompt, dtype=torch.long).reshape(-1)  # [1, T]: a batch of one, as tokenizers return it
     else:
         raise InputError(
             f"prompt must be a string, a list of chat messages ({{'role': ..., 'content': ...}}) or token "
@@ -213,8 +212,8 @@ def fidelity(lm: LanguageModel, prompt: Any) -> float:
     """Max |logit difference| between the instrumented and the plain model on `prompt`, no edits:
     0.0 when capturing changes nothing (what the editor's badge shows)."""
     ids = prompt_ids(lm, prompt)
-    traced = lm.trace(ids, keep_logits=True)
-    assert isinstance(traced, Trace) and traced.logits is not None  # one prompt: one trace
+    traced = one_trace(lm.trace(ids, keep_logits=True), "fidelity")
+    assert traced.logits is not None  # (kept, as asked)
     model = lm.model
     with held(model):
         device = input_device(model)

@@ -99,6 +99,7 @@ class Runner(ABC):
     `execute` runs the model (inside `held` and `instrumented`); `traces` makes the result."""
 
     padding_side = "right"  # where a batch's padding went, for TraceBatch
+    run: Any  # the run state its constructor builds (capture.RunState, or plain.py's hooks)
 
     def __init__(self, request: Request):
         self.request = request
@@ -115,6 +116,7 @@ class Runner(ABC):
     def traces(self) -> list[Trace]: ...
 
     @property
-    @abstractmethod
     def spared_rows(self) -> bool:
-        """Whether factor-0 edits left some rows unedited (masks.warn_spared_rows says so)."""
+        """Whether factor-0 edits left some rows unedited (masks.warn_spared_rows says so): each
+        runner's run state (`self.run`) counts them."""
+        return self.run.fully_masked_rows

@@ -96,10 +96,6 @@ class Seq2SeqRunner(Runner):
         self.start = decoder_start(lm)
         self.encoded: list = []  # the encoder's output, for the last token's step
 
-    @property
-    def spared_rows(self) -> bool:
-        return self.run.fully_masked_rows
-
     @contextmanager
     def instrumented(self) -> Iterator[None]:
         hook = self.model.get_encoder().register_forward_hook(lambda module, args, out: self.encoded.append(out))
