@@ -17,6 +17,15 @@ from .test_trace_architectures import ToyTokenizer
 PROMPT = "It is a truth universally acknowledged"
 
 
+def _batch() -> dict:
+    ids = torch.tensor([[1, 2, 3, 4]])
+    return {"input_ids": ids, "labels": ids}
+
+
+def _sgd(lm) -> torch.optim.Optimizer:
+    return torch.optim.SGD(lm.model.parameters(), lr=0.0)  # lr 0: the shared model stays as it was
+
+
 def _classifier(labels: dict[int, str]) -> lw.LanguageModel:
     sizes = {**SIZES, "id2label": labels, "label2id": {}}
     torch.manual_seed(0)
@@ -218,6 +227,17 @@ def test_load_model_says_what_is_wrong_with_a_folder(tmp_path):
         (lambda lm: lw.GradientMonitor(lm.model, optimizer="sgd"), "optimizer must be a torch.optim.Optimizer"),
         (lambda lm: lw.GradientMonitorView("x"), "GradientMonitorView takes a GradientMonitor"),
         (lambda lm: lm.trace(PROMPT).logit_lens(positions="first"), "positions must be an integer or a list"),
+        (lambda lm: lw.profile_step(lm, [1, 2], _sgd(lm)), "batch must be a dict of the model's inputs"),
+        (lambda lm: lw.profile_step(lm, _batch(), "adam"), "optimizer must be a torch.optim.Optimizer"),
+        (lambda lm: lw.profile_step(lm, _batch(), _sgd(lm), monitor="m"), "monitor must be an lw.GradientMonitor"),
+        (lambda lm: lw.profile_step(lm, _batch(), _sgd(lm), loss="mean"), "loss must be a function"),
+        (
+            lambda lm: lw.profile_step(torch.nn.Linear(2, 1), {"image": 1}, _sgd(lm)),
+            r"does not take this batch \['image'\]: .*unexpected keyword",
+        ),
+        (lambda lm: lw.profile_step(lm, {"input_ids": _batch()["input_ids"]}, _sgd(lm)), "returned no loss"),
+        (lambda lm: lw.profile_step(lm, _batch(), _sgd(lm), loss=lambda o: o.logits), "one number.*shape \\[1, 4, "),
+        (lambda lm: lw.profile_step(lm, _batch(), _sgd(lm), loss=lambda o: 1.0), "one number.*got float"),
     ],
 )
 def test_more_bad_input_is_named(tiny_gpt2, call, message):
@@ -265,3 +285,48 @@ def test_out_of_range_selections_and_malformed_inputs_are_named(tiny_gpt2):
         lw.GradientMonitor(tiny_gpt2.model, groups={"bad": "("})
     with pytest.raises(lw.InputError, match="both strings"):
         lw.GradientMonitor(tiny_gpt2.model, groups={"layer": 3})
+
+
+def test_patching_reads_exact_zeros_and_ones_and_shows_small_effects(tiny_gpt2):
+    clean = "When Mary and John went to the store, John gave a drink to"
+    corrupted = "When Mary and John went to the store, Mary gave a drink to"
+    result = lw.patch(tiny_gpt2, clean, corrupted, " Mary", " John", site="residual", progress=False)
+    # positions before the swapped name hold the same values in both runs: patching them is nothing
+    swapped = next(i for i, (a, b) in enumerate(zip(result.tokens, result.clean_tokens, strict=True)) if a != b)
+    assert swapped > 0 and (result.effect[:, :swapped] == 0).all()
+    assert not torch.signbit(result.effect[:, :swapped]).any()  # 0, not -0.0
+    assert result.effect[-1, -1] == 1.0  # the last layer's last position is the clean answer
+    from llm_widgets.export.matrix import cell_text
+
+    assert [cell_text(v) for v in (0.0, -0.0, -1.2e-7, 0.004, 1.0, 0.9134, 123.0)] == [
+        "0",
+        "0",
+        "-1.2e-7",
+        "4.0e-3",
+        "1.0",
+        "0.91",
+        "1.2e+2",
+    ]  # as js/lib/matrix.ts cellText writes them
+    small = result.effect[result.effect.abs().lt(0.01) & result.effect.ne(0)]
+    figure = lw.PatchingView(result).figure()
+    words = _cell_words(figure)
+    assert small.numel() > 0 and cell_text(float(small[0])) in words  # a small effect is not "0"
+    assert words.count("0") == int((figure.values == 0).sum())
+
+
+def _cell_words(figure):
+    from llm_widgets.export.matrix import _cell_word
+
+    rows, cols = figure.values.shape
+    return [_cell_word(figure, r, c) for r in range(rows) for c in range(cols)]
+
+
+def test_a_word_list_shorter_than_the_models_output_is_named():
+    from .test_plain_torch import VOCAB, EncoderLM
+
+    torch.manual_seed(0)
+    lm = lw.LanguageModel(EncoderLM().eval(), lw.VocabTokenizer(VOCAB[:10]), name="short-list")
+    with pytest.raises(lw.InputError, match="predicts 40 tokens but its vocabulary has 10: give lw.VocabTokenizer"):
+        lm.trace("w1 w2 w3", max_new_tokens=2)
+    with pytest.raises(lw.InputError, match="id 12 is not in this vocabulary of 10 tokens"):
+        lm.tokenizer.decode([1, 12])

@@ -132,6 +132,14 @@ def test_bad_requests_reply_with_an_error(view):
     assert "unknown request 'everything'" in reply["message"]
     reply, _ = view.request(["not", "a", "dict"], [])
     assert reply["type"] == "error"
+    for request, message in (
+        ({"what": "row", "layer": 1, "head": 0}, "the 'row' request has no 'query' field"),
+        ({"what": "overview", "layer": "x", "head": 0}, "the 'overview' request's 'layer' must be an integer; got 'x'"),
+        ({"what": "tile", "layer": 0, "head": 0, "q0": 0, "q1": 2.5, "k0": 0, "k1": 2}, "'q1' must be an integer"),
+        ({"what": "grid", "size": True}, "'size' must be an integer; got True"),
+    ):
+        reply, buffers = view.request(request, [])
+        assert reply == {"type": "error", "message": message} or message in reply["message"], reply
     reply, buffers = view.request({"what": "grid", "size": 6}, [])
     assert reply["type"] == "reply" and len(buffers) == 2
     assert getattr(type(view).request, "_anywidget_command", False)  # anywidget registers it

@@ -24,8 +24,14 @@ describe("matrix views", () => {
     expect(legendStops("sequential", 1)[0].rgb).toEqual([255, 255, 255]);
     expect(formatValue(0.001)).toBe("1.0e-3");
   });
-  it("writes cell numbers short, float noise as 0", () => {
-    expect(cellText(-1.2e-7)).toBe("0");
+  it("writes cell numbers short, small ones as small, only zero as 0", () => {
+    expect(cellText(0)).toBe("0");
+    expect(cellText(-0)).toBe("0");
+    expect(cellText(-1.2e-7)).toBe("-1.2e-7");
+    expect(cellText(0.004)).toBe("4.0e-3");
+    expect(cellText(1)).toBe("1.0");
+    expect(cellText(0.01)).toBe("0.010");
+    expect(cellText(123)).toBe("1.2e+2");
     expect(cellText(0.9134)).toBe("0.91");
     expect(cellText(-5.5)).toBe("-5.5");
   });

@@ -38,8 +38,9 @@ export function windowStart(start: number, step: number, total: number, size: nu
   return Math.max(0, Math.min(Math.max(0, total - size), start + step));
 }
 
-/** A cell's number: two significant digits, and values below 0.005 as 0 (float noise of batched runs). */
+/** A cell's number in two significant digits: small and large values as small and large ones
+ * ("6.3e-7", not "0"), and only an exact zero as 0. Python's export writes the same
+ * (llm_widgets/export/matrix.py cell_text). */
 export function cellText(v: number): string {
-  if (!Number.isFinite(v)) return String(v);
-  return Math.abs(v) < 0.005 ? "0" : Math.abs(v) >= 100 ? v.toExponential(1) : v.toPrecision(2);
+  return Number.isFinite(v) ? formatValue(v) : String(v);
 }

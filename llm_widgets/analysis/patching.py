@@ -211,14 +211,16 @@ def run_patched(
     of that module takes source[layer][where]. site "heads": `where` is a head, (head, position)
     or (head, slice); the head's output takes the source's (mode "patch"), zero ("zero") or its own
     mean over positions ("mean"). `what` is unused (None) except for layer-level ablations, where
-    site is "attention"/"mlp" and mode "zero": the whole output is zeroed."""
+    site is "attention"/"mlp" and mode "zero": the whole output is zeroed. A patch of None is a
+    row left unpatched: the reference that the other rows are read against."""
     model = lm.model
     parts = anatomy(model, lm.facts.n_layers)
     source = source or []  # (mode "patch" always gives one: the corrupted run's outputs)
     rows = len(patches)
     by_layer: dict[int, list[tuple[int, Any]]] = {}
-    for row, (layer, where, _) in enumerate(patches):
-        by_layer.setdefault(layer, []).append((row, where))
+    for row, patch in enumerate(patches):
+        if patch is not None:
+            by_layer.setdefault(patch[0], []).append((row, patch[1]))
     # Every row is the same run until its patched layer: run one row up to the first patched
     # block and fan out to all rows there (masks and position embeddings broadcast over the batch),
     # so the layers below cost one row, not `rows`.
@@ -302,13 +304,13 @@ def _cells(site: str, n_layers: int, n_heads: int, n: int, per_position: bool) -
     return [(l, h, None) for l in range(n_layers) for h in range(n_heads)], (n_layers, n_heads)
 
 
-def _layer_sweep(lm: LanguageModel, ids, score, base: float, budget: int, notes: list[str]):
+def _layer_sweep(lm: LanguageModel, ids, score, budget: int, notes: list[str]):
     """Each layer's whole attention output, then MLP output, zeroed in turn: the score's change."""
     n_layers = lm.facts.n_layers
     whole = [(l, slice(None), None) for l in range(n_layers)]
-    attention = _run_all(lm, ids, "attention", whole, None, score, budget, False, "", mode="zero") - base
+    attention = _run_all(lm, ids, "attention", whole, None, score, budget, False, "", mode="zero")[1]
     if all(m is not None for m in anatomy(lm.model, n_layers).mlps):
-        return attention, _run_all(lm, ids, "mlp", whole, None, score, budget, False, "", mode="zero") - base
+        return attention, _run_all(lm, ids, "mlp", whole, None, score, budget, False, "", mode="zero")[1]
     notes.append("this model's blocks have no MLP module found: only heads and attention were swept")
     return attention, None
 
@@ -395,9 +397,13 @@ def patch(
         corrupted_logits = _forward_last(lm.model, corrupted_ids)
         clean_score, corrupted_score = float(score(clean_logits)), float(score(corrupted_logits))
         patches, shape = _cells(site, facts.n_layers, source[0].shape[1] if site == "heads" else 0, T, per_position)
-        raw = _run_all(lm, corrupted_ids, site, patches, source, score, budget_bytes, progress, "patching")
+        # the last layer's residual at every position is the clean run's final state
+        restore = (facts.n_layers - 1, slice(None), None) if site == "residual" else None
+        raw, change, gap = _run_all(
+            lm, corrupted_ids, site, patches, source, score, budget_bytes, progress, "patching", restore=restore
+        )
+    effect = _normalised(change, gap, clean_score, corrupted_score, notes).reshape(shape)
     raw = raw.reshape(shape)
-    effect = _normalised(raw, clean_score, corrupted_score, notes)
     tok = lm.tokenizer
     return Patching(
         site=site,
@@ -418,30 +424,40 @@ def patch(
     )
 
 
-def _run_all(lm, ids, site, patches, source, score, budget, progress, what, mode="patch") -> torch.Tensor:
+def _run_all(lm, ids, site, patches, source, score, budget, progress, what, mode="patch", restore=None):
+    """Every patched row's score; its change from an unpatched row of the same batch; and, given
+    `restore` (a patch that gives the clean run back), the change that patch makes in that batch,
+    else None. The references ride in each batch because a batch of n rows and a lone forward
+    round differently (about 1e-7): read against lone forwards, a patch that changes nothing would
+    not read exactly 0, nor one that restores the clean run exactly 1."""
     size = _rows_per_chunk(lm, ids.shape[1], budget)
     bar = _progress(len(patches), progress, what)
-    scores = []
+    extra = [None] if restore is None else [restore, None]
+    scores, changes, gaps = [], [], []
     try:
         for chunk in _layer_chunks(patches, size, ids.shape[1]):
-            scores.append(score(run_patched(lm, ids, site, [patches[i] for i in chunk], source, mode=mode)).cpu())
+            rows = score(run_patched(lm, ids, site, [patches[i] for i in chunk] + extra, source, mode=mode)).cpu()
+            n = len(chunk)
+            scores.append(rows[:n])
+            changes.append(rows[:n] - rows[-1])
+            gaps.append((rows[n] - rows[-1]).expand(n))
             if bar is not None:
-                bar.update(len(chunk))
+                bar.update(n)
     finally:
         if bar is not None:
             bar.close()
-    return torch.cat(scores)
+    return torch.cat(scores), torch.cat(changes), None if restore is None else torch.cat(gaps)
 
 
-def _normalised(raw: torch.Tensor, clean: float, corrupted: float, notes: list[str]) -> torch.Tensor:
-    gap = clean - corrupted
-    if not math.isfinite(gap) or abs(gap) < 1e-6:
+def _normalised(change: torch.Tensor, gap: torch.Tensor | None, clean: float, corrupted: float, notes: list[str]):
+    """change / (clean - corrupted), the gap measured in each row's own batch where one was."""
+    if not math.isfinite(clean - corrupted) or abs(clean - corrupted) < 1e-6:
         notes.append(
             f"the clean and corrupted scores are equal ({clean:.4g}): effects are shown unnormalised "
             f"(patched - corrupted)"
         )
-        return raw - corrupted
-    return (raw - corrupted) / gap
+        return change + 0.0  # + 0.0: a change of nothing reads 0, not -0.0
+    return change / (clean - corrupted if gap is None else gap) + 0.0
 
 
 @dataclass(repr=False)  # Patching's summary, not every tensor
@@ -490,17 +506,17 @@ def ablation_sweep(
     with held(lm.model):
         base = float(score(_forward_last(lm.model, ids)))
         heads = [(l, h, None) for l in range(facts.n_layers) for h in range(facts.n_heads)]
-        head_scores = _run_all(
+        head_scores, change, _ = _run_all(
             lm, ids, "heads", heads, None, score, budget_bytes, progress, "ablating heads", mode=method
-        ).reshape(facts.n_layers, facts.n_heads)
-        attention, mlp = _layer_sweep(lm, ids, score, base, budget_bytes, notes) if layers else (None, None)
+        )
+        attention, mlp = _layer_sweep(lm, ids, score, budget_bytes, notes) if layers else (None, None)
     tok = lm.tokenizer
     target_text = tok.decode([target_id])
     contrast_text = None if contrast_id is None else tok.decode([contrast_id])
     return Sweep(
         site="ablation",
-        effect=head_scores - base,
-        raw=head_scores,
+        effect=change.reshape(facts.n_layers, facts.n_heads),
+        raw=head_scores.reshape(facts.n_layers, facts.n_heads),
         tokens=trace.tokens[: trace.n_prompt],
         clean_tokens=trace.tokens[: trace.n_prompt],
         target=target_text,

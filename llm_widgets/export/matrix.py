@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,9 +51,9 @@ class MatrixFigure:
         """(value label, colour) stops of the colour scale."""
         if self.scale == "diverging":
             stops = [-1.0, -0.5, 0.0, 0.5, 1.0]
-            return [(f"{s * self.vmax:+.2g}", diverging(s)) for s in stops]
+            return [(("+" if s > 0 else "") + cell_text(s * self.vmax), diverging(s)) for s in stops]
         stops = [0.0, 0.25, 0.5, 0.75, 1.0]
-        return [(f"{s * self.vmax:.2g}", _rgb(colours(np.array([s]))[0])) for s in stops]
+        return [(cell_text(s * self.vmax), _rgb(colours(np.array([s]))[0])) for s in stops]
 
 
 def _dark(rgb) -> bool:
@@ -68,8 +69,21 @@ def _size(fig: MatrixFigure) -> tuple[int, int]:
 def _cell_word(fig: MatrixFigure, r: int, c: int) -> str:
     if fig.words is not None:
         return shown(fig.words[r][c])[:7]
-    value = float(fig.values[r, c])
-    return "0" if abs(value) < 0.005 else f"{value:.2g}"  # as the widget (js/lib/matrix.ts cellText)
+    return cell_text(float(fig.values[r, c]))
+
+
+def cell_text(value: float) -> str:
+    """A number as the widget writes it (js/lib/matrix.ts cellText, formatValue): two significant digits,
+    small and large values in exponent form ("6.3e-7", never rounded to "0"), only 0 as 0."""
+    if not math.isfinite(value):
+        return {math.inf: "Infinity", -math.inf: "-Infinity"}.get(value, "NaN")
+    if value == 0:
+        return "0"
+    text = f"{value:.1e}" if abs(value) < 0.01 or abs(value) >= 100 else f"{value:#.2g}".rstrip(".")
+    if "e" not in text:
+        return text  # toPrecision(2): "1.0", "0.010", "99"
+    mantissa, exponent = text.split("e")
+    return f"{mantissa}e{int(exponent):+d}"  # JavaScript's exponents: "e-7", "e+2"
 
 
 def to_svg(fig: MatrixFigure) -> str:

@@ -104,6 +104,9 @@ class VocabTokenizer:
 
     def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
         special = {self.bos_token_id, self.eos_token_id, self.pad_token_id} if skip_special_tokens else set()
+        outside = [i for i in ids if not 0 <= i < len(self.vocab)]
+        if outside:
+            raise InputError(f"id {outside[0]} is not in this vocabulary of {len(self.vocab)} tokens")
         return " ".join(self.vocab[i] for i in ids if i not in special)
 
     def batch_decode(self, sequences: list[list[int]], **kwargs: Any) -> list[str]:

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from ..errors import InputError
 from ..models import LanguageModel
 from ..models.devices import input_device
-from ..models.plain import attention_modules, logits_of
+from ..models.plain import VocabTokenizer, attention_modules, logits_of
 from .attention import SELF, AttentionStack, LayerAttention, stack_offsets, stack_spans
 from .capture import Place
 from .edits import AblateHead, ScaleAttention, validate_edits
@@ -112,6 +112,7 @@ class PlainRunner(Runner):
         self.step_logits, eos = [], getattr(self.lm.tokenizer, "eos_token_id", None)
         max_new = request.max_new_tokens
         logits = forward(sequence)
+        _check_width(logits, self.lm)
         self.prompt_logits = logits[0].float().cpu() if request.keep_logits else None
         self.first = sequence.shape[1]
         for step in range(max_new + 1):
@@ -155,6 +156,17 @@ class PlainRunner(Runner):
                 record=make_record(self.lm, ids.tolist(), self.request.generation, self.edits, generated),
             )
         ]
+
+
+def _check_width(logits: torch.Tensor, lm: LanguageModel) -> None:
+    """A word list must name every id the model can predict (a Hugging Face tokenizer decodes the
+    padding ids of a widened output as "", so those are left alone)."""
+    tokenizer = lm.tokenizer
+    if isinstance(tokenizer, VocabTokenizer) and logits.shape[-1] > len(tokenizer):
+        raise InputError(
+            f"{lm.name} predicts {logits.shape[-1]} tokens but its vocabulary has {len(tokenizer)}: "
+            f"give lw.VocabTokenizer one word per output (ids {len(tokenizer)} to {logits.shape[-1] - 1} have none)"
+        )
 
 
 def decoder_start(lm: LanguageModel) -> int:

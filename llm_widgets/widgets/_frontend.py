@@ -14,7 +14,7 @@ from typing import Any
 import anywidget
 import anywidget.experimental
 
-from ..errors import LLMWidgetsError, WrongTypeError
+from ..errors import InputError, LLMWidgetsError, WrongTypeError
 from ..text import printable
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
@@ -49,6 +49,17 @@ class Answers:
 
     def answer(self, request: dict) -> tuple[dict, list[bytes]]:  # pragma: no cover - every widget has its own
         raise NotImplementedError
+
+    @staticmethod
+    def number(request: dict, name: str, default: int | None = None) -> int:
+        """The request's integer field `name` (or the default where it may be left out), or an
+        error naming the field: a malformed request never reaches the trace as a raw KeyError."""
+        value = request.get(name, default)
+        if value is None:
+            raise InputError(f"the {request.get('what')!r} request has no {name!r} field")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+            raise InputError(f"the {request.get('what')!r} request's {name!r} must be an integer; got {value!r:.40}")
+        return int(value)
 
     @anywidget.experimental.command
     def request(self, msg: Any, buffers: list[bytes]) -> tuple[dict, list[bytes]]:

@@ -227,34 +227,33 @@ class AttentionView(Answers, StaticFallback, anywidget.AnyWidget):
 
     def answer(self, request: dict) -> tuple[dict, list[bytes]]:
         """The reply to one request, as (message, buffers). Used by the front end and by tests."""
-        what = request.get("what")
-        stack = self.stack
+        what, stack, number = request.get("what"), self.stack, self.number
         if what == "overview":
             matrix = self.trace.attention_overview(
-                int(request["layer"]), int(request["head"]), size=int(request.get("size", OVERVIEW)), stack=stack
+                number(request, "layer"), number(request, "head"), size=number(request, "size", OVERVIEW), stack=stack
             )
         elif what == "row":
             matrix = self.trace.attention(
-                int(request["layer"]), int(request["head"]), queries=int(request["query"]), stack=stack
+                number(request, "layer"), number(request, "head"), queries=number(request, "query"), stack=stack
             )
         elif what == "tile":
             matrix = self.trace.attention_overview(
-                int(request["layer"]),
-                int(request["head"]),
-                size=int(request.get("size", OVERVIEW)),
-                queries=(int(request["q0"]), int(request["q1"])),
-                keys=(int(request["k0"]), int(request["k1"])),
+                number(request, "layer"),
+                number(request, "head"),
+                size=number(request, "size", OVERVIEW),
+                queries=(number(request, "q0"), number(request, "q1")),
+                keys=(number(request, "k0"), number(request, "k1")),
                 stack=stack,
             )
         elif what == "heads":  # one query's row in every head of a layer, over every position: the head view's lines
-            layer, query = int(request["layer"]), int(request["query"])
+            layer, query = number(request, "layer"), number(request, "query")
             part = self.trace.stack(stack)
             matrix = torch.zeros(part.n_heads, len(self.trace))
             matrix[:, part.keys[0] : part.keys[1]] = torch.cat(
                 [part.attention(layer, head, queries=query) for head in range(part.n_heads)]
             )
         elif what == "grid":
-            matrix = self.trace.attention_grid(int(request.get("size", GRID_CELL)), stack=stack)
+            matrix = self.trace.attention_grid(number(request, "size", GRID_CELL), stack=stack)
         elif what == "export":
             fmt = str(request.get("format"))
             data = export.render(self.figure(), fmt)

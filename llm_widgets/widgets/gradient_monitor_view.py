@@ -204,8 +204,9 @@ class GradientMonitorView(StaticFallback, ipywidgets.VBox):
         """Close the view, its controls and charts, and stop following the monitor: a closed view
         is freed (the monitor keeps recording). The chart closes itself when it is collected
         (jupyter_bokeh's close may run only once)."""
-        self.monitor.unsubscribe(self._on_step, flush=self.flush)
-        self.controls.close()
+        if "controls" in self.__dict__:  # not when __init__ refused its arguments (close runs from __del__)
+            self.monitor.unsubscribe(self._on_step, flush=self.flush)
+            self.controls.close()
         super().close()
 
     def paint(self, dark: bool) -> None:
