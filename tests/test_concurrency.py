@@ -9,6 +9,7 @@ import traceback
 
 import pytest
 import torch
+import traitlets
 
 import llm_widgets as lw
 from llm_widgets.trace.capture import STATE
@@ -212,8 +213,50 @@ def _random_value(rng: random.Random):
     )
 
 
+def _fuzz_analysis(rng: random.Random, lm, trace):
+    """The analyses, views and requests of round three (issue 26): random values in every slot."""
+    v = [_random_value(rng) for _ in range(4)]
+    kind = rng.choice(["lens", "patch", "sweep", "profile_step", "monitor", "request", "view", "vocab", "model"])
+    if kind == "lens":
+        return lambda: trace.logit_lens(k=v[0], positions=rng.choice([v[1], "all", "first"]), target=v[2])
+    if kind == "patch":
+        site = rng.choice(["residual", "heads", "mlp", "attention", v[0]])
+        return lambda: lw.patch(lm, "Call me Ishmael.", rng.choice([v[1], "Call me Ahab."]), " the", v[2], site=site)
+    if kind == "sweep":
+        return lambda: lw.ablation_sweep(trace, v[0], method=rng.choice(["zero", "mean", v[1]]), budget_bytes=v[2])
+    if kind == "profile_step":
+        batch = rng.choice([v[0], {"input_ids": torch.tensor([[1, 2, 3]])}, {"x": v[1]}])
+        return lambda: lw.profile_step(lm, batch, rng.choice([v[2], torch.optim.SGD([torch.zeros(1)], lr=0.0)]))
+    if kind == "monitor":
+        key = v[2] if isinstance(v[2], (int, float, str, tuple, type(None))) else str(v[2])
+        return lambda: lw.GradientMonitor(lm.model, groups=rng.choice([v[0], {"g": v[1]}, {key: "h"}]), optimizer=v[3])
+    if kind == "request":
+        view = lw.AttentionView(trace)
+        request = rng.choice([v[0], {"what": rng.choice(["overview", "row", "tile", "heads", "grid", "export"])}])
+        if isinstance(request, dict):
+            request.update({k: _random_value(rng) for k in rng.sample(["layer", "head", "query", "size", "q0"], 3)})
+        return lambda: _answered(view, request)
+    if kind == "view":
+        return lambda: setattr(lw.LensView(trace), "selected", v[0])
+    if kind == "vocab":
+        return lambda: lw.VocabTokenizer(rng.choice([v[0], [_random_text(rng) for _ in range(3)]]))
+    return lambda: lw.LanguageModel(lm.model, rng.choice([v[0], "gpt2", lm.tokenizer]), name=v[1])
+
+
+class Replied(Exception):
+    """A front-end request's error reply (the kernel raises nothing: the front end shows it)."""
+
+
+def _answered(view, request) -> None:
+    reply, _ = view.request(request, [])
+    if reply.get("type") == "error":
+        raise Replied(reply["message"])
+
+
 def _fuzz_case(rng: random.Random, lm, trace):
-    kind = rng.choice(["trace", "edit", "attention", "record", "attribute", "top_k"])
+    kind = rng.choice(["trace", "edit", "attention", "record", "attribute", "top_k", "analysis", "analysis"])
+    if kind == "analysis":
+        return _fuzz_analysis(rng, lm, trace)
     if kind == "trace":
         prompt = rng.choice(
             [_random_text(rng), [rng.randint(-5, 5000) for _ in range(rng.randint(0, 4))], _random_value(rng)]
@@ -250,7 +293,7 @@ def test_fuzz_bad_input_gets_our_clear_errors(tiny_gpt2):
     trace = tiny_gpt2.trace("Call me Ishmael.", max_new_tokens=2)
     before = _snapshot(tiny_gpt2)
     tried, refused, raw = 0, 0, []
-    for _ in range(1000):
+    for _ in range(1500):
         case = _fuzz_case(rng, tiny_gpt2, trace)
         tried += 1
         try:
@@ -260,6 +303,10 @@ def test_fuzz_bad_input_gets_our_clear_errors(tiny_gpt2):
             where = traceback.extract_tb(error.__traceback__)[-1].filename
             if "llm_widgets" not in where or not str(error):
                 raw.append(f"{type(error).__name__} from {where}: {error}")
+        except (Replied, traitlets.TraitError) as error:  # a request's error reply; a trait's check, naming it
+            refused += 1
+            if not str(error) or (isinstance(error, traitlets.TraitError) and "selected" not in str(error)):
+                raw.append(f"{type(error).__name__}: {error}")
         except Exception as error:  # noqa: BLE001 - any other exception (a raw ValueError too) is a defect
             raw.append(f"{type(error).__name__}: {error}")
     print(f"fuzz: {tried} inputs tried, {refused} refused with a clear error, {len(raw)} raw")

@@ -11,6 +11,7 @@ multimodal wrappers) are counted apart; types we refuse are listed, with the rea
 
 from __future__ import annotations
 
+import inspect
 import sys
 import time
 import warnings
@@ -72,6 +73,8 @@ SIZES = {
     "swa_num_attention_heads": 4,
     "swa_num_key_value_heads": 2,
     "swa_head_dim": 16,
+    "vocab_size_per_layer_input": VOCAB,  # Gemma 3n/4's per-layer embeddings
+    "hidden_size_per_layer_input": 16,
     "pad_token_id": 0,
     "bos_token_id": 1,
     "eos_token_id": 2,
@@ -88,45 +91,98 @@ OVERRIDES = {
     "moshi": dict(sliding_window=128),
 }
 MLA = dict(head_dim=8, qk_head_dim=16, num_key_value_heads=4)  # head_dim: the rotary part; keys per query head
+# each type runs twice: at SIZES, and "type@varied": more layers (a hybrid's attention first and
+# last), more and smaller heads, a shorter window
+VARIED = {
+    **{name: 3 for name in ("num_hidden_layers", "n_layer", "num_layers", "encoder_layers", "decoder_layers")},
+    **{name: 8 for name in ("num_attention_heads", "n_head", "num_heads", "encoder_attention_heads")},
+    **{name: 8 for name in ("decoder_attention_heads", "swa_num_attention_heads", "head_dim", "swa_head_dim")},
+    "num_key_value_heads": 4,
+    "swa_num_key_value_heads": 4,
+    "sliding_window": 4,
+}
 
 
-def tiny_config(model_type: str):
-    config = configuration_auto.CONFIG_MAPPING[model_type]()
-    values = dict(SIZES)
-    if hasattr(config, "qk_rope_head_dim"):
-        values.update(MLA)
-    values.update(OVERRIDES.get(model_type, {}))
+def case_config(case: str):
+    """The config of a sweep case: "llama" at SIZES, "llama@varied" with VARIED over them."""
+    model_type, _, variant = case.partition("@")
+    return tiny_config(model_type, VARIED if variant == "varied" else None)
+
+
+def tiny_config(model_type: str, variant: dict | None = None):
+    """The type's config at tiny sizes, built through its own constructor where it takes them (so
+    what its __post_init__ derives, per-layer sizes, recurrent depth, follows), else set after; a
+    hybrid gets one layer of another kind, then one that attends."""
+    cls = configuration_auto.CONFIG_MAPPING[model_type]
+    values = {**SIZES, **(variant or {})}
+    if "qk_rope_head_dim" in _parameters(cls):  # MLA: a key per query head
+        values.update(MLA, num_key_value_heads=values["num_attention_heads"])
+    values.update(OVERRIDES.get(model_type, {}))  # what a family needs wins over a variant
+    config = _constructed(cls, values)
+    n_layers = (variant or {}).get("num_hidden_layers", 2)
+    kinds = (
+        _hybrid_layers(cls, n_layers) if model_type not in OVERRIDES and "layer_types" not in (variant or {}) else None
+    )
+    if kinds and "layer_types" in _parameters(cls):
+        config = _constructed(cls, {**values, "layer_types": kinds, "num_hidden_layers": len(kinds)})
     for name, value in values.items():
-        if hasattr(config, name) or name in OVERRIDES.get(model_type, {}):
-            try:
-                setattr(config, name, value)
-            except (AttributeError, TypeError, ValueError):
-                pass
-    kinds = getattr(config, "layer_types", None)
-    if isinstance(kinds, list) and kinds and model_type not in OVERRIDES:
-        kinds = list(dict.fromkeys(kinds))
-        attends = [k for k in kinds if "attention" in k and "linear" not in k] or kinds[-1:]
-        others = [k for k in kinds if k not in attends]
-        try:  # a hybrid: one layer of another kind, then one that attends
-            config.layer_types = (others[:1] + attends[:1]) if others else attends[:1] * 2
-            config.num_hidden_layers = len(config.layer_types)
-        except (AttributeError, TypeError, ValueError):
-            pass
+        if name not in _parameters(cls) and (hasattr(config, name) or name in OVERRIDES.get(model_type, {})):
+            _set(config, name, value)
+    if kinds and getattr(config, "layer_types", None) != kinds:
+        _set(config, "layer_types", kinds)
+        _set(config, "num_hidden_layers", len(kinds))
     for name, value in vars(config).items():  # per-layer lists (heads per layer, ...): one entry a layer
         if name.endswith("_per_layer") and isinstance(value, list) and value:
             base = getattr(config, name.removesuffix("_per_layer"), None)
             setattr(config, name, [base if isinstance(base, int) else value[0]] * config.num_hidden_layers)
-    if getattr(config, "sliding_window", None) and "sliding_window" not in OVERRIDES.get(model_type, {}):
+    if getattr(config, "sliding_window", None) and "sliding_window" not in values:
         config.sliding_window = 6
     return config
 
 
-def build(model_type: str, attn: str | None = None, state: dict | None = None) -> torch.nn.Module:
+def _parameters(cls) -> set[str]:
+    fields = getattr(cls, "__dataclass_fields__", None)
+    return set(fields) if fields else set(inspect.signature(cls.__init__).parameters) - {"self", "kwargs"}
+
+
+def _constructed(cls, values: dict):
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return cls(**{k: v for k, v in values.items() if k in _parameters(cls)})
+    except Exception:  # noqa: BLE001 - sizes this constructor checks against each other: set them after
+        return cls()
+
+
+def _set(config, name: str, value) -> None:
+    try:
+        setattr(config, name, value)
+    except (AttributeError, TypeError, ValueError, RuntimeError):
+        pass
+
+
+def _hybrid_layers(cls, n_layers: int) -> list[str] | None:
+    """A hybrid's layer kinds for the sweep, from its full-size default: one of another kind, then
+    one that attends (three layers: attention first and last)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        kinds = getattr(cls(), "layer_types", None)
+    if not isinstance(kinds, list) or not kinds:
+        return None
+    kinds = list(dict.fromkeys(kinds))
+    attends = [k for k in kinds if "attention" in k and "linear" not in k] or kinds[-1:]
+    others = [k for k in kinds if k not in attends]
+    if not others:
+        return attends[:1] * n_layers
+    return others[:1] + attends[:1] if n_layers == 2 else attends[:1] + others[:1] + attends[:1]
+
+
+def build(case: str, attn: str | None = None, state: dict | None = None) -> torch.nn.Module:
     kwargs = {"attn_implementation": attn} if attn else {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.manual_seed(0)
-        model = transformers.AutoModelForCausalLM.from_config(tiny_config(model_type), **kwargs).float().eval()
+        model = transformers.AutoModelForCausalLM.from_config(case_config(case), **kwargs).float().eval()
     if state is not None:
         model.load_state_dict(state)
     return model
@@ -136,17 +192,19 @@ def causal_types() -> list[str]:
     return sorted(modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
 
 
-def runnable(model_type: str) -> tuple[torch.nn.Module | None, str]:
+def cases() -> list[str]:
+    return causal_types() + [f"{t}@varied" for t in causal_types()]
+
+
+def runnable(case: str) -> tuple[torch.nn.Module | None, str]:
     """The tiny plain model, or None and why it is not counted."""
     try:
         with warnings.catch_warnings(), torch.device("meta"):
             warnings.simplefilter("ignore")
-            size = sum(
-                p.numel() for p in transformers.AutoModelForCausalLM.from_config(tiny_config(model_type)).parameters()
-            )
+            size = sum(p.numel() for p in transformers.AutoModelForCausalLM.from_config(case_config(case)).parameters())
         if size > TOO_BIG:
             return None, f"does not shrink ({size / 1e6:.0f}M parameters)"
-        model = build(model_type)
+        model = build(case)
     except Exception as error:  # noqa: BLE001 - a config that needs real sizes: not counted, said why
         return None, f"does not build: {type(error).__name__}: {str(error)[:120]}"
     if not uses_attention_registry(model):
@@ -160,9 +218,9 @@ def runnable(model_type: str) -> tuple[torch.nn.Module | None, str]:
     return model, ""
 
 
-def check(model_type: str, model: torch.nn.Module) -> None:
+def check(case: str, model: torch.nn.Module) -> None:
     """The matrix's checks on one tiny model; raises AssertionError or the engine's error."""
-    lm = lw.LanguageModel(model, ToyTokenizer(), name=f"tiny-{model_type}")
+    lm = lw.LanguageModel(model, ToyTokenizer(), name=f"tiny-{case}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         traced = lm.trace(PROMPT, max_new_tokens=4)
@@ -171,7 +229,7 @@ def check(model_type: str, model: torch.nn.Module) -> None:
         assert traced.generated_ids == plain[0, len(PROMPT) :].tolist(), (
             "the traced generate differs from the plain one"
         )
-        eager = build(model_type, "eager", model.state_dict())
+        eager = build(case, "eager", model.state_dict())
         with torch.no_grad():
             given = eager(torch.tensor([PROMPT]), output_attentions=True).attentions
         tr = lm.trace(PROMPT)
@@ -202,35 +260,36 @@ def check(model_type: str, model: torch.nn.Module) -> None:
         assert cached.generated_ids == uncached.generated_ids, "an edited generate differs with and without the cache"
 
 
-def sweep(types: list[str], report=print) -> dict[str, tuple[str, str]]:
-    """{type: (status, why)}: pass, fail, refused (and said why), or not counted."""
+def sweep(cases: list[str], report=print) -> dict[str, tuple[str, str]]:
+    """{case: (status, why)}: pass, fail, refused (and said why), or not counted."""
     results = {}
-    for model_type in types:
+    for case in cases:
+        model_type = case.partition("@")[0]
         started = time.perf_counter()
-        model, why = runnable(model_type)
+        model, why = runnable(case)
         if model is None:
-            results[model_type] = ("not counted", why)
+            results[case] = ("not counted", why)
         elif unsupported_attention(model_type):
             reason = unsupported_attention(model_type)
             try:
                 lw.LanguageModel(model, ToyTokenizer()).trace(PROMPT)
-                results[model_type] = ("fail", "listed as unsupported, but traced without an error")
+                results[case] = ("fail", "listed as unsupported, but traced without an error")
             except lw.InputError as error:
                 # (a type wrong only on an older transformers release is counted apart, as one that does not build)
                 status = "refused" if model_type in UNSUPPORTED_ATTENTION else "not counted"
-                results[model_type] = (
+                results[case] = (
                     (status, reason) if reason in str(error) else ("fail", f"refused without its reason: {error}")
                 )
         else:
             try:
-                check(model_type, model)
-                results[model_type] = ("pass", "")
+                check(case, model)
+                results[case] = ("pass", "")
+            except lw.InputError as error:  # refused saying why (no layer attends, recurrent depth): counted so
+                refused = str(error).startswith("llm-widgets cannot trace this model")
+                results[case] = ("refused" if refused else "fail", str(error)[:160])
             except Exception as error:  # noqa: BLE001 - every failure is reported, none stops the sweep
-                results[model_type] = ("fail", f"{type(error).__name__}: {str(error)[:160]}")
-        report(
-            f"{results[model_type][0]:12} {model_type:26} {time.perf_counter() - started:5.1f}s "
-            f"{results[model_type][1]}"
-        )
+                results[case] = ("fail", f"{type(error).__name__}: {str(error)[:160]}")
+        report(f"{results[case][0]:12} {case:32} {time.perf_counter() - started:5.1f}s {results[case][1]}")
     return results
 
 
@@ -242,7 +301,7 @@ def summary(results: dict[str, tuple[str, str]]) -> str:
 
 @pytest.mark.slow
 def test_every_registry_causal_lm_is_traced_exactly(capsys):
-    results = sweep(causal_types())
+    results = sweep(cases())
     line = summary(results)
     with capsys.disabled():
         print(f"\n{line}; refused: {sorted(t for t, r in results.items() if r[0] == 'refused')}")
@@ -253,7 +312,7 @@ def test_every_registry_causal_lm_is_traced_exactly(capsys):
 
 
 if __name__ == "__main__":
-    outcome = sweep(sys.argv[1:] or causal_types())
+    outcome = sweep(sys.argv[1:] or cases())
     print(summary(outcome))
 
 
@@ -302,3 +361,56 @@ def test_layers_with_another_head_count_than_the_config_are_refused_clearly():
     model.config.num_attention_heads = 8  # what a per-layer config can make the global number say
     with pytest.raises(lw.InputError, match="has 4 attention heads, its config says 8"):
         lw.LanguageModel(model, ToyTokenizer()).trace(PROMPT)
+
+
+def test_a_config_where_nothing_attends_or_attention_recurs_is_refused_with_the_reason():
+    if "lfm3" in configuration_auto.CONFIG_MAPPING:  # two convolution layers: nothing attends
+        config = _constructed(configuration_auto.CONFIG_MAPPING["lfm3"], {**SIZES, "layer_types": ["conv", "conv"]})
+        model = transformers.AutoModelForCausalLM.from_config(config).eval()
+        with pytest.raises(lw.InputError, match=r"has no layer that attends \(its layers are \['conv', 'conv'\]\)"):
+            lw.LanguageModel(model, ToyTokenizer()).trace(PROMPT, max_new_tokens=2)
+    if "hrm_text" in configuration_auto.CONFIG_MAPPING:  # recurrent depth: 4 modules, 16 calls a forward
+        with pytest.raises(lw.InputError, match="runs its 4 attention modules several times per forward"):
+            lw.LanguageModel(build("hrm_text"), ToyTokenizer()).trace(PROMPT)
+    shared = build("llama")  # one block run twice (weights shared across depth)
+    shared.model.layers[1] = shared.model.layers[0]
+    with pytest.raises(lw.InputError, match="runs its 1 attention modules several times per forward"):
+        lw.LanguageModel(shared, ToyTokenizer()).trace(PROMPT)
+
+
+def test_a_window_applied_only_by_the_mask_is_shown():
+    """Phi-MoE passes its sliding window to the mask alone, not to the attention function."""
+    model = build_varied("phimoe", sliding_window=4)
+    lm = lw.LanguageModel(model, ToyTokenizer())
+    tr = lm.trace(PROMPT)
+    eager = build_varied("phimoe", "eager", model.state_dict(), sliding_window=4)
+    with torch.no_grad():
+        reference = eager(torch.tensor([PROMPT]), output_attentions=True).attentions[0][0]
+    assert ((tr.attention(0, 0) > 0).sum(-1) <= 4).all()
+    torch.testing.assert_close(tr.attention(0, 2), reference[2].float(), atol=1e-5, rtol=0)
+    edits = [lw.ScaleAttention(0.05, keys=(len(PROMPT) - 3, len(PROMPT)))]
+    cached = lm.trace(PROMPT, max_new_tokens=4, edits=edits)
+    assert cached.generated_ids == lm.trace(PROMPT, max_new_tokens=4, edits=edits, use_cache=False).generated_ids
+    assert ((cached.attention(1, 1)[-3:] > 0).sum(-1) <= 4).all()  # the generated tokens' rows too
+
+
+def test_per_layer_sizes_and_a_decoder_alone_read_from_the_right_fields():
+    if "gemma4_text" in configuration_auto.CONFIG_MAPPING:  # head_dim 16 in sliding layers, 512 in full ones
+        lm = lw.LanguageModel(build("gemma4_text"), ToyTokenizer())
+        assert lm.facts.head_dim == 16 and lm.facts.n_layers == 2
+        assert lm.trace(PROMPT).attention(1, 0).shape == (len(PROMPT), len(PROMPT))
+    config = tiny_config("whisper", {"encoder_attention_heads": 2, "decoder_attention_heads": 4})
+    whisper = lw.LanguageModel(transformers.WhisperForCausalLM(config).eval(), ToyTokenizer())
+    assert whisper.facts.n_heads == 4  # the decoder's, not the encoder's 2
+    assert whisper.trace(PROMPT).n_heads == 4
+
+
+def build_varied(model_type: str, attn: str | None = None, state: dict | None = None, **sizes) -> torch.nn.Module:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.manual_seed(0)
+        kwargs = {"attn_implementation": attn} if attn else {}
+        model = transformers.AutoModelForCausalLM.from_config(tiny_config(model_type, sizes), **kwargs).float().eval()
+    if state is not None:
+        model.load_state_dict(state)
+    return model

@@ -57,10 +57,20 @@ def _kind(model: Any, labels: bool, can_generate: bool) -> str:
 
 def _config_int(config: Any, *names: str) -> int | None:
     for name in names:
-        value = getattr(config, name, None)
+        value = _config_value(config, name)
         if isinstance(value, int):
             return value
     return None
+
+
+def _config_value(config: Any, name: str) -> Any:
+    """config.name; where it varies by layer (a per-layer config, Gemma 4's head_dim) transformers
+    refuses the global read, and the first layer's value is the one given."""
+    try:
+        return getattr(config, name, None)
+    except RuntimeError:  # transformers' AmbiguousGlobalPerLayerAttributeError
+        layers = getattr(config, "per_layer_config", None)
+        return getattr(layers[0], name, None) if layers else None
 
 
 class LanguageModel:
@@ -173,7 +183,11 @@ class LanguageModel:
         if self.plain:
             return self._plain_facts()
         text = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-        n_heads = _config_int(text, "num_attention_heads", "n_head") or 0
+        # the decoder of an encoder-decoder's config alone (WhisperForCausalLM, BartForCausalLM, which
+        # set is_encoder_decoder False): its sizes are the decoder_* ones; the plain names may be the encoder's
+        alone = not getattr(text, "is_encoder_decoder", False) and hasattr(text, "decoder_attention_heads")
+        decoder = ("decoder_attention_heads",) if alone else ()
+        n_heads = _config_int(text, *decoder, "num_attention_heads", "n_head") or 0
         hidden = _config_int(text, "hidden_size", "n_embd", "d_model") or 0
         head_dim = _config_int(text, "head_dim") or (hidden // n_heads if n_heads else 0)
         param = next(model.parameters(), None)
@@ -182,7 +196,7 @@ class LanguageModel:
             architecture=type(model).__name__,
             model_type=getattr(text, "model_type", "") or getattr(model.config, "model_type", ""),
             kind=self.kind,
-            n_layers=_config_int(text, "num_hidden_layers", "n_layer") or 0,
+            n_layers=_config_int(text, *(("decoder_layers",) if alone else ()), "num_hidden_layers", "n_layer") or 0,
             n_heads=n_heads,
             n_kv_heads=_config_int(text, "num_key_value_heads") or n_heads,
             head_dim=head_dim,

@@ -149,10 +149,16 @@ class RunState:
             is_causal = kwargs.get("is_causal")
         if is_causal is None:  # (BigBird-Pegasus' decoder says is_causal=False and passes a causal mask)
             is_causal = getattr(module, "is_causal", True)
-        sliding_window = kwargs.get("sliding_window")
+        # the model's window: said to the attention function, else read from its mask, else (a cached
+        # step's single query) the one this layer's prompt pass showed
+        sliding_window = kwargs.get("sliding_window") or (
+            _window_in(attention_mask, q_len, kv_len) if is_causal else None
+        )
+        if sliding_window is None and q_len == 1:
+            sliding_window = captured.sliding_window
+        captured.sliding_window = sliding_window  # (kept for the cached steps, captured or only edited)
         if self.capture:
             self._capture(captured, module, query, key, kwargs, q_start, k_start, q_len, stack == "cross")
-            captured.sliding_window = sliding_window
             captured.is_causal = bool(is_causal)
         edits = self.edits_at(place)
         heads = self.edited_heads(place) if self.inner == "sdpa" else None
@@ -386,6 +392,20 @@ def registered_name(inner: str) -> str:
     return name
 
 
+def _window_in(mask: Any, q_len: int, kv_len: int) -> int | None:
+    """The sliding window a pass's own mask applies, where the model says it only there (Phi-MoE,
+    Doge pass no sliding_window to the attention function), else None. Read at the last query and
+    the first: with a window the last sees only its last `window` keys while the first saw key 0
+    (left padding hides the same keys from both)."""
+    if not isinstance(mask, torch.Tensor) or mask.dim() != 4 or q_len < 2 or q_len != kv_len:
+        return None
+    rows = mask[:, 0, [0, -1], :]  # [batch, (first query, last query), keys]
+    seen = rows if mask.dtype == torch.bool else rows > -1e4
+    # the first key each row sees (kv_len where it sees none), fewest over the batch
+    first = torch.where(seen, torch.arange(kv_len, device=mask.device), kv_len).amin(-1).amin(0).tolist()
+    return kv_len - first[1] if first[1] > first[0] else None
+
+
 def _causal_in(mask: Any, q_len: int, kv_len: int) -> bool | None:
     """Whether a pass's own mask hides the next key from a query (None where it cannot say: no
     mask tensor, or a single query). Read at the last key: hidden from the query before it but
@@ -405,6 +425,35 @@ def attention_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
     return [m for m in model.modules() if hasattr(m, "layer_idx") and calls_attention_interface(type(m))]
 
 
+def unshowable(model: torch.nn.Module, name: str) -> str | None:
+    """Why the trace cannot show this model's attention as one map per layer and head, or None: it
+    has no layer that attends, or its attention modules run several times per forward (recurrent
+    depth, as HRM's; one block shared by several layers), where one map per module would hide calls."""
+    modules = attention_modules(model)
+    if not modules:
+        kinds = getattr(getattr(model, "config", None), "layer_types", None)
+        return (
+            f"{name} has no layer that attends"
+            + (f" (its layers are {list(kinds)})" if isinstance(kinds, (list, tuple)) else "")
+            + ": there is no attention to trace or steer"
+        )
+    # every place a self-attention module sits in the tree: a shared block counts each time
+    placed = [
+        m
+        for path, m in model.named_modules(remove_duplicate=False)
+        if hasattr(m, "layer_idx") and calls_attention_interface(type(m)) and not _is_cross(path)
+    ]
+    distinct = list(dict.fromkeys(placed))
+    indices = [m.layer_idx for m in distinct if isinstance(m.layer_idx, int)]
+    if len(placed) > len(distinct) or len(set(indices)) < len(indices):
+        return (
+            f"{name} runs its {len(distinct)} attention modules several times per forward (recurrent depth, or "
+            f"a block shared by several layers), and a trace keeps one map per layer: showing each call as "
+            f"its own layer is not built yet"
+        )
+    return None
+
+
 def attention_layers(model: torch.nn.Module) -> tuple[int, ...]:
     """The layers that attend through the registry: all of them, but in a hybrid model (Qwen3-Next,
     OLMo-hybrid, Nemotron-H, ...) only those between its linear-attention or state-space layers."""
@@ -416,6 +465,10 @@ def attention_layers(model: torch.nn.Module) -> tuple[int, ...]:
 
 
 _CROSS_NAMES = ("encoder_attn", "encdecattention", "crossattention", "cross_attn", "cross_attention")
+
+
+def _is_cross(path: str) -> bool:
+    return path.rsplit(".", 1)[-1].lower() in _CROSS_NAMES
 
 
 def stack_modules(model: Any) -> dict[str, list[torch.nn.Module]]:

@@ -22,7 +22,7 @@ from ..models.devices import input_device
 from ..models.modes import model_mode
 from .attention import SELF, AttentionStack, assembled
 from .batch import pad, positions
-from .capture import RunState, attention_layers, instrument
+from .capture import RunState, attention_layers, instrument, unshowable
 from .edits import validate_edits
 from .record import make_record
 from .runner import Request, Runner
@@ -85,6 +85,9 @@ class DecoderRunner(Runner):
                 f"works (through eager output_attentions); edits work on Llama, Mistral, Qwen2/3, Gemma 1-3, "
                 f"Phi-3, GPT-2, BERT and the other models that use the registry."
             )
+        reason = unshowable(self.model, f"{facts.architecture} as configured") if self.supported else None
+        if reason:
+            raise InputError(f"llm-widgets cannot trace this model: {reason}")
         self.with_attention = attention_layers(self.model) if self.supported else tuple(range(facts.n_layers))
         for edit in edits:
             named = [

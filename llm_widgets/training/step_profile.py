@@ -105,8 +105,8 @@ def _loss(module: torch.nn.Module, batch: dict, loss: Callable[[Any], Any] | Non
     """The forward and its loss, a scalar that backward can start from, or what is wrong named."""
     try:
         output = module(**batch)
-    except TypeError as err:
-        if "argument" not in str(err):
+    except (TypeError, ValueError) as err:  # inputs it does not take, or not all it needs
+        if isinstance(err, TypeError) and "argument" not in str(err):
             raise
         raise InputError(f"the model does not take this batch {sorted(batch)}: {err}") from err
     value = loss(output) if loss is not None else getattr(output, "loss", None)
