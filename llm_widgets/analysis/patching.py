@@ -397,11 +397,7 @@ def patch(
         corrupted_logits = _forward_last(lm.model, corrupted_ids)
         clean_score, corrupted_score = float(score(clean_logits)), float(score(corrupted_logits))
         patches, shape = _cells(site, facts.n_layers, source[0].shape[1] if site == "heads" else 0, T, per_position)
-        # the last layer's residual at every position is the clean run's final state
-        restore = (facts.n_layers - 1, slice(None), None) if site == "residual" else None
-        raw, change, gap = _run_all(
-            lm, corrupted_ids, site, patches, source, score, budget_bytes, progress, "patching", restore=restore
-        )
+        raw, change, gap = _run_all(lm, corrupted_ids, site, patches, source, score, budget_bytes, progress, "patching")
     effect = _normalised(change, gap, clean_score, corrupted_score, notes).reshape(shape)
     raw = raw.reshape(shape)
     tok = lm.tokenizer
@@ -424,14 +420,15 @@ def patch(
     )
 
 
-def _run_all(lm, ids, site, patches, source, score, budget, progress, what, mode="patch", restore=None):
-    """Every patched row's score; its change from an unpatched row of the same batch; and, given
-    `restore` (a patch that gives the clean run back), the change that patch makes in that batch,
-    else None. The references ride in each batch because a batch of n rows and a lone forward
+def _run_all(lm, ids, site, patches, source, score, budget, progress, what, mode="patch"):
+    """Every patched row's score; its change from an unpatched row of the same batch; and, patching
+    the residual stream, the change in that batch of a patch that gives the clean run back (the last
+    layer's residual at every position), else None. The references ride in each batch because a batch of n rows and a lone forward
     round differently (about 1e-7): read against lone forwards, a patch that changes nothing would
     not read exactly 0, nor one that restores the clean run exactly 1."""
     size = _rows_per_chunk(lm, ids.shape[1], budget)
     bar = _progress(len(patches), progress, what)
+    restore = (len(source) - 1, slice(None), None) if mode == "patch" and site == "residual" and source else None
     extra = [None] if restore is None else [restore, None]
     scores, changes, gaps = [], [], []
     try:

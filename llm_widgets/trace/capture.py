@@ -149,14 +149,7 @@ class RunState:
             is_causal = kwargs.get("is_causal")
         if is_causal is None:  # (BigBird-Pegasus' decoder says is_causal=False and passes a causal mask)
             is_causal = getattr(module, "is_causal", True)
-        # the model's window: said to the attention function, else read from its mask, else (a cached
-        # step's single query) the one this layer's prompt pass showed
-        sliding_window = kwargs.get("sliding_window") or (
-            _window_in(attention_mask, q_len, kv_len) if is_causal else None
-        )
-        if sliding_window is None and q_len == 1:
-            sliding_window = captured.sliding_window
-        captured.sliding_window = sliding_window  # (kept for the cached steps, captured or only edited)
+        sliding_window = captured.sliding_window = _window(kwargs, attention_mask, is_causal, q_len, kv_len, captured)
         if self.capture:
             self._capture(captured, module, query, key, kwargs, q_start, k_start, q_len, stack == "cross")
             captured.is_causal = bool(is_causal)
@@ -390,6 +383,13 @@ def registered_name(inner: str) -> str:
     AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[inner])
     _WRAPPERS[name] = wrapper
     return name
+
+
+def _window(kwargs: dict, mask: Any, is_causal: Any, q_len: int, kv_len: int, captured: LayerCapture) -> int | None:
+    """The model's window: said to the attention function, else read from its mask, else (a cached
+    step's single query) the one this layer's prompt pass showed; kept on the layer for those steps."""
+    window = kwargs.get("sliding_window") or (_window_in(mask, q_len, kv_len) if is_causal else None)
+    return captured.sliding_window if window is None and q_len == 1 else window
 
 
 def _window_in(mask: Any, q_len: int, kv_len: int) -> int | None:
