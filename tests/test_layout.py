@@ -25,6 +25,7 @@ LAYERS = {
     "llm_widgets.trace": 2,
     "llm_widgets.analysis": 3,
     "llm_widgets.training": 3,
+    "llm_widgets.debug": 3,
     "llm_widgets.export": 4,
     "llm_widgets.widgets": 5,
     "llm_widgets": 6,  # the package root: the public names

@@ -423,9 +423,9 @@ def patch(
 def _run_all(lm, ids, site, patches, source, score, budget, progress, what, mode="patch"):
     """Every patched row's score; its change from an unpatched row of the same batch; and, patching
     the residual stream, the change in that batch of a patch that gives the clean run back (the last
-    layer's residual at every position), else None. The references ride in each batch because a batch of n rows and a lone forward
-    round differently (about 1e-7): read against lone forwards, a patch that changes nothing would
-    not read exactly 0, nor one that restores the clean run exactly 1."""
+    layer's residual at every position), else None. The references ride in each batch because a
+    batch of n rows and a lone forward round differently (about 1e-7): read against lone forwards, a
+    patch that changes nothing would not read exactly 0, nor one that restores the clean run exactly 1."""
     size = _rows_per_chunk(lm, ids.shape[1], budget)
     bar = _progress(len(patches), progress, what)
     restore = (len(source) - 1, slice(None), None) if mode == "patch" and site == "residual" and source else None
