@@ -62,6 +62,8 @@ def test_a_weight_set_to_inf_is_found_with_its_operation(tiny_gpt2, planted):
     assert dbg.operation.name == "aten.addmm" and "torch.addmm" in dbg.operation.where
     assert [c.module for c in dbg.stack] == ["", "transformer", "transformer.h.2", "transformer.h.2.mlp", stop.module]
     assert _hooks(tiny_gpt2.model) == before  # nothing left behind
+    _all_calls(dbg)  # the modules around it carry the Inf on, and are no hits of their own
+    assert {dbg.calls[h.call].module for h in dbg.hits} == {stop.module}
 
 
 def test_float16_overflow_is_found_before_and_after_the_cast(tiny_gpt2, planted):
@@ -340,3 +342,54 @@ def test_bad_input_is_named(tiny_gpt2):
         dbg.inspect("attention")
     with pytest.raises(lw.WrongTypeError, match="debug takes an lw.LanguageModel"):
         lw.debug(tiny_gpt2.model, TEXT)
+
+
+def test_a_nan_weight_is_named_with_its_operation(tiny_gpt2, planted):
+    with torch.no_grad():
+        planted[3, 5] = float("nan")
+    dbg = lw.debug(tiny_gpt2, TEXT, breakpoints=[lw.NonFinite()])
+    assert dbg.stopped_at.module == "transformer.h.2.mlp.c_fc" and dbg.stopped_at.stats.nan > 0
+    assert dbg.operation.name == "aten.addmm"
+    assert dbg.inspect("weight").isnan().nonzero().tolist() == [[3, 5]]
+
+
+def test_the_view_steps_inspects_and_edits_breakpoints(tiny_gpt2, planted):
+    with torch.no_grad():
+        planted[0, 0] = float("inf")
+    dbg = lw.debug(tiny_gpt2, TEXT, max_new_tokens=2, breakpoints=[lw.NonFinite()])
+    view = lw.DebuggerView(dbg)
+    assert view.status[0] == "stopped at call 37: transformer.h.2.mlp.c_fc" and "aten.addmm" in view.status[2]
+    assert [s["label"] for s in view.stack][-1] == "transformer.h.2.mlp.c_fc" and view.position == 37
+    assert len(view.strip) == len(view.marks) == len(dbg.calls) and view.marks[37] & 4 and view.marks[37] & 1
+    assert any(row["hit"] and row["call"] == 37 for row in view.calls)
+    assert view.request({"what": "inspect", "part": "output"}, [])[0] == {"type": "ok"}
+    assert view.inspector["shape"][::2] == [1, 1024] and "Inf" in view.inspector["lines"][1]
+    assert sum(view.inspector["histogram"]) > 0 and len(view.inspector["heat"]) <= 48
+    for how, where in (("back", 36), ("step", 37), ("out", 36)):
+        assert view.request({"what": "move", "how": how}, [])[0] == {"type": "ok"} and view.position == where
+    assert view.inspector == {}  # moving clears what was inspected
+    reply, _ = view.request({"what": "move", "how": "sideways"}, [])
+    assert reply["type"] == "error" and "how must be one of" in reply["message"] and view.error
+    reply, _ = view.request({"what": "breakpoint", "kind": "At", "arg": "transformer.h.9"}, [])
+    assert reply["type"] == "error" and view.breakpoints == ["NonFinite()"]  # left as it was
+    view.request({"what": "breakpoint", "kind": "NormJump", "arg": "4"}, [])
+    assert view.breakpoints == ["NonFinite()", "NormJump(factor=4.0)"] and view.error == ""
+    view.request({"what": "unbreak", "index": 0}, [])
+    assert view.breakpoints == ["NormJump(factor=4.0)"]
+    csv = view.request({"what": "export", "format": "csv"}, [])[1][0].decode()
+    assert csv.startswith("call,phase,step,layer") and len(csv.splitlines()) == len(dbg.calls) + 1
+    assert view.request({"what": "export", "format": "png"}, [])[1][0][:4] == b"\x89PNG"
+    import json
+
+    json.dumps(view.get_state(), allow_nan=False)  # nothing JSON cannot carry (NaN) reaches the front end
+    with pytest.raises(lw.WrongTypeError, match="DebuggerView takes an lw.debug"):
+        lw.DebuggerView("x")
+
+
+def test_a_model_changed_after_the_run_is_refused_not_replayed(tiny_gpt2, planted):
+    dbg = lw.debug(tiny_gpt2, TEXT, breakpoints=[lw.At(module="transformer.h.1")])
+    with torch.no_grad():
+        planted.mul_(2.0)
+    with pytest.raises(lw.InputError, match="weights changed since this run was recorded"):
+        dbg.inspect("output")
+    assert dbg.back().call == dbg.position  # moving within what is recorded needs no replay

@@ -5,7 +5,7 @@ import type { AnyModel, Experimental } from "@anywidget/types";
 import { asDataView, decodeRowsUint8, type Matrix } from "./heatmap";
 
 const MIME: Record<string, string> = {
-  png: "image/png", svg: "image/svg+xml", html: "text/html", json: "application/json",
+  png: "image/png", svg: "image/svg+xml", html: "text/html", json: "application/json", csv: "text/csv",
 };
 
 type Reply = { type: string; shape: [number, number]; message?: string; name?: string; format?: string };

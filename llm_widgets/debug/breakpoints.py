@@ -33,12 +33,13 @@ class Breakpoint:
 
 @dataclass(frozen=True)
 class NonFinite(Breakpoint):
-    """The first call whose output holds NaN or Inf while its inputs did not: where they are made.
-    The stop names the operation inside the module that made them."""
+    """The first call whose output holds NaN or Inf while its inputs did not: where they are made
+    (not the modules around it, whose outputs carry them on). The stop names the operation inside
+    the module that made them."""
 
     def check(self, call, output, recorder):
         s = call.stats
-        if s is None or s.finite or not call.input_finite:
+        if s is None or s.finite or not call.input_finite or call.child_nonfinite:
             return None
         what = " and ".join(f"{n} {name}" for n, name in ((s.nan, "NaN"), (s.inf, "Inf")) if n)
         source = "gradient" if call.phase == "backward" else "output"

@@ -67,6 +67,7 @@ class Debugger:
         self.reason = ""
         self.stopped_at: Call | None = None
         self._captured: tuple[int, Captured] | None = None
+        self._versions = self._weights_version()
         self._replay(stop_after=-1)
         self.position = self.stopped_at.call if self.stopped_at is not None else 0
 
@@ -77,8 +78,19 @@ class Debugger:
             return self._forward_backward()
         return self.lm.trace(self.ids, capture=False, **self.generation)
 
+    def _weights_version(self) -> int:
+        """Counts every in-place change of the model's weights and buffers (torch's version counters)."""
+        model = self.recorder.model
+        return sum(t._version for t in (*model.parameters(), *model.buffers()))
+
     def _replay(self, *, stop_after: int | None, capture: int | None = None) -> Recorder:
         """One run from the start, stopped as asked; the timeline keeps what it learnt."""
+        if self._weights_version() != self._versions:
+            raise InputError(
+                f"{self.lm.name}'s weights changed since this run was recorded (an in-place change: a fix, a "
+                f"training step): replaying it would show another run. Run lw.debug again on the model as it is "
+                f"now (or debug a copy, copy.deepcopy(model.model), to keep this one)"
+            )
         rec = self.recorder
         with held(self.lm.model, seed=self.generation.get("seed"), grad=self.backward is not None):
             rec.record(self._execute, stop_after=stop_after, capture=capture, grad=self.backward is not None)
@@ -125,6 +137,19 @@ class Debugger:
             return loss.reshape(())
         target = self.backward
         return -torch.log_softmax(logits[0, -1].float(), -1)[target]
+
+    @property
+    def breakpoints(self) -> tuple[Breakpoint, ...]:
+        return self.recorder.breakpoints
+
+    def set_breakpoints(self, breakpoints: Any) -> None:
+        """Replace the breakpoints (checked against the model first; on an error they stay as they
+        were). Hits found so far are forgotten; `continue_` finds the new ones."""
+        checked = checked_breakpoints(breakpoints)
+        for point in checked:
+            point.bind(self.recorder)
+        self.recorder.breakpoints = checked
+        self.hits = []
 
     # --- where we are ---
 

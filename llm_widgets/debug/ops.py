@@ -65,13 +65,14 @@ class _FirstNonFinite(TorchDispatchMode):
     def __init__(self, nan: bool):
         super().__init__()
         self.found: Operation | None = None
-        # NaN in the output: the op that made NaN (a mask's -inf is no fault, softmax over it is);
-        # else the first that made Inf (the call's inputs were finite; a weight may not be)
+        # NaN in the output: the first op that gave NaN (a mask's -inf is no fault, softmax over it
+        # is); else the first that gave Inf. The call's inputs were finite: that op made them, from
+        # finite values or from a weight that holds them
         self.test = _not_nan if nan else torch.isfinite
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        if self.found is None and _nonfinite(out, self.test) and not _nonfinite((args, kwargs), _not_nan):
+        if self.found is None and _nonfinite(out, self.test):
             self.found = Operation(str(func.overloadpacket), _caller())
         return out
 

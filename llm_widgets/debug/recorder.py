@@ -97,7 +97,8 @@ class Recorder:
     ) -> None:
         """Run `execute` with every module hooked. Stop at the first breakpoint hit returning after
         exit number `stop_after` (None: never stop at hits), or when call `capture` returns (or is
-        entered, where it never returns) with its tensors kept."""
+        entered, where it never returns) with its tensors kept; a capturing run only counts the
+        calls before it (no statistics: the timeline has them), so it costs the forward up to it."""
         self.calls: list[Call] = []
         self.stack: list[Call] = []
         self.open: dict[int, tuple[torch.nn.Module, tuple, dict]] = {}
@@ -156,7 +157,7 @@ class Recorder:
         call = self.stack.pop()
         self.open.pop(call.call, None)
         out = first_tensor(output)
-        if out is not None:
+        if out is not None and (self.capture is None or self.capture == call.call):
             call.output_shape, call.output_dtype = tuple(out.shape), str(out.dtype).removeprefix("torch.")
             call.stats = stats_of(out)
             if not call.stats.finite:  # only then: were its inputs finite?
@@ -164,14 +165,18 @@ class Recorder:
                     isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())
                     for t in (*args, *kwargs.values())
                 )
+                if self.stack and (call.input_finite or call.child_nonfinite):
+                    self.stack[-1].child_nonfinite = True  # made here (or below): its parent only carries it
             if self.grad and out.requires_grad:
                 out.register_hook(self._backward_hook(call))
         call.exit_order = self.exits
         self.exits += 1
-        self._watch(call, out)
         if self.capture == call.call:
             self.captured = Captured(_detached(args), _detached(kwargs), _detached(output))
             raise Stop
+        if self.capture is not None:
+            return
+        self._watch(call, out)
         self._check(call, out, lambda: module(*args, **kwargs))
         if call.kind == "block":
             self.last_block[(call.phase, call.step)] = call

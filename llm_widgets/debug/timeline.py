@@ -114,6 +114,7 @@ class Call:
     output_dtype: str | None = None
     stats: Stats | None = None
     input_finite: bool = True
+    child_nonfinite: bool = False  # a call inside it gave NaN or Inf first
     exit_order: int | None = None  # when it returned, counted over the run; None: it never did
     watched: dict[str, float] = field(default_factory=dict)
 
