@@ -54,7 +54,9 @@ def main() -> None:
     dbg = lw.debug(lm, ids)
     grown = sum(s.size_diff for s in tracemalloc.take_snapshot().compare_to(before, "filename"))
     tracemalloc.stop()
-    print(f"\n| timeline memory | {len(dbg.calls)} calls | {grown / 2**20:.2f} MiB | {grown / len(dbg.calls) * 1000 / 2**20:.3f} MiB per 1,000 calls |")
+    per_thousand = grown / len(dbg.calls) * 1000 / 2**20
+    mib = grown / 2**20
+    print(f"\n| timeline memory | {len(dbg.calls)} calls | {mib:.2f} MiB | {per_thousand:.3f} MiB per 1,000 calls |")
     middle = len(dbg.calls) // 2
     dbg.goto(middle)
     start = time.perf_counter()

@@ -126,7 +126,7 @@ class DebuggerView(Answers, StaticFallback, anywidget.AnyWidget):
         steps = 1 + max((c.step for c in blocks), default=0)
         grid = np.full((dbg.recorder.n_layers, steps), -1.0)
         for c in blocks:
-            if c.layer < grid.shape[0]:
+            if c.layer is not None and c.layer < grid.shape[0]:
                 grid[c.layer, c.step] = _statistic(c, self.statistic)
         return grid
 
