@@ -139,6 +139,88 @@ function callTable(rows: CallRow[], current: number, go: (call: number) => void)
   return table;
 }
 
+type Ask = (what: string, params: Record<string, number | string>) => Promise<void>;
+
+function options(names: string[]): HTMLSelectElement {
+  const select = el("select", "lw-dbg-select");
+  for (const name of names) {
+    const option = el("option", "", name);
+    option.value = name;
+    select.append(option);
+  }
+  return select;
+}
+
+/** Step / over / out / continue / back, and the statistic that colours the strip. */
+function controlBar(m: AnyModel<DebuggerState>, ask: Ask, buttons: HTMLButtonElement[], busy: HTMLElement): HTMLElement {
+  const bar = el("div", "lw-dbg-controls");
+  for (const [label, how, hint] of [
+    ["◀ back", "back", "the call before"], ["step ▸", "step", "the next call (into this one)"],
+    ["over ↷", "over", "the next call outside this one"], ["out ↑", "out", "the call this one runs inside"],
+    ["continue ▶▶", "continue", "on to the next breakpoint hit"],
+  ]) {
+    const button = el("button", "lw-button", label);
+    button.title = hint;
+    button.dataset.move = how;
+    button.addEventListener("click", () => void ask("move", { how }));
+    buttons.push(button);
+    bar.append(button);
+  }
+  const statistic = options(["rms", "max", "nonfinite", "beyond_float16"]);
+  statistic.className = "lw-dbg-select lw-dbg-statistic";
+  statistic.title = "what colours the strip and the grid";
+  statistic.addEventListener("change", () => {
+    m.set("statistic", statistic.value);
+    m.save_changes();
+  });
+  bar.append(el("span", "", " colour by "), statistic, busy);
+  return bar;
+}
+
+/** A kind, its argument, and the button that adds the breakpoint. */
+function breakpointForm(ask: Ask, buttons: HTMLButtonElement[]): HTMLElement {
+  const form = el("div", "lw-dbg-add");
+  const kind = options(["NonFinite", "Overflow", "NormJump", "TargetDrop", "At"]);
+  const arg = el("input", "lw-dbg-arg");
+  arg.placeholder = "argument: dtype, factor, target or module path";
+  const add = el("button", "lw-button", "add breakpoint");
+  add.addEventListener("click", () => void ask("breakpoint", { kind: kind.value, arg: arg.value }));
+  buttons.push(add);
+  form.append(kind, arg, add);
+  return form;
+}
+
+/** Which tensor of the current call, and the button that recomputes it. */
+function inspectForm(ask: Ask, buttons: HTMLButtonElement[]): HTMLElement {
+  const form = el("div", "lw-dbg-add-inspect");
+  const part = options(["output", "input", "weight", "attention"]);
+  const inspect = el("button", "lw-button", "inspect");
+  inspect.title = "recompute the current call's tensor (the run replayed up to it)";
+  inspect.addEventListener("click", () => void ask("inspect", { part: part.value }));
+  buttons.push(inspect);
+  form.append(part, inspect);
+  return form;
+}
+
+function stackLinks(chain: { call: number; label: string }[], go: (call: number) => void): HTMLElement[] {
+  return chain.flatMap((entry, i) => {
+    const link = el("button", "lw-dbg-frame", entry.label);
+    link.addEventListener("click", () => go(entry.call));
+    return i ? [el("span", "", " › "), link] : [link];
+  });
+}
+
+function pointRows(texts: string[], ask: Ask): HTMLElement[] {
+  return texts.map((text, index) => {
+    const row = el("div", "lw-dbg-point");
+    const remove = el("button", "lw-button", "×");
+    remove.title = "remove this breakpoint";
+    remove.addEventListener("click", () => void ask("unbreak", { index }));
+    row.append(el("span", "lw-dbg-mono", text), remove);
+    return row;
+  });
+}
+
 function render({ model, el: root, experimental, signal }: RenderProps<DebuggerState>): () => void {
   const m = model as AnyModel<DebuggerState>;
   const frame = el("div", "lw-panel lw-dbg");
@@ -148,9 +230,8 @@ function render({ model, el: root, experimental, signal }: RenderProps<DebuggerS
   const status = el("div", "lw-dbg-status");
   status.setAttribute("role", "status");
   const busy = el("span", "lw-dbg-busy");
-  const controls = el("div", "lw-dbg-controls");
   const buttons: HTMLButtonElement[] = [];
-  const ask = async (what: string, params: Record<string, number | string>) => {
+  const ask: Ask = async (what, params) => {
     busy.textContent = "running…";
     buttons.forEach((b) => (b.disabled = true));
     try {
@@ -163,30 +244,7 @@ function render({ model, el: root, experimental, signal }: RenderProps<DebuggerS
     }
   };
   const go = (call: number) => void ask("move", { how: "goto", call });
-  for (const [label, how, hint] of [
-    ["◀ back", "back", "the call before"], ["step ▸", "step", "the next call (into this one)"],
-    ["over ↷", "over", "the next call outside this one"], ["out ↑", "out", "the call this one runs inside"],
-    ["continue ▶▶", "continue", "on to the next breakpoint hit"],
-  ]) {
-    const button = el("button", "lw-button", label);
-    button.title = hint;
-    button.dataset.move = how;
-    button.addEventListener("click", () => void ask("move", { how }));
-    buttons.push(button);
-    controls.append(button);
-  }
-  const statistic = el("select", "lw-dbg-select");
-  for (const name of ["rms", "max", "nonfinite", "beyond_float16"]) {
-    const option = el("option", "", name);
-    option.value = name;
-    statistic.append(option);
-  }
-  statistic.title = "what colours the strip and the grid";
-  statistic.addEventListener("change", () => {
-    m.set("statistic", statistic.value);
-    m.save_changes();
-  });
-  controls.append(el("span", "", " colour by "), statistic, busy);
+  const controls = controlBar(m, ask, buttons, busy);
   const stack = el("div", "lw-dbg-stack");
   const strip = el("canvas", "lw-dbg-strip");
   strip.width = STRIP_W;
@@ -196,72 +254,33 @@ function render({ model, el: root, experimental, signal }: RenderProps<DebuggerS
     const box = strip.getBoundingClientRect();
     go(callAt(((event.clientX - box.left) / box.width) * STRIP_W, STRIP_W, m.get("strip").length));
   });
-  const gridBox = el("div", "lw-dbg-grid");
   const gridCanvas = el("canvas", "lw-dbg-gridcanvas");
+  const gridBox = el("div", "lw-dbg-grid");
   gridBox.append(el("div", "lw-dbg-hint", "the blocks' outputs: layers down, generation steps across"), gridCanvas);
   const calls = el("div", "lw-dbg-callbox");
   const points = el("div", "lw-dbg-points");
-  const kind = el("select", "lw-dbg-select");
-  for (const name of ["NonFinite", "Overflow", "NormJump", "TargetDrop", "At"]) {
-    const option = el("option", "", name);
-    option.value = name;
-    kind.append(option);
-  }
-  const arg = el("input", "lw-dbg-arg");
-  arg.placeholder = "argument: dtype, factor, target or module path";
-  const add = el("button", "lw-button", "add breakpoint");
-  add.addEventListener("click", () => void ask("breakpoint", { kind: kind.value, arg: arg.value }));
-  buttons.push(add);
-  const part = el("select", "lw-dbg-select");
-  for (const name of ["output", "input", "weight", "attention"]) {
-    const option = el("option", "", name);
-    option.value = name;
-    part.append(option);
-  }
-  const inspect = el("button", "lw-button", "inspect");
-  inspect.title = "recompute the current call's tensor (the run replayed up to it)";
-  inspect.addEventListener("click", () => void ask("inspect", { part: part.value }));
-  buttons.push(inspect);
   const inspector = el("div", "lw-dbg-inspector");
   const errorBox = el("div", "lw-dbg-error");
   const exports = exportButtons(requests, "timeline", (text) => {
     if (text.startsWith("error")) errorBox.textContent = text;
   }, ["png", "svg", "html", "csv"]);
   frame.append(
-    title, status, controls, stack, strip, gridBox, calls,
-    el("div", "lw-dbg-section", "breakpoints"), points, el("div", "lw-dbg-add"),
-    el("div", "lw-dbg-section", "inspector"), inspector, errorBox, exports,
+    title, status, controls, stack, strip, gridBox, calls, el("div", "lw-dbg-section", "breakpoints"), points,
+    breakpointForm(ask, buttons), el("div", "lw-dbg-section", "inspector"), inspectForm(ask, buttons), inspector,
+    errorBox, exports,
   );
-  frame.querySelector(".lw-dbg-add")?.append(kind, arg, add);
-  inspector.before(el("div", "lw-dbg-add-inspect"));
-  frame.querySelector(".lw-dbg-add-inspect")?.append(part, inspect);
   root.append(frame);
+  const statistic = controls.querySelector("select") as HTMLSelectElement;
 
   function draw() {
     title.textContent = m.get("title");
     status.replaceChildren(...m.get("status").map((line) => el("div", "", line)));
     statistic.value = m.get("statistic");
-    const chain = m.get("stack");
-    stack.replaceChildren(
-      ...chain.flatMap((entry, i) => {
-        const link = el("button", "lw-dbg-frame", entry.label);
-        link.addEventListener("click", () => go(entry.call));
-        return i ? [el("span", "", " › "), link] : [link];
-      }),
-    );
+    stack.replaceChildren(...stackLinks(m.get("stack"), go));
     drawStrip(strip, m);
     drawGrid(gridCanvas, m.get("grid"));
     calls.replaceChildren(callTable(m.get("calls"), m.get("position"), go));
-    points.replaceChildren(
-      ...m.get("breakpoints").map((text, index) => {
-        const row = el("div", "lw-dbg-point");
-        const remove = el("button", "lw-button", "×");
-        remove.title = "remove this breakpoint";
-        remove.addEventListener("click", () => void ask("unbreak", { index }));
-        row.append(el("span", "lw-dbg-mono", text), remove);
-        return row;
-      }),
-    );
+    points.replaceChildren(...pointRows(m.get("breakpoints"), ask));
     drawInspector(inspector, m.get("inspector"));
     const message = m.get("error");
     errorBox.hidden = !message;
