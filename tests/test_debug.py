@@ -393,3 +393,16 @@ def test_a_model_changed_after_the_run_is_refused_not_replayed(tiny_gpt2, plante
     with pytest.raises(lw.InputError, match="weights changed since this run was recorded"):
         dbg.inspect("output")
     assert dbg.back().call == dbg.position  # moving within what is recorded needs no replay
+
+
+def test_inspect_attention_is_the_traces_maps_at_that_step(tiny_gpt2):
+    dbg = lw.debug(tiny_gpt2, TEXT, max_new_tokens=2, breakpoints=[lw.At(module="transformer.h.1.attn", step=1)])
+    maps = dbg.inspect("attention")
+    trace = tiny_gpt2.trace(TEXT, max_new_tokens=2)
+    n = trace.n_prompt
+    assert maps.shape == (8, 1, n + 2)  # 8 heads, the query of step 1, every key
+    torch.testing.assert_close(maps[3], trace.attention(1, 3, queries=n))
+    dbg.goto(next(c.call for c in dbg.calls if c.module == "transformer.h.1.attn" and c.step == 0))
+    assert dbg.inspect("attention").shape == (8, n, n + 2)
+    with pytest.raises(lw.InputError, match="TargetDrop reads the logit lens"):
+        lw.debug(_plain(), WORDS, breakpoints=[lw.TargetDrop("w3")])

@@ -89,6 +89,8 @@ OVERRIDES = {
     # Moshi's own generate differs with and without its cache once the text outgrows a sliding window
     # (transformers 5.24): keep the window longer than the test's text
     "moshi": dict(sliding_window=128),
+    # Dory's blocks: input, recurrent (run n_recurrent_loops times), output
+    "dory": dict(num_hidden_layers=3, n_input_layers=1, n_recurrent_layers=1, n_output_layers=1),
 }
 MLA = dict(head_dim=8, qk_head_dim=16, num_key_value_heads=4)  # head_dim: the rotary part; keys per query head
 # each type runs twice: at SIZES, and "type@varied": more layers (a hybrid's attention first and
@@ -370,11 +372,19 @@ def test_a_config_where_nothing_attends_or_attention_recurs_is_refused_with_the_
         with pytest.raises(lw.InputError, match=r"has no layer that attends \(its layers are \['conv', 'conv'\]\)"):
             lw.LanguageModel(model, ToyTokenizer()).trace(PROMPT, max_new_tokens=2)
     if "hrm_text" in configuration_auto.CONFIG_MAPPING:  # recurrent depth: 4 modules, 16 calls a forward
-        with pytest.raises(lw.InputError, match="runs its 4 attention modules several times per forward"):
+        with pytest.raises(
+            lw.InputError,
+            match="the 4 attention modules of HrmTextForCausalLM as configured run several times per forward",
+        ):
             lw.LanguageModel(build("hrm_text"), ToyTokenizer()).trace(PROMPT)
+    if "dory" in configuration_auto.CONFIG_MAPPING:  # one recurrent block, run twice: seen as it runs
+        with pytest.raises(lw.InputError, match="the DoryAttention modules run several times per forward"):
+            lw.LanguageModel(build("dory"), ToyTokenizer()).trace(PROMPT)
     shared = build("llama")  # one block run twice (weights shared across depth)
     shared.model.layers[1] = shared.model.layers[0]
-    with pytest.raises(lw.InputError, match="runs its 1 attention modules several times per forward"):
+    with pytest.raises(
+        lw.InputError, match="the 1 attention modules of LlamaForCausalLM as configured run several times per forward"
+    ):
         lw.LanguageModel(shared, ToyTokenizer()).trace(PROMPT)
 
 

@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from ..errors import InputError
 from ..models.compat import calls_attention_interface
 from .edits import AblateHead, ScaleAttention
 from .masks import allowed_mask, edit_bias, spare_fully_masked
@@ -55,6 +56,7 @@ class LayerCapture:
     sinks: torch.Tensor | None = None  # [H] attention-sink logits (GPT-OSS, ...): in every row's softmax, then dropped
     next_position: int = 0  # positions this layer has seen so far in the run
     last_start: int = 0  # the first query position of this layer's latest call
+    forward: int = 0  # the run's forward (its model call) this layer last attended in
 
 
 SELF = "self"  # the one attention of a decoder-only (or encoder-only) model
@@ -98,6 +100,7 @@ class RunState:
         self.inner = "sdpa"  # the wrapped implementation; instrument() sets it
         self.key_bias: dict[Place, torch.Tensor] = {}  # bias over every key position, when queries don't matter
         self.fully_masked_rows = False
+        self.forwards = 0  # calls of the model itself so far (instrument() counts them)
         self.thread = threading.get_ident()  # the thread whose forwards this run captures and edits
         # (layer, out [batch, q, heads, head_dim]) -> out: what an analysis reads or replaces at each
         # head's output, after edits and ablations (activation patching, ablation sweeps)
@@ -142,6 +145,11 @@ class RunState:
         place = self.place(module)
         stack, layer = place
         captured = self.capture_of(place)
+        if self.forwards and captured.forward == self.forwards:  # a second call in one forward
+            raise InputError(
+                f"llm-widgets cannot trace this model: {recurring(f'the {type(module).__name__} modules')}"
+            )
+        captured.forward = self.forwards
         q_len, kv_len = query.shape[2], key.shape[2]
         q_start, k_start = self._starts(place, captured, q_len, kv_len)
         is_causal = _causal_in(attention_mask, q_len, kv_len)  # what the model's mask does, where it shows
@@ -446,12 +454,15 @@ def unshowable(model: torch.nn.Module, name: str) -> str | None:
     distinct = list(dict.fromkeys(placed))
     indices = [m.layer_idx for m in distinct if isinstance(m.layer_idx, int)]
     if len(placed) > len(distinct) or len(set(indices)) < len(indices):
-        return (
-            f"{name} runs its {len(distinct)} attention modules several times per forward (recurrent depth, or "
-            f"a block shared by several layers), and a trace keeps one map per layer: showing each call as "
-            f"its own layer is not built yet"
-        )
+        return recurring(f"the {len(distinct)} attention modules of {name}")
     return None
+
+
+def recurring(what: str) -> str:
+    return (
+        f"{what} run several times per forward (recurrent depth, or a block shared by several layers), and "
+        f"a trace keeps one map per layer: showing each call as its own layer is not built yet"
+    )
 
 
 def attention_layers(model: torch.nn.Module) -> tuple[int, ...]:
@@ -509,10 +520,17 @@ def instrument(model: Any, run: RunState) -> Iterator[str]:
             layer = module.layer_idx if stack == SELF and isinstance(module.layer_idx, int) else index
             run.places[id(module)] = (stack, layer)
             module.__dict__[STATE] = run
+
+    def count(_model, _args):  # (this run's thread only: another thread's forward waits at the gate)
+        if threading.get_ident() == run.thread:
+            run.forwards += 1
+
+    counting = model.register_forward_pre_hook(count)
     try:
         model.set_attn_implementation(name)
         yield inner
     finally:
+        counting.remove()
         for module in modules:
             module.__dict__.pop(STATE, None)
         model.set_attn_implementation(original)
