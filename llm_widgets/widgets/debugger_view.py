@@ -62,7 +62,7 @@ class DebuggerView(Answers, StaticFallback, anywidget.AnyWidget):
     _esm = bundle("debugger_view")
     _css = bundle("debugger_view", ".css")
 
-    title = traitlets.Unicode().tag(sync=True)
+    title = traitlets.Unicode(help="the view's title").tag(sync=True)
     status = traitlets.List(traitlets.Unicode(), help="where it stopped and why").tag(sync=True)
     stack = traitlets.List(traitlets.Dict(), help="the call stack: {call, label}, the model first").tag(sync=True)
     position = traitlets.Int(0, help="the current call").tag(sync=True)
