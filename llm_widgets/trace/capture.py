@@ -144,12 +144,7 @@ class RunState:
     ) -> tuple[torch.Tensor, Any]:
         place = self.place(module)
         stack, layer = place
-        captured = self.capture_of(place)
-        if self.forwards and captured.forward == self.forwards:  # a second call in one forward
-            raise InputError(
-                f"llm-widgets cannot trace this model: {recurring(f'the {type(module).__name__} modules')}"
-            )
-        captured.forward = self.forwards
+        captured = self._called(place, module)
         q_len, kv_len = query.shape[2], key.shape[2]
         q_start, k_start = self._starts(place, captured, q_len, kv_len)
         is_causal = _causal_in(attention_mask, q_len, kv_len)  # what the model's mask does, where it shows
@@ -196,6 +191,15 @@ class RunState:
         if self.head_hook is not None and stack == SELF:
             out = self.head_hook(layer, out)
         return out, weights
+
+    def _called(self, place: Place, module: Any) -> LayerCapture:
+        """The layer's capture, refusing a second call of one module in one forward (recurrent depth)."""
+        captured = self.capture_of(place)
+        if self.forwards and captured.forward == self.forwards:
+            what = recurring(f"the {type(module).__name__} modules")
+            raise InputError(f"llm-widgets cannot trace this model: {what}")
+        captured.forward = self.forwards
+        return captured
 
     def _starts(self, place: Place, captured: LayerCapture, q_len: int, kv_len: int) -> tuple[int, int]:
         """Where this call's queries and keys start in the stack, kept on the CPU (no device sync): a
