@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import llm_widgets as lw
-from llm_widgets.analysis.patching import _capture_site, _site_modules, run_patched
+from llm_widgets.analysis.patching import _site_modules, capture_site, run_patched
 from llm_widgets.models.anatomy import anatomy
 from tests.test_trace_architectures import CONFIGS, MASKED, PROMPT, build
 
@@ -50,7 +50,7 @@ def test_patching_clean_into_clean_changes_nothing(causal):
     parts = anatomy(causal.model, causal.facts.n_layers)
     with torch.no_grad():
         for site in ("residual", "attention", "mlp", "heads"):
-            source, clean_logits = _capture_site(causal, device_ids, site, parts)
+            source, clean_logits = capture_site(causal, device_ids, site, parts)
             patches = [(layer, 3, None) for layer in range(causal.facts.n_layers)]
             if site == "heads":
                 patches = [(layer, 1, None) for layer in range(causal.facts.n_layers)]
@@ -66,7 +66,7 @@ def test_patching_a_whole_layer_gives_the_source_run(causal):
     clean_logits = _last_logits(causal, CLEAN)
     parts = anatomy(causal.model, causal.facts.n_layers)
     with torch.no_grad():
-        source, _ = _capture_site(causal, torch.tensor([CLEAN]), "residual", parts)
+        source, _ = capture_site(causal, torch.tensor([CLEAN]), "residual", parts)
         rows = run_patched(
             causal,
             torch.tensor([CORRUPTED]),
@@ -83,7 +83,7 @@ def test_a_head_patched_from_zeros_is_the_zero_ablation(causal):
     ablated = _last_logits(causal, PROMPT, edits=[lw.AblateHead(layer, head)])
     parts = anatomy(causal.model, causal.facts.n_layers)
     with torch.no_grad():
-        source, _ = _capture_site(causal, torch.tensor([PROMPT]), "heads", parts)
+        source, _ = capture_site(causal, torch.tensor([PROMPT]), "heads", parts)
         zeros = [torch.zeros_like(s) for s in source]
         patched = run_patched(causal, torch.tensor([PROMPT]), "heads", [(layer, head, None)], zeros)[0]
     torch.testing.assert_close(patched, ablated, atol=1e-5, rtol=0)

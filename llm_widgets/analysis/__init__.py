@@ -5,12 +5,14 @@ trace.logit_lens(k=5, target=" Paris")             # lens.py: what each layer wo
 patch(model, clean, corrupted, " Mary", " John")   # patching.py: which layer, position, head makes it
 ablation_sweep(trace, " Mary", " John")            # patching.py: every head removed in turn
 compare(trace_a, trace_b)                          # compare.py: two runs side by side
+diverge(model_a, model_b, prompt)                  # diverge.py: where two models part, and which layer
 profile(model, prompt, max_new_tokens=8)           # profile.py: time and memory per module
 scaling(model, lengths=[256, 512, 1024])           # scaling.py: how cost grows with length
 """
 
 from .attribution import METHODS, Attribution, attribute
 from .compare import Comparison, compare
+from .diverge import Divergence, diverge
 from .lens import LogitLens, logit_lens
 from .patching import SITES, Patching, Sweep, ablation_sweep, patch
 from .profile import Profile, profile
@@ -21,6 +23,7 @@ __all__ = [
     "SITES",
     "Attribution",
     "Comparison",
+    "Divergence",
     "LogitLens",
     "Patching",
     "Profile",
@@ -29,6 +32,7 @@ __all__ = [
     "ablation_sweep",
     "attribute",
     "compare",
+    "diverge",
     "logit_lens",
     "patch",
     "profile",

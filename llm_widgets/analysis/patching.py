@@ -125,12 +125,13 @@ def _rows_per_chunk(lm: LanguageModel, length: int, budget: int) -> int:
     return max(1, min(512, budget // per_row))
 
 
-def _forward_last(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
-    """Logits at the last position for a batch of identical-length rows."""
-    # only the last position's logits: rows x vocab, not rows x T x vocab
-    kwargs: dict[str, Any] = {"logits_to_keep": 1} if takes_logits_to_keep(model) else {}
+def _forward_last(model: torch.nn.Module, ids: torch.Tensor, keep: int = 1) -> torch.Tensor:
+    """Logits at the last position for a batch of identical-length rows ([rows, vocab]); with `keep`
+    > 1, at the last `keep` positions ([rows, keep, vocab])."""
+    # only the positions read: rows x keep x vocab, not rows x T x vocab
+    kwargs: dict[str, Any] = {"logits_to_keep": keep} if takes_logits_to_keep(model) else {}
     out = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False, **kwargs)
-    return out.logits[:, -1]
+    return out.logits[:, -1] if keep == 1 else out.logits[:, -keep:]
 
 
 def _progress(total: int, enabled: bool, what: str):
@@ -164,11 +165,11 @@ def _replace_output(output: Any, hidden: torch.Tensor) -> Any:
     return hidden
 
 
-def _capture_site(
-    lm: LanguageModel, ids: torch.Tensor, site: str, parts: Anatomy
+def capture_site(
+    lm: LanguageModel, ids: torch.Tensor, site: str, parts: Anatomy, keep: int = 1
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """One run of `ids`: the site's output per layer ([T, d], or [T, heads, head_dim] for heads)
-    and the last position's logits."""
+    and the last position's logits (the last `keep` positions', see _forward_last)."""
     model = lm.model
     kept: dict[int, torch.Tensor] = {}
     handles = []
@@ -190,7 +191,7 @@ def _capture_site(
         context = contextlib.nullcontext()
     try:
         with context:
-            logits = _forward_last(model, ids)
+            logits = _forward_last(model, ids, keep)
     finally:
         for handle in handles:
             handle.remove()
@@ -205,14 +206,16 @@ def run_patched(
     source: list[torch.Tensor] | None,
     *,
     mode: str = "patch",
+    keep: int = 1,
 ) -> torch.Tensor:
-    """Last-position logits of one batch: row r runs `ids` with patches[r] = (layer, where, what)
-    applied. site "residual"/"attention"/"mlp": `where` is a position (or slice), the row's output
-    of that module takes source[layer][where]. site "heads": `where` is a head, (head, position)
-    or (head, slice); the head's output takes the source's (mode "patch"), zero ("zero") or its own
-    mean over positions ("mean"). `what` is unused (None) except for layer-level ablations, where
-    site is "attention"/"mlp" and mode "zero": the whole output is zeroed. A patch of None is a
-    row left unpatched: the reference that the other rows are read against."""
+    """Last-position logits of one batch (the last `keep` positions', see _forward_last): row r runs
+    `ids` with patches[r] = (layer, where, what) applied. site "residual"/"attention"/"mlp": `where`
+    is a position (or slice), the row's output of that module takes source[layer][where]. site
+    "heads": `where` is a head, (head, position) or (head, slice); the head's output takes the
+    source's (mode "patch"), zero ("zero") or its own mean over positions ("mean"). `what` is unused
+    (None) except for layer-level ablations, where site is "attention"/"mlp" and mode "zero": the
+    whole output is zeroed. A patch of None is a row left unpatched: the reference that the other
+    rows are read against."""
     model = lm.model
     parts = anatomy(model, lm.facts.n_layers)
     source = source or []  # (mode "patch" always gives one: the corrupted run's outputs)
@@ -239,7 +242,7 @@ def run_patched(
         context = contextlib.nullcontext()
     try:
         with context:
-            return _forward_last(model, ids)
+            return _forward_last(model, ids, keep)
     finally:
         for handle in handles:
             handle.remove()
@@ -393,7 +396,7 @@ def patch(
     device = input_device(lm.model)
     clean_ids, corrupted_ids = clean_ids[None].to(device), corrupted_ids[None].to(device)
     with held(lm.model):
-        source, clean_logits = _capture_site(lm, clean_ids, site, parts)
+        source, clean_logits = capture_site(lm, clean_ids, site, parts)
         corrupted_logits = _forward_last(lm.model, corrupted_ids)
         clean_score, corrupted_score = float(score(clean_logits)), float(score(corrupted_logits))
         patches, shape = _cells(site, facts.n_layers, source[0].shape[1] if site == "heads" else 0, T, per_position)

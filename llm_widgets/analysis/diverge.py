@@ -1,0 +1,231 @@
+"""`lw.diverge(a, b, prompt)`: where two models (a model and its quantized, pruned, half-precision
+or fine-tuned copy; one model under two settings) part: the first generated token where their
+greedy choices differ, KL(a||b) per generated token with b teacher-forced on a's tokens, each
+layer's relative error of the residual stream and of its attention and MLP outputs, the heads
+whose attention moved most, and the blame: a's activation patched into b at each layer and site
+(batched, as `lw.patch` is), ranked by how much of the divergence it takes away.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .. import checks
+from ..errors import InputError, WrongTypeError
+from ..models import LanguageModel
+from ..models.anatomy import anatomy
+from ..models.devices import input_device
+from ..text import printable
+from ..trace import Trace
+from ..trace.run import prompt_ids
+from ..trace.runner import held
+from ..trace.trace import decode_each
+from .patching import DEFAULT_BUDGET, _forward_last, _layer_chunks, _rows_per_chunk, capture_site, run_patched
+
+SITES = ("residual", "attention", "mlp")
+
+
+@dataclass(repr=False)
+class Divergence:
+    """Where b parts from a on one prompt.
+
+    kl [generated]: KL(a||b) of the next-token distributions at each of a's generated tokens, b
+    fed a's tokens (teacher-forced). first_split: the first generated token where the greedy
+    choices differ (None: never, within the tokens generated). errors: per site, [layers,
+    positions] of ||b - a|| / ||a||. attention [layers, heads]: the largest |attention_b -
+    attention_a|. blame: (layer, site, share) largest first, share the part of the mean KL that
+    a's activation patched into b takes away (the residual stream's: what appears at that layer,
+    its share less the layer before's)."""
+
+    a_name: str
+    b_name: str
+    tokens: list[str]  # the prompt and a's generated tokens
+    n_prompt: int
+    a_generated: list[int]
+    b_generated: list[int]
+    b_tokens: list[str]  # b's own greedy continuation, decoded
+    a_text: str
+    b_text: str
+    kl: torch.Tensor
+    first_split: int | None
+    errors: dict[str, torch.Tensor] = field(default_factory=dict)
+    attention: torch.Tensor | None = None
+    blame: list[tuple[int, str, float]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dataframe(self):
+        """A row per generated token: a's and b's greedy tokens, KL(a||b), whether they split there."""
+        import pandas as pd
+
+        rows = []
+        for i, kl in enumerate(self.kl.tolist()):
+            rows.append(
+                {
+                    "step": i,
+                    "a_token": self.tokens[self.n_prompt + i] if self.n_prompt + i < len(self.tokens) else "",
+                    "b_token_alone": self.b_tokens[i] if i < len(self.b_tokens) else "",
+                    "kl": kl,
+                    "split": self.first_split == i,
+                }
+            )
+        return pd.DataFrame(rows)
+
+    def __repr__(self) -> str:
+        where = "never split" if self.first_split is None else f"first split at generated token {self.first_split}"
+        top = f"; blame: layer {self.blame[0][0]} {self.blame[0][1]} ({self.blame[0][2]:.0%})" if self.blame else ""
+        return (
+            f"Divergence({printable(self.a_name)} vs {printable(self.b_name)}: {where}, mean KL "
+            f"{float(self.kl.mean()) if self.kl.numel() else 0.0:.3g}{top})"
+        )
+
+
+def _check_pair(a: Any, b: Any) -> None:
+    for name, lm in (("a", a), ("b", b)):
+        if not isinstance(lm, LanguageModel):
+            raise WrongTypeError(f"diverge compares two lw.LanguageModels; {name} is {type(lm).__name__}")
+        if lm.plain or lm.kind != "causal":
+            raise InputError(f"diverge compares causal Hugging Face language models; {name} ({lm.name}) is {lm.kind}")
+    vocab = [getattr(lm.tokenizer, "get_vocab", lambda: None)() for lm in (a, b)]
+    if len(a.tokenizer) != len(b.tokenizer) or (None not in vocab and vocab[0] != vocab[1]):
+        raise InputError(
+            f"a ({a.name}) and b ({b.name}) have different tokenizers ({len(a.tokenizer)} vs {len(b.tokenizer)} "
+            f"tokens): the same text would be different ids; compare models that share a tokenizer"
+        )
+    if a.facts.vocab_size != b.facts.vocab_size:
+        raise InputError(
+            f"a ({a.name}) predicts {a.facts.vocab_size} tokens and b ({b.name}) {b.facts.vocab_size}: their "
+            f"distributions cannot be compared token by token"
+        )
+    if input_device(a.model) != input_device(b.model):
+        raise InputError(
+            f"a ({a.name}) is on {input_device(a.model)} and b ({b.name}) on {input_device(b.model)}: put both on "
+            f"one device (b.model.to({str(input_device(a.model))!r}))"
+        )
+
+
+def _tail_logits(lm: LanguageModel, ids: torch.Tensor, keep: int) -> torch.Tensor:
+    """Float32 logits [keep, vocab] at the last `keep` positions of one forward of `ids`."""
+    with held(lm.model):
+        return _forward_last(lm.model, ids[None], keep).reshape(keep, -1).float().cpu()
+
+
+def _kl(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
+    """KL(p||q) over the last dimension (0 exactly where the logits are equal)."""
+    logp, logq = torch.log_softmax(p_logits, -1), torch.log_softmax(q_logits, -1)
+    return (logp.exp() * (logp - logq)).sum(-1).clamp_min(0.0)
+
+
+def diverge(
+    a: LanguageModel,
+    b: LanguageModel,
+    prompt: Any,
+    max_new_tokens: int = 8,
+    *,
+    sites: Any = SITES,
+    blame: bool = True,
+    budget_bytes: int = DEFAULT_BUDGET,
+) -> Divergence:
+    """Where b parts from a on `prompt`: a generates `max_new_tokens` greedily, b is fed a's tokens
+    and compared at every generated token and every layer; with `blame`, each layer's `sites`
+    (residual, attention, mlp) are patched from a into b to rank where the divergence comes from."""
+    _check_pair(a, b)
+    checks.integer(max_new_tokens, "max_new_tokens", low=1)
+    checks.flag(blame, "blame")
+    checks.integer(budget_bytes, "budget_bytes", low=1)
+    sites = (sites,) if isinstance(sites, str) else tuple(sites) if isinstance(sites, (list, tuple)) else None
+    if not sites or any(s not in SITES for s in sites):
+        raise InputError(f"sites must be some of {', '.join(SITES)}; got {sites!r}")
+    ids = prompt_ids(a, prompt)
+    for lm in (a, b):
+        context = lm.facts.context_length
+        if context and len(ids) + max_new_tokens > context:
+            raise InputError(
+                f"the prompt ({len(ids)} tokens) plus max_new_tokens ({max_new_tokens}) is longer than the context "
+                f"of {lm.name} ({context}); shorten one of them"
+            )
+    ta, tb = (lm.trace(ids, max_new_tokens=max_new_tokens, capture=False) for lm in (a, b))
+    assert isinstance(ta, Trace) and isinstance(tb, Trace)
+    generated = ta.generated_ids
+    forced = torch.cat([ids, torch.tensor(generated[:-1], dtype=ids.dtype)]).to(input_device(a.model))
+    keep = len(generated)
+    la, lb = _tail_logits(a, forced, keep), _tail_logits(b, forced, keep)
+    kl = _kl(la, lb)
+    differ = (la.argmax(-1) != lb.argmax(-1)).nonzero()
+    result = Divergence(
+        a_name=a.name,
+        b_name=b.name,
+        tokens=decode_each(a.tokenizer, [*ids.tolist(), *generated]),
+        n_prompt=len(ids),
+        a_generated=generated,
+        b_generated=tb.generated_ids,
+        b_tokens=decode_each(b.tokenizer, tb.generated_ids),
+        a_text=ta.output_text,
+        b_text=tb.output_text,
+        kl=kl,
+        first_split=int(differ[0, 0]) if len(differ) else None,
+    )
+    if a.facts.n_layers != b.facts.n_layers or a.facts.hidden_size != b.facts.hidden_size:
+        result.notes.append("the models differ in shape: only their predictions are compared, layer by layer is not")
+        return result
+    _layers(result, a, b, forced, sites, la, keep, blame, budget_bytes)
+    return result
+
+
+def _layers(result: Divergence, a, b, forced, sites, la, keep, blame, budget) -> None:
+    """Each site's relative error per layer and position, the heads' attention difference, the blame."""
+    parts_a, parts_b = anatomy(a.model, a.facts.n_layers), anatomy(b.model, b.facts.n_layers)
+    base = float(result.kl.mean())
+    shares: dict[str, list[float]] = {}
+    for site in sites:
+        with held(a.model):
+            source, _ = capture_site(a, forced[None], site, parts_a)
+        with held(b.model):
+            mine, _ = capture_site(b, forced[None], site, parts_b)
+        result.errors[site] = torch.stack(
+            [
+                (m.float() - s.float()).norm(dim=-1) / s.float().norm(dim=-1).clamp_min(1e-12)
+                for s, m in zip(source, mine)
+            ]
+        ).cpu()
+        if blame and base > 0:
+            shares[site] = _shares(b, forced, site, source, la, keep, base, budget)
+    result.attention = _attention_difference(a, b, forced)
+    if blame and base == 0:
+        result.notes.append("b gives a's distributions exactly: there is no divergence to blame")
+    ranked = []
+    for site, values in shares.items():
+        if site == "residual":  # what appears at each layer: its share less the layer before's
+            values = [v - (values[i - 1] if i else 0.0) for i, v in enumerate(values)]
+        ranked += [(layer, site, share) for layer, share in enumerate(values)]
+    result.blame = sorted(ranked, key=lambda item: -item[2])
+
+
+def _shares(b, forced, site, source, la, keep, base, budget) -> list[float]:
+    """For each layer: the part of the mean KL(a||b) gone when b takes a's output of `site` there."""
+    patches = [(layer, slice(None), None) for layer in range(len(source))]
+    # a row's activations (as _rows_per_chunk counts them) and its logits at `keep` positions
+    per_row = budget // _rows_per_chunk(b, len(forced), budget) + keep * la.shape[-1] * 4
+    size = max(1, min(512, budget // per_row))
+    out: list[float] = []
+    with held(b.model):
+        for chunk in _layer_chunks(patches, size, len(forced)):
+            rows = run_patched(b, forced[None], site, [patches[i] for i in chunk], source, keep=keep)
+            rows = rows.reshape(len(chunk), keep, -1).float().cpu()
+            out += [1.0 - float(_kl(la, row).mean()) / base for row in rows]
+    return out
+
+
+def _attention_difference(a: LanguageModel, b: LanguageModel, forced: torch.Tensor) -> torch.Tensor | None:
+    """[layers, heads] max |attention_b - attention_a| over the teacher-forced sequence."""
+    ta, tb = a.trace(forced.cpu()), b.trace(forced.cpu())
+    assert isinstance(ta, Trace) and isinstance(tb, Trace)
+    if ta.n_heads != tb.n_heads:
+        return None
+    out = torch.zeros(ta.n_layers, ta.n_heads)
+    for layer in ta.attention_layers:
+        for head in range(ta.n_heads):
+            out[layer, head] = (ta.attention(layer, head) - tb.attention(layer, head)).abs().max()
+    return out
