@@ -84,3 +84,18 @@ def test_bad_input_names_the_model_and_what_differs(tiny_gpt2):
         meta = copy.deepcopy(tiny_gpt2.model).to("meta")
     with pytest.raises(lw.InputError, match="has weights on the meta device"):  # (two devices: CUDA tests)
         lw.diverge(tiny_gpt2, lw.LanguageModel(meta, tiny_gpt2.tokenizer, name="on-meta"), TEXT)
+
+
+def test_the_view_shows_the_layers_the_split_and_the_blame(tiny_gpt2):
+    d = lw.diverge(tiny_gpt2, _noisy(tiny_gpt2, 1, scale=0.5), TEXT, 5)
+    attention = lw.AttentionView(tiny_gpt2.trace(TEXT, max_new_tokens=5))
+    view = lw.DivergenceView(d, view=attention)
+    assert view.kind == "divergence" and len(view.values) == 4 and len(view.column_labels) == len(d.tokens) - 1
+    assert view.summary[2].startswith(("first split at generated token", "the greedy choices never split"))
+    assert view.summary[3].startswith("KL(a||b) per generated token:") and view.notes[0].startswith("blame: layer 1")
+    view.selected = [2, 3]
+    assert view.detail[0].startswith("layer 2, position 3") and "residual" in view.detail[0]
+    assert attention.layer == 2 and attention.head == int(d.attention[2].argmax())
+    assert view.request({"what": "export", "format": "svg"}, [])[1][0].startswith(b"<svg")
+    with pytest.raises(lw.WrongTypeError, match="DivergenceView takes the result of lw.diverge"):
+        lw.DivergenceView("x")

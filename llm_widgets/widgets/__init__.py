@@ -7,6 +7,7 @@ from .attribution_view import AttributionView as AttributionView
 from .debugger_view import DebuggerView as DebuggerView
 from .gradient_monitor_view import GradientMonitorView as GradientMonitorView
 from .matrix_views import CompareView as CompareView
+from .matrix_views import DivergenceView as DivergenceView
 from .matrix_views import LensView as LensView
 from .matrix_views import PatchingView as PatchingView
 from .model_card import ModelCard as ModelCard

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import traitlets
 
-from ..analysis import Comparison, LogitLens, Patching, Sweep, compare
+from ..analysis import Comparison, Divergence, LogitLens, Patching, Sweep, compare
 from ..errors import InputError, WrongTypeError
 from ..export import matrix as export
 from ..trace import AblateHead, Trace
@@ -330,3 +330,67 @@ class CompareView(MatrixWidget):
                 f"layer {layer} head {head}: max |Δ| {float(self.comparison.attention_max[layer, head]):.3f},"
                 f" mean |Δ| {float(self.comparison.attention_mean[layer, head]):.4f}"
             ]
+
+
+class DivergenceView(MatrixWidget):
+    """`lw.DivergenceView(lw.diverge(a, b, prompt))`: how far b's residual stream is from a's at each
+    layer and position (relative error), the first split and KL per generated token above, the
+    blame below; click a cell for every site's error there, the layer's blame and its most changed
+    head (opened in `view=`, an AttentionView of either model's trace)."""
+
+    def __init__(self, divergence: Divergence, *, view: AttentionView | None = None, **kwargs: Any):
+        if not isinstance(divergence, Divergence):
+            raise WrongTypeError(f"DivergenceView takes the result of lw.diverge, got {type(divergence).__name__}")
+        self.divergence, self.view = divergence, linked(view, AttentionView, "view")
+        d = divergence
+        if "residual" not in d.errors:
+            raise InputError(
+                "this divergence has no residual stream to show (models of different shapes, or sites without "
+                "'residual'): read d.kl and d.first_split"
+            )
+        errors = d.errors["residual"]
+        super().__init__(
+            kind="divergence",
+            values=errors.tolist(),
+            words=[],
+            row_labels=[f"layer {i}" for i in range(errors.shape[0])],
+            column_labels=[f"{i}:{t}" for i, t in enumerate(d.tokens[: errors.shape[1]])],
+            scale="sequential",
+            vmax=max(float(errors.max()), 1e-12),
+            value_name="relative error of the residual stream",
+            title=f"where {d.b_name} parts from {d.a_name}",
+            summary=_divergence_lines(d),
+            notes=[f"blame: layer {layer} {site} {share:.1%}" for layer, site, share in d.blame[:5]] + list(d.notes),
+            **kwargs,
+        )
+
+    def _on_select(self, change) -> None:
+        if len(self.selected) != 2:
+            return
+        layer, position = self.selected
+        d = self.divergence
+        sites = ", ".join(f"{site} {float(e[layer, position]):.3g}" for site, e in d.errors.items())
+        lines = [f"layer {layer}, position {position} ({d.tokens[position]!r}): relative error {sites}"]
+        shares = [f"{site} {share:.1%}" for lay, site, share in d.blame if lay == layer]
+        if shares:
+            lines.append(f"blame at layer {layer}: " + ", ".join(shares))
+        if d.attention is not None:
+            head = int(d.attention[layer].argmax())
+            lines.append(
+                f"most changed head of layer {layer}: head {head} (max |Δ| {float(d.attention[layer, head]):.3g})"
+            )
+            if self.view is not None:
+                self.view.layer, self.view.head = layer, head
+        self.detail = lines
+
+
+def _divergence_lines(d: Divergence) -> list[str]:
+    n = d.n_prompt
+    if d.first_split is None:
+        split = f"the greedy choices never split in {len(d.a_generated)} tokens"
+    else:
+        i = d.first_split
+        b_choice = d.b_tokens[i] if i < len(d.b_tokens) else "(end)"
+        split = f"first split at generated token {i}: a chose {d.tokens[n + i]!r}, b {b_choice!r}"
+    kl = " | ".join(f"{d.tokens[n + i]!r} {v:.3g}" for i, v in enumerate(d.kl.tolist()[:12]))
+    return [f"a: {d.a_text!r}", f"b: {d.b_text!r}", split, f"KL(a||b) per generated token: {kl}"]
