@@ -38,6 +38,11 @@ class Stats:
     def finite(self) -> bool:
         return self.nan == 0 and self.inf == 0
 
+    def brief(self, digits: int = 4) -> str:
+        """ "max |x| 7.9e+04, rms 2e+04, 15 NaN": what a line about a call says of its output."""
+        text = f"max |x| {max(abs(self.min), abs(self.max)):.{digits}g}, rms {self.rms:.{digits}g}"
+        return text + (f", {self.nan} NaN" if self.nan else "") + (f", {self.inf} Inf" if self.inf else "")
+
     def beyond(self, limit: float) -> bool:
         """Whether a finite value exceeds `limit` in magnitude (the range of a narrower dtype)."""
         return max(abs(self.min), abs(self.max)) > limit if self.numel else False
@@ -121,14 +126,7 @@ class Call:
     def __repr__(self) -> str:
         where = f"layer {self.layer}, " if self.layer is not None else ""
         shape = f" -> {list(self.output_shape)} {self.output_dtype}" if self.output_shape is not None else ""
-        s = self.stats
-        numbers = (
-            f"; max |x| {max(abs(s.min), abs(s.max)):.4g}, rms {s.rms:.4g}"
-            + (f", {s.nan} NaN" if s.nan else "")
-            + (f", {s.inf} Inf" if s.inf else "")
-            if s is not None
-            else ""
-        )
+        numbers = f"; {self.stats.brief()}" if self.stats is not None else ""
         back = " (backward)" if self.phase == "backward" else ""
         name = self.module or "<model>"
         return f"Call({self.call}{back}: {name} [{self.kind}], {where}step {self.step}{shape}{numbers})"

@@ -132,14 +132,7 @@ class DebuggerView(Answers, StaticFallback, anywidget.AnyWidget):
 
     @staticmethod
     def _row(c: Call, hits: set[int]) -> dict:
-        s = c.stats
-        numbers = (
-            f"max {max(abs(s.min), abs(s.max)):.3g} rms {s.rms:.3g}"
-            + (f" NaN {s.nan}" if s.nan else "")
-            + (f" Inf {s.inf}" if s.inf else "")
-            if s is not None
-            else "running"
-        )
+        numbers = c.stats.brief(3) if c.stats is not None else "running"
         return {
             "call": c.call,
             "depth": c.depth,
