@@ -490,6 +490,8 @@ def test_closed_views_are_freed_with_the_traces_they_hold(tiny_gpt2):
         yield None, lambda: lw.AttentionEditor(tiny_gpt2, prompt, max_new_tokens=2)
         yield None, lambda: lw.ModelCard(tiny_gpt2)
         yield None, lambda: lw.ProfileView(lw.profile(tiny_gpt2, prompt, repeats=1))
+        yield None, lambda: lw.DebuggerView(lw.debug(tiny_gpt2, prompt, max_new_tokens=2))
+        yield None, lambda: lw.DivergenceView(lw.diverge(tiny_gpt2, tiny_gpt2, prompt, 2))
 
     kept = []
     for trace, make in views():
