@@ -149,6 +149,8 @@ def diverge(
     ta, tb = (lm.trace(ids, max_new_tokens=max_new_tokens, capture=False) for lm in (a, b))
     assert isinstance(ta, Trace) and isinstance(tb, Trace)
     generated = ta.generated_ids
+    if not generated:  # (generate stops at once when a's first choice ends the text)
+        raise InputError(f"a ({a.name}) generated no token from this prompt: nothing to compare; give another prompt")
     forced = torch.cat([ids, torch.tensor(generated[:-1], dtype=ids.dtype)]).to(input_device(a.model))
     keep = len(generated)
     la, lb = _tail_logits(a, forced, keep), _tail_logits(b, forced, keep)
