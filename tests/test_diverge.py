@@ -99,3 +99,18 @@ def test_the_view_shows_the_layers_the_split_and_the_blame(tiny_gpt2):
     assert view.request({"what": "export", "format": "svg"}, [])[1][0].startswith(b"<svg")
     with pytest.raises(lw.WrongTypeError, match="DivergenceView takes the result of lw.diverge"):
         lw.DivergenceView("x")
+
+
+def test_models_of_different_depth_compare_each_layers_lens_with_the_others_output():
+    import transformers
+
+    from .test_trace_architectures import CONFIGS, build_from
+
+    config = CONFIGS["llama"]()
+    config.num_hidden_layers += 1
+    deeper = build_from(config, transformers.AutoModelForCausalLM, "deeper llama")  # one more layer
+    shallow = build("llama")
+    d = lw.diverge(deeper, shallow, PROMPT, 3)
+    assert d.errors == {} and d.blame == [] and "differ in shape" in d.notes[0]
+    assert len(d.lens_kl["a"]) == deeper.facts.n_layers and len(d.lens_kl["b"]) == shallow.facts.n_layers
+    assert all(v >= 0 for v in d.lens_kl["a"] + d.lens_kl["b"])

@@ -54,6 +54,9 @@ class Divergence:
     errors: dict[str, torch.Tensor] = field(default_factory=dict)
     attention: torch.Tensor | None = None
     blame: list[tuple[int, str, float]] = field(default_factory=list)
+    # models of different shapes (a distilled student): each layer's lens distribution against the
+    # other model's final one, mean KL over the generated tokens: {"a": [a's layers], "b": [b's]}
+    lens_kl: dict[str, list[float]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
     def to_dataframe(self):
@@ -170,7 +173,11 @@ def diverge(
         first_split=int(differ[0, 0]) if len(differ) else None,
     )
     if a.facts.n_layers != b.facts.n_layers or a.facts.hidden_size != b.facts.hidden_size:
-        result.notes.append("the models differ in shape: only their predictions are compared, layer by layer is not")
+        result.notes.append(
+            "the models differ in shape: each layer's lens distribution is compared with the other model's final "
+            "one (lens_kl), not layer with layer"
+        )
+        result.lens_kl = {"a": _lens_kl(a, forced, keep, lb), "b": _lens_kl(b, forced, keep, la, against_final=True)}
         return result
     _layers(result, a, b, forced, sites, la, keep, blame, budget_bytes)
     return result
@@ -217,6 +224,19 @@ def _shares(b, forced, site, source, la, keep, base, budget) -> list[float]:
             rows = run_patched(b, forced[None], site, [patches[i] for i in chunk], source, keep=keep)
             rows = rows.reshape(len(chunk), keep, -1).float().cpu()
             out += [1.0 - float(_kl(la, row).mean()) / base for row in rows]
+    return out
+
+
+def _lens_kl(lm: LanguageModel, forced: torch.Tensor, keep: int, final: torch.Tensor, against_final=False):
+    """Per layer of `lm`: the mean over the generated tokens of KL(lens || final) (a's layers against
+    b's output), or KL(final || lens) with `against_final` (a's output against b's layers)."""
+    parts = anatomy(lm.model, lm.facts.n_layers)
+    with held(lm.model):
+        residual, _ = capture_site(lm, forced[None], "residual", parts)
+        out = []
+        for hidden in residual:
+            lens = parts.logits(hidden[-keep:].to(next(lm.model.parameters()).dtype)).float().cpu()
+            out.append(float((_kl(final, lens) if against_final else _kl(lens, final)).mean()))
     return out
 
 
