@@ -23,7 +23,15 @@ from ..trace import Trace
 from ..trace.run import prompt_ids
 from ..trace.runner import held
 from ..trace.trace import decode_each
-from .patching import DEFAULT_BUDGET, _forward_last, _layer_chunks, _rows_per_chunk, capture_site, run_patched
+from .patching import (
+    DEFAULT_BUDGET,
+    _forward_last,
+    _layer_chunks,
+    _rows_per_chunk,
+    capture_site,
+    capture_sites,
+    run_patched,
+)
 
 SITES = ("residual", "attention", "mlp")
 
@@ -188,11 +196,12 @@ def _layers(result: Divergence, a, b, forced, sites, la, keep, blame, budget) ->
     parts_a, parts_b = anatomy(a.model, a.facts.n_layers), anatomy(b.model, b.facts.n_layers)
     base = float(result.kl.mean())
     shares: dict[str, list[float]] = {}
+    with held(a.model):  # every site in one forward of each model
+        sources, _ = capture_sites(a, forced[None], sites, parts_a)
+    with held(b.model):
+        mines, _ = capture_sites(b, forced[None], sites, parts_b)
     for site in sites:
-        with held(a.model):
-            source, _ = capture_site(a, forced[None], site, parts_a)
-        with held(b.model):
-            mine, _ = capture_site(b, forced[None], site, parts_b)
+        source, mine = sources[site], mines[site]
         result.errors[site] = torch.stack(
             [
                 (m.float() - s.float()).norm(dim=-1) / s.float().norm(dim=-1).clamp_min(1e-12)
@@ -215,9 +224,7 @@ def _layers(result: Divergence, a, b, forced, sites, la, keep, blame, budget) ->
 def _shares(b, forced, site, source, la, keep, base, budget) -> list[float]:
     """For each layer: the part of the mean KL(a||b) gone when b takes a's output of `site` there."""
     patches = [(layer, slice(None), None) for layer in range(len(source))]
-    # a row's activations (as _rows_per_chunk counts them) and its logits at `keep` positions
-    per_row = budget // _rows_per_chunk(b, len(forced), budget) + keep * la.shape[-1] * 4
-    size = max(1, min(512, budget // per_row))
+    size = _rows_per_chunk(b, len(forced), budget, keep)
     out: list[float] = []
     with held(b.model):
         for chunk in _layer_chunks(patches, size, len(forced)):

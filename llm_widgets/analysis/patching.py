@@ -116,12 +116,12 @@ def _layer_chunks(patches: list[tuple[int, Any, Any]], size: int, length: int) -
         start = stop
 
 
-def _rows_per_chunk(lm: LanguageModel, length: int, budget: int) -> int:
+def _rows_per_chunk(lm: LanguageModel, length: int, budget: int, keep: int = 1) -> int:
     """Patched rows per forward: activations of one row are about length x hidden x 24 floats
-    (residual, attention, MLP intermediates) plus the last position's logits."""
+    (residual, attention, MLP intermediates) plus the logits of the last `keep` positions."""
     facts = lm.facts
     itemsize = torch.finfo(next(lm.model.parameters()).dtype).bits // 8
-    per_row = length * max(facts.hidden_size, 1) * 24 * itemsize + facts.vocab_size * 4
+    per_row = length * max(facts.hidden_size, 1) * 24 * itemsize + keep * facts.vocab_size * 4
     return max(1, min(512, budget // per_row))
 
 
@@ -165,37 +165,45 @@ def _replace_output(output: Any, hidden: torch.Tensor) -> Any:
     return hidden
 
 
-def capture_site(
-    lm: LanguageModel, ids: torch.Tensor, site: str, parts: Anatomy, keep: int = 1
-) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """One run of `ids`: the site's output per layer ([T, d], or [T, heads, head_dim] for heads)
+def capture_sites(
+    lm: LanguageModel, ids: torch.Tensor, sites: tuple[str, ...], parts: Anatomy, keep: int = 1
+) -> tuple[dict[str, list[torch.Tensor]], torch.Tensor]:
+    """One run of `ids`: each site's output per layer ([T, d], or [T, heads, head_dim] for heads)
     and the last position's logits (the last `keep` positions', see _forward_last)."""
     model = lm.model
-    kept: dict[int, torch.Tensor] = {}
+    kept: dict[str, dict[int, torch.Tensor]] = {site: {} for site in sites}
     handles = []
-    if site == "heads":
+    context: Any = contextlib.nullcontext()
+    if "heads" in sites:
 
         def head_hook(layer: int, out: torch.Tensor) -> torch.Tensor:
-            kept[layer] = out[0].detach().clone()
+            kept["heads"][layer] = out[0].detach().clone()
             return out
 
         run = RunState(lm.facts.n_layers, lm.facts.n_heads, ids.shape[1], capture=False, head_hook=head_hook)
         context = instrument(model, run)
-    else:
+    for site in (s for s in sites if s != "heads"):
         for layer, module in enumerate(_site_modules(parts, site, lm.name)):
 
-            def hook(_m, _a, output, layer=layer):
-                kept[layer] = block_output(output)[0].detach().clone()
+            def hook(_m, _a, output, layer=layer, into=kept[site]):
+                into[layer] = block_output(output)[0].detach().clone()
 
             handles.append(module.register_forward_hook(hook))
-        context = contextlib.nullcontext()
     try:
         with context:
             logits = _forward_last(model, ids, keep)
     finally:
         for handle in handles:
             handle.remove()
-    return [kept[layer] for layer in range(lm.facts.n_layers)], logits
+    return {site: [kept[site][layer] for layer in range(lm.facts.n_layers)] for site in sites}, logits
+
+
+def capture_site(
+    lm: LanguageModel, ids: torch.Tensor, site: str, parts: Anatomy, keep: int = 1
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """capture_sites for one site: its output per layer, and the logits."""
+    outputs, logits = capture_sites(lm, ids, (site,), parts, keep)
+    return outputs[site], logits
 
 
 def run_patched(

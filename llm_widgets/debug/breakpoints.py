@@ -5,6 +5,7 @@ holds (a sentence shown with the stop), or None.
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -151,8 +152,6 @@ class At(Breakpoint):
             raise InputError(f"At(layer={self.layer}) is out of range: {recorder.name} has {recorder.n_layers} layers")
 
     def check(self, call, output, recorder):
-        import fnmatch
-
         if call.phase != self.phase:
             return None
         if self.module is not None and not fnmatch.fnmatchcase(call.module, self.module):

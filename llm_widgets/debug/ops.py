@@ -27,7 +27,7 @@ class Operation:
         return f"{self.name} at {self.where}" if self.where else self.name
 
 
-def _nonfinite(value: Any, test: Callable[[torch.Tensor], torch.Tensor] = torch.isfinite) -> bool:
+def nonfinite(value: Any, test: Callable[[torch.Tensor], torch.Tensor] = torch.isfinite) -> bool:
     """Whether a value holds a tensor with an element that fails `test` (finite, by default)."""
     return any(
         isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel() and not bool(test(t).all())
@@ -72,7 +72,7 @@ class _FirstNonFinite(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        if self.found is None and _nonfinite(out, self.test):
+        if self.found is None and nonfinite(out, self.test):
             self.found = Operation(str(func.overloadpacket), _caller())
         return out
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch.utils._pytree import tree_map
 
 from ..analysis.targets import first_token_id
 from ..errors import InputError
@@ -19,7 +20,7 @@ from ..models import LanguageModel
 from ..models.anatomy import anatomy
 from ..models.language_model import torch_module
 from .breakpoints import Breakpoint, NonFinite
-from .ops import Operation, nonfinite_source, raising_operation
+from .ops import Operation, nonfinite, nonfinite_source, raising_operation
 from .timeline import Call, ModuleMap, first_tensor, shapes_of, stats_of
 
 
@@ -28,15 +29,8 @@ class Stop(BaseException):
 
 
 def _detached(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.detach().clone()
-    if isinstance(value, (tuple, list)):
-        return (
-            type(value)(_detached(v) for v in value) if isinstance(value, list) else tuple(_detached(v) for v in value)
-        )
-    if isinstance(value, dict):
-        return {k: _detached(v) for k, v in value.items()}
-    return value
+    """A copy of every tensor in a call's inputs or output (tuples, lists, dicts, model outputs)."""
+    return tree_map(lambda t: t.detach().clone() if isinstance(t, torch.Tensor) else t, value)
 
 
 @dataclass
@@ -161,10 +155,7 @@ class Recorder:
             call.output_shape, call.output_dtype = tuple(out.shape), str(out.dtype).removeprefix("torch.")
             call.stats = stats_of(out)
             if not call.stats.finite:  # only then: were its inputs finite?
-                call.input_finite = not any(
-                    isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())
-                    for t in (*args, *kwargs.values())
-                )
+                call.input_finite = not nonfinite((args, kwargs))
                 if self.stack and (call.input_finite or call.child_nonfinite):
                     self.stack[-1].child_nonfinite = True  # made here (or below): its parent only carries it
             if self.grad and out.requires_grad:

@@ -6,6 +6,7 @@ with the number of calls, never with the activations; tensors are recomputed by 
 
 from __future__ import annotations
 
+import fnmatch
 import math
 import re
 from dataclasses import dataclass, field
@@ -196,6 +197,4 @@ class ModuleMap:
 
     def matching(self, pattern: str) -> list[str]:
         """The module paths a glob names ("model.layers.*.mlp"); "" is the model itself."""
-        import fnmatch
-
         return [path for path in self.paths.values() if fnmatch.fnmatchcase(path, pattern)]

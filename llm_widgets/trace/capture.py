@@ -404,6 +404,12 @@ def _window(kwargs: dict, mask: Any, is_causal: Any, q_len: int, kv_len: int, ca
     return captured.sliding_window if window is None and q_len == 1 else window
 
 
+def _seen(mask: torch.Tensor) -> torch.Tensor:
+    """Which entries of a model's mask let a key be seen: True in a boolean one, not (near) -inf in
+    an additive one."""
+    return mask if mask.dtype == torch.bool else mask > -1e4
+
+
 def _window_in(mask: Any, q_len: int, kv_len: int) -> int | None:
     """The sliding window a pass's own mask applies, where the model says it only there (Phi-MoE,
     Doge pass no sliding_window to the attention function), else None. Read at the last query and
@@ -411,8 +417,7 @@ def _window_in(mask: Any, q_len: int, kv_len: int) -> int | None:
     (left padding hides the same keys from both)."""
     if not isinstance(mask, torch.Tensor) or mask.dim() != 4 or q_len < 2 or q_len != kv_len:
         return None
-    rows = mask[:, 0, [0, -1], :]  # [batch, (first query, last query), keys]
-    seen = rows if mask.dtype == torch.bool else rows > -1e4
+    seen = _seen(mask[:, 0, [0, -1], :])  # [batch, (first query, last query), keys]
     # the first key each row sees (kv_len where it sees none), fewest over the batch
     first = torch.where(seen, torch.arange(kv_len, device=mask.device), kv_len).amin(-1).amin(0).tolist()
     return kv_len - first[1] if first[1] > first[0] else None
@@ -424,8 +429,7 @@ def _causal_in(mask: Any, q_len: int, kv_len: int) -> bool | None:
     seen by its own (a padded key is hidden from both)."""
     if not isinstance(mask, torch.Tensor) or mask.dim() != 4 or q_len < 2 or q_len != kv_len:
         return None
-    corner = mask[:, 0, -2:, -1]  # [batch, (query before, own query)]
-    seen = corner if mask.dtype == torch.bool else corner > -1e4
+    seen = _seen(mask[:, 0, -2:, -1])  # [batch, (query before, own query)]
     for before, own in seen.tolist():
         if own:
             return not before

@@ -18,6 +18,7 @@ import torch
 import traitlets
 
 from ..debug import At, Call, Debugger, NonFinite, NormJump, Overflow, TargetDrop
+from ..debug.timeline import stats_of
 from ..errors import InputError, WrongTypeError
 from ..export import matrix as export
 from ..models.anatomy import anatomy
@@ -292,8 +293,6 @@ def _tensors(value: Any):
 def summary(tensor: torch.Tensor, part: str, tokens: list[str]) -> dict:
     """What the inspector shows of a tensor: shape, dtype, statistics, a histogram of its finite
     values, its last two dimensions (first index of the others) max-pooled to at most HEAT."""
-    from ..debug.timeline import stats_of
-
     x = tensor.detach().float().cpu()
     s = stats_of(x)
     finite = x[torch.isfinite(x)]
