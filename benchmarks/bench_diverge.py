@@ -71,7 +71,7 @@ def main() -> None:
         p.add_(torch.randn_like(p) * 0.3 * p.std())
     b = lw.LanguageModel(model, a.tokenizer, name="smollm2, layer 12 noisy")
     sites = ("residual", "attention", "mlp")
-    ours = lw.diverge(a, b, PROMPT, args.tokens)
+    ours = lw.diverge(a, b, PROMPT, args.tokens, alone=False)
     ids = a.tokenizer(PROMPT, return_tensors="pt").input_ids[0]
     forced = torch.cat([ids, torch.tensor(ours.a_generated[:-1])])
     keep = len(ours.a_generated)
@@ -80,11 +80,14 @@ def main() -> None:
     residual = reference["residual"]
     reference["residual"] = [v - (residual[i - 1] if i else 0.0) for i, v in enumerate(residual)]
     worst = max(abs(x - y) for site in sites for x, y in zip(mine[site], reference[site], strict=True))
-    t_ours, t_plain, t_naive = [], [], []
+    t_ours, t_plain, t_naive, t_alone = [], [], [], []
     for _ in range(args.repeats):
         start = time.perf_counter()
-        lw.diverge(a, b, PROMPT, args.tokens)
+        lw.diverge(a, b, PROMPT, args.tokens, alone=False)
         t_ours.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        lw.diverge(a, b, PROMPT, args.tokens)  # and each of b's modules alone
+        t_alone.append(time.perf_counter() - start)
         start = time.perf_counter()
         lw.diverge(a, b, PROMPT, args.tokens, blame=False)
         t_plain.append(time.perf_counter() - start)
@@ -99,6 +102,7 @@ def main() -> None:
     ratio = f"**{n / blame:.1f}x**"
     print(f"| {where}: the blame (less the call without) | {blame:.2f} s | {n:.2f} s | {ratio} | {worst:.1e} |")
     print(f"| {where}: the whole call | {o:.2f} s | | {n / o:.1f}x | |")
+    print(f"| {where}: the whole call with `alone` | {statistics.median(t_alone):.2f} s | | | |")
     print(f"\nblame: {ours.blame[:3]}; first split {ours.first_split}; mean KL {float(ours.kl.mean()):.3g}")
 
 

@@ -1,12 +1,13 @@
 // The matrix views: LensView (layers x positions, each cell the token that
 // layer predicts), PatchingView (effects of patching or ablating each site),
-// CompareView (attention change per head). One labelled table of cells with a
-// colour legend; hover for the value, click for detail (Python answers: top
+// CompareView (attention change per head), DivergenceView (where two models
+// part: a strip of KL per generated token above, blame bars below). One labelled
+// table of cells with a colour legend; hover for the value, click for detail (Python answers: top
 // tokens, or opens the head / ablates it), a window over long sequences, and
 // export. Text is set with textContent only.
 import type { AnyModel, RenderProps } from "@anywidget/types";
 import { legend } from "./lib/legend";
-import { cellColour, cellText, formatValue, inkOn, type Scale, windowStart } from "./lib/matrix";
+import { barPercents, cellColour, cellText, formatValue, inkOn, percent, type Scale, windowStart } from "./lib/matrix";
 import { el, exportButtons, redrawOn, Requests, shown } from "./lib/widget_io";
 import { followTheme } from "./lib/theme";
 
@@ -27,6 +28,13 @@ interface MatrixState {
   detail: string[];
   notes: string[];
   error: string;
+  strip_values: number[];
+  strip_labels: string[];
+  strip_name: string;
+  strip_mark: number;
+  bar_labels: string[];
+  bar_values: number[];
+  bar_name: string;
 }
 
 function rgb([r, g, b]: [number, number, number]): string {
@@ -75,6 +83,50 @@ function table(m: AnyModel<MatrixState>, onPick: (row: number, col: number) => v
   return grid;
 }
 
+/** A number per token (KL per generated token), coloured on its own scale, the marked one (the
+ * first split) outlined and named. */
+function strip(m: AnyModel<MatrixState>): HTMLElement {
+  const values = m.get("strip_values");
+  const labels = m.get("strip_labels");
+  const box = el("div", "lw-mx-strip");
+  if (!values.length) return box;
+  const top = Math.max(...values.filter(Number.isFinite), 1e-12);
+  box.append(el("span", "lw-mx-strip-name", `${m.get("strip_name")}:`));
+  values.forEach((value, i) => {
+    const colour = cellColour(value, "sequential", top);
+    const token = el("span", "lw-mx-strip-token", shown(labels[i] ?? ""));
+    token.style.background = rgb(colour);
+    token.style.color = inkOn(colour);
+    token.title = `${labels[i] ?? ""}: ${m.get("strip_name")} ${formatValue(value)}`;
+    token.setAttribute("aria-label", token.title);
+    if (i === m.get("strip_mark")) {
+      token.classList.add("lw-mx-split");
+      token.title += " (first split)";
+    }
+    box.append(token);
+  });
+  return box;
+}
+
+/** Horizontal bars, a label and a share each (the blame, largest first). */
+function bars(m: AnyModel<MatrixState>): HTMLElement {
+  const values = m.get("bar_values");
+  const box = el("div", "lw-mx-bars");
+  const widths = barPercents(values);
+  if (values.length) box.append(el("div", "lw-mx-bars-name", m.get("bar_name")));
+  m.get("bar_labels").forEach((label, i) => {
+    const row = el("div", "lw-mx-bar-row");
+    const track = el("div", "lw-mx-bar-track");
+    const bar = el("div", "lw-mx-bar");
+    bar.style.width = `${widths[i]}%`;
+    track.append(bar);
+    row.append(el("span", "lw-mx-bar-label", label), track, el("span", "lw-mx-bar-value", percent(values[i])));
+    row.title = `${label}: ${percent(values[i])} of the divergence`;
+    box.append(row);
+  });
+  return box;
+}
+
 function render({ model, el: root, experimental, signal }: RenderProps<MatrixState>): () => void {
   const m = model as AnyModel<MatrixState>;
   const frame = el("div", "lw-panel lw-mx");
@@ -120,14 +172,15 @@ function render({ model, el: root, experimental, signal }: RenderProps<MatrixSta
     where.textContent = `positions ${start}–${start + m.get("column_labels").length - 1} of ${total}`;
     back.disabled = start === 0;
     next.disabled = start + m.get("column_labels").length >= total;
-    body.replaceChildren(table(m, pick), legend(m.get("value_name"), m.get("scale"), m.get("vmax")));
+    body.replaceChildren(strip(m), table(m, pick), legend(m.get("value_name"), m.get("scale"), m.get("vmax")),
+      bars(m));
     detail.replaceChildren(...m.get("detail").map((line) => el("div", "", line)));
     const message = m.get("error");
     errorBox.hidden = !message;
     errorBox.textContent = message;
   }
   const stop = redrawOn(m, ["values", "words", "column_labels", "selected", "detail", "error", "summary",
-    "window_start", "title", "vmax", "scale"], draw);
+    "window_start", "title", "vmax", "scale", "strip_values", "bar_values"], draw);
   return () => {
     stopTheme();
     stop();

@@ -31,7 +31,7 @@ def test_the_same_model_twice_parts_nowhere(tiny_gpt2):
     d = lw.diverge(tiny_gpt2, tiny_gpt2, TEXT, 5)
     assert torch.equal(d.kl, torch.zeros(5)) and d.first_split is None
     assert all(float(e.abs().max()) == 0 for e in d.errors.values()) and float(d.attention.max()) == 0
-    assert d.blame == [] and "no divergence to blame" in d.notes[0]
+    assert d.blame == [] == d.alone and "no divergence to blame" in d.notes[0]
     assert d.a_generated == d.b_generated and "never split" in repr(d)
 
 
@@ -59,6 +59,10 @@ def test_a_planted_defect_is_blamed_on_its_layer(arch, tiny_gpt2):
     d = lw.diverge(lm, _noisy(lm, 1, scale=1.0), prompt, 4)
     assert d.kl.sum() > 0
     assert d.blame[0][0] == 1 and d.blame[0][1] in ("mlp", "residual") and d.blame[0][2] > 0.9
+    # alone: b's noisy MLP on a's inputs, put into a, causes (nearly) all of it; every other module nothing
+    alone = {(layer, site): share for layer, site, share in d.alone}
+    assert alone[1, "mlp"] > 0.5 and alone[1, "residual"] > 0.5 and d.alone[0][0] == 1
+    assert all(share == 0 for (layer, site), share in alone.items() if layer != 1 or site == "attention")
     assert float(d.errors["residual"][0].abs().max()) == 0 < float(d.errors["residual"][1].abs().max())
 
 
@@ -92,7 +96,11 @@ def test_the_view_shows_the_layers_the_split_and_the_blame(tiny_gpt2):
     view = lw.DivergenceView(d, view=attention)
     assert view.kind == "divergence" and len(view.values) == 4 and len(view.column_labels) == len(d.tokens) - 1
     assert view.summary[2].startswith(("first split at generated token", "the greedy choices never split"))
-    assert view.summary[3].startswith("KL(a||b) per generated token:") and view.notes[0].startswith("blame: layer 1")
+    assert view.strip_values == d.kl.tolist() and view.strip_labels == d.tokens[d.n_prompt :]
+    assert view.strip_mark == (-1 if d.first_split is None else d.first_split)
+    assert view.bar_labels[0].startswith("layer 1") and view.bar_values == [share for *_, share in d.blame[:10]]
+    notes = view.figure().notes  # the strip and the bars in words, in the exports
+    assert notes[3].startswith("KL(a||b) per generated token:") and notes[4].startswith("blame: layer 1")
     view.selected = [2, 3]
     assert view.detail[0].startswith("layer 2, position 3") and "residual" in view.detail[0]
     assert attention.layer == 2 and attention.head == int(d.attention[2].argmax())

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { cellColour, cellText, formatValue, inkOn, legendStops, windowStart } from "./matrix";
+import { barPercents, cellColour, cellText, formatValue, inkOn, legendStops, percent, windowStart } from "./matrix";
 
 describe("matrix views", () => {
   it("maps sequential values from white to dark and clamps", () => {
@@ -39,5 +39,12 @@ describe("matrix views", () => {
     expect(windowStart(0, -24, 100, 24)).toBe(0);
     expect(windowStart(70, 24, 100, 24)).toBe(76);
     expect(windowStart(10, 5, 20, 24)).toBe(0);
+  });
+  it("draws blame bars against the largest share, negative shares as none", () => {
+    expect(barPercents([0.5, 0.25, -0.1, Number.NaN])).toEqual([100, 50, 0, 0]);
+    expect(barPercents([-0.2, 0])).toEqual([0, 0]);
+    expect(barPercents([])).toEqual([]);
+    expect(percent(0.4234)).toBe("42.3%");
+    expect(percent(-0.001)).toBe("-0.1%");
   });
 });

@@ -44,3 +44,15 @@ export function windowStart(start: number, step: number, total: number, size: nu
 export function cellText(v: number): string {
   return Number.isFinite(v) ? formatValue(v) : String(v);
 }
+
+/** Bar lengths in percent of the largest value (negative values, a patch that made things
+ * worse, drawn as none; their number is still written beside the bar). */
+export function barPercents(values: number[]): number[] {
+  const top = Math.max(0, ...values.filter(Number.isFinite));
+  return values.map((v) => (top > 0 && Number.isFinite(v) ? (Math.max(0, v) / top) * 100 : 0));
+}
+
+/** A share as a percentage with one decimal ("42.3%", "-0.1%"). */
+export function percent(v: number): string {
+  return Number.isFinite(v) ? `${(v * 100).toFixed(1)}%` : String(v);
+}

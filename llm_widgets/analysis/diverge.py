@@ -16,7 +16,7 @@ import torch
 from .. import checks
 from ..errors import InputError, WrongTypeError
 from ..models import LanguageModel
-from ..models.anatomy import anatomy
+from ..models.anatomy import anatomy, block_output
 from ..models.devices import input_device
 from ..text import printable
 from ..trace import Trace
@@ -28,6 +28,7 @@ from .patching import (
     _forward_last,
     _layer_chunks,
     _rows_per_chunk,
+    _site_modules,
     capture_site,
     capture_sites,
     run_patched,
@@ -46,7 +47,11 @@ class Divergence:
     positions] of ||b - a|| / ||a||. attention [layers, heads]: the largest |attention_b -
     attention_a|. blame: (layer, site, share) largest first, share the part of the mean KL that
     a's activation patched into b takes away (the residual stream's: what appears at that layer,
-    its share less the layer before's)."""
+    its share less the layer before's; and (layers, "output", share): what remains with a's last
+    residual stream in b, the part of b's final norm and unembedding). alone: (layer, site, share)
+    largest first, share the mean KL that b's module causes by itself (run on a's inputs, its
+    output put into a) over b's: which layer to keep in full precision, where blame also counts
+    what a layer passes on from below."""
 
     a_name: str
     b_name: str
@@ -62,6 +67,8 @@ class Divergence:
     errors: dict[str, torch.Tensor] = field(default_factory=dict)
     attention: torch.Tensor | None = None
     blame: list[tuple[int, str, float]] = field(default_factory=list)
+    # each of b's modules by itself: run on a's inputs, its output put into a (layer, site, share)
+    alone: list[tuple[int, str, float]] = field(default_factory=list)
     # models of different shapes (a distilled student): each layer's lens distribution against the
     # other model's final one, mean KL over the generated tokens: {"a": [a's layers], "b": [b's]}
     lens_kl: dict[str, list[float]] = field(default_factory=dict)
@@ -117,6 +124,18 @@ def _check_pair(a: Any, b: Any) -> None:
         )
 
 
+def _prompt_within_context(a: LanguageModel, b: LanguageModel, prompt: Any, max_new_tokens: int) -> torch.Tensor:
+    ids = prompt_ids(a, prompt)
+    for lm in (a, b):
+        context = lm.facts.context_length
+        if context and len(ids) + max_new_tokens > context:
+            raise InputError(
+                f"the prompt ({len(ids)} tokens) plus max_new_tokens ({max_new_tokens}) is longer than the context "
+                f"of {lm.name} ({context}); shorten one of them"
+            )
+    return ids
+
+
 def _tail_logits(lm: LanguageModel, ids: torch.Tensor, keep: int) -> torch.Tensor:
     """Float32 logits [keep, vocab] at the last `keep` positions of one forward of `ids`."""
     with held(lm.model):
@@ -137,26 +156,23 @@ def diverge(
     *,
     sites: Any = SITES,
     blame: bool = True,
+    alone: bool = True,
     budget_bytes: int = DEFAULT_BUDGET,
 ) -> Divergence:
     """Where b parts from a on `prompt`: a generates `max_new_tokens` greedily, b is fed a's tokens
     and compared at every generated token and every layer; with `blame`, each layer's `sites`
-    (residual, attention, mlp) are patched from a into b to rank where the divergence comes from."""
+    (residual, attention, mlp) are patched from a into b to rank where the divergence comes from,
+    and with `alone` (and `blame`) each of b's modules is run on a's inputs and put into a: the
+    divergence it causes by itself."""
     _check_pair(a, b)
     checks.integer(max_new_tokens, "max_new_tokens", low=1)
     checks.flag(blame, "blame")
+    checks.flag(alone, "alone")
     checks.integer(budget_bytes, "budget_bytes", low=1)
     sites = (sites,) if isinstance(sites, str) else tuple(sites) if isinstance(sites, (list, tuple)) else None
     if not sites or any(s not in SITES for s in sites):
         raise InputError(f"sites must be some of {', '.join(SITES)}; got {sites!r}")
-    ids = prompt_ids(a, prompt)
-    for lm in (a, b):
-        context = lm.facts.context_length
-        if context and len(ids) + max_new_tokens > context:
-            raise InputError(
-                f"the prompt ({len(ids)} tokens) plus max_new_tokens ({max_new_tokens}) is longer than the context "
-                f"of {lm.name} ({context}); shorten one of them"
-            )
+    ids = _prompt_within_context(a, b, prompt, max_new_tokens)
     ta, tb = (lm.trace(ids, max_new_tokens=max_new_tokens, capture=False) for lm in (a, b))
     assert isinstance(ta, Trace) and isinstance(tb, Trace)
     generated = ta.generated_ids
@@ -187,12 +203,14 @@ def diverge(
         )
         result.lens_kl = {"a": _lens_kl(a, forced, keep, lb), "b": _lens_kl(b, forced, keep, la, against_final=True)}
         return result
-    _layers(result, a, b, forced, sites, la, keep, blame, budget_bytes)
+    _layers(result, a, b, forced, sites, la, keep, (blame, alone), budget_bytes)
     return result
 
 
-def _layers(result: Divergence, a, b, forced, sites, la, keep, blame, budget) -> None:
-    """Each site's relative error per layer and position, the heads' attention difference, the blame."""
+def _layers(result: Divergence, a, b, forced, sites, la, keep, wanted, budget) -> None:
+    """Each site's relative error per layer and position, the heads' attention difference, the blame
+    and the modules alone (`wanted`: whether to find each)."""
+    blame, alone = wanted
     parts_a, parts_b = anatomy(a.model, a.facts.n_layers), anatomy(b.model, b.facts.n_layers)
     base = float(result.kl.mean())
     shares: dict[str, list[float]] = {}
@@ -210,19 +228,28 @@ def _layers(result: Divergence, a, b, forced, sites, la, keep, blame, budget) ->
         ).cpu()
         if blame and base > 0:
             shares[site] = _shares(b, forced, site, source, la, keep, base, budget)
+            if alone:
+                own = _alone(a, b, forced, site, parts_a, parts_b)
+                result.alone += [
+                    (i, site, 1.0 - v) for i, v in enumerate(_shares(a, forced, site, own, la, keep, base, budget))
+                ]
     result.attention = _attention_difference(a, b, forced)
     if blame and base == 0:
         result.notes.append("b gives a's distributions exactly: there is no divergence to blame")
     ranked = []
     for site, values in shares.items():
         if site == "residual":  # what appears at each layer: its share less the layer before's
+            # what a's last residual stream leaves: the final norm and unembedding (a quantized lm_head)
+            ranked.append((len(values), "output", 1.0 - values[-1]))
             values = [v - (values[i - 1] if i else 0.0) for i, v in enumerate(values)]
         ranked += [(layer, site, share) for layer, share in enumerate(values)]
     result.blame = sorted(ranked, key=lambda item: -item[2])
+    result.alone.sort(key=lambda item: -item[2])
 
 
 def _shares(b, forced, site, source, la, keep, base, budget) -> list[float]:
-    """For each layer: the part of the mean KL(a||b) gone when b takes a's output of `site` there."""
+    """For each layer: the part of the mean KL(a||b) gone when b takes `source`'s output of `site`
+    there (a's outputs: the blame; b's modules alone, patched into a, 1 - share: what they cause)."""
     patches = [(layer, slice(None), None) for layer in range(len(source))]
     size = _rows_per_chunk(b, len(forced), budget, keep)
     out: list[float] = []
@@ -232,6 +259,52 @@ def _shares(b, forced, site, source, la, keep, base, budget) -> list[float]:
             rows = rows.reshape(len(chunk), keep, -1).float().cpu()
             out += [1.0 - float(_kl(la, row).mean()) / base for row in rows]
     return out
+
+
+def _hidden_input(args: tuple, kwargs: dict) -> tuple[str, Any]:
+    """Where a block's, attention's or MLP's hidden states come in: a keyword or the first argument."""
+    return ("kwargs", "hidden_states") if "hidden_states" in kwargs else ("args", 0)
+
+
+def _alone(a: LanguageModel, b: LanguageModel, forced, site: str, parts_a, parts_b) -> list[torch.Tensor]:
+    """b's `site` modules each run on a's input to it (one forward of a to read them, one of b with
+    every such input replaced by a's): per layer [T, d], what that module alone makes of a's input."""
+    inputs: dict[int, torch.Tensor] = {}
+    outputs: dict[int, torch.Tensor] = {}
+
+    def read(layer):
+        def hook(_m, args, kwargs):
+            where, key = _hidden_input(args, kwargs)
+            inputs[layer] = (kwargs[key] if where == "kwargs" else args[key]).detach().clone()
+
+        return hook
+
+    def replace(layer):
+        def hook(_m, args, kwargs):
+            where, key = _hidden_input(args, kwargs)
+            if where == "kwargs":
+                return args, {**kwargs, key: inputs[layer].to(kwargs[key].dtype)}
+            return (inputs[layer].to(args[0].dtype), *args[1:]), kwargs
+
+        return hook
+
+    def keep(layer):
+        def hook(_m, _args, output):
+            outputs[layer] = block_output(output)[0].detach().clone()
+
+        return hook
+
+    for lm, parts, hooks in ((a, parts_a, (read,)), (b, parts_b, (replace, keep))):
+        modules = _site_modules(parts, site, lm.name)
+        handles = [m.register_forward_pre_hook(hooks[0](i), with_kwargs=True) for i, m in enumerate(modules)]
+        handles += [m.register_forward_hook(hooks[1](i)) for i, m in enumerate(modules) if len(hooks) > 1]
+        try:
+            with held(lm.model):
+                _forward_last(lm.model, forced[None], 1)
+        finally:
+            for handle in handles:
+                handle.remove()
+    return [outputs[layer] for layer in range(len(outputs))]
 
 
 def _lens_kl(lm: LanguageModel, forced: torch.Tensor, keep: int, final: torch.Tensor, against_final=False):

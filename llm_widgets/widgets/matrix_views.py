@@ -28,6 +28,7 @@ from .attention_view import AttentionView
 
 WINDOW = 24  # positions of the lens shown (and decoded) at once
 DETAIL_K = 10  # the top tokens listed for a clicked lens cell
+BARS = 10  # the blame's largest shares drawn as bars
 
 
 class MatrixWidget(Answers, StaticFallback, anywidget.AnyWidget):
@@ -36,7 +37,7 @@ class MatrixWidget(Answers, StaticFallback, anywidget.AnyWidget):
     _esm = bundle("matrix_view")
     _css = bundle("matrix_view", ".css")
 
-    kind = traitlets.Unicode(help="'lens', 'patching', 'sweep', 'compare'").tag(sync=True)
+    kind = traitlets.Unicode(help="'lens', 'patching', 'sweep', 'compare', 'divergence'").tag(sync=True)
     title = traitlets.Unicode(help="the view's title").tag(sync=True)
     summary = traitlets.List(traitlets.Unicode(), help="lines of text above the matrix").tag(sync=True)
     values = traitlets.List(traitlets.List(traitlets.Float()), help="[rows][columns] on screen").tag(sync=True)
@@ -54,6 +55,15 @@ class MatrixWidget(Answers, StaticFallback, anywidget.AnyWidget):
     detail = traitlets.List(traitlets.Unicode(), help="lines about the clicked cell").tag(sync=True)
     notes = traitlets.List(traitlets.Unicode(), help="notes under the table, in words").tag(sync=True)
     error = traitlets.Unicode(help="why the last request failed ('' when it did not)").tag(sync=True)
+    strip_values = traitlets.List(traitlets.Float(), help="a number per token above the table, [] for none").tag(
+        sync=True
+    )
+    strip_labels = traitlets.List(traitlets.Unicode(), help="the token under each strip value").tag(sync=True)
+    strip_name = traitlets.Unicode(help="what the strip's numbers are").tag(sync=True)
+    strip_mark = traitlets.Int(-1, help="the strip entry marked (the first split), -1 for none").tag(sync=True)
+    bar_labels = traitlets.List(traitlets.Unicode(), help="a label per bar under the table, [] for none").tag(sync=True)
+    bar_values = traitlets.List(traitlets.Float(), help="each bar's share (1.0 is all of it)").tag(sync=True)
+    bar_name = traitlets.Unicode(help="what the bars' shares are").tag(sync=True)
 
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
@@ -360,9 +370,24 @@ class DivergenceView(MatrixWidget):
             value_name="relative error of the residual stream",
             title=f"where {d.b_name} parts from {d.a_name}",
             summary=_divergence_lines(d),
-            notes=[f"blame: layer {layer} {site} {share:.1%}" for layer, site, share in d.blame[:5]] + list(d.notes),
+            notes=list(d.notes),
+            strip_values=d.kl.tolist(),
+            strip_labels=d.tokens[d.n_prompt : d.n_prompt + len(d.kl)],
+            strip_name="KL(a||b)",
+            strip_mark=-1 if d.first_split is None else d.first_split,
+            bar_labels=[_blamed(layer, site) for layer, site, _ in d.blame[:BARS]],
+            bar_values=[share for _, _, share in d.blame[:BARS]],
+            bar_name="blame: the share of the divergence gone when b takes a's output there",
             **kwargs,
         )
+
+    def figure(self) -> export.MatrixFigure:
+        figure = super().figure()
+        # what the strip and the bars show on screen, in words
+        kl = " | ".join(f"{t!r} {v:.3g}" for t, v in zip(self.strip_labels[:12], self.strip_values))
+        shares = [f"blame: {label} {share:.1%}" for label, share in zip(self.bar_labels, self.bar_values)]
+        figure.notes[len(self.summary) : len(self.summary)] = [f"KL(a||b) per generated token: {kl}", *shares]
+        return figure
 
     def _on_select(self, change) -> None:
         if len(self.selected) != 2:
@@ -374,6 +399,9 @@ class DivergenceView(MatrixWidget):
         shares = [f"{site} {share:.1%}" for lay, site, share in d.blame if lay == layer]
         if shares:
             lines.append(f"blame at layer {layer}: " + ", ".join(shares))
+        alone = [f"{site} {share:.1%}" for lay, site, share in d.alone if lay == layer]
+        if alone:
+            lines.append(f"b's layer {layer} alone, on a's inputs, causes: " + ", ".join(alone))
         if d.attention is not None:
             head = int(d.attention[layer].argmax())
             lines.append(
@@ -384,6 +412,10 @@ class DivergenceView(MatrixWidget):
         self.detail = lines
 
 
+def _blamed(layer: int, site: str) -> str:
+    return "output (norm, unembedding)" if site == "output" else f"layer {layer} {site}"
+
+
 def _divergence_lines(d: Divergence) -> list[str]:
     n = d.n_prompt
     if d.first_split is None:
@@ -392,5 +424,4 @@ def _divergence_lines(d: Divergence) -> list[str]:
         i = d.first_split
         b_choice = d.b_tokens[i] if i < len(d.b_tokens) else "(end)"
         split = f"first split at generated token {i}: a chose {d.tokens[n + i]!r}, b {b_choice!r}"
-    kl = " | ".join(f"{d.tokens[n + i]!r} {v:.3g}" for i, v in enumerate(d.kl.tolist()[:12]))
-    return [f"a: {d.a_text!r}", f"b: {d.b_text!r}", split, f"KL(a||b) per generated token: {kl}"]
+    return [f"a: {d.a_text!r}", f"b: {d.b_text!r}", split]
