@@ -6,16 +6,20 @@ patch(model, clean, corrupted, " Mary", " John")   # patching.py: which layer, p
 ablation_sweep(trace, " Mary", " John")            # patching.py: every head removed in turn
 compare(trace_a, trace_b)                          # compare.py: two runs side by side
 diverge(model_a, model_b, prompt)                  # diverge.py: where two models part, and which layer
+sample_tree(model, prompt, n=32)                   # samples.py: all the answers sampling gives, as a tree
+determinism(model, prompt)                         # determinism.py: the same run again, batched, eager, float32
 profile(model, prompt, max_new_tokens=8)           # profile.py: time and memory per module
 scaling(model, lengths=[256, 512, 1024])           # scaling.py: how cost grows with length
 """
 
 from .attribution import METHODS, Attribution, attribute
 from .compare import Comparison, compare
+from .determinism import Determinism, determinism
 from .diverge import Divergence, diverge
 from .lens import LogitLens, logit_lens
 from .patching import SITES, Patching, Sweep, ablation_sweep, patch
 from .profile import Profile, profile
+from .samples import Node, Samples, SampleTree, sample_tree
 from .scaling import Scaling, scaling
 
 __all__ = [
@@ -23,18 +27,24 @@ __all__ = [
     "SITES",
     "Attribution",
     "Comparison",
+    "Determinism",
     "Divergence",
     "LogitLens",
     "Patching",
+    "Node",
     "Profile",
+    "SampleTree",
+    "Samples",
     "Scaling",
     "Sweep",
     "ablation_sweep",
     "attribute",
     "compare",
+    "determinism",
     "diverge",
     "logit_lens",
     "patch",
     "profile",
+    "sample_tree",
     "scaling",
 ]
