@@ -118,6 +118,7 @@ bench: setup
 	$(PY) benchmarks/bench_lock.py
 	$(PY) benchmarks/bench_debug.py
 	$(PY) benchmarks/bench_diverge.py
+	$(PY) benchmarks/bench_samples.py
 
 ## rebuild the bundled tiny-gpt2 from scratch (corpus from Debian packages, tokenizer, training)
 tiny-gpt2: setup

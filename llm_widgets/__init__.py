@@ -51,6 +51,7 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time the widgets load
         ModelCard,
         PatchingView,
         ProfileView,
+        SampleTreeView,
     )
 
 __all__ = [
@@ -114,6 +115,7 @@ __all__ = [
     "ModelCard",
     "PatchingView",
     "ProfileView",
+    "SampleTreeView",
 ]
 
 

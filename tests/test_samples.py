@@ -167,3 +167,43 @@ def test_determinism_again_in_a_batch_eager_and_float32(tiny_gpt2):
         lw.determinism(tiny_gpt2, TEXT, do_sample=True)
     with pytest.raises(lw.InputError, match="other_prompt must be some text"):
         lw.determinism(tiny_gpt2, TEXT, other_prompt="")
+
+
+def test_the_view_lays_out_selects_forces_opens_and_exports(tiny_gpt2):
+    tree = lw.sample_tree(tiny_gpt2, TEXT, n=6, max_new_tokens=4, seed=2, scorer=_first_word)
+    attention = lw.AttentionView(tiny_gpt2.trace(TEXT))
+    view = lw.SampleTreeView(tree, view=attention)
+    boxes = view.segments
+    assert boxes[0]["column"] == 0 and boxes[0]["y0"] == 0 and boxes[0]["y1"] == 1
+    leaves = [b for b in boxes if b["leaf"]]
+    assert sum(b["count"] for b in leaves) == 6 and all(b["outcome"] for b in leaves)
+    assert sum(b["y1"] - b["y0"] for b in leaves) == pytest.approx(1.0)
+    for b in boxes:  # each box ends at the node whose text it ends with
+        assert b["text"].endswith(tree.nodes[b["node"]].token)
+    split = tree.branch_points()[0]
+    view.selected = split.id
+    assert view.detail[0].startswith(f"after {split.depth} tokens" if split.depth else "after the prompt")
+    assert len(view.alternatives) == 5
+    assert view.answers == split.samples
+    free = next(a for a in view.alternatives if not a["taken"])
+    reply, _ = view.request({"what": "force", "node": split.id, "token": free["token_id"]}, [])
+    assert reply == {"type": "forced", "answer": 6} and len(view.segments) == len(boxes) + 1
+    assert tree.is_forced[6] and view.selected == split.id
+    view.request({"what": "open", "answer": 6}, [])
+    assert attention.tokens[-1] == tiny_gpt2.tokenizer.decode([tree.generated[6][-1]])
+    for fmt, start in (("svg", b"<?xml"), ("png", b"\x89PNG"), ("html", b"<!doctype html>")):
+        assert view.request({"what": "export", "format": fmt}, [])[1][0].startswith(start)
+    view.colour_by = "decisiveness"
+    assert view.request({"what": "frobnicate"}, [])[0]["type"] == "error"
+    assert "no attention view" in lw.SampleTreeView(tree).request({"what": "open", "answer": 0}, [])[0]["message"]
+    with pytest.raises(lw.WrongTypeError, match="SampleTreeView takes the result of lw.sample_tree"):
+        lw.SampleTreeView(tiny_gpt2)
+
+
+def test_a_branch_forced_from_code_appears_in_the_view(tiny_gpt2):
+    tree = lw.sample_tree(tiny_gpt2, TEXT, n=3, max_new_tokens=3, seed=4)
+    view = lw.SampleTreeView(tree)
+    before = len(view.segments)
+    tree.force(0, tree.nodes[0].alternatives[-1][0])
+    assert len(view.segments) == before + 1 and "1 forced" not in view.title
+    assert sum(b["forced"] for b in view.segments if b["leaf"]) == 1

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import math
+import weakref
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -133,6 +134,7 @@ class SampleTree:
         self.is_forced: list[bool] = []
         self.samples = Samples(self)
         self.notes: list[str] = []
+        self._watchers: list[weakref.WeakMethod] = []  # views to redraw when a branch joins (not kept alive)
         self._cache: Any = None  # the batched run's cache: row r is answer r's prefix
         self._cache_length = 0
 
@@ -156,9 +158,10 @@ class SampleTree:
         return out
 
     def branch_points(self) -> list[Node]:
-        """Nodes where sampled answers split, the most decisive first (by count without a scorer)."""
+        """Nodes where sampled answers split, the one that decides most of the outcome first: by
+        decisiveness times the answers through it (by count alone without a scorer)."""
         split = [n for n in self.nodes if sum(self.nodes[c].count > 0 for c in n.children) > 1]
-        return sorted(split, key=lambda n: (-(n.decisiveness or 0.0), -n.count, n.id))
+        return sorted(split, key=lambda n: (-(n.decisiveness or 0.0) * n.count, -n.count, n.id))
 
     def leaves(self) -> list[Node]:
         return [n for n in self.nodes if not n.children]
@@ -168,6 +171,17 @@ class SampleTree:
         was sampled, from the kept cache: greedy, or sampled with the tree's settings and `seed`.
         The branch joins the tree (forced: not counted among the samples); returns its index."""
         return _force(self, node, token, max_new_tokens, do_sample, seed)
+
+    def watch(self, method: Callable[[], Any]) -> None:
+        """Call the bound `method` when a forced branch joins (a view redrawing; held weakly)."""
+        self._watchers.append(weakref.WeakMethod(method))  # type: ignore[arg-type]
+
+    def _changed(self) -> None:
+        alive = [(ref, ref()) for ref in self._watchers]
+        self._watchers = [ref for ref, method in alive if method is not None]
+        for _, method in alive:
+            if method is not None:
+                method()
 
     def commitment(self, sample: int) -> list[tuple[str, int | None]]:
         """Per generated token of one answer: the first layer from which the logit lens keeps that
@@ -422,9 +436,8 @@ def _score(tree: SampleTree) -> None:
     for node in tree.nodes:
         sampled = [tree.nodes[c] for c in node.children if tree.nodes[c].count > 0]
         if len(sampled) > 1:
-            node.decisiveness = _entropy(node.outcomes) - sum(
-                c.count / node.count * _entropy(c.outcomes) for c in sampled
-            )
+            left = sum(c.count / node.count * _entropy(c.outcomes) for c in sampled)
+            node.decisiveness = max(0.0, _entropy(node.outcomes) - left)  # (never below 0 but by rounding)
 
 
 def _entropy(counts: dict[Any, int]) -> float:
@@ -466,6 +479,7 @@ def _force(tree: SampleTree, node, token, max_new_tokens, do_sample, seed) -> in
     record = make_record(lm, tree.prompt_ids + prefix + [token_id], generation, (), tokens[0])
     index = _add(tree, prefix + [token_id] + tokens[0], forced_step + said[0], record, True)
     _score(tree)
+    tree._changed()
     return index
 
 

@@ -12,3 +12,4 @@ from .matrix_views import LensView as LensView
 from .matrix_views import PatchingView as PatchingView
 from .model_card import ModelCard as ModelCard
 from .profile_view import ProfileView as ProfileView
+from .sample_tree_view import SampleTreeView as SampleTreeView
