@@ -207,3 +207,16 @@ def test_a_branch_forced_from_code_appears_in_the_view(tiny_gpt2):
     tree.force(0, tree.nodes[0].alternatives[-1][0])
     assert len(view.segments) == before + 1 and "1 forced" not in view.title
     assert sum(b["forced"] for b in view.segments if b["leaf"]) == 1
+
+
+def test_an_encoder_decoders_answers_replay_alone():
+    translator = lw.load_model("tiny-translator")
+    tree = lw.sample_tree(translator, "the house is small", n=4, max_new_tokens=6, seed=5)
+    assert tree.lead == [translator.model.generation_config.decoder_start_token_id]
+    for i in range(4):
+        assert tree.samples[i].generated_ids == tree.generated[i]
+        alone = translator.trace("the house is small", max_new_tokens=6, do_sample=True, seed=5 + i, capture=False)
+        assert alone.generated_ids == tree.generated[i]
+    assert tree.nodes[0].count == 4 and "the house is small" in tree.nodes[0].token  # the source
+    with pytest.raises(lw.InputError, match="an encoder-decoder's forced branch would need a record"):
+        tree.force(0, 5)

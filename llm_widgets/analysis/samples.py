@@ -21,7 +21,14 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import torch
-from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+from transformers import (
+    ForcedEOSTokenLogitsProcessor,
+    LogitsProcessorList,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+from transformers.modeling_outputs import BaseModelOutput
 
 from .. import checks
 from ..errors import InputError, WrongTypeError
@@ -33,6 +40,7 @@ from ..trace import Trace
 from ..trace.record import make_record, replay
 from ..trace.run import SEED_MAX, prompt_ids
 from ..trace.runner import held
+from ..trace.seq2seq import decoder_start
 from ..trace.trace import decode_each
 from .targets import first_token_id
 
@@ -47,7 +55,6 @@ UNSUPPORTED = {
     "suppress_tokens": (None,),
     "begin_suppress_tokens": (None,),
     "forced_bos_token_id": (None,),
-    "forced_eos_token_id": (None,),
     "min_p": (None,),
     "typical_p": (None, 1.0),
     "epsilon_cutoff": (None, 0.0),
@@ -127,6 +134,9 @@ class SampleTree:
 
     def __init__(self, lm: LanguageModel, ids: list[int], settings: dict[str, Any], scorer: Callable | None):
         self.model, self.prompt_ids, self.settings, self.scorer = lm, ids, settings, scorer
+        # what comes before the answers in the stream the model continues: the prompt, or an
+        # encoder-decoder's decoder start token (its prompt is the encoder's source)
+        self.lead = [decoder_start(lm)] if lm.kind == "seq2seq" else list(ids)
         self.nodes: list[Node] = [Node(id=0, parent=None, depth=0, token_id=None, token=lm.tokenizer.decode(ids))]
         self.generated: list[list[int]] = []  # each answer's tokens
         self.records: list[dict] = []
@@ -252,9 +262,15 @@ def _settings(lm: LanguageModel, n, max_new_tokens, temperature, top_p, top_k, s
     return {"temperature": float(temperature), "top_k": int(top_k), "top_p": float(top_p)}
 
 
-def _warpers(settings: dict[str, Any]) -> LogitsProcessorList:
-    """generate's sampling warpers for these settings, in generate's order."""
+def _processors(lm: LanguageModel, settings: dict[str, Any], sampled: bool, max_length: int) -> LogitsProcessorList:
+    """generate's processors for these settings, in generate's order: the end-of-text token forced
+    at max_length where the model asks for it (Marian), then (when sampling) the warpers."""
     out = LogitsProcessorList()
+    forced_eos = lm.model.generation_config.forced_eos_token_id
+    if forced_eos is not None:
+        out.append(ForcedEOSTokenLogitsProcessor(max_length, forced_eos))
+    if not sampled:
+        return out
     if settings["temperature"] != 1.0:
         out.append(TemperatureLogitsWarper(settings["temperature"]))
     if settings["top_k"]:
@@ -295,11 +311,44 @@ def _describe(logits: torch.Tensor, sampling: torch.Tensor, chosen: torch.Tensor
     return steps
 
 
-def _decode(lm: LanguageModel, cache, logits, sequences, steps_left, warpers, generators, greedy):
+class _Stepper:
+    """The forward of one decoding step: a decoder-only model takes the new ids; an encoder-decoder
+    takes them as its decoder's, with the encoder's outputs (run once) and the source's mask."""
+
+    def __init__(self, lm: LanguageModel, source: torch.Tensor):
+        self.model, self.device = lm.model, input_device(lm.model)
+        self.seq2seq = lm.kind == "seq2seq"
+        self.extra: dict[str, Any] = {}
+        if self.seq2seq:
+            mask = torch.ones_like(source[None]).to(self.device)
+            encoded = self.model.get_encoder()(input_ids=source[None].to(self.device), attention_mask=mask)
+            self.extra = {
+                "encoder_outputs": BaseModelOutput(last_hidden_state=encoded.last_hidden_state),
+                "attention_mask": mask,
+            }
+
+    def widened(self, rows: int) -> _Stepper:
+        """The same for `rows` rows (the encoder's outputs repeated, not recomputed)."""
+        wide = copy.copy(self)
+        if self.seq2seq:
+            hidden = self.extra["encoder_outputs"].last_hidden_state
+            wide.extra = {
+                "encoder_outputs": BaseModelOutput(last_hidden_state=hidden.expand(rows, -1, -1)),
+                "attention_mask": self.extra["attention_mask"].expand(rows, -1),
+            }
+        return wide
+
+    def __call__(self, ids: torch.Tensor, cache: Any) -> Any:
+        name = "decoder_input_ids" if self.seq2seq else "input_ids"
+        kwargs = {name: ids.to(self.device), **self.extra}
+        return self.model(use_cache=True, **kwargs, **cache_kwargs(self.model, cache))
+
+
+def _decode(lm: LanguageModel, step_model, cache, logits, sequences, steps_left, warpers, generators, greedy):
     """Token by token from `logits` (the distribution after `sequences`, [rows, vocab]): rows stop
     at an end-of-text token (later ones pad, as generate pads). Returns the new tokens per row,
     each row's steps and the cache (holding every input token but the last one drawn)."""
-    model, eos = lm.model, _eos(lm)
+    eos = _eos(lm)
     rows = len(sequences)
     done = torch.zeros(rows, dtype=torch.bool)
     tokens: list[list[int]] = [[] for _ in range(rows)]
@@ -317,7 +366,7 @@ def _decode(lm: LanguageModel, cache, logits, sequences, steps_left, warpers, ge
         sequences = torch.cat([sequences, chosen[:, None].to(sequences.device)], 1)
         if step == steps_left - 1 or bool(done.all()):
             break
-        out = model(input_ids=chosen[:, None].to(sequences.device), use_cache=True, **cache_kwargs(model, cache))
+        out = step_model(chosen[:, None], cache)
         cache = output_cache(out)
         logits = out.logits[:, -1].float().cpu()
     return tokens, said, cache
@@ -341,8 +390,11 @@ def sample_tree(
     each answer's outcome (any hashable: which answer it gives, right or wrong)."""
     if not isinstance(model, LanguageModel):
         raise WrongTypeError(f"sample_tree takes an lw.LanguageModel; got {type(model).__name__}")
-    if model.plain or model.kind != "causal":
-        raise InputError(f"sample_tree samples causal Hugging Face language models; {model.name} is {model.kind}")
+    if model.plain or model.kind not in ("causal", "seq2seq"):
+        raise InputError(
+            f"sample_tree samples Hugging Face language models that generate (decoder-only or encoder-decoder); "
+            f"{model.name} is {model.kind}"
+        )
     if scorer is not None and not callable(scorer):
         raise WrongTypeError(f"scorer must be a function of an answer's text; got {type(scorer).__name__}")
     checked = _settings(model, n, max_new_tokens, temperature, top_p, top_k, seed, settings)
@@ -357,16 +409,18 @@ def sample_tree(
         )
     tree = SampleTree(model, ids.tolist(), {"max_new_tokens": max_new_tokens, **checked}, scorer)
     seeds = [seed + i for i in range(n)]
-    device = input_device(model.model)
+    lead = torch.tensor(tree.lead)
     with held(model.model):
-        out = model.model(input_ids=ids[None].to(device), use_cache=True)
+        one = _Stepper(model, ids)
+        out = one(lead[None], None)
         cache = output_cache(out)
         cache.batch_repeat_interleave(n)
         logits = out.logits[:, -1].float().cpu().expand(n, -1)
         generators = [torch.Generator().manual_seed(s) for s in seeds]
-        sequences = ids[None].expand(n, -1).cpu()
+        sequences = lead[None].expand(n, -1)
+        processors = _processors(model, checked, True, len(lead) + max_new_tokens)
         tokens, said, cache = _decode(
-            model, cache, logits, sequences, max_new_tokens, _warpers(checked), generators, False
+            model, one.widened(n), cache, logits, sequences, max_new_tokens, processors, generators, False
         )
     tree._cache, tree._cache_length = cache, _cache_length(cache)
     for i in range(n):
@@ -447,6 +501,11 @@ def _entropy(counts: dict[Any, int]) -> float:
 
 def _force(tree: SampleTree, node, token, max_new_tokens, do_sample, seed) -> int:
     lm = tree.model
+    if lm.kind == "seq2seq":
+        raise InputError(
+            "force continues a decoder-only model's prefix; an encoder-decoder's forced branch would need a record "
+            "of its decoder's prefix to replay, which records do not hold yet"
+        )
     if not isinstance(node, Node):
         checks.integer(node, "node", low=0, high=len(tree.nodes) - 1)
         node = tree.nodes[node]
@@ -458,29 +517,38 @@ def _force(tree: SampleTree, node, token, max_new_tokens, do_sample, seed) -> in
     if do_sample and seed is None:
         seed = int(torch.randint(0, 2**31, ()).item())
     prefix = [n.token_id for n in _ancestry(tree, node) if n.token_id is not None]  # (only the prompt's is None)
-    warpers = _warpers(tree.settings) if do_sample else LogitsProcessorList()
     sequence = torch.tensor([tree.prompt_ids + prefix + [token_id]])
-    # the kept cache up to the node's prefix less its last token, which runs again: its logits are
-    # the distribution the forced token replaces a draw from
-    row = next((i for i in node.samples if not tree.is_forced[i]), None)
     with held(lm.model):
-        cache, fed = _prefix_cache(tree, row, sequence.shape[1] - 2)
-        device = input_device(lm.model)
-        out = lm.model(input_ids=sequence[:, fed:].to(device), use_cache=True, **cache_kwargs(lm.model, cache))
-        before = out.logits[:, -2].float().cpu()
-        scores = warpers(cast(torch.LongTensor, sequence[:, :-1]), before.clone())
-        forced_step = _describe(before, torch.softmax(scores, -1), sequence[0, -1:])
-        generators = [torch.Generator().manual_seed(seed if seed is not None else 0)]
-        logits = out.logits[:, -1].float().cpu()
-        tokens, said, _ = _decode(lm, output_cache(out), logits, sequence, left, warpers, generators, not do_sample)
+        forced_step, tokens, said = _continue(tree, node, sequence, left, do_sample, seed)
     generation = {"max_new_tokens": left, "do_sample": bool(do_sample), "seed": seed}
     if do_sample:
         generation.update({k: tree.settings[k] for k in ("temperature", "top_k", "top_p")})
-    record = make_record(lm, tree.prompt_ids + prefix + [token_id], generation, (), tokens[0])
-    index = _add(tree, prefix + [token_id] + tokens[0], forced_step + said[0], record, True)
+    record = make_record(lm, tree.prompt_ids + prefix + [token_id], generation, (), tokens)
+    index = _add(tree, prefix + [token_id] + tokens, [forced_step, *said], record, True)
     _score(tree)
     tree._changed()
     return index
+
+
+def _continue(tree: SampleTree, node: Node, sequence: torch.Tensor, left: int, do_sample: bool, seed):
+    """From the kept cache up to the node's prefix less its last token (which runs again: its logits
+    are the distribution the forced token replaces a draw from): the forced token's step, then
+    `left` more tokens, greedy or sampled, and their steps."""
+    lm = tree.model
+    row = next((i for i in node.samples if not tree.is_forced[i]), None)
+    cache, fed = _prefix_cache(tree, row, sequence.shape[1] - 2)
+    out = _Stepper(lm, sequence[0])(sequence[:, fed:], cache)
+    before = out.logits[:, -2].float().cpu()
+    sampling = _processors(lm, tree.settings, True, len(tree.lead) + tree.settings["max_new_tokens"])
+    scores = sampling(cast(torch.LongTensor, sequence[:, :-1]), before.clone())
+    forced_step = _describe(before, torch.softmax(scores, -1), sequence[0, -1:])[0]
+    processors = _processors(lm, tree.settings, do_sample, sequence.shape[1] + left)
+    generators = [torch.Generator().manual_seed(seed if seed is not None else 0)]
+    logits = out.logits[:, -1].float().cpu()
+    tokens, said, _ = _decode(
+        lm, _Stepper(lm, sequence[0]), output_cache(out), logits, sequence, left, processors, generators, not do_sample
+    )
+    return forced_step, tokens[0], said[0]
 
 
 def _ancestry(tree: SampleTree, node: Node) -> list[Node]:
