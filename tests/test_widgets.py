@@ -470,6 +470,8 @@ def test_the_monitor_charts_follow_the_page_theme(tiny_gpt2):
     assert view._loss_line.glyph.line_color == "#e0e0e0"  # the loss line was near-black
     view.controls.dark = False
     assert loss.background_fill_color == "#ffffff" and view._loss_line.glyph.line_color == "#333333"
+    view.controls.dark = True  # the layout's boxes too: no white gaps between the charts
+    assert {box.styles["background-color"] for box in (view.charts, *view.charts.children)} == {"#212121"}
 
 
 def test_closed_views_are_freed_with_the_traces_they_hold(tiny_gpt2):

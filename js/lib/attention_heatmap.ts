@@ -83,11 +83,17 @@ export function mountHeatmap(onPick: (query: number) => void, onZoom: (region: R
     const { x, y, rect } = local(event);
     return cellAt(x, y, rect.width, rect.height, current.map.rows, current.map.cols);
   };
+  // where the canvas sits in the box the tooltip and lasso are placed in (its plot may be scrolled)
+  const origin = () => {
+    const [c, b] = [canvas.getBoundingClientRect(), box.getBoundingClientRect()];
+    return { left: c.left - b.left, top: c.top - b.top };
+  };
   canvas.addEventListener("mousemove", (event) => {
     const { x, y } = local(event);
+    const at = origin();
     if (pressed) {
       Object.assign(lasso.style, {
-        left: `${canvas.offsetLeft + Math.min(pressed.x, x)}px`, top: `${canvas.offsetTop + Math.min(pressed.y, y)}px`,
+        left: `${at.left + Math.min(pressed.x, x)}px`, top: `${at.top + Math.min(pressed.y, y)}px`,
         width: `${Math.abs(x - pressed.x)}px`, height: `${Math.abs(y - pressed.y)}px`,
       });
       lasso.hidden = Math.abs(x - pressed.x) < 4 && Math.abs(y - pressed.y) < 4;
@@ -98,8 +104,8 @@ export function mountHeatmap(onPick: (query: number) => void, onZoom: (region: R
       return;
     }
     tooltip.textContent = describeCell(current.map, current.region, current.tokens, cell);
-    tooltip.style.left = `${canvas.offsetLeft + x + 12}px`;
-    tooltip.style.top = `${canvas.offsetTop + y + 12}px`;
+    tooltip.style.left = `${at.left + x + 12}px`;
+    tooltip.style.top = `${at.top + y + 12}px`;
     tooltip.hidden = false;
   });
   canvas.addEventListener("mouseleave", () => (tooltip.hidden = true));

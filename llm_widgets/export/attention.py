@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from ..errors import InputError
 from ..trace import Trace
 from ..trace.trace import OVERVIEW  # the pooled size the widget paints, and the figure's resolution
 from .files import to_bytes, write
+from .fonts import draw_text, font_for
 from .text import xml_text
 
 SIDE = 420  # drawn size of the heatmap, px (as in the widget)
@@ -214,14 +215,15 @@ def to_png(fig: AttentionFigure, scale: int = 2) -> bytes:
     side = SIDE * scale
     image = Image.new("RGB", (lay["width"] * scale, lay["height"] * scale), "white")
     draw = ImageDraw.Draw(image)
-    font = ImageFont.load_default(size=11 * scale)
-    draw.text((left, 8 * scale), fig.title, fill="black", font=ImageFont.load_default(size=13 * scale))
+    size = 11 * scale
+    draw_text(draw, (left, 8 * scale), fig.title, 13 * scale, fill="black")
     heat = fig.heatmap_image().resize((side, side), Image.Resampling.NEAREST)
     image.paste(heat, (left, top))
     draw.rectangle([left, top, left + side, top + side], outline="#999999")
     for frac, label in _ticks(fig.queries, lay["labelled_q"], fig):
-        draw.text((left - 4 * scale, top + frac * side), label, fill="black", font=font, anchor="rm")
+        draw_text(draw, (left - 4 * scale, top + frac * side), label, size, fill="black", anchor="rm")
     for frac, label in _ticks(fig.keys, lay["labelled_k"], fig):
+        font, label = font_for(label, size)
         box = font.getbbox(label)
         text = Image.new("RGBA", (int(box[2]) + 4, int(box[3]) + 4), (255, 255, 255, 0))
         ImageDraw.Draw(text).text((0, 0), label, fill="black", font=font)
@@ -234,7 +236,7 @@ def to_png(fig: AttentionFigure, scale: int = 2) -> bytes:
             [left, top + row * h, left + side, top + row * h + max(h, 2 * scale)], outline="#e6550d", width=2 * scale
         )
     for i, line in enumerate(_notes(fig)):
-        draw.text((left, (lay["notes_y"] + 16 * i) * scale), line, fill="black", font=font)
+        draw_text(draw, (left, (lay["notes_y"] + 16 * i) * scale), line, size, fill="black")
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", optimize=True)
     return buffer.getvalue()

@@ -6,11 +6,12 @@ import io
 import json
 from pathlib import Path
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from ..analysis.attribution import Attribution
 from .attention import shown
 from .files import to_bytes, write
+from .fonts import draw_text, length
 from .text import xml_text
 
 NEGATIVE, POSITIVE = (33, 102, 172), (179, 88, 6)  # as js/lib/heatmap.ts diverging()
@@ -88,21 +89,21 @@ def to_svg(attr: Attribution) -> str:
 
 
 def to_png(attr: Attribution, scale: int = 2) -> bytes:
-    font = ImageFont.load_default(size=12 * scale)
-    boxes = _layout(attr, lambda s: font.getlength(s) / scale)
+    size = 12 * scale
+    boxes = _layout(attr, lambda s: length(s, size) / scale)
     top = 16 * (len(_title(attr)) + 1)
     height = top + (boxes[-1][2] if boxes else 0) + 40
     image = Image.new("RGB", (WIDTH * scale, int(height * scale)), "white")
     draw = ImageDraw.Draw(image)
     for i, line in enumerate(_title(attr)):
-        draw.text((10 * scale, (4 + 16 * i) * scale), line, fill="black", font=font)
+        draw_text(draw, (10 * scale, (4 + 16 * i) * scale), line, size, fill="black")
     peak = float(attr.scores.abs().max()) or 1.0
     for i, x, y, w, label in boxes:
         colour = diverging(float(attr.scores[i]) / peak)
         box = [x * scale, (top + y) * scale, (x + w) * scale, (top + y + 20) * scale]
         draw.rounded_rectangle(box, radius=3 * scale, fill=colour, outline="#999999")
         dark = abs(float(attr.scores[i]) / peak) > 0.6
-        draw.text(((x + 4) * scale, (top + y + 3) * scale), label, fill="white" if dark else "#111111", font=font)
+        draw_text(draw, ((x + 4) * scale, (top + y + 3) * scale), label, size, fill="white" if dark else "#111111")
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", optimize=True)
     return buffer.getvalue()

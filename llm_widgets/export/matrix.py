@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from ..text import printable
 from .attention import colours, shown
 from .attribution import diverging
 from .files import to_bytes, write
+from .fonts import draw_text
 from .text import xml_text
 
 CELL_W, CELL_H, LEFT, TOP = 54, 18, 90, 56
@@ -123,34 +124,30 @@ def to_png(fig: MatrixFigure, scale: int = 2) -> bytes:
     width, height = _size(fig)
     image = Image.new("RGB", (width * scale, height * scale), "white")
     draw = ImageDraw.Draw(image)
-    font = ImageFont.load_default(size=10 * scale)
-    draw.text((8 * scale, 6 * scale), printable(fig.title), fill="black", font=ImageFont.load_default(size=13 * scale))
+    size = 10 * scale
+    draw_text(draw, (8 * scale, 6 * scale), printable(fig.title), 13 * scale, fill="black")
     rgb = fig.rgb()
     rows, cols = fig.values.shape
     for c, label in enumerate(fig.column_labels):
         x = (LEFT + c * CELL_W + CELL_W / 2) * scale
-        draw.text((x, (TOP - 6) * scale), printable(shown(label)[:8]), fill="black", font=font, anchor="ms")
+        draw_text(draw, (x, (TOP - 6) * scale), printable(shown(label)[:8]), size, fill="black", anchor="ms")
     for r, label in enumerate(fig.row_labels):
         y = (TOP + r * CELL_H) * scale
-        draw.text(((LEFT - 6) * scale, y + 13 * scale), printable(label), fill="black", font=font, anchor="rs")
+        draw_text(draw, ((LEFT - 6) * scale, y + 13 * scale), printable(label), size, fill="black", anchor="rs")
         for c in range(cols):
             x = (LEFT + c * CELL_W) * scale
             colour = tuple(int(v) for v in rgb[r, c])
             draw.rectangle([x, y, x + CELL_W * scale - 1, y + CELL_H * scale - 1], fill=colour)
-            draw.text(
-                (x + 3 * scale, y + 13 * scale),
-                printable(_cell_word(fig, r, c)),
-                fill="white" if _dark(colour) else "black",
-                font=font,
-                anchor="ls",
-            )
+            word = printable(_cell_word(fig, r, c))
+            ink = "white" if _dark(colour) else "black"
+            draw_text(draw, (x + 3 * scale, y + 13 * scale), word, size, fill=ink, anchor="ls")
     y = (TOP + rows * CELL_H + 20) * scale
     for i, (label, colour) in enumerate(fig.legend()):
         x = (LEFT + i * 60) * scale
         draw.rectangle([x, y, x + 56 * scale, y + 12 * scale], fill=colour)
-        draw.text((x, y + 24 * scale), label, fill="black", font=font, anchor="ls")
+        draw_text(draw, (x, y + 24 * scale), label, size, fill="black", anchor="ls")
     for i, line in enumerate(fig.notes):
-        draw.text((8 * scale, y + (44 + 16 * i) * scale), printable(line), fill="black", font=font, anchor="ls")
+        draw_text(draw, (8 * scale, y + (44 + 16 * i) * scale), printable(line), size, fill="black", anchor="ls")
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", optimize=True)
     return buffer.getvalue()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import html
 
 from ..text import printable
+from .fonts import drawable
 
 
 def xml_text(text: str) -> str:
@@ -14,5 +15,6 @@ def xml_text(text: str) -> str:
 
 
 def plain_label(text: str) -> str:
-    """For matplotlib: printable, and "$" escaped so the label is never parsed as math."""
-    return printable(text).replace("$", r"\$")
+    """For matplotlib: printable, what its font (DejaVu Sans) cannot draw escaped (no missing-glyph
+    boxes, no warnings), and "$" escaped so the label is never parsed as math."""
+    return drawable(printable(text)).replace("$", r"\$")

@@ -213,6 +213,9 @@ class GradientMonitorView(StaticFallback, ipywidgets.VBox):
         """The charts in the page's theme (the front end reports it): backgrounds and inks. Exports
         show the charts as they are on screen."""
         ink = CHART_INK[bool(dark)]
+        # the layout's own boxes too: the gaps between charts showed their white in a dark theme
+        for box in (self.charts, *self.charts.children):
+            box.styles = {"background-color": ink["background"]}
         for fig in self._figures:
             fig.background_fill_color = fig.border_fill_color = ink["background"]
             fig.outline_line_color = ink["grid"]

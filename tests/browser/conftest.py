@@ -246,6 +246,47 @@ def low_contrast(page, selector: str = ".lw-panel") -> list[str]:
     return failures
 
 
+CLIPPED_JS = """panel => {
+  // elements past the panel's right edge that no scrolling box inside it (or the panel) lets a
+  // reader scroll to: what is cut off and lost
+  const right = panel.getBoundingClientRect().right + 1;
+  const scrolls = el => {
+    for (let a = el.parentElement; a; a = a.parentElement) {
+      const x = getComputedStyle(a).overflowX;
+      if ((x === "auto" || x === "scroll") && a.scrollWidth > a.clientWidth) return true;
+      if (a === panel) return false;
+    }
+    return false;
+  };
+  const output = panel.closest(".jp-OutputArea-output, .jp-RenderedHTMLCommon, body");
+  const room = output ? output.getBoundingClientRect().right + 1 : Infinity;
+  const cut = [...panel.querySelectorAll("*")].filter(e => {
+    const r = e.getBoundingClientRect();
+    return r.width > 0 && r.right > right && !scrolls(e);
+  });
+  const names = [...new Set(cut.map(e => e.tagName.toLowerCase() + "." + [...e.classList].join(".")))];
+  return [cut.length, panel.getBoundingClientRect().right > room, names.slice(0, 6).join(", ")];
+}"""
+
+
+def clipped(page, selector: str = ".lw-panel", width: int = 800) -> list[str]:
+    """At `width` px: each panel past its output area, or with content cut off at its right edge
+    (content a reader can scroll to is fine)."""
+    page.set_viewport_size({"width": width, "height": 900})
+    page.wait_for_timeout(500)  # the layout settles
+    out = []
+    for i, panel in enumerate(page.locator(selector).all()):
+        if not panel.is_visible():
+            continue
+        cut, wider, which = panel.evaluate(CLIPPED_JS)
+        name = panel.get_attribute("class")
+        if cut:
+            out.append(f"panel {i} ({name}): {cut} elements cut off at its right edge ({which})")
+        if wider:
+            out.append(f"panel {i} ({name}): wider than its output area")
+    return out
+
+
 def accept_kernel_dialog(page) -> None:
     dialog = page.locator(".jp-Dialog")
     if dialog.count():

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import ARTIFACTS, low_contrast, open_notebook, run_all_cells
+from .conftest import ARTIFACTS, clipped, low_contrast, open_notebook, run_all_cells
 
 pytestmark = pytest.mark.browser
 
@@ -53,6 +53,8 @@ def test_debugger_notebook_stops_steps_and_inspects(jupyter_server, page):
         view.locator("button[data-format='csv']").click()
     assert download.value.suggested_filename == "timeline.csv"
     assert low_contrast(page, ".lw-dbg") == []
+    cut = clipped(page)  # at 800 px wide every view fits its output, or scrolls
+    assert cut == [], "\n".join(cut)
     page.locator(".jp-OutputArea-output", has_text="transformer.h.0").last.wait_for(timeout=300_000)
     errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']", has_text="Error")
     assert errors.count() == 0, errors.first.inner_text()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import ARTIFACTS, open_notebook, run_all_cells
+from .conftest import ARTIFACTS, clipped, open_notebook, run_all_cells
 
 pytestmark = pytest.mark.browser
 
@@ -16,6 +16,7 @@ def test_localise_notebook_lens_patching_and_sweep(jupyter_server, page):
     run_all_cells(page)
     matrices = page.locator(".lw-mx")
     page.locator(".jp-OutputArea-output", has_text="Comparison(").wait_for(timeout=600_000)
+    matrices.nth(4).wait_for(timeout=120_000)  # the last view may draw after its cell's text
     assert matrices.count() == 5  # lens, residual patching, head patching, sweep, comparison
     errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']", has_text="Error")
     assert errors.count() == 0, errors.first.inner_text()
@@ -48,4 +49,6 @@ def test_localise_notebook_lens_patching_and_sweep(jupyter_server, page):
         arg=sweep.locator(".lw-mx-detail").element_handle(),
         timeout=120_000,
     )
+    cut = clipped(page)  # at 800 px wide every view fits its output, or scrolls
+    assert cut == [], "\n".join(cut)
     assert not page.dialogs

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import ARTIFACTS, low_contrast, open_notebook, run_all_cells
+from .conftest import ARTIFACTS, clipped, low_contrast, open_notebook, run_all_cells
 
 pytestmark = pytest.mark.browser
 
@@ -41,4 +41,6 @@ def test_sampling_notebook_tree_click_force_and_open(jupyter_server, page):
     )
     view.screenshot(path=str(ARTIFACTS / "sample_tree_view.png"))
     assert low_contrast(page, ".lw-st") == []
+    cut = clipped(page)  # at 800 px wide every view fits its output, or scrolls
+    assert cut == [], "\n".join(cut)
     assert not page.dialogs
