@@ -92,8 +92,7 @@ test-browser: setup chromium
 
 ## the README's pictures: the screenshots the browser tests take of the current code (after a view changes)
 pictures: test-browser
-	for picture in $$(grep -o 'docs/images/[a-z_0-9]*\.png' README.md | sort -u); do \
-	  cp test-artifacts/$$(basename $$picture) $$picture; done
+	$(PY) scripts/pictures.py
 
 test-js: node_modules/.package-lock.json
 	npx vitest run

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import ast
 import importlib
+import importlib.util
 import inspect
+import json
 import re
 from pathlib import Path
 
@@ -169,63 +171,31 @@ def test_architecture_cites_files_and_names_that_exist():
     assert missing == [], f"ARCHITECTURE.md cites what does not exist: {missing}"
 
 
-# Each README picture's view: the front-end files whose last change the picture must not predate
-PICTURE_VIEWS = {
-    "attention_batch": "attention_view",
-    "attention_view": "attention_view",
-    "attention_view_dark": "attention_view",
-    "cross_attention_view": "attention_view",
-    "notebook7_attention_view": "attention_view",
-    "marimo": "attention_view",
-    "attention_editor": "attention_editor",
-    "cross_attention_editor": "attention_editor",
-    "attribution_view": "attribution_view",
-    "debugger_view": "debugger_view",
-    "divergence_view": "matrix_view",
-    "lens_view": "matrix_view",
-    "patching_view": "matrix_view",
-    "gradient_monitor": "gradient_monitor",
-    "gradient_monitor_dark": "gradient_monitor",
-    "profile_view": "profile_view",
-    "sample_tree_view": "sample_tree_view",
-}
-
-
-def _pictures() -> list[str]:
-    return sorted(set(re.findall(r"docs/images/([a-z_0-9]+)\.png", (ROOT / "README.md").read_text())))
+def _pictures_script():
+    spec = importlib.util.spec_from_file_location("pictures", ROOT / "scripts" / "pictures.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_the_readme_pictures_are_screenshots_the_browser_tests_take():
     """`make pictures` copies them from test-artifacts/: each must be a screenshot a browser test takes."""
+    pictures = _pictures_script()
     browser = "\n".join(p.read_text() for p in (ROOT / "tests" / "browser").glob("test_*.py"))
-    for name in _pictures():
+    for name in pictures.pictures():
         assert (ROOT / "docs" / "images" / f"{name}.png").exists(), name
         taken = f'"{name}.png"' in browser or f'shot(front_end, "{name.removeprefix("notebook7_")}")' in browser
         assert taken, f"no browser test takes {name}.png"
-        assert name in PICTURE_VIEWS, f"say which view {name}.png shows (PICTURE_VIEWS)"
+        assert name in pictures.PICTURE_VIEWS, f"say which view {name}.png shows (scripts/pictures.py)"
 
 
-def _last_change(path: Path) -> int | None:
-    import subprocess
-
-    try:
-        out = subprocess.run(
-            ["git", "log", "-1", "--format=%ct", "--", str(path)], cwd=ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return int(out) if out else None
-
-
-def test_the_readme_pictures_are_not_older_than_their_views():
-    """A view's front end changed in a later commit than its picture: run `make pictures` (and look)."""
-    if _last_change(ROOT / "README.md") is None:
-        pytest.skip("not a git checkout with history")
-    stale = []
-    for name in _pictures():
-        picture = _last_change(ROOT / "docs" / "images" / f"{name}.png")
-        sources = [ROOT / "js" / f"{PICTURE_VIEWS[name]}{suffix}" for suffix in (".ts", ".css")]
-        changed = max((t for t in map(_last_change, sources) if t is not None), default=None)
-        if picture is not None and changed is not None and picture < changed:
-            stale.append(f"{name}.png predates the last change of js/{PICTURE_VIEWS[name]}")
+def test_the_readme_pictures_were_taken_of_their_views_as_they_are():
+    """A view's front end changed after its picture was taken: run `make pictures`, and look at them."""
+    pictures = _pictures_script()
+    manifest = json.loads(pictures.MANIFEST.read_text())
+    stale = [
+        f"{name}.png was taken before js/{pictures.PICTURE_VIEWS[name]} last changed"
+        for name in pictures.pictures()
+        if manifest.get(name, {}).get("sources") != pictures.source_hash(pictures.PICTURE_VIEWS[name])
+    ]
     assert stale == [], stale
