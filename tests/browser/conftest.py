@@ -287,6 +287,12 @@ def clipped(page, selector: str = ".lw-panel", width: int = 800) -> list[str]:
     return out
 
 
+def notebook_errors(page) -> list[str]:
+    """The errors the notebook's cells wrote to stderr (tracebacks), as text."""
+    errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']", has_text="Error")
+    return [errors.nth(i).inner_text() for i in range(errors.count())]
+
+
 def accept_kernel_dialog(page) -> None:
     dialog = page.locator(".jp-Dialog")
     if dialog.count():

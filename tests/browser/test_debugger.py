@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import ARTIFACTS, clipped, low_contrast, open_notebook, run_all_cells
+from .conftest import ARTIFACTS, clipped, low_contrast, notebook_errors, open_notebook, run_all_cells
 
 pytestmark = pytest.mark.browser
 
@@ -56,6 +56,5 @@ def test_debugger_notebook_stops_steps_and_inspects(jupyter_server, page):
     cut = clipped(page)  # at 800 px wide every view fits its output, or scrolls
     assert cut == [], "\n".join(cut)
     page.locator(".jp-OutputArea-output", has_text="transformer.h.0").last.wait_for(timeout=300_000)
-    errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']", has_text="Error")
-    assert errors.count() == 0, errors.first.inner_text()
+    assert notebook_errors(page) == []
     assert not page.dialogs

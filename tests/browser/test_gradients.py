@@ -9,7 +9,7 @@ import time
 import pytest
 from PIL import Image, ImageStat
 
-from .conftest import low_contrast, open_notebook, run_all_cells, set_theme, shot
+from .conftest import low_contrast, notebook_errors, open_notebook, run_all_cells, set_theme, shot
 
 pytestmark = pytest.mark.browser
 
@@ -36,8 +36,7 @@ def test_gradients_notebook_monitor_updates_live_and_steers(front_end, page):
     assert "alerts" in monitors.first.locator(".lw-mon-alerts").inner_text()
     monitors.nth(1).wait_for(timeout=300_000)
     page.locator(".jp-OutputArea-output", has_text="figures/monitor.html").wait_for(timeout=300_000)
-    errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']", has_text="Error")
-    assert errors.count() == 0, errors.first.inner_text()
+    assert notebook_errors(page) == []
     assert page.locator(".jp-OutputArea-output", has_text="Attribution(grad_x_input").count() == 1
     # attribution: tokens coloured with a sign mark; a click in the head grid opens that head in the linked view
     attributions = page.locator(".lw-attrib")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import ARTIFACTS, clipped, open_notebook, run_all_cells
+from .conftest import ARTIFACTS, clipped, notebook_errors, open_notebook, run_all_cells
 
 pytestmark = pytest.mark.browser
 
@@ -18,8 +18,7 @@ def test_localise_notebook_lens_patching_and_sweep(jupyter_server, page):
     page.locator(".jp-OutputArea-output", has_text="Comparison(").wait_for(timeout=600_000)
     matrices.nth(4).wait_for(timeout=120_000)  # the last view may draw after its cell's text
     assert matrices.count() == 5  # lens, residual patching, head patching, sweep, comparison
-    errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']", has_text="Error")
-    assert errors.count() == 0, errors.first.inner_text()
+    assert notebook_errors(page) == []
     # the lens: 30 layers of words, the last prompt position's last layer says " Mary"
     lens = matrices.nth(0)
     assert lens.locator("tr").count() == 31

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from .conftest import ARTIFACTS, open_notebook, run_all_cells
+from .conftest import ARTIFACTS, notebook_errors, open_notebook, run_all_cells
 
 pytestmark = pytest.mark.browser
 
@@ -39,6 +39,5 @@ def test_performance_notebook_profile_view(jupyter_server, page):
         assert path.stat().st_size > 1000
     assert json.loads((ARTIFACTS / "profile.trace.json").read_text())["traceEvents"]
     page.locator(".jp-OutputArea-output", has_text="StepProfile(").wait_for(timeout=300_000)
-    errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']", has_text="Error")
-    assert errors.count() == 0, errors.first.inner_text()
+    assert notebook_errors(page) == []
     assert not page.dialogs

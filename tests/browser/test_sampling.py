@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import ARTIFACTS, clipped, low_contrast, open_notebook, run_all_cells
+from .conftest import ARTIFACTS, clipped, low_contrast, notebook_errors, open_notebook, run_all_cells
 
 pytestmark = pytest.mark.browser
 
@@ -15,8 +15,7 @@ def test_sampling_notebook_tree_click_force_and_open(jupyter_server, page):
     open_notebook(page, jupyter_server, "08_sampling.ipynb")
     run_all_cells(page)
     page.locator(".jp-OutputArea-output", has_text="identical_logits").wait_for(timeout=600_000)
-    errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']", has_text="Error")
-    assert errors.count() == 0, errors.first.inner_text()
+    assert notebook_errors(page) == []
     view = page.locator(".lw-st").first
     boxes = view.locator(".lw-st-box")
     before = boxes.count()

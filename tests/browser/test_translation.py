@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import ARTIFACTS, drag_over_keys, open_notebook, run_all_cells
+from .conftest import ARTIFACTS, drag_over_keys, notebook_errors, open_notebook, run_all_cells
 
 pytestmark = pytest.mark.browser
 
@@ -16,8 +16,7 @@ def test_translation_notebook_cross_attention_view_and_edit(jupyter_server, page
     run_all_cells(page)
     view = page.locator(".lw-attn-view").first
     view.locator("canvas.lw-attn-heatmap[data-drawn]").wait_for(timeout=240_000)
-    errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']", has_text="Error")
-    assert errors.count() == 0, errors.first.inner_text()
+    assert notebook_errors(page) == []
     # cross-attention first: the output tokens are the queries, the source tokens the keys
     bar = view.locator(".lw-attn-stackbar")
     assert bar.locator("button").count() == 3
