@@ -90,3 +90,13 @@ def integers(values: Any, name: str, *, low: int | None = None, high: int | None
     if not listed:
         raise InputError(f"{name} must name at least one integer; got {values!r}")
     return [integer(v, f"each of {name}", low=low, high=high) for v in listed]
+
+
+def fits_context(prompt_tokens: int, max_new_tokens: int, context: int | None, model_name: str) -> None:
+    """Refuse a prompt and generation longer than the model's context (None: no limit known)."""
+    total = prompt_tokens + max_new_tokens
+    if context and total > context:
+        raise InputError(
+            f"the prompt ({prompt_tokens} tokens) plus max_new_tokens ({max_new_tokens}) is {total} tokens, "
+            f"longer than the context of {model_name} ({context}); shorten one of them"
+        )

@@ -127,12 +127,7 @@ def _check_pair(a: Any, b: Any) -> None:
 def _prompt_within_context(a: LanguageModel, b: LanguageModel, prompt: Any, max_new_tokens: int) -> torch.Tensor:
     ids = prompt_ids(a, prompt)
     for lm in (a, b):
-        context = lm.facts.context_length
-        if context and len(ids) + max_new_tokens > context:
-            raise InputError(
-                f"the prompt ({len(ids)} tokens) plus max_new_tokens ({max_new_tokens}) is longer than the context "
-                f"of {lm.name} ({context}); shorten one of them"
-            )
+        checks.fits_context(len(ids), max_new_tokens, lm.facts.context_length, lm.name)
     return ids
 
 

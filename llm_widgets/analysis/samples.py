@@ -401,12 +401,7 @@ def sample_tree(
     if seed is None:
         seed = int(torch.randint(0, 2**31 - n, ()).item())
     ids = prompt_ids(model, prompt)
-    context = model.facts.context_length
-    if context and len(ids) + max_new_tokens > context:
-        raise InputError(
-            f"the prompt ({len(ids)} tokens) plus max_new_tokens ({max_new_tokens}) is longer than the context of "
-            f"{model.name} ({context}); shorten one of them"
-        )
+    checks.fits_context(len(ids), max_new_tokens, model.facts.context_length, model.name)
     tree = SampleTree(model, ids.tolist(), {"max_new_tokens": max_new_tokens, **checked}, scorer)
     seeds = [seed + i for i in range(n)]
     lead = torch.tensor(tree.lead)

@@ -9,6 +9,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from .. import checks
 from ..errors import InputError
 from ..models.compat import (
     cache_kwargs,
@@ -33,12 +34,7 @@ class DecoderRunner(Runner):
     def __init__(self, request: Request):
         super().__init__(request)
         facts, total = request.facts, max(len(ids) for ids in request.rows) + request.max_new_tokens
-        if facts.context_length and total > facts.context_length:
-            raise InputError(
-                f"the prompt ({total - request.max_new_tokens} tokens) plus max_new_tokens "
-                f"({request.max_new_tokens}) is {total} tokens, longer than the context of "
-                f"{self.lm.name} ({facts.context_length}); shorten one of them"
-            )
+        checks.fits_context(total - request.max_new_tokens, request.max_new_tokens, facts.context_length, self.lm.name)
         self.edits = validate_edits(
             request.edits, n_layers=facts.n_layers, n_heads=facts.n_heads, sequence_length=total
         )
