@@ -13,6 +13,7 @@ import torch.nn.utils.prune as prune
 import transformers
 
 import llm_widgets as lw
+from llm_widgets.models.modes import model_mode
 
 from .test_trace_architectures import PROMPT, VOCAB, build_from
 
@@ -76,13 +77,8 @@ VARIANTS = {
 
 def eager_attention(model: torch.nn.Module, ids: list[int]):
     """The model's own eager attention (quantized tensors cannot be deep-copied: switch and restore)."""
-    before = model.config._attn_implementation
-    model.set_attn_implementation("eager")
-    try:
-        with torch.no_grad():
-            return model(torch.tensor([ids]), output_attentions=True).attentions
-    finally:
-        model.set_attn_implementation(before)
+    with model_mode(model, attn_implementation="eager"), torch.no_grad():
+        return model(torch.tensor([ids]), output_attentions=True).attentions
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))

@@ -35,6 +35,14 @@ def _continuation_logits(lm, ids: list[int], start: int) -> torch.Tensor:
         return lm.model(torch.tensor([ids])).logits[0, start - 1 : len(ids) - 1].float()
 
 
+def test_a_drawn_seed_leaves_torchs_generator_alone(tiny_gpt2):
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    tree = lw.sample_tree(tiny_gpt2, TEXT, n=2, max_new_tokens=2)  # no seed: one is drawn and recorded
+    assert torch.equal(torch.rand(3), expected) and tree.records[1]["generation"]["seed"] >= 0
+
+
 def test_counts_are_the_answers(tree):
     assert tree.nodes[0].count == 12 == len(tree.samples) and sum(tree.outcomes.values()) == 12
     for node in tree.nodes:
@@ -130,8 +138,9 @@ def test_sampled_answers_replay_and_force_on_each_architecture(arch):
 def test_bad_input_is_named(tiny_gpt2):
     with pytest.raises(lw.InputError, match="n must be an integer"):
         lw.sample_tree(tiny_gpt2, TEXT, n=0)
-    with pytest.raises(lw.InputError, match="temperature must be a number above 0"):
-        lw.sample_tree(tiny_gpt2, TEXT, temperature=0)
+    for bad in (0, 1e-4):  # (below 0.001 a trace, and so a replay of the answer's record, refuses it)
+        with pytest.raises(lw.InputError, match="temperature must be a number above 0"):
+            lw.sample_tree(tiny_gpt2, TEXT, temperature=bad)
     for bad in (0, 1.5):
         with pytest.raises(lw.InputError, match=r"top_p must be in \(0, 1\]"):
             lw.sample_tree(tiny_gpt2, TEXT, top_p=bad)

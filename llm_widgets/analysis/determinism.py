@@ -14,8 +14,8 @@ import torch
 from .. import checks
 from ..errors import InputError, WrongTypeError
 from ..models import LanguageModel
-from ..models.compat import set_attention
 from ..models.devices import input_device
+from ..models.modes import model_mode
 from ..text import printable
 from ..trace import Trace, TraceBatch
 from ..trace.runner import held
@@ -126,7 +126,7 @@ def determinism(
     result.rows.append(_row("again", base, again.generated_ids, base_logits, _teacher_forced(model, ids, n)))
     _in_a_batch(result, model, base, base_logits, other_prompt, run)
     for other in (i for i in IMPLEMENTATIONS if i != impl):
-        with _attention(model, other):
+        with model_mode(model.model, attn_implementation=other):
             trace = run(model)
             assert isinstance(trace, Trace)
             logits = _teacher_forced(model, ids, n)
@@ -160,17 +160,3 @@ def _in_a_batch(result: Determinism, lm: LanguageModel, base: Trace, base_logits
     assert isinstance(batch, TraceBatch)
     logits = _teacher_forced(lm, base.input_ids, base.n_prompt, other)
     result.rows.append(_row("in a batch", base, batch[0].generated_ids, base_logits, logits))
-
-
-class _attention:
-    """The model under another attention implementation for a while, restored after."""
-
-    def __init__(self, lm: LanguageModel, implementation: str):
-        self.lm, self.implementation = lm, implementation
-        self.before = lm.model.config._attn_implementation
-
-    def __enter__(self):
-        set_attention(self.lm.model, self.implementation)
-
-    def __exit__(self, *exc):
-        set_attention(self.lm.model, self.before)

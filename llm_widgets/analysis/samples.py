@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import math
+import secrets
 import weakref
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -242,9 +243,11 @@ def _settings(lm: LanguageModel, n, max_new_tokens, temperature, top_p, top_k, s
         raise InputError(f"sample_tree takes n, max_new_tokens, temperature, top_p, top_k, seed, scorer; not {name!r}")
     checks.integer(n, "n", low=1)
     checks.integer(max_new_tokens, "max_new_tokens", low=1)
-    if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not temperature > 0:
+    # at least what a trace (and so a replay of an answer's record) takes: trace/settings.py
+    if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not temperature >= 1e-3:
         raise InputError(
-            f"temperature must be a number above 0 for sampling (1.0: the model's own); got {temperature!r}"
+            f"temperature must be a number above 0 for sampling, at least 0.001 (a smaller one overflows the "
+            f"logits it divides; 1.0: the model's own); got {temperature!r}"
         )
     if not isinstance(top_p, (int, float)) or isinstance(top_p, bool) or not 0 < top_p <= 1:
         raise InputError(f"top_p must be in (0, 1] (1.0: no nucleus cut); got {top_p!r}")
@@ -399,7 +402,7 @@ def sample_tree(
         raise WrongTypeError(f"scorer must be a function of an answer's text; got {type(scorer).__name__}")
     checked = _settings(model, n, max_new_tokens, temperature, top_p, top_k, seed, settings)
     if seed is None:
-        seed = int(torch.randint(0, 2**31 - n, ()).item())
+        seed = secrets.randbits(31)  # (recorded; torch's generator, the user's, is left as it was)
     ids = prompt_ids(model, prompt)
     checks.fits_context(len(ids), max_new_tokens, model.facts.context_length, model.name)
     tree = SampleTree(model, ids.tolist(), {"max_new_tokens": max_new_tokens, **checked}, scorer)
@@ -510,7 +513,7 @@ def _force(tree: SampleTree, node, token, max_new_tokens, do_sample, seed) -> in
         left = checks.integer(max_new_tokens, "max_new_tokens", low=0)
     checks.flag(do_sample, "do_sample")
     if do_sample and seed is None:
-        seed = int(torch.randint(0, 2**31, ()).item())
+        seed = secrets.randbits(31)
     prefix = [n.token_id for n in _ancestry(tree, node) if n.token_id is not None]  # (only the prompt's is None)
     sequence = torch.tensor([tree.prompt_ids + prefix + [token_id]])
     with held(lm.model):
