@@ -1,6 +1,7 @@
 // Pure logic of the sample tree view: where each box goes (Python lays the tree out as
 // fractions: a column per split, a height by the answers through it), its colour's
 // scale, and the label of a box and of an alternative. No DOM: tested with vitest.
+import { percent } from "./matrix";
 
 export interface Segment {
   node: number;
@@ -60,5 +61,5 @@ export function boxLabel(s: Segment, shown: (t: string) => string, keep = 60): s
 
 /** An alternative next token as a button's text: the token and its probability in percent. */
 export function alternativeLabel(text: string, prob: number, shown: (t: string) => string): string {
-  return `${shown(text)} ${(prob * 100).toFixed(1)}%`;
+  return `${shown(text)} ${percent(prob)}`;
 }
