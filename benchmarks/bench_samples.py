@@ -1,6 +1,7 @@
 """`lw.sample_tree` on SmolLM2-135M vs the loop one would write: n separate `generate` calls, one
 seed each. Side by side in one run, the answers checked equal (each row draws as generate alone
-does, so the same seeds give the same tokens), and the cache's memory.
+does, so the same seeds give the same tokens), and the memory of the cache the tree keeps (the
+prompt's keys and values held once) against the same cache repeated per answer.
 
     .venv/bin/python benchmarks/bench_samples.py [--n 32] [--tokens 32] [--repeats 3]
 """
@@ -8,6 +9,7 @@ does, so the same seeds give the same tokens), and the cache's memory.
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
 
@@ -15,6 +17,7 @@ import torch
 
 import llm_widgets as lw
 from llm_widgets.analysis.profile import cache_bytes
+from llm_widgets.trace.shared_cache import unshared
 
 PROMPT = "The three primary colours are red, yellow and"
 
@@ -54,12 +57,25 @@ def main() -> None:
         separate(lm, ids, args.n, args.tokens, 0)
         t_loop.append(time.perf_counter() - start)
     ours, loop = statistics.median(t_tree), statistics.median(t_loop)
-    kept = cache_bytes(tree._cache) / 2**20
+    kept, repeated = _kept(tree)
     print(f"| measure | lw.sample_tree | {args.n} generate calls | faster by | same answers |")
     print("|---|---|---|---|---|")
     where = f"SmolLM2, {args.n} answers x {args.tokens} tokens, prompt {len(ids)} tokens"
     print(f"| {where} | {ours:.2f} s | {loop:.2f} s | **{loop / ours:.1f}x** | {same} |")
-    print(f"\nthe tree keeps its batched cache for force(): {kept:.1f} MiB; {len(tree.leaves())} distinct answers")
+    print(f"\n{len(tree.leaves())} distinct answers\n")
+    print("| the cache kept for force() | prompt held once | repeated per answer | smaller by |")
+    print("|---|---|---|---|")
+    print(f"| {where} | {kept:.1f} MiB | {repeated:.1f} MiB | {repeated / kept:.1f}x |")
+    long = (PROMPT + " ") * 60
+    tree = lw.sample_tree(lm, long, n=args.n, max_new_tokens=8, seed=0)
+    kept, repeated = _kept(tree)
+    where = f"SmolLM2, {args.n} answers x 8 tokens, prompt {len(tree.prompt_ids)} tokens"
+    print(f"| {where} | {kept:.1f} MiB | {repeated:.1f} MiB | {repeated / kept:.1f}x |")
+
+
+def _kept(tree) -> tuple[float, float]:
+    """MiB of the tree's kept cache, and of the same cache with the prompt repeated per answer."""
+    return cache_bytes(tree._cache) / 2**20, cache_bytes(unshared(copy.deepcopy(tree._cache))) / 2**20
 
 
 if __name__ == "__main__":

@@ -13,6 +13,9 @@ import torch
 
 import llm_widgets as lw
 
+from .test_seq2seq import CONFIGS as SEQ2SEQ
+from .test_seq2seq import SOURCE
+from .test_seq2seq import build as build_seq2seq
 from .test_trace_architectures import CONFIGS, MASKED, PROMPT, build
 
 TEXT = "It is a truth universally acknowledged, that a single man"
@@ -227,5 +230,23 @@ def test_an_encoder_decoders_answers_replay_alone():
         alone = translator.trace("the house is small", max_new_tokens=6, do_sample=True, seed=5 + i, capture=False)
         assert alone.generated_ids == tree.generated[i]
     assert tree.nodes[0].count == 4 and "the house is small" in tree.nodes[0].token  # the source
-    with pytest.raises(lw.InputError, match="an encoder-decoder's forced branch would need a record"):
-        tree.force(0, 5)
+
+
+@pytest.mark.parametrize("arch", sorted(SEQ2SEQ))
+def test_an_encoder_decoders_forced_branch_is_a_run_from_scratch(arch):
+    lm = build_seq2seq(arch)
+    tree = lw.sample_tree(lm, SOURCE, n=4, max_new_tokens=5, seed=1)
+    for i in range(4):
+        assert tree.samples[i].generated_ids == tree.generated[i]
+    index = tree.force(tree.path(0)[2], 3)  # two tokens in
+    forced = tree.generated[index]
+    assert tree.records[index]["generation"]["decoder_prompt_ids"] == forced[:3]
+    scratch = lm.trace(SOURCE, max_new_tokens=2, decoder_prompt_ids=forced[:3], capture=False)
+    assert scratch.generated_ids == forced[3:] == tree.samples[index].generated_ids
+    with torch.no_grad():
+        logits = lm.model(input_ids=torch.tensor([SOURCE]), decoder_input_ids=torch.tensor([tree.lead + forced])).logits
+    probs = torch.softmax(logits[0].float(), -1)
+    for j, step in enumerate(tree.path(index)[1:]):
+        assert step.prob == pytest.approx(float(probs[j, step.token_id]), abs=1e-5)
+    sampled = tree.force(0, 4, do_sample=True, seed=3)
+    assert tree.samples[sampled].generated_ids == tree.generated[sampled][1:]

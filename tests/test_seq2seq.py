@@ -166,7 +166,28 @@ def test_replay_and_record(lm, traced):
     assert lw.replay(steered.record, lm).generated_ids == steered.generated_ids
 
 
+def test_a_decoder_prompt_is_a_forced_beginning(lm, traced):
+    prefix = traced.generated_ids[:2]
+    begun = lm.trace(SOURCE, max_new_tokens=NEW - 2, decoder_prompt_ids=prefix)
+    assert begun.generated_ids == traced.generated_ids[2:] and begun.n_prompt == traced.n_prompt + 2
+    assert begun.input_ids.tolist() == traced.input_ids.tolist()
+    torch.testing.assert_close(
+        begun.attention(1, 0, stack="decoder"), traced.attention(1, 0, stack="decoder"), rtol=0, atol=1e-5
+    )
+    assert lw.replay(begun.record, lm).generated_ids == begun.generated_ids  # the record holds the prefix
+    start = lm.model.generation_config.decoder_start_token_id
+    with torch.no_grad():
+        plain = lm.model.generate(
+            input_ids=torch.tensor([SOURCE]), decoder_input_ids=torch.tensor([[start, 9, 9]]), max_new_tokens=3
+        )
+    assert lm.trace(SOURCE, max_new_tokens=3, decoder_prompt_ids=[9, 9]).generated_ids == plain[0, 3:].tolist()
+
+
 def test_clear_errors(lm, traced):
+    with pytest.raises(ValueError, match="decoder_prompt_ids must be a non-empty list of token ids"):
+        lm.trace(SOURCE, decoder_prompt_ids=[])
+    with pytest.raises(ValueError, match=f"decoder_prompt_ids must be between 0 and {VOCAB - 1}"):
+        lm.trace(SOURCE, decoder_prompt_ids=[VOCAB])
     with pytest.raises(ValueError, match="say whose head it is with stack='encoder', 'decoder' or 'cross'"):
         lm.trace(SOURCE, edits=[lw.AblateHead(0, 0)])
     with pytest.raises(ValueError, match="stack 'self'"):
@@ -184,6 +205,11 @@ def test_clear_errors(lm, traced):
     heads = traced.stack().n_heads
     with pytest.raises(ValueError, match=f"heads 0 to {heads - 1} in its cross-attention"):
         traced.attention(0, heads)
+
+
+def test_decoder_only_models_refuse_a_decoder_prompt(tiny_gpt2):
+    with pytest.raises(ValueError, match="decoder_prompt_ids begins an encoder-decoder's decoder; tiny-gpt2 is causal"):
+        tiny_gpt2.trace("the cat", decoder_prompt_ids=[5])
 
 
 def test_decoder_only_models_refuse_encoder_decoder_stacks(tiny_gpt2):

@@ -146,28 +146,33 @@ def _bytes(n: float) -> str:
 
 
 def cache_bytes(cache: Any) -> int:
-    """Bytes of the key and value tensors a cache holds (DynamicCache, static caches, tuples)."""
+    """Bytes of the key and value tensors a cache holds (DynamicCache, encoder-decoder and static
+    caches, tuples), each storage counted once (a broadcast view or a shared prefix is held once)."""
     seen: set[int] = set()
     total = 0
 
     def add(t: Any) -> None:
         nonlocal total
-        if isinstance(t, torch.Tensor) and id(t) not in seen:
-            seen.add(id(t))
-            total += t.numel() * t.element_size()
+        if isinstance(t, torch.Tensor) and t.numel():
+            storage = t.untyped_storage()
+            if storage.data_ptr() not in seen:
+                seen.add(storage.data_ptr())
+                total += storage.nbytes()
 
-    layers = getattr(cache, "layers", None)
-    if layers is not None:
-        for layer in layers:
-            add(getattr(layer, "keys", None))
-            add(getattr(layer, "values", None))
-    elif hasattr(cache, "key_cache"):
-        for t in list(cache.key_cache) + list(cache.value_cache):
-            add(t)
-    elif isinstance(cache, (tuple, list)):
-        for layer in cache:
-            for t in layer if isinstance(layer, (tuple, list)) else (layer,):
+    caches = [getattr(cache, "self_attention_cache", None), getattr(cache, "cross_attention_cache", None)]
+    for part in [c for c in caches if c is not None] or [cache]:
+        layers = getattr(part, "layers", None)
+        if layers is not None:
+            for layer in layers:
+                for name in ("keys", "values", "prefix_keys", "prefix_values"):
+                    add(getattr(layer, name, None))
+        elif hasattr(part, "key_cache"):
+            for t in list(part.key_cache) + list(part.value_cache):
                 add(t)
+        elif isinstance(part, (tuple, list)):
+            for layer in part:
+                for t in layer if isinstance(layer, (tuple, list)) else (layer,):
+                    add(t)
     return total
 
 

@@ -1,7 +1,7 @@
 """`lw.sample_tree(model, prompt, n=32)`: all the answers sampling gives, as the prefix tree they
 make, and the token where they split.
 
-The prompt runs once; its KV cache is repeated for the n samples, which then decode together,
+The prompt runs once; its KV cache serves the n samples (held once), which then decode together,
 one forward per step, each row drawing its token with its own seeded generator exactly as
 `generate` draws it alone (the same warpers in the same order, one `torch.multinomial` per step),
 so each sample's record replays it alone (`tree.samples[i]` is that replay's Trace). `scorer=`
@@ -42,6 +42,7 @@ from ..trace.record import make_record, replay
 from ..trace.run import SEED_MAX, prompt_ids
 from ..trace.runner import held
 from ..trace.seq2seq import decoder_start
+from ..trace.shared_cache import unshared, widen
 from ..trace.trace import decode_each
 from .targets import first_token_id
 
@@ -199,8 +200,8 @@ class SampleTree:
         token top-1 up to the output (None: the model's own top-1 was another token, a sampled
         less likely one). Runs the answer's trace (tree.samples[sample]) and its lens."""
         trace = self.samples.trace(sample)
-        start = len(self.prompt_ids)
-        ids = trace.input_ids.tolist()  # the prompt, then the answer (a forced one's prefix in its prompt)
+        ids = trace.input_ids.tolist()  # ends with the answer (a forced one's prefix in its prompt)
+        start = len(ids) - len(self.generated[sample])
         positions = list(range(start - 1, len(ids) - 1))
         lens = trace.logit_lens(k=1, positions=positions)
         top = lens.top_ids[:, :, 0]  # [layers, positions]
@@ -290,11 +291,12 @@ def _eos(lm: LanguageModel) -> set[int]:
 
 def _draw(logits, sequences, warpers, generators, greedy: bool) -> tuple[torch.Tensor, list[_Step]]:
     """Each row's next token (its own generator, one multinomial per row as generate alone draws
-    it; argmax of the model's logits when greedy, as generate does) and what its distribution said."""
+    it; when greedy, the argmax after the processors, as generate takes it) and what its
+    distribution said."""
     scores = warpers(sequences, logits.clone())
     sampling = torch.softmax(scores, -1)
     if greedy:
-        chosen = logits.argmax(-1)
+        chosen = scores.argmax(-1)
     else:
         draws = [torch.multinomial(sampling[r : r + 1], 1, generator=g)[:, 0] for r, g in enumerate(generators)]
         chosen = torch.cat(draws)
@@ -412,7 +414,7 @@ def sample_tree(
         one = _Stepper(model, ids)
         out = one(lead[None], None)
         cache = output_cache(out)
-        cache.batch_repeat_interleave(n)
+        widen(cache, n)  # (the prompt's keys and values held once)
         logits = out.logits[:, -1].float().cpu().expand(n, -1)
         generators = [torch.Generator().manual_seed(s) for s in seeds]
         sequences = lead[None].expand(n, -1)
@@ -499,11 +501,6 @@ def _entropy(counts: dict[Any, int]) -> float:
 
 def _force(tree: SampleTree, node, token, max_new_tokens, do_sample, seed) -> int:
     lm = tree.model
-    if lm.kind == "seq2seq":
-        raise InputError(
-            "force continues a decoder-only model's prefix; an encoder-decoder's forced branch would need a record "
-            "of its decoder's prefix to replay, which records do not hold yet"
-        )
     if not isinstance(node, Node):
         checks.integer(node, "node", low=0, high=len(tree.nodes) - 1)
         node = tree.nodes[node]
@@ -515,13 +512,16 @@ def _force(tree: SampleTree, node, token, max_new_tokens, do_sample, seed) -> in
     if do_sample and seed is None:
         seed = secrets.randbits(31)
     prefix = [n.token_id for n in _ancestry(tree, node) if n.token_id is not None]  # (only the prompt's is None)
-    sequence = torch.tensor([tree.prompt_ids + prefix + [token_id]])
+    sequence = torch.tensor([tree.lead + prefix + [token_id]])
     with held(lm.model):
         forced_step, tokens, said = _continue(tree, node, sequence, left, do_sample, seed)
-    generation = {"max_new_tokens": left, "do_sample": bool(do_sample), "seed": seed}
+    generation: dict[str, Any] = {"max_new_tokens": left, "do_sample": bool(do_sample), "seed": seed}
     if do_sample:
         generation.update({k: tree.settings[k] for k in ("temperature", "top_k", "top_p")})
-    record = make_record(lm, tree.prompt_ids + prefix + [token_id], generation, (), tokens)
+    prompt = tree.prompt_ids + prefix + [token_id]  # (an encoder-decoder's prefix is its decoder's prompt)
+    if lm.kind == "seq2seq":
+        prompt, generation["decoder_prompt_ids"] = tree.prompt_ids, prefix + [token_id]
+    record = make_record(lm, prompt, generation, (), tokens)
     index = _add(tree, prefix + [token_id] + tokens, [forced_step, *said], record, True)
     _score(tree)
     tree._changed()
@@ -531,11 +531,13 @@ def _force(tree: SampleTree, node, token, max_new_tokens, do_sample, seed) -> in
 def _continue(tree: SampleTree, node: Node, sequence: torch.Tensor, left: int, do_sample: bool, seed):
     """From the kept cache up to the node's prefix less its last token (which runs again: its logits
     are the distribution the forced token replaces a draw from): the forced token's step, then
-    `left` more tokens, greedy or sampled, and their steps."""
+    `left` more tokens, greedy or sampled, and their steps. `sequence`: the tree's lead, the
+    node's prefix and the forced token."""
     lm = tree.model
     row = next((i for i in node.samples if not tree.is_forced[i]), None)
     cache, fed = _prefix_cache(tree, row, sequence.shape[1] - 2)
-    out = _Stepper(lm, sequence[0])(sequence[:, fed:], cache)
+    step_model = _Stepper(lm, torch.tensor(tree.prompt_ids))  # (an encoder-decoder's: the source encoded)
+    out = step_model(sequence[:, fed:], cache)
     before = out.logits[:, -2].float().cpu()
     sampling = _processors(lm, tree.settings, True, len(tree.lead) + tree.settings["max_new_tokens"])
     scores = sampling(cast(torch.LongTensor, sequence[:, :-1]), before.clone())
@@ -544,7 +546,7 @@ def _continue(tree: SampleTree, node: Node, sequence: torch.Tensor, left: int, d
     generators = [torch.Generator().manual_seed(seed if seed is not None else 0)]
     logits = out.logits[:, -1].float().cpu()
     tokens, said, _ = _decode(
-        lm, _Stepper(lm, sequence[0]), output_cache(out), logits, sequence, left, processors, generators, not do_sample
+        lm, step_model, output_cache(out), logits, sequence, left, processors, generators, not do_sample
     )
     return forced_step, tokens[0], said[0]
 
@@ -566,6 +568,7 @@ def _prefix_cache(tree: SampleTree, row: int | None, length: int) -> tuple[Any, 
         return None, 0
     cache = copy.deepcopy(tree._cache)
     cache.batch_select_indices(torch.tensor([row]))
+    unshared(cache)
     if held_length < tree._cache_length:
         try:
             cache.crop(held_length - tree._cache_length)  # (a negative count removes that many: every version)

@@ -269,7 +269,9 @@ class LanguageModel:
         give a `lw.TraceBatch`, a Trace per row, as they ran together; one prompt gives a
         `lw.Trace`. `edits` are lw.ScaleAttention / lw.AblateHead. `seed` makes sampling
         repeatable (one is drawn and recorded when sampling without it). Other keyword
-        arguments go to `generate` (temperature, top_p, use_cache, ...).
+        arguments go to `generate` (temperature, top_p, use_cache, ...), but for
+        `decoder_prompt_ids`: an encoder-decoder's decoder begins with those token ids after
+        its start token (a translation's forced beginning), then generates.
 
         keep_logits keeps the prompt's logits [T, vocab] on the trace; capture=False skips
         keeping queries and keys (no attention views); capture_device moves them off the

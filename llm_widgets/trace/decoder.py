@@ -33,6 +33,11 @@ from .trace import Trace, predictions
 class DecoderRunner(Runner):
     def __init__(self, request: Request):
         super().__init__(request)
+        if "decoder_prompt_ids" in request.generation:
+            raise InputError(
+                f"decoder_prompt_ids begins an encoder-decoder's decoder; {self.lm.name} is {request.facts.kind}: "
+                f"put those tokens at the end of the prompt"
+            )
         facts, total = request.facts, max(len(ids) for ids in request.rows) + request.max_new_tokens
         checks.fits_context(total - request.max_new_tokens, request.max_new_tokens, facts.context_length, self.lm.name)
         self.edits = validate_edits(

@@ -25,7 +25,7 @@ from .locking import exclusive
 from .trace import Trace
 
 # the keys of `Request.generation` that are ours; the rest go to the model's generate
-OWN_SETTINGS = ("max_new_tokens", "do_sample", "seed")
+OWN_SETTINGS = ("max_new_tokens", "do_sample", "seed", "decoder_prompt_ids")  # (not generate's own)
 
 
 @contextmanager

@@ -55,8 +55,8 @@ def decoder_start(lm: LanguageModel) -> int:
 
 
 class Seq2SeqRunner(Runner):
-    """One encoder-decoder run on one source: the encoder's pass, then the decoder's start token
-    and `max_new_tokens` generated tokens."""
+    """One encoder-decoder run on one source: the encoder's pass, then the decoder's start token,
+    its prompt if given (`decoder_prompt_ids`, a forced beginning) and `max_new_tokens` generated."""
 
     def __init__(self, request: Request):
         super().__init__(request)
@@ -75,7 +75,10 @@ class Seq2SeqRunner(Runner):
         self.shapes = stack_shapes(lm)
         self.ids = request.rows[0]
         self.n_source = len(self.ids)
-        total = self.n_source + 1 + request.max_new_tokens
+        self.prefix = list(request.generation.get("decoder_prompt_ids", []))  # the decoder's, after its start
+        if any(i >= lm.facts.vocab_size for i in self.prefix):
+            raise InputError(f"decoder_prompt_ids must be between 0 and {lm.facts.vocab_size - 1} for {lm.name}")
+        total = self.n_source + 1 + len(self.prefix) + request.max_new_tokens
         n_layers, n_heads = self.shapes["encoder"]
         self.edits = validate_edits(
             request.edits, n_layers=n_layers, n_heads=n_heads, sequence_length=total, stacks=self.shapes
@@ -110,7 +113,7 @@ class Seq2SeqRunner(Runner):
         device = input_device(model)
         source = self.ids[None].to(device)
         self.mask = torch.ones_like(source)
-        start = torch.tensor([[self.start]], device=device)
+        start = torch.tensor([[self.start, *self.prefix]], device=device)
         if request.max_new_tokens == 0:
             out = model(input_ids=source, attention_mask=self.mask, decoder_input_ids=start, use_cache=False)
             self.decoded, self.step_logits = start, [out.logits[:, -1]]
@@ -118,6 +121,7 @@ class Seq2SeqRunner(Runner):
         out = model.generate(
             input_ids=source,
             attention_mask=self.mask,
+            decoder_input_ids=start,
             max_new_tokens=request.max_new_tokens,
             do_sample=request.generation["do_sample"],
             return_dict_in_generate=True,
@@ -153,13 +157,14 @@ class Seq2SeqRunner(Runner):
                 edits=self.edits,
                 model_name=self.lm.name,
             )
-        generated = decoded[0, 1:].tolist()
+        lead = 1 + len(self.prefix)  # the start token and the decoder's prompt
+        generated = decoded[0, lead:].tolist()
         logits = [step[0] for step in self.step_logits[: max(1, len(generated))]]
         return [
             Trace(
                 model=self.lm,
                 input_ids=torch.cat([self.ids, decoded[0].cpu()]),
-                n_prompt=n_source + 1,
+                n_prompt=n_source + lead,
                 n_source=n_source,
                 stacks=stacks,
                 edits=self.edits,

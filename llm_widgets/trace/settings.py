@@ -41,6 +41,12 @@ def _token_ids(name: str, value: Any) -> Any:
     return value
 
 
+def _id_list(name: str, value: Any) -> list[int]:
+    if not isinstance(value, list) or not value or any(not checks.is_int(i) or i < 0 for i in value):
+        raise InputError(f"generation setting {name} must be a non-empty list of token ids; got {value!r}")
+    return value
+
+
 def _one(name: str, value: Any) -> int:
     if not checks.is_int(value) or value != 1:
         what = "beam search" if name == "num_beams" else "several returned sequences"
@@ -65,6 +71,8 @@ GENERATION_SETTINGS: dict[str, Callable[[str, Any], Any]] = {
     "pad_token_id": _integer(0),
     "num_beams": _one,
     "num_return_sequences": _one,
+    # an encoder-decoder's decoder begins with these after its start token (a forced prefix)
+    "decoder_prompt_ids": _id_list,
 }
 # settings that would load or run code, or hand generate objects a record cannot hold
 CODE_SETTINGS = (
