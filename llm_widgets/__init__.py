@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from . import export as export  # figures; also draws what results declare (Scaling.render)
 from ._version import __version__
 from .analysis import (
+    AttentionExplanation,
     Attribution,
     Comparison,
     Determinism,
@@ -72,6 +73,7 @@ __all__ = [
     "GradientMonitor",
     "GradientWarning",
     "LanguageModel",
+    "AttentionExplanation",
     "LogitLens",
     "ModelFacts",
     "NonFinite",

@@ -16,6 +16,7 @@ from .attribution import METHODS, Attribution, attribute
 from .compare import Comparison, compare
 from .determinism import Determinism, determinism
 from .diverge import Divergence, diverge
+from .explain import AttentionExplanation, explain_attention
 from .lens import LogitLens, logit_lens
 from .patching import SITES, Patching, Sweep, ablation_sweep, patch
 from .profile import Profile, profile
@@ -25,6 +26,7 @@ from .scaling import Scaling, scaling
 __all__ = [
     "METHODS",
     "SITES",
+    "AttentionExplanation",
     "Attribution",
     "Comparison",
     "Determinism",
@@ -42,6 +44,7 @@ __all__ = [
     "compare",
     "determinism",
     "diverge",
+    "explain_attention",
     "logit_lens",
     "patch",
     "profile",

@@ -20,6 +20,7 @@ from .attention import GRID_CELL, OVERVIEW, AttentionStack
 
 if TYPE_CHECKING:  # the result types, for type checkers: analyses (the layer above) make them
     from ..analysis.attribution import Attribution
+    from ..analysis.explain import AttentionExplanation
     from ..analysis.lens import LogitLens
     from ..analysis.profile import Profile
 
@@ -231,6 +232,18 @@ class Trace:
         probabilities, decoded through the model's own final norm and unembedding (at the last layer,
         the model's prediction). With `target` (text or id), its probability and rank too.
         positions: all (default), an int or a list. Returns a `LogitLens`.
+        Implemented by llm_widgets.analysis (the layer above)."""
+        ...
+
+    @provided
+    def explain_attention(
+        self, layer: int, head: int, query: int, key: int | None = None, depth: int = 1
+    ) -> AttentionExplanation:
+        """Why head `layer`.`head` at position `query` attends where it does: the pre-softmax score
+        of (query, key) (every key the query sees when `key` is None) split exactly into terms, one
+        per pair of residual-stream components (embeddings, each earlier head and MLP, biases) on
+        the query and the key side, with each normalisation's scale held at its run value.
+        Returns an `AttentionExplanation` (.top(n), .terms(), .scores, .total, .residual_error).
         Implemented by llm_widgets.analysis (the layer above)."""
         ...
 

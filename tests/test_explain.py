@@ -1,0 +1,162 @@
+"""trace.explain_attention: a head's pre-softmax score split into (query-side component x key-side
+component) terms that add up to the run's own score, on every architecture (QK-norms, sandwich
+norms, softcaps, sliding windows, GQA), under edits; a planted induction circuit and SmolLM2's
+induction heads explained by their previous-token heads; bad input named."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import transformers
+
+import llm_widgets as lw
+
+from .test_trace_architectures import CONFIGS, MASKED, PROMPT, ToyTokenizer, build
+
+CAUSAL = sorted(set(CONFIGS) - MASKED)
+
+
+def _softmax_of(explanation) -> torch.Tensor:
+    scores = explanation.scores
+    if explanation.softcap:
+        scores = torch.tanh(scores / explanation.softcap) * explanation.softcap
+    return torch.softmax(scores, -1)
+
+
+@pytest.mark.parametrize("arch", CAUSAL)
+def test_the_terms_add_up_to_the_runs_scores(arch):
+    lm = build(arch)
+    trace = lm.trace(PROMPT)
+    for layer in range(2):
+        row = trace.explain_attention(layer, 1, 10)
+        assert row.residual_error <= 1e-4 * float(row.reference.abs().max())
+        attention = trace.attention(layer, 1, queries=10)[0]
+        torch.testing.assert_close(_softmax_of(row), attention[row.keys], rtol=0, atol=1e-5)
+        assert float(attention.sum() - attention[row.keys].sum()) == pytest.approx(0, abs=1e-6)  # the rest masked
+        pair = trace.explain_attention(layer, 1, 10, row.keys[-2])
+        assert pair.total == pytest.approx(float(row.scores[-2]), rel=1e-5)
+        assert float(pair.terms().sum()) == pytest.approx(pair.total, rel=1e-5)
+        assert sum(pair.query_side().values()) == pytest.approx(pair.total, rel=1e-5)
+        assert sum(pair.key_side().values()) == pytest.approx(pair.total, rel=1e-5)
+    heads = [c for c in pair.components if c.startswith("head 0.")]
+    assert len(heads) == lm.facts.n_heads and pair.components[-2:] == ["biases", "bias"]
+
+
+def test_an_edit_is_its_own_term():
+    lm = build("llama")
+    edit = lw.ScaleAttention(4.0, keys=(2, 4), layers=[1])
+    trace = lm.trace(PROMPT, edits=[edit])
+    row = trace.explain_attention(1, 0, 10)
+    expected = torch.tensor([math.log(4.0) if 2 <= j < 4 else 0.0 for j in row.keys])
+    torch.testing.assert_close(row.extra["edit"], expected)
+    assert row.residual_error < 1e-5
+    torch.testing.assert_close(_softmax_of(row), trace.attention(1, 0, queries=10)[0][row.keys], rtol=0, atol=1e-5)
+    # the edit changed layer 1's output, not its own queries and keys: the products are the plain run's
+    plain = lm.trace(PROMPT).explain_attention(1, 0, 10)
+    torch.testing.assert_close(row.scores - row.extra["edit"], plain.scores, rtol=0, atol=1e-5)
+
+
+def test_a_table_and_the_largest_terms():
+    trace = build("gpt2").trace(PROMPT)
+    pair = trace.explain_attention(1, 2, 12, 5)
+    top = pair.top(3)
+    assert len(top) == 3 and abs(top[0][2]) >= abs(top[1][2]) >= abs(top[2][2])
+    frame = pair.to_dataframe()
+    assert len(frame) == len(pair.components) ** 2 and frame["term"].sum() == pytest.approx(pair.total, rel=1e-5)
+    assert pair.components[:2] == ["token embedding", "position embedding"]  # GPT-2's learned positions apart
+    row = trace.explain_attention(1, 2, 12)
+    torch.testing.assert_close(row.versus(5, 7), row.terms(5) - row.terms(7))
+    assert "residual error" in repr(row)
+
+
+V, T = 16, 32  # the planted model: vocabulary, positions
+D, HEAD = 2 * V + T, 32  # residual: the token, the previous token, the position (one-hot each)
+
+
+def _planted() -> lw.LanguageModel:
+    """A two-layer attention-only GPT-2 whose head 0.0 copies each position's previous token into
+    the residual stream and whose head 1.0 attends to where the previous token is the current one."""
+    config = transformers.GPT2Config(
+        vocab_size=V, n_positions=T, n_embd=D, n_layer=2, n_head=2, n_inner=4, tie_word_embeddings=False
+    )
+    config.bos_token_id = config.eos_token_id = 0
+    model = transformers.GPT2LMHeadModel(config).eval()
+    sharp = 12.0
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        for block in model.transformer.h:
+            block.ln_1.weight.fill_(1.0)
+            block.ln_2.weight.fill_(1.0)
+        model.transformer.ln_f.weight.fill_(1.0)
+        model.transformer.wte.weight[:, :V] = torch.eye(V)
+        model.transformer.wpe.weight[:, 2 * V :] = torch.eye(T)
+        first = model.transformer.h[0].attn.c_attn.weight  # [D, 3D]: queries, keys, values
+        for i in range(T - 1):
+            first[2 * V + i, i] = sharp  # the query of position i ...
+            first[2 * V + i, D + i + 1] = sharp  # ... meets the key of position i - 1
+        first[:V, 2 * D : 2 * D + V] = torch.eye(V)  # its value: the token
+        model.transformer.h[0].attn.c_proj.weight[:V, V : 2 * V] = torch.eye(V)  # written to the previous-token slot
+        second = model.transformer.h[1].attn.c_attn.weight
+        second[:V, :V] = sharp * torch.eye(V)  # the query: the current token
+        second[V : 2 * V, D : D + V] = sharp * torch.eye(V)  # the key: the previous token
+    return lw.LanguageModel(model, ToyTokenizer(), name="planted-induction")
+
+
+def test_a_planted_induction_head_is_explained_by_its_previous_token_head():
+    lm = _planted()
+    sequence = torch.randperm(V, generator=torch.Generator().manual_seed(1))[:10].tolist()
+    trace = lm.trace(sequence + sequence)
+    for query in range(12, 20):
+        assert int(trace.attention(1, 0, queries=query)[0].argmax()) == query - 9  # induction
+    explained = trace.explain_attention(1, 0, 15, 6)
+    key_side = max(explained.key_side().items(), key=lambda kv: abs(kv[1]))
+    query_side = max(explained.query_side().items(), key=lambda kv: abs(kv[1]))
+    assert key_side[0] == "head 0.0" and query_side[0] == "token embedding"
+    assert explained.top(1)[0][:2] == ("token embedding", "head 0.0")
+    assert explained.residual_error <= 1e-6 * abs(explained.total)
+
+
+def test_smollm2s_induction_head_reads_a_previous_token_head(smollm2):
+    n = 30
+    sequence = torch.randint(1000, 20000, (n,), generator=torch.Generator().manual_seed(0)).tolist()
+    ids = [smollm2.tokenizer.bos_token_id or 1] + sequence + sequence
+    trace = smollm2.trace(ids)
+    layers, heads = smollm2.facts.n_layers, smollm2.facts.n_heads
+    second = torch.arange(n + 1, len(ids))
+    induction = torch.zeros(layers, heads)
+    previous = torch.zeros(layers, heads)
+    for layer in range(layers):
+        for head in range(heads):
+            attention = trace.attention(layer, head)
+            induction[layer, head] = attention[second, second - n + 1].mean()
+            previous[layer, head] = attention[torch.arange(1, len(ids)), torch.arange(len(ids) - 1)].mean()
+    layer, head = divmod(int(induction.argmax()), heads)
+    query = len(ids) - 5
+    explained = trace.explain_attention(layer, head, query, query - n + 1)
+    top = max(explained.key_side().items(), key=lambda kv: abs(kv[1]))[0]
+    assert top.startswith("head ")
+    source_layer, source_head = map(int, top.removeprefix("head ").split("."))
+    assert source_layer < layer and previous[source_layer, source_head] > 0.5  # a previous-token head
+    assert explained.residual_error <= 1e-5 * abs(explained.total)
+
+
+def test_bad_input_is_named():
+    trace = build("mistral").trace(PROMPT)  # a sliding window of 6
+    with pytest.raises(lw.InputError, match="query must be an integer >= 0 and <= 13; got 14"):
+        trace.explain_attention(0, 0, 14)
+    with pytest.raises(lw.InputError, match="query 5 cannot attend to key 7: it sees keys 0 to 5"):
+        trace.explain_attention(0, 0, 5, 7)
+    with pytest.raises(lw.InputError, match="query 10 cannot attend to key 2: it sees keys 5 to 10 within its sliding"):
+        trace.explain_attention(0, 0, 10, 2)
+    with pytest.raises(lw.InputError, match="head must be an integer"):
+        trace.explain_attention(0, 4, 10)
+    with pytest.raises(lw.InputError, match="explain_attention splits a residual stream that blocks add to"):
+        build("bert").trace(PROMPT).explain_attention(1, 0, 3, 2)
+    translator = lw.load_model("tiny-translator", progress=False)
+    with pytest.raises(lw.InputError, match="explain_attention reads a decoder-only model's stack"):
+        translator.trace("the house").explain_attention(0, 0, 1, 0)
+    with pytest.raises(lw.InputError, match="not among the explained keys"):
+        trace.explain_attention(0, 0, 10, 8).terms(9)
