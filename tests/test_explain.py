@@ -79,9 +79,16 @@ def _planted() -> lw.LanguageModel:
     """A two-layer attention-only GPT-2 whose head 0.0 copies each position's previous token into
     the residual stream and whose head 1.0 attends to where the previous token is the current one."""
     config = transformers.GPT2Config(
-        vocab_size=V, n_positions=T, n_embd=D, n_layer=2, n_head=2, n_inner=4, tie_word_embeddings=False
+        vocab_size=V,
+        n_positions=T,
+        n_embd=D,
+        n_layer=2,
+        n_head=2,
+        n_inner=4,
+        tie_word_embeddings=False,
+        bos_token_id=0,
+        eos_token_id=0,
     )
-    config.bos_token_id = config.eos_token_id = 0
     model = transformers.GPT2LMHeadModel(config).eval()
     sharp = 12.0
     with torch.no_grad():
@@ -117,6 +124,13 @@ def test_a_planted_induction_head_is_explained_by_its_previous_token_head():
     assert key_side[0] == "head 0.0" and query_side[0] == "token embedding"
     assert explained.top(1)[0][:2] == ("token embedding", "head 0.0")
     assert explained.residual_error <= 1e-6 * abs(explained.total)
+    # depth 2: key 6 is attractive because head 0.0 copied token 5 (the query's token) into it
+    deeper = trace.explain_attention(1, 0, 15, 6, depth=2)
+    sources = deeper.by_source("head 0.0")
+    assert sources[0][:2] == (5, str(sequence[5])) and sequence[5] == sequence[15 - 10]
+    assert sum(term for _, _, term in sources) == pytest.approx(deeper.key_side()["head 0.0"], rel=1e-5)
+    with pytest.raises(lw.InputError, match="'mlp 0' is not split by source on the key side"):
+        deeper.by_source("mlp 0")
 
 
 def test_smollm2s_induction_head_reads_a_previous_token_head(smollm2):
@@ -141,6 +155,13 @@ def test_smollm2s_induction_head_reads_a_previous_token_head(smollm2):
     source_layer, source_head = map(int, top.removeprefix("head ").split("."))
     assert source_layer < layer and previous[source_layer, source_head] > 0.5  # a previous-token head
     assert explained.residual_error <= 1e-5 * abs(explained.total)
+    deeper = trace.explain_attention(layer, head, query, query - n + 1, depth=2)
+    read = deeper.by_source(top)
+    assert read[0][0] == query - n  # it copied the token before the key: the query's own token
+    assert ids[read[0][0]] == ids[query]
+    for (side, name), split in deeper.sources.items():
+        total = (deeper.key_side() if side == "key" else deeper.query_side())[name]
+        assert sum(term for _, term in split) == pytest.approx(total, rel=1e-4, abs=1e-4)
 
 
 def test_bad_input_is_named():
@@ -158,5 +179,7 @@ def test_bad_input_is_named():
     translator = lw.load_model("tiny-translator", progress=False)
     with pytest.raises(lw.InputError, match="explain_attention reads a decoder-only model's stack"):
         translator.trace("the house").explain_attention(0, 0, 1, 0)
+    with pytest.raises(lw.InputError, match="depth must be an integer >= 1 and <= 2"):
+        trace.explain_attention(1, 0, 10, 8, depth=3)
     with pytest.raises(lw.InputError, match="not among the explained keys"):
         trace.explain_attention(0, 0, 10, 8).terms(9)

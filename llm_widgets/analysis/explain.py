@@ -104,12 +104,14 @@ class _Probe:
         self.thread = threading.get_ident()
         self.stop = stop
         self.inner: dict[int, Any] = {}
-        self.calls: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self.calls: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # the stopped call's queries and keys
+        self.values: dict[int, torch.Tensor] = {}  # every call's values [kv_heads, T, d] (row 0)
 
     def attend(self, fn, module, query, key, value, attention_mask, kwargs):
-        self.calls[id(module)] = (query.detach(), key.detach(), value.detach())
         if id(module) == self.stop:
+            self.calls[id(module)] = (query.detach(), key.detach())
             raise _Stopped
+        self.values[id(module)] = value[0].detach().float()
         inner = self.inner.get(id(module))
         if inner is not None:
             return inner.attend(fn, module, query, key, value, attention_mask, kwargs)
@@ -160,6 +162,7 @@ class _Kept:
     norms: list[tuple[torch.nn.Module, torch.Tensor, torch.Tensor]] = field(default_factory=list)
     call: tuple[tuple, dict] | None = None
     positions: torch.Tensor | None = None  # a learned position embedding's output (GPT-2's wpe), if any
+    values: dict[int, torch.Tensor] = field(default_factory=dict)  # earlier layers' values [kv_heads, T, d]
 
 
 def _is_norm(module: torch.nn.Module) -> bool:
@@ -343,12 +346,14 @@ def _check_additive(kept: _Kept, i: int) -> None:
 # --- the explained layer's queries and keys, per component ---
 
 
-def _forward(trace: Trace, layer: int, parts) -> _Kept:
-    """One forward of the traced sequence (its edits applied), kept up to `layer`'s attention call."""
+def _forward(trace: Trace, layer: int, parts, values: bool) -> _Kept:
+    """One forward of the traced sequence (its edits applied), kept up to `layer`'s attention call
+    (with `values`, every earlier attention's values too)."""
     lm = trace.model
     model = lm.model
     kept = _Kept()
     handles = _hooks(model, parts, layer, kept)
+    probe = _Probe(stop=id(parts.attentions[layer]))
     try:
         ids = trace.input_ids[None].to(input_device(model))
         edited = (
@@ -356,8 +361,8 @@ def _forward(trace: Trace, layer: int, parts) -> _Kept:
             if trace.edits
             else contextlib.nullcontext()
         )
-        probe = _Probe(stop=id(parts.attentions[layer]))
-        with edited, _probing(model, [parts.attentions[layer]], probe):
+        watched = [a for a in parts.attentions[: layer + 1] if a is not None] if values else [parts.attentions[layer]]
+        with edited, _probing(model, watched, probe):
             model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
     except _Stopped:
         pass
@@ -366,6 +371,7 @@ def _forward(trace: Trace, layer: int, parts) -> _Kept:
             handle.remove()
     if kept.call is None or len(kept.inputs) <= layer:
         raise InputError(f"layer {layer}'s attention was not called in a forward of {lm.name}: nothing to explain")
+    kept.values = {i: probe.values[id(a)] for i, a in enumerate(parts.attentions[:layer]) if id(a) in probe.values}
     return kept
 
 
@@ -454,7 +460,7 @@ def _project(model, kept: _Kept, attention, stream: _Stream, at: torch.Tensor, h
                     attention(rows, *args, **kwargs)
                 except _Stopped:
                     pass
-            query, key, _ = probe.calls[id(attention)]
+            query, key = probe.calls[id(attention)]
             group = query.shape[1] // key.shape[1]
             q = query[:, head, query_at].float().cpu()
             k = key[:, head // group, keys_at].float().cpu()
@@ -485,6 +491,7 @@ class AttentionExplanation:
         self.scaling, self.extra, self.softcap = scaling, extra, softcap
         self.reference = reference  # the run's own scores (from the trace's queries and keys) [keys]
         self.key = key  # the key explained by .terms, .top, .total: the one given, or the row's highest
+        self.sources: dict[tuple[str, str], list[tuple[int, float]]] = {}  # depth 2: see by_source
 
     @property
     def scores(self) -> torch.Tensor:
@@ -529,6 +536,21 @@ class AttentionExplanation:
         width = terms.shape[1]
         return [(self.components[i // width], self.components[i % width], float(terms.flatten()[i])) for i in order]
 
+    def by_source(self, component: str, side: str = "key") -> list[tuple[int, str, float]]:
+        """depth=2: a head component's part of the explained key's score on one side ("key" or
+        "query"), split by the source token that head read: (position, token, term), largest first,
+        adding up to that component's `key_side()` (or `query_side()`) value. The three largest head
+        components of each side are split."""
+        checks.choice(side, "side", ("key", "query"))
+        if (side, component) not in self.sources:
+            split = sorted(name for s, name in self.sources if s == side)
+            raise InputError(
+                f"{component!r} is not split by source on the {side} side: explain with depth=2; split there: {split}"
+            )
+        tokens = self.trace.tokens
+        rows = sorted(self.sources[(side, component)], key=lambda st: -abs(st[1]))
+        return [(t, tokens[t], term) for t, term in rows]
+
     def to_dataframe(self, key: int | None = None):
         """A row per pair of components: query_component, key_component, term (largest first)."""
         import pandas as pd
@@ -560,7 +582,7 @@ def explain_attention(trace: Trace, layer: int, head: int, query: int, key: Any,
     stack = trace.stack()
     checks.integer(layer, "layer", low=0, high=stack.n_layers - 1)
     checks.integer(head, "head", low=0, high=stack.n_heads - 1)
-    checks.integer(depth, "depth", low=1, high=1, note=" (1: components of the residual stream)")
+    checks.integer(depth, "depth", low=1, high=2, note=" (1: the residual stream's components; 2: heads by source too)")
     data = stack.layer(layer)  # (raises for a layer without attention, or a trace without capture)
     keys = _keys(trace, data, query, key)
     parts = anatomy(lm.model, lm.facts.n_layers)
@@ -570,16 +592,20 @@ def explain_attention(trace: Trace, layer: int, head: int, query: int, key: Any,
     at = torch.tensor(sorted({query, *keys}))
     where = {p: i for i, p in enumerate(at.tolist())}
     with held(lm.model):
-        kept = _forward(trace, layer, parts)
+        kept = _forward(trace, layer, parts, values=depth == 2)
         stream = _stream(kept, layer, stack.n_heads, at)
         q, k, q0, k0 = _project(lm.model, kept, attention, stream, at, head, where[query], [where[j] for j in keys])
     q = torch.cat([q, q0[None]])
     k = torch.cat([k, k0[None]])
     reference, extra = _reference(stack, data, layer, head, query, keys)
     chosen = key if key is not None else keys[int(reference.argmax())]
-    return AttentionExplanation(
+    explanation = AttentionExplanation(
         trace, layer, head, query, keys, stream.names, q, k, data.scaling, extra, reference, chosen, data.softcap
     )
+    if depth == 2:
+        with held(lm.model):
+            explanation.sources = _by_source(explanation, lm.model, kept, attention, stack.n_heads)
+    return explanation
 
 
 def _keys(trace: Trace, data, query: Any, key: Any) -> list[int]:
@@ -621,3 +647,55 @@ def _reference(stack, data, layer: int, head: int, query: int, keys: list[int]):
     for values in extra.values():
         scores = scores + values
     return scores, extra
+
+
+# --- depth 2: a head's term split by the token it read ---
+
+SOURCE_HEADS = 3  # the heads split by source token at depth 2, on each side
+
+
+def _by_source(explanation: AttentionExplanation, model, kept: _Kept, attention, n_heads: int) -> dict:
+    """The largest head components on each side, split by the source position each read from
+    (its attention there times that position's value, through its columns of the out projection):
+    {(side, component): [(source, term)]}, each list adding up to that component's side total."""
+    trace, query, key, head = explanation.trace, explanation.query, explanation.key, explanation.head
+    at = torch.tensor(sorted({query, key}))
+    where = {p: i for i, p in enumerate(at.tolist())}
+    q_full = explanation._q.sum(0)
+    k_full = explanation._k[:, explanation._key_index(key)].sum(0)
+    out = {}
+    for side, totals in (("key", explanation.key_side()), ("query", explanation.query_side())):
+        position = key if side == "key" else query
+        heads = [n for n in sorted(totals, key=lambda n: -abs(totals[n])) if n.startswith("head ")][:SOURCE_HEADS]
+        for name in heads:
+            layer, source_head = map(int, name.removeprefix("head ").split("."))
+            if layer not in kept.projection or layer not in kept.values:
+                continue
+            vectors, sources = _source_vectors(trace, kept, layer, source_head, position, n_heads)
+            names = [f"{name} from {t}" for t in sources]
+            stream = _Stream(names, [(names, lambda v=vectors: v[:, None].expand(-1, len(at), -1))])
+            q, k, _, _ = _project(model, kept, attention, stream, at, head, where[query], [where[key]])
+            terms = (k[:, 0] @ q_full if side == "key" else q @ k_full) * explanation.scaling
+            out[(side, name)] = list(zip(sources, terms.tolist()))
+    return out
+
+
+def _source_vectors(trace: Trace, kept: _Kept, layer: int, head: int, position: int, n_heads: int):
+    """What head `layer.head` wrote at `position` from each source it attended to [sources, d], and
+    those sources' positions."""
+    probs = trace.attention(layer, head, queries=position)[0]
+    values = kept.values[layer]
+    v = values[head // (n_heads // values.shape[0])]  # [T, head dim]
+    sources = (probs > 0).nonzero()[:, 0]
+    module, _ = kept.projection[layer]
+    weight = module.weight.detach().float()
+    if type(module).__name__ == "Conv1D":
+        weight = weight.t()
+    width = weight.shape[1] // n_heads
+    if v.shape[-1] != width:
+        raise InputError(f"layer {layer}'s values ({v.shape[-1]} wide) are not its heads' out-projection columns")
+    written = (probs[sources, None] * v[sources].cpu()) @ weight[:, head * width : (head + 1) * width].t()
+    frozen, _ = _frozen_post(kept, layer, "attention")
+    if frozen is not None:
+        written = frozen.linear(written, frozen.scale[position])
+    return written, sources.tolist()
