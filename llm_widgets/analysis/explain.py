@@ -687,7 +687,7 @@ def _source_vectors(trace: Trace, kept: _Kept, layer: int, head: int, position: 
     values = kept.values[layer]
     v = values[head // (n_heads // values.shape[0])]  # [T, head dim]
     sources = (probs > 0).nonzero()[:, 0]
-    module, _ = kept.projection[layer]
+    module: Any = kept.projection[layer][0]
     weight = module.weight.detach().float()
     if type(module).__name__ == "Conv1D":
         weight = weight.t()
