@@ -9,6 +9,7 @@ import math
 
 import pytest
 import torch
+import traitlets
 import transformers
 
 import llm_widgets as lw
@@ -183,3 +184,33 @@ def test_bad_input_is_named():
         trace.explain_attention(1, 0, 10, 8, depth=3)
     with pytest.raises(lw.InputError, match="not among the explained keys"):
         trace.explain_attention(0, 0, 10, 8).terms(9)
+
+
+def test_the_view_follows_the_clicked_cell_and_ablates_a_head_in_the_editor():
+    lm = _planted()
+    sequence = torch.randperm(V, generator=torch.Generator().manual_seed(1))[:10].tolist()
+    editor = lw.AttentionEditor(lm, sequence + sequence, max_new_tokens=2)
+    editor.layer, editor.head = 1, 0
+    view = lw.ExplanationView(editor)
+    assert view.summary == ["click a cell of the attention heatmap to explain its score"]
+    editor.cell = [15, 6]  # what a click on that heatmap cell sends
+    assert view.title == f"why head 1.0 at query 15 {str(sequence[5])!r} attends to key 6 {str(sequence[6])!r}"
+    assert view.row_labels[-1] == view.column_labels[-1] == "total" and view.strip_values == []
+    column = view.column_labels.index("head 0.0 (key)")
+    assert view.values[-1][column] == pytest.approx(view.explanation.key_side()["head 0.0"])
+    assert view.values[-1][-1] == pytest.approx(view.explanation.total, rel=1e-5)
+    view.selected = [0, column]
+    assert view.detail[0].startswith("token embedding (query side) x head 0.0 (key side): +") and not editor.edits
+    view.selected = [len(view.row_labels) - 1, column]  # a head's total: ablated in the editor
+    assert editor.edits == [lw.AblateHead(0, 0)] and view.detail[-1].startswith("ablated head 0.0 in the editor")
+    assert view.explanation.trace is editor.trace and view.explanation.key_side()["head 0.0"] == 0.0
+    editor.cell = [15, -1]  # a pooled cell: its whole row, the keys' scores above the table
+    assert len(view.strip_values) == 16 and view.strip_labels[view.strip_mark].startswith(f"{view.explanation.key}:")
+    with pytest.raises(traitlets.TraitError, match="cell must be"):
+        editor.cell = [15, 40]
+    window = lw.AttentionView(build("mistral").trace(PROMPT))
+    follower = lw.ExplanationView(window)
+    window.cell = [10, 2]  # outside the sliding window: said, nothing else changes
+    assert "cannot attend to key 2" in follower.error
+    view.close()
+    follower.close()

@@ -414,6 +414,7 @@ def test_every_view_carries_its_figure_and_text_as_a_static_fallback(tiny_gpt2):
         lw.AttributionView(trace.attribute(trace.generated_ids[0])),
         lw.AttentionEditor(tiny_gpt2, "<b>Call</b> me", max_new_tokens=3),
         lw.LensView(trace),
+        lw.ExplanationView(trace.explain_attention(1, 2, 4, 1)),
     ]
     for widget in figures:
         data, page = _fallback(widget)
@@ -487,6 +488,7 @@ def test_closed_views_are_freed_with_the_traces_they_hold(tiny_gpt2):
         yield tr, lambda: lw.AttentionView(tr)
         yield tr, lambda: lw.AttributionView(tr.attribute())
         yield tr, lambda: lw.LensView(tr)
+        yield tr, lambda: lw.ExplanationView(tr.explain_attention(1, 0, 5, depth=2))
         yield tr, lambda: lw.CompareView(lw.compare(tr, tiny_gpt2.trace(prompt, max_new_tokens=2)))
         yield tr, lambda: lw.PatchingView(lw.ablation_sweep(tr, progress=False))
         yield None, lambda: lw.AttentionEditor(tiny_gpt2, prompt, max_new_tokens=2)

@@ -39,7 +39,9 @@ function heatmapParts() {
   return { box, canvas, tooltip, lasso, yAxis, xAxis, scale };
 }
 
-export function mountHeatmap(onPick: (query: number) => void, onZoom: (region: Region) => void): HeatmapView {
+/** `onPick(query, key)`: a click on a cell; key -1 when the cell pools several keys. */
+export function mountHeatmap(onPick: (query: number, key: number) => void,
+  onZoom: (region: Region) => void): HeatmapView {
   const { box, canvas, tooltip, lasso, yAxis, xAxis, scale } = heatmapParts();
   const ctx = canvas.getContext("2d")!;
 
@@ -126,8 +128,9 @@ export function mountHeatmap(onPick: (query: number) => void, onZoom: (region: R
     const x = Math.min(Math.max(at.x, 0), rect.width - 1);
     const y = Math.min(Math.max(at.y, 0), rect.height - 1);
     const end = cellAt(x, y, rect.width, rect.height, map.rows, map.cols)!;
-    if (Math.abs(x - start.x) < 4 && Math.abs(y - start.y) < 4) { // a click: pick that query
-      onPick(binRange(end.row, map.rows, region[1] - region[0])[0] + region[0]);
+    if (Math.abs(x - start.x) < 4 && Math.abs(y - start.y) < 4) { // a click: pick that query (and key)
+      const [k0, k1] = binRange(end.col, map.cols, region[3] - region[2]);
+      onPick(binRange(end.row, map.rows, region[1] - region[0])[0] + region[0], k1 - k0 === 1 ? k0 + region[2] : -1);
       return;
     }
     const zoom = regionOf(start, end, map.rows, map.cols, region);

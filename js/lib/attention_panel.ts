@@ -26,6 +26,7 @@ export interface ViewState {
   layer: number;
   head: number;
   query: number;
+  cell: number[]; // [query, key] of the heatmap cell clicked ([query, -1]: a pooled cell's row), [] for none
   output_text: string;
   zoom: number[];
   revision: number;
@@ -108,7 +109,7 @@ function mountParts(model: AnyModel<ViewState>, requests: Requests, options: Pan
   const { header, layerBox, headBox, status, unzoom } = mountHeader(model, requests);
   const strip = mountStrip({ mode: () => options.stripMode?.() ?? "query", onKeys: options.onKeys, keySpan: options.keySpan,
     onQuery: (i) => pickQuery(model, i, status) });
-  const heatmap = mountHeatmap((query) => set({ query }), (zoom) => set({ zoom }));
+  const heatmap = mountHeatmap((query, key) => set({ query, cell: [query, key] }), (zoom) => set({ zoom }));
   const grid = mountGrid(model.get("n_layers"), model.get("n_heads"), (layer, head, event) => {
     if (!(model.get("attention_layers") ?? [layer]).includes(layer)) return;  // a blank row: no attention there
     if (!options.onGridClick?.(layer, head, event)) set({ layer, head });

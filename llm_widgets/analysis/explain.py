@@ -528,10 +528,11 @@ class AttentionExplanation:
         """Each key-side component's part of the score (summed over the query side)."""
         return dict(zip(self.components, self.terms(key).sum(0).tolist()))
 
-    def top(self, n: int = 10, key: int | None = None) -> list[tuple[str, str, float]]:
-        """The n largest terms (by size) for `key`: (query-side component, key-side component, term)."""
+    def top(self, n: int = 10, key: int | None = None, versus: int | None = None) -> list[tuple[str, str, float]]:
+        """The n largest terms (by size) for `key`: (query-side component, key-side component, term);
+        with `versus` (another key), of the difference: why `key` scores above (or below) it."""
         checks.integer(n, "n", low=1)
-        terms = self.terms(key)
+        terms = self.terms(key) if versus is None else self.versus(self.key if key is None else key, versus)
         order = terms.abs().flatten().argsort(descending=True)[:n].tolist()
         width = terms.shape[1]
         return [(self.components[i // width], self.components[i % width], float(terms.flatten()[i])) for i in order]

@@ -5,6 +5,7 @@ from .attention_editor import AttentionEditor as AttentionEditor
 from .attention_view import AttentionView as AttentionView
 from .attribution_view import AttributionView as AttributionView
 from .debugger_view import DebuggerView as DebuggerView
+from .explanation_view import ExplanationView as ExplanationView
 from .gradient_monitor_view import GradientMonitorView as GradientMonitorView
 from .matrix_views import CompareView as CompareView
 from .matrix_views import DivergenceView as DivergenceView

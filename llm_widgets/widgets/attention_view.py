@@ -37,6 +37,9 @@ class AttentionView(Answers, StaticFallback, anywidget.AnyWidget):
     layer = traitlets.Int(0, help="the layer shown").tag(sync=True)
     head = traitlets.Int(0, help="the head shown").tag(sync=True)
     query = traitlets.Int(-1, help="selected query position, -1 for none").tag(sync=True)
+    cell = traitlets.List(
+        traitlets.Int(), help="[query, key] of the heatmap cell clicked ([query, -1]: a pooled cell's row), [] for none"
+    ).tag(sync=True)
     output_text = traitlets.Unicode(help="the generated text").tag(sync=True)
     zoom = traitlets.List(traitlets.Int(), help="[q0, q1, k0, k1] of the region shown, [] for all").tag(sync=True)
     revision = traitlets.Int(0, help="bumped when the trace is replaced: the front end reloads").tag(sync=True)
@@ -124,6 +127,7 @@ class AttentionView(Answers, StaticFallback, anywidget.AnyWidget):
     def _show_stack(self, change):
         with self.hold_sync():
             self.query = -1
+            self.cell = []
             self.zoom = []
             for name, value in self._stack_state(self.trace.stack(change.new)).items():
                 setattr(self, name, value)
@@ -156,6 +160,8 @@ class AttentionView(Answers, StaticFallback, anywidget.AnyWidget):
             self.output_text = trace.output_text
             part = trace.stack(self.stack)
             self.query_range, self.key_range = list(part.queries), list(part.keys)
+            if self.cell and not (self.cell[0] < part.queries[1] and self.cell[1] < part.keys[1]):
+                self.cell = []  # (kept while this run has it: a linked explanation follows it to the new run)
             self.revision += 1
 
     @traitlets.validate("layer")
@@ -183,6 +189,17 @@ class AttentionView(Answers, StaticFallback, anywidget.AnyWidget):
         if not (proposal.value == -1 or first <= proposal.value < stop):
             raise traitlets.TraitError(f"query {proposal.value} is out of range: -1 (none) or {first} to {stop - 1}")
         return proposal.value
+
+    @traitlets.validate("cell")
+    def _check_cell(self, proposal):
+        cell = list(proposal.value)
+        (q0, q1), (k0, k1) = self.query_range, self.key_range
+        if cell and (len(cell) != 2 or not q0 <= cell[0] < q1 or not (cell[1] == -1 or k0 <= cell[1] < k1)):
+            raise traitlets.TraitError(
+                f"cell must be [] or [query, key] with a query {q0} to {q1 - 1} and a key {k0} to {k1 - 1} (or -1: the "
+                f"whole row); got {cell}"
+            )
+        return cell
 
     @traitlets.validate("zoom")
     def _check_zoom(self, proposal):
