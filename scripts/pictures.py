@@ -28,6 +28,7 @@ PICTURE_VIEWS = {
     "attribution_view": "attribution_view",
     "debugger_view": "debugger_view",
     "divergence_view": "matrix_view",
+    "explanation_view": "matrix_view",
     "lens_view": "matrix_view",
     "patching_view": "matrix_view",
     "gradient_monitor": "gradient_monitor",

@@ -196,7 +196,7 @@ def test_the_view_follows_the_clicked_cell_and_ablates_a_head_in_the_editor():
     editor.cell = [15, 6]  # what a click on that heatmap cell sends
     assert view.title == f"why head 1.0 at query 15 {str(sequence[5])!r} attends to key 6 {str(sequence[6])!r}"
     assert view.row_labels[-1] == view.column_labels[-1] == "total" and view.strip_values == []
-    column = view.column_labels.index("head 0.0 (key)")
+    column = view.column_labels.index("head 0.0")
     assert view.values[-1][column] == pytest.approx(view.explanation.key_side()["head 0.0"])
     assert view.values[-1][-1] == pytest.approx(view.explanation.total, rel=1e-5)
     view.selected = [0, column]

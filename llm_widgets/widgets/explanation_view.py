@@ -97,8 +97,7 @@ class ExplanationView(MatrixWidget):
         with self.hold_sync():
             self.values = table.tolist()
             self.words = [[f"{v:+.2f}" for v in row] for row in table.tolist()]
-            self.row_labels = [f"{name} (query)" if name not in (OTHER, TOTAL) else name for name in self._rows]
-            self.column_labels = [f"{name} (key)" if name not in (OTHER, TOTAL) else name for name in self._columns]
+            self.row_labels, self.column_labels = list(self._rows), list(self._columns)
             self.vmax = float(inner.max()) or 1.0
             self.title = _title(explanation)
             self.summary = _summary(explanation, self.editor is not None)
@@ -176,9 +175,9 @@ def _summary(e: AttentionExplanation, editor: bool) -> list[str]:
         lines.append(f"{name}: {float(values[e.keys.index(e.key)]):+.4g} of it (a term of its own)")
     if e.softcap:
         lines.append(f"before the softcap ({e.softcap:g}) the model applies to its scores")
-    lines.append(
-        "click a term for its pair; a total for that component" + (", and a head's to ablate it" if editor else "")
-    )
+    ablate = ", and a head's to ablate it in the editor" if editor else ""
+    lines.append("rows: the query's components; columns: the key's; each cell the term of that pair")
+    lines.append(f"click a term for its pair; a total (last row or column) for that component{ablate}")
     return lines
 
 

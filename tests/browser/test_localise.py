@@ -16,8 +16,9 @@ def test_localise_notebook_lens_patching_and_sweep(jupyter_server, page):
     run_all_cells(page)
     matrices = page.locator(".lw-mx")
     page.locator(".jp-OutputArea-output", has_text="Comparison(").wait_for(timeout=600_000)
-    matrices.nth(4).wait_for(timeout=120_000)  # the last view may draw after its cell's text
-    assert matrices.count() == 5  # lens, residual patching, head patching, sweep, comparison
+    page.locator(".jp-OutputArea-output", has_text="AttentionExplanation(").first.wait_for(timeout=600_000)
+    matrices.nth(5).wait_for(timeout=120_000)  # the last view may draw after its cell's text
+    assert matrices.count() == 6  # lens, residual patching, head patching, sweep, comparison, explanation
     assert notebook_errors(page) == []
     # the lens: 30 layers of words, the last prompt position's last layer says " Mary"
     lens = matrices.nth(0)
@@ -48,6 +49,36 @@ def test_localise_notebook_lens_patching_and_sweep(jupyter_server, page):
         arg=sweep.locator(".lw-mx-detail").element_handle(),
         timeout=120_000,
     )
+    _explanation_follows_a_click_and_ablates(page, matrices.nth(5))
     cut = clipped(page)  # at 800 px wide every view fits its output, or scrolls
     assert cut == [], "\n".join(cut)
     assert not page.dialogs
+
+
+def _explanation_follows_a_click_and_ablates(page, explanation) -> None:
+    """The induction head's explanation: a click on another heatmap cell of its editor explains
+    that cell; a click on head 16.0's total ablates it in the editor, which regenerates."""
+    title = explanation.locator(".lw-mx-title")
+    page.wait_for_function(
+        "el => el.textContent.includes('attends to key 27')", arg=title.element_handle(), timeout=120_000
+    )
+    editor = page.locator(".lw-editor").last  # the induction editor
+    canvas = editor.locator("canvas.lw-attn-heatmap")
+    canvas.scroll_into_view_if_needed()
+    box = canvas.bounding_box()
+    n = 65  # 61 tokens and 4 generated: one cell per position
+    canvas.click(position={"x": (26 + 0.5) * box["width"] / n, "y": (56 + 0.5) * box["height"] / n})
+    page.wait_for_function(
+        "el => el.textContent.includes('attends to key 26')", arg=title.element_handle(), timeout=120_000
+    )
+    headers = explanation.locator("th.lw-mx-col").all_inner_texts()
+    column = next(i for i, text in enumerate(headers) if text.startswith("head 16.0"))
+    totals = explanation.locator("tr").last.locator(".lw-mx-cell")
+    totals.nth(column).click()
+    page.wait_for_function(
+        "el => el.textContent.includes('ablated head 16.0 in the editor')",
+        arg=explanation.locator(".lw-mx-detail").element_handle(),
+        timeout=120_000,
+    )
+    explanation.scroll_into_view_if_needed()
+    explanation.screenshot(path=str(ARTIFACTS / "explanation_view.png"))
