@@ -26,18 +26,19 @@ def rss() -> int:
         return int(f.read().split()[1]) * PAGE
 
 
+def _sample(base: int, peak: list[int], done: threading.Event) -> None:
+    """The largest resident memory above `base` until `done`, into peak[0]."""
+    while not done.is_set():
+        peak[0] = max(peak[0], rss() - base)
+        time.sleep(0.005)
+
+
 def measured(fn, repeats: int) -> tuple[float, float, object]:
     """Median seconds of `fn()` over `repeats`, the peak RSS it added (MiB), its last result."""
     times, peaks, result = [], [], None
     for _ in range(repeats):
         base, peak, done = rss(), [0], threading.Event()
-
-        def sample():
-            while not done.is_set():
-                peak[0] = max(peak[0], rss() - base)
-                time.sleep(0.005)
-
-        sampler = threading.Thread(target=sample)
+        sampler = threading.Thread(target=_sample, args=(base, peak, done))
         sampler.start()
         start = time.perf_counter()
         result = fn()

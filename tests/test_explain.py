@@ -14,7 +14,7 @@ import transformers
 
 import llm_widgets as lw
 
-from .test_trace_architectures import CONFIGS, MASKED, PROMPT, ToyTokenizer, build
+from .test_trace_architectures import CONFIGS, MASKED, PROMPT, SMALL, ToyTokenizer, build, build_from
 
 CAUSAL = sorted(set(CONFIGS) - MASKED)
 
@@ -26,9 +26,16 @@ def _softmax_of(explanation) -> torch.Tensor:
     return torch.softmax(scores, -1)
 
 
-@pytest.mark.parametrize("arch", CAUSAL)
+def _build(arch: str) -> lw.LanguageModel:
+    if arch == "olmo2":  # post-norms, and a QK-norm over the whole projection
+        config = transformers.Olmo2Config(**SMALL, num_key_value_heads=2)
+        return build_from(config, transformers.AutoModelForCausalLM, "tiny-olmo2")
+    return build(arch)
+
+
+@pytest.mark.parametrize("arch", [*CAUSAL, "olmo2"])
 def test_the_terms_add_up_to_the_runs_scores(arch):
-    lm = build(arch)
+    lm = _build(arch)
     trace = lm.trace(PROMPT)
     for layer in range(2):
         row = trace.explain_attention(layer, 1, 10)
@@ -73,12 +80,13 @@ def test_a_table_and_the_largest_terms():
 
 
 V, T = 16, 32  # the planted model: vocabulary, positions
-D, HEAD = 2 * V + T, 32  # residual: the token, the previous token, the position (one-hot each)
+D = 3 * V + T  # residual: the token, the previous token, the position, the answer (one-hot each)
 
 
 def _planted() -> lw.LanguageModel:
     """A two-layer attention-only GPT-2 whose head 0.0 copies each position's previous token into
-    the residual stream and whose head 1.0 attends to where the previous token is the current one."""
+    the residual stream and whose head 1.0 attends to where the previous token is the current one
+    and predicts the token there."""
     config = transformers.GPT2Config(
         vocab_size=V,
         n_positions=T,
@@ -100,7 +108,7 @@ def _planted() -> lw.LanguageModel:
             block.ln_2.weight.fill_(1.0)
         model.transformer.ln_f.weight.fill_(1.0)
         model.transformer.wte.weight[:, :V] = torch.eye(V)
-        model.transformer.wpe.weight[:, 2 * V :] = torch.eye(T)
+        model.transformer.wpe.weight[:, 2 * V : 2 * V + T] = torch.eye(T)
         first = model.transformer.h[0].attn.c_attn.weight  # [D, 3D]: queries, keys, values
         for i in range(T - 1):
             first[2 * V + i, i] = sharp  # the query of position i ...
@@ -110,6 +118,9 @@ def _planted() -> lw.LanguageModel:
         second = model.transformer.h[1].attn.c_attn.weight
         second[:V, :V] = sharp * torch.eye(V)  # the query: the current token
         second[V : 2 * V, D : D + V] = sharp * torch.eye(V)  # the key: the previous token
+        second[:V, 2 * D : 2 * D + V] = torch.eye(V)  # its value: the token there ...
+        model.transformer.h[1].attn.c_proj.weight[:V, 2 * V + T :] = torch.eye(V)  # ... written as the answer
+        model.lm_head.weight[:, 2 * V + T :] = sharp * torch.eye(V)  # which is the prediction
     return lw.LanguageModel(model, ToyTokenizer(), name="planted-induction")
 
 
@@ -132,6 +143,29 @@ def test_a_planted_induction_head_is_explained_by_its_previous_token_head():
     assert sum(term for _, _, term in sources) == pytest.approx(deeper.key_side()["head 0.0"], rel=1e-5)
     with pytest.raises(lw.InputError, match="'mlp 0' is not split by source on the key side"):
         deeper.by_source("mlp 0")
+
+
+def test_a_sweep_over_positions_finds_the_circuit_a_last_token_sweep_cannot_see():
+    lm = _planted()
+    sequence = torch.randperm(V, generator=torch.Generator().manual_seed(1))[:10].tolist()
+    trace = lm.trace(sequence + sequence, max_new_tokens=1)
+    assert trace.generated_ids == [sequence[0]]  # after the second copy's end: the first copy's next token
+    sweep = lw.ablation_sweep(trace, positions=(11, 19), progress=False)
+    assert sweep.quantity == "mean log p(next token) at positions 11-18" and sweep.positions == list(range(11, 19))
+    with torch.no_grad():
+        by_hand = torch.log_softmax(lm.model(torch.tensor([sequence + sequence])).logits[0, 11:19], -1)
+    expected = by_hand.gather(-1, torch.tensor(sequence[2:10])[:, None]).mean()
+    assert sweep.clean_score == pytest.approx(float(expected), abs=1e-5)
+    assert {(layer, head) for layer, head, _ in sweep.top_heads(2)} == {(0, 0), (1, 0)}  # the circuit
+    assert all(change < -1 for _, _, change in sweep.top_heads(2)) and sweep.effect[:, 1].abs().max() == 0
+    patched = lw.patch(
+        lm, sequence + sequence, sequence[:10] + sequence[::-1], site="heads", positions=(11, 19), progress=False
+    )
+    assert patched.positions == list(range(11, 19)) and patched.top(1)[0][0] in {(0, 0), (1, 0)}
+    with pytest.raises(lw.InputError, match="leave target and contrast None"):
+        lw.ablation_sweep(trace, target=3, positions=(11, 19), progress=False)
+    with pytest.raises(lw.InputError, match="positions span \\(11, 20\\) must lie within 0 to 19"):
+        lw.ablation_sweep(trace, positions=(11, 20), progress=False)
 
 
 def test_smollm2s_induction_head_reads_a_previous_token_head(smollm2):
@@ -202,7 +236,8 @@ def test_the_view_follows_the_clicked_cell_and_ablates_a_head_in_the_editor():
     view.selected = [0, column]
     assert view.detail[0].startswith("token embedding (query side) x head 0.0 (key side): +") and not editor.edits
     view.selected = [len(view.row_labels) - 1, column]  # a head's total: ablated in the editor
-    assert editor.edits == [lw.AblateHead(0, 0)] and view.detail[-1].startswith("ablated head 0.0 in the editor")
+    assert editor.edits == [lw.AblateHead(0, 0, positions=6)]  # at the key, where it made the key attractive
+    assert view.detail[-1].startswith("ablated head 0.0 at position 6 in the editor")
     assert view.explanation.trace is editor.trace and view.explanation.key_side()["head 0.0"] == 0.0
     editor.cell = [15, -1]  # a pooled cell: its whole row, the keys' scores above the table
     assert len(view.strip_values) == 16 and view.strip_labels[view.strip_mark].startswith(f"{view.explanation.key}:")

@@ -152,6 +152,23 @@ def test_edits_match_with_and_without_cache(arch, lm):
     )
 
 
+def test_a_head_ablated_at_some_positions_only(arch, lm):
+    plain = lm.trace(PROMPT, keep_logits=True)
+    everywhere = lm.trace(PROMPT, keep_logits=True, edits=[lw.AblateHead(1, 2)])
+    spanning = lm.trace(PROMPT, keep_logits=True, edits=[lw.AblateHead(1, 2, positions=(0, len(PROMPT)))])
+    assert torch.equal(spanning.logits, everywhere.logits)
+    some = lm.trace(PROMPT, keep_logits=True, edits=[lw.AblateHead(1, 2, positions=[(6, 8), 10])])
+    if arch not in MASKED:  # causal: what comes before position 6 is untouched, from there on it is not
+        assert torch.equal(some.logits[:6], plain.logits[:6]) and not torch.equal(some.logits[6], plain.logits[6])
+        edit = lw.AblateHead(1, 2, positions=(15, 18))  # generated positions: the cached steps find them
+        cached = lm.trace(PROMPT, max_new_tokens=6, edits=[edit])
+        assert cached.generated_ids == lm.trace(PROMPT, max_new_tokens=6, edits=[edit], use_cache=False).generated_ids
+        assert lw.replay(cached.record, lm).generated_ids == cached.generated_ids
+        assert cached.record["edits"][0]["positions"] == [[15, 18]]
+    with pytest.raises(ValueError, match="AblateHead positions span \\(10, 30\\) is outside the sequence"):
+        lm.trace(PROMPT, edits=[lw.AblateHead(1, 2, positions=(10, 30))])
+
+
 def test_factor_one_changes_nothing(lm):
     plain = lm.trace(PROMPT, keep_logits=True)
     same = lm.trace(PROMPT, keep_logits=True, edits=[lw.ScaleAttention(1.0, keys=(0, 10))])

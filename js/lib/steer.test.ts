@@ -60,6 +60,8 @@ describe("edits from the UI", () => {
     expect(describeEdit(steerEdits([0, 1], 0, { scope: "layers", from: 1, to: 4 })[0], tokens))
       .toBe('×0 on keys 0 "The"; layers 1–4, all heads');
     expect(describeEdit({ kind: "ablate_head", layer: 1, head: 2, mode: "zero" }, tokens)).toBe("ablate layer 1 head 2 (zero)");
+    expect(describeEdit({ kind: "ablate_head", layer: 1, head: 2, mode: "zero", positions: [[1, 2]] }, tokens))
+      .toBe('ablate layer 1 head 2 at 1 " cat" (zero)');
   });
   it("orders a span whichever way it was dragged", () => {
     expect(spanOf(5, 2)).toEqual([2, 6]);

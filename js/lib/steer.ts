@@ -17,6 +17,7 @@ export interface AblateSpec {
   head: number;
   mode: "zero" | "mean";
   stack?: string;
+  positions?: [number, number][]; // only there; absent: at every position
 }
 
 /** The stack field an edit carries: none for a decoder-only model's one attention. */
@@ -95,7 +96,10 @@ function list(values: number[]): string {
 /** One line for the edit list. */
 export function describeEdit(spec: EditSpec, tokens: string[]): string {
   const of = spec.stack ? ` of ${spec.stack} attention` : "";
-  if (spec.kind === "ablate_head") return `ablate layer ${spec.layer} head ${spec.head}${of} (${spec.mode})`;
+  if (spec.kind === "ablate_head") {
+    const at = spec.positions ? ` at ${spans(spec.positions, tokens)}` : "";
+    return `ablate layer ${spec.layer} head ${spec.head}${of}${at} (${spec.mode})`;
+  }
   const where = spec.layers === null && spec.heads === null
     ? "all layers and heads"
     : `${spec.layers === null ? "all layers" : `layers ${list(spec.layers)}`}, ${spec.heads === null ? "all heads" : `heads ${list(spec.heads)}`}`;

@@ -51,13 +51,14 @@ class Patching:
     effect: torch.Tensor  # [layers, positions] or [layers, heads] (or [layers, heads, positions])
     tokens: list[str]  # the prompt's tokens (of the corrupted prompt for patching)
     clean_tokens: list[str]
-    target: str
-    target_id: int
+    target: str  # (a score over positions: "")
+    target_id: int | None  # (a score over positions: None)
     contrast: str | None
     contrast_id: int | None
     clean_score: float
     corrupted_score: float
-    quantity: str  # what the score is: "logit(' Mary') - logit(' John')" or "log p(' Mary')"
+    quantity: str  # what the score is: "logit(' Mary') - logit(' John')", "log p(' Mary')" or over positions
+    positions: list[int] | None = None  # a score over positions: where the next token's log p is averaged
     raw: torch.Tensor | None = None  # the patched runs' scores, same shape as effect
     notes: list[str] = field(default_factory=list)
     axes: tuple[str, str] = ("layer", "position")
@@ -92,6 +93,46 @@ def _scorer(target_id: int, contrast_id: int | None) -> Callable[[torch.Tensor],
         return last_logits[:, target_id] - last_logits[:, contrast_id]
 
     return score
+
+
+def _position_scorer(tokens: torch.Tensor, positions: list[int]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The mean log-probability of each next prompt token (`tokens[t + 1]`) at `positions`, from the
+    logits of the last `score.keep` positions ([rows, keep, vocab])."""
+    length = len(tokens)
+    keep = length - min(positions)
+    index = torch.tensor(positions) - (length - keep)
+    following = tokens[torch.tensor(positions) + 1].cpu()
+
+    def score(logits: torch.Tensor) -> torch.Tensor:  # [rows, keep, vocab] ([rows, vocab] when keep is 1) -> [rows]
+        logits = logits.float() if logits.dim() == 3 else logits.float()[:, None]
+        logp = torch.log_softmax(logits[:, index.to(logits.device)], dim=-1)
+        picked = following.to(logp.device)[None, :, None].expand(len(logp), -1, 1)
+        return logp.gather(-1, picked)[..., 0].mean(-1)
+
+    score.keep = keep  # type: ignore[attr-defined]  # (the positions whose logits the score reads)
+    return score
+
+
+def _prompt_positions(positions: Any, length: int) -> list[int]:
+    """`positions` of a prompt of `length` tokens whose next token is in the prompt: a (start, stop)
+    span or a list."""
+    last = length - 2
+    if isinstance(positions, tuple) and len(positions) == 2 and all(checks.is_int(p) for p in positions):
+        start, stop = positions
+        if not 0 <= start < stop <= last + 1:
+            raise InputError(
+                f"positions span {positions} must lie within 0 to {last + 1} (stop exclusive): each "
+                f"position's next token must be in the prompt"
+            )
+        return list(range(start, stop))
+    if isinstance(positions, (list, tuple)) and positions and all(checks.is_int(p) for p in positions):
+        bad = [p for p in positions if not 0 <= p <= last]
+        if bad:
+            raise InputError(
+                f"positions {bad} are outside 0 to {last}: each position's next token must be in the prompt"
+            )
+        return sorted(set(int(p) for p in positions))
+    raise InputError(f"positions must be a (start, stop) span or a list of positions; got {positions!r}")
 
 
 def _quantity(target: str, contrast: str | None) -> str:
@@ -354,6 +395,27 @@ def _targets(lm: LanguageModel, target: Any, contrast: Any, notes: list[str]) ->
     return target_id, contrast_id
 
 
+def _score(lm: LanguageModel, target: Any, contrast: Any, positions: Any, tokens: torch.Tensor, notes: list[str]):
+    """The score a patch or sweep reads: (score, target id, contrast id, what it is in words, the
+    positions of a score over positions or None)."""
+    if positions is None:
+        if target is None:
+            raise InputError("give the target token (the clean run's answer), or positions to score the prompt's own")
+        target_id, contrast_id = _targets(lm, target, contrast, notes)
+        tok = lm.tokenizer
+        contrast_text = None if contrast_id is None else tok.decode([contrast_id])
+        quantity = _quantity(tok.decode([target_id]), contrast_text)
+        return _scorer(target_id, contrast_id), target_id, contrast_id, quantity, None
+    if target is not None or contrast is not None:
+        raise InputError(
+            "positions scores the prompt's own next tokens at those positions: leave target and contrast None (or "
+            "drop positions to score a target at the last position)"
+        )
+    chosen = _prompt_positions(positions, len(tokens))
+    where = f"{chosen[0]}-{chosen[-1]}" if chosen == list(range(chosen[0], chosen[-1] + 1)) else str(chosen)
+    return _position_scorer(tokens, chosen), None, None, f"mean log p(next token) at positions {where}", chosen
+
+
 def _check_model(lm: Any, site: str) -> None:
     if not isinstance(lm, LanguageModel):
         raise WrongTypeError(f"patching takes an lw.LanguageModel (from lw.load_model); got {type(lm).__name__}")
@@ -374,11 +436,12 @@ def patch(
     model: LanguageModel,
     clean: Any,
     corrupted: Any,
-    target: Any,
+    target: Any = None,
     contrast: Any = None,
     *,
     site: str = "residual",
     per_position: bool = False,
+    positions: Any = None,
     budget_bytes: int = DEFAULT_BUDGET,
     progress: bool = True,
 ) -> Patching:
@@ -387,7 +450,9 @@ def patch(
     "attention" / "mlp" (each block's attention or MLP output, layer x position), "heads" (each
     head's output at every position, layer x head; per_position=True: layer x head x position).
     Effect: (patched - corrupted) / (clean - corrupted) of logit(target) - logit(contrast), or of
-    log p(target) without a contrast. Patched runs go as batches within `budget_bytes`."""
+    log p(target) without a contrast; with `positions` (a (start, stop) span or a list, and target
+    None) of the mean log p of the clean prompt's next token at those positions (a behaviour spread
+    over a sequence). Patched runs go as batches within `budget_bytes`."""
     _check_model(model, site)
     lm = model
     clean_ids, corrupted_ids = _paired_ids(lm, clean, corrupted)
@@ -397,15 +462,15 @@ def patch(
     if per_position and site != "heads":
         raise InputError(f"per_position splits heads by position (site='heads'); site {site!r} is per position already")
     notes: list[str] = []
-    target_id, contrast_id = _targets(lm, target, contrast, notes)
-    score = _scorer(target_id, contrast_id)
+    score, target_id, contrast_id, quantity, chosen = _score(lm, target, contrast, positions, clean_ids, notes)
+    keep = getattr(score, "keep", 1)
     facts, T = lm.facts, len(clean_ids)
     parts = anatomy(lm.model, facts.n_layers)
     device = input_device(lm.model)
     clean_ids, corrupted_ids = clean_ids[None].to(device), corrupted_ids[None].to(device)
     with held(lm.model):
-        source, clean_logits = capture_site(lm, clean_ids, site, parts)
-        corrupted_logits = _forward_last(lm.model, corrupted_ids)
+        source, clean_logits = capture_site(lm, clean_ids, site, parts, keep)
+        corrupted_logits = _forward_last(lm.model, corrupted_ids, keep)
         clean_score, corrupted_score = float(score(clean_logits)), float(score(corrupted_logits))
         patches, shape = _cells(site, facts.n_layers, source[0].shape[1] if site == "heads" else 0, T, per_position)
         raw, change, gap = _run_all(lm, corrupted_ids, site, patches, source, score, budget_bytes, progress, "patching")
@@ -416,13 +481,14 @@ def patch(
         site=site,
         effect=effect,
         raw=raw,
-        target=tok.decode([target_id]),
+        target="" if target_id is None else tok.decode([target_id]),
         target_id=target_id,
         contrast=None if contrast_id is None else tok.decode([contrast_id]),
         contrast_id=contrast_id,
         clean_score=clean_score,
         corrupted_score=corrupted_score,
-        quantity=_quantity(tok.decode([target_id]), None if contrast_id is None else tok.decode([contrast_id])),
+        quantity=quantity,
+        positions=chosen,
         tokens=decode_each(tok, corrupted_ids[0].tolist()),
         clean_tokens=decode_each(tok, clean_ids[0].tolist()),
         notes=notes,
@@ -437,14 +503,16 @@ def _run_all(lm, ids, site, patches, source, score, budget, progress, what, mode
     layer's residual at every position), else None. The references ride in each batch because a
     batch of n rows and a lone forward round differently (about 1e-7): read against lone forwards, a
     patch that changes nothing would not read exactly 0, nor one that restores the clean run exactly 1."""
-    size = _rows_per_chunk(lm, ids.shape[1], budget)
+    keep = getattr(score, "keep", 1)
+    size = _rows_per_chunk(lm, ids.shape[1], budget, keep)
     bar = _progress(len(patches), progress, what)
     restore = (len(source) - 1, slice(None), None) if mode == "patch" and site == "residual" and source else None
     extra = [None] if restore is None else [restore, None]
     scores, changes, gaps = [], [], []
     try:
         for chunk in _layer_chunks(patches, size, ids.shape[1]):
-            rows = score(run_patched(lm, ids, site, [patches[i] for i in chunk] + extra, source, mode=mode)).cpu()
+            batch = [patches[i] for i in chunk] + extra
+            rows = score(run_patched(lm, ids, site, batch, source, mode=mode, keep=keep)).cpu()
             n = len(chunk)
             scores.append(rows[:n])
             changes.append(rows[:n] - rows[-1])
@@ -490,13 +558,16 @@ def ablation_sweep(
     *,
     method: str = "zero",
     layers: bool = True,
+    positions: Any = None,
     budget_bytes: int = DEFAULT_BUDGET,
     progress: bool = True,
 ) -> Sweep:
     """Remove every head in turn (and, with layers=True, every layer's attention and MLP output)
     on the trace's prompt and read the change in the score (logit(target) - logit(contrast), or
-    log p(target)); target defaults to the token the trace produced after the prompt. method:
-    "zero" or "mean" (the head's mean over positions, as lw.AblateHead). Batched like `patch`."""
+    log p(target)); target defaults to the token the trace produced after the prompt. With
+    `positions` (a (start, stop) span or a list; target None) the score is the mean log p of the
+    prompt's next token at those positions: the heads a behaviour over a sequence needs (induction).
+    method: "zero" or "mean" (the head's mean over positions, as lw.AblateHead). Batched like `patch`."""
     if not isinstance(trace, Trace):
         raise WrongTypeError(f"ablation_sweep takes a Trace (from model.trace(...)); got {type(trace).__name__}")
     checks.choice(method, "method", ("zero", "mean"))
@@ -506,20 +577,22 @@ def ablation_sweep(
     lm = trace.model
     _check_model(lm, "heads")
     notes: list[str] = []
-    target_id, contrast_id = _targets(lm, trace.next_token_id if target is None else target, contrast, notes)
-    score = _scorer(target_id, contrast_id)
+    prompt = trace.input_ids[: trace.n_prompt]
+    if positions is None and target is None:
+        target = trace.next_token_id
+    score, target_id, contrast_id, quantity, chosen = _score(lm, target, contrast, positions, prompt, notes)
     facts = lm.facts
     device = input_device(lm.model)
-    ids = trace.input_ids[: trace.n_prompt][None].to(device)
+    ids = prompt[None].to(device)
     with held(lm.model):
-        base = float(score(_forward_last(lm.model, ids)))
+        base = float(score(_forward_last(lm.model, ids, getattr(score, "keep", 1))))
         heads = [(l, h, None) for l in range(facts.n_layers) for h in range(facts.n_heads)]
         head_scores, change, _ = _run_all(
             lm, ids, "heads", heads, None, score, budget_bytes, progress, "ablating heads", mode=method
         )
         attention, mlp = _layer_sweep(lm, ids, score, budget_bytes, notes) if layers else (None, None)
     tok = lm.tokenizer
-    target_text = tok.decode([target_id])
+    target_text = "" if target_id is None else tok.decode([target_id])
     contrast_text = None if contrast_id is None else tok.decode([contrast_id])
     return Sweep(
         site="ablation",
@@ -533,7 +606,8 @@ def ablation_sweep(
         contrast_id=contrast_id,
         clean_score=base,
         corrupted_score=base,
-        quantity=_quantity(target_text, contrast_text),
+        quantity=quantity,
+        positions=chosen,
         notes=notes,
         axes=("layer", "head"),
         model_name=lm.name,

@@ -187,7 +187,7 @@ class RunState:
         else:
             out, weights = fn(module, query, key, value, attention_mask, **kwargs)
         if place in self.ablations:
-            out = self._ablate(place, out)
+            out = self._ablate(place, out, self.offsets[stack][0] + q_start)
         if self.head_hook is not None and stack == SELF:
             out = self.head_hook(layer, out)
         return out, weights
@@ -342,15 +342,27 @@ class RunState:
             self.fully_masked_rows |= spared
         return mask + bias.to(dtype)[None]
 
-    def _ablate(self, place: Place, out: torch.Tensor) -> torch.Tensor:
-        out = out.clone()  # [batch, q, heads, head_dim]
+    def _ablate(self, place: Place, out: torch.Tensor, start: int) -> torch.Tensor:
+        """The heads' outputs [batch, q, heads, head_dim] of queries from position `start` on, the
+        ablated ones removed (at their positions only, when they name some)."""
+        out = out.clone()
         for edit in self.ablations[place]:
+            rows = slice(None) if edit.positions is None else _rows_in(edit.positions, start, out.shape[1])
             if edit.mode == "zero":
-                out[:, :, edit.head] = 0
+                out[:, rows, edit.head] = 0
             else:
                 mean = self.head_means.setdefault((place, edit.head), out[:, :, edit.head].mean(dim=1, keepdim=True))
-                out[:, :, edit.head] = mean
+                out[:, rows, edit.head] = mean.expand_as(out[:, rows, edit.head])
         return out
+
+
+def _rows_in(spans, start: int, n: int) -> torch.Tensor:
+    """Which of the n query rows from position `start` on fall in `spans`."""
+    positions = torch.arange(start, start + n)
+    inside = torch.zeros(n, dtype=torch.bool)
+    for first, stop in spans:
+        inside |= (positions >= first) & (positions < stop)
+    return inside
 
 
 def _heads(t: torch.Tensor, index: list[int]) -> torch.Tensor:

@@ -119,13 +119,16 @@ class AblateHead:
     mode="zero" sets it to zero; mode="mean" replaces it by its mean over the
     prompt's positions, a gentler ablation that keeps the output's scale.
     In an encoder-decoder, `stack` says which attention's head: "encoder",
-    "decoder" or "cross".
+    "decoder" or "cross". `positions` (a position, a (start, stop) span or a
+    list of them): only there, the head's output elsewhere untouched; None: at
+    every position.
     """
 
     layer: int
     head: int
     mode: str = "zero"
     stack: str | None = None
+    positions: Any = None
     kind: str = field(default="ablate_head", init=False)
 
     def __post_init__(self):
@@ -134,11 +137,16 @@ class AblateHead:
         if self.mode not in ("zero", "mean"):
             raise InputError(f"AblateHead mode must be 'zero' or 'mean'; got {self.mode!r}")
         _check_stack(self)
+        object.__setattr__(self, "positions", _as_spans(self.positions, "AblateHead positions"))
 
     def to_dict(self) -> dict:
         d = asdict(self)
         if d["stack"] is None:
             del d["stack"]
+        if d["positions"] is None:  # (records of a whole head's ablation stay as they were)
+            del d["positions"]
+        else:
+            d["positions"] = [list(span) for span in d["positions"]]
         return d
 
 
@@ -194,6 +202,12 @@ def validate_edits(
             edit = edit_from_dict(edit)
         if isinstance(edit, AblateHead):
             layers, heads = (edit.layer,), (edit.head,)
+            for start, stop in edit.positions or ():
+                if stop > sequence_length:
+                    raise InputError(
+                        f"AblateHead positions span ({start}, {stop}) is outside the sequence: positions run from 0 "
+                        f"to {sequence_length - 1} (prompt plus new tokens), so stop must be <= {sequence_length}"
+                    )
             if edit.stack is None and len(stacks) > 1:
                 raise InputError(
                     f"{edit!r}: this encoder-decoder has three kinds of attention; say whose head it is "

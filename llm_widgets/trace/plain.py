@@ -218,6 +218,10 @@ class _Run:
             )
             for place in self.modules
         }
+        if any(isinstance(e, AblateHead) and e.positions is not None for e in edits):
+            raise InputError(
+                "AblateHead positions: a plain PyTorch model's heads are ablated at every position (drop positions)"
+            )
         self.ablations = {
             place: [
                 e for e in edits if isinstance(e, AblateHead) and (e.stack or SELF) == place[0] and e.layer == place[1]

@@ -4,7 +4,8 @@ Rows are the largest query-side components, columns the largest key-side ones (t
 in "other"), each cell the term of that pair; the last column and row are each component's part
 of the score on its side. Linked to an AttentionView, a click on a heatmap cell explains that
 cell (a pooled cell: its whole row); linked to an editor, a click on a head's total ablates that
-head there and regenerates, old and new side by side.
+head's output where it acts (at the key, or the query) there and regenerates, old and new side
+by side.
 """
 
 from __future__ import annotations
@@ -125,19 +126,23 @@ class ExplanationView(MatrixWidget):
         if key_name == TOTAL or query_name == TOTAL:
             name, side = (query_name, "query") if key_name == TOTAL else (key_name, "key")
             lines = [f"{name}: {value:+.4g} of the score on the {side} side", *_sources(e, name, side)]
-            self.detail = lines + self._ablate(name)  # (after the editor's new run, which redraws this view)
+            at = e.key if side == "key" else e.query
+            self.detail = lines + self._ablate(name, at)  # (after the editor's new run, which redraws this view)
         else:
             self.detail = [f"{query_name} (query side) x {key_name} (key side): {value:+.4g}"]
 
-    def _ablate(self, name: str) -> list[str]:
-        """A head's total clicked: ablate that head in the linked editor (it regenerates, and this
-        view explains the same cell of its new run)."""
+    def _ablate(self, name: str, position: int) -> list[str]:
+        """A head's total clicked: ablate that head's output at the position it acts on (the key's or
+        the query's) in the linked editor; it regenerates, and this view explains the same cell of
+        its new run."""
         if self.editor is None or not name.startswith("head "):
             return []
         layer, head = map(int, name.removeprefix("head ").split("."))
-        kept = [e for e in self.editor.edits if not (isinstance(e, AblateHead) and (e.layer, e.head) == (layer, head))]
-        self.editor.edits = kept + [AblateHead(layer, head)]
-        return [f"ablated head {layer}.{head} in the editor: now {self.editor.trace.output_text!r}"]
+        edit = AblateHead(layer, head, positions=position)
+        self.editor.edits = [e for e in self.editor.edits if e != edit] + [edit]
+        return [
+            f"ablated head {layer}.{head} at position {position} in the editor: now {self.editor.trace.output_text!r}"
+        ]
 
 
 def _table(e: AttentionExplanation) -> tuple[torch.Tensor, list[str], list[str]]:

@@ -76,7 +76,7 @@ def _explanation_follows_a_click_and_ablates(page, explanation) -> None:
     totals = explanation.locator("tr").last.locator(".lw-mx-cell")
     totals.nth(column).click()
     page.wait_for_function(
-        "el => el.textContent.includes('ablated head 16.0 in the editor')",
+        "el => el.textContent.includes('ablated head 16.0 at position 26 in the editor')",
         arg=explanation.locator(".lw-mx-detail").element_handle(),
         timeout=120_000,
     )
