@@ -448,18 +448,15 @@ def _project(model, kept: _Kept, attention, stream: _Stream, at: torch.Tensor, h
     qs: list[torch.Tensor] = []
     ks: list[torch.Tensor] = []
     q0 = k0 = torch.zeros(0)
-    for _, thunk in stream.parts:
-        vectors = thunk()
-        for start in range(0, len(vectors), CHUNK):
-            chunk = vectors[start : start + CHUNK]
+    probe = _Probe(stop=id(attention))
+    with _probing(model, [attention], probe), _held_norms(qk, at):
+        for chunk in _chunks(stream):
             normed = chunk if before is None else before.linear(chunk, before.scale[at])
             rows = torch.cat([shift.expand(1, len(at), -1), normed + shift]).to(hidden.dtype).to(hidden.device)
-            probe = _Probe(stop=id(attention))
-            with _probing(model, [attention], probe), _held_norms(qk, at):
-                try:
-                    attention(rows, *args, **kwargs)
-                except _Stopped:
-                    pass
+            try:
+                attention(rows, *args, **kwargs)
+            except _Stopped:
+                pass
             query, key = probe.calls[id(attention)]
             group = query.shape[1] // key.shape[1]
             q = query[:, head, query_at].float().cpu()
@@ -468,6 +465,22 @@ def _project(model, kept: _Kept, attention, stream: _Stream, at: torch.Tensor, h
             qs.append(q[1:] - q0)
             ks.append(k[1:] - k0)
     return torch.cat(qs), torch.cat(ks), q0, k0
+
+
+def _chunks(stream: _Stream) -> Iterator[torch.Tensor]:
+    """The components' vectors in the stream's order, CHUNK at a time (across its parts)."""
+    buffer: list[torch.Tensor] = []
+    held = 0
+    for _, thunk in stream.parts:
+        vectors = thunk()
+        buffer.append(vectors)
+        held += len(vectors)
+        while held >= CHUNK:
+            joined = torch.cat(buffer)
+            yield joined[:CHUNK]
+            buffer, held = [joined[CHUNK:]], held - CHUNK
+    if held:
+        yield torch.cat(buffer)
 
 
 # --- the result ---
