@@ -35,7 +35,7 @@ from ..trace import Trace
 from ..trace.capture import PREFIX, STATE, RunState, instrument, registered_name
 from ..trace.runner import held
 
-CHUNK = 32  # components run through the attention module at once
+CHUNK_TOKENS = 4096  # component rows x positions run through the attention module at once (memory bounded)
 TOLERANCE = 1e-4  # a norm is recognised when a formula gives its output to this (relative)
 
 
@@ -450,7 +450,7 @@ def _project(model, kept: _Kept, attention, stream: _Stream, at: torch.Tensor, h
     q0 = k0 = torch.zeros(0)
     probe = _Probe(stop=id(attention))
     with _probing(model, [attention], probe), _held_norms(qk, at):
-        for chunk in _chunks(stream):
+        for chunk in _chunks(stream, max(1, min(256, CHUNK_TOKENS // len(at)))):
             normed = chunk if before is None else before.linear(chunk, before.scale[at])
             rows = torch.cat([shift.expand(1, len(at), -1), normed + shift]).to(hidden.dtype).to(hidden.device)
             try:
@@ -467,18 +467,18 @@ def _project(model, kept: _Kept, attention, stream: _Stream, at: torch.Tensor, h
     return torch.cat(qs), torch.cat(ks), q0, k0
 
 
-def _chunks(stream: _Stream) -> Iterator[torch.Tensor]:
-    """The components' vectors in the stream's order, CHUNK at a time (across its parts)."""
+def _chunks(stream: _Stream, size: int) -> Iterator[torch.Tensor]:
+    """The components' vectors in the stream's order, `size` at a time (across its parts)."""
     buffer: list[torch.Tensor] = []
     held = 0
     for _, thunk in stream.parts:
         vectors = thunk()
         buffer.append(vectors)
         held += len(vectors)
-        while held >= CHUNK:
+        while held >= size:
             joined = torch.cat(buffer)
-            yield joined[:CHUNK]
-            buffer, held = [joined[CHUNK:]], held - CHUNK
+            yield joined[:size]
+            buffer, held = [joined[size:].clone()], held - size  # (a copy: the rest does not keep `joined`)
     if held:
         yield torch.cat(buffer)
 
