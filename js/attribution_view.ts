@@ -3,7 +3,7 @@
 // method and step selects (Python recomputes), the head-importance grid
 // (click a head to open it in a linked attention view), and export.
 import type { AnyModel, RenderProps } from "@anywidget/types";
-import { el, exportButtons, redrawOn, Requests, shown } from "./lib/widget_io";
+import { el, exportButtons, focusable, redrawOn, Requests, shown } from "./lib/widget_io";
 import { diverging } from "./lib/heatmap";
 import { inkOn } from "./lib/matrix";
 import { followTheme } from "./lib/theme";
@@ -65,6 +65,31 @@ function label(text: string, box: HTMLElement): HTMLElement {
   const wrap = el("label", "lw-select", `${text} `);
   wrap.append(box);
   return wrap;
+}
+
+/** The head-importance grid's picking: a click on a head, or the arrow keys from the picked one. */
+function headPicker(m: AnyModel<AttributionState>, grid: HTMLCanvasElement) {
+  const pick = (layer: number, head: number) => {
+    m.set("layer", layer);
+    m.set("head", head);
+    m.save_changes();
+  };
+  grid.addEventListener("click", (event) => {
+    const box = grid.getBoundingClientRect();
+    const heads = m.get("head_importance");
+    pick(Math.floor(((event.clientY - box.top) / box.height) * heads.length),
+      Math.floor(((event.clientX - box.left) / box.width) * heads[0].length));
+  });
+  focusable(grid);
+  grid.addEventListener("keydown", (event) => {
+    const step = ({ ArrowUp: [-1, 0], ArrowDown: [1, 0], ArrowLeft: [0, -1], ArrowRight: [0, 1] } as
+      Record<string, [number, number]>)[event.key];
+    const heads = m.get("head_importance");
+    if (!step || !heads.length) return;
+    event.preventDefault();
+    pick(Math.min(heads.length - 1, Math.max(0, Math.max(0, m.get("layer")) + step[0])),
+      Math.min(heads[0].length - 1, Math.max(0, Math.max(0, m.get("head")) + step[1])));
+  });
 }
 
 function render({ model, el: root, experimental, signal }: RenderProps<AttributionState>): () => void {
@@ -136,15 +161,7 @@ function render({ model, el: root, experimental, signal }: RenderProps<Attributi
     grid.dataset.drawn = "true";
   }
 
-  grid.addEventListener("click", (event) => {
-    const box = grid.getBoundingClientRect();
-    const heads = m.get("head_importance");
-    const layer = Math.floor(((event.clientY - box.top) / box.height) * heads.length);
-    const head = Math.floor(((event.clientX - box.left) / box.width) * heads[0].length);
-    m.set("layer", layer);
-    m.set("head", head);
-    m.save_changes();
-  });
+  headPicker(m, grid);
   methodBox.addEventListener("change", () => {
     m.set("method", methodBox.value);
     m.save_changes();

@@ -7,7 +7,7 @@ import type { AnyModel, RenderProps } from "@anywidget/types";
 import { barHeights, binStrip, callAt, HIT, stripColour } from "./lib/debugger";
 import { colour } from "./lib/heatmap";
 import { followTheme } from "./lib/theme";
-import { el, exportButtons, redrawOn, Requests } from "./lib/widget_io";
+import { el, exportButtons, focusable, redrawOn, Requests } from "./lib/widget_io";
 
 interface CallRow {
   call: number; depth: number; module: string; path: string; kind: string;
@@ -129,7 +129,7 @@ function callTable(rows: CallRow[], current: number, go: (call: number) => void)
       el("td", "lw-dbg-num", String(row.call)), name, el("td", "", row.kind), el("td", "", row.where),
       el("td", "lw-dbg-mono", row.shape), el("td", "lw-dbg-mono", row.numbers), el("td", "lw-dbg-hit", row.hit ? "●" : ""),
     );
-    tr.tabIndex = 0;
+    focusable(tr);
     tr.addEventListener("click", () => go(row.call));
     tr.addEventListener("keydown", (event) => {
       if (event.key === "Enter") go(row.call);
@@ -253,6 +253,13 @@ function render({ model, el: root, experimental, signal }: RenderProps<DebuggerS
   strip.addEventListener("click", (event) => {
     const box = strip.getBoundingClientRect();
     go(callAt(((event.clientX - box.left) / box.width) * STRIP_W, STRIP_W, m.get("strip").length));
+  });
+  focusable(strip); // left and right: the call before or after
+  strip.addEventListener("keydown", (event) => {
+    const step = { ArrowLeft: -1, ArrowRight: 1 }[event.key as "ArrowLeft" | "ArrowRight"];
+    if (!step) return;
+    event.preventDefault();
+    go(Math.min(m.get("strip").length - 1, Math.max(0, m.get("position") + step)));
   });
   const gridCanvas = el("canvas", "lw-dbg-gridcanvas");
   const gridBox = el("div", "lw-dbg-grid");

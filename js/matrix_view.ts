@@ -8,7 +8,7 @@
 import type { AnyModel, RenderProps } from "@anywidget/types";
 import { legend } from "./lib/legend";
 import { barPercents, cellColour, cellText, formatValue, inkOn, percent, type Scale, windowStart } from "./lib/matrix";
-import { el, exportButtons, redrawOn, Requests, shown } from "./lib/widget_io";
+import { el, exportButtons, focusable, redrawOn, Requests, shown } from "./lib/widget_io";
 import { followTheme } from "./lib/theme";
 
 interface MatrixState {
@@ -66,7 +66,7 @@ function table(m: AnyModel<MatrixState>, onPick: (row: number, col: number) => v
       td.style.color = inkOn(colour);
       td.title = `${label}, ${columns[c]}: ${m.get("value_name")} ${formatValue(value)}`;
       td.setAttribute("aria-label", td.title); // what a screen reader announces on focus
-      td.tabIndex = 0;
+      focusable(td);
       td.dataset.row = String(r);
       td.dataset.col = String(c);
       if (r === selRow && c === selCol) td.classList.add("lw-mx-selected");

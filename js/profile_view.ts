@@ -4,7 +4,7 @@
 // cache per step, a sortable table, and export (PNG, SVG, HTML, Chrome trace).
 import type { AnyModel, RenderProps } from "@anywidget/types";
 import { icicle, type ModuleRow, polyline, sortedBy } from "./lib/icicle";
-import { el, exportButtons, redrawOn, Requests } from "./lib/widget_io";
+import { el, exportButtons, focusable, redrawOn, Requests } from "./lib/widget_io";
 import { followTheme } from "./lib/theme";
 
 interface Row extends ModuleRow {
@@ -108,7 +108,7 @@ function render({ model, el: root, experimental, signal }: RenderProps<ProfileSt
       cell.title = `${box.row.module} (${box.row.kind}): ${(box.row.total_s * 1e3).toFixed(2)} ms total, ` +
         `${(box.row.self_s * 1e3).toFixed(2)} ms itself`;
       cell.dataset.module = box.row.module;
-      cell.tabIndex = 0;
+      focusable(cell);
       cell.addEventListener("click", () => zoomTo(box.level === 0 ? "" : box.row.module));
       cell.addEventListener("keydown", (e) => { if (e.key === "Enter") zoomTo(box.row.module); });
       ice.append(cell);
@@ -126,7 +126,7 @@ function render({ model, el: root, experimental, signal }: RenderProps<ProfileSt
     const head = el("tr");
     for (const [key, label] of COLUMNS) {
       const th = el("th", key === sortKey ? "lw-prof-sorted" : "", label);
-      th.tabIndex = 0;
+      focusable(th);
       th.addEventListener("click", () => { sortKey = key; drawTable(); });
       head.append(th);
     }
@@ -137,6 +137,8 @@ function render({ model, el: root, experimental, signal }: RenderProps<ProfileSt
         (r.flops / 1e6).toFixed(1), (r.peak_bytes / 1024).toFixed(0)];
       cells.forEach((text, i) => tr.append(el("td", i > 1 ? "lw-prof-num" : "", text)));
       tr.addEventListener("click", () => zoomTo(r.module));
+      focusable(tr);
+      tr.addEventListener("keydown", (e) => { if (e.key === "Enter") zoomTo(r.module); });
       return tr;
     }));
   }

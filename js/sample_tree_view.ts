@@ -8,7 +8,7 @@ import type { AnyModel, RenderProps } from "@anywidget/types";
 import { cellColour, inkOn } from "./lib/matrix";
 import { alternativeLabel, boxLabel, colourValues, place, type Segment, treeHeight } from "./lib/sample_tree";
 import { followTheme } from "./lib/theme";
-import { el, exportButtons, redrawOn, Requests, shown } from "./lib/widget_io";
+import { el, exportButtons, focusable, redrawOn, Requests, shown } from "./lib/widget_io";
 
 interface Alternative {
   token_id: number;
@@ -49,7 +49,7 @@ function boxes(m: AnyModel<TreeState>, pick: (node: number) => void): HTMLElemen
     const what = value === null ? "" : `, ${m.get("colour_by")} ${value.toFixed(2)} bits`;
     box.title = `${s.text}\n${s.count} answers${s.forced ? `, ${s.forced} forced` : ""}, p ${s.prob.toPrecision(3)}${what}`;
     box.setAttribute("aria-label", box.title);
-    box.tabIndex = 0;
+    focusable(box);
     box.dataset.node = String(s.node);
     if (s.node === m.get("selected")) box.classList.add("lw-st-selected");
     if (s.forced && !s.count) box.classList.add("lw-st-forced");

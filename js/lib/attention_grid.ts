@@ -2,7 +2,7 @@
 // on selection). Many layers wrap into side-by-side blocks (gridLayout). A click
 // opens that head; the editor's shift-click picks it instead.
 import { gridLayout, type Matrix, maxOf, toPixels } from "./heatmap";
-import { el } from "./widget_io";
+import { el, focusable } from "./widget_io";
 
 const CELL_PX = 22;
 const GAP_PX = 8;
@@ -21,15 +21,16 @@ export interface GridView {
   draw(selected: { layer: number; head: number }, marks: GridMark[]): void;
 }
 
-export function mountGrid(layers: number, heads: number, onClick: (layer: number, head: number, event: MouseEvent) => void,
-  attending: number[] = []): GridView {
+export function mountGrid(layers: number, heads: number,
+  onClick: (layer: number, head: number, event: MouseEvent | KeyboardEvent) => void, attending: number[] = []): GridView {
   const silent = attending.length ? [...Array(layers).keys()].filter((l) => !attending.includes(l)) : [];
   const layout = gridLayout(layers, heads, CELL_PX, GAP_PX);
   const box = el("div", "lw-attn-gridbox");
   const grid = el("canvas", "lw-attn-grid");
   grid.width = layout.width;
   grid.height = layout.height;
-  grid.setAttribute("aria-label", "all layers (rows) by heads (columns): click one to show it");
+  grid.setAttribute("aria-label", "all layers (rows) by heads (columns): click one, or move with the arrow keys, to show it");
+  focusable(grid);
   const blocks = layout.blocks === 1 ? "" : `, ${layout.perBlock} layers per column block`;
   box.append(el("div", "lw-attn-caption", `all heads: layer ↓ head →${blocks}`), grid,
     el("div", "lw-note", "each map scaled to its own maximum" +
@@ -72,7 +73,9 @@ export function mountGrid(layers: number, heads: number, onClick: (layer: number
     thumbnails = image;
   }
 
+  let shown = { layer: 0, head: 0 };
   function draw(selected: { layer: number; head: number }, marks: GridMark[]) {
+    shown = selected;
     gctx.clearRect(0, 0, grid.width, grid.height);
     if (!thumbnails) return;
     gctx.drawImage(thumbnails, 0, 0);
@@ -92,6 +95,18 @@ export function mountGrid(layers: number, heads: number, onClick: (layer: number
     const scale = grid.width / rect.width; // the canvas may be drawn smaller than its pixels
     const cell = layout.at((event.clientX - rect.left) * scale, (event.clientY - rect.top) * scale);
     if (cell) onClick(cell.layer, cell.head, event);
+  });
+
+  grid.addEventListener("keydown", (event) => { // arrows: the next head, or the next layer that attends
+    const step: Record<string, [number, number]> = { ArrowUp: [-1, 0], ArrowDown: [1, 0], ArrowLeft: [0, -1],
+      ArrowRight: [0, 1] };
+    const move = step[event.key];
+    if (!move) return;
+    event.preventDefault();
+    let layer = shown.layer + move[0];
+    while (silent.includes(layer)) layer += move[0];
+    const head = shown.head + move[1];
+    if (layer >= 0 && layer < layers && head >= 0 && head < heads) onClick(layer, head, event);
   });
 
   return { element: box, paint, draw };

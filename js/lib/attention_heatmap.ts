@@ -3,7 +3,7 @@
 // and a dragged rectangle that zooms (the panel asks Python for that region).
 import { binRange, cellAt, type Matrix, maxOf, regionOf, toPixels } from "./heatmap";
 import { legend } from "./legend";
-import { el, shown } from "./widget_io";
+import { el, focusable, shown } from "./widget_io";
 
 export type Region = [number, number, number, number]; // [q0, q1, k0, k1], stops exclusive
 
@@ -23,7 +23,11 @@ function heatmapParts() {
   const box = el("div", "lw-attn-map");
   const canvas = el("canvas", "lw-attn-heatmap");
   canvas.width = canvas.height = HEATMAP_PX;
-  canvas.setAttribute("aria-label", "attention heatmap: rows are queries, columns are keys; drag to zoom");
+  canvas.setAttribute("aria-label",
+    "attention heatmap: rows are queries, columns are keys; drag to zoom; arrow keys move a cell, Enter picks it");
+  focusable(canvas);
+  const spoken = el("div", "lw-sr-only"); // what the keyboard's cell is, read out as it moves
+  spoken.setAttribute("role", "status");
   const tooltip = el("div", "lw-attn-tooltip");
   tooltip.hidden = true;
   const lasso = el("div", "lw-attn-lasso");
@@ -35,20 +39,23 @@ function heatmapParts() {
   const plot = el("div", "lw-attn-plot");
   plot.append(yAxis, canvas, el("div"), xAxis);
   const scale = el("div", "lw-attn-scale");
-  box.append(el("div", "lw-attn-caption", "queries ↓  keys →  (drag to zoom)"), plot, scale, tooltip, lasso);
-  return { box, canvas, tooltip, lasso, yAxis, xAxis, scale };
+  box.append(el("div", "lw-attn-caption", "queries ↓  keys →  (drag to zoom)"), plot, scale, tooltip, lasso, spoken);
+  return { box, canvas, tooltip, lasso, yAxis, xAxis, scale, spoken };
 }
 
 /** `onPick(query, key)`: a click on a cell; key -1 when the cell pools several keys. */
 export function mountHeatmap(onPick: (query: number, key: number) => void,
   onZoom: (region: Region) => void): HeatmapView {
-  const { box, canvas, tooltip, lasso, yAxis, xAxis, scale } = heatmapParts();
+  const { box, canvas, tooltip, lasso, yAxis, xAxis, scale, spoken } = heatmapParts();
   const ctx = canvas.getContext("2d")!;
 
-  let current: { map: Matrix; region: Region; tokens: string[] } | null = null;
+  let current: { map: Matrix; region: Region; tokens: string[]; query: number } | null = null;
+  const pickCell = picker(onPick, () => current);
+  const keys = keyboardCells(canvas, spoken, () => current, pickCell,
+    () => current && draw(current.map, current.region, current.tokens, current.query));
 
   function draw(map: Matrix | null, region: Region, tokens: string[], query: number) {
-    current = map ? { map, region, tokens } : null;
+    current = map ? { map, region, tokens, query } : null;
     if (!map) return;
     const started = performance.now();
     const off = document.createElement("canvas");
@@ -59,14 +66,8 @@ export function mountHeatmap(onPick: (query: number, key: number) => void,
     ctx.imageSmoothingEnabled = false;
     ctx.clearRect(0, 0, HEATMAP_PX, HEATMAP_PX);
     ctx.drawImage(off, 0, 0, HEATMAP_PX, HEATMAP_PX);
-    const [q0, q1] = region;
-    if (query >= q0 && query < q1) { // mark the selected query's row
-      const row = Math.floor(((query - q0) * map.rows) / (q1 - q0));
-      const h = HEATMAP_PX / map.rows;
-      ctx.strokeStyle = "#e6550d";
-      ctx.lineWidth = 2;
-      ctx.strokeRect(1, row * h + 1, HEATMAP_PX - 2, Math.max(2, h - 2));
-    }
+    outlineQuery(ctx, map, region, query);
+    keys.outline(ctx, map);
     drawAxes(yAxis, xAxis, region, tokens);
     scale.replaceChildren(legend(map.rows < region[1] - region[0] ? "weight (max of each cell)" : "weight",
       "sequential", max));
@@ -129,8 +130,7 @@ export function mountHeatmap(onPick: (query: number, key: number) => void,
     const y = Math.min(Math.max(at.y, 0), rect.height - 1);
     const end = cellAt(x, y, rect.width, rect.height, map.rows, map.cols)!;
     if (Math.abs(x - start.x) < 4 && Math.abs(y - start.y) < 4) { // a click: pick that query (and key)
-      const [k0, k1] = binRange(end.col, map.cols, region[3] - region[2]);
-      onPick(binRange(end.row, map.rows, region[1] - region[0])[0] + region[0], k1 - k0 === 1 ? k0 + region[2] : -1);
+      pickCell(end.row, end.col);
       return;
     }
     const zoom = regionOf(start, end, map.rows, map.cols, region);
@@ -139,6 +139,70 @@ export function mountHeatmap(onPick: (query: number, key: number) => void,
   window.addEventListener("mouseup", release);
 
   return { element: box, canvas, draw, destroy: () => window.removeEventListener("mouseup", release) };
+}
+
+/** The selected query's row, outlined. */
+function outlineQuery(ctx: CanvasRenderingContext2D, map: Matrix, [q0, q1]: Region, query: number) {
+  if (query < q0 || query >= q1) return;
+  const row = Math.floor(((query - q0) * map.rows) / (q1 - q0));
+  const h = HEATMAP_PX / map.rows;
+  ctx.strokeStyle = "#e6550d";
+  ctx.lineWidth = 2;
+  ctx.strokeRect(1, row * h + 1, HEATMAP_PX - 2, Math.max(2, h - 2));
+}
+
+/** What picking the map's cell (row, col) means: its first query, and its key (-1 when it pools several). */
+function picker(onPick: (query: number, key: number) => void, now: () => { map: Matrix; region: Region } | null) {
+  return (row: number, col: number) => {
+    const shown = now();
+    if (!shown) return;
+    const { map, region } = shown;
+    const [k0, k1] = binRange(col, map.cols, region[3] - region[2]);
+    onPick(binRange(row, map.rows, region[1] - region[0])[0] + region[0], k1 - k0 === 1 ? k0 + region[2] : -1);
+  };
+}
+
+/** The heatmap from the keyboard: arrows move a cell (outlined, and described in `spoken` for a
+ * screen reader), Enter or Space picks it as a click does. */
+function keyboardCells(canvas: HTMLCanvasElement, spoken: HTMLElement,
+  now: () => { map: Matrix; region: Region; tokens: string[]; query: number } | null,
+  pick: (row: number, col: number) => void, redraw: () => void) {
+  let cell: { row: number; col: number } | null = null;
+  const moves: Record<string, [number, number]> = { ArrowUp: [-1, 0], ArrowDown: [1, 0], ArrowLeft: [0, -1],
+    ArrowRight: [0, 1] };
+  canvas.addEventListener("keydown", (event) => {
+    const shown = now();
+    if (!shown) return;
+    const { map, region, tokens } = shown;
+    if (event.key === "Enter" || event.key === " ") {
+      event.preventDefault();
+      if (cell) pick(cell.row, cell.col);
+      return;
+    }
+    const move = moves[event.key];
+    if (!move) return;
+    event.preventDefault();
+    const clamp = (v: number, n: number) => Math.min(n - 1, Math.max(0, v));
+    const [q0, q1] = region;
+    const picked = shown.query >= q0 && shown.query < q1 ? Math.floor(((shown.query - q0) * map.rows) / (q1 - q0)) : 0;
+    cell = cell ? { row: clamp(cell.row + move[0], map.rows), col: clamp(cell.col + move[1], map.cols) }
+      : { row: picked, col: 0 }; // the first press lands on the picked query's row
+    spoken.textContent = describeCell(map, region, tokens, cell);
+    redraw();
+  });
+  canvas.addEventListener("blur", () => redraw());
+  return {
+    /** The keyboard's cell, outlined while the heatmap has the focus. */
+    outline(ctx: CanvasRenderingContext2D, map: Matrix) {
+      if (!cell || document.activeElement !== canvas) return;
+      const [w, h] = [HEATMAP_PX / map.cols, HEATMAP_PX / map.rows];
+      ctx.setLineDash([3, 2]);
+      ctx.strokeStyle = "#3182bd";
+      ctx.lineWidth = 2;
+      ctx.strokeRect(cell.col * w + 1, cell.row * h + 1, Math.max(2, w - 2), Math.max(2, h - 2));
+      ctx.setLineDash([]);
+    },
+  };
 }
 
 /** The tooltip of a cell: its query and key (or their ranges, when pooled) and weight. */

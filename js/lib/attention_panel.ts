@@ -49,7 +49,7 @@ export interface PanelOptions {
   /** Outlines drawn on the grid (picked or ablated heads). */
   gridMarks?: () => GridMark[];
   /** Return true when the click was handled (e.g. shift-click picks a head). */
-  onGridClick?: (layer: number, head: number, event: MouseEvent) => boolean;
+  onGridClick?: (layer: number, head: number, event: MouseEvent | KeyboardEvent) => boolean;
 }
 
 export interface Panel {

@@ -4,7 +4,7 @@
 import { colour } from "./heatmap";
 import { inkOn } from "./matrix";
 import { spanOf } from "./steer";
-import { el, shown } from "./widget_io";
+import { el, focusable, shown } from "./widget_io";
 
 export interface StripOptions {
   mode: () => "query" | "keys";
@@ -82,7 +82,7 @@ export function mountStrip(options: StripOptions): Strip {
       chips = tokens.map((token, i) => {
         const chip = el("span", i < nPrompt ? "lw-tok" : "lw-tok lw-tok-gen", shown(token));
         if (nSource && i === nSource) chip.classList.add("lw-tok-output-start");
-        chip.tabIndex = 0;
+        focusable(chip);
         chip.setAttribute("role", "button");
         chip.dataset.index = String(i);
         chip.title = `${i}: ${JSON.stringify(token)}${role(i)}`;

@@ -18,6 +18,14 @@ export function el<K extends keyof HTMLElementTagNameMap>(tag: K, cls = "", text
 }
 
 /** A labelled <select> of `count` options named prefix0, prefix1, ... (values "0", "1", ...). */
+/** Make `node` a keyboard control of its own: reachable by Tab, and its keys its own, not the
+ * notebook's shortcuts (JupyterLab's and Notebook 7's Lumino skips data-lm-suppress-shortcuts). */
+export function focusable<T extends HTMLElement>(node: T): T {
+  node.tabIndex = 0;
+  node.dataset.lmSuppressShortcuts = "true";
+  return node;
+}
+
 export function select(label: string, count: number, prefix: string): [HTMLLabelElement, HTMLSelectElement] {
   const wrap = el("label", "lw-select", `${label} `);
   const box = el("select");

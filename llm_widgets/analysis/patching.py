@@ -395,9 +395,30 @@ def _targets(lm: LanguageModel, target: Any, contrast: Any, notes: list[str]) ->
     return target_id, contrast_id
 
 
+@dataclass
+class _Scoring:
+    """The score a patch or sweep reads, and what it is."""
+
+    score: Callable[[torch.Tensor], torch.Tensor]
+    target_id: int | None
+    contrast_id: int | None
+    quantity: str  # in words
+    positions: list[int] | None = None  # a score over positions: which
+
+    def fields(self, tok: Any) -> dict[str, Any]:
+        """Patching's fields that say what was scored."""
+        return {
+            "target": "" if self.target_id is None else tok.decode([self.target_id]),
+            "target_id": self.target_id,
+            "contrast": None if self.contrast_id is None else tok.decode([self.contrast_id]),
+            "contrast_id": self.contrast_id,
+            "quantity": self.quantity,
+            "positions": self.positions,
+        }
+
+
 def _score(lm: LanguageModel, target: Any, contrast: Any, positions: Any, tokens: torch.Tensor, notes: list[str]):
-    """The score a patch or sweep reads: (score, target id, contrast id, what it is in words, the
-    positions of a score over positions or None)."""
+    """The score of `target` (against `contrast`) at the last position, or over `positions`."""
     if positions is None:
         if target is None:
             raise InputError("give the target token (the clean run's answer), or positions to score the prompt's own")
@@ -405,7 +426,7 @@ def _score(lm: LanguageModel, target: Any, contrast: Any, positions: Any, tokens
         tok = lm.tokenizer
         contrast_text = None if contrast_id is None else tok.decode([contrast_id])
         quantity = _quantity(tok.decode([target_id]), contrast_text)
-        return _scorer(target_id, contrast_id), target_id, contrast_id, quantity, None
+        return _Scoring(_scorer(target_id, contrast_id), target_id, contrast_id, quantity)
     if target is not None or contrast is not None:
         raise InputError(
             "positions scores the prompt's own next tokens at those positions: leave target and contrast None (or "
@@ -413,7 +434,9 @@ def _score(lm: LanguageModel, target: Any, contrast: Any, positions: Any, tokens
         )
     chosen = _prompt_positions(positions, len(tokens))
     where = f"{chosen[0]}-{chosen[-1]}" if chosen == list(range(chosen[0], chosen[-1] + 1)) else str(chosen)
-    return _position_scorer(tokens, chosen), None, None, f"mean log p(next token) at positions {where}", chosen
+    return _Scoring(
+        _position_scorer(tokens, chosen), None, None, f"mean log p(next token) at positions {where}", chosen
+    )
 
 
 def _check_model(lm: Any, site: str) -> None:
@@ -462,8 +485,8 @@ def patch(
     if per_position and site != "heads":
         raise InputError(f"per_position splits heads by position (site='heads'); site {site!r} is per position already")
     notes: list[str] = []
-    score, target_id, contrast_id, quantity, chosen = _score(lm, target, contrast, positions, clean_ids, notes)
-    keep = getattr(score, "keep", 1)
+    scoring = _score(lm, target, contrast, positions, clean_ids, notes)
+    score, keep = scoring.score, getattr(scoring.score, "keep", 1)
     facts, T = lm.facts, len(clean_ids)
     parts = anatomy(lm.model, facts.n_layers)
     device = input_device(lm.model)
@@ -481,14 +504,9 @@ def patch(
         site=site,
         effect=effect,
         raw=raw,
-        target="" if target_id is None else tok.decode([target_id]),
-        target_id=target_id,
-        contrast=None if contrast_id is None else tok.decode([contrast_id]),
-        contrast_id=contrast_id,
+        **scoring.fields(tok),
         clean_score=clean_score,
         corrupted_score=corrupted_score,
-        quantity=quantity,
-        positions=chosen,
         tokens=decode_each(tok, corrupted_ids[0].tolist()),
         clean_tokens=decode_each(tok, clean_ids[0].tolist()),
         notes=notes,
@@ -580,7 +598,8 @@ def ablation_sweep(
     prompt = trace.input_ids[: trace.n_prompt]
     if positions is None and target is None:
         target = trace.next_token_id
-    score, target_id, contrast_id, quantity, chosen = _score(lm, target, contrast, positions, prompt, notes)
+    scoring = _score(lm, target, contrast, positions, prompt, notes)
+    score = scoring.score
     facts = lm.facts
     device = input_device(lm.model)
     ids = prompt[None].to(device)
@@ -591,23 +610,15 @@ def ablation_sweep(
             lm, ids, "heads", heads, None, score, budget_bytes, progress, "ablating heads", mode=method
         )
         attention, mlp = _layer_sweep(lm, ids, score, budget_bytes, notes) if layers else (None, None)
-    tok = lm.tokenizer
-    target_text = "" if target_id is None else tok.decode([target_id])
-    contrast_text = None if contrast_id is None else tok.decode([contrast_id])
     return Sweep(
         site="ablation",
         effect=change.reshape(facts.n_layers, facts.n_heads),
         raw=head_scores.reshape(facts.n_layers, facts.n_heads),
         tokens=trace.tokens[: trace.n_prompt],
         clean_tokens=trace.tokens[: trace.n_prompt],
-        target=target_text,
-        target_id=target_id,
-        contrast=contrast_text,
-        contrast_id=contrast_id,
+        **scoring.fields(lm.tokenizer),
         clean_score=base,
         corrupted_score=base,
-        quantity=quantity,
-        positions=chosen,
         notes=notes,
         axes=("layer", "head"),
         model_name=lm.name,

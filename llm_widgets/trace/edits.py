@@ -185,6 +185,15 @@ def _listed(edits: Any) -> Iterable[Any]:
     return edits
 
 
+def _check_spans(what: str, spans, sequence_length: int) -> None:
+    for start, stop in spans:
+        if stop > sequence_length:
+            raise InputError(
+                f"{what} span ({start}, {stop}) is outside the sequence: positions run from 0 to "
+                f"{sequence_length - 1} (prompt plus new tokens), so stop must be <= {sequence_length}"
+            )
+
+
 def validate_edits(
     edits: Any,
     *,
@@ -202,12 +211,7 @@ def validate_edits(
             edit = edit_from_dict(edit)
         if isinstance(edit, AblateHead):
             layers, heads = (edit.layer,), (edit.head,)
-            for start, stop in edit.positions or ():
-                if stop > sequence_length:
-                    raise InputError(
-                        f"AblateHead positions span ({start}, {stop}) is outside the sequence: positions run from 0 "
-                        f"to {sequence_length - 1} (prompt plus new tokens), so stop must be <= {sequence_length}"
-                    )
+            _check_spans("AblateHead positions", edit.positions or (), sequence_length)
             if edit.stack is None and len(stacks) > 1:
                 raise InputError(
                     f"{edit!r}: this encoder-decoder has three kinds of attention; say whose head it is "
@@ -216,13 +220,7 @@ def validate_edits(
         elif isinstance(edit, ScaleAttention):
             layers, heads = edit.layers or (), edit.heads or ()
             for what, spans in (("keys", edit.keys), ("queries", edit.queries or ())):
-                for start, stop in spans:
-                    if stop > sequence_length:
-                        raise InputError(
-                            f"ScaleAttention {what} span ({start}, {stop}) is outside the sequence: positions run "
-                            f"from 0 to {sequence_length - 1} (prompt plus new tokens), so stop must be <= "
-                            f"{sequence_length}"
-                        )
+                _check_spans(f"ScaleAttention {what}", spans, sequence_length)
         else:
             raise WrongTypeError(f"edits must be ScaleAttention or AblateHead, got {type(edit).__name__}")
         if edit.stack is not None and edit.stack not in stacks:

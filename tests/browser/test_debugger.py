@@ -40,6 +40,11 @@ def test_debugger_notebook_stops_steps_and_inspects(jupyter_server, page):
     _wait_current(page, "36")
     view.locator("button[data-move='step']").click()
     _wait_current(page, "37")
+    strip = view.locator("canvas.lw-dbg-strip")  # the timeline from the keyboard: left, one call back
+    strip.press("ArrowLeft")
+    _wait_current(page, "36")
+    strip.press("ArrowRight")
+    _wait_current(page, "37")
     view.get_by_role("button", name="inspect").click()
     inspector = view.locator(".lw-dbg-inspector")
     page.wait_for_function(

@@ -25,7 +25,7 @@ def test_localise_notebook_lens_patching_and_sweep(jupyter_server, page):
     assert lens.locator("tr").count() == 31
     assert lens.locator(".lw-mx-cell").count() == 30 * 18  # 14 prompt + 4 generated tokens
     assert "Mary" in lens.locator("tr").last.locator(".lw-mx-cell").nth(13).inner_text()
-    lens.locator("tr").nth(25).locator(".lw-mx-cell").nth(13).click()
+    lens.locator("tr").nth(25).locator(".lw-mx-cell").nth(13).press("Enter")  # a cell from the keyboard
     detail = lens.locator(".lw-mx-detail")
     page.wait_for_function("el => el.textContent.startsWith('layer 24')", arg=detail.element_handle(), timeout=60_000)
     assert lens.locator(".lw-legend-swatch").count() == 5  # the colour legend, with its values

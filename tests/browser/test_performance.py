@@ -23,7 +23,7 @@ def test_performance_notebook_profile_view(jupyter_server, page):
     assert view.locator(".lw-prof-chart polyline").count() == 1
     view.scroll_into_view_if_needed()
     view.screenshot(path=str(ARTIFACTS / "profile_view.png"))
-    view.locator(".lw-prof-box[data-module='model.layers.3']").click()
+    view.locator(".lw-prof-box[data-module='model.layers.3']").press("Enter")  # (a keyboard user's click)
     crumbs = view.locator(".lw-prof-crumbs")
     page.wait_for_function(
         "el => el.textContent.includes('zoomed into model.layers.3')", arg=crumbs.element_handle(), timeout=60_000

@@ -22,7 +22,8 @@ def test_sampling_notebook_tree_click_force_and_open(jupyter_server, page):
     assert before > 10 and "24 samples" in view.locator(".lw-st-title").inner_text()
     assert view.locator(".lw-st-forced").count() == 1  # the notebook forced one from code
     view.scroll_into_view_if_needed()
-    boxes.first.click()  # the prompt's box: the first split is after it
+    boxes.first.focus()  # the prompt's box, from the keyboard: the first split is after it
+    boxes.first.press("Enter")
     detail = view.locator(".lw-st-detail")
     page.wait_for_function("el => el.textContent.includes('after the prompt')", arg=detail.element_handle())
     alternatives = view.locator(".lw-st-alternatives button")

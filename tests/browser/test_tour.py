@@ -188,3 +188,43 @@ def test_tour_notebook_runs_and_shows_its_widgets(front_end, page):
     cut = clipped(page)  # at 800 px wide every view fits its output, or scrolls
     assert cut == [], "\n".join(cut)
     page.set_viewport_size({"width": 1280, "height": 1000})
+    _keyboard(page, first)
+
+
+def _active(page) -> str:
+    """The class of the focused element (inside the notebook's output, no shadow roots here)."""
+    return page.evaluate("() => document.activeElement && String(document.activeElement.className)")
+
+
+def _keyboard(page, view) -> None:
+    """The attention view from the keyboard alone: Tab reaches its selects, heatmap and grid (each
+    with a visible focus ring), the head select and the grid's arrows switch heads, the heatmap's
+    arrows and Enter pick a query, and the cell under the keys is read out."""
+    status = view.locator(".lw-attn-status")
+    layer_box, head_box = view.locator(".lw-attn-header select").nth(0), view.locator(".lw-attn-header select").nth(1)
+    layer_box.focus()
+    page.keyboard.press("Tab")
+    assert head_box.evaluate("el => el === document.activeElement")
+    page.keyboard.type("H5")  # a closed select: typing picks the option that reads so
+    page.wait_for_function("el => el.textContent.startsWith('layer 15, head 5')", arg=status.element_handle())
+    for _ in range(60):  # on through the view's controls to the heatmap, by Tab alone
+        page.keyboard.press("Tab")
+        if "lw-attn-heatmap" in _active(page):
+            break
+    assert "lw-attn-heatmap" in _active(page)
+    heatmap = view.locator("canvas.lw-attn-heatmap")
+    assert heatmap.evaluate("el => getComputedStyle(el).outlineStyle") == "solid"  # the focus ring
+    page.keyboard.press("ArrowDown")  # lands on the picked query's row (5), then one down
+    page.keyboard.press("ArrowDown")
+    spoken = view.locator(".lw-attn-map [role=status]")
+    assert spoken.text_content().startswith("query 6 ")
+    page.keyboard.press("Enter")
+    page.wait_for_function(
+        "el => el.className.includes('lw-tok-query')", arg=view.locator(".lw-tok").nth(6).element_handle()
+    )
+    page.keyboard.press("Tab")
+    assert "lw-attn-grid" in _active(page)
+    page.keyboard.press("ArrowRight")
+    page.wait_for_function("el => el.textContent.startsWith('layer 15, head 6')", arg=status.element_handle())
+    page.keyboard.press("ArrowUp")
+    page.wait_for_function("el => el.textContent.startsWith('layer 14, head 6')", arg=status.element_handle())
