@@ -21,8 +21,10 @@ def test_performance_notebook_profile_view(jupyter_server, page):
     assert boxes.count() > 30
     assert "prefill of" in view.locator(".lw-prof-findings").inner_text()
     assert view.locator(".lw-prof-chart polyline").count() == 1
+    page.set_viewport_size({"width": 1280, "height": 1700})  # the whole view: no status bar across its table
     view.scroll_into_view_if_needed()
     view.screenshot(path=str(ARTIFACTS / "profile_view.png"))
+    page.set_viewport_size({"width": 1280, "height": 1000})
     view.locator(".lw-prof-box[data-module='model.layers.3']").press("Enter")  # (a keyboard user's click)
     crumbs = view.locator(".lw-prof-crumbs")
     page.wait_for_function(
