@@ -251,9 +251,9 @@ def _row(t: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class _Stream:
-    """The components of the explained layer's input at the positions `at`: names, and a function
-    giving their vectors [n, len(at), d] a few at a time (a row's worth of every head at once would
-    not fit); `biases`: the constant vectors (out projections' biases, post-norms' shifts)."""
+    """The components of the explained layer's input at the positions `at`: their names, and per
+    part (an embedding, a layer's heads, an MLP, the biases summed) a function giving its vectors
+    [n, len(at), d] when asked (a row's worth of every head at once would not fit)."""
 
     names: list[str]
     parts: list[tuple[list[str], Any]]  # (names, thunk -> [n, len(at), d])
