@@ -18,7 +18,7 @@ TORCH := $(PIP) install --no-deps --constraint constraints.txt "torch==2.13.0"
 # The ranges pyproject.toml gives users, tested at both ends (Python tests only).
 LATEST := .venv-latest
 OLDEST := .venv-oldest
-PYTEST_PYTHON := -m pytest tests notebooks --nbval-lax -p no:cacheprovider -m "not browser"
+PYTEST_PYTHON := -m pytest tests notebooks --nbval-lax -p no:cacheprovider -m "not browser" --durations=30
 
 .PHONY: demo test setup build lock lint test-python test-js test-browser test-latest test-oldest typecheck bench pictures tiny-gpt2 chromium clean
 
@@ -62,7 +62,7 @@ demo: setup
 
 ## make test: every test: lint and type checks, JS unit tests, then Python, notebooks and browser
 test: setup chromium lint test-js typecheck
-	HF_HUB_OFFLINE=1 $(PY) -m pytest tests notebooks --nbval-lax -p no:cacheprovider -v
+	HF_HUB_OFFLINE=1 $(PY) -m pytest tests notebooks --nbval-lax -p no:cacheprovider -v --durations=30
 
 test-python: setup
 	HF_HUB_OFFLINE=1 $(PY) $(PYTEST_PYTHON)
