@@ -149,6 +149,7 @@ class SampleTree:
         self._watchers: list[weakref.WeakMethod] = []  # views to redraw when a branch joins (not kept alive)
         self._cache: Any = None  # the batched run's cache: row r is answer r's prefix
         self._cache_length = 0
+        self._stepper: _Stepper | None = None  # one row's forward step (an encoder-decoder's source encoded once)
 
     @property
     def texts(self) -> list[str]:
@@ -422,7 +423,7 @@ def sample_tree(
         tokens, said, cache = _decode(
             model, one.widened(n), cache, logits, sequences, max_new_tokens, processors, generators, False
         )
-    tree._cache, tree._cache_length = cache, _cache_length(cache)
+    tree._cache, tree._cache_length, tree._stepper = cache, _cache_length(cache), one
     for i in range(n):
         generation = {"max_new_tokens": max_new_tokens, "do_sample": True, "seed": seeds[i], **checked}
         _add(tree, tokens[i], said[i], make_record(model, tree.prompt_ids, generation, (), tokens[i]), False)
@@ -536,7 +537,8 @@ def _continue(tree: SampleTree, node: Node, sequence: torch.Tensor, left: int, d
     lm = tree.model
     row = next((i for i in node.samples if not tree.is_forced[i]), None)
     cache, fed = _prefix_cache(tree, row, sequence.shape[1] - 2)
-    step_model = _Stepper(lm, torch.tensor(tree.prompt_ids))  # (an encoder-decoder's: the source encoded)
+    step_model = tree._stepper  # (an encoder-decoder's source encoded once, by sample_tree)
+    assert step_model is not None
     out = step_model(sequence[:, fed:], cache)
     before = out.logits[:, -2].float().cpu()
     sampling = _processors(lm, tree.settings, True, len(tree.lead) + tree.settings["max_new_tokens"])
