@@ -29,10 +29,9 @@ from .. import checks
 from .._provide import provides
 from ..errors import InputError
 from ..models.anatomy import anatomy, block_output
-from ..models.compat import set_attention
 from ..models.devices import input_device
 from ..trace import Trace
-from ..trace.capture import PREFIX, STATE, RunState, instrument, registered_name
+from ..trace.capture import STATE, RunState, instrument, routed
 from ..trace.runner import held
 
 CHUNK_TOKENS = 4096  # component rows x positions run through the attention module at once (memory bounded)
@@ -125,25 +124,20 @@ class _Stopped(Exception):
 @contextlib.contextmanager
 def _probing(model: Any, modules: list[torch.nn.Module], probe: _Probe) -> Iterator[None]:
     """`probe` on `modules` (before a run's own state there, which it hands calls on to), the
-    model's attention through our registered wrapper; all as it was after."""
-    original = model.config._attn_implementation or "eager"
-    ours = original.startswith(PREFIX)
+    model's attention through our wrapper (already so inside an edited run); all as it was after."""
     previous = {id(m): m.__dict__.get(STATE) for m in modules}
     probe.inner = {k: v for k, v in previous.items() if v is not None}
     try:
         for module in modules:
             module.__dict__[STATE] = probe
-        if not ours:
-            set_attention(model, registered_name(original if original in ("sdpa", "eager") else "sdpa"))
-        yield
+        with routed(model):
+            yield
     finally:
         for module in modules:
             if previous[id(module)] is None:
                 module.__dict__.pop(STATE, None)
             else:
                 module.__dict__[STATE] = previous[id(module)]
-        if not ours:
-            set_attention(model, original)
 
 
 @dataclass
@@ -163,6 +157,14 @@ class _Kept:
     call: tuple[tuple, dict] | None = None
     positions: torch.Tensor | None = None  # a learned position embedding's output (GPT-2's wpe), if any
     values: dict[int, torch.Tensor] = field(default_factory=dict)  # earlier layers' values [kv_heads, T, d]
+    frozen: dict[int, FrozenNorm] = field(default_factory=dict)  # each norm held at its scale, by id
+
+
+def _frozen(kept: _Kept, module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> FrozenNorm:
+    """freeze(module, x, y), worked out once per explanation (depth 2 asks again per head split)."""
+    if id(module) not in kept.frozen:
+        kept.frozen[id(module)] = freeze(module, x, y)
+    return kept.frozen[id(module)]
 
 
 def _is_norm(module: torch.nn.Module) -> bool:
@@ -203,10 +205,10 @@ def _hooks(model: Any, parts, layer: int, kept: _Kept) -> list:
 
     def attention_out(i):
         def hook(_m, _args, output):
-            out = block_output(output)
-            kept.attention_out.setdefault(i, _row(out))
-            last = kept.last_linear.get(i)
-            if last is not None and last[2] is out or (last is not None and _same(_row(last[2]), _row(out))):
+            out = _row(block_output(output))
+            kept.attention_out.setdefault(i, out)
+            last = kept.last_linear.get(i)  # the out projection is the attention's last linear, if it gave the output
+            if last is not None and _same(_row(last[2]), out):
                 kept.projection.setdefault(i, (last[0], _row(last[1])))
 
         return hook
@@ -263,8 +265,7 @@ def _frozen_post(kept: _Kept, i: int, what: str) -> tuple[FrozenNorm | None, tor
     found = kept.post_norms.get((i, what))
     if found is None:
         return None, None
-    module, x, y = found
-    frozen = freeze(module, x, y)
+    frozen = _frozen(kept, *found)
     return frozen, frozen.bias
 
 
@@ -316,15 +317,19 @@ def _heads(module: Any, z: torch.Tensor, n_heads: int, at: torch.Tensor, frozen:
     block's post-norm held at its scale if it has one: [heads, len(at), d]."""
 
     def thunk() -> torch.Tensor:
-        weight = module.weight.detach().float()
-        if type(module).__name__ == "Conv1D":  # GPT-2's: [in, out]
-            weight = weight.t()
+        weight = _out_weight(module)
         width = z.shape[-1] // n_heads
         zs = z[at].reshape(len(at), n_heads, width)
         out = torch.einsum("phw,ohw->hpo", zs, weight.reshape(weight.shape[0], n_heads, width))
         return out if frozen is None else frozen.linear(out, frozen.scale[at])
 
     return thunk
+
+
+def _out_weight(module: Any) -> torch.Tensor:
+    """An out projection's weight as [out, in] (GPT-2's Conv1D keeps [in, out])."""
+    weight = module.weight.detach().float()
+    return weight.t() if type(module).__name__ == "Conv1D" else weight
 
 
 def _check_additive(kept: _Kept, i: int) -> None:
@@ -398,9 +403,9 @@ def _input_norm(kept: _Kept, attention: torch.nn.Module, hidden: torch.Tensor, x
     before, qk = None, []
     for module, a, b in kept.norms:
         if id(module) in inside:
-            qk.append((module, freeze(module, a, b)))
+            qk.append((module, _frozen(kept, module, a, b)))
         elif before is None and _same(b, hidden) and _same(a, x):
-            before = freeze(module, a, b)
+            before = _frozen(kept, module, a, b)
     if before is None and not _same(hidden, x):
         raise InputError(
             "the explained layer's attention does not read its block's input through one norm: explain_attention "
@@ -701,10 +706,7 @@ def _source_vectors(trace: Trace, kept: _Kept, layer: int, head: int, position: 
     values = kept.values[layer]
     v = values[head // (n_heads // values.shape[0])]  # [T, head dim]
     sources = (probs > 0).nonzero()[:, 0]
-    module: Any = kept.projection[layer][0]
-    weight = module.weight.detach().float()
-    if type(module).__name__ == "Conv1D":
-        weight = weight.t()
+    weight = _out_weight(kept.projection[layer][0])
     width = weight.shape[1] // n_heads
     if v.shape[-1] != width:
         raise InputError(f"layer {layer}'s values ({v.shape[-1]} wide) are not its heads' out-projection columns")

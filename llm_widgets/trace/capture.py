@@ -525,14 +525,24 @@ def stack_modules(model: Any) -> dict[str, list[torch.nn.Module]]:
 
 
 @contextmanager
-def instrument(model: Any, run: RunState) -> Iterator[str]:
-    """Route the model's attention through our wrapper for the duration of a run."""
+def routed(model: Any, *, additive_mask: bool = False) -> Iterator[str]:
+    """The model's attention through our wrapper of its own implementation (of SDPA when the run
+    adds a mask: flash and flex kernels take none) for a while, as it was after, on errors too.
+    Yields the wrapped implementation's name. Modules without a run state pass straight through."""
     original = model.config._attn_implementation or "eager"
     inner = original.removeprefix(PREFIX)
-    if run.changes_attention and inner not in ("sdpa", "eager"):
-        inner = "sdpa"  # flash and flex kernels take no additive mask: edits run on SDPA
-    name = registered_name(inner)
-    run.inner = inner
+    if additive_mask and inner not in ("sdpa", "eager"):
+        inner = "sdpa"
+    model.set_attn_implementation(registered_name(inner))
+    try:
+        yield inner
+    finally:
+        model.set_attn_implementation(original)
+
+
+@contextmanager
+def instrument(model: Any, run: RunState) -> Iterator[str]:
+    """Route the model's attention through our wrapper for the duration of a run."""
     stacks = stack_modules(model)
     modules = [module for stack in stacks.values() for module in stack]
     for stack, members in stacks.items():
@@ -547,10 +557,10 @@ def instrument(model: Any, run: RunState) -> Iterator[str]:
 
     counting = model.register_forward_pre_hook(count)
     try:
-        model.set_attn_implementation(name)
-        yield inner
+        with routed(model, additive_mask=run.changes_attention) as inner:
+            run.inner = inner
+            yield inner
     finally:
         counting.remove()
         for module in modules:
             module.__dict__.pop(STATE, None)
-        model.set_attn_implementation(original)
