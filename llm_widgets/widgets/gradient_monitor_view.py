@@ -217,7 +217,12 @@ class GradientMonitorView(StaticFallback, ipywidgets.VBox):
         for box in (self.charts, *self.charts.children):
             box.styles = {"background-color": ink["background"]}
         for fig in self._figures:
-            fig.background_fill_color = fig.border_fill_color = ink["background"]
+            # the margins around a plot take the page's colour from CSS, not from bokeh's canvas: bokeh
+            # clears its canvas half a pixel in (hidpi), so a repaint in a new theme left the old
+            # margin colour as a thin line at each chart's top and left edge
+            fig.border_fill_color = None
+            fig.styles = {"background-color": ink["background"]}
+            fig.background_fill_color = ink["background"]
             fig.outline_line_color = ink["grid"]
             if fig.title is not None and not isinstance(fig.title, str):
                 fig.title.text_color = ink["text"]

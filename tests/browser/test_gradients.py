@@ -78,6 +78,8 @@ def test_gradients_notebook_monitor_updates_live_and_steers(front_end, page):
         assert _brightness(box) < 80
         monitors.first.scroll_into_view_if_needed()
         page.screenshot(path=shot(front_end, "gradient_monitor_dark"))
+        bright = _bright_edges(page)
+        assert bright == [], f"light lines at the charts' edges in the dark theme: {bright}"
     finally:
         set_theme(page, "JupyterLab Light")
 
@@ -85,3 +87,25 @@ def test_gradients_notebook_monitor_updates_live_and_steers(front_end, page):
 def _brightness(locator) -> float:
     """Mean grey level (0-255) of what the user sees of an element."""
     return ImageStat.Stat(Image.open(io.BytesIO(locator.screenshot())).convert("L")).mean[0]
+
+
+# Every bokeh figure's box on screen (bokeh draws inside shadow roots).
+FIGURES_JS = """() => { const out = []; const walk = root => { for (const el of root.querySelectorAll('*')) {
+    if (el.classList.contains('bk-Figure')) {
+      const r = el.getBoundingClientRect(); out.push([r.x, r.y, r.width, r.height]); }
+    if (el.shadowRoot) walk(el.shadowRoot); } }; walk(document); return out; }"""
+
+
+def _bright_edges(page) -> list[str]:
+    """The charts' top and left edge pixels that are light (the page and charts are dark)."""
+    image = Image.open(io.BytesIO(page.screenshot())).convert("L")
+    out = []
+    for x, y, w, h in page.evaluate(FIGURES_JS):
+        x, y = round(x), round(y)
+        if w < 50 or x < 0 or y < 0 or y + h > image.height or x + w > image.width:
+            continue  # scrolled out of view
+        top = max(image.getpixel((x + i, y)) for i in range(10, int(w) - 40))
+        left = max(image.getpixel((x, y + i)) for i in range(10, int(h) - 10))
+        if max(top, left) > 100:
+            out.append(f"figure at ({x}, {y}): top edge {top}, left edge {left}")
+    return out
