@@ -30,13 +30,17 @@ from .analysis import (
     diverge,
     patch,
     profile,
+    projections,
+    residual_norm,
     sample_tree,
     scaling,
+    steering_vector,
+    token_direction,
 )
 from .debug import At, Call, Debugger, NonFinite, NormJump, Overflow, Stats, TargetDrop, When, debug
 from .errors import InputError, LLMWidgetsError, ModelBusyError, ReplayMismatchError, WrongTypeError
 from .models import BUNDLED_MODELS, LanguageModel, ModelFacts, VocabTokenizer, load_model
-from .trace import AblateHead, ScaleAttention, Trace, TraceBatch, replay
+from .trace import AblateHead, Direction, ScaleAttention, SteerResidual, Trace, TraceBatch, replay
 from .training import GradientMonitor, GradientWarning, StepProfile, TrainingStopped, profile_step
 
 if TYPE_CHECKING:  # for type checkers and editors; at run time the widgets load on first use (__getattr__)
@@ -70,6 +74,7 @@ __all__ = [
     "Comparison",
     "Debugger",
     "Determinism",
+    "Direction",
     "Divergence",
     "GradientMonitor",
     "GradientWarning",
@@ -85,6 +90,7 @@ __all__ = [
     "SampleTree",
     "ScaleAttention",
     "Scaling",
+    "SteerResidual",
     "Stats",
     "StepProfile",
     "Sweep",
@@ -103,9 +109,13 @@ __all__ = [
     "patch",
     "profile",
     "profile_step",
+    "projections",
     "replay",
+    "residual_norm",
     "sample_tree",
     "scaling",
+    "steering_vector",
+    "token_direction",
     "__version__",
     "AttentionEditor",
     "AttentionView",

@@ -10,6 +10,7 @@ sample_tree(model, prompt, n=32)                   # samples.py: all the answers
 determinism(model, prompt)                         # determinism.py: the same run again, batched, eager, float32
 profile(model, prompt, max_new_tokens=8)           # profile.py: time and memory per module
 scaling(model, lengths=[256, 512, 1024])           # scaling.py: how cost grows with length
+steering_vector(model, positive, negative, layer=6)  # steering.py: directions to add to the residual stream
 """
 
 from .attribution import METHODS, Attribution, attribute
@@ -22,6 +23,7 @@ from .patching import SITES, Patching, Sweep, ablation_sweep, patch
 from .profile import Profile, profile
 from .samples import Node, Samples, SampleTree, sample_tree
 from .scaling import Scaling, scaling
+from .steering import projections, residual_norm, steering_vector, token_direction
 
 __all__ = [
     "METHODS",
@@ -48,6 +50,10 @@ __all__ = [
     "logit_lens",
     "patch",
     "profile",
+    "projections",
+    "residual_norm",
     "sample_tree",
     "scaling",
+    "steering_vector",
+    "token_direction",
 ]

@@ -33,6 +33,7 @@ from ..models.devices import input_device
 from ..trace import Trace
 from ..trace.capture import STATE, RunState, instrument, routed
 from ..trace.runner import held
+from ..trace.steering import added_by
 
 CHUNK_TOKENS = 4096  # component rows x positions run through the attention module at once (memory bounded)
 TOLERANCE = 1e-4  # a norm is recognised when a formula gives its output to this (relative)
@@ -158,6 +159,7 @@ class _Kept:
     positions: torch.Tensor | None = None  # a learned position embedding's output (GPT-2's wpe), if any
     values: dict[int, torch.Tensor] = field(default_factory=dict)  # earlier layers' values [kv_heads, T, d]
     frozen: dict[int, FrozenNorm] = field(default_factory=dict)  # each norm held at its scale, by id
+    steered: dict[int, torch.Tensor] = field(default_factory=dict)  # what SteerResidual edits add after block i
 
 
 def _frozen(kept: _Kept, module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> FrozenNorm:
@@ -299,6 +301,8 @@ def _stream(kept: _Kept, layer: int, n_heads: int, at: torch.Tensor) -> _Stream:
             parts.append(([f"attention {i}"], lambda i=i: _added(kept, i, "attention")[at][None]))
         if i in kept.mlp_out:
             parts.append(([f"mlp {i}"], lambda i=i: _added(kept, i, "mlp")[at][None]))
+        if i in kept.steered:  # a direction the run adds (lw.SteerResidual): a component of its own
+            parts.append(([f"steering {i}"], lambda i=i: kept.steered[i][at][None]))
     constant = biases.expand(len(at), -1) if biases.dim() == 1 else biases
     parts.append((["biases"], lambda: constant[None].clone()))
     return _Stream([n for names, _ in parts for n in names], parts)
@@ -338,6 +342,8 @@ def _check_additive(kept: _Kept, i: int) -> None:
     for what, store in (("attention", kept.attention_out), ("mlp", kept.mlp_out)):
         if i in store:
             added = added + _added(kept, i, what)
+    if i in kept.steered:
+        added = added + kept.steered[i]
     after = kept.inputs[i + 1]
     error = float((after - added).abs().max())
     if error > 1e-4 * (float(after.abs().max()) + 1.0):
@@ -361,8 +367,9 @@ def _forward(trace: Trace, layer: int, parts, values: bool) -> _Kept:
     probe = _Probe(stop=id(parts.attentions[layer]))
     try:
         ids = trace.input_ids[None].to(input_device(model))
+        shape = (lm.facts.n_layers, lm.facts.n_heads)
         edited = (
-            instrument(model, RunState(lm.facts.n_layers, lm.facts.n_heads, len(trace), trace.edits, capture=False))
+            instrument(model, RunState(*shape, len(trace), trace.edits, capture=False, n_prompt=trace.n_prompt))
             if trace.edits
             else contextlib.nullcontext()
         )
@@ -377,6 +384,10 @@ def _forward(trace: Trace, layer: int, parts, values: bool) -> _Kept:
     if kept.call is None or len(kept.inputs) <= layer:
         raise InputError(f"layer {layer}'s attention was not called in a forward of {lm.name}: nothing to explain")
     kept.values = {i: probe.values[id(a)] for i, a in enumerate(parts.attentions[:layer]) if id(a) in probe.values}
+    for i in range(layer):
+        steered = added_by(trace.edits, i, len(trace), trace.n_prompt)
+        if steered is not None:
+            kept.steered[i] = steered
     return kept
 
 

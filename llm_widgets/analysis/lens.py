@@ -79,19 +79,21 @@ def residual_streams(trace: Trace, positions: torch.Tensor | None = None) -> lis
 
         return hook
 
-    with held(model):  # hooks only once the model is ours: another run's forward must not meet them
+    device = input_device(model)
+    ids = trace.input_ids[None].to(device)
+    shape = (lm.facts.n_layers, lm.facts.n_heads)
+    # the trace's own edits apply, so the lens reads the run that was traced
+    edited = (
+        instrument(model, RunState(*shape, len(trace), trace.edits, capture=False, n_prompt=trace.n_prompt))
+        if trace.edits
+        else contextlib.nullcontext()
+    )
+    # hooks only once the model is ours (another run's forward must not meet them), and after the
+    # edits' own: a block's output is read as a SteerResidual left it
+    with held(model), edited:
         handles = [block.register_forward_hook(keeper(i)) for i, block in enumerate(parts.blocks)]
         try:
-            device = input_device(model)
-            ids = trace.input_ids[None].to(device)
-            # the trace's own edits apply, so the lens reads the run that was traced
-            edited = (
-                instrument(model, RunState(lm.facts.n_layers, lm.facts.n_heads, len(trace), trace.edits, capture=False))
-                if trace.edits
-                else contextlib.nullcontext()
-            )
-            with edited:
-                model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
+            model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
         finally:
             for handle in handles:
                 handle.remove()

@@ -6,14 +6,17 @@ model.trace(prompt, edits=[ScaleAttention(4.0, keys=(0, 4), layers=[5])])
 """
 
 from .batch import TraceBatch
-from .edits import AblateHead, ScaleAttention, edit_from_dict
+from .direction import Direction
+from .edits import AblateHead, ScaleAttention, SteerResidual, edit_from_dict
 from .record import make_record, replay
 from .run import fidelity, prompt_ids, run_trace
 from .trace import Trace
 
 __all__ = [
     "AblateHead",
+    "Direction",
     "ScaleAttention",
+    "SteerResidual",
     "Trace",
     "TraceBatch",
     "edit_from_dict",

@@ -28,9 +28,11 @@ from typing import Any
 import torch
 
 from ..errors import InputError
+from ..models.anatomy import anatomy
 from ..models.compat import calls_attention_interface
-from .edits import AblateHead, ScaleAttention
+from .edits import AblateHead, ScaleAttention, SteerResidual
 from .masks import allowed_mask, edit_bias, spare_fully_masked
+from .steering import ResidualSteering, enclosing_blocks
 
 PREFIX = "llm_widgets_"
 STATE = "_llm_widgets_run"
@@ -80,10 +82,13 @@ class RunState:
         capture_dtype: torch.dtype | None = None,
         head_hook: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
         offsets: dict[str, tuple[int, int]] | None = None,
+        n_prompt: int | None = None,
     ):
         self.n_layers = n_layers
         self.n_heads = n_heads
         self.length = length  # every position the run can reach
+        self.n_prompt = length if n_prompt is None else n_prompt  # the first generated position
+        self.steering = tuple(e for e in edits if isinstance(e, SteerResidual))
         self.offsets = offsets or {SELF: (0, 0)}
         self.scale_edits = tuple(e for e in edits if isinstance(e, ScaleAttention))
         self._edits_at: dict[Place, tuple[ScaleAttention, ...]] = {}
@@ -557,10 +562,32 @@ def instrument(model: Any, run: RunState) -> Iterator[str]:
 
     counting = model.register_forward_pre_hook(count)
     try:
-        with routed(model, additive_mask=run.changes_attention) as inner:
+        with routed(model, additive_mask=run.changes_attention) as inner, _steered(model, run, stacks):
             run.inner = inner
             yield inner
     finally:
         counting.remove()
         for module in modules:
             module.__dict__.pop(STATE, None)
+
+
+@contextmanager
+def _steered(model: Any, run: RunState, stacks: dict[str, list[torch.nn.Module]]) -> Iterator[None]:
+    """The run's SteerResidual edits on the model's blocks (nothing to find or hook without one)."""
+    if not any(edit.strength for edit in run.steering):
+        yield
+        return
+    if SELF in stacks:
+        blocks: dict[str, Any] = {SELF: anatomy(model, run.n_layers).blocks}
+        starters = {SELF: model}
+    else:  # an encoder-decoder: the encoder's blocks and the decoder's (which hold its cross-attention too)
+        decoder = model.get_decoder()
+        blocks = {
+            "encoder": enclosing_blocks(model.get_encoder(), stacks["encoder"]),
+            "decoder": enclosing_blocks(decoder, stacks["decoder"]),
+        }
+        starters = {"decoder": decoder}
+    offsets = {name: run.offsets.get(name, (0, 0))[0] for name in blocks}
+    steering = ResidualSteering(run.steering, blocks, offsets=offsets, n_prompt=run.n_prompt)
+    with steering.installed(starters):
+        yield

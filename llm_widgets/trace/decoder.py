@@ -24,7 +24,7 @@ from ..models.modes import model_mode
 from .attention import SELF, AttentionStack, assembled
 from .batch import pad, positions
 from .capture import RunState, attention_layers, instrument, unshowable
-from .edits import validate_edits
+from .edits import SteerResidual, validate_edits
 from .record import make_record
 from .runner import Request, Runner
 from .trace import Trace, predictions
@@ -41,7 +41,12 @@ class DecoderRunner(Runner):
         facts, total = request.facts, max(len(ids) for ids in request.rows) + request.max_new_tokens
         checks.fits_context(total - request.max_new_tokens, request.max_new_tokens, facts.context_length, self.lm.name)
         self.edits = validate_edits(
-            request.edits, n_layers=facts.n_layers, n_heads=facts.n_heads, sequence_length=total
+            request.edits,
+            n_layers=facts.n_layers,
+            n_heads=facts.n_heads,
+            sequence_length=total,
+            model_name=self.lm.name,
+            width=facts.hidden_size,
         )
         self.supported = uses_attention_registry(self.model)
         self._refuse_edits_it_cannot_apply()
@@ -64,6 +69,7 @@ class DecoderRunner(Runner):
             capture=request.capture and self.supported,
             capture_device=request.capture_device,
             capture_dtype=request.capture_dtype,
+            n_prompt=self.padded.input_ids.shape[1],
         )
 
     def _refuse_edits_it_cannot_apply(self) -> None:
@@ -90,7 +96,7 @@ class DecoderRunner(Runner):
         if reason:
             raise InputError(f"llm-widgets cannot trace this model: {reason}")
         self.with_attention = attention_layers(self.model) if self.supported else tuple(range(facts.n_layers))
-        for edit in edits:
+        for edit in (e for e in edits if not isinstance(e, SteerResidual)):  # (steering names blocks, any kind)
             named = [
                 layer
                 for layer in (getattr(edit, "layers", None) or [getattr(edit, "layer", None)])

@@ -13,6 +13,7 @@ from typing import Any
 
 from .. import checks
 from ..errors import InputError, WrongTypeError
+from .direction import as_direction, finite_strength
 
 Span = tuple[int, int]
 STACK_NAMES = ("self", "encoder", "decoder", "cross")  # as trace.stacks names them
@@ -150,8 +151,64 @@ class AblateHead:
         return d
 
 
-Edit = ScaleAttention | AblateHead
-EDIT_TYPES = {"scale_attention": ScaleAttention, "ablate_head": AblateHead}
+POSITION_WORDS = ("prompt", "generated")  # SteerResidual positions by name
+
+
+@dataclass(frozen=True)
+class SteerResidual:
+    """Add `strength` x `direction` to the residual stream after each of `layers` blocks.
+
+    `direction`: an `lw.Direction` (lw.steering_vector, lw.token_direction, Direction.load) or a
+    vector of the residual stream's width; a Direction made from another model is refused.
+    `positions`: None (every position), "prompt", "generated" (the generated tokens only), or
+    positions and (start, stop) spans. Strength 0 adds nothing (the run is the plain one). The sum
+    is taken in float32 and cast to the residual's dtype. In an encoder-decoder, `stack` is
+    "encoder" or "decoder" (the default: the residual stream the output is read from).
+    """
+
+    direction: Any
+    layers: Any
+    strength: float
+    positions: Any = None
+    stack: str | None = None
+    kind: str = field(default="steer_residual", init=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "direction", as_direction(self.direction))
+        if self.layers is None:
+            raise InputError("SteerResidual needs layers: the blocks after which to add the direction, e.g. [6]")
+        object.__setattr__(self, "layers", _as_ints(self.layers, "SteerResidual layers"))
+        object.__setattr__(self, "strength", finite_strength(self.strength))
+        if not (self.positions is None or self.positions in POSITION_WORDS):
+            object.__setattr__(self, "positions", _as_spans(self.positions, "SteerResidual positions"))
+        if self.stack not in (None, "encoder", "decoder"):
+            raise InputError(
+                f"SteerResidual stack must be None, 'encoder' or 'decoder' (an encoder-decoder's residual "
+                f"streams); got {self.stack!r}"
+            )
+
+    def to_dict(self) -> dict:
+        d = {
+            "kind": self.kind,
+            "direction": self.direction.to_dict(),
+            "layers": list(self.layers),
+            "strength": self.strength,
+            "positions": self.positions
+            if not isinstance(self.positions, tuple)
+            else [list(span) for span in self.positions],
+        }
+        if self.stack is not None:
+            d["stack"] = self.stack
+        return d
+
+    def __repr__(self) -> str:
+        at = "" if self.positions is None else f", positions={self.positions!r}"
+        name = self.direction.name or "direction"
+        return f"SteerResidual({name!r}, layers={list(self.layers)}, strength={self.strength:g}{at})"
+
+
+Edit = ScaleAttention | AblateHead | SteerResidual
+EDIT_TYPES = {"scale_attention": ScaleAttention, "ablate_head": AblateHead, "steer_residual": SteerResidual}
 
 
 def edit_from_dict(d: dict) -> Edit:
@@ -176,11 +233,12 @@ def _listed(edits: Any) -> Iterable[Any]:
     """Edits as given: a list of them, one on its own, or None (none)."""
     if edits is None:
         return ()
-    if isinstance(edits, (ScaleAttention, AblateHead, dict)):
+    if isinstance(edits, (ScaleAttention, AblateHead, SteerResidual, dict)):
         return (edits,)
     if isinstance(edits, (str, bytes)) or not isinstance(edits, Iterable):
         raise InputError(
-            f"edits must be a list of lw.ScaleAttention / lw.AblateHead (or one of them); got {type(edits).__name__}"
+            f"edits must be a list of lw.ScaleAttention / lw.AblateHead / lw.SteerResidual (or one of them); got "
+            f"{type(edits).__name__}"
         )
     return edits
 
@@ -201,14 +259,22 @@ def validate_edits(
     n_heads: int,
     sequence_length: int,
     stacks: dict[str, tuple[int, int]] | None = None,
+    model_name: str | None = None,
+    width: int | None = None,
 ) -> tuple[Edit, ...]:
     """Check every edit against the model and the sequence; a ValueError names what is out of range.
-    stacks: an encoder-decoder's {"encoder": (layers, heads), "decoder": ..., "cross": ...}."""
+    stacks: an encoder-decoder's {"encoder": (layers, heads), "decoder": ..., "cross": ...};
+    model_name and width (the residual stream's): what a SteerResidual's direction must be made for."""
     stacks = stacks or {"self": (n_layers, n_heads)}
     out = []
     for edit in _listed(edits):
         if isinstance(edit, dict):
             edit = edit_from_dict(edit)
+        if isinstance(edit, SteerResidual):
+            if model_name is not None and width is not None:
+                edit.direction.check_for(model_name, width)
+            out.append(_checked_steering(edit, stacks, sequence_length))
+            continue
         if isinstance(edit, AblateHead):
             layers, heads = (edit.layer,), (edit.head,)
             _check_spans("AblateHead positions", edit.positions or (), sequence_length)
@@ -222,27 +288,59 @@ def validate_edits(
             for what, spans in (("keys", edit.keys), ("queries", edit.queries or ())):
                 _check_spans(f"ScaleAttention {what}", spans, sequence_length)
         else:
-            raise WrongTypeError(f"edits must be ScaleAttention or AblateHead, got {type(edit).__name__}")
-        if edit.stack is not None and edit.stack not in stacks:
-            raise InputError(
-                f"{type(edit).__name__} stack {edit.stack!r}: this model's attention is "
-                f"{' / '.join(repr(name) for name in stacks)}"
+            raise WrongTypeError(
+                f"edits must be ScaleAttention, AblateHead or SteerResidual, got {type(edit).__name__}"
             )
-        for name, (n_layers, n_heads) in stacks.items():
-            if edit.stack not in (None, name):
-                continue
-            of = "" if name == "self" else f" in its {name} attention"
-            for layer in layers:
-                if layer >= n_layers:
-                    raise InputError(
-                        f"{type(edit).__name__}: layer {layer} is out of range; this model has layers "
-                        f"0 to {n_layers - 1}{of}"
-                    )
-            for head in heads:
-                if head >= n_heads:
-                    raise InputError(
-                        f"{type(edit).__name__}: head {head} is out of range; this model has heads "
-                        f"0 to {n_heads - 1} in each layer{of}"
-                    )
+        _check_ranges(edit, layers, heads, stacks)
         out.append(edit)
     return tuple(out)
+
+
+def _check_ranges(edit: Any, layers, heads, stacks: dict[str, tuple[int, int]]) -> None:
+    """An attention edit's stack, layers and heads within the model's."""
+    if edit.stack is not None and edit.stack not in stacks:
+        raise InputError(
+            f"{type(edit).__name__} stack {edit.stack!r}: this model's attention is "
+            f"{' / '.join(repr(name) for name in stacks)}"
+        )
+    for name, (n_layers, n_heads) in stacks.items():
+        if edit.stack not in (None, name):
+            continue
+        of = "" if name == "self" else f" in its {name} attention"
+        for layer in layers:
+            if layer >= n_layers:
+                raise InputError(
+                    f"{type(edit).__name__}: layer {layer} is out of range; this model has layers "
+                    f"0 to {n_layers - 1}{of}"
+                )
+        for head in heads:
+            if head >= n_heads:
+                raise InputError(
+                    f"{type(edit).__name__}: head {head} is out of range; this model has heads "
+                    f"0 to {n_heads - 1} in each layer{of}"
+                )
+
+
+def _checked_steering(edit: SteerResidual, stacks: dict[str, tuple[int, int]], sequence_length: int) -> SteerResidual:
+    """A SteerResidual's layers and positions against the model's residual streams (its blocks)."""
+    if isinstance(edit.positions, tuple):
+        _check_spans("SteerResidual positions", edit.positions, sequence_length)
+    if "self" in stacks:
+        if edit.stack is not None:
+            raise InputError(
+                f"{edit!r}: stack={edit.stack!r} is for an encoder-decoder; this model has one residual stream "
+                f"(leave stack out)"
+            )
+        n_layers, of = stacks["self"][0], ""
+    else:
+        n_layers, of = stacks[steered_stack(edit, stacks)][0], f" in its {steered_stack(edit, stacks)}"
+    for layer in edit.layers:
+        if layer >= n_layers:
+            raise InputError(f"{edit!r}: layer {layer} is out of range; this model has blocks 0 to {n_layers - 1}{of}")
+    return edit
+
+
+def steered_stack(edit: SteerResidual, stacks: Any) -> str:
+    """The residual stream a SteerResidual steers: a decoder-only model's one ("self"), else its
+    stack (the decoder's by default: the one the output is read from)."""
+    return "self" if "self" in stacks else (edit.stack or "decoder")

@@ -17,7 +17,7 @@ import inspect
 import math
 import threading
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import torch
@@ -29,10 +29,11 @@ from ..models.devices import input_device
 from ..models.plain import VocabTokenizer, attention_modules, logits_of
 from .attention import SELF, AttentionStack, LayerAttention, stack_offsets, stack_spans
 from .capture import Place
-from .edits import AblateHead, ScaleAttention, validate_edits
+from .edits import AblateHead, ScaleAttention, SteerResidual, validate_edits
 from .masks import allowed_mask, edit_bias, spare_fully_masked
 from .record import make_record
 from .runner import Request, Runner, refuse_unused_sampling
+from .steering import ResidualSteering, enclosing_blocks
 from .trace import Trace, predictions
 
 SETTINGS = {"temperature"}  # the generation settings a plain model's sampling loop takes
@@ -96,13 +97,18 @@ class PlainRunner(Runner):
             n_heads=n_heads,
             sequence_length=total,
             stacks=self.shapes if self.seq2seq else None,
+            model_name=lm.name,
+            width=lm.facts.hidden_size,
         )
         self.n_source = n if self.seq2seq else 0
         self.run = _Run(self.model, stacks, self.edits, stack_offsets(self.n_source))
+        self.steering = _steering(self.model, stacks, self.edits, self.n_source, n + int(self.seq2seq))
         self.start = decoder_start(lm) if self.seq2seq else None
 
-    def instrumented(self) -> AbstractContextManager[None]:
-        return self.run.installed(self.request.capture)
+    @contextmanager
+    def instrumented(self) -> Iterator[None]:
+        with self.run.installed(self.request.capture), self.steering.installed():
+            yield
 
     def execute(self) -> None:
         model, request = self.model, self.request
@@ -156,6 +162,17 @@ class PlainRunner(Runner):
                 record=make_record(self.lm, ids.tolist(), self.request.generation, self.edits, generated),
             )
         ]
+
+
+def _steering(model, stacks: dict[str, list], edits: tuple, n_source: int, n_prompt: int) -> ResidualSteering:
+    """The run's SteerResidual edits on the blocks that hold each stack's self-attention (a plain
+    model runs the whole sequence at every step: a pass starts at its stack's first position)."""
+    steered = any(isinstance(e, SteerResidual) and e.strength for e in edits)
+    names = [name for name in stacks if name != "cross"]
+    blocks = {name: enclosing_blocks(model, stacks[name]) for name in names} if steered else {}
+    offsets = {name: first for name, (first, _) in stack_offsets(n_source).items()}
+    seq_dims = {name: -2 if stacks[name][0].batch_first else -3 for name in names}
+    return ResidualSteering(edits, blocks, offsets=offsets, n_prompt=n_prompt, seq_dims=seq_dims)
 
 
 def _check_width(logits: torch.Tensor, lm: LanguageModel) -> None:

@@ -81,7 +81,13 @@ class Seq2SeqRunner(Runner):
         total = self.n_source + 1 + len(self.prefix) + request.max_new_tokens
         n_layers, n_heads = self.shapes["encoder"]
         self.edits = validate_edits(
-            request.edits, n_layers=n_layers, n_heads=n_heads, sequence_length=total, stacks=self.shapes
+            request.edits,
+            n_layers=n_layers,
+            n_heads=n_heads,
+            sequence_length=total,
+            stacks=self.shapes,
+            model_name=lm.name,
+            width=lm.facts.hidden_size,
         )
         for edit in self.edits:
             if edit.stack == "encoder" and any(stop > self.n_source for start, stop in getattr(edit, "keys", ())):
@@ -95,6 +101,7 @@ class Seq2SeqRunner(Runner):
             capture_device=request.capture_device,
             capture_dtype=request.capture_dtype,
             offsets=stack_offsets(self.n_source),
+            n_prompt=self.n_source + 1 + len(self.prefix),
         )
         self.start = decoder_start(lm)
         self.encoded: list = []  # the encoder's output, for the last token's step

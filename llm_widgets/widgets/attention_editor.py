@@ -20,21 +20,20 @@ from ..errors import InputError, WrongTypeError
 from ..models import LanguageModel
 from ..trace import Trace, edit_from_dict, fidelity
 from ..trace.batch import one_trace
-from ..trace.edits import AblateHead, ScaleAttention
+from ..trace.edits import AblateHead, Edit, ScaleAttention, SteerResidual
 from ..trace.locking import exclusive
 from ._frontend import bundle
 from .attention_view import AttentionView
 
-Edit = ScaleAttention | AblateHead
-
 
 def _as_spec(edit: Any) -> dict:
-    if isinstance(edit, (ScaleAttention, AblateHead)):
+    if isinstance(edit, (ScaleAttention, AblateHead, SteerResidual)):
         return edit.to_dict()
     if isinstance(edit, dict):
         return edit_from_dict(edit).to_dict()  # validated and normalised
     raise WrongTypeError(
-        f"an edit is lw.ScaleAttention(...), lw.AblateHead(...) or their dict; got {type(edit).__name__}"
+        f"an edit is lw.ScaleAttention(...), lw.AblateHead(...), lw.SteerResidual(...) or their dict; got "
+        f"{type(edit).__name__}"
     )
 
 
