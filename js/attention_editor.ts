@@ -5,6 +5,7 @@
 // The steering controls, the edit list and the outputs are in lib/editor.ts.
 import type { AnyModel, RenderProps } from "@anywidget/types";
 import { mountAttention } from "./lib/attention_panel";
+import { type DirectionsState, mountDirections } from "./lib/directions";
 import { drawEdits, drawOutputs, type EditorState, mountSteerControls } from "./lib/editor";
 import type { EditSpec } from "./lib/steer";
 import { el, Requests } from "./lib/widget_io";
@@ -57,6 +58,7 @@ function render({ model, el: root, experimental, signal }: RenderProps<EditorSta
     m.save_changes();
   };
   const controls = mountSteerControls(m, { send, setKeys, togglePick, refresh: () => panel.refresh() });
+  const directions = mountDirections(model as unknown as AnyModel<DirectionsState>, send);
   const panel = mountAttention(m, new Requests(model, experimental, signal), {
     stripMode: controls.mode,
     onKeys: setKeys,
@@ -68,7 +70,7 @@ function render({ model, el: root, experimental, signal }: RenderProps<EditorSta
       return true;
     },
   });
-  frame.append(header, controls.element, editsBox, compare, prob, error, panel.element);
+  frame.append(header, controls.element, directions.element, editsBox, compare, prob, error, panel.element);
   root.replaceChildren(frame);
 
   function drawStatus() {
@@ -112,6 +114,7 @@ function render({ model, el: root, experimental, signal }: RenderProps<EditorSta
   return () => {
     stopTheme();
     controls.destroy();
+    directions.destroy();
     for (const [name, handler] of events) m.off(name, handler);
     panel.destroy();
   };

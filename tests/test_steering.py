@@ -246,3 +246,37 @@ def test_a_sentiment_vector_moves_held_out_prompts_and_its_negative_reverses_it(
     plain_strip = lw.projections(smollm2.trace(prompt), direction, 6)
     steered_strip = lw.projections(smollm2.trace(prompt, edits=[lw.SteerResidual(direction, [6], 4.0)]), direction, 6)
     torch.testing.assert_close(steered_strip - plain_strip, torch.full_like(plain_strip, 4.0 * direction.norm))
+
+
+# --- the editor's directions panel ---
+
+
+def test_the_editor_steers_with_a_direction_and_draws_the_drift(tmp_path, tiny_gpt2):
+    d = lw.Direction(_direction(tiny_gpt2.facts.hidden_size), model=tiny_gpt2.name, layer=1, name="test")
+    editor = lw.AttentionEditor(tiny_gpt2, "Hello there my friend", max_new_tokens=6, directions=[d])
+    assert editor.steers_directions and editor.n_blocks == 4
+    assert editor.direction_view == {"index": 0, "layer": 1} and editor.direction_scale > 0
+    before = [v for _, v in editor.strip["before"]]
+    assert len(before) == len(editor.unedited) and editor.strip["after"] == editor.strip["before"]
+    # what the front end sends when the slider is released: a SteerResidual spec among the edits
+    spec = lw.SteerResidual(d, [1], 3.0).to_dict()
+    editor.edit_specs = [spec]
+    assert editor.error == "" and editor.edits == [lw.SteerResidual(d, [1], 3.0)]
+    n = editor.unedited.n_prompt
+    after = [v for _, v in editor.strip["after"]]
+    for i in range(n):  # the prompt's tokens moved along the direction by exactly 3 x its length
+        assert math.isclose(after[i] - before[i], 3.0 * d.norm, rel_tol=1e-4)
+    assert lw.replay(editor.trace.record, tiny_gpt2).generated_ids == editor.trace.generated_ids
+    # another block: the strip follows, the edit stays where it was
+    editor.direction_view = {"index": 0, "layer": 3}
+    assert len(editor.strip["before"]) == len(editor.unedited) and editor.edits == [lw.SteerResidual(d, [1], 3.0)]
+    # load from a file; a bad path is said in the widget and changes nothing
+    saved = (-d).save(tmp_path / "minus.safetensors")
+    editor.load_path = str(saved)
+    assert len(editor.directions) == 2 and editor.direction_view["index"] == 1 and editor.load_path == ""
+    editor.load_path = str(tmp_path / "missing.safetensors")
+    assert "no direction file" in editor.error and len(editor.directions) == 2
+    with pytest.raises(lw.InputError, match="was made from"):
+        editor.add_direction(lw.Direction(d.vector, model="another-model"))
+    editor.reset()
+    assert editor.strip["after"] == editor.strip["before"]

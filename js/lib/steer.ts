@@ -20,9 +20,25 @@ export interface AblateSpec {
   positions?: [number, number][]; // only there; absent: at every position
 }
 
+/** A residual-stream direction, as Python's Direction.to_dict() (the vector as base64 float32). */
+export interface DirectionSpec {
+  vector_f32: string;
+  model: string | null;
+  layer: number | null;
+  name: string;
+}
+export interface SteerSpec {
+  kind: "steer_residual";
+  direction: DirectionSpec;
+  layers: number[];
+  strength: number;
+  positions: "prompt" | "generated" | [number, number][] | null;
+  stack?: string;
+}
+
 /** The stack field an edit carries: none for a decoder-only model's one attention. */
 const onStack = (stack: string | null | undefined) => (stack && stack !== "self" ? { stack } : {});
-export type EditSpec = ScaleSpec | AblateSpec;
+export type EditSpec = ScaleSpec | AblateSpec | SteerSpec;
 
 /** Which heads a slider applies to. */
 export type Scope =
@@ -95,6 +111,13 @@ function list(values: number[]): string {
 
 /** One line for the edit list. */
 export function describeEdit(spec: EditSpec, tokens: string[]): string {
+  if (spec.kind === "steer_residual") {
+    const at = spec.positions === null ? "" : typeof spec.positions === "string" ? ` at the ${spec.positions} tokens`
+      : ` at ${spans(spec.positions, tokens)}`;
+    const stream = spec.stack ? ` of the ${spec.stack}` : "";
+    return `add ${spec.strength} × ${JSON.stringify(spec.direction.name || "direction")} after block${
+      spec.layers.length > 1 ? "s" : ""} ${list(spec.layers)}${stream}${at}`;
+  }
   const of = spec.stack ? ` of ${spec.stack} attention` : "";
   if (spec.kind === "ablate_head") {
     const at = spec.positions ? ` at ${spans(spec.positions, tokens)}` : "";

@@ -12,13 +12,16 @@ from __future__ import annotations
 import json
 import time
 import warnings
+from pathlib import Path
 from typing import Any
 
+import torch
 import traitlets
 
+from ..analysis.steering import residual_after
 from ..errors import InputError, WrongTypeError
 from ..models import LanguageModel
-from ..trace import Trace, edit_from_dict, fidelity
+from ..trace import Direction, Trace, edit_from_dict, fidelity
 from ..trace.batch import one_trace
 from ..trace.edits import AblateHead, Edit, ScaleAttention, SteerResidual
 from ..trace.locking import exclusive
@@ -52,9 +55,9 @@ class AttentionEditor(AttentionView):
 
     prompt_text = traitlets.Unicode(help="the prompt, as text").tag(sync=True)
     edit_specs = traitlets.List(
-        traitlets.Dict(per_key_traits={"kind": traitlets.Enum(["scale_attention", "ablate_head"])}),
-        help="the edits, as ScaleAttention / AblateHead .to_dict() makes them: the sliders write them, Python "
-        "checks them (edit_from_dict) and regenerates",
+        traitlets.Dict(per_key_traits={"kind": traitlets.Enum(["scale_attention", "ablate_head", "steer_residual"])}),
+        help="the edits, as ScaleAttention / AblateHead / SteerResidual .to_dict() makes them: the sliders write "
+        "them, Python checks them (edit_from_dict) and regenerates",
     ).tag(sync=True)
     key_span = traitlets.List(traitlets.Int(), help="[start, stop) selected in the strip, [] for none").tag(sync=True)
     picked = traitlets.List(traitlets.List(traitlets.Int()), help="[[layer, head], ...] for 'picked'").tag(sync=True)
@@ -82,6 +85,25 @@ class AttentionEditor(AttentionView):
         help="a classifier's classes with p without edits and with them ([] for a generating model)",
     ).tag(sync=True)
     run_seconds = traitlets.Float(0.0, help="how long the last regenerate took in Python").tag(sync=True)
+    # the directions panel (a causal transformers model): residual-stream directions to add, with a strength
+    steers_directions = traitlets.Bool(False, help="the directions panel is shown (a causal LM)").tag(sync=True)
+    n_blocks = traitlets.Int(0, help="blocks of the residual stream a direction can follow").tag(sync=True)
+    directions = traitlets.List(
+        traitlets.Dict(), help="the directions to pick from, as Direction.to_dict() makes them"
+    ).tag(sync=True)
+    direction_view = traitlets.Dict(
+        {"index": -1, "layer": 0}, help="the direction picked in the panel (index, -1: none) and the block after which"
+    ).tag(sync=True)
+    direction_scale = traitlets.Float(
+        1.0, help="the strength at which the picked direction is as long as the residual stream there (median)"
+    ).tag(sync=True)
+    strip = traitlets.Dict(
+        help="each token's projection onto the picked direction after its block: {'before': [[token, value], ...] "
+        "without the edits, 'after': with them} ({} when no direction is picked)"
+    ).tag(sync=True)
+    load_path = traitlets.Unicode(
+        help="a direction file (Direction.save) to load into the panel: the front end sets it, Python loads it"
+    ).tag(sync=True)
 
     def __init__(
         self,
@@ -94,6 +116,7 @@ class AttentionEditor(AttentionView):
         do_sample: bool = False,
         layer: int | None = None,
         head: int = 0,
+        directions: Any = (),
         **generation_kwargs,
     ):
         if not isinstance(model, LanguageModel):
@@ -132,8 +155,18 @@ class AttentionEditor(AttentionView):
             fidelity=fidelity(model, self._prompt),
         )
         self.edit_specs = specs
+        self._unedited_reads: dict[tuple[int, int], torch.Tensor] = {}  # (direction, layer) -> residual stream
+        self.steers_directions = model.kind == "causal" and not model.plain
+        self.n_blocks = model.facts.n_layers
+        for direction in directions:
+            self.add_direction(direction)
+        for edit in self.edits:  # directions given in edits: in the panel too
+            if isinstance(edit, SteerResidual):
+                self.add_direction(edit.direction)
         self._publish(current, specs)
         self.observe(self._on_edit_specs, names="edit_specs")
+        self.observe(self._on_direction_view, names="direction_view")
+        self.observe(self._on_load_path, names="load_path")
 
     @traitlets.observe("stack")
     def _forget_picked_heads(self, change):  # (layer, head) pairs of another kind of attention
@@ -196,6 +229,66 @@ class AttentionEditor(AttentionView):
         """Back to the run without edits."""
         self.edit_specs = []
 
+    # --- the directions panel ---
+
+    def add_direction(self, direction: Any) -> None:
+        """Offer a direction (an lw.Direction, or a path to one saved with Direction.save) in the
+        panel, and pick it; one made from another model is refused."""
+        if isinstance(direction, (str, Path)):
+            direction = Direction.load(direction)
+        if not isinstance(direction, Direction):
+            raise WrongTypeError(
+                f"add_direction takes an lw.Direction or a path to one; got {type(direction).__name__}"
+            )
+        direction.check_for(self.lm.name, self.lm.facts.hidden_size)
+        spec = direction.to_dict()
+        if spec not in self.directions:
+            self.directions = [*self.directions, spec]
+        layer = direction.layer if direction.layer is not None else self.direction_view.get("layer", 0)
+        self.direction_view = {"index": self.directions.index(spec), "layer": min(layer, self.n_blocks - 1)}
+
+    def _on_load_path(self, change) -> None:
+        if not change["new"]:
+            return
+        try:
+            self.add_direction(change["new"].strip())
+            self.error = ""
+        except Exception as error:  # shown in the widget; nothing changed
+            self.error = f"{type(error).__name__}: {error}"
+        finally:
+            self.load_path = ""
+
+    def _on_direction_view(self, _change) -> None:
+        try:
+            self._draw_projections(self.trace)
+        except Exception as error:  # shown in the widget; the run stands, the strip is left as it was
+            self.error = f"{type(error).__name__}: {error}"
+
+    def _draw_projections(self, trace: Trace) -> None:
+        """The strip: each token's projection onto the picked direction after its block, without
+        the edits and with them; and the slider's scale there."""
+        index, layer = self.direction_view.get("index", -1), self.direction_view.get("layer", 0)
+        if not self.steers_directions or not 0 <= index < len(self.directions):
+            self.strip = {}
+            return
+        unit = Direction.from_dict(self.directions[index]).unit().vector
+        key = (index, layer)
+        if key not in self._unedited_reads:
+            self._unedited_reads[key] = residual_after(self.lm, self.unedited.input_ids, layer)
+        plain = self._unedited_reads[key]
+        steered = (
+            residual_after(self.lm, trace.input_ids, layer, edits=trace.edits, n_prompt=trace.n_prompt)
+            if trace.edits
+            else plain
+        )
+        norm = Direction.from_dict(self.directions[index]).norm
+        with self.hold_sync():
+            self.direction_scale = float(plain[1:].norm(dim=-1).median()) / norm if norm and len(plain) > 1 else 1.0
+            self.strip = {
+                "before": [list(pair) for pair in zip(self.unedited.tokens, (plain @ unit).tolist())],
+                "after": [list(pair) for pair in zip(trace.tokens, (steered @ unit).tolist())],
+            }
+
     # --- regenerating ---
 
     def _run(self, specs: list[dict]) -> Trace:
@@ -252,6 +345,8 @@ class AttentionEditor(AttentionView):
         self.error = ""
         self.runs += 1
         self.show_trace(trace)
+        if self.directions:
+            self._on_direction_view(None)
 
 
 def _output_tokens(trace: Trace) -> list[str]:
