@@ -91,6 +91,19 @@ def test_cached_generation_equals_uncached_and_replays(arch, lm):
     assert torch.equal(lm.trace(PROMPT, keep_logits=True, edits=edits).logits, plain.logits)
 
 
+def test_a_batch_of_candidates_scores_as_each_would_alone(arch, lm):
+    """The search's forward gives each row its own edits: every candidate's score equals a run of its
+    edits alone (attention on a span, single heads and sets, directions after a block)."""
+    if arch in MASKED:
+        pytest.skip("the search steers a causal model's next token")
+    search = lw.search_steering(lm, PROMPT, 5, 7, span=(2, 6), budget=40, batch_size=8, continuation=4)
+    kinds = {c.kind for c in search.candidates}
+    assert kinds == {"attention", "direction"} and len(search.candidates) <= 40
+    for candidate in search.candidates[::7]:
+        p = lm.trace(PROMPT, keep_logits=True, edits=list(candidate.edits)).logits[-1].softmax(-1)
+        assert math.isclose(candidate.success, float(p[5] - p[7]), abs_tol=1e-5), candidate
+
+
 # --- encoder-decoders: the encoder's residual stream and the decoder's ---
 
 
@@ -280,3 +293,55 @@ def test_the_editor_steers_with_a_direction_and_draws_the_drift(tmp_path, tiny_g
         editor.add_direction(lw.Direction(d.vector, model="another-model"))
     editor.reset()
     assert editor.strip["after"] == editor.strip["before"]
+
+
+# --- the steering search ---
+
+RED_BLUE = "Alice has a red ball. Bob has a blue ball. The color of Alice's ball is"  # SmolLM2: " either"
+BOB = (7, 12)  # " has a blue ball." : the span that holds the answer we want
+
+
+@pytest.fixture(scope="module")
+def search(smollm2):
+    return lw.search_steering(smollm2, RED_BLUE, " blue", " red", span=BOB, budget=96, batch_size=32)
+
+
+def test_the_search_finds_an_edit_that_flips_a_planted_answer(search, smollm2):
+    assert len(search.candidates) <= 96 and search.forwards <= 5  # within its budget, 32 candidates a forward
+    assert search.plain.success < 0.05  # p(blue) - p(red) unedited: the model says " either"
+    best = search.best()
+    assert best is not None and best.success > 0.3 and best.kind == "attention"
+    traced = search.trace(best)
+    assert traced.output_text.startswith(" blue")  # flipped: it answers with Bob's colour now
+    assert lw.replay(traced.record, smollm2).generated_ids == traced.generated_ids
+    # the batched scores are the model's own: the same as a run of the candidate's edits alone
+    blue, red = (smollm2.tokenizer.encode(t)[0] for t in (" blue", " red"))
+    for candidate in (best, next(c for c in search.candidates if c.kind == "direction")):
+        p = smollm2.trace(RED_BLUE, keep_logits=True, edits=list(candidate.edits)).logits[-1].softmax(-1)
+        assert math.isclose(candidate.success, float(p[blue] - p[red]), abs_tol=1e-4)
+    # the front: cheapest first, each more successful than the one before; best() within a cost
+    front = search.front
+    assert all(a.fluency_cost <= b.fluency_cost and a.success < b.success for a, b in zip(front, front[1:]))
+    cheap = search.best(max_fluency_cost=front[1].fluency_cost)
+    assert cheap is front[1] and search.best(max_fluency_cost=0.0) in (front[0], None)
+    frame = search.to_dataframe()
+    assert len(frame) == len(search.candidates) + 1 and frame.front.sum() == len(front)
+
+
+def test_a_metric_replaces_the_success_and_bad_input_is_refused(smollm2, tiny_gpt2):
+    blue = smollm2.tokenizer.encode(" blue")[0]
+    by_metric = lw.search_steering(
+        smollm2, RED_BLUE, " blue", directions=[], span=BOB, budget=4, metric=lambda logp: logp[blue]
+    )
+    p = smollm2.trace(RED_BLUE, keep_logits=True).logits[-1].log_softmax(-1)[blue]
+    assert math.isclose(by_metric.plain.success, float(p), abs_tol=1e-4) and len(by_metric.candidates) <= 4
+    with pytest.raises(lw.InputError, match="the same token"):
+        lw.search_steering(tiny_gpt2, "Hello there", " the", " the")
+    with pytest.raises(lw.InputError, match="budget must be"):
+        lw.search_steering(tiny_gpt2, "Hello there", " the", budget=0)
+    with pytest.raises(lw.InputError, match="span \\(1, 40\\) is outside the sequence"):
+        lw.search_steering(tiny_gpt2, "Hello there", " the", span=(1, 40))
+    with pytest.raises(lw.WrongTypeError, match="metric is a function"):
+        lw.search_steering(tiny_gpt2, "Hello there", " the", metric=3)
+    with pytest.raises(lw.InputError, match="was made from"):
+        lw.search_steering(tiny_gpt2, "Hello there", " the", directions=[lw.Direction(torch.ones(256), model="x")])

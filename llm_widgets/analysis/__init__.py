@@ -11,6 +11,7 @@ determinism(model, prompt)                         # determinism.py: the same ru
 profile(model, prompt, max_new_tokens=8)           # profile.py: time and memory per module
 scaling(model, lengths=[256, 512, 1024])           # scaling.py: how cost grows with length
 steering_vector(model, positive, negative, layer=6)  # steering.py: directions to add to the residual stream
+search_steering(model, prompt, " blue", " red")    # steering_search.py: the edit that makes it answer so
 """
 
 from .attribution import METHODS, Attribution, attribute
@@ -24,6 +25,7 @@ from .profile import Profile, profile
 from .samples import Node, Samples, SampleTree, sample_tree
 from .scaling import Scaling, scaling
 from .steering import projections, residual_norm, steering_vector, token_direction
+from .steering_search import SteeringSearch, search_steering
 
 __all__ = [
     "METHODS",
@@ -40,6 +42,7 @@ __all__ = [
     "SampleTree",
     "Samples",
     "Scaling",
+    "SteeringSearch",
     "Sweep",
     "ablation_sweep",
     "attribute",
@@ -54,6 +57,7 @@ __all__ = [
     "residual_norm",
     "sample_tree",
     "scaling",
+    "search_steering",
     "steering_vector",
     "token_direction",
 ]

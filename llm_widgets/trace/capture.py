@@ -83,12 +83,18 @@ class RunState:
         head_hook: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
         offsets: dict[str, tuple[int, int]] | None = None,
         n_prompt: int | None = None,
+        row_edits: list[tuple] | None = None,
     ):
         self.n_layers = n_layers
         self.n_heads = n_heads
         self.length = length  # every position the run can reach
         self.n_prompt = length if n_prompt is None else n_prompt  # the first generated position
         self.steering = tuple(e for e in edits if isinstance(e, SteerResidual))
+        # each batch row's own edits (a search scores many candidates in one forward); with `edits`: refused
+        self.row_edits = [tuple(row) for row in row_edits] if row_edits is not None else None
+        if self.row_edits is not None and edits:
+            raise InputError("a run takes edits for every row or each row's own (row_edits), not both")
+        self._row_places: dict[Place, bool] = {}
         self.offsets = offsets or {SELF: (0, 0)}
         self.scale_edits = tuple(e for e in edits if isinstance(e, ScaleAttention))
         self._edits_at: dict[Place, tuple[ScaleAttention, ...]] = {}
@@ -131,7 +137,24 @@ class RunState:
 
     @property
     def changes_attention(self) -> bool:
-        return bool(self.scale_edits)
+        return bool(self.scale_edits) or any(isinstance(e, ScaleAttention) for e in self._row_flat())
+
+    def _row_flat(self) -> list[Any]:
+        return [e for row in self.row_edits or () for e in row]
+
+    def _row_scales(self, place: Place) -> list[tuple[ScaleAttention, ...]]:
+        """Each row's ScaleAttention edits on this layer (row_edits)."""
+        stack, layer = place
+        return [
+            tuple(
+                e
+                for e in row
+                if isinstance(e, ScaleAttention)
+                and e.stack in (None, stack)
+                and (e.layers is None or layer in e.layers)
+            )
+            for row in self.row_edits or ()
+        ]
 
     def place(self, module: Any) -> Place:
         place = self.places.get(id(module))
@@ -181,7 +204,12 @@ class RunState:
                     q_heads,
                 )
 
-        if edits and heads is not None and len(heads) < query.shape[1] and q_len > 1:
+        rows = self._row_scales(place) if self.row_edits is not None else []
+        if any(rows):
+            q_off, k_off = self.offsets[stack]
+            where = (q_off + q_start, k_off + k_start, bool(is_causal), sliding_window)
+            out, weights = self._rows_attend(fn, module, query, key, value, attention_mask, kwargs, place, rows, where)
+        elif edits and heads is not None and len(heads) < query.shape[1] and q_len > 1:
             # An explicit mask takes SDPA off its fused causal kernel: give it only to
             # the (whole key/value groups of) edited heads, the rest keep the model's own.
             # (A single-query step has no fused path to lose: one masked call is cheaper.)
@@ -196,6 +224,23 @@ class RunState:
         if self.head_hook is not None and stack == SELF:
             out = self.head_hook(layer, out)
         return out, weights
+
+    def _rows_attend(self, fn, module, query, key, value, mask, kwargs, place, rows, where) -> tuple[Any, Any]:
+        """fn with each batch row's own ScaleAttention edits: the model's mask plus a bias per row
+        and head [batch, heads, q, k]. where: (first query, first key, causal, sliding window)."""
+        if len(rows) != query.shape[0]:
+            raise InputError(f"row_edits has {len(rows)} rows and this forward {query.shape[0]}: one per row")
+        if any(e.factor == 0 for row in rows for e in row):
+            raise InputError("row_edits scale attention by factors above 0 (masking is for whole runs)")
+        (q0, k0, causal, window), (n_heads, q_len, kv_len) = where, (query.shape[1], query.shape[2], key.shape[2])
+        base = self._edited_mask(place, (), mask, query, q0, k0, kv_len, causal, window, (0, q_len))
+        q_pos = torch.arange(q0, q0 + q_len, device=query.device)
+        k_pos = torch.arange(k0, k0 + kv_len, device=query.device)
+        bias = torch.zeros(len(rows), n_heads, q_len, kv_len, device=query.device)
+        for b, edits in enumerate(rows):
+            if edits:
+                bias[b] = edit_bias(edits, n_heads, q_pos, k_pos)
+        return fn(module, query, key, value, base + bias.to(base.dtype), **kwargs)
 
     def _called(self, place: Place, module: Any) -> LayerCapture:
         """The layer's capture, refusing a second call of one module in one forward (recurrent depth)."""
@@ -574,7 +619,8 @@ def instrument(model: Any, run: RunState) -> Iterator[str]:
 @contextmanager
 def _steered(model: Any, run: RunState, stacks: dict[str, list[torch.nn.Module]]) -> Iterator[None]:
     """The run's SteerResidual edits on the model's blocks (nothing to find or hook without one)."""
-    if not any(edit.strength for edit in run.steering):
+    steers = [*run.steering, *(e for e in run._row_flat() if isinstance(e, SteerResidual))]
+    if not any(edit.strength for edit in steers):
         yield
         return
     if SELF in stacks:
@@ -588,6 +634,6 @@ def _steered(model: Any, run: RunState, stacks: dict[str, list[torch.nn.Module]]
         }
         starters = {"decoder": decoder}
     offsets = {name: run.offsets.get(name, (0, 0))[0] for name in blocks}
-    steering = ResidualSteering(run.steering, blocks, offsets=offsets, n_prompt=run.n_prompt)
+    steering = ResidualSteering(run.steering, blocks, offsets=offsets, n_prompt=run.n_prompt, row_edits=run.row_edits)
     with steering.installed(starters):
         yield

@@ -27,7 +27,7 @@ def _check_stack(edit: Any) -> None:
         )
 
 
-def _as_spans(value: Any, what: str) -> tuple[Span, ...] | None:
+def as_spans(value: Any, what: str) -> tuple[Span, ...] | None:
     """Accept (start, stop), [(start, stop), ...], an int, or a list of ints."""
     if value is None:
         return None
@@ -94,8 +94,8 @@ class ScaleAttention:
         object.__setattr__(self, "factor", checks.number(self.factor, "ScaleAttention factor", low=0))
         if self.keys is None:
             raise InputError("ScaleAttention needs keys: the positions whose attention to scale, e.g. keys=(7, 12)")
-        object.__setattr__(self, "keys", _as_spans(self.keys, "keys"))
-        object.__setattr__(self, "queries", _as_spans(self.queries, "queries"))
+        object.__setattr__(self, "keys", as_spans(self.keys, "keys"))
+        object.__setattr__(self, "queries", as_spans(self.queries, "queries"))
         object.__setattr__(self, "layers", _as_ints(self.layers, "layers"))
         object.__setattr__(self, "heads", _as_ints(self.heads, "heads"))
         _check_stack(self)
@@ -138,7 +138,7 @@ class AblateHead:
         if self.mode not in ("zero", "mean"):
             raise InputError(f"AblateHead mode must be 'zero' or 'mean'; got {self.mode!r}")
         _check_stack(self)
-        object.__setattr__(self, "positions", _as_spans(self.positions, "AblateHead positions"))
+        object.__setattr__(self, "positions", as_spans(self.positions, "AblateHead positions"))
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -180,7 +180,7 @@ class SteerResidual:
         object.__setattr__(self, "layers", _as_ints(self.layers, "SteerResidual layers"))
         object.__setattr__(self, "strength", finite_strength(self.strength))
         if not (self.positions is None or self.positions in POSITION_WORDS):
-            object.__setattr__(self, "positions", _as_spans(self.positions, "SteerResidual positions"))
+            object.__setattr__(self, "positions", as_spans(self.positions, "SteerResidual positions"))
         if self.stack not in (None, "encoder", "decoder"):
             raise InputError(
                 f"SteerResidual stack must be None, 'encoder' or 'decoder' (an encoder-decoder's residual "

@@ -37,6 +37,7 @@ class ResidualSteering:
         offsets: Mapping[str, int] | None = None,
         n_prompt: int,
         seq_dims: Mapping[str, int] | None = None,
+        row_edits: Sequence[Sequence[Any]] | None = None,
     ):
         self.blocks, self.n_prompt = blocks, n_prompt
         self.offsets = dict(offsets or {})
@@ -46,12 +47,19 @@ class ResidualSteering:
             if isinstance(edit, SteerResidual) and edit.strength != 0:  # strength 0: nothing to add, no hook
                 for layer in edit.layers:
                     self.at.setdefault((steered_stack(edit, blocks), layer), []).append(edit)
+        # each batch row's own edits (row_edits): (block) -> [(row, edit), ...]
+        self.rows_at: dict[tuple[str, int], list[tuple[int, SteerResidual]]] = {}
+        for row, row_edits_of in enumerate(row_edits or ()):
+            for edit in row_edits_of:
+                if isinstance(edit, SteerResidual) and edit.strength != 0:
+                    for layer in edit.layers:
+                        self.rows_at.setdefault((steered_stack(edit, blocks), layer), []).append((row, edit))
         self.starts: dict[str, int] = {}  # where each stream's current pass starts (its cache's length)
         self.thread = threading.get_ident()
         self._vectors: dict[tuple[int, torch.device, torch.dtype], torch.Tensor] = {}
 
     def __bool__(self) -> bool:
-        return bool(self.at)
+        return bool(self.at) or bool(self.rows_at)
 
     @contextmanager
     def installed(self, starters: Mapping[str, torch.nn.Module] | None = None) -> Iterator[None]:
@@ -60,6 +68,9 @@ class ResidualSteering:
         with ExitStack() as stack:
             for (name, layer), edits in self.at.items():
                 handle = self.blocks[name][layer].register_forward_hook(self._adder(name, edits))
+                stack.callback(handle.remove)
+            for (name, layer), pairs in self.rows_at.items():
+                handle = self.blocks[name][layer].register_forward_hook(self._row_adder(name, pairs))
                 stack.callback(handle.remove)
             for name, module in (starters or {}).items():
                 handle = module.register_forward_pre_hook(self._starter(name), with_kwargs=True)
@@ -98,6 +109,26 @@ class ResidualSteering:
             if isinstance(output, list):
                 return [hidden, *output[1:]]
             return hidden
+
+        return hook
+
+    def _row_adder(self, name: str, pairs: list[tuple[int, SteerResidual]]):
+        """A hook adding each row's own edits (batch first: [rows, positions, width])."""
+
+        def hook(_module, _args, output):
+            if threading.get_ident() != self.thread:
+                return None
+            hidden = block_output(output)
+            first = self.offsets.get(name, 0) + self.starts.get(name, 0)
+            delta = torch.zeros_like(hidden)
+            for row, edit in pairs:
+                rows = steered_rows(edit, first, hidden.shape[1], self.n_prompt)
+                if rows is False:
+                    continue
+                at = slice(None) if rows is None else rows.to(hidden.device)
+                delta[row, at] += self._vector(edit, hidden)
+            hidden = hidden + delta
+            return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
         return hook
 
