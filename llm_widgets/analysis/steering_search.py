@@ -28,6 +28,7 @@ from ..errors import InputError, WrongTypeError
 from ..models import LanguageModel
 from ..models.devices import input_device
 from ..trace import Trace
+from ..trace.batch import one_trace
 from ..trace.capture import RunState, instrument
 from ..trace.direction import Direction
 from ..trace.edits import ScaleAttention, SteerResidual, as_spans, validate_edits
@@ -93,7 +94,9 @@ class SteeringSearch:
         if not isinstance(candidate, Candidate):
             raise WrongTypeError(f"trace takes a Candidate of this search; got {type(candidate).__name__}")
         n = len(self.continuation) if max_new_tokens is None else max_new_tokens
-        return self.model.trace(self.prompt_ids, max_new_tokens=n, edits=list(candidate.edits), **kwargs)
+        return one_trace(
+            self.model.trace(self.prompt_ids, max_new_tokens=n, edits=list(candidate.edits), **kwargs), "trace"
+        )
 
     def to_dataframe(self):
         import pandas as pd
@@ -198,7 +201,7 @@ def search_steering(
     for value in factors:
         checks.number(value, "a factor", low=0, low_open=True)
     started = time.perf_counter()
-    answer = lm.trace(ids, max_new_tokens=continuation).generated_ids
+    answer = one_trace(lm.trace(ids, max_new_tokens=continuation), "search_steering").generated_ids
     sequence = [*ids, *answer]
     if spans is not None:
         validate_edits(
