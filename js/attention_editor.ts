@@ -19,6 +19,13 @@ function gridMarks(m: AnyModel<EditorState>) {
   ];
 }
 
+/** The badge: how far the instrumented model's logits are from the plain model's, no edits. */
+function drawFidelity(badge: HTMLElement, f: number): void {
+  badge.textContent = `fidelity: max |Δlogit| ${f === 0 ? "0" : f.toExponential(1)}`;
+  badge.title = "largest logit difference between the instrumented and the plain model on this prompt, no edits";
+  badge.classList.toggle("lw-ed-badge-bad", f > 1e-3);
+}
+
 function render({ model, el: root, experimental, signal }: RenderProps<EditorState>): () => void {
   const m = model as AnyModel<EditorState>;
   const frame = el("div", "lw-panel lw-editor");
@@ -88,12 +95,7 @@ function render({ model, el: root, experimental, signal }: RenderProps<EditorSta
       send(next);
     }
   }
-  function drawBadge() {
-    const f = m.get("fidelity");
-    badge.textContent = `fidelity: max |Δlogit| ${f === 0 ? "0" : f.toExponential(1)}`;
-    badge.title = "largest logit difference between the instrumented and the plain model on this prompt, no edits";
-    badge.classList.toggle("lw-ed-badge-bad", f > 1e-3);
-  }
+  const drawBadge = () => drawFidelity(badge, m.get("fidelity"));
   const onEdits = () => {
     drawEdits(editsBox, m, send);
     controls.draw();

@@ -60,6 +60,7 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time the widgets load
         PatchingView,
         ProfileView,
         SampleTreeView,
+        SteeringSearchView,
     )
 
 __all__ = [
@@ -134,6 +135,7 @@ __all__ = [
     "PatchingView",
     "ProfileView",
     "SampleTreeView",
+    "SteeringSearchView",
 ]
 
 

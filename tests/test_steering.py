@@ -345,3 +345,23 @@ def test_a_metric_replaces_the_success_and_bad_input_is_refused(smollm2, tiny_gp
         lw.search_steering(tiny_gpt2, "Hello there", " the", metric=3)
     with pytest.raises(lw.InputError, match="was made from"):
         lw.search_steering(tiny_gpt2, "Hello there", " the", directions=[lw.Direction(torch.ones(256), model="x")])
+
+
+def test_the_search_view_installs_a_point_in_a_linked_editor(search, smollm2, tmp_path):
+    editor = lw.AttentionEditor(smollm2, RED_BLUE, max_new_tokens=4)
+    view = lw.SteeringSearchView(search, editor=editor)
+    assert len(view.points) == len(search.candidates) and view.plain == search.plain.success
+    assert sum(p["front"] for p in view.points) == len(search.front)
+    best = search.candidates.index(search.best())
+    reply, _ = view.request({"what": "install", "index": best}, [])  # what the front end sends on a click
+    assert reply["type"] == "installed" and view.installed == best and view.status.startswith("installed")
+    assert editor.edits == list(search.best().edits) and "".join(editor.new_tokens).startswith(" blue")
+    reply, _ = view.request({"what": "install", "index": 10_000}, [])
+    assert reply["type"] == "error" and "out of range" in reply["message"] and view.installed == best
+    for fmt in ("png", "svg", "html"):
+        reply, (data,) = view.request({"what": "export", "format": fmt}, [])
+        assert reply["type"] == "file" and len(data) > 1000
+    assert view.save(tmp_path / "search.html").read_text().count("<tr>") == len(search.front) + 1
+    assert "install" not in lw.SteeringSearchView(search).request({"what": "install", "index": 0}, [])[0]["type"]
+    with pytest.raises(lw.WrongTypeError, match="SteeringSearchView takes the result of lw.search_steering"):
+        lw.SteeringSearchView(editor)

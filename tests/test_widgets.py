@@ -497,6 +497,7 @@ def test_closed_views_are_freed_with_the_traces_they_hold(tiny_gpt2):
         yield None, lambda: lw.DebuggerView(lw.debug(tiny_gpt2, prompt, max_new_tokens=2))
         yield None, lambda: lw.DivergenceView(lw.diverge(tiny_gpt2, tiny_gpt2, prompt, 2))
         yield None, lambda: lw.SampleTreeView(lw.sample_tree(tiny_gpt2, prompt, n=2, max_new_tokens=2, seed=0))
+        yield None, lambda: lw.SteeringSearchView(lw.search_steering(tiny_gpt2, prompt, " the", budget=2))
 
     kept = []
     for trace, make in views():

@@ -192,14 +192,7 @@ def search_steering(
     model's own answer. `metric(log_probs)` (the next-token log probabilities after the prompt)
     replaces p(want) - p(avoid) as the success."""
     lm, ids, want_id, avoid_id = _checked(model, prompt, want, avoid)
-    checks.integer(budget, "budget", low=1)
-    checks.integer(batch_size, "batch_size", low=1)
-    checks.integer(continuation, "continuation", low=1)
-    if metric is not None and not callable(metric):
-        raise WrongTypeError(f"metric is a function of the next-token log probabilities; got {type(metric).__name__}")
-    spans = as_spans(span, "span")
-    for value in factors:
-        checks.number(value, "a factor", low=0, low_open=True)
+    spans = _settings(budget, batch_size, continuation, metric, span, factors)
     started = time.perf_counter()
     answer = one_trace(lm.trace(ids, max_new_tokens=continuation), "search_steering").generated_ids
     sequence = [*ids, *answer]
@@ -237,6 +230,18 @@ def search_steering(
         forwards=scorer.forwards,
         batch_size=batch_size,
     )
+
+
+def _settings(budget, batch_size, continuation, metric, span, factors) -> tuple | None:
+    """The search's settings checked; the span as spans."""
+    checks.integer(budget, "budget", low=1)
+    checks.integer(batch_size, "batch_size", low=1)
+    checks.integer(continuation, "continuation", low=1)
+    if metric is not None and not callable(metric):
+        raise WrongTypeError(f"metric is a function of the next-token log probabilities; got {type(metric).__name__}")
+    for value in factors:
+        checks.number(value, "a factor", low=0, low_open=True)
+    return as_spans(span, "span")
 
 
 def _checked(model: Any, prompt: Any, want: Any, avoid: Any) -> tuple[LanguageModel, list[int], int, int | None]:

@@ -175,11 +175,7 @@ class RunState:
         captured = self._called(place, module)
         q_len, kv_len = query.shape[2], key.shape[2]
         q_start, k_start = self._starts(place, captured, q_len, kv_len)
-        is_causal = _causal_in(attention_mask, q_len, kv_len)  # what the model's mask does, where it shows
-        if is_causal is None:
-            is_causal = kwargs.get("is_causal")
-        if is_causal is None:  # (BigBird-Pegasus' decoder says is_causal=False and passes a causal mask)
-            is_causal = getattr(module, "is_causal", True)
+        is_causal = _is_causal(attention_mask, q_len, kv_len, kwargs, module)
         sliding_window = captured.sliding_window = _window(kwargs, attention_mask, is_causal, q_len, kv_len, captured)
         if self.capture:
             self._capture(captured, module, query, key, kwargs, q_start, k_start, q_len, stack == "cross")
@@ -206,8 +202,7 @@ class RunState:
 
         rows = self._row_scales(place) if self.row_edits is not None else []
         if any(rows):
-            q_off, k_off = self.offsets[stack]
-            where = (q_off + q_start, k_off + k_start, bool(is_causal), sliding_window)
+            where = (*(o + s for o, s in zip(self.offsets[stack], (q_start, k_start))), bool(is_causal), sliding_window)
             out, weights = self._rows_attend(fn, module, query, key, value, attention_mask, kwargs, place, rows, where)
         elif edits and heads is not None and len(heads) < query.shape[1] and q_len > 1:
             # An explicit mask takes SDPA off its fused causal kernel: give it only to
@@ -483,6 +478,15 @@ def _window_in(mask: Any, q_len: int, kv_len: int) -> int | None:
     # the first key each row sees (kv_len where it sees none), fewest over the batch
     first = torch.where(seen, torch.arange(kv_len, device=mask.device), kv_len).amin(-1).amin(0).tolist()
     return kv_len - first[1] if first[1] > first[0] else None
+
+
+def _is_causal(mask: Any, q_len: int, kv_len: int, kwargs: dict, module: Any) -> Any:
+    """Whether a call is causal: what the model's mask does, where it shows; else what the call or
+    the module says (BigBird-Pegasus' decoder says is_causal=False and passes a causal mask)."""
+    is_causal = _causal_in(mask, q_len, kv_len)
+    if is_causal is None:
+        is_causal = kwargs.get("is_causal")
+    return getattr(module, "is_causal", True) if is_causal is None else is_causal
 
 
 def _causal_in(mask: Any, q_len: int, kv_len: int) -> bool | None:

@@ -14,3 +14,4 @@ from .matrix_views import PatchingView as PatchingView
 from .model_card import ModelCard as ModelCard
 from .profile_view import ProfileView as ProfileView
 from .sample_tree_view import SampleTreeView as SampleTreeView
+from .steering_search_view import SteeringSearchView as SteeringSearchView

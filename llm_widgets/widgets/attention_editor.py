@@ -155,14 +155,7 @@ class AttentionEditor(AttentionView):
             fidelity=fidelity(model, self._prompt),
         )
         self.edit_specs = specs
-        self._unedited_reads: dict[tuple[int, int], torch.Tensor] = {}  # (direction, layer) -> residual stream
-        self.steers_directions = model.kind == "causal" and not model.plain
-        self.n_blocks = model.facts.n_layers
-        for direction in directions:
-            self.add_direction(direction)
-        for edit in self.edits:  # directions given in edits: in the panel too
-            if isinstance(edit, SteerResidual):
-                self.add_direction(edit.direction)
+        self._offer(directions)
         self._publish(current, specs)
         self.observe(self._on_edit_specs, names="edit_specs")
         self.observe(self._on_direction_view, names="direction_view")
@@ -230,6 +223,14 @@ class AttentionEditor(AttentionView):
         self.edit_specs = []
 
     # --- the directions panel ---
+
+    def _offer(self, directions: Any) -> None:
+        """The panel's first directions: those given, and those of SteerResidual edits given."""
+        self._unedited_reads: dict[tuple[int, int], torch.Tensor] = {}  # (direction, layer) -> residual stream
+        self.steers_directions = self.lm.kind == "causal" and not self.lm.plain
+        self.n_blocks = self.lm.facts.n_layers
+        for direction in [*directions, *(e.direction for e in self.edits if isinstance(e, SteerResidual))]:
+            self.add_direction(direction)
 
     def add_direction(self, direction: Any) -> None:
         """Offer a direction (an lw.Direction, or a path to one saved with Direction.save) in the
