@@ -114,6 +114,7 @@ function render({ model, el: root, experimental, signal }: RenderProps<SearchSta
     report(`installing ${m.get("points")[index].label}…`);
     try {
       await requests.raw("install", { index });
+      report(m.get("status"));
     } catch (error) {
       report(`error: ${(error as Error).message}`);
     }

@@ -96,7 +96,7 @@ export function mountDirections(m: AnyModel<DirectionsState>, send: (specs: Edit
   path.setAttribute("aria-label", "path of a direction file on the kernel's machine");
   const load = el("button", "lw-button lw-ed-dir-load", "load");
   const loadRow = el("div", "lw-ed-row");
-  loadRow.append(el("span", "lw-ed-label", "load"), path, load);
+  loadRow.append(el("span", "lw-ed-label", "direction file"), path, load);
   const strip = el("div", "lw-ed-strip");
   box.append(pickRow, strengthRow, loadRow, strip);
 
@@ -125,6 +125,7 @@ export function mountDirections(m: AnyModel<DirectionsState>, send: (specs: Edit
 
   function draw() {
     box.hidden = !m.get("steers_directions");
+    pickRow.hidden = strengthRow.hidden = m.get("directions").length === 0; // until there is one: the load row only
     const view = m.get("direction_view");
     const names = m.get("directions").map((d, i): [string, string] => [String(i), d.name || `direction ${i}`]);
     options(pick, [["-1", names.length ? "pick one" : "none: give directions=[...] or load one"], ...names]);

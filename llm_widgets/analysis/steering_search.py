@@ -321,13 +321,15 @@ def _attention_search(lm, scorer: _Scorer, spans, factors, budget: int, plain: f
 
 
 def _heads_edit(spans, pairs: list[tuple[int, int]], factor: float) -> tuple[str, str, tuple]:
+    """One candidate: these (layer, head) pairs attend `factor` times more to the span."""
     by_layer: dict[int, list[int]] = {}
     for layer, head in pairs:
         by_layer.setdefault(layer, []).append(head)
     edits = tuple(
         ScaleAttention(factor, keys=spans, layers=[layer], heads=sorted(hs)) for layer, hs in sorted(by_layer.items())
     )
-    names = ", ".join(f"{layer}.{h}" for layer, hs in sorted(by_layer.items()) for h in sorted(hs))
-    if len(pairs) > 4:
-        names = f"{len(pairs)} heads"
-    return (f"x{factor:g} attention on the span, heads {names}", "attention", edits)
+    names = [f"{layer}.{head}" for layer, head in pairs]  # (in the order given: the best first)
+    heads = f"head {names[0]}" if len(names) == 1 else f"heads {', '.join(names[:3])}"
+    if len(names) > 3:
+        heads += f" and {len(names) - 3} more"
+    return (f"x{factor:g} attention to the span, {heads}", "attention", edits)

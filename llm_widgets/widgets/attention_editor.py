@@ -40,6 +40,9 @@ def _as_spec(edit: Any) -> dict:
     )
 
 
+SLIDER_REACH = 0.5  # at its ends the strength slider adds a vector half as long as the residual stream
+
+
 class AttentionEditor(AttentionView):
     """`lw.AttentionEditor(model, prompt, max_new_tokens=20)`: steer attention with sliders.
 
@@ -95,7 +98,7 @@ class AttentionEditor(AttentionView):
         {"index": -1, "layer": 0}, help="the direction picked in the panel (index, -1: none) and the block after which"
     ).tag(sync=True)
     direction_scale = traitlets.Float(
-        1.0, help="the strength at which the picked direction is as long as the residual stream there (median)"
+        1.0, help="the slider's largest strength: the picked direction then half as long as the residual stream there"
     ).tag(sync=True)
     strip = traitlets.Dict(
         help="each token's projection onto the picked direction after its block: {'before': [[token, value], ...] "
@@ -284,7 +287,8 @@ class AttentionEditor(AttentionView):
         )
         norm = Direction.from_dict(self.directions[index]).norm
         with self.hold_sync():
-            self.direction_scale = float(plain[1:].norm(dim=-1).median()) / norm if norm and len(plain) > 1 else 1.0
+            length = float(plain[1:].norm(dim=-1).median()) if len(plain) > 1 else float(plain.norm())
+            self.direction_scale = SLIDER_REACH * length / norm if norm else 1.0
             self.strip = {
                 "before": [list(pair) for pair in zip(self.unedited.tokens, (plain @ unit).tolist())],
                 "after": [list(pair) for pair in zip(trace.tokens, (steered @ unit).tolist())],
