@@ -26,6 +26,8 @@ import torch
 from .. import checks
 from ..errors import InputError, WrongTypeError
 from ..models import LanguageModel
+from ..models.anatomy import anatomy
+from ..models.compat import takes_logits_to_keep
 from ..models.devices import input_device
 from ..trace import Trace
 from ..trace.batch import one_trace
@@ -131,35 +133,58 @@ class _Scorer:
         self.lm, self.n_prompt, self.success, self.batch_size = lm, n_prompt, success, batch_size
         self.ids = torch.tensor(ids)
         self.forwards = 0
+        self.blocks = list(anatomy(lm.model, lm.facts.n_layers).blocks)
         plain = self._forward([()])[0]  # from the prompt's last position on
         self.plain_logp = plain[1:]  # the continuation's next-token distributions, unedited
         self.plain_success = float(success(plain[0]))
         self.norms = plain_norms(lm, self.ids)
 
     def _forward(self, rows: list[tuple]) -> torch.Tensor:
-        """Log probabilities [rows, positions, vocabulary] with each row's edits."""
+        """Log probabilities [rows, positions, vocabulary] with each row's edits. The rows are the
+        same up to the first block any of them edits: the forward runs one row until there, then
+        as many as there are candidates."""
         lm, model = self.lm, self.lm.model
         facts = lm.facts
         device = input_device(model)
-        batch = self.ids[None].expand(len(rows), -1).to(device)
+        ids = self.ids[None].to(device)
         run = RunState(
             facts.n_layers, facts.n_heads, len(self.ids), capture=False, n_prompt=self.n_prompt, row_edits=rows
         )
+        keep = len(self.ids) - self.n_prompt + 1  # the prompt's last position and the continuation's
+        kwargs = {"logits_to_keep": keep} if takes_logits_to_keep(model) else {}
+        first = min((min(e.layers or (0,)) for row in rows for e in row), default=facts.n_layers)
+
+        def grow(_module, args, kw):  # one row becomes one per candidate, as it enters the first edited block
+            if args:
+                return (args[0].expand(len(rows), -1, -1).contiguous(), *args[1:]), kw
+            return args, {**kw, "hidden_states": kw["hidden_states"].expand(len(rows), -1, -1).contiguous()}
+
         with held(model), instrument(model, run):
-            logits = model(input_ids=batch, attention_mask=torch.ones_like(batch), use_cache=False).logits
+            handle = self.blocks[first].register_forward_pre_hook(grow, with_kwargs=True) if len(rows) > 1 else None
+            try:
+                logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False, **kwargs).logits
+            finally:
+                if handle is not None:
+                    handle.remove()
         self.forwards += 1
-        return logits[:, self.n_prompt - 1 :].float().log_softmax(-1).cpu()
+        return logits[:, -keep:].float().log_softmax(-1).cpu()
 
     def score(self, proposals: Sequence[tuple[str, str, tuple]]) -> list[Candidate]:
-        out = []
-        for i in range(0, len(proposals), self.batch_size):
-            chunk = proposals[i : i + self.batch_size]
-            logp = self._forward([edits for _, _, edits in chunk])
+        """Each proposal (label, kind, edits) scored; batches of candidates that edit from similar
+        blocks on, so that the rows share the most of the forward."""
+        order = sorted(
+            range(len(proposals)), key=lambda i: min((min(e.layers or (0,)) for e in proposals[i][2]), default=0)
+        )
+        scored: dict[int, Candidate] = {}
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start : start + self.batch_size]
+            logp = self._forward([proposals[i][2] for i in chunk])
             continuation = logp[:, 1:]  # [rows, positions, vocabulary]
             kl = (self.plain_logp.exp() * (self.plain_logp - continuation)).sum(-1).mean(-1)
-            for (label, kind, edits), row, cost in zip(chunk, logp, kl.tolist()):
-                out.append(Candidate(label, kind, edits, float(self.success(row[0])), max(0.0, cost)))
-        return out
+            for i, row, cost in zip(chunk, logp, kl.tolist()):
+                label, kind, edits = proposals[i]
+                scored[i] = Candidate(label, kind, edits, float(self.success(row[0])), max(0.0, cost))
+        return [scored[i] for i in range(len(proposals))]
 
 
 def plain_norms(lm: LanguageModel, ids: torch.Tensor) -> list[float]:
