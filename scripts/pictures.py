@@ -35,6 +35,8 @@ PICTURE_VIEWS = {
     "gradient_monitor_dark": "gradient_monitor",
     "profile_view": "profile_view",
     "sample_tree_view": "sample_tree_view",
+    "steering_editor": "attention_editor",
+    "steering_search_view": "steering_search_view",
 }
 
 
