@@ -42,7 +42,7 @@ from .analysis import (
 from .debug import At, Call, Debugger, NonFinite, NormJump, Overflow, Stats, TargetDrop, When, debug
 from .errors import InputError, LLMWidgetsError, ModelBusyError, ReplayMismatchError, WrongTypeError
 from .models import BUNDLED_MODELS, LanguageModel, ModelFacts, VocabTokenizer, load_model
-from .trace import AblateHead, Direction, ScaleAttention, SteerResidual, Trace, TraceBatch, replay
+from .trace import AblateHead, AblateMLP, Direction, ScaleAttention, SteerResidual, Trace, TraceBatch, replay
 from .training import GradientMonitor, GradientWarning, StepProfile, TrainingStopped, profile_step
 
 if TYPE_CHECKING:  # for type checkers and editors; at run time the widgets load on first use (__getattr__)
@@ -70,6 +70,7 @@ __all__ = [
     "ReplayMismatchError",
     "WrongTypeError",
     "AblateHead",
+    "AblateMLP",
     "At",
     "Attribution",
     "BUNDLED_MODELS",

@@ -249,3 +249,18 @@ def test_the_view_follows_the_clicked_cell_and_ablates_a_head_in_the_editor():
     assert "cannot attend to key 2" in follower.error
     view.close()
     follower.close()
+
+
+def test_an_mlp_s_total_ablates_that_mlp_at_the_key_in_the_editor(tiny_gpt2):
+    editor = lw.AttentionEditor(
+        tiny_gpt2, "It is a truth universally acknowledged, that a single man", max_new_tokens=2
+    )
+    editor.layer, editor.head = 3, 1
+    view = lw.ExplanationView(editor)
+    editor.cell = [11, 5]
+    column = view.column_labels.index("mlp 0")  # the largest key-side component here
+    view.selected = [len(view.row_labels) - 1, column]
+    assert editor.edits == [lw.AblateMLP(0, positions=5)]  # at the key, where the MLP wrote what made it attractive
+    assert view.detail[-1].startswith("ablated mlp 0 at position 5 in the editor")
+    assert view.explanation.key_side()["mlp 0"] == 0.0 and view.explanation.residual_error < 1e-4
+    view.close()

@@ -365,3 +365,33 @@ def test_the_search_view_installs_a_point_in_a_linked_editor(search, smollm2, tm
     assert "install" not in lw.SteeringSearchView(search).request({"what": "install", "index": 0}, [])[0]["type"]
     with pytest.raises(lw.WrongTypeError, match="SteeringSearchView takes the result of lw.search_steering"):
         lw.SteeringSearchView(editor)
+
+
+def test_an_mlp_ablated_at_some_positions_is_what_a_hand_hook_does(arch, lm):
+    mlp = anatomy(lm.model, lm.facts.n_layers).mlps[0]
+    if mlp is None:  # BERT's feed-forward is two modules (intermediate, output), not one
+        with pytest.raises(lw.InputError, match="block 0 has no MLP found"):
+            lm.trace(PROMPT, edits=[lw.AblateMLP(0)])
+        return
+    edited = lm.trace(PROMPT, keep_logits=True, edits=[lw.AblateMLP(0, positions=SPAN)])
+
+    def zero(_module, _args, output):
+        out = block_output(output).clone()
+        out[:, SPAN[0] : SPAN[1]] = 0
+        return (out, *output[1:]) if isinstance(output, tuple) else out
+
+    handle = mlp.register_forward_hook(zero)
+    try:
+        with torch.no_grad():
+            expected = lm.model(torch.tensor([PROMPT])).logits[0]
+    finally:
+        handle.remove()
+    torch.testing.assert_close(edited.logits, expected, atol=1e-5, rtol=0)
+    assert (edited.logits - lm.trace(PROMPT, keep_logits=True).logits).abs().max() > 1e-4
+    if arch not in MASKED:
+        edits = [lw.AblateMLP(1, positions=(15, 18))]
+        cached = lm.trace(PROMPT, max_new_tokens=6, edits=edits)
+        assert cached.generated_ids == lm.trace(PROMPT, max_new_tokens=6, edits=edits, use_cache=False).generated_ids
+        assert lw.replay(cached.record, lm).generated_ids == cached.generated_ids
+    with pytest.raises(lw.InputError, match="AblateMLP positions span \\(10, 99\\) is outside"):
+        lm.trace(PROMPT, edits=[lw.AblateMLP(0, positions=(10, 99))])

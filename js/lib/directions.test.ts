@@ -32,6 +32,11 @@ describe("the directions panel", () => {
     expect(projectionColour(0, 0)).toBe("rgba(214, 39, 40, 0.000)");
   });
 
+  it("describes an MLP ablation", () => {
+    expect(describeEdit({ kind: "ablate_mlp", layer: 3, positions: [[1, 2]] }, ["a", "b"])).toBe(
+      "ablate block 3's MLP at 1 \"b\"");
+  });
+
   it("describes a steer edit in the edit list", () => {
     expect(describeEdit(steerSpec(d, 6, 4, "generated"), [])).toBe('add 4 × "pos - neg" after block 6 at the generated tokens');
     expect(describeEdit({ ...steerSpec(d, 6, 4, "all"), positions: [[1, 3]] }, ["a", "b", "c"])).toBe(

@@ -38,7 +38,12 @@ export interface SteerSpec {
 
 /** The stack field an edit carries: none for a decoder-only model's one attention. */
 const onStack = (stack: string | null | undefined) => (stack && stack !== "self" ? { stack } : {});
-export type EditSpec = ScaleSpec | AblateSpec | SteerSpec;
+export interface AblateMlpSpec {
+  kind: "ablate_mlp";
+  layer: number;
+  positions?: [number, number][]; // only there; absent: at every position
+}
+export type EditSpec = ScaleSpec | AblateSpec | SteerSpec | AblateMlpSpec;
 
 /** Which heads a slider applies to. */
 export type Scope =
@@ -111,6 +116,9 @@ function list(values: number[]): string {
 
 /** One line for the edit list. */
 export function describeEdit(spec: EditSpec, tokens: string[]): string {
+  if (spec.kind === "ablate_mlp") {
+    return `ablate block ${spec.layer}'s MLP${spec.positions ? ` at ${spans(spec.positions, tokens)}` : ""}`;
+  }
   if (spec.kind === "steer_residual") {
     const at = spec.positions === null ? "" : typeof spec.positions === "string" ? ` at the ${spec.positions} tokens`
       : ` at ${spans(spec.positions, tokens)}`;

@@ -363,24 +363,25 @@ def _forward(trace: Trace, layer: int, parts, values: bool) -> _Kept:
     lm = trace.model
     model = lm.model
     kept = _Kept()
-    handles = _hooks(model, parts, layer, kept)
     probe = _Probe(stop=id(parts.attentions[layer]))
-    try:
-        ids = trace.input_ids[None].to(input_device(model))
-        shape = (lm.facts.n_layers, lm.facts.n_heads)
-        edited = (
-            instrument(model, RunState(*shape, len(trace), trace.edits, capture=False, n_prompt=trace.n_prompt))
-            if trace.edits
-            else contextlib.nullcontext()
-        )
-        watched = [a for a in parts.attentions[: layer + 1] if a is not None] if values else [parts.attentions[layer]]
-        with edited, _probing(model, watched, probe):
-            model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
-    except _Stopped:
-        pass
-    finally:
-        for handle in handles:
-            handle.remove()
+    ids = trace.input_ids[None].to(input_device(model))
+    shape = (lm.facts.n_layers, lm.facts.n_heads)
+    edited = (
+        instrument(model, RunState(*shape, len(trace), trace.edits, capture=False, n_prompt=trace.n_prompt))
+        if trace.edits
+        else contextlib.nullcontext()
+    )
+    watched = [a for a in parts.attentions[: layer + 1] if a is not None] if values else [parts.attentions[layer]]
+    with edited:  # our hooks after the edits' own: what a module gave is read as the edits left it
+        handles = _hooks(model, parts, layer, kept)
+        try:
+            with _probing(model, watched, probe):
+                model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
+        except _Stopped:
+            pass
+        finally:
+            for handle in handles:
+                handle.remove()
     if kept.call is None or len(kept.inputs) <= layer:
         raise InputError(f"layer {layer}'s attention was not called in a forward of {lm.name}: nothing to explain")
     kept.values = {i: probe.values[id(a)] for i, a in enumerate(parts.attentions[:layer]) if id(a) in probe.values}

@@ -7,13 +7,14 @@ model.trace(prompt, edits=[ScaleAttention(4.0, keys=(0, 4), layers=[5])])
 
 from .batch import TraceBatch
 from .direction import Direction
-from .edits import AblateHead, ScaleAttention, SteerResidual, edit_from_dict
+from .edits import AblateHead, AblateMLP, ScaleAttention, SteerResidual, edit_from_dict
 from .record import make_record, replay
 from .run import fidelity, prompt_ids, run_trace
 from .trace import Trace
 
 __all__ = [
     "AblateHead",
+    "AblateMLP",
     "Direction",
     "ScaleAttention",
     "SteerResidual",

@@ -30,7 +30,7 @@ import torch
 from ..errors import InputError
 from ..models.anatomy import anatomy
 from ..models.compat import calls_attention_interface
-from .edits import AblateHead, ScaleAttention, SteerResidual
+from .edits import AblateHead, AblateMLP, ScaleAttention, SteerResidual
 from .masks import allowed_mask, edit_bias, spare_fully_masked
 from .steering import ResidualSteering, enclosing_blocks
 
@@ -90,6 +90,7 @@ class RunState:
         self.length = length  # every position the run can reach
         self.n_prompt = length if n_prompt is None else n_prompt  # the first generated position
         self.steering = tuple(e for e in edits if isinstance(e, SteerResidual))
+        self.mlp_ablations = tuple(e for e in edits if isinstance(e, AblateMLP))
         # each batch row's own edits (a search scores many candidates in one forward); with `edits`: refused
         self.row_edits = [tuple(row) for row in row_edits] if row_edits is not None else None
         if self.row_edits is not None and edits:
@@ -624,12 +625,14 @@ def instrument(model: Any, run: RunState) -> Iterator[str]:
 def _steered(model: Any, run: RunState, stacks: dict[str, list[torch.nn.Module]]) -> Iterator[None]:
     """The run's SteerResidual edits on the model's blocks (nothing to find or hook without one)."""
     steers = [*run.steering, *(e for e in run._row_flat() if isinstance(e, SteerResidual))]
-    if not any(edit.strength for edit in steers):
+    if not any(edit.strength for edit in steers) and not run.mlp_ablations:
         yield
         return
+    mlps: list[Any] = []
     if SELF in stacks:
-        blocks: dict[str, Any] = {SELF: anatomy(model, run.n_layers).blocks}
-        starters = {SELF: model}
+        parts = anatomy(model, run.n_layers)
+        blocks: dict[str, Any] = {SELF: parts.blocks}
+        starters, mlps = {SELF: model}, list(parts.mlps)
     else:  # an encoder-decoder: the encoder's blocks and the decoder's (which hold its cross-attention too)
         decoder = model.get_decoder()
         blocks = {
@@ -638,6 +641,13 @@ def _steered(model: Any, run: RunState, stacks: dict[str, list[torch.nn.Module]]
         }
         starters = {"decoder": decoder}
     offsets = {name: run.offsets.get(name, (0, 0))[0] for name in blocks}
-    steering = ResidualSteering(run.steering, blocks, offsets=offsets, n_prompt=run.n_prompt, row_edits=run.row_edits)
+    steering = ResidualSteering(
+        (*run.steering, *run.mlp_ablations),
+        blocks,
+        offsets=offsets,
+        n_prompt=run.n_prompt,
+        row_edits=run.row_edits,
+        mlps=mlps,
+    )
     with steering.installed(starters):
         yield

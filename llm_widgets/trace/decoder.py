@@ -24,7 +24,7 @@ from ..models.modes import model_mode
 from .attention import SELF, AttentionStack, assembled
 from .batch import pad, positions
 from .capture import RunState, attention_layers, instrument, unshowable
-from .edits import SteerResidual, validate_edits
+from .edits import AblateMLP, SteerResidual, validate_edits
 from .record import make_record
 from .runner import Request, Runner
 from .trace import Trace, predictions
@@ -96,7 +96,7 @@ class DecoderRunner(Runner):
         if reason:
             raise InputError(f"llm-widgets cannot trace this model: {reason}")
         self.with_attention = attention_layers(self.model) if self.supported else tuple(range(facts.n_layers))
-        for edit in (e for e in edits if not isinstance(e, SteerResidual)):  # (steering names blocks, any kind)
+        for edit in (e for e in edits if not isinstance(e, (SteerResidual, AblateMLP))):  # (those name blocks)
             named = [
                 layer
                 for layer in (getattr(edit, "layers", None) or [getattr(edit, "layer", None)])

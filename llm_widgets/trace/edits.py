@@ -151,6 +151,27 @@ class AblateHead:
         return d
 
 
+@dataclass(frozen=True)
+class AblateMLP:
+    """Remove block `layer`'s MLP output (set it to zero) at `positions` (a position, a (start, stop)
+    span or a list of them; None: everywhere): what the MLP adds to the residual stream there is
+    gone, the rest of the run as it was. A decoder-only transformers model's blocks."""
+
+    layer: int
+    positions: Any = None
+    kind: str = field(default="ablate_mlp", init=False)
+
+    def __post_init__(self):
+        checks.integer(self.layer, "AblateMLP layer", low=0)
+        object.__setattr__(self, "positions", as_spans(self.positions, "AblateMLP positions"))
+
+    def to_dict(self) -> dict:
+        d = {"kind": self.kind, "layer": self.layer}
+        if self.positions is not None:
+            d["positions"] = [list(span) for span in self.positions]
+        return d
+
+
 POSITION_WORDS = ("prompt", "generated")  # SteerResidual positions by name
 
 
@@ -207,8 +228,13 @@ class SteerResidual:
         return f"SteerResidual({name!r}, layers={list(self.layers)}, strength={self.strength:g}{at})"
 
 
-Edit = ScaleAttention | AblateHead | SteerResidual
-EDIT_TYPES = {"scale_attention": ScaleAttention, "ablate_head": AblateHead, "steer_residual": SteerResidual}
+Edit = ScaleAttention | AblateHead | SteerResidual | AblateMLP
+EDIT_TYPES = {
+    "scale_attention": ScaleAttention,
+    "ablate_head": AblateHead,
+    "steer_residual": SteerResidual,
+    "ablate_mlp": AblateMLP,
+}
 
 
 def edit_from_dict(d: dict) -> Edit:
@@ -233,7 +259,7 @@ def _listed(edits: Any) -> Iterable[Any]:
     """Edits as given: a list of them, one on its own, or None (none)."""
     if edits is None:
         return ()
-    if isinstance(edits, (ScaleAttention, AblateHead, SteerResidual, dict)):
+    if isinstance(edits, (ScaleAttention, AblateHead, SteerResidual, AblateMLP, dict)):
         return (edits,)
     if isinstance(edits, (str, bytes)) or not isinstance(edits, Iterable):
         raise InputError(
@@ -275,6 +301,9 @@ def validate_edits(
                 edit.direction.check_for(model_name, width)
             out.append(_checked_steering(edit, stacks, sequence_length))
             continue
+        if isinstance(edit, AblateMLP):
+            out.append(_checked_mlp(edit, stacks, sequence_length))
+            continue
         if isinstance(edit, AblateHead):
             layers, heads = (edit.layer,), (edit.head,)
             _check_spans("AblateHead positions", edit.positions or (), sequence_length)
@@ -289,7 +318,7 @@ def validate_edits(
                 _check_spans(f"ScaleAttention {what}", spans, sequence_length)
         else:
             raise WrongTypeError(
-                f"edits must be ScaleAttention, AblateHead or SteerResidual, got {type(edit).__name__}"
+                f"edits must be ScaleAttention, AblateHead, SteerResidual or AblateMLP, got {type(edit).__name__}"
             )
         _check_ranges(edit, layers, heads, stacks)
         out.append(edit)
@@ -337,6 +366,17 @@ def _checked_steering(edit: SteerResidual, stacks: dict[str, tuple[int, int]], s
     for layer in edit.layers:
         if layer >= n_layers:
             raise InputError(f"{edit!r}: layer {layer} is out of range; this model has blocks 0 to {n_layers - 1}{of}")
+    return edit
+
+
+def _checked_mlp(edit: AblateMLP, stacks: dict[str, tuple[int, int]], sequence_length: int) -> AblateMLP:
+    if "self" not in stacks:
+        raise InputError(f"{edit!r}: MLP ablation is for decoder-only models' blocks; this is an encoder-decoder")
+    _check_spans("AblateMLP positions", edit.positions or (), sequence_length)
+    if edit.layer >= stacks["self"][0]:
+        raise InputError(
+            f"{edit!r}: layer {edit.layer} is out of range; this model has blocks 0 to {stacks['self'][0] - 1}"
+        )
     return edit
 
 

@@ -29,7 +29,7 @@ from ..models.devices import input_device
 from ..models.plain import VocabTokenizer, attention_modules, logits_of
 from .attention import SELF, AttentionStack, LayerAttention, stack_offsets, stack_spans
 from .capture import Place
-from .edits import AblateHead, ScaleAttention, SteerResidual, validate_edits
+from .edits import AblateHead, AblateMLP, ScaleAttention, SteerResidual, validate_edits
 from .masks import allowed_mask, edit_bias, spare_fully_masked
 from .record import make_record
 from .runner import Request, Runner, refuse_unused_sampling
@@ -100,6 +100,8 @@ class PlainRunner(Runner):
             model_name=lm.name,
             width=lm.facts.hidden_size,
         )
+        if any(isinstance(e, AblateMLP) for e in self.edits):
+            raise InputError(f"AblateMLP is for transformers models' blocks; {lm.name} is a plain PyTorch model")
         self.n_source = n if self.seq2seq else 0
         self.run = _Run(self.model, stacks, self.edits, stack_offsets(self.n_source))
         self.steering = _steering(self.model, stacks, self.edits, self.n_source, n + int(self.seq2seq))

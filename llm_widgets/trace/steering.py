@@ -18,7 +18,7 @@ import torch
 
 from ..errors import InputError
 from ..models.anatomy import block_output
-from .edits import SteerResidual, steered_stack
+from .edits import AblateMLP, SteerResidual, steered_stack
 
 
 class ResidualSteering:
@@ -38,8 +38,15 @@ class ResidualSteering:
         n_prompt: int,
         seq_dims: Mapping[str, int] | None = None,
         row_edits: Sequence[Sequence[Any]] | None = None,
+        mlps: Sequence[torch.nn.Module | None] | None = None,
     ):
         self.blocks, self.n_prompt = blocks, n_prompt
+        # AblateMLP edits (a decoder-only model's): each block's MLP, its output zeroed at the edit's positions
+        self.mlps = mlps or []
+        self.ablated: dict[int, list[AblateMLP]] = {}
+        for edit in edits:
+            if isinstance(edit, AblateMLP):
+                self.ablated.setdefault(edit.layer, []).append(edit)
         self.offsets = dict(offsets or {})
         self.seq_dims = dict(seq_dims or {})
         self.at: dict[tuple[str, int], list[SteerResidual]] = {}
@@ -59,7 +66,7 @@ class ResidualSteering:
         self._vectors: dict[tuple[int, torch.device, torch.dtype], torch.Tensor] = {}
 
     def __bool__(self) -> bool:
-        return bool(self.at) or bool(self.rows_at)
+        return bool(self.at) or bool(self.rows_at) or bool(self.ablated)
 
     @contextmanager
     def installed(self, starters: Mapping[str, torch.nn.Module] | None = None) -> Iterator[None]:
@@ -71,6 +78,12 @@ class ResidualSteering:
                 stack.callback(handle.remove)
             for (name, layer), pairs in self.rows_at.items():
                 handle = self.blocks[name][layer].register_forward_hook(self._row_adder(name, pairs))
+                stack.callback(handle.remove)
+            for layer, edits in self.ablated.items():
+                mlp = self.mlps[layer] if layer < len(self.mlps) else None
+                if mlp is None:
+                    raise InputError(f"{edits[0]!r}: block {layer} has no MLP found (mlp, feed_forward, ...)")
+                handle = mlp.register_forward_hook(self._zeroer(edits))
                 stack.callback(handle.remove)
             for name, module in (starters or {}).items():
                 handle = module.register_forward_pre_hook(self._starter(name), with_kwargs=True)
@@ -109,6 +122,23 @@ class ResidualSteering:
             if isinstance(output, list):
                 return [hidden, *output[1:]]
             return hidden
+
+        return hook
+
+    def _zeroer(self, edits: list[AblateMLP]):
+        """A hook zeroing an MLP's output at the edits' positions (a decoder-only model's stream)."""
+
+        def hook(_module, _args, output):
+            if threading.get_ident() != self.thread:
+                return None
+            out = block_output(output)
+            first = self.starts.get("self", 0)
+            for edit in edits:
+                rows = _in(edit.positions, first, out.shape[-2])
+                if rows is False:
+                    continue
+                out = torch.zeros_like(out) if rows is None else torch.where(rows.to(out.device)[:, None], 0.0, out)
+            return (out, *output[1:]) if isinstance(output, tuple) else out
 
         return hook
 
@@ -158,6 +188,13 @@ def steered_rows(edit: SteerResidual, first: int, n: int, n_prompt: int) -> torc
         spans = ((n_prompt, first + n),)
     else:
         spans = positions
+    return _in(spans, first, n)
+
+
+def _in(spans: Any, first: int, n: int) -> torch.Tensor | None | Literal[False]:
+    """Which of n positions from `first` on fall in `spans`: None for all (or spans None), False for none."""
+    if spans is None:
+        return None
     at = torch.arange(first, first + n)
     rows = torch.zeros(n, dtype=torch.bool)
     for start, stop in spans:

@@ -23,14 +23,14 @@ from ..errors import InputError, WrongTypeError
 from ..models import LanguageModel
 from ..trace import Direction, Trace, edit_from_dict, fidelity
 from ..trace.batch import one_trace
-from ..trace.edits import AblateHead, Edit, ScaleAttention, SteerResidual
+from ..trace.edits import AblateHead, AblateMLP, Edit, ScaleAttention, SteerResidual
 from ..trace.locking import exclusive
 from ._frontend import bundle
 from .attention_view import AttentionView
 
 
 def _as_spec(edit: Any) -> dict:
-    if isinstance(edit, (ScaleAttention, AblateHead, SteerResidual)):
+    if isinstance(edit, (ScaleAttention, AblateHead, SteerResidual, AblateMLP)):
         return edit.to_dict()
     if isinstance(edit, dict):
         return edit_from_dict(edit).to_dict()  # validated and normalised
@@ -58,7 +58,9 @@ class AttentionEditor(AttentionView):
 
     prompt_text = traitlets.Unicode(help="the prompt, as text").tag(sync=True)
     edit_specs = traitlets.List(
-        traitlets.Dict(per_key_traits={"kind": traitlets.Enum(["scale_attention", "ablate_head", "steer_residual"])}),
+        traitlets.Dict(
+            per_key_traits={"kind": traitlets.Enum(["scale_attention", "ablate_head", "steer_residual", "ablate_mlp"])}
+        ),
         help="the edits, as ScaleAttention / AblateHead / SteerResidual .to_dict() makes them: the sliders write "
         "them, Python checks them (edit_from_dict) and regenerates",
     ).tag(sync=True)

@@ -17,7 +17,7 @@ import traitlets
 
 from ..analysis import AttentionExplanation
 from ..errors import WrongTypeError
-from ..trace import AblateHead
+from ..trace import AblateHead, AblateMLP
 from ._frontend import linked
 from .attention_editor import AttentionEditor
 from .attention_view import AttentionView
@@ -132,17 +132,18 @@ class ExplanationView(MatrixWidget):
             self.detail = [f"{query_name} (query side) x {key_name} (key side): {value:+.4g}"]
 
     def _ablate(self, name: str, position: int) -> list[str]:
-        """A head's total clicked: ablate that head's output at the position it acts on (the key's or
-        the query's) in the linked editor; it regenerates, and this view explains the same cell of
+        """A head's or an MLP's total clicked: ablate its output at the position it acts on (the key's
+        or the query's) in the linked editor; it regenerates, and this view explains the same cell of
         its new run."""
-        if self.editor is None or not name.startswith("head "):
+        if self.editor is None or not name.startswith(("head ", "mlp ")):
             return []
-        layer, head = map(int, name.removeprefix("head ").split("."))
-        edit = AblateHead(layer, head, positions=position)
+        if name.startswith("head "):
+            layer, head = map(int, name.removeprefix("head ").split("."))
+            edit: AblateHead | AblateMLP = AblateHead(layer, head, positions=position)
+        else:
+            edit = AblateMLP(int(name.removeprefix("mlp ")), positions=position)
         self.editor.edits = [e for e in self.editor.edits if e != edit] + [edit]
-        return [
-            f"ablated head {layer}.{head} at position {position} in the editor: now {self.editor.trace.output_text!r}"
-        ]
+        return [f"ablated {name} at position {position} in the editor: now {self.editor.trace.output_text!r}"]
 
 
 def _table(e: AttentionExplanation) -> tuple[torch.Tensor, list[str], list[str]]:
