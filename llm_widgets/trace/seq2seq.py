@@ -90,7 +90,9 @@ class Seq2SeqRunner(Runner):
             width=lm.facts.hidden_size,
         )
         for edit in self.edits:
-            if getattr(edit, "stack", None) == "encoder" and any(stop > self.n_source for start, stop in getattr(edit, "keys", ())):
+            if getattr(edit, "stack", None) == "encoder" and any(
+                stop > self.n_source for start, stop in getattr(edit, "keys", ())
+            ):
                 raise InputError(f"{edit!r}: the encoder attends over the source, positions 0 to {self.n_source - 1}")
         self.run = RunState(
             n_layers,
