@@ -87,7 +87,7 @@ export function mountDirections(m: AnyModel<DirectionsState>, send: (specs: Edit
   slider.max = String(STRENGTH_STEPS);
   slider.value = "0";
   slider.setAttribute("aria-label", "strength of the direction added to the residual stream (0 adds nothing)");
-  const [low, high, value] = [el("span", "lw-ed-scale"), el("span", "lw-ed-scale"), el("span", "lw-ed-factor-value")];
+  const [low, high, value] = [el("span", "lw-ed-scale"), el("span", "lw-ed-scale"), el("span", "lw-ed-strength-value")];
   const strengthRow = el("div", "lw-ed-row");
   strengthRow.append(el("span", "lw-ed-label", "strength"), low, slider, high, value);
   const path = el("input", "lw-ed-dir-path");
