@@ -15,7 +15,9 @@ from llm_widgets.models.anatomy import anatomy, block_output
 
 from . import test_plain_torch as plain_models
 from . import test_seq2seq
-from .test_trace_architectures import CONFIGS, MASKED, PROMPT, build
+from .test_trace_architectures import MASKED, PROMPT
+from .test_trace_architectures import arch as arch  # noqa: F401 (the architecture matrix, one model each)
+from .test_trace_architectures import lm as lm  # noqa: F401
 
 SPAN = (3, 7)
 
@@ -38,16 +40,6 @@ def _hand_hooked(block: torch.nn.Module, vector: torch.Tensor, span=None, seq_di
         return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
     return block.register_forward_hook(hook)
-
-
-@pytest.fixture(scope="module", params=sorted(CONFIGS))
-def arch(request):
-    return request.param
-
-
-@pytest.fixture(scope="module")
-def lm(arch):
-    return build(arch)
 
 
 def test_strength_zero_is_the_plain_run_bit_for_bit(lm):
