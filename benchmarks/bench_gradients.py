@@ -1,7 +1,7 @@
 """Gradients, measured side by side in one run (median of alternating repeats).
 
-1. A training step of tiny-gpt2 (AdamW, batch 8 x 128) with the GradientMonitor
-   (norms every step, histograms every 50, update ratios) vs the same step without.
+1. A training step of tiny-gpt2 (AdamW, batch 8 x 128) and of SmolLM2-135M (batch 2 x 64) with the
+   GradientMonitor (norms every step, histograms every 50, update ratios) vs the same step without.
 2. Attribution cost vs a plain forward of the same prompt, on SmolLM2:
    grad x input (one forward + backward) and integrated gradients (64 steps).
 
@@ -25,19 +25,21 @@ PROMPT = (
 )
 
 
-def training(steps: int, repeats: int) -> None:
-    tiny = lw.load_model("tiny-gpt2", progress=False)
+def training(name: str, steps: int, repeats: int, batch: tuple[int, int]) -> None:
+    """A training step of `name` (AdamW) with the monitor at every step, and without, alternating."""
+    lm = lw.load_model(name, progress=False)
     text = (lw.models.loading.TINY_GPT2_DIR / "MODEL_CARD.md").read_text() * 3
-    ids = tiny.tokenizer(text, return_tensors="pt", verbose=False)["input_ids"][0]
+    ids = lm.tokenizer(text, return_tensors="pt", verbose=False)["input_ids"][0]
+    rows, length = batch
 
     def run(monitored: bool) -> float:
         torch.manual_seed(0)
-        model = copy.deepcopy(tiny.model).float().train().requires_grad_(True)
+        model = copy.deepcopy(lm.model).float().train().requires_grad_(True)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
         monitor = lw.GradientMonitor(model, histograms_every=50, warn=False) if monitored else None
         g = torch.Generator().manual_seed(0)
         batches = [
-            torch.stack([ids[s : s + 128] for s in torch.randint(0, len(ids) - 129, (8,), generator=g)])
+            torch.stack([ids[s : s + length] for s in torch.randint(0, len(ids) - length - 1, (rows,), generator=g)])
             for _ in range(steps)
         ]
         start = time.perf_counter()
@@ -59,7 +61,7 @@ def training(steps: int, repeats: int) -> None:
         ours.append(run(True))
         plain.append(run(False))
     o, p = statistics.median(ours), statistics.median(plain)
-    print(f"tiny-gpt2 training step (AdamW, batch 8 x 128, {steps} steps, median of {repeats})\n")
+    print(f"{name} training step (AdamW, batch {rows} x {length}, {steps} steps, median of {repeats})\n")
     print("| with GradientMonitor (norms every step, histograms every 50) | without | ratio |\n|---|---|---|")
     print(f"| {o * 1000:.1f} ms | {p * 1000:.1f} ms | **{o / p:.3f}x** (target <= 1.03x) |\n", flush=True)
 
@@ -100,6 +102,9 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--training-only", action="store_true", help="the training steps, not attribution")
     args = parser.parse_args()
-    training(args.steps, args.repeats)
-    attribution(args.repeats)
+    training("tiny-gpt2", args.steps, args.repeats, (8, 128))
+    training("smollm2-135m", max(4, args.steps // 6), args.repeats, (2, 64))
+    if not args.training_only:
+        attribution(args.repeats)

@@ -1,6 +1,7 @@
-"""SteerResidual at run time: a forward hook on each steered block adds strength x direction to
-the residual stream it outputs, at the edit's positions; every hook is removed after the run, on
-errors and interrupts too.
+"""Edits on a model's blocks at run time: a forward hook on each steered block adds strength x
+direction to the residual stream it outputs (SteerResidual; for a search, each batch row its own),
+and one on an MLP zeroes its output (AblateMLP), at the edits' positions; every hook is removed
+after the run, on errors and interrupts too.
 
 Positions are the trace's (an encoder-decoder's decoder positions follow its source's). A block
 sees a pass's positions from where the model's cache ends: a hook before the model (or the
@@ -22,7 +23,8 @@ from .edits import AblateMLP, SteerResidual, steered_stack
 
 
 class ResidualSteering:
-    """The SteerResidual edits of one run, on the blocks of each residual stream.
+    """The SteerResidual (every row's, or each row's own) and AblateMLP edits of one run, on the
+    blocks of each residual stream.
 
     blocks: {"self": [...]} or an encoder-decoder's {"encoder": [...], "decoder": [...]};
     offsets: where each stream's positions start in the trace; n_prompt: the trace's first
