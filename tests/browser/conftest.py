@@ -183,7 +183,19 @@ def page(browser, request):
     context.close()
 
 
+def shut_down_kernels(server: dict) -> None:
+    """End every session the server has, and its kernel: an earlier test's notebook (SmolLM2 in
+    memory, maybe still busy) must not slow the next one's clicks on two cores."""
+    headers = {"Authorization": f"token {server['token']}"}
+    with urllib.request.urlopen(urllib.request.Request(f"{server['base']}/api/sessions", headers=headers)) as reply:
+        sessions = json.load(reply)
+    for session in sessions:
+        url = f"{server['base']}/api/sessions/{session['id']}"
+        urllib.request.urlopen(urllib.request.Request(url, headers=headers, method="DELETE")).close()
+
+
 def open_notebook(page, server: dict, name: str) -> None:
+    shut_down_kernels(server)
     where = f"lab/tree/{name}?reset&" if server.get("app", "jupyterlab") == "jupyterlab" else f"notebooks/{name}?"
     page.goto(f"{server['base']}/{where}token={server['token']}")
     page.wait_for_selector(".jp-Notebook", timeout=60_000)

@@ -24,8 +24,8 @@ def test_sampling_notebook_tree_click_force_and_open(jupyter_server, page):
     view.scroll_into_view_if_needed()
     boxes.first.focus()  # the prompt's box, from the keyboard: the first split is after it
     boxes.first.press("Enter")
-    detail = view.locator(".lw-st-detail")
-    page.wait_for_function("el => el.textContent.includes('after the prompt')", arg=detail.element_handle())
+    # (the detail box is drawn anew on each change: wait for one with the text, not for one element)
+    view.locator(".lw-st-detail", has_text="after the prompt").wait_for(timeout=60_000)
     alternatives = view.locator(".lw-st-alternatives button")
     assert alternatives.count() == 5
     free = view.locator(".lw-st-alternatives button:not(.lw-st-taken)").first
