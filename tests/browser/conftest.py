@@ -106,7 +106,12 @@ def jupyter_app(root: Path, app: str):
     if os.geteuid() == 0:
         cmd.append("--allow-root")
     with serve(cmd, env, root, f"http://127.0.0.1:{port}", f"/api/status?token={token}", f"{app}.log") as base:
-        yield {"base": base, "token": token, "root": root / "notebooks", "app": app}
+        server = {"base": base, "token": token, "root": root / "notebooks", "app": app}
+        SERVERS.append(server)
+        try:
+            yield server
+        finally:
+            SERVERS.remove(server)
 
 
 @contextlib.contextmanager
@@ -181,6 +186,11 @@ def page(browser, request):
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / f"FAILED-{request.node.name}.png"), full_page=True)
     context.close()
+    for server in SERVERS:  # no kernel left running into the next test (or the Python tests' timings)
+        shut_down_kernels(server)
+
+
+SERVERS: list[dict] = []  # the Jupyter servers running now (jupyter_app)
 
 
 def shut_down_kernels(server: dict) -> None:
