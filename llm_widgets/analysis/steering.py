@@ -148,8 +148,15 @@ def residual_norm(model: LanguageModel, prompts: Sequence[Any] | str, layer: int
     the first token left out: it is often a sink of outsized norm): a scale for steering strengths."""
     lm = _model(model, "residual_norm")
     checks.integer(layer, "layer", low=0, high=lm.facts.n_layers - 1)
-    norms = []
-    for prompt in _prompts(prompts, "prompts"):
-        hidden = residual_after(lm, prompt_ids(lm, prompt), layer)
-        norms.append(hidden[1:].norm(dim=-1) if len(hidden) > 1 else hidden.norm(dim=-1))
-    return float(torch.cat(norms).median())
+    hidden = [residual_after(lm, prompt_ids(lm, prompt), layer) for prompt in _prompts(prompts, "prompts")]
+    return float(torch.cat([_lengths(h) for h in hidden]).median())
+
+
+def typical_length(hidden: torch.Tensor) -> float:
+    """The median length of a residual stream's positions [positions, width], the first left out
+    (often a sink of outsized norm) when there are others."""
+    return float(_lengths(hidden).median())
+
+
+def _lengths(hidden: torch.Tensor) -> torch.Tensor:
+    return (hidden[1:] if len(hidden) > 1 else hidden).float().norm(dim=-1)

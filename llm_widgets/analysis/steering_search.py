@@ -36,6 +36,7 @@ from ..trace.direction import Direction
 from ..trace.edits import ScaleAttention, SteerResidual, as_spans, validate_edits
 from ..trace.run import prompt_ids
 from ..trace.runner import held
+from .steering import typical_length
 from .targets import first_token_id
 
 DEPTHS = (0.25, 0.5, 0.75, 1.0)  # where directions are tried: fractions of the way through the blocks
@@ -152,7 +153,7 @@ class _Scorer:
         )
         keep = len(self.ids) - self.n_prompt + 1  # the prompt's last position and the continuation's
         kwargs = {"logits_to_keep": keep} if takes_logits_to_keep(model) else {}
-        first = min((min(e.layers or (0,)) for row in rows for e in row), default=facts.n_layers)
+        first = min((_first_block(row, facts.n_layers) for row in rows), default=facts.n_layers)
 
         def grow(_module, args, kw):  # one row becomes one per candidate, as it enters the first edited block
             if args:
@@ -172,9 +173,7 @@ class _Scorer:
     def score(self, proposals: Sequence[tuple[str, str, tuple]]) -> list[Candidate]:
         """Each proposal (label, kind, edits) scored; batches of candidates that edit from similar
         blocks on, so that the rows share the most of the forward."""
-        order = sorted(
-            range(len(proposals)), key=lambda i: min((min(e.layers or (0,)) for e in proposals[i][2]), default=0)
-        )
+        order = sorted(range(len(proposals)), key=lambda i: _first_block(proposals[i][2], 0))
         scored: dict[int, Candidate] = {}
         for start in range(0, len(order), self.batch_size):
             chunk = order[start : start + self.batch_size]
@@ -187,13 +186,18 @@ class _Scorer:
         return [scored[i] for i in range(len(proposals))]
 
 
+def _first_block(edits: tuple, default: int) -> int:
+    """The first block a candidate's edits change (a ScaleAttention on every layer: 0)."""
+    return min((min(e.layers or (0,)) for e in edits), default=default)
+
+
 def plain_norms(lm: LanguageModel, ids: torch.Tensor) -> list[float]:
     """The residual stream's median length after each block on `ids` (the first token left out)."""
     model = lm.model
     with held(model):
         out = model(input_ids=ids[None].to(input_device(model)), output_hidden_states=True, use_cache=False)
     states = out.hidden_states[1:]  # after each block
-    return [float(h[0, 1:].float().norm(dim=-1).median()) if h.shape[1] > 1 else float(h[0].norm()) for h in states]
+    return [typical_length(h[0]) for h in states]
 
 
 def search_steering(
@@ -241,7 +245,7 @@ def search_steering(
     proposals = _direction_proposals(lm, directions, scorer.norms)
     candidates = scorer.score(proposals[: max(0, budget // 2 if spans else budget)])
     if spans is not None and budget > len(candidates):
-        candidates += _attention_search(lm, scorer, spans, factors, budget - len(candidates), plain.success)
+        candidates += _attention_search(lm, scorer, spans, factors, budget - len(candidates))
     return SteeringSearch(
         model=lm,
         prompt_ids=list(ids),
@@ -314,7 +318,7 @@ def _direction_proposals(lm: LanguageModel, directions: Sequence[Direction], nor
     return out
 
 
-def _attention_search(lm, scorer: _Scorer, spans, factors, budget: int, plain: float) -> list[Candidate]:
+def _attention_search(lm, scorer: _Scorer, spans, factors, budget: int) -> list[Candidate]:
     """PASTA-style: every head emphasising the span alone, then the best heads together; with too
     small a budget for every head, whole layers first and then the heads of the best layers."""
     n_layers, n_heads = lm.facts.n_layers, lm.facts.n_heads

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import traitlets
 
-from ..analysis.steering import residual_after
+from ..analysis.steering import residual_after, typical_length
 from ..errors import InputError, WrongTypeError
 from ..models import LanguageModel
 from ..trace import Direction, Trace, edit_from_dict, fidelity
@@ -277,7 +277,8 @@ class AttentionEditor(AttentionView):
         if not self.steers_directions or not 0 <= index < len(self.directions):
             self.strip = {}
             return
-        unit = Direction.from_dict(self.directions[index]).unit().vector
+        direction = Direction.from_dict(self.directions[index])
+        unit = direction.unit().vector
         key = (index, layer)
         if key not in self._unedited_reads:
             self._unedited_reads[key] = residual_after(self.lm, self.unedited.input_ids, layer)
@@ -287,10 +288,8 @@ class AttentionEditor(AttentionView):
             if trace.edits
             else plain
         )
-        norm = Direction.from_dict(self.directions[index]).norm
         with self.hold_sync():
-            length = float(plain[1:].norm(dim=-1).median()) if len(plain) > 1 else float(plain.norm())
-            self.direction_scale = SLIDER_REACH * length / norm if norm else 1.0
+            self.direction_scale = SLIDER_REACH * typical_length(plain) / direction.norm
             self.strip = {
                 "before": [list(pair) for pair in zip(self.unedited.tokens, (plain @ unit).tolist())],
                 "after": [list(pair) for pair in zip(trace.tokens, (steered @ unit).tolist())],
