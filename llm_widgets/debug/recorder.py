@@ -53,12 +53,20 @@ class Recorder:
     """Records runs of one model: `record(execute, ...)` runs `execute` with the hooks installed."""
 
     def __init__(
-        self, lm: LanguageModel, breakpoints: tuple[Breakpoint, ...], watches: list[tuple[str, str, Callable]]
+        self,
+        lm: LanguageModel | torch.nn.Module,
+        breakpoints: tuple[Breakpoint, ...],
+        watches: list[tuple[str, str, Callable]],
+        *,
+        n_layers: int | None = None,
     ):
-        self.lm, self.model = lm, torch_module(lm)
-        facts = lm.facts
-        self.name, self.n_layers = lm.name, facts.n_layers
-        self.modules = ModuleMap(self.model, facts.n_layers)
+        """lm: a LanguageModel, or a bare module (a training replay's copy: no tokenizer, so no TargetDrop)
+        with its number of layers."""
+        self.lm = lm if isinstance(lm, LanguageModel) else None
+        self.model = torch_module(lm)
+        self.name = self.lm.name if self.lm is not None else type(self.model).__name__
+        self.n_layers = self.lm.facts.n_layers if self.lm is not None else n_layers or 0
+        self.modules = ModuleMap(self.model, self.n_layers)
         self.watches = watches
         self.target_id: int | None = None
         self.target_text = ""
@@ -72,6 +80,8 @@ class Recorder:
 
     def watch_target(self, target: Any) -> None:
         """Read the lens's p(target) at each block (for TargetDrop)."""
+        if self.lm is None:
+            raise InputError("TargetDrop reads the logit lens through a tokenizer: a training replay has none")
         if self.lm.plain:
             raise InputError(
                 f"TargetDrop reads the logit lens, which needs a Hugging Face transformers model; {self.name} is "
@@ -100,6 +110,7 @@ class Recorder:
         self.root_calls = self.exits = 0
         self.last_block: dict[tuple[str, int], Call] = {}
         self.stop_after, self.capture, self.grad = stop_after, capture, grad
+        self.backward_nonfinite = False
         self.stopped: Call | None = None
         self.reason = ""
         self.operation: Operation | None = None
@@ -198,10 +209,11 @@ class Recorder:
                 if isinstance(point, NonFinite) and again is not None:
                     self.paused = True
                     self.operation = nonfinite_source(again, nan=call.stats is not None and call.stats.nan > 0)
-                    self.reason += self._bad_parameters(call)
+                    self.reason += self.bad_parameters(call)
                 raise Stop
 
-    def _bad_parameters(self, call: Call) -> str:
+    def bad_parameters(self, call: Call) -> str:
+        """'; its own weight holds non-finite values' where it does (the cause is in the module), else ''."""
         module = self.model.get_submodule(call.module) if call.module else self.model
         bad = [
             name
@@ -234,6 +246,8 @@ class Recorder:
                 exit_order=self.exits,
             )
             self.exits += 1
+            if not call.stats.finite:  # gradients flow back: after the first non-finite one, the rest carry it
+                call.input_finite, self.backward_nonfinite = not self.backward_nonfinite, True
             self.calls.append(call)
             self._check(call, grad, None)
             if call.kind == "block":

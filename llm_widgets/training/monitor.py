@@ -7,7 +7,14 @@ already there (no hooks in the backward pass): one fused norm per parameter
 (`torch._foreach_norm`), summed per group of parameters; it applies the
 steering (scale, clip) to groups before the optimizer sees them; after the
 optimizer step it measures the update-to-weight ratio per group. Every N steps
-it adds a histogram of log10 |gradient| per group, on fixed bins.
+it adds a histogram of log10 |gradient| per group, on fixed bins (from at most 2^20 evenly spaced
+values per group), and every `updates_every` steps the update-to-weight ratio (exact: it keeps a
+copy of the weights; `update_sample=n` compares n evenly spaced values per parameter instead, a
+small copy for a large model).
+
+The flight recorder (flight.py) keeps the last `keep` steps' inputs; an alert that starts makes an
+`Incident` (`monitor.incidents`), which `monitor.replay(incident)` runs again under the debugger's
+breakpoints. Under torch.distributed every rank runs the monitor (distributed.py).
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from __future__ import annotations
 import difflib
 import math
 import re
+import time
 import warnings
 import weakref
 from collections.abc import Callable
@@ -29,17 +37,43 @@ from .._version import __version__
 from ..errors import InputError, WrongTypeError
 from ..models.language_model import torch_module
 from .alerts import KINDS, GradientWarning, TrainingStopped
+from .distributed import Cluster, unwrapped
+from .flight import FlightRecorder, Forward, Incident, set_rng_state
+from .replay import Replay, example_losses, replay
 
 HIST_EDGES = torch.linspace(-12, 4, 65)  # log10 |g|: 64 fixed bins from 1e-12 to 1e4; zeros counted apart
+HIST_SAMPLE = 1 << 20  # values per group a histogram reads (evenly spaced): its shape, at a fixed cost
+MAX_INCIDENTS = 64
 _LAYER = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)\.")
 
 # torch's fused multi-tensor kernels (torch.optim runs on them): private by name in torch's stubs only
-_foreach_norm, _foreach_copy_, _foreach_mul, _foreach_sub_ = (
+_foreach_norm, _foreach_copy_, _foreach_sub_ = (
     torch._foreach_norm,  # pyright: ignore[reportPrivateImportUsage]
     torch._foreach_copy_,  # pyright: ignore[reportPrivateImportUsage]
-    torch._foreach_mul,  # pyright: ignore[reportPrivateImportUsage]
     torch._foreach_sub_,  # pyright: ignore[reportPrivateImportUsage]
 )
+
+
+def _checked_module(model: Any) -> torch.nn.Module:
+    """The torch module to monitor: one with no monitor attached yet."""
+    module = torch_module(model)
+    if not isinstance(module, torch.nn.Module):
+        raise WrongTypeError(f"GradientMonitor takes a torch module or lw.LanguageModel; got {type(model).__name__}")
+    current = getattr(module, "_llm_widgets_monitor", None)
+    if current is not None and current() is not None:
+        raise RuntimeError(
+            "this model already has a GradientMonitor attached: use that one, or call its "
+            ".detach() before attaching another (two would both steer the same gradients)"
+        )
+    return module
+
+
+def _check_recorder(keep: Any, keep_weights: Any, update_sample: Any, sync_timeout: Any) -> None:
+    checks.integer(keep, "keep", low=0)
+    checks.integer(keep_weights, "keep_weights", low=0)
+    if update_sample is not None:
+        checks.integer(update_sample, "update_sample", low=1, note=" (values per parameter) or None")
+    checks.number(sync_timeout, "sync_timeout", low=0, low_open=True)
 
 
 def _check_optimizer(optimizer: Any) -> None:
@@ -120,6 +154,12 @@ class GradientMonitor:
     above spike x the group's median over its last 20 recorded steps is exploding too
     (when it is at least spike_floor: a jump from 1e-6 to 1e-5 is no explosion).
     stop_on: alert kinds ("nonfinite", "exploding", "vanishing") that stop training.
+    keep: how many recent steps' inputs the flight recorder keeps (0: none, no incidents);
+    keep_weights: how many of the latest incidents keep a CPU copy of the weights (for an exact
+    replay). distributed: "auto" (on when torch.distributed is initialised with several ranks),
+    True or False; sync_timeout: seconds to wait for every rank to attach its monitor.
+    update_sample: None (update ratios exact, from a copy of the weights) or n (from n evenly
+    spaced values of each larger parameter: an estimate, with a copy that stays small).
     """
 
     def __init__(
@@ -137,26 +177,25 @@ class GradientMonitor:
         stop_on: Any = (),
         optimizer: Any = None,
         warn: bool = True,
+        keep: int = 8,
+        keep_weights: int = 1,
+        distributed: Any = "auto",
+        sync_timeout: float = 60.0,
+        update_sample: int | None = None,
     ):
-        module = torch_module(model)
-        if not isinstance(module, torch.nn.Module):
-            raise WrongTypeError(
-                f"GradientMonitor takes a torch module or lw.LanguageModel; got {type(model).__name__}"
-            )
+        module = _checked_module(model)
         for name, value in (("every", every), ("histograms_every", histograms_every), ("updates_every", updates_every)):
             checks.integer(value, name, low=1)
+        _check_recorder(keep, keep_weights, update_sample, sync_timeout)
+        self.update_sample = update_sample
         stop_on = _checked_alerts(vanishing, exploding, spike, stop_on)
         _check_optimizer(optimizer)
-        current = getattr(module, "_llm_widgets_monitor", None)
-        if current is not None and current() is not None:
-            raise RuntimeError(
-                "this model already has a GradientMonitor attached: use that one, or call its "
-                ".detach() before attaching another (two would both steer the same gradients)"
-            )
         named, self.offloaded = _monitored(module)
+        self.cluster = Cluster(module, distributed, sync_timeout)  # every rank attaches, or a clear error
         self.module = module
         self.every, self.histograms_every, self.updates_every = every, histograms_every, updates_every
-        self.vanishing, self.exploding, self.spike, self.stop_on, self.warn = vanishing, exploding, spike, stop_on, warn
+        self.vanishing, self.exploding, self.spike, self.stop_on = vanishing, exploding, spike, stop_on
+        self.warn = warn and self.cluster.rank == 0  # one voice: rank 0's
         self.spike_floor = spike_floor
         self.names = [n for n, _ in named]
         self.params = [p for _, p in named]
@@ -165,11 +204,20 @@ class GradientMonitor:
         self.groups = sorted(set(self.group_of), key=_sort_key)
         index = {g: i for i, g in enumerate(self.groups)}
         self._group_index = torch.tensor([index[g] for g in self.group_of])
+        self._optimizer, self.keep_weights = optimizer, keep_weights
+        self._start_history()
+        prefix = "module." if unwrapped(module) is not module else ""
+        self._inner_names = [n.removeprefix(prefix) for n in self.names]  # as the unwrapped model names them
+        self.flight = FlightRecorder(module, keep)
+        vars(module)["_llm_widgets_monitor"] = weakref.ref(self)  # a plain attribute (not a parameter or module)
+
+    def _start_history(self) -> None:
         self.step_count = 0
         self.rows: list[dict] = []  # one per (step, group)
         self.steps: list[dict] = []  # one per step: loss, lr, global norm
-        self.histograms: list[dict] = []  # {"step", "group", "counts", "zeros"}
+        self.histograms: list[dict] = []  # {"step", "group", "counts", "zeros", "every"}
         self.alerts: list[dict] = []  # {"step", "group", "kind", "value", "message"}
+        self.incidents: list[Incident] = []
         self.steering: dict[str, Steering] = {}
         self.steering_log: list[dict] = []  # every change, with the step it took effect from
         self._alerting: set[tuple[str, str]] = set()
@@ -177,9 +225,8 @@ class GradientMonitor:
         self._buffers: list[torch.Tensor] | None = None
         self._listeners: list[Callable[[dict], None]] = []
         self._flushers: list[Callable[[], None]] = []
-        self._optimizer = optimizer
         self._hooks: list[Any] = []
-        vars(module)["_llm_widgets_monitor"] = weakref.ref(self)  # a plain attribute (not a parameter or module)
+        self._last_step_at: float | None = None
 
     # --- groups ---
 
@@ -257,7 +304,8 @@ class GradientMonitor:
         the history as they were, so a retry steers once and records the step once."""
         loss, lr = _checked_loss(loss), _checked_lr(lr)  # before anything changes: a retry must not steer twice
         self._finish_update()
-        marks = (self.step_count, len(self.steps), len(self.rows), len(self.histograms), len(self.alerts))
+        kept = (self.steps, self.rows, self.histograms, self.alerts, self.incidents)
+        marks = (self.step_count, *(len(k) for k in kept))
         alerting, grads_before = set(self._alerting), [p.grad for p in self.params]
         try:
             record = self._step(loss, lr)
@@ -266,48 +314,88 @@ class GradientMonitor:
         except BaseException:
             for p, grad in zip(self.params, grads_before):
                 p.grad = grad
+            self.flight.untake(marks[0] + 1)
             self.step_count = marks[0]
-            for kept, n in zip((self.steps, self.rows, self.histograms, self.alerts), marks[1:]):
-                del kept[n:]
+            for kept_list, n in zip(kept, marks[1:]):
+                del kept_list[n:]
             self._alerting, self._snapshot = alerting, None
             raise
         for listener in list(self._listeners):
             listener(record)
         return record
 
-    def _step(self, loss: Any, lr: float | None) -> dict:
+    def _step(self, loss: float | None, lr: float | None) -> dict:
         self.step_count += 1
-        step = self.step_count
+        step, now = self.step_count, time.perf_counter()
+        forwards = self.flight.take(step)
         idx_list = [i for i, p in enumerate(self.params) if p.grad is not None]
-        if not idx_list:
+        if not idx_list and not self.cluster.active:  # (a rank may hold no shard of any gradient)
             raise RuntimeError(
                 "no parameter has a gradient: call monitor.step() after loss.backward() and before "
                 "optimizer.zero_grad()"
             )
-        idx = torch.tensor(idx_list)
-        grads = self._grads(idx_list)
-        measure = step % self.every == 0 or bool(self.steering)
+        idx = torch.tensor(idx_list, dtype=torch.long)
+        measure = step % self.every == 0 or bool(self.steering) or self.cluster.active
         record: dict = {"step": step}
         if measure:
-            norms = torch.stack(_foreach_norm(grads)).float().cpu()
-            squares = torch.zeros(len(self.groups)).index_add_(0, self._group_index[idx], norms.double().pow(2).float())
-            group_norms = squares.sqrt()
+            seconds = now - self._last_step_at if self._last_step_at is not None else 0.0
+            group_norms, ranks = self._norms(idx_list, step, loss, forwards, seconds)
             applied = self._apply_steering(idx_list, group_norms)
-            grads = self._grads(idx_list)  # (steered ones are new tensors)
             if step % self.every == 0:
-                record.update(self._record(step, loss, lr, group_norms, applied, grads, idx))
+                record.update(self._record(step, loss, lr, group_norms, applied, idx, ranks))
+                started, stop = self._check(step, group_norms)
+                if started and self.flight.keep:
+                    record["incident"] = self._incident(step, started, ranks, forwards, loss, lr, group_norms).summary()
+                if stop:
+                    raise TrainingStopped(stop)
         if step % self.updates_every == 0 or step == 1:
             self._take_snapshot(step)
+        self._last_step_at = now
         return record
 
+    def _norms(self, idx: list[int], step: int, loss, forwards: list[Forward], seconds: float):
+        """The full gradient's per-group norms (over every rank), and each rank's figures."""
+        parts = [self.cluster.local(g) for g in self._grads(idx)]
+        local = [t for t, _ in parts]
+        squares = torch.zeros(0, dtype=torch.float64)
+        if local:
+            squares = torch.stack(_foreach_norm(local)).double().cpu().pow(2)
+            for i in torch.nonzero(~torch.isfinite(squares)).flatten().tolist():  # float32 overflow of finite values?
+                if bool(torch.isfinite(local[i]).all()):
+                    squares[i] = float(local[i].double().pow(2).sum())
+        sharded = torch.tensor([s for _, s in parts], dtype=torch.bool)
+        where = self._group_index[torch.tensor(idx, dtype=torch.long)]
+        n = len(self.groups)
+        by_shard = torch.zeros(n, dtype=torch.float64).index_add_(0, where[sharded], squares[sharded])
+        whole = torch.zeros(n, dtype=torch.float64).index_add_(0, where[~sharded], squares[~sharded])
+        local_loss = _local_loss(loss, forwards)
+        mine = {
+            "seconds": seconds,
+            "forward_seconds": sum(f.seconds for f in forwards),
+            "loss": local_loss if local_loss is not None and math.isfinite(local_loss) else 0.0,
+            "nonfinite_loss": float(local_loss is not None and not math.isfinite(local_loss)),
+            "step": float(step),
+        }
+        total, ranks = self.cluster.reduce(by_shard, whole, mine)
+        return total.sqrt().float(), ranks
+
     def _take_snapshot(self, step: int) -> None:
-        """Keep the weights before the optimizer step (in buffers reused from step to step)."""
+        """Keep (a sample of) the weights before the optimizer step, in buffers reused from step to step."""
         with torch.no_grad():
+            views = self._sampled_weights()
             if self._buffers is None:
-                self._buffers = [p.detach().clone() for p in self.params]
+                self._buffers = [v.clone() for v in views]
             else:
-                _foreach_copy_(self._buffers, [p.detach() for p in self.params])
+                _foreach_copy_(self._buffers, views)
         self._snapshot = step
+
+    def _sampled_weights(self) -> list[torch.Tensor]:
+        """Each parameter's values this rank holds (at most `update_sample` of them, evenly spaced)."""
+        out = []
+        for p in self.params:
+            flat = self.cluster.local(p.detach())[0].reshape(-1)
+            out.append(flat[:: max(1, -(-flat.numel() // self.update_sample))] if self.update_sample else flat)
+        return out
 
     def _grads(self, idx: list[int]) -> list[torch.Tensor]:
         """The gradients of these parameters (each has one)."""
@@ -315,7 +403,8 @@ class GradientMonitor:
 
     def _apply_steering(self, idx: list[int], group_norms: torch.Tensor) -> torch.Tensor:
         """Scale or clip the steered groups' gradients: new tensors put in .grad (the old ones are
-        untouched, so an interrupted step can be undone exactly). Returns the groups' norms after."""
+        untouched, so an interrupted step can be undone exactly). Returns the groups' norms after.
+        Under torch.distributed rank 0 decides the factors for every rank."""
         factors = torch.ones(len(self.groups))
         for rule in self.steering.values():
             for group in rule.groups:
@@ -324,22 +413,24 @@ class GradientMonitor:
                 if rule.clip is not None and group_norms[g] * factor > rule.clip:
                     factor = rule.clip / float(group_norms[g])
                 factors[g] *= factor
-        if (factors != 1).any():
+        factors = self.cluster.from_rank0(factors)
+        if (factors != 1).any() and idx:
             per_param = factors[self._group_index[torch.tensor(idx)]].tolist()
             for factor in sorted(set(per_param)):
                 if factor != 1.0:
                     chosen = [i for i, f in zip(idx, per_param) if f == factor]
-                    for i, scaled in zip(chosen, _foreach_mul(self._grads(chosen), factor)):
-                        self.params[i].grad = scaled
+                    for i in chosen:
+                        self.params[i].grad = self.params[i].grad * factor  # pyright: ignore[reportOptionalOperand]
         return group_norms * factors
 
-    def _record(self, step, loss, lr, group_norms, applied, grads, idx) -> dict:
+    def _record(self, step, loss, lr, group_norms, applied, idx, ranks) -> dict:
         if lr is None and self._optimizer is not None:
             lr = self._optimizer.param_groups[0].get("lr")
-        if isinstance(loss, torch.Tensor):
-            loss = float(loss.detach().float().mean())
         total = float(group_norms.pow(2).sum().sqrt())
-        self.steps.append({"step": step, "loss": loss, "lr": None if lr is None else float(lr), "global_norm": total})
+        entry = {"step": step, "loss": loss, "lr": None if lr is None else float(lr), "global_norm": total}
+        if self.cluster.active:
+            entry["ranks"] = {k: ranks[k] for k in ("seconds", "forward_seconds", "loss")}
+        self.steps.append(entry)
         rows = []
         for g, group in enumerate(self.groups):
             rows.append(
@@ -352,9 +443,8 @@ class GradientMonitor:
                 }
             )
         self.rows.extend(rows)
-        self._check(step, group_norms)
         if step % self.histograms_every == 0 or step == 1:
-            self._histograms(step, grads, idx)
+            self._histograms(step, idx)
         return {"steps": self.steps[-1], "rows": rows}
 
     def _typical(self, group: str) -> float | None:
@@ -365,73 +455,160 @@ class GradientMonitor:
         ]
         return float(torch.tensor(past).median()) if len(past) >= 3 else None
 
-    def _check(self, step: int, group_norms: torch.Tensor) -> None:
+    def _kind(self, group: str, norm: float) -> tuple[str | None, str]:
+        """The alert a group's norm raises (or None), and the limit it crossed, in words."""
+        typical = self._typical(group) if self.spike else None
+        spiking = (
+            self.spike is not None
+            and typical is not None
+            and typical > 0
+            and norm > self.spike * typical
+            and norm >= self.spike_floor
+        )
+        if not math.isfinite(norm):
+            return "nonfinite", ""
+        if norm > self.exploding:
+            return "exploding", f" > {self.exploding:g}"
+        if spiking and typical:
+            return "exploding", f", {norm / typical:.0f}x its median {typical:.3g}"
+        if norm < self.vanishing:
+            return "vanishing", f" < {self.vanishing:g}"
+        return None, ""
+
+    def _check(self, step: int, group_norms: torch.Tensor) -> tuple[list[dict], str | None]:
+        """The alerts of this step: those that start now (an incident each step), and why to stop."""
+        started, stop = [], None
         for g, group in enumerate(self.groups):
             norm = float(group_norms[g])
-            typical = self._typical(group) if self.spike else None
-            spiking = (
-                self.spike is not None
-                and typical is not None
-                and typical > 0
-                and norm > self.spike * typical
-                and norm >= self.spike_floor
-            )
-            kind = (
-                "nonfinite"
-                if not math.isfinite(norm)
-                else "exploding"
-                if norm > self.exploding or spiking
-                else "vanishing"
-                if norm < self.vanishing
-                else None
-            )
+            kind, limit = self._kind(group, norm)
             for k in KINDS:
                 if k != kind:
                     self._alerting.discard((k, group))
             if kind is None:
                 continue
-            limit = {
-                "exploding": f" > {self.exploding:g}"
-                if norm > self.exploding
-                else f", {norm / typical:.0f}x its median {typical:.3g}"
-                if spiking and typical
-                else "",
-                "vanishing": f" < {self.vanishing:g}",
-            }.get(kind, "")
             message = f"step {step}: {kind} gradient in {group} (norm {norm:.3g}{limit})"
-            self.alerts.append({"step": step, "group": group, "kind": kind, "value": norm, "message": message})
+            alert = {"step": step, "group": group, "kind": kind, "value": norm, "message": message}
+            self.alerts.append(alert)
             if (kind, group) not in self._alerting:  # warn when it starts, not every step it lasts
                 self._alerting.add((kind, group))
+                started.append(alert)
                 if self.warn:
-                    warnings.warn(message, GradientWarning, stacklevel=4)
-            if kind in self.stop_on:
-                raise TrainingStopped(f"{message}; stopping (stop_on={self.stop_on})")
+                    warnings.warn(message, GradientWarning, stacklevel=5)
+            if kind in self.stop_on and stop is None:
+                stop = f"{message}; stopping (stop_on={self.stop_on})"
+        return started, stop
 
-    def _histograms(self, step: int, grads, idx) -> None:
+    def _histograms(self, step: int, idx) -> None:
+        """log10 |gradient| per group, from at most HIST_SAMPLE evenly spaced values of it."""
         per_group: dict[int, list[torch.Tensor]] = {}
-        for g, i in zip(grads, self._group_index[idx].tolist()):
-            per_group.setdefault(i, []).append(g.detach().reshape(-1))
+        for g, i in zip(self._grads(idx.tolist()), self._group_index[idx].tolist()):
+            per_group.setdefault(i, []).append(self.cluster.local(g.detach())[0].reshape(-1))
         for i, parts in per_group.items():
-            values = torch.cat(parts).float().abs()
+            stride = max(1, -(-sum(p.numel() for p in parts) // HIST_SAMPLE))
+            values = torch.cat([p[::stride] for p in parts]).float().abs()
             zeros = int((values == 0).sum())
             logs = torch.log10(values[values > 0]).clamp(float(HIST_EDGES[0]), float(HIST_EDGES[-1]))
-            counts = torch.histc(
-                logs.cpu(), bins=len(HIST_EDGES) - 1, min=float(HIST_EDGES[0]), max=float(HIST_EDGES[-1])
-            )
+            counts = torch.histc(logs, bins=len(HIST_EDGES) - 1, min=float(HIST_EDGES[0]), max=float(HIST_EDGES[-1]))
             self.histograms.append(
-                {"step": step, "group": self.groups[i], "counts": counts.long().tolist(), "zeros": zeros}
+                {
+                    "step": step,
+                    "group": self.groups[i],
+                    "counts": counts.long().tolist(),
+                    "zeros": zeros,
+                    "every": stride,  # the values read: every stride-th
+                }
             )
 
+    # --- the flight recorder ---
+
+    def _origin(self, ranks: dict) -> int:
+        """The rank a bad step came from: the first whose loss was not finite, else the highest loss."""
+        bad = [r for r, flag in enumerate(ranks["nonfinite_loss"]) if flag]
+        if bad:
+            return bad[0]
+        losses = ranks["loss"]
+        return max(range(len(losses)), key=lambda r: losses[r])
+
+    def _incident(self, step, started, ranks, forwards, loss, lr, group_norms) -> Incident:
+        """Keep the step where alerts started: its batches (the origin rank's, on every rank), each
+        example's loss, and a CPU copy of the weights for the latest `keep_weights` incidents."""
+        origin = self._origin(ranks)
+        forwards = self.cluster.from_rank(forwards, origin)
+        sharded = any(self.cluster.local(p)[1] for p in self.params)
+        incident = Incident(
+            step=step,
+            rank=origin,
+            groups=tuple(dict.fromkeys(a["group"] for a in started)),
+            kinds=tuple(dict.fromkeys(a["kind"] for a in started)),
+            messages=tuple(a["message"] for a in started),
+            group_norms={g: float(v) for g, v in zip(self.groups, group_norms)},
+            lr=lr,
+            loss=loss,
+            forwards=forwards,
+            example_losses=self._example_losses(forwards, sharded),
+            weights=None if sharded or not self.keep_weights else self._weights(),
+            world_size=self.cluster.world,
+            rank_losses=list(ranks["loss"]),
+        )
+        self.incidents.append(incident)
+        for old in self.incidents[: -self.keep_weights or len(self.incidents)]:
+            old.weights = None
+        del self.incidents[:-MAX_INCIDENTS]
+        return incident
+
+    def _weights(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach().to("cpu", copy=True) for n, p in unwrapped(self.module).named_parameters()}
+
+    def _example_losses(self, forwards: list[Forward], sharded: bool) -> list[list[float]] | None:
+        """Each example's loss, from the step's forwards run again without gradients (the same
+        random draws; the weights are still the step's). Under FSDP every rank runs them together."""
+        model = self.module if sharded else unwrapped(self.module)
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        out: list[list[float]] = []
+        self.flight.paused = True
+        training = model.training
+        try:
+            with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                for forward in forwards:
+                    model.train(forward.training)
+                    set_rng_state(forward.rng, device)
+                    losses = example_losses(model, model(*forward.args, **forward.kwargs), forward.inputs)
+                    if losses is None:
+                        return None
+                    out.append(losses)
+        finally:
+            model.train(training)
+            self.flight.paused = False
+        return out
+
+    def replay(
+        self, incident: Incident, model: Any = None, *, state: Any = None, breakpoints: Any = None, loss_fn: Any = None
+    ) -> Replay:
+        """Run the incident's step again, forward and backward, on a copy of `model` (default: the
+        monitored one) with the step's weights (kept with the incident, or `state`), its batches and
+        random state; the debugger's breakpoints (default NonFinite and NormJump(10)) watch every
+        module call of both passes. `loss_fn(output, inputs)` if the model computes no loss itself."""
+        return replay(self, incident, model, state, breakpoints, loss_fn)
+
+    def norms_of(self, gradients: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Per-group norms of gradients named as the (unwrapped) model names its parameters."""
+        squares = dict.fromkeys(self.groups, 0.0)
+        for name, group in zip(self._inner_names, self.group_of):
+            if name in gradients:
+                squares[group] += float(gradients[name].double().pow(2).sum())
+        return {g: math.sqrt(v) for g, v in squares.items()}
+
     def _finish_update(self) -> None:
-        """Update-to-weight ratio of the optimizer step that followed the last snapshot."""
+        """Update-to-weight ratio of the optimizer step that followed the last snapshot (under FSDP,
+        each rank's from its own shards)."""
         if self._snapshot is None or self._buffers is None:
             return
         step, before = self._snapshot, self._buffers
         self._snapshot = None
         with torch.no_grad():
-            size = torch.stack(_foreach_norm(before)).float().cpu().double().pow(2)
-            _foreach_sub_(before, [p.detach() for p in self.params])  # in place: before - after
-            change = torch.stack(_foreach_norm(before)).float().cpu().double().pow(2)
+            size = torch.stack(_foreach_norm(before)).double().cpu().pow(2)
+            _foreach_sub_(before, self._sampled_weights())  # in place: before - after
+            change = torch.stack(_foreach_norm(before)).double().cpu().pow(2)
         n = len(self.groups)
         ratios = torch.zeros(n, dtype=torch.float64).index_add_(0, self._group_index, change).sqrt() / torch.zeros(
             n, dtype=torch.float64
@@ -490,10 +667,15 @@ class GradientMonitor:
                 "spike": self.spike,
                 "spike_floor": self.spike_floor,
                 "stop_on": list(self.stop_on),
+                "keep": self.flight.keep,
+                "keep_weights": self.keep_weights,
+                "update_sample": self.update_sample,
             },
             "steps": self.step_count,
             "steering": [dict(entry) for entry in self.steering_log],
             "alerts": [{k: a[k] for k in ("step", "group", "kind", "value")} for a in self.alerts],
+            "incidents": [i.summary() for i in self.incidents],
+            "ranks": self.cluster.world,
         }
 
     def to_dataframe(self):
@@ -551,6 +733,7 @@ class GradientMonitor:
     def detach(self) -> None:
         """Stop monitoring this model (another monitor may attach)."""
         self.__exit__()
+        self.flight.close()
         if getattr(self.module, "_llm_widgets_monitor", None) is not None:
             del self.module._llm_widgets_monitor
 
@@ -571,6 +754,14 @@ def _checked_loss(loss: Any) -> float | None:
     if isinstance(loss, bool) or not isinstance(loss, (int, float)):
         raise InputError(f"loss must be a number or a tensor; got {type(loss).__name__} {loss!r}")
     return float(loss)
+
+
+def _local_loss(loss: float | None, forwards: list[Forward]) -> float | None:
+    """This rank's loss: the one given to step(), else the mean of the model's own over the step's forwards."""
+    if loss is not None:
+        return loss
+    losses = [float(f.loss.float().mean()) for f in forwards if isinstance(f.loss, torch.Tensor)]
+    return sum(losses) / len(losses) if losses else None
 
 
 def _checked_lr(lr: Any) -> float | None:
