@@ -7,6 +7,10 @@ import { followTheme } from "./lib/theme";
 
 interface Alert { step: number; group: string; kind: string; message: string }
 interface Setting { scale: number; clip: number | null }
+interface Incident {
+  step: number; rank: number; kinds: string[]; groups: string[];
+  worst: { batch: number; example: number; loss: number | string } | null;
+}
 interface MonitorState {
   groups: string[];
   colours: string[];
@@ -20,6 +24,40 @@ interface MonitorState {
   applied: Record<string, Setting & { groups: string[] }>;
   error: string;
   dark: boolean;
+  incidents: Incident[];
+}
+
+/** The flight recorder's incidents, newest first, each with a button that replays its step. */
+function incidentList(box: HTMLElement, incidents: Incident[], requests: Requests) {
+  const result = el("div", "lw-mon-replay");
+  result.setAttribute("role", "status");
+  const list = el("ul");
+  incidents.slice(-5).reverse().forEach((incident) => {
+    const index = incidents.indexOf(incident);
+    const worst = incident.worst ? `; worst example ${incident.worst.example} of batch ${incident.worst.batch}` : "";
+    const item = el("li", "", `step ${incident.step} (rank ${incident.rank}): ${incident.kinds.join(", ")} in ` +
+      `${incident.groups.slice(0, 3).join(", ")}${incident.groups.length > 3 ? ", …" : ""}${worst} `);
+    const button = el("button", "lw-button", "replay");
+    button.dataset.step = String(incident.step);
+    button.title = "run this step again, forward and backward, under the debugger's breakpoints";
+    button.addEventListener("click", async () => {
+      button.disabled = true;
+      result.textContent = `replaying step ${incident.step}…`;
+      try {
+        const [reply] = await requests.raw("replay", { index });
+        result.textContent = String(reply.text ?? "");
+      } catch (error) {
+        result.textContent = `error: ${(error as Error).message}`;
+      } finally {
+        button.disabled = false;
+      }
+    });
+    item.append(button);
+    list.append(item);
+  });
+  box.replaceChildren(...(incidents.length
+    ? [el("span", "lw-label", `incidents (${incidents.length}), newest first: the step kept for replay`), list, result]
+    : []));
 }
 
 /** One group's steering row (name, scale slider, clip box, what is applied), appended to `table`. */
@@ -74,12 +112,13 @@ function render({ model, el: root, experimental, signal }: RenderProps<MonitorSt
   header.append(el("span", "lw-attn-title", "Gradient monitor"), status, exports);
   const alertsBox = el("div", "lw-mon-alerts");
   alertsBox.setAttribute("role", "alert");
+  const incidentsBox = el("div", "lw-mon-incidents");
   const errorBox = el("div", "lw-error");
   const details = el("details", "lw-mon-steer");
   const summary = el("summary", "", "steer gradients per group (scale, clip) — applied before the optimizer step");
   const table = el("div", "lw-mon-table");
   details.append(summary, table);
-  frame.append(header, alertsBox, errorBox, details);
+  frame.append(header, alertsBox, incidentsBox, errorBox, details);
   root.replaceChildren(frame);
 
   function send(group: string, setting: Setting) {
@@ -122,9 +161,11 @@ function render({ model, el: root, experimental, signal }: RenderProps<MonitorSt
     }
   }
   const stop = redrawOn(m, ["step", "steps_plotted", "alerts", "applied", "error", "loss"], draw);
+  const stopIncidents = redrawOn(m, ["incidents"], () => incidentList(incidentsBox, m.get("incidents"), requests));
   return () => {
     stopTheme();
     stop();
+    stopIncidents();
   };
 }
 

@@ -48,6 +48,14 @@ import transformers
 trainer = transformers.Trainer(model=model.model, args=transformers.TrainingArguments(
     output_dir=str(TMP / "trainer"), report_to=[], use_cpu=True))
 """,
+    "incident = monitor.incidents[-1]": """
+m.detach()
+monitor = lw.GradientMonitor(net, vanishing=0, exploding=1e-12, warn=False)  # a reader's run: every step alerts
+loss = net(**data[0]).loss
+loss.backward()
+monitor.step(loss=loss)
+net.zero_grad()
+""",
 }
 # Paths the README names as placeholders for the reader's own files
 PLACES = {'"path/to/sentiment-model"': "SENTIMENT_MODEL"}

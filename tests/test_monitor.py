@@ -194,7 +194,8 @@ def test_with_the_hf_trainer(tiny_gpt2, tmp_path):
     from transformers import Trainer, TrainingArguments
 
     model = _fresh(tiny_gpt2)
-    monitor = lw.GradientMonitor(model, histograms_every=2, updates_every=1)
+    # every step alerts (exploding above 1e-9): the flight recorder keeps step 1, the Trainer's own batch
+    monitor = lw.GradientMonitor(model, histograms_every=2, updates_every=1, vanishing=0, exploding=1e-9, warn=False)
     ids = tiny_gpt2.tokenizer(
         "Call me Ishmael. Some years ago, never mind how long precisely, having little or no "
         "money in my purse, and nothing particular to interest me on shore"
@@ -220,6 +221,9 @@ def test_with_the_hf_trainer(tiny_gpt2, tmp_path):
     assert frame.loss.notna().all() and frame.update_ratio.notna().all() and (frame.grad_norm > 0).all()
     assert {h["step"] for h in monitor.histograms} == {1, 2, 4}
     assert sum(monitor.histograms[0]["counts"]) + monitor.histograms[0]["zeros"] > 0
+    (incident,) = monitor.incidents
+    assert incident.step == 1 and set(incident.batch) >= {"input_ids", "labels"}
+    assert monitor.replay(incident).matches  # the Trainer's loss call (its kwargs too), dropout and all
     monitor.detach()
 
 

@@ -8,7 +8,7 @@ const MIME: Record<string, string> = {
   png: "image/png", svg: "image/svg+xml", html: "text/html", json: "application/json", csv: "text/csv",
 };
 
-type Reply = { type: string; shape: [number, number]; message?: string; name?: string; format?: string; answer?: number };
+type Reply = { type: string; shape: [number, number]; message?: string; name?: string; format?: string; answer?: number; text?: string };
 
 export function el<K extends keyof HTMLElementTagNameMap>(tag: K, cls = "", text?: string): HTMLElementTagNameMap[K] {
   const node = document.createElement(tag);

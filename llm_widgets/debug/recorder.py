@@ -242,11 +242,11 @@ class Recorder:
                 phase="backward",
                 output_shape=tuple(grad.shape),
                 output_dtype=str(grad.dtype).removeprefix("torch."),
-                stats=stats_of(grad),
+                stats=(stats := stats_of(grad)),
                 exit_order=self.exits,
             )
             self.exits += 1
-            if not call.stats.finite:  # gradients flow back: after the first non-finite one, the rest carry it
+            if not stats.finite:  # gradients flow back: after the first non-finite one, the rest carry it
                 call.input_finite, self.backward_nonfinite = not self.backward_nonfinite, True
             self.calls.append(call)
             self._check(call, grad, None)

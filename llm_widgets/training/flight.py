@@ -120,12 +120,12 @@ class Incident:
             "groups": list(self.groups),
             "kinds": list(self.kinds),
             "messages": list(self.messages),
-            "loss": self.loss,
+            "loss": number(self.loss),
             "lr": self.lr,
             "batches": len(self.forwards),
             "worst": None
             if worst is None
-            else {"batch": worst[0], "example": worst[1], "loss": self.example_losses[worst[0]][worst[1]]},  # type: ignore[index]
+            else {"batch": worst[0], "example": worst[1], "loss": number(self.example_losses[worst[0]][worst[1]])},  # type: ignore[index]
             "weights_kept": self.weights is not None,
         }
 
@@ -140,6 +140,11 @@ class Incident:
 
 def _finite(value: float) -> bool:
     return value == value and abs(value) != float("inf")
+
+
+def number(value: float | None) -> float | str | None:
+    """A number for JSON (the widget's messages refuse NaN and Inf): non-finite ones as text."""
+    return value if value is None or _finite(value) else str(value)
 
 
 class FlightRecorder:

@@ -592,11 +592,13 @@ class GradientMonitor:
 
     def norms_of(self, gradients: dict[str, torch.Tensor]) -> dict[str, float]:
         """Per-group norms of gradients named as the (unwrapped) model names its parameters."""
-        squares = dict.fromkeys(self.groups, 0.0)
-        for name, group in zip(self._inner_names, self.group_of):
-            if name in gradients:
-                squares[group] += float(gradients[name].double().pow(2).sum())
-        return {g: math.sqrt(v) for g, v in squares.items()}
+        found = [(i, gradients[n]) for i, n in enumerate(self._inner_names) if n in gradients]
+        if not found:
+            return dict.fromkeys(self.groups, 0.0)
+        squares = torch.stack(_foreach_norm([g for _, g in found])).double().cpu().pow(2)  # as step() computes them
+        where = self._group_index[torch.tensor([i for i, _ in found])]
+        total = torch.zeros(len(self.groups), dtype=torch.float64).index_add_(0, where, squares)
+        return {g: float(v) for g, v in zip(self.groups, total.sqrt().float())}
 
     def _finish_update(self) -> None:
         """Update-to-weight ratio of the optimizer step that followed the last snapshot (under FSDP,

@@ -22,7 +22,7 @@ from ..debug.timeline import Call
 from ..errors import InputError, WrongTypeError
 from ..models.language_model import torch_module
 from .distributed import unwrapped
-from .flight import Forward, Incident, set_rng_state
+from .flight import Forward, Incident, number, set_rng_state
 
 if TYPE_CHECKING:
     from .monitor import GradientMonitor
@@ -72,7 +72,7 @@ class Replay:
             "matches": self.matches,
             "worst": None
             if worst is None or self.example_losses is None
-            else {"batch": worst[0], "example": worst[1], "loss": self.example_losses[worst[0]][worst[1]]},
+            else {"batch": worst[0], "example": worst[1], "loss": number(self.example_losses[worst[0]][worst[1]])},
             "error": None if self.error is None else f"{type(self.error).__name__}: {self.error}",
         }
 

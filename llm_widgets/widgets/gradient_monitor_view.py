@@ -6,7 +6,8 @@ update through the comm with no server and no CDN) fed by ColumnDataSource
 `min_interval` seconds, so a fast loop never floods the browser. The controls
 (status, alerts, a scale slider and a clip box per group, export buttons) are
 an anywidget. Sliders set the monitor's steering when the kernel is free: between
-cells, or live when the loop runs in a thread.
+cells, or live when the loop runs in a thread. The flight recorder's incidents are listed
+with a button that replays the step under the debugger's breakpoints and says what it found.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -94,12 +96,19 @@ class MonitorControls(Answers, anywidget.AnyWidget):
     dark = traitlets.Bool(False, help="the page under the widget is dark (the front end tells): the charts follow").tag(
         sync=True
     )
+    incidents = traitlets.List(
+        traitlets.Dict(),
+        help="the flight recorder's incidents, oldest first: {step, rank, kinds, groups, messages, worst, ...}",
+    ).tag(sync=True)
     exporter: Callable[[str], bytes] | None = None  # the view's render(fmt), set by GradientMonitorView
+    replayer: Callable[[int], dict] | None = None  # replays incident i, set by GradientMonitorView
 
     def answer(self, request: dict) -> tuple[dict, list[bytes]]:
-        """The front end's requests: only exports of the charts."""
+        """The front end's requests: exports of the charts, replays of incidents."""
+        if request.get("what") == "replay" and self.replayer is not None:
+            return {"type": "replay", **self.replayer(self.number(request, "index"))}, []
         if request.get("what") != "export" or self.exporter is None:
-            raise InputError(f"unknown request {request.get('what')!r}: the monitor answers 'export'")
+            raise InputError(f"unknown request {request.get('what')!r}: the monitor answers 'export' and 'replay'")
         fmt = str(request.get("format"))
         return {"type": "file", "name": f"gradient-monitor.{fmt}", "format": fmt}, [self.exporter(fmt)]
 
@@ -143,6 +152,7 @@ class GradientMonitorView(StaticFallback, ipywidgets.VBox):
         self.controls.observe(self._on_sliders, names="steering")
         self.controls.observe(lambda change: self.paint(change["new"]), names="dark")
         self.controls.exporter = self.render
+        self.controls.replayer = self.replay
         self._pending: list[dict] = []
         self._sent_until = 0  # steps of monitor.steps already streamed
         self._hist_sent = 0
@@ -300,6 +310,21 @@ class GradientMonitorView(StaticFallback, ipywidgets.VBox):
             c.n_alerts = len(m.alerts)
             c.alerts = [{k: a[k] for k in ("step", "group", "kind", "message")} for a in m.alerts[-20:]]
             c.applied = {p: {"scale": s.scale, "clip": s.clip, "groups": list(s.groups)} for p, s in m.steering.items()}
+            shown = [i["step"] for i in c.incidents]
+            if shown != [i.step for i in m.incidents]:
+                c.incidents = [i.summary() for i in m.incidents]
+
+    def replay(self, index: int) -> dict:
+        """Replay incident `index` (the button beside it): what the breakpoints found, in words."""
+        incidents = self.monitor.incidents
+        if not 0 <= index < len(incidents):
+            raise InputError(f"no incident {index}: the monitor has {len(incidents)}")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = self.monitor.replay(incidents[index])
+        summary = result.summary()
+        summary["text"] = _replay_text(result.summary(), [str(w.message) for w in caught])
+        return summary
 
     def _stream_ratios(self) -> None:
         """Update ratios of the steps whose measurement is done (every updates_every steps)."""
@@ -381,6 +406,34 @@ class GradientMonitorView(StaticFallback, ipywidgets.VBox):
         return monitor_figure.render(
             self.monitor, fmt, charts=self.charts, groups=list(self._keys), colours=list(self.controls.colours)
         )
+
+
+def _replay_text(summary: dict, warned: list[str]) -> str:
+    """A replay's findings as the view says them."""
+    where = (
+        f"first breakpoint hit: {summary['module'] or 'the model'} ({summary['phase']}): {summary['reason']}"
+        if summary["module"] is not None
+        else "no breakpoint hit (no NaN/Inf made, no 10x jump of a block's norm)"
+    )
+    worst = summary["worst"]
+    example = ""
+    if worst:
+        example = f"; worst example {worst['example']} of batch {worst['batch']} (loss {_short(worst['loss'])})"
+    exact = (
+        "gradients equal the step's"
+        if summary["matches"]
+        else "gradients differ from the step's (weights of another step)"
+        if not summary["exact"]
+        else "gradients differ from the step's"
+    )
+    error = f"; the forward raised {summary['error']}" if summary["error"] else ""
+    return f"step {summary['step']} (rank {summary['rank']}): {where}{example}; {exact}{error}" + "".join(
+        f" ({w})" for w in warned
+    )
+
+
+def _short(value: float | str) -> str:
+    return value if isinstance(value, str) else f"{value:.4g}"
 
 
 def _positive(value) -> float:

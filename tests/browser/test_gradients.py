@@ -38,6 +38,11 @@ def test_gradients_notebook_monitor_updates_live_and_steers(front_end, page):
     page.locator(".jp-OutputArea-output", has_text="figures/monitor.html").wait_for(timeout=300_000)
     assert notebook_errors(page) == []
     assert page.locator(".jp-OutputArea-output", has_text="Attribution(grad_x_input").count() == 1
+    # the flight recorder's newest incident, replayed from its button: the step's own gradients again
+    monitors.first.locator(".lw-mon-incidents button").first.click()
+    replayed = monitors.first.locator(".lw-mon-replay")
+    page.wait_for_function("el => el.textContent.startsWith('step ')", arg=replayed.element_handle(), timeout=60_000)
+    assert "gradients equal the step's" in replayed.inner_text()
     # attribution: tokens coloured with a sign mark; a click in the head grid opens that head in the linked view
     attributions = page.locator(".lw-attrib")
     assert attributions.count() == 2
