@@ -1,5 +1,6 @@
 """Run by tests/test_distributed.py under `torchrun --nproc_per_node 2` (gloo, CPU): the gradient
-monitor under DDP and FSDP2, a planted NaN on rank 1, and a monitor attached on rank 0 only.
+monitor under DDP and FSDP2, a planted NaN on rank 1, the Trainer's callback (accelerate's DDP),
+and a monitor attached on rank 0 only.
 Each rank writes what it saw to OUT/rank<r>.json; the test compares them with one process."""
 
 from __future__ import annotations
@@ -109,6 +110,8 @@ def main(out: Path) -> None:
     seen["replay_module"] = replay.stopped_at.module if replay.stopped_at else None
     monitor.detach()
 
+    seen["trainer"] = trainer(out)
+
     dist.barrier()
     if rank == 0:  # the last case: a monitor on rank 0 only
         try:
@@ -120,6 +123,33 @@ def main(out: Path) -> None:
     (out / f"rank{rank}.json").write_text(json.dumps(seen))
     dist.barrier()
     dist.destroy_process_group()
+
+
+def trainer(out: Path) -> dict:
+    """The Trainer (accelerate's DDP underneath) with the monitor's callback: the norms it reads and
+    the gradient norm the Trainer logs (max_grad_norm=0: measured, not clipped)."""
+    model = tiny_llama()
+    g = torch.Generator().manual_seed(1)
+    data = [{"input_ids": t, "labels": t} for t in torch.randint(0, 60, (16, LENGTH), generator=g)]
+    args = transformers.TrainingArguments(
+        output_dir=str(out / "trainer"),
+        max_steps=3,
+        per_device_train_batch_size=4,
+        report_to=[],
+        save_strategy="no",
+        max_grad_norm=0.0,
+        use_cpu=True,
+        disable_tqdm=True,
+        ddp_backend="gloo",
+        logging_steps=1,
+    )
+    run = transformers.Trainer(model=model, args=args, train_dataset=data)
+    monitor = lw.GradientMonitor(model, warn=False)
+    run.add_callback(monitor.callback)
+    run.train()
+    logged = [float(e["grad_norm"]) for e in run.state.log_history if "grad_norm" in e]
+    monitor.detach()
+    return {"norms": [s["global_norm"] for s in monitor.steps], "logged": logged}
 
 
 def single_process(out: Path) -> None:

@@ -68,3 +68,9 @@ def test_distributed_without_a_process_group_is_refused(tiny_gpt2):
         lw.GradientMonitor(tiny_gpt2.model, distributed=True)
     with pytest.raises(lw.WrongTypeError, match="'auto', True or False"):
         lw.GradientMonitor(tiny_gpt2.model, distributed="yes")
+
+
+def test_the_trainer_callback_reads_the_norm_the_trainer_logs(ranks):
+    rank0, rank1, _ = ranks
+    assert len(rank0["trainer"]["norms"]) == 3 and rank0["trainer"]["norms"] == rank1["trainer"]["norms"]
+    assert rank0["trainer"]["norms"] == pytest.approx(rank0["trainer"]["logged"], rel=1e-5)
