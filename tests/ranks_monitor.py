@@ -80,6 +80,7 @@ def main(out: Path) -> None:
     seen["ddp_steered"] = [r["steered_norm"] for r in monitor.rows if r["step"] == 2 and r["group"] == "layer 0"]
     seen["ddp_checksum"] = checksum(ddp)
     seen["ranks"] = monitor.steps[-1]["ranks"]
+    seen["ranks_frame"] = monitor.ranks_dataframe().shape
     seen["warn"] = monitor.warn
     monitor.detach()
 

@@ -49,6 +49,7 @@ def test_per_rank_times_and_one_voice(ranks):
     rank0, rank1, _ = ranks
     assert len(rank0["ranks"]["forward_seconds"]) == 2 and all(t > 0 for t in rank0["ranks"]["forward_seconds"])
     assert rank0["ranks"] == rank1["ranks"]
+    assert rank0["ranks_frame"] == [6, 5]  # 3 steps x 2 ranks: step, rank, seconds, forward_seconds, loss
     assert rank0["warn"] is False and rank1["warn"] is False  # (warn=False asked; rank 1 never warns anyway)
 
 

@@ -83,6 +83,7 @@ def test_a_mislabelled_example_is_an_incident_that_replays_bit_for_bit(mislabell
     assert not replay.hits and replay.stopped_at is None
     assert model.training and all(p.grad is not None for p in model.parameters())  # training untouched
     assert "incidents" in monitor.record and monitor.record["incidents"][0]["step"] == incident.step
+    assert monitor.ranks_dataframe().empty and monitor.record["ranks"] == 1  # one process
 
 
 def test_the_ring_keeps_the_last_steps_only(mislabelled_run):

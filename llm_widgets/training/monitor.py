@@ -689,6 +689,19 @@ class GradientMonitor:
         steps = pd.DataFrame(self.steps, columns=["step", "loss", "lr", "global_norm"])
         return rows.merge(steps, on="step", how="left")
 
+    def ranks_dataframe(self):
+        """Under torch.distributed, one row per (step, rank): seconds (since the rank's previous
+        step), forward_seconds (its forwards alone: a straggler's are longer), loss. Empty alone."""
+        import pandas as pd
+
+        rows = [
+            {"step": s["step"], "rank": r, **{k: s["ranks"][k][r] for k in ("seconds", "forward_seconds", "loss")}}
+            for s in self.steps
+            if "ranks" in s
+            for r in range(len(s["ranks"]["seconds"]))
+        ]
+        return pd.DataFrame(rows, columns=["step", "rank", "seconds", "forward_seconds", "loss"])
+
     def subscribe(self, listener: Callable[[dict], None], flush: Callable[[], None] | None = None) -> None:
         """Call `listener` with each recorded step's summary; `flush` when `monitor.flush()` asks
         for everything so far to be drawn (what a view does)."""
