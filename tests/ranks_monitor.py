@@ -23,7 +23,8 @@ import llm_widgets as lw
 ROWS, LENGTH, STEPS = 8, 12, 3
 
 
-def tiny_llama() -> torch.nn.Module:
+def tiny_llama(dropout: float = 0.0) -> torch.nn.Module:
+    """A tiny Llama (vocabulary 64, untied embeddings), seeded, in training mode."""
     torch.manual_seed(0)
     config = transformers.LlamaConfig(
         vocab_size=64,
@@ -33,6 +34,7 @@ def tiny_llama() -> torch.nn.Module:
         num_attention_heads=4,
         num_key_value_heads=2,
         tie_word_embeddings=False,
+        attention_dropout=dropout,
     )
     return transformers.LlamaForCausalLM(config).train()
 

@@ -7,25 +7,15 @@ import warnings
 
 import pytest
 import torch
-import transformers
 
 import llm_widgets as lw
 
+from .ranks_monitor import tiny_llama
 
-def _counting_llama(dropout: float = 0.1, seed: int = 0):
-    """A tiny Llama (untied, with attention dropout: replays must draw the same) and its optimizer."""
-    torch.manual_seed(seed)
-    config = transformers.LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=False,
-        attention_dropout=dropout,
-    )
-    model = transformers.LlamaForCausalLM(config).train()
+
+def _counting_llama(dropout: float = 0.1):
+    """The tiny Llama (with attention dropout: replays must draw the same) and its optimizer."""
+    model = tiny_llama(dropout)
     return model, torch.optim.AdamW(model.parameters(), lr=1e-2)
 
 
