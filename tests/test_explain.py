@@ -52,6 +52,22 @@ def test_the_terms_add_up_to_the_runs_scores(arch):
     assert len(heads) == lm.facts.n_heads and pair.components[-2:] == ["biases", "bias"]
 
 
+def test_post_norm_blocks_pass_every_component_through_their_norms():
+    """BERT normalises the residual stream after each sublayer: held at their run scales the norms
+    are linear maps, so the earlier components pass through them and the terms still add up."""
+    trace = build("bert").trace(PROMPT)
+    for layer in range(2):
+        row = trace.explain_attention(layer, 1, 3)  # not causal: every key
+        assert len(row.keys) == len(trace) and row.residual_error <= 1e-4 * float(row.reference.abs().max())
+        torch.testing.assert_close(
+            torch.softmax(row.scores, -1), trace.attention(layer, 1, queries=3)[0], rtol=0, atol=1e-5
+        )
+    pair = trace.explain_attention(1, 1, 3, 2)
+    assert pair.components[:2] == ["embedding", "head 0.0"] and "mlp 0" in pair.components
+    assert float(pair.terms().sum()) == pytest.approx(pair.total, rel=1e-5)
+    assert "token embedding" not in pair.components  # (its embeddings are normalised together: one component)
+
+
 def test_an_edit_is_its_own_term():
     lm = build("llama")
     edit = lw.ScaleAttention(4.0, keys=(2, 4), layers=[1])
@@ -209,8 +225,6 @@ def test_bad_input_is_named():
         trace.explain_attention(0, 0, 10, 2)
     with pytest.raises(lw.InputError, match="head must be an integer"):
         trace.explain_attention(0, 4, 10)
-    with pytest.raises(lw.InputError, match="explain_attention splits a residual stream that blocks add to"):
-        build("bert").trace(PROMPT).explain_attention(1, 0, 3, 2)
     translator = lw.load_model("tiny-translator", progress=False)
     with pytest.raises(lw.InputError, match="explain_attention reads a decoder-only model's stack"):
         translator.trace("the house").explain_attention(0, 0, 1, 0)

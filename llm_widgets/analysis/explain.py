@@ -5,7 +5,9 @@ With each normalisation's scale held at the value it had in the run, a layer's q
 are affine in its residual stream (projections, QK-norms, rotary embeddings are linear), and the
 residual stream is a sum of components: the token (and position) embeddings, every earlier head's
 output (the output projection split by head) and MLP's output, and biases. So the pre-softmax
-score q_i . k_j * scaling splits into one term per pair of components, adding up to it.
+score q_i . k_j * scaling splits into one term per pair of components, adding up to it. In a
+post-norm model (BERT) each block's norms act on the stream itself: held at their scales they are
+linear maps, which every earlier component passes through.
 
 No per-model code: one forward of the traced sequence keeps each block's input, attention output
 (and the output projection's input, for the heads), MLP output and every norm's input; each norm
@@ -31,7 +33,7 @@ from ..errors import InputError
 from ..models.anatomy import anatomy, block_output
 from ..models.devices import input_device
 from ..trace import Trace
-from ..trace.capture import STATE, RunState, instrument, routed
+from ..trace.capture import STATE, RunState, attention_modules, instrument, routed
 from ..trace.runner import held
 from ..trace.steering import added_by
 
@@ -155,8 +157,10 @@ class _Kept:
     projection: dict[int, tuple[torch.nn.Module, torch.Tensor]] = field(default_factory=dict)
     post_norms: dict[tuple[int, str], tuple[torch.nn.Module, torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     norms: list[tuple[torch.nn.Module, torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    block_norms: dict[int, list[tuple[torch.nn.Module, torch.Tensor, torch.Tensor]]] = field(default_factory=dict)
     call: tuple[tuple, dict] | None = None
     positions: torch.Tensor | None = None  # a learned position embedding's output (GPT-2's wpe), if any
+    tokens: torch.Tensor | None = None  # the token embedding's output
     values: dict[int, torch.Tensor] = field(default_factory=dict)  # earlier layers' values [kv_heads, T, d]
     frozen: dict[int, FrozenNorm] = field(default_factory=dict)  # each norm held at its scale, by id
     steered: dict[int, torch.Tensor] = field(default_factory=dict)  # what SteerResidual edits add after block i
@@ -167,6 +171,13 @@ def _frozen(kept: _Kept, module: torch.nn.Module, x: torch.Tensor, y: torch.Tens
     if id(module) not in kept.frozen:
         kept.frozen[id(module)] = freeze(module, x, y)
     return kept.frozen[id(module)]
+
+
+def _caller(model: Any, attention: torch.nn.Module) -> torch.nn.Module:
+    """The module inside a block's attention that calls transformers' attention interface (the
+    attention itself, or BERT's self-attention inside its BertAttention): where a probe stands."""
+    inside = set(map(id, attention.modules()))
+    return next((m for m in attention_modules(model) if id(m) in inside), attention)
 
 
 def _is_norm(module: torch.nn.Module) -> bool:
@@ -193,6 +204,8 @@ def _hooks(model: Any, parts, layer: int, kept: _Kept) -> list:
             x, y = _row(args[0]), _row(block_output(output))
             if i == layer:
                 kept.norms.append((module, x, y))
+            else:
+                kept.block_norms.setdefault(i, []).append((module, x, y))
             for what, store in (("attention", kept.attention_out), ("mlp", kept.mlp_out)):
                 if _same(store.get(i), x):  # a post-norm: what the block adds is its output
                     kept.post_norms.setdefault((i, what), (module, x, y))
@@ -221,9 +234,13 @@ def _hooks(model: Any, parts, layer: int, kept: _Kept) -> list:
     def position(_m, _args, output):
         kept.positions = _row(output) if output.dim() == 3 else None
 
+    def token(_m, _args, output):
+        kept.tokens = _row(output) if output.dim() == 3 else None
+
     tokens = model.get_input_embeddings()
     embeddings = [m for m in model.modules() if isinstance(m, torch.nn.Embedding) and m is not tokens]
     handles += [m.register_forward_hook(position) for m in embeddings]
+    handles.append(tokens.register_forward_hook(token))
     for i, block in enumerate(parts.blocks[: layer + 1]):
         handles.append(block.register_forward_pre_hook(block_in(i), with_kwargs=True))
         handles += [m.register_forward_hook(norm(i)) for m in block.modules() if _is_norm(m)]
@@ -272,10 +289,16 @@ def _frozen_post(kept: _Kept, i: int, what: str) -> tuple[FrozenNorm | None, tor
 
 
 def _stream(kept: _Kept, layer: int, n_heads: int, at: torch.Tensor) -> _Stream:
-    """Embeddings, each earlier head and MLP, and the biases: what adds up to the layer's input."""
+    """Embeddings, each earlier head and MLP, and the biases: what adds up to the layer's input
+    (through the blocks' norms held at their scales, in post-norm models)."""
+    if layer and not _additive(kept, 0):
+        post = _post_stream(kept, layer, n_heads, at)
+        if post is not None:
+            return post
     x0 = kept.inputs[0][at]
     parts: list[tuple[list[str], Any]] = []
-    if kept.positions is not None and kept.positions.shape == kept.inputs[0].shape:
+    split = kept.positions is not None and kept.tokens is not None and kept.positions.shape == kept.inputs[0].shape
+    if split and _close(kept.tokens + kept.positions, kept.inputs[0]):  # (not where a norm follows: BERT's)
         position = kept.positions[at]  # learned absolute positions (GPT-2's wpe), as the model added them
         parts += [
             (["token embedding"], lambda: (x0 - position)[None]),
@@ -336,6 +359,70 @@ def _out_weight(module: Any) -> torch.Tensor:
     return weight.t() if type(module).__name__ == "Conv1D" else weight
 
 
+def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.shape == b.shape and float((a - b).abs().max()) <= 1e-4 * (float(b.abs().max()) + 1.0)
+
+
+def _additive(kept: _Kept, i: int) -> bool:
+    """Block i's output is its input plus what its attention and its MLP add."""
+    added = kept.inputs[i].clone()
+    for what, store in (("attention", kept.attention_out), ("mlp", kept.mlp_out)):
+        if i in store:
+            added = added + _added(kept, i, what)
+    if i in kept.steered:
+        added = added + kept.steered[i]
+    return _close(added, kept.inputs[i + 1])
+
+
+def _post_stream(kept: _Kept, layer: int, n_heads: int, at: torch.Tensor) -> _Stream | None:
+    """Post-norm blocks (BERT): each of a block's norms acts on the residual stream plus what a
+    sublayer adds (its attention's out projection, split by head, or its MLP); held at its run scale
+    a norm is linear, so every component before it passes through it, and its shift joins the
+    biases. None where the blocks are not so."""
+    chain: list[FrozenNorm] = []
+    raw: list[tuple[list[str], Any, int]] = [(["embedding"], lambda: kept.inputs[0][at][None], 0)]
+    constant = torch.zeros_like(kept.inputs[0][at])
+    for i in range(layer):
+        residual = kept.inputs[i]
+        if i in kept.steered or not kept.block_norms.get(i):
+            return None
+        for k, (module, u, y) in enumerate(kept.block_norms[i]):
+            added, last = u - residual, kept.last_linear.get(i)
+            if k == 0 and last is not None and _close(_row(last[2]), added):  # the out projection, by head
+                bias = getattr(last[0], "bias", None)
+                constant = constant + (bias.detach().float() if isinstance(bias, torch.Tensor) else 0)
+                raw.append(
+                    (
+                        [f"head {i}.{h}" for h in range(n_heads)],
+                        _heads(last[0], _row(last[1]), n_heads, at, None),
+                        len(chain),
+                    )
+                )
+            else:
+                raw.append(([f"attention {i}" if k == 0 else f"mlp {i}"], lambda a=added: a[at][None], len(chain)))
+            frozen = _frozen(kept, module, u, y)
+            chain.append(frozen)
+            constant = frozen.linear(constant, frozen.scale[at]) + (0 if frozen.bias is None else frozen.bias)
+            residual = y
+        if not _close(residual, kept.inputs[i + 1]):
+            return None
+    parts = [(names, _through(thunk, chain[start:], at)) for names, thunk, start in raw]
+    parts.append((["biases"], lambda: constant[None].clone()))
+    return _Stream([n for names, _ in parts for n in names], parts)
+
+
+def _through(thunk: Any, norms: list[FrozenNorm], at: torch.Tensor) -> Any:
+    """A part's vectors passed through these norms (each held at its scale), in order."""
+
+    def passed() -> torch.Tensor:
+        vectors = thunk()
+        for frozen in norms:
+            vectors = frozen.linear(vectors, frozen.scale[at])
+        return vectors
+
+    return passed
+
+
 def _check_additive(kept: _Kept, i: int) -> None:
     """Block i's output is its input plus what its attention and its MLP add, or a clear error."""
     added = kept.inputs[i].clone()
@@ -350,7 +437,7 @@ def _check_additive(kept: _Kept, i: int) -> None:
         raise InputError(
             f"block {i}'s output is not its input plus its attention's and its MLP's outputs (off by {error:.3g}): "
             f"explain_attention splits a residual stream that blocks add to (pre-norm or sandwich-norm blocks, "
-            f"sequential or parallel), which this model's are not"
+            f"sequential or parallel) or that post-norm blocks normalise, which this model's are not"
         )
 
 
@@ -363,7 +450,8 @@ def _forward(trace: Trace, layer: int, parts, values: bool) -> _Kept:
     lm = trace.model
     model = lm.model
     kept = _Kept()
-    probe = _Probe(stop=id(parts.attentions[layer]))
+    callers = [None if a is None else _caller(model, a) for a in parts.attentions[: layer + 1]]
+    probe = _Probe(stop=id(callers[layer]))
     ids = trace.input_ids[None].to(input_device(model))
     shape = (lm.facts.n_layers, lm.facts.n_heads)
     edited = (
@@ -371,7 +459,7 @@ def _forward(trace: Trace, layer: int, parts, values: bool) -> _Kept:
         if trace.edits
         else contextlib.nullcontext()
     )
-    watched = [a for a in parts.attentions[: layer + 1] if a is not None] if values else [parts.attentions[layer]]
+    watched = [a for a in callers if a is not None] if values else [callers[layer]]
     with edited:  # our hooks after the edits' own: what a module gave is read as the edits left it
         handles = _hooks(model, parts, layer, kept)
         try:
@@ -384,7 +472,7 @@ def _forward(trace: Trace, layer: int, parts, values: bool) -> _Kept:
                 handle.remove()
     if kept.call is None or len(kept.inputs) <= layer:
         raise InputError(f"layer {layer}'s attention was not called in a forward of {lm.name}: nothing to explain")
-    kept.values = {i: probe.values[id(a)] for i, a in enumerate(parts.attentions[:layer]) if id(a) in probe.values}
+    kept.values = {i: probe.values[id(a)] for i, a in enumerate(callers[:layer]) if id(a) in probe.values}
     for i in range(layer):
         steered = added_by(trace.edits, i, len(trace), trace.n_prompt)
         if steered is not None:
@@ -465,8 +553,9 @@ def _project(model, kept: _Kept, attention, stream: _Stream, at: torch.Tensor, h
     qs: list[torch.Tensor] = []
     ks: list[torch.Tensor] = []
     q0 = k0 = torch.zeros(0)
-    probe = _Probe(stop=id(attention))
-    with _probing(model, [attention], probe), _held_norms(qk, at):
+    caller = _caller(model, attention)
+    probe = _Probe(stop=id(caller))
+    with _probing(model, [caller], probe), _held_norms(qk, at):
         for chunk in _chunks(stream, max(1, min(256, CHUNK_TOKENS // len(at)))):
             normed = chunk if before is None else before.linear(chunk, before.scale[at])
             rows = torch.cat([shift.expand(1, len(at), -1), normed + shift]).to(hidden.dtype).to(hidden.device)
@@ -474,7 +563,7 @@ def _project(model, kept: _Kept, attention, stream: _Stream, at: torch.Tensor, h
                 attention(rows, *args, **kwargs)
             except _Stopped:
                 pass
-            query, key = probe.calls[id(attention)]
+            query, key = probe.calls[id(caller)]
             group = query.shape[1] // key.shape[1]
             q = query[:, head, query_at].float().cpu()
             k = key[:, head // group, keys_at].float().cpu()
