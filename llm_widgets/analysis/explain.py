@@ -297,9 +297,14 @@ def _stream(kept: _Kept, layer: int, n_heads: int, at: torch.Tensor) -> _Stream:
             return post
     x0 = kept.inputs[0][at]
     parts: list[tuple[list[str], Any]] = []
-    split = kept.positions is not None and kept.tokens is not None and kept.positions.shape == kept.inputs[0].shape
-    if split and _close(kept.tokens + kept.positions, kept.inputs[0]):  # (not where a norm follows: BERT's)
-        position = kept.positions[at]  # learned absolute positions (GPT-2's wpe), as the model added them
+    tokens, positions = kept.tokens, kept.positions
+    if (
+        tokens is not None
+        and positions is not None
+        and positions.shape == tokens.shape
+        and _close(tokens + positions, kept.inputs[0])  # (not where a norm follows: BERT's)
+    ):
+        position = positions[at]  # learned absolute positions (GPT-2's wpe), as the model added them
         parts += [
             (["token embedding"], lambda: (x0 - position)[None]),
             (["position embedding"], lambda: position[None]),
@@ -450,7 +455,9 @@ def _forward(trace: Trace, layer: int, parts, values: bool) -> _Kept:
     lm = trace.model
     model = lm.model
     kept = _Kept()
-    callers = [None if a is None else _caller(model, a) for a in parts.attentions[: layer + 1]]
+    callers: list[torch.nn.Module | None] = [
+        None if a is None else _caller(model, a) for a in parts.attentions[: layer + 1]
+    ]
     probe = _Probe(stop=id(callers[layer]))
     ids = trace.input_ids[None].to(input_device(model))
     shape = (lm.facts.n_layers, lm.facts.n_heads)
@@ -459,7 +466,7 @@ def _forward(trace: Trace, layer: int, parts, values: bool) -> _Kept:
         if trace.edits
         else contextlib.nullcontext()
     )
-    watched = [a for a in callers if a is not None] if values else [callers[layer]]
+    watched = [a for a in callers if a is not None] if values else [_caller(model, parts.attentions[layer])]
     with edited:  # our hooks after the edits' own: what a module gave is read as the edits left it
         handles = _hooks(model, parts, layer, kept)
         try:
