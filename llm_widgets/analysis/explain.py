@@ -231,16 +231,7 @@ def _hooks(model: Any, parts, layer: int, kept: _Kept) -> list:
     def call(_m, args, kwargs):
         kept.call = (args, kwargs)
 
-    def position(_m, _args, output):
-        kept.positions = _row(output) if output.dim() == 3 else None
-
-    def token(_m, _args, output):
-        kept.tokens = _row(output) if output.dim() == 3 else None
-
-    tokens = model.get_input_embeddings()
-    embeddings = [m for m in model.modules() if isinstance(m, torch.nn.Embedding) and m is not tokens]
-    handles += [m.register_forward_hook(position) for m in embeddings]
-    handles.append(tokens.register_forward_hook(token))
+    handles += _embedding_hooks(model, kept)
     for i, block in enumerate(parts.blocks[: layer + 1]):
         handles.append(block.register_forward_pre_hook(block_in(i), with_kwargs=True))
         handles += [m.register_forward_hook(norm(i)) for m in block.modules() if _is_norm(m)]
@@ -254,6 +245,20 @@ def _hooks(model: Any, parts, layer: int, kept: _Kept) -> list:
         if i < layer and mlp is not None:
             handles.append(mlp.register_forward_hook(_setter(kept.mlp_out, i)))
     return handles
+
+
+def _embedding_hooks(model: Any, kept: _Kept) -> list:
+    """Hooks keeping the token embedding's output and a learned position embedding's (GPT-2's wpe)."""
+
+    def position(_m, _args, output):
+        kept.positions = _row(output) if output.dim() == 3 else None
+
+    def token(_m, _args, output):
+        kept.tokens = _row(output) if output.dim() == 3 else None
+
+    tokens = model.get_input_embeddings()
+    embeddings = [m for m in model.modules() if isinstance(m, torch.nn.Embedding) and m is not tokens]
+    return [m.register_forward_hook(position) for m in embeddings] + [tokens.register_forward_hook(token)]
 
 
 def _setter(store: dict, i: int):
