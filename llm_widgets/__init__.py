@@ -43,7 +43,7 @@ from .debug import At, Call, Debugger, NonFinite, NormJump, Overflow, Stats, Tar
 from .errors import InputError, LLMWidgetsError, ModelBusyError, ReplayMismatchError, WrongTypeError
 from .models import BUNDLED_MODELS, LanguageModel, ModelFacts, VocabTokenizer, load_model
 from .trace import AblateHead, AblateMLP, Direction, ScaleAttention, SteerResidual, Trace, TraceBatch, replay
-from .training import GradientMonitor, GradientWarning, StepProfile, TrainingStopped, profile_step
+from .training import GradientMonitor, GradientWarning, Incident, StepProfile, StepReplay, TrainingStopped, profile_step
 
 if TYPE_CHECKING:  # for type checkers and editors; at run time the widgets load on first use (__getattr__)
     from .widgets import (
@@ -82,6 +82,7 @@ __all__ = [
     "Divergence",
     "GradientMonitor",
     "GradientWarning",
+    "Incident",
     "LanguageModel",
     "AttentionExplanation",
     "LogitLens",
@@ -98,6 +99,7 @@ __all__ = [
     "Stats",
     "SteeringSearch",
     "StepProfile",
+    "StepReplay",
     "Sweep",
     "TargetDrop",
     "Trace",

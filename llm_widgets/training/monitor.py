@@ -39,7 +39,7 @@ from ..models.language_model import torch_module
 from .alerts import KINDS, GradientWarning, TrainingStopped
 from .distributed import Cluster, unwrapped
 from .flight import FlightRecorder, Forward, Incident, set_rng_state
-from .replay import Replay, example_losses, replay
+from .replay import StepReplay, example_losses, replay
 
 HIST_EDGES = torch.linspace(-12, 4, 65)  # log10 |g|: 64 fixed bins from 1e-12 to 1e4; zeros counted apart
 HIST_SAMPLE = 1 << 20  # values per group a histogram reads (evenly spaced): its shape, at a fixed cost
@@ -583,7 +583,7 @@ class GradientMonitor:
 
     def replay(
         self, incident: Incident, model: Any = None, *, state: Any = None, breakpoints: Any = None, loss_fn: Any = None
-    ) -> Replay:
+    ) -> StepReplay:
         """Run the incident's step again, forward and backward, on a copy of `model` (default: the
         monitored one) with the step's weights (kept with the incident, or `state`), its batches and
         random state; the debugger's breakpoints (default NonFinite and NormJump(10)) watch every

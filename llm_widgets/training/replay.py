@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class Replay:
+class StepReplay:
     """The step run again. `example_losses` (one list per forward), `gradients` {parameter name:
     tensor}, `group_norms` {group: norm}, `hits` (breakpoints that held, in the order the calls
     returned: forward first, then backward), `stopped_at` (the first hit's call: its `.module`,
@@ -96,7 +96,7 @@ class Replay:
         at = self.stopped_at
         where = f"first hit {at.module or 'model'} ({at.phase}): {self.reason}" if at else "no breakpoint hit"
         weights = "" if self.exact else "; weights of another step"
-        return f"Replay(step {self.incident.step}, rank {self.incident.rank}: {where}{weights})"
+        return f"StepReplay(step {self.incident.step}, rank {self.incident.rank}: {where}{weights})"
 
 
 def _same(a: float, b: float) -> bool:
@@ -217,7 +217,7 @@ def replay(
     state: Any = None,
     breakpoints: Any = None,
     loss_fn: Any = None,
-) -> Replay:
+) -> StepReplay:
     if not isinstance(incident, Incident):
         raise WrongTypeError(f"replay takes one of monitor.incidents; got {type(incident).__name__}")
     if not incident.forwards:
@@ -242,7 +242,7 @@ def replay(
     if recorder.hits and isinstance(recorder.hits[0].breakpoint, NonFinite):  # its own weights, if they are the cause
         first = recorder.hits[0]
         first.reason += recorder.bad_parameters(recorder.calls[first.call])
-    return Replay(
+    return StepReplay(
         incident=incident,
         example_losses=losses if losses and all(x is not None for x in losses) else None,
         gradients=gradients,
