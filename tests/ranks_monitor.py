@@ -87,10 +87,10 @@ def main(out: Path) -> None:
     monitor.detach()
 
     fsdp = tiny_llama()
+    monitor = lw.GradientMonitor(fsdp, warn=False)  # made before sharding, as with the Trainer (it shards in train())
     for layer in fsdp.model.layers:
         fully_shard(layer)
     fully_shard(fsdp)
-    monitor = lw.GradientMonitor(fsdp, warn=False)
     train(fsdp, monitor, batches, rank, world, steer_on_rank0=True)
     seen["fsdp"] = norms(monitor)
     seen["fsdp_steered"] = [r["steered_norm"] for r in monitor.rows if r["step"] == 2 and r["group"] == "layer 0"]

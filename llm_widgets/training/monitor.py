@@ -328,6 +328,7 @@ class GradientMonitor:
         self.step_count += 1
         step, now = self.step_count, time.perf_counter()
         forwards = self.flight.take(step)
+        self._follow_parameters()
         idx_list = [i for i, p in enumerate(self.params) if p.grad is not None]
         if not idx_list and not self.cluster.active:  # (a rank may hold no shard of any gradient)
             raise RuntimeError(
@@ -352,6 +353,18 @@ class GradientMonitor:
             self._take_snapshot(step)
         self._last_step_at = now
         return record
+
+    def _follow_parameters(self) -> None:
+        """The module's parameters by name again where they were replaced since the monitor was made
+        (FSDP2's fully_shard swaps them for sharded ones: the Trainer shards inside train())."""
+        try:
+            current = self.module.get_parameter(self.names[0])
+        except AttributeError:
+            return
+        if current is self.params[0]:
+            return
+        self.params = [self.module.get_parameter(n) for n in self.names]
+        self._buffers, self._snapshot = None, None  # (the update ratio's copy had the old shapes)
 
     def _norms(self, idx: list[int], step: int, loss, forwards: list[Forward], seconds: float):
         """The full gradient's per-group norms (over every rank), and each rank's figures."""
