@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import gc
 import warnings
 
 import pytest
@@ -172,3 +173,11 @@ def test_a_huge_norm_of_finite_values_is_not_called_nonfinite():
     assert all(r["grad_norm"] > 1e30 and r["grad_norm"] < float("inf") for r in record["rows"])
     assert {a["kind"] for a in monitor.alerts} == {"exploding"}
     copy.deepcopy(monitor.record)  # JSON-able data only
+
+
+def test_a_monitor_let_go_of_takes_its_hooks_off_the_model():
+    model, _ = _counting_llama()
+    lw.GradientMonitor(model)  # made and dropped, never detached
+    gc.collect()
+    assert not model._forward_pre_hooks and not model._forward_hooks
+    lw.GradientMonitor(model).detach()  # and another may attach

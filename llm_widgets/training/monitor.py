@@ -209,6 +209,7 @@ class GradientMonitor:
         prefix = "module." if unwrapped(module) is not module else ""
         self._inner_names = [n.removeprefix(prefix) for n in self.names]  # as the unwrapped model names them
         self.flight = FlightRecorder(module, keep)
+        weakref.finalize(self, self.flight.close)  # a monitor let go of takes its hooks off the model
         vars(module)["_llm_widgets_monitor"] = weakref.ref(self)  # a plain attribute (not a parameter or module)
 
     def _start_history(self) -> None:
