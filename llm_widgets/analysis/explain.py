@@ -373,15 +373,20 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.shape == b.shape and float((a - b).abs().max()) <= 1e-4 * (float(b.abs().max()) + 1.0)
 
 
-def _additive(kept: _Kept, i: int) -> bool:
-    """Block i's output is its input plus what its attention and its MLP add."""
+def _summed(kept: _Kept, i: int) -> torch.Tensor:
+    """Block i's input plus what its attention, its MLP and a steering edit add."""
     added = kept.inputs[i].clone()
     for what, store in (("attention", kept.attention_out), ("mlp", kept.mlp_out)):
         if i in store:
             added = added + _added(kept, i, what)
     if i in kept.steered:
         added = added + kept.steered[i]
-    return _close(added, kept.inputs[i + 1])
+    return added
+
+
+def _additive(kept: _Kept, i: int) -> bool:
+    """Block i's output is its input plus what its attention and its MLP add."""
+    return _close(_summed(kept, i), kept.inputs[i + 1])
 
 
 def _post_stream(kept: _Kept, layer: int, n_heads: int, at: torch.Tensor) -> _Stream | None:
@@ -435,15 +440,8 @@ def _through(thunk: Any, norms: list[FrozenNorm], at: torch.Tensor) -> Any:
 
 def _check_additive(kept: _Kept, i: int) -> None:
     """Block i's output is its input plus what its attention and its MLP add, or a clear error."""
-    added = kept.inputs[i].clone()
-    for what, store in (("attention", kept.attention_out), ("mlp", kept.mlp_out)):
-        if i in store:
-            added = added + _added(kept, i, what)
-    if i in kept.steered:
-        added = added + kept.steered[i]
-    after = kept.inputs[i + 1]
-    error = float((after - added).abs().max())
-    if error > 1e-4 * (float(after.abs().max()) + 1.0):
+    if not _additive(kept, i):
+        error = float((kept.inputs[i + 1] - _summed(kept, i)).abs().max())
         raise InputError(
             f"block {i}'s output is not its input plus its attention's and its MLP's outputs (off by {error:.3g}): "
             f"explain_attention splits a residual stream that blocks add to (pre-norm or sandwich-norm blocks, "
