@@ -469,7 +469,7 @@ def _forward(trace: Trace, layer: int, parts, values: bool) -> _Kept:
         if trace.edits
         else contextlib.nullcontext()
     )
-    watched = [a for a in callers if a is not None] if values else [_caller(model, parts.attentions[layer])]
+    watched = [a for a in (callers if values else callers[layer:]) if a is not None]
     with edited:  # our hooks after the edits' own: what a module gave is read as the edits left it
         handles = _hooks(model, parts, layer, kept)
         try:

@@ -63,6 +63,23 @@ def _config_int(config: Any, *names: str) -> int | None:
     return None
 
 
+def _text_config(config: Any) -> tuple[Any, bool]:
+    """The config that gives a model's sizes (a multimodal one's text config), and whether it is the
+    decoder of an encoder-decoder's config alone (WhisperForCausalLM, BartForCausalLM, which set
+    is_encoder_decoder False): its sizes are the decoder_* ones; the plain names may be the encoder's."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return text, not getattr(text, "is_encoder_decoder", False) and hasattr(text, "decoder_attention_heads")
+
+
+def config_layers(model: Any) -> int:
+    """The number of blocks a transformers model's config gives (0 without a config: a plain module)."""
+    config = getattr(model, "config", None)
+    if config is None:
+        return 0
+    text, alone = _text_config(config)
+    return _config_int(text, *(("decoder_layers",) if alone else ()), "num_hidden_layers", "n_layer") or 0
+
+
 def _config_value(config: Any, name: str) -> Any:
     """config.name; where it varies by layer (a per-layer config, Gemma 4's head_dim) transformers
     refuses the global read, and the first layer's value is the one given."""
@@ -182,10 +199,7 @@ class LanguageModel:
         model = self.model
         if self.plain:
             return self._plain_facts()
-        text = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-        # the decoder of an encoder-decoder's config alone (WhisperForCausalLM, BartForCausalLM, which
-        # set is_encoder_decoder False): its sizes are the decoder_* ones; the plain names may be the encoder's
-        alone = not getattr(text, "is_encoder_decoder", False) and hasattr(text, "decoder_attention_heads")
+        text, alone = _text_config(model.config)
         decoder = ("decoder_attention_heads",) if alone else ()
         n_heads = _config_int(text, *decoder, "num_attention_heads", "n_head") or 0
         hidden = _config_int(text, "hidden_size", "n_embd", "d_model") or 0
@@ -196,7 +210,7 @@ class LanguageModel:
             architecture=type(model).__name__,
             model_type=getattr(text, "model_type", "") or getattr(model.config, "model_type", ""),
             kind=self.kind,
-            n_layers=_config_int(text, *(("decoder_layers",) if alone else ()), "num_hidden_layers", "n_layer") or 0,
+            n_layers=config_layers(model),
             n_heads=n_heads,
             n_kv_heads=_config_int(text, "num_key_value_heads") or n_heads,
             head_dim=head_dim,

@@ -40,6 +40,11 @@ def set_rng_state(state: dict, device: torch.device | None = None) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
+def output_field(output: Any, name: str) -> Any:
+    """A field of a model's output (a ModelOutput, or a dict): its loss, its logits; None if absent."""
+    return output.get(name) if isinstance(output, dict) else getattr(output, name, None)
+
+
 @dataclass
 class Forward:
     """One training forward: its inputs as the module received them, the generators' state before it."""
@@ -57,6 +62,12 @@ class Forward:
         """Named inputs: positional ones under their names in the module's forward."""
         names = [*self.names, *(f"arg{i}" for i in range(len(self.names), len(self.args)))]
         return dict(zip(names, self.args)) | dict(self.kwargs)
+
+    def rerun(self, model: torch.nn.Module, device: torch.device) -> Any:
+        """This forward again on `model`: its mode, its generators' state (dropout draws the same), its inputs."""
+        model.train(self.training)
+        set_rng_state(self.rng, device)
+        return model(*self.args, **self.kwargs)
 
     @property
     def nbytes(self) -> int:
@@ -185,7 +196,7 @@ class FlightRecorder:
             return
         self.pending[-1].seconds = time.perf_counter() - self._started
         self._started = None
-        loss = getattr(output, "loss", None) if not isinstance(output, dict) else output.get("loss")
+        loss = output_field(output, "loss")
         if isinstance(loss, torch.Tensor):
             self.pending[-1].loss = loss.detach()
 

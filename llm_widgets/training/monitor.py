@@ -38,7 +38,7 @@ from ..errors import InputError, WrongTypeError
 from ..models.language_model import torch_module
 from .alerts import KINDS, GradientWarning, TrainingStopped
 from .distributed import Cluster, unwrapped
-from .flight import FlightRecorder, Forward, Incident, set_rng_state
+from .flight import FlightRecorder, Forward, Incident
 from .replay import StepReplay, example_losses, replay
 
 HIST_EDGES = torch.linspace(-12, 4, 65)  # log10 |g|: 64 fixed bins from 1e-12 to 1e4; zeros counted apart
@@ -371,12 +371,7 @@ class GradientMonitor:
         """The full gradient's per-group norms (over every rank), and each rank's figures."""
         parts = [self.cluster.local(g) for g in self._grads(idx)]
         local = [t for t, _ in parts]
-        squares = torch.zeros(0, dtype=torch.float64)
-        if local:
-            squares = torch.stack(_foreach_norm(local)).double().cpu().pow(2)
-            for i in torch.nonzero(~torch.isfinite(squares)).flatten().tolist():  # float32 overflow of finite values?
-                if bool(torch.isfinite(local[i]).all()):
-                    squares[i] = float(local[i].double().pow(2).sum())
+        squares = _squared_norms(local)
         sharded = torch.tensor([s for _, s in parts], dtype=torch.bool)
         where = self._group_index[torch.tensor(idx, dtype=torch.long)]
         n = len(self.groups)
@@ -584,9 +579,7 @@ class GradientMonitor:
         try:
             with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                 for forward in forwards:
-                    model.train(forward.training)
-                    set_rng_state(forward.rng, device)
-                    losses = example_losses(model, model(*forward.args, **forward.kwargs), forward.inputs)
+                    losses = example_losses(model, forward.rerun(model, device), forward.inputs)
                     if losses is None:
                         return None
                     out.append(losses)
@@ -609,7 +602,7 @@ class GradientMonitor:
         found = [(i, gradients[n]) for i, n in enumerate(self._inner_names) if n in gradients]
         if not found:
             return dict.fromkeys(self.groups, 0.0)
-        squares = torch.stack(_foreach_norm([g for _, g in found])).double().cpu().pow(2)  # as step() computes them
+        squares = _squared_norms([g for _, g in found])  # as step() computes them
         where = self._group_index[torch.tensor([i for i, _ in found])]
         total = torch.zeros(len(self.groups), dtype=torch.float64).index_add_(0, where, squares)
         return {g: float(v) for g, v in zip(self.groups, total.sqrt().float())}
@@ -783,6 +776,18 @@ def _checked_loss(loss: Any) -> float | None:
     if isinstance(loss, bool) or not isinstance(loss, (int, float)):
         raise InputError(f"loss must be a number or a tensor; got {type(loss).__name__} {loss!r}")
     return float(loss)
+
+
+def _squared_norms(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Each tensor's squared norm (float64, on the CPU): one fused norm for all, and float64 again
+    for a tensor whose float32 norm overflows on finite values."""
+    if not tensors:
+        return torch.zeros(0, dtype=torch.float64)
+    squares = torch.stack(_foreach_norm(tensors)).double().cpu().pow(2)
+    for i in torch.nonzero(~torch.isfinite(squares)).flatten().tolist():
+        if bool(torch.isfinite(tensors[i]).all()):
+            squares[i] = float(tensors[i].double().pow(2).sum())
+    return squares
 
 
 def _local_loss(loss: float | None, forwards: list[Forward]) -> float | None:

@@ -20,9 +20,9 @@ from ..debug.breakpoints import Breakpoint, NonFinite, NormJump, checked_breakpo
 from ..debug.recorder import Hit, Recorder
 from ..debug.timeline import Call
 from ..errors import InputError, WrongTypeError
-from ..models.language_model import torch_module
+from ..models.language_model import config_layers, torch_module
 from .distributed import unwrapped
-from .flight import Forward, Incident, number, set_rng_state
+from .flight import Forward, Incident, number, output_field
 
 if TYPE_CHECKING:
     from .monitor import GradientMonitor
@@ -107,15 +107,6 @@ def _same(a: float, b: float) -> bool:
     return abs(a - b) <= 1e-6 * max(abs(a), abs(b), 1e-30)
 
 
-def _n_layers(module: torch.nn.Module) -> int:
-    config = getattr(module, "config", None)
-    for name in ("num_hidden_layers", "n_layer", "num_layers", "decoder_layers"):
-        value = getattr(config, name, None)
-        if isinstance(value, int):
-            return value
-    return 0
-
-
 def _copy(monitor: GradientMonitor, model: Any) -> torch.nn.Module:
     """A copy of `model` (or the monitored module) with none of the monitor's hooks."""
     source = unwrapped(torch_module(model) if model is not None else monitor.module)
@@ -170,7 +161,7 @@ def _load(clone: torch.nn.Module, incident: Incident, state: Any) -> bool:
 def example_losses(module: torch.nn.Module, output: Any, inputs: dict) -> list[float] | None:
     """Each example's mean loss, as Hugging Face models compute theirs (labels -100 ignored; causal
     language models predict the next token); None without logits and labels."""
-    logits = output.get("logits") if isinstance(output, dict) else getattr(output, "logits", None)
+    logits = output_field(output, "logits")
     labels = inputs.get("labels")
     if not isinstance(logits, torch.Tensor) or not isinstance(labels, torch.Tensor):
         return None
@@ -193,14 +184,8 @@ def _execute(clone: torch.nn.Module, forwards: list[Forward], loss_fn: Any, loss
     forwards under gradient accumulation, as the Trainer does)."""
     device = next(clone.parameters()).device
     for forward in forwards:
-        clone.train(forward.training)
-        set_rng_state(forward.rng, device)
-        output = clone(*forward.args, **forward.kwargs)
-        loss = (
-            loss_fn(output, forward.inputs)
-            if loss_fn is not None
-            else (output.get("loss") if isinstance(output, dict) else getattr(output, "loss", None))
-        )
+        output = forward.rerun(clone, device)
+        loss = loss_fn(output, forward.inputs) if loss_fn is not None else output_field(output, "loss")
         if not isinstance(loss, torch.Tensor):
             raise InputError(
                 "the model's output has no loss (the batch had no labels?): pass loss_fn=fn(output, inputs) -> loss, "
@@ -231,7 +216,7 @@ def replay(
     clone = _copy(monitor, model)
     exact = _load(clone, incident, state)
     clone.zero_grad(set_to_none=True)
-    recorder = Recorder(clone, points, [], n_layers=_n_layers(clone))
+    recorder = Recorder(clone, points, [], n_layers=config_layers(clone))
     losses: list = []
     device = next(clone.parameters()).device
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):

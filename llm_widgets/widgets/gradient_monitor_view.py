@@ -323,7 +323,7 @@ class GradientMonitorView(StaticFallback, ipywidgets.VBox):
             warnings.simplefilter("always")
             result = self.monitor.replay(incidents[index])
         summary = result.summary()
-        summary["text"] = _replay_text(result.summary(), [str(w.message) for w in caught])
+        summary["text"] = _replay_text(summary, [str(w.message) for w in caught])
         return summary
 
     def _stream_ratios(self) -> None:
