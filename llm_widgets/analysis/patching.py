@@ -26,7 +26,7 @@ import torch
 from .. import checks
 from ..errors import InputError, WrongTypeError
 from ..models import LanguageModel
-from ..models.anatomy import Anatomy, anatomy, block_output
+from ..models.anatomy import Anatomy, anatomy, block_output, with_block_output
 from ..models.compat import takes_logits_to_keep, uses_attention_registry
 from ..models.devices import input_device
 from ..trace import Trace, prompt_ids
@@ -198,14 +198,6 @@ def _site_modules(parts: Anatomy, site: str, name: str) -> list[torch.nn.Module]
     return modules  # type: ignore[return-value]
 
 
-def _replace_output(output: Any, hidden: torch.Tensor) -> Any:
-    if isinstance(output, tuple):
-        return (hidden, *output[1:])
-    if isinstance(output, list):
-        return [hidden, *output[1:]]
-    return hidden
-
-
 def capture_sites(
     lm: LanguageModel, ids: torch.Tensor, sites: tuple[str, ...], parts: Anatomy, keep: int = 1
 ) -> tuple[dict[str, list[torch.Tensor]], torch.Tensor]:
@@ -326,7 +318,7 @@ def _output_patcher(todo: list[tuple[int, Any]], layer: int, mode: str, source: 
         hidden = block_output(output).clone()
         for row, where in todo:
             hidden[row, where] = 0 if mode == "zero" else source[layer][where]
-        return _replace_output(output, hidden)
+        return with_block_output(output, hidden)
 
     return hook
 

@@ -49,6 +49,16 @@ def block_output(output: Any) -> torch.Tensor:
     return output[0] if isinstance(output, (tuple, list)) else output
 
 
+def with_block_output(output: Any, hidden: torch.Tensor) -> Any:
+    """A block's (or attention's, or MLP's) forward output with its hidden tensor replaced (a tuple
+    or list keeps the rest): what a forward hook returns to change it."""
+    if isinstance(output, tuple):
+        return (hidden, *output[1:])
+    if isinstance(output, list):
+        return [hidden, *output[1:]]
+    return hidden
+
+
 def anatomy(model: Any, n_layers: int) -> Anatomy:
     """The blocks (the largest ModuleList with one entry per layer), the final norm (the
     first norm registered after them in their parent), the unembedding and the scaling the

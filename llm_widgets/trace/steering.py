@@ -18,7 +18,7 @@ from typing import Any, Literal
 import torch
 
 from ..errors import InputError
-from ..models.anatomy import block_output
+from ..models.anatomy import block_output, with_block_output
 from .edits import AblateMLP, SteerResidual, steered_stack
 
 
@@ -119,7 +119,7 @@ class ResidualSteering:
                 else:
                     shape = [n] + [1] * (-seq_dim - 1)  # along the sequence axis, broadcast over the rest
                     hidden = torch.where(rows.to(hidden.device).view(shape), added, hidden)
-            return _replaced(output, hidden)
+            return with_block_output(output, hidden)
 
         return hook
 
@@ -136,7 +136,7 @@ class ResidualSteering:
                 if rows is False:
                     continue
                 out = torch.zeros_like(out) if rows is None else torch.where(rows.to(out.device)[:, None], 0.0, out)
-            return _replaced(output, out)
+            return with_block_output(output, out)
 
         return hook
 
@@ -156,7 +156,7 @@ class ResidualSteering:
                 at = slice(None) if rows is None else rows.to(hidden.device)
                 delta[row, at] += self._vector(edit, hidden)
             hidden = hidden + delta
-            return _replaced(output, hidden)
+            return with_block_output(output, hidden)
 
         return hook
 
@@ -172,15 +172,6 @@ class ResidualSteering:
                 )
             self._vectors[key] = (edit.strength * vector).to(hidden.device, hidden.dtype)
         return self._vectors[key]
-
-
-def _replaced(output: Any, hidden: torch.Tensor) -> Any:
-    """A module's output with its hidden tensor replaced (a tuple or list keeps the rest)."""
-    if isinstance(output, tuple):
-        return (hidden, *output[1:])
-    if isinstance(output, list):
-        return [hidden, *output[1:]]
-    return hidden
 
 
 def steered_rows(edit: SteerResidual, first: int, n: int, n_prompt: int) -> torch.Tensor | None | Literal[False]:
