@@ -225,9 +225,6 @@ def test_bad_input_is_named():
         trace.explain_attention(0, 0, 10, 2)
     with pytest.raises(lw.InputError, match="head must be an integer"):
         trace.explain_attention(0, 4, 10)
-    translator = lw.load_model("tiny-translator", progress=False)
-    with pytest.raises(lw.InputError, match="explain_attention reads a decoder-only model's stack"):
-        translator.trace("the house").explain_attention(0, 0, 1, 0)
     with pytest.raises(lw.InputError, match="depth must be an integer >= 1 and <= 2"):
         trace.explain_attention(1, 0, 10, 8, depth=3)
     with pytest.raises(lw.InputError, match="not among the explained keys"):

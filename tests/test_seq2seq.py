@@ -207,6 +207,42 @@ def test_clear_errors(lm, traced):
         traced.attention(0, heads)
 
 
+def test_explain_attention_splits_each_kind_of_attention(lm, traced):
+    """The encoder's and the decoder's self-attention read their own stream; the cross-attention's
+    queries read the decoder's (its layer's own self-attention included) and its keys the encoder's
+    output (every encoder layer, then its final norm): terms add up on post-norm BART and Marian,
+    pre-norm mBART and Pegasus, and T5 (its relative position bias a term of its own)."""
+    for stack in traced.stacks:
+        chosen = traced.stack(stack)
+        (_, q_stop), (k_first, _) = chosen.queries, chosen.keys
+        row = traced.explain_attention(1, 1, q_stop - 1, stack=stack)
+        assert row.residual_error <= 1e-5 * float(row.reference.abs().max()), stack
+        attention = traced.attention(1, 1, queries=q_stop - 1, stack=stack)[0]
+        keys = [j - k_first for j in row.keys]
+        torch.testing.assert_close(torch.softmax(row.scores, -1), attention[keys], rtol=0, atol=1e-5)
+        assert ("position bias" in row.extra) == (lm.facts.model_type == "t5")  # (zeros in its cross-attention)
+    n = len(SOURCE)
+    cross = traced.explain_attention(1, 0, n + 3, 2, depth=2)  # the default stack: cross
+    assert cross.stack == "cross" and repr(cross).startswith("AttentionExplanation(cross head 1.0, query")
+    assert cross.components[0] == "decoder embedding" and cross.key_components[0] == "encoder embedding"
+    assert {"cross head 0.0", "decoder head 1.0", "decoder mlp 0"} <= set(cross.components)
+    assert "encoder head 1.0" in cross.key_components and not any("cross" in c for c in cross.key_components)
+    assert float(cross.terms().sum()) == pytest.approx(cross.total, rel=1e-5)
+    assert sum(cross.key_side().values()) == pytest.approx(cross.total, rel=1e-5)
+    assert cross.sources  # depth 2: each split adds up to its component's share, from positions it can read
+    for (side, name), rows in cross.sources.items():
+        total = (cross.key_side() if side == "key" else cross.query_side())[name]
+        assert sum(term for _, term in rows) == pytest.approx(total, rel=1e-4, abs=1e-5)
+        reads_source = name.startswith(("encoder", "cross"))
+        assert all((t < n) == reads_source for t, _ in rows)
+    span = f"query must be an integer >= {n} and <= {n + NEW} \\(the cross attention's queries are positions"
+    with pytest.raises(ValueError, match=span):
+        traced.explain_attention(0, 0, 1)
+    steered = lm.trace(SOURCE, edits=[lw.SteerResidual(torch.ones(lm.facts.hidden_size), [0], 1.0, stack="decoder")])
+    with pytest.raises(ValueError, match="does not follow SteerResidual edits yet"):
+        steered.explain_attention(1, 0, n)
+
+
 def test_decoder_only_models_refuse_a_decoder_prompt(tiny_gpt2):
     with pytest.raises(ValueError, match="decoder_prompt_ids begins an encoder-decoder's decoder; tiny-gpt2 is causal"):
         tiny_gpt2.trace("the cat", decoder_prompt_ids=[5])
@@ -288,3 +324,24 @@ def test_an_encoder_decoder_outside_the_registry_is_refused_clearly():
         pytest.skip(f"T5 goes through the attention registry in transformers {transformers.__version__}")
     with pytest.raises(ValueError, match="could not all be found"):
         t5.trace(SOURCE)
+
+
+def test_the_explanation_view_follows_the_editors_kind_of_attention_and_ablates_there(lm):
+    editor = lw.AttentionEditor(lm, SOURCE, max_new_tokens=NEW)
+    view = lw.ExplanationView(editor)
+    n = len(SOURCE)
+    editor.layer, editor.head, editor.cell = 1, 0, [n + 2, 3]  # a click on the cross-attention's heatmap
+    assert view.error == "" and view.title.startswith(f"why cross head 1.0 at query {n + 2}")
+    assert view.explanation.key_components[0] == "encoder embedding"
+    assert all(
+        name in ("bias", "other", "total") or name.startswith(("decoder ", "cross ")) for name in view.row_labels
+    )
+    column = next(i for i, name in enumerate(view.column_labels) if name.startswith("encoder head"))
+    name = view.column_labels[column]
+    view.selected = [len(view.row_labels) - 1, column]  # that key-side component's total: ablate it at key 3
+    layer, head = map(int, name.removeprefix("encoder head ").split("."))
+    assert lw.AblateHead(layer, head, stack="encoder", positions=3) in editor.edits
+    assert view.detail[-1].startswith(f"ablated {name} at position 3 in the editor")
+    editor.stack = "encoder"
+    editor.cell = [4, 2]
+    assert view.title.startswith("why encoder head") and view.explanation.stack == "encoder"

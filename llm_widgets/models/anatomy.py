@@ -16,7 +16,7 @@ import torch
 
 from ..errors import InputError
 
-_MLP_NAMES = ("mlp", "feed_forward", "ffn", "block_sparse_moe", "moe")
+_MLP_NAMES = ("mlp", "feed_forward", "ffn", "block_sparse_moe", "moe", "DenseReluDense")  # (T5's, inside T5LayerFF)
 
 
 @dataclass(frozen=True)
@@ -108,6 +108,15 @@ def _is_attention(name: str, module: torch.nn.Module) -> bool:
 def _is_mlp(name: str, module: torch.nn.Module) -> bool:
     kind = type(module).__name__.lower()
     return name in _MLP_NAMES or kind.endswith(("mlp", "feedforward", "moe", "moeblock"))
+
+
+def find_mlp(block: torch.nn.Module) -> torch.nn.Module | None:
+    """A block's MLP at any depth (T5's sits inside its T5LayerFF), or None (BART's fc1 and fc2 are
+    the block's own linears)."""
+    for name, module in block.named_modules():
+        if module is not block and _is_mlp(name.rsplit(".", 1)[-1], module):
+            return module
+    return None
 
 
 def _child(block: torch.nn.Module, test) -> torch.nn.Module | None:

@@ -237,12 +237,14 @@ class Trace:
 
     @provided
     def explain_attention(
-        self, layer: int, head: int, query: int, key: int | None = None, depth: int = 1
+        self, layer: int, head: int, query: int, key: int | None = None, depth: int = 1, *, stack: str | None = None
     ) -> AttentionExplanation:
         """Why head `layer`.`head` at position `query` attends where it does: the pre-softmax score
         of (query, key) (every key the query sees when `key` is None) split exactly into terms, one
         per pair of residual-stream components (embeddings, each earlier head and MLP, biases) on
         the query and the key side, with each normalisation's scale held at its run value.
+        An encoder-decoder's `stack`: "encoder", "decoder" or "cross" (the default: its queries
+        read the decoder's stream, its keys the encoder's output); positions are the trace's.
         Returns an `AttentionExplanation` (.top(n), .terms(), .scores, .total, .residual_error).
         Implemented by llm_widgets.analysis (the layer above)."""
         ...

@@ -16,6 +16,7 @@ import torch
 import traitlets
 
 from ..analysis import AttentionExplanation
+from ..analysis.explain import head_of
 from ..errors import WrongTypeError
 from ..trace import AblateHead, AblateMLP
 from ._frontend import linked
@@ -82,7 +83,7 @@ class ExplanationView(MatrixWidget):
         query, key = view.cell
         try:
             explanation = view.trace.explain_attention(
-                view.layer, view.head, query, None if key < 0 else key, depth=self.depth
+                view.layer, view.head, query, None if key < 0 else key, depth=self.depth, stack=_stack_of(view)
             )
         except Exception as error:  # shown in the widget; the previous explanation stays
             self.error = f"{type(error).__name__}: {error}"
@@ -135,15 +136,22 @@ class ExplanationView(MatrixWidget):
         """A head's or an MLP's total clicked: ablate its output at the position it acts on (the key's
         or the query's) in the linked editor; it regenerates, and this view explains the same cell of
         its new run."""
-        if self.editor is None or not name.startswith(("head ", "mlp ")):
+        found = head_of(name)
+        if self.editor is None or not (found or name.startswith("mlp ")):
             return []
-        if name.startswith("head "):
-            layer, head = map(int, name.removeprefix("head ").split("."))
-            edit: AblateHead | AblateMLP = AblateHead(layer, head, positions=position)
+        if found is not None:
+            stack, layer, head = found
+            edit: AblateHead | AblateMLP = AblateHead(layer, head, stack=stack, positions=position)
         else:
             edit = AblateMLP(int(name.removeprefix("mlp ")), positions=position)
         self.editor.edits = [e for e in self.editor.edits if e != edit] + [edit]
         return [f"ablated {name} at position {position} in the editor: now {self.editor.trace.output_text!r}"]
+
+
+def _stack_of(view: Any) -> str | None:
+    """The kind of attention a followed view shows (None: a decoder-only model's one)."""
+    stack = getattr(view, "stack", "self")
+    return None if stack == "self" else stack
 
 
 def _table(e: AttentionExplanation) -> tuple[torch.Tensor, list[str], list[str]]:
@@ -160,21 +168,22 @@ def _table(e: AttentionExplanation) -> tuple[torch.Tensor, list[str], list[str]]
     table = torch.cat([picked, picked.sum(1, keepdim=True)], 1)
     table = torch.cat([table, table.sum(0, keepdim=True)], 0)
 
-    def names(groups: list[list[int]]) -> list[str]:  # the singles, then "other" when the rest is there
-        return [e.components[g[0]] for g in groups[:SHOWN]] + ([OTHER] if len(groups) > SHOWN else [])
+    def names(groups: list[list[int]], components: list[str]) -> list[str]:  # the singles, then "other"
+        return [components[g[0]] for g in groups[:SHOWN]] + ([OTHER] if len(groups) > SHOWN else [])
 
-    return table, names(rows) + [TOTAL], names(columns) + [TOTAL]
+    return table, names(rows, e.components) + [TOTAL], names(columns, e.key_components) + [TOTAL]
 
 
 def _title(e: AttentionExplanation) -> str:
     tokens = e.trace.tokens
     what = f"key {e.key} {tokens[e.key]!r}" if len(e.keys) == 1 else f"its {len(e.keys)} keys (highest: {e.key})"
-    return f"why head {e.layer}.{e.head} at query {e.query} {tokens[e.query]!r} attends to {what}"
+    stack = "" if e.stack == "self" else f"{e.stack} "
+    return f"why {stack}head {e.layer}.{e.head} at query {e.query} {tokens[e.query]!r} attends to {what}"
 
 
 def _summary(e: AttentionExplanation, editor: bool) -> list[str]:
     lines = [
-        f"score of key {e.key}: {e.total:+.4g}, the sum of {len(e.components)} x {len(e.components)} terms "
+        f"score of key {e.key}: {e.total:+.4g}, the sum of {len(e.components)} x {len(e.key_components)} terms "
         f"(residual error {e.residual_error:.2g})"
     ]
     for name, values in e.extra.items():
