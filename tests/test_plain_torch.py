@@ -2,6 +2,7 @@
 nn.MultiheadAttention), no transformers in them: traced, viewed, edited and attributed."""
 
 import copy
+import math
 
 import pytest
 import torch
@@ -173,6 +174,14 @@ def test_the_views_show_it(lm):
     editor = lw.AttentionEditor(lm, PROMPT, max_new_tokens=3)
     editor.edit_specs = [lw.ScaleAttention(20.0, keys=(0, 2)).to_dict()]
     assert editor.error == "" and editor.new_tokens == lm.trace(PROMPT, max_new_tokens=3, edits=editor.edits).tokens[6:]
+    explained = lw.ExplanationView(editor)
+    editor.layer, editor.head, editor.cell = 2, 1, [5, 2]  # a click on a cell: why it attends there
+    assert explained.error == "" and explained.title.startswith("why head 2.1 at query 5")
+    column = next(i for i, name in enumerate(explained.column_labels) if name.startswith("head "))
+    layer, head = map(int, explained.column_labels[column].removeprefix("head ").split("."))
+    explained.selected = [len(explained.row_labels) - 1, column]  # that head's total: ablated in the editor
+    assert lw.AblateHead(layer, head) in editor.edits and editor.error == ""
+    assert explained.detail[-1].startswith(f"ablated head {layer}.{head} at every position in the editor")
 
 
 def test_clear_errors(lm):
@@ -271,6 +280,46 @@ def test_steering_an_nn_transformer_s_cross_attention(translator):
     torch.testing.assert_close(attribution.scores, (x.grad * x).sum(-1)[0], atol=1e-5, rtol=1e-4)
     view = lw.AttentionView(plain)
     assert view.stacks == ["encoder", "decoder", "cross"] and view.key_range == [0, plain.n_source]
+
+
+def test_explain_attention_splits_a_plain_models_scores(lm):
+    """Post-norm nn.TransformerEncoderLayer, pre-norm, a hand-written sequence-first block: each head's
+    share worked out again from nn.MultiheadAttention's weights (it applies its out projection inside
+    one call); under edits, a zeroed head's share is zero and a scaled key's factor a term of its own."""
+    tr = lm.trace(PROMPT, max_new_tokens=3)
+    for layer in range(LAYERS):
+        row = tr.explain_attention(layer, 1, len(tr) - 2)
+        assert row.residual_error <= 1e-5 * float(row.reference.abs().max())
+        attention = tr.attention(layer, 1, queries=len(tr) - 2)[0]
+        torch.testing.assert_close(torch.softmax(row.scores, -1), attention[row.keys], rtol=0, atol=1e-6)
+    assert row.components[:6] == ["embedding", *(f"head 0.{h}" for h in range(H)), "mlp 0"]
+    pair = tr.explain_attention(2, 0, len(tr) - 1, 3, depth=2)
+    assert pair.sources
+    for (side, name), rows in pair.sources.items():
+        total = (pair.key_side() if side == "key" else pair.query_side())[name]
+        assert sum(term for _, term in rows) == pytest.approx(total, rel=1e-4, abs=1e-6)
+    edits = [lw.ScaleAttention(3.0, keys=(1, 3), layers=[2]), lw.AblateHead(0, 1)]
+    edited = lm.trace(PROMPT, max_new_tokens=3, edits=edits).explain_attention(2, 1, len(tr) - 2)
+    assert edited.residual_error <= 1e-5 * float(edited.reference.abs().max())
+    assert edited.extra["edit"][1:3].tolist() == pytest.approx([math.log(3.0)] * 2)
+    assert edited.key_side()["head 0.1"] == 0 and edited.query_side()["head 0.1"] == 0
+    assert torch.backends.mha.get_fastpath_enabled()  # (turned off for the explanation's forward only)
+
+
+def test_explain_attention_on_an_nn_transformer(translator):
+    tr = translator.trace(PROMPT, max_new_tokens=4)
+    for stack in tr.stacks:
+        chosen = tr.stack(stack)
+        (_, q_stop), (k_first, _) = chosen.queries, chosen.keys
+        for layer in range(chosen.n_layers):
+            row = tr.explain_attention(layer, 1, q_stop - 1, stack=stack)
+            assert row.residual_error <= 1e-5 * float(row.reference.abs().max())
+            attention = tr.attention(layer, 1, queries=q_stop - 1, stack=stack)[0]
+            keys = [j - k_first for j in row.keys]
+            torch.testing.assert_close(torch.softmax(row.scores, -1), attention[keys], rtol=0, atol=1e-6)
+    assert "decoder head 2.0" in row.components and "cross head 1.0" in row.components  # its own layer's heads too
+    assert row.key_components[:2] == ["encoder embedding", "encoder head 0.0"]
+    assert "encoder final norm bias" in row.key_components  # nn.TransformerEncoder's norm, after its layers
 
 
 def test_a_plain_encoder_decoder_needs_a_start_token():

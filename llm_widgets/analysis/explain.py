@@ -27,6 +27,7 @@ from .. import checks
 from .._provide import provides
 from ..errors import InputError
 from ..trace import Trace
+from ..trace.plain import mha_arguments, projected
 from ..trace.runner import held
 from .explain_stream import (
     CHUNK_TOKENS,
@@ -36,7 +37,6 @@ from .explain_stream import (
     Stream,
     _Probe,
     _probing,
-    _row,
     _Stopped,
     caller,
     decoder_only_blocks,
@@ -62,9 +62,8 @@ class Projector:
     def __init__(self, model, kept: Kept, attention, head: int, q_at: list[int], k_at: list[int], point, cross: bool):
         assert kept.call is not None  # (run_kept refuses a run without it)
         args, kwargs = kept.call
-        hidden = args[0] if args else kwargs["hidden_states"]
-        self.before, self.qk = _input_norm(kept, attention, _row(hidden), point)
-        self.kv_name = next((name for name in KV_NAMES if isinstance(kwargs.get(name), torch.Tensor)), None)
+        hidden, self.kv_name = self._inputs(args, kwargs)
+        self.before, self.qk = _input_norm(kept, attention, kept.row(hidden), point)
         self.cross = cross
         if self.cross and self.kv_name is None:
             raise InputError(
@@ -78,18 +77,24 @@ class Projector:
         self.k_at = torch.tensor(k_at)
         self.head, self.model, self.attention = head, model, attention
         self.dtype, self.device = hidden.dtype, hidden.device
-        self.probe = _Probe(stop=id(caller(model, attention)))
-        length = hidden.shape[1]
-        self.args = tuple(_sliced(a, self.at, length) for a in args[1:])
-        self.kwargs = {
+        self.caller = caller(model, attention)
+        self.probe = _Probe(stop=id(self.caller))
+        self.args, self.kwargs = self._cut(args, kwargs, hidden.shape[1])
+        shift = None if self.before is None else self.before.bias
+        self.shift = torch.zeros(hidden.shape[-1]) if shift is None else shift
+
+    def _inputs(self, args: tuple, kwargs: dict) -> tuple[torch.Tensor, str | None]:
+        """The explained call's hidden states, and the name it is given the encoder's output by."""
+        hidden = args[0] if args else kwargs["hidden_states"]
+        return hidden, next((name for name in KV_NAMES if isinstance(kwargs.get(name), torch.Tensor)), None)
+
+    def _cut(self, args: tuple, kwargs: dict, length: int) -> tuple[tuple, dict]:
+        """The call's other arguments cut to the positions run (the hidden states and the encoder's
+        output are given anew)."""
+        kept = {
             k: _sliced(v, self.at, length, k) for k, v in kwargs.items() if k not in ("hidden_states", self.kv_name)
         }
-        self.shift = (
-            self.before.bias
-            if self.before is not None and self.before.bias is not None
-            else torch.zeros(hidden.shape[-1])
-        )
-        self.caller = caller(model, attention)
+        return tuple(_sliced(a, self.at, length) for a in args[1:]), kept
 
     def both(self, stream: Stream) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Self-attention: (Q [m, d], K [m, keys, d], q0 [d], k0 [keys, d]) in one pass per chunk."""
@@ -152,6 +157,31 @@ class Projector:
         group = query.shape[1] // key.shape[1]
         q = query[:, self.head, self.q_index[0]].float().cpu()
         k = key[:, self.head // group, self.k_index].float().cpu()
+        return q, k
+
+
+class PlainProjector(Projector):
+    """The same for nn.MultiheadAttention (a plain PyTorch model): its queries and keys are its
+    input projections' (a cross-attention's keys read its `key` argument)."""
+
+    def _inputs(self, args: tuple, kwargs: dict) -> tuple[torch.Tensor, str | None]:
+        return mha_arguments(args, kwargs)["query"], "key"
+
+    @contextlib.contextmanager
+    def _active(self) -> Iterator[None]:
+        yield
+
+    def _cut(self, args: tuple, kwargs: dict, length: int) -> tuple[tuple, dict]:
+        return (), {}
+
+    def _call(self, hidden: torch.Tensor, kv: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        def heads(x: torch.Tensor, which: int) -> torch.Tensor:  # rows are [rows, positions, d]: the module's layout
+            x = x.to(self.dtype).to(self.device)
+            return projected(self.attention, x if self.attention.batch_first else x.transpose(0, 1), which)
+
+        query, key = heads(hidden, 0), heads(hidden if kv is None else kv, 1)
+        q = query[:, self.head, self.q_index[0]].float().cpu()
+        k = key[:, self.head, self.k_index].float().cpu()
         return q, k
 
 
@@ -359,18 +389,13 @@ def explain_attention(
 
 
 def _explain(trace: Trace, layer: int, head: int, query: int, key: Any, depth: int, stack: str | None):
-    lm = trace.model
-    if lm.plain:
-        raise InputError(
-            f"explain_attention follows a transformers model's residual stream; {lm.name} is a plain PyTorch model"
-        )
     chosen = trace.stack(stack)
     checks.integer(layer, "layer", low=0, high=chosen.n_layers - 1)
     checks.integer(head, "head", low=0, high=chosen.n_heads - 1)
     checks.integer(depth, "depth", low=1, high=2, note=" (1: the residual stream's components; 2: heads by source too)")
     data = chosen.layer(layer)  # (raises for a layer without attention, or a trace without capture)
     keys = _keys(trace, chosen, data, query, key)
-    side = _Sides(trace, chosen.name, layer)
+    side = _Sides(trace, chosen.name, layer, values=depth == 2)
     (q_first, _), (k_first, _) = chosen.queries, chosen.keys
     q_at, k_at = [query - q_first], [j - k_first for j in keys]
     projector = side.projector(head, q_at, k_at)
@@ -407,12 +432,15 @@ class _Sides:
     """The streams an attention reads: its own (the query side's, and a self-attention's key side
     too) and, for a cross-attention, the encoder's output (the key side)."""
 
-    def __init__(self, trace: Trace, stack: str, layer: int):
+    def __init__(self, trace: Trace, stack: str, layer: int, values: bool):
         lm = trace.model
         self.trace, self.stack, self.layer = trace, stack, layer
         self.cross = stack == "cross"
         heads = {name: trace.stack(name).n_heads for name in trace.stacks}
-        spec = seq2seq_blocks(lm.model, stack, heads) if trace.n_source else decoder_only_blocks(lm)
+        if lm.plain or trace.n_source:
+            spec = seq2seq_blocks(lm.model, stack, heads, plain=lm.plain)
+        else:
+            spec = decoder_only_blocks(lm)
         own = [m for kind, m in spec.attentions[layer] if kind == ("cross" if self.cross else "attention")]
         if not own:
             raise InputError(f"layer {layer} of {lm.name} has no attention module of its own: nothing to explain")
@@ -420,9 +448,9 @@ class _Sides:
         self.upto = ["attention"] if self.cross else []  # what the block adds before the explained attention
         streams = [(Kept(spec), layer)]
         if self.cross:
-            encoder = seq2seq_blocks(lm.model, "encoder", heads)
+            encoder = seq2seq_blocks(lm.model, "encoder", heads, plain=lm.plain)
             streams.append((Kept(encoder), len(encoder.blocks)))
-        self.kept = run_kept(trace, streams, self.attention, values=True)
+        self.kept = run_kept(trace, streams, self.attention, values)
         self.q_names: list[str] = []
         self.k_names: list[str] = []
         self.q_chains: dict[str, list[FrozenNorm]] = {}
@@ -430,7 +458,8 @@ class _Sides:
 
     def projector(self, head: int, q_at: list[int], k_at: list[int]) -> Projector:
         point = stream(self.kept[0], self.layer, self.upto, torch.tensor(q_at)).point
-        return Projector(self.trace.model.model, self.kept[0], self.attention, head, q_at, k_at, point, self.cross)
+        kind = PlainProjector if self.trace.model.plain else Projector
+        return kind(self.trace.model.model, self.kept[0], self.attention, head, q_at, k_at, point, self.cross)
 
     def q_stream(self, at: list[int]) -> Stream:
         """The explained attention's own stream (its queries' and a self-attention's keys')."""
@@ -445,17 +474,25 @@ class _Sides:
         found = stream(kept, len(kept.spec.blocks), [], positions)
         call = self.kept[0].call
         assert call is not None and found.point is not None
-        kv = next(_row(call[1][name]) for name in KV_NAMES if isinstance(call[1].get(name), torch.Tensor))
-        if not close(kv, found.point):
-            norm = next(((m, x, y) for m, x, y in kept.after if same(y, kv) and close(x, found.point)), None)
-            if norm is None:
-                raise InputError(
-                    "the cross-attention's keys do not read the encoder's last block (or a norm after it): "
-                    "explain_attention cannot follow the encoder's output into them"
-                )
+        kv = self.kept[0].row(_kv(call, self.trace.model.plain))
+        norm = next(((m, x, y) for m, x, y in kept.after if same(y, kv) and close(x, found.point)), None)
+        if norm is not None:  # (a norm that gave the very tensor: even where it hardly changed it)
             found = found.through(frozen_of(kept, *norm), positions, "encoder final norm bias")
+        elif not close(kv, found.point):
+            raise InputError(
+                "the cross-attention's keys do not read the encoder's last block (or a norm after it): "
+                "explain_attention cannot follow the encoder's output into them"
+            )
         self.k_names, self.k_chains = found.names, found.chains
         return found
+
+
+def _kv(call: tuple[tuple, dict], plain: bool) -> torch.Tensor:
+    """What the explained cross-attention was given as the encoder's output."""
+    args, kwargs = call
+    if plain:
+        return mha_arguments(args, kwargs)["key"]
+    return next(kwargs[name] for name in KV_NAMES if isinstance(kwargs.get(name), torch.Tensor))
 
 
 def _keys(trace: Trace, chosen, data, query: Any, key: Any) -> list[int]:

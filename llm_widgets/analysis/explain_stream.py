@@ -31,6 +31,9 @@ from ..models.devices import input_device
 from ..trace import Trace
 from ..trace.attention import stack_offsets
 from ..trace.capture import STATE, RunState, attention_modules, instrument, routed, stack_modules
+from ..trace.edits import AblateHead
+from ..trace.plain import edited as plain_edited
+from ..trace.plain import mha_arguments, plain_stacks, projected
 from ..trace.steering import SteerResidual, added_by, enclosing_blocks
 
 CHUNK_TOKENS = 4096  # component rows x positions run through the attention module at once (memory bounded)
@@ -108,6 +111,8 @@ class Blocks:
     prefix: str = ""
     remainder: bool = False
     after: tuple[torch.nn.Module, ...] = ()  # norms registered after the blocks (an encoder's final norm)
+    plain: bool = False  # nn.MultiheadAttention blocks (a plain PyTorch model)
+    batch_first: bool = True  # a plain model's tensors may be [positions, batch, d]
 
     def kinds(self, i: int) -> list[str]:
         return [kind for kind, _ in self.attentions[i]] + ["mlp"]
@@ -130,11 +135,11 @@ def decoder_only_blocks(lm: Any) -> Blocks:
     )
 
 
-def seq2seq_blocks(model: Any, stack: str, heads: dict[str, int]) -> Blocks:
+def seq2seq_blocks(model: Any, stack: str, heads: dict[str, int], plain: bool = False) -> Blocks:
     """The encoder's blocks (stack "encoder"), or the decoder's (its self-attention and, after it,
-    its cross-attention: stack "decoder" or "cross")."""
-    stacks = stack_modules(model)
-    own = "encoder" if stack == "encoder" else "decoder"
+    its cross-attention: stack "decoder" or "cross"); a plain model's one stack ("self") too."""
+    stacks = plain_stacks(model) if plain else stack_modules(model)
+    own = stack if stack in ("encoder", "self") else "decoder"
     try:
         blocks = enclosing_blocks(model, stacks[own])
     except InputError:
@@ -151,10 +156,12 @@ def seq2seq_blocks(model: Any, stack: str, heads: dict[str, int]) -> Blocks:
         tuple(blocks),
         tuple(attentions),
         tuple(find_mlp(block) for block in blocks),
-        heads={"attention": heads[own], "cross": heads["cross"]},
-        prefix=f"{own} ",
+        heads={"attention": heads[own], "cross": heads.get("cross", 0)},
+        prefix="" if own == "self" else f"{own} ",
         remainder=True,
         after=_norms_after(model, blocks[0]),
+        plain=plain,
+        batch_first=not plain or stacks[own][0].batch_first,
     )
 
 
@@ -236,6 +243,8 @@ class Kept:
     inputs: list[torch.Tensor] = field(default_factory=list)
     added: dict[Sublayer, torch.Tensor] = field(default_factory=dict)
     last_linear: dict[Sublayer, tuple[torch.nn.Module, torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    raw_linear: dict[Sublayer, tuple[torch.nn.Module, torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    calls: dict[Sublayer, dict[str, Any]] = field(default_factory=dict)  # a plain model's attention arguments
     projection: dict[Sublayer, tuple[torch.nn.Module, torch.Tensor]] = field(default_factory=dict)
     post_norms: dict[Sublayer, tuple[torch.nn.Module, torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     norms: list[tuple[torch.nn.Module, torch.Tensor, torch.Tensor]] = field(default_factory=list)  # explained block's
@@ -248,6 +257,10 @@ class Kept:
     values: dict[Sublayer, torch.Tensor] = field(default_factory=dict)  # earlier attentions' values [kv_heads, T, d]
     frozen: dict[int, FrozenNorm] = field(default_factory=dict)  # each norm held at its scale, by id
     steered: dict[int, torch.Tensor] = field(default_factory=dict)  # what SteerResidual edits add after block i
+
+    def row(self, t: torch.Tensor) -> torch.Tensor:
+        """Batch row 0 as [positions, ...] float32 (a plain model's tensors may be positions-first)."""
+        return (t[0] if self.spec.batch_first else t[:, 0]).detach().float()
 
 
 def frozen_of(kept: Kept, module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> FrozenNorm:
@@ -276,16 +289,18 @@ def _hooks(model: Any, kept: Kept, layer: int, explained: torch.nn.Module | None
     """Forward hooks that fill `kept` for blocks 0 to `layer` (up to the `explained` attention's
     call in block `layer`; every block, and the norms after them, when `layer` is past the last)."""
     spec = kept.spec
-    handles = _embedding_hooks(model, kept)
+    handles = [] if spec.plain else _embedding_hooks(model, kept)
     for i, block in enumerate(spec.blocks[: layer + 1]):
         handles.append(block.register_forward_pre_hook(_block_in(kept, i), with_kwargs=True))
         handles += [m.register_forward_hook(_norm_hook(kept, i, layer)) for m in block.modules() if _is_norm(m)]
         writers = spec.attentions[i]
         if i == layer and explained is not None:
-            handles.append(explained.register_forward_pre_hook(_call_hook(kept), with_kwargs=True))
+            handles.append(explained.register_forward_pre_hook(_call_hook(kept, stop=spec.plain), with_kwargs=True))
             writers = writers[: [m for _, m in writers].index(explained)]
         for kind, attention in writers:
             handles.append(attention.register_forward_hook(_attention_out(kept, (i, kind))))
+            if spec.plain:
+                handles.append(attention.register_forward_pre_hook(_arguments(kept, (i, kind)), with_kwargs=True))
             linears = [m for m in attention.modules() if isinstance(m, torch.nn.Linear) or type(m).__name__ == "Conv1D"]
             handles += [m.register_forward_hook(_linear_hook(kept, (i, kind))) for m in linears]
         mlp = spec.mlps[i]
@@ -300,7 +315,7 @@ def _hooks(model: Any, kept: Kept, layer: int, explained: torch.nn.Module | None
 def _block_in(kept: Kept, i: int):
     def hook(_m, args, kwargs):
         if len(kept.inputs) == i:
-            kept.inputs.append(_row(args[0] if args else kwargs["hidden_states"]))
+            kept.inputs.append(kept.row(args[0] if args else kwargs["hidden_states"]))
 
     return hook
 
@@ -308,14 +323,14 @@ def _block_in(kept: Kept, i: int):
 def _block_out(kept: Kept):
     def hook(_m, _args, output):
         if len(kept.inputs) == len(kept.spec.blocks):
-            kept.inputs.append(_row(block_output(output)))
+            kept.inputs.append(kept.row(block_output(output)))
 
     return hook
 
 
 def _norm_hook(kept: Kept, i: int, layer: int):
     def hook(module, args, output):
-        x, y = _row(args[0]), _row(block_output(output))
+        x, y = kept.row(args[0]), kept.row(block_output(output))
         if i == layer:
             kept.norms.append((module, x, y))
             if kept.call is None:
@@ -331,39 +346,54 @@ def _norm_hook(kept: Kept, i: int, layer: int):
 
 def _after_hook(kept: Kept):
     def hook(module, args, output):
-        kept.after.append((module, _row(args[0]), _row(block_output(output))))
+        kept.after.append((module, kept.row(args[0]), kept.row(block_output(output))))
 
     return hook
 
 
 def _linear_hook(kept: Kept, at: Sublayer):
     def hook(module, args, output):
-        kept.last_linear[at] = (module, args[0], output)
+        kept.raw_linear[at] = (module, args[0], output)  # (rows taken once the attention's output is known)
 
     return hook
 
 
 def _attention_out(kept: Kept, at: Sublayer):
     def hook(_m, _args, output):
-        out = _row(block_output(output))
+        out = kept.row(block_output(output))
         kept.added.setdefault(at, out)
-        last = kept.last_linear.get(at)  # the out projection is the attention's last linear, if it gave the output
-        if last is not None and _same(_row(last[2]), out):
-            kept.projection.setdefault(at, (last[0], _row(last[1])))
+        raw = kept.raw_linear.pop(at, None)  # the out projection is the attention's last linear, if it gave the output
+        if raw is not None and at not in kept.last_linear and at not in kept.projection:
+            if _same(kept.row(raw[2]), out):
+                kept.projection[at] = (raw[0], kept.row(raw[1]))
+            else:  # (BERT's: a norm inside its attention module comes after it)
+                kept.last_linear[at] = (raw[0], kept.row(raw[1]), kept.row(raw[2]))
 
     return hook
 
 
 def _mlp_out(kept: Kept, i: int):
     def hook(_m, _args, output):
-        kept.added.setdefault((i, "mlp"), _row(block_output(output)))
+        kept.added.setdefault((i, "mlp"), kept.row(block_output(output)))
 
     return hook
 
 
-def _call_hook(kept: Kept):
+def _call_hook(kept: Kept, stop: bool):
+    """Keeps the explained attention's call; a plain model's forward ends there (a transformers
+    model's at its attention interface, where the probe stops it)."""
+
     def hook(_m, args, kwargs):
         kept.call = (args, kwargs)
+        if stop:
+            raise _Stopped
+
+    return hook
+
+
+def _arguments(kept: Kept, at: Sublayer):
+    def hook(_m, args, kwargs):
+        kept.calls[at] = mha_arguments(args, kwargs)
 
     return hook
 
@@ -393,23 +423,18 @@ def run_kept(
     every earlier attention's values too)."""
     lm = trace.model
     model = lm.model
-    watched = [caller(model, explained)]
-    if values:
+    watched = [caller(model, explained)] if not lm.plain else []
+    if values and not lm.plain:
         for kept, layer in streams:
-            watched += [
-                caller(model, m)
-                for i in range(min(layer + 1, len(kept.spec.blocks)))
-                for _, m in kept.spec.attentions[i]
-            ]
-    probe = _Probe(stop=id(watched[0]))
+            blocks = range(min(layer + 1, len(kept.spec.blocks)))
+            watched += [caller(model, m) for i in blocks for _, m in kept.spec.attentions[i]]
+    probe = _Probe(stop=id(watched[0]) if watched else None)
     with _edited(trace):  # our hooks after the edits' own: what a module gave is read as the edits left it
         handles = [
-            h
-            for i, (kept, layer) in enumerate(streams)
-            for h in _hooks(model, kept, layer, explained if i == 0 else None)
+            h for i, (kept, layer) in enumerate(streams) for h in _hooks(model, kept, layer, None if i else explained)
         ]
         try:
-            with _probing(model, list({id(m): m for m in watched}.values()), probe):
+            with _probing(model, list({id(m): m for m in watched}.values()), probe) if watched else _no_fast_path():
                 _forward(trace)
         except _Stopped:
             pass
@@ -424,20 +449,32 @@ def run_kept(
     return tuple(kept for kept, _ in streams)
 
 
+@contextlib.contextmanager
+def _no_fast_path() -> Iterator[None]:
+    """nn.TransformerEncoderLayer's fused fast path never calls its modules: off for a while."""
+    enabled = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(enabled)
+
+
 def _edited(trace: Trace):
     lm = trace.model
     if not trace.edits:
         return contextlib.nullcontext()
-    if trace.n_source and any(isinstance(e, SteerResidual) and e.strength for e in trace.edits):
+    if (trace.n_source or lm.plain) and any(isinstance(e, SteerResidual) and e.strength for e in trace.edits):
         raise InputError(
-            "explain_attention of an encoder-decoder does not follow SteerResidual edits yet: explain the run "
-            "without them, or with attention edits only"
+            f"explain_attention of {'a plain PyTorch model' if lm.plain else 'an encoder-decoder'} does not follow "
+            f"SteerResidual edits yet: explain the run without them, or with attention edits only"
         )
+    if lm.plain:
+        return plain_edited(lm.model, tuple(trace.edits), trace.n_source)
     shape = (lm.facts.n_layers, lm.facts.n_heads)
     offsets = stack_offsets(trace.n_source) if trace.n_source else None
-    return instrument(
-        lm.model, RunState(*shape, len(trace), trace.edits, capture=False, n_prompt=trace.n_prompt, offsets=offsets)
-    )
+    run = RunState(*shape, len(trace), trace.edits, capture=False, n_prompt=trace.n_prompt, offsets=offsets)
+    return instrument(lm.model, run)
 
 
 def _forward(trace: Trace) -> None:
@@ -445,21 +482,31 @@ def _forward(trace: Trace) -> None:
     ids = trace.input_ids[None].to(input_device(model))
     if trace.n_source:
         source, output = ids[:, : trace.n_source], ids[:, trace.n_source :]
-        model(input_ids=source, attention_mask=torch.ones_like(source), decoder_input_ids=output, use_cache=False)
+        if trace.model.plain:
+            model(source, output)
+        else:
+            model(input_ids=source, attention_mask=torch.ones_like(source), decoder_input_ids=output, use_cache=False)
+    elif trace.model.plain:
+        model(ids)
     else:
         model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
 
 
 def _fill(trace: Trace, kept: Kept, layer: int, probe: _Probe) -> None:
-    """After the forward: the values each earlier attention computed, what a steering edit adds,
-    and (`remainder`) the MLP of a block that has none of its own as the rest of what it adds."""
+    """After the forward: the values each earlier attention computed (a plain model's: its heads'
+    outputs too), what a steering edit adds, and (`remainder`) the MLP of a block that has none of
+    its own as the rest of what it adds."""
     spec = kept.spec
-    for i in range(min(layer, len(spec.blocks))):
+    for i in range(min(layer + 1, len(spec.blocks))):  # (block `layer`: what ran before the explained attention)
         for kind, attention in spec.attentions[i]:
+            if spec.plain:
+                _plain_heads(trace, kept, (i, kind), attention)
+                continue
             found = probe.values.get(id(caller(trace.model.model, attention)))
             if found is not None:
                 kept.values[(i, kind)] = found
-        if not trace.n_source:
+    for i in range(min(layer, len(spec.blocks))):
+        if not trace.n_source and not spec.plain:
             steered = added_by(trace.edits, i, len(trace), trace.n_prompt)
             if steered is not None:
                 kept.steered[i] = steered
@@ -468,6 +515,35 @@ def _fill(trace: Trace, kept: Kept, layer: int, probe: _Probe) -> None:
             for kind, _ in spec.attentions[i]:
                 rest = rest - kept.added.get((i, kind), 0)
             kept.added[(i, "mlp")] = rest
+
+
+def _plain_heads(trace: Trace, kept: Kept, at: Sublayer, mha: torch.nn.MultiheadAttention) -> None:
+    """nn.MultiheadAttention applies its out projection inside one call: each head's output before
+    it (the run's attention times the values) worked out again, kept where it gives the module's
+    output (an ablated head's does not: the attention stays one component)."""
+    call = kept.calls.get(at)
+    if call is None or at not in kept.added:
+        return
+    i, kind = at
+    stack = trace.stack("cross" if kind == "cross" else (kept.spec.prefix.strip() or None))
+    values = projected(mha, call["value"], 2)[0].detach().float().cpu()  # [heads, keys, head dim]
+    probs = torch.stack([stack.attention(i, h) for h in range(mha.num_heads)])  # [heads, queries, keys]
+    z = probs @ values  # [heads, queries, head dim]
+    for edit in trace.edits:  # a head the run zeroed (AblateHead): its share is zero
+        if (
+            isinstance(edit, AblateHead)
+            and edit.mode == "zero"
+            and (edit.layer, edit.stack or "self") == (i, stack.name)
+        ):
+            z[edit.head] = 0
+    z = z.transpose(0, 1).flatten(1)  # [queries, heads x head dim]
+    bias = mha.out_proj.bias
+    out = torch.nn.functional.linear(
+        z, mha.out_proj.weight.detach().float(), None if bias is None else bias.detach().float()
+    )
+    if _close(out, kept.added[at]):
+        kept.values[at] = values
+        kept.projection[at] = (mha.out_proj, z)
 
 
 # --- the residual stream's components at the explained attention ---
@@ -635,6 +711,13 @@ def _check_additive(kept: Kept, i: int) -> None:
         )
 
 
+def _out_projection(kept: Kept, at_: Sublayer) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor] | None:
+    """An attention's out projection (module, input, output) as rows, where it was seen."""
+    if at_ in kept.projection and at_ in kept.added:
+        return (*kept.projection[at_], kept.added[at_])
+    return kept.last_linear.get(at_)
+
+
 def _post_stream(kept: Kept, layer: int, upto: list[str], at: torch.Tensor) -> Stream | None:
     """Post-norm blocks (BERT, BART): each of a block's norms acts on the residual stream plus what
     a sublayer adds (an attention's out projection, split by head, or its MLP); held at its run
@@ -653,13 +736,13 @@ def _post_stream(kept: Kept, layer: int, upto: list[str], at: torch.Tensor) -> S
         residual = kept.inputs[i]
         for k, (module, u, y) in enumerate(norms):
             kind = kinds[min(k, len(kinds) - 1)]
-            added, last = u - residual, kept.last_linear.get((i, kind))
-            if kind != "mlp" and last is not None and _close(_row(last[2]), added):  # the out projection, by head
+            added, last = u - residual, _out_projection(kept, (i, kind))
+            if kind != "mlp" and last is not None and _close(last[2], added):  # the out projection, by head
                 bias = getattr(last[0], "bias", None)
                 constant = constant + (bias.detach().float() if isinstance(bias, torch.Tensor) else 0)
                 n_heads = spec.heads[kind]
                 names = [spec.name(kind, i, h) for h in range(n_heads)]
-                raw.append((names, heads(last[0], _row(last[1]), n_heads, at, None), len(chain)))
+                raw.append((names, heads(last[0], last[1], n_heads, at, None), len(chain)))
             else:
                 raw.append(([spec.name(kind, i)], lambda a=added: a[at][None], len(chain)))
             frozen = frozen_of(kept, module, u, y)

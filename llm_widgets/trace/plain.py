@@ -43,6 +43,11 @@ _MHA_ARGS_AFTER_SELF = [
 ]
 
 
+def mha_arguments(args: tuple, kwargs: dict) -> dict[str, Any]:
+    """nn.MultiheadAttention.forward's arguments by name, however its caller passed them."""
+    return dict(zip(_MHA_ARGS_AFTER_SELF, args), **kwargs)
+
+
 def plain_stacks(model: torch.nn.Module) -> dict[str, list[torch.nn.MultiheadAttention]]:
     """The attention modules of each kind, in layer order: {"self": [...]}; or, for a model built from
     nn.TransformerDecoderLayer (an encoder-decoder such as nn.Transformer), the encoder layers'
@@ -164,6 +169,14 @@ class PlainRunner(Runner):
                 record=make_record(self.lm, ids.tolist(), self.request.generation, self.edits, generated),
             )
         ]
+
+
+@contextmanager
+def edited(model: torch.nn.Module, edits: tuple, n_source: int) -> Iterator[None]:
+    """A plain model's attention edits (ScaleAttention, AblateHead) on it for one forward, nothing
+    captured: what an analysis that runs the traced sequence again needs (explain_attention)."""
+    with _Run(model, plain_stacks(model), edits, stack_offsets(n_source)).installed(capture=False):
+        yield
 
 
 def _steering(model, stacks: dict[str, list], edits: tuple, n_source: int, n_prompt: int) -> ResidualSteering:
@@ -306,7 +319,7 @@ class _Run:
         mha = self.modules[place]
 
         def hook(module, args, kwargs):
-            bound = dict(zip(_MHA_ARGS_AFTER_SELF, args), **kwargs)
+            bound = mha_arguments(args, kwargs)
             query, key = bound["query"], bound["key"]
             if place[0] != "cross" and key is not query and not torch.equal(key, query):
                 raise InputError(
@@ -331,9 +344,9 @@ class _Run:
         def hook(module, args, kwargs, output):
             """The module's output again, computed here with the ablated heads removed before its
             output projection (nn.MultiheadAttention applies it inside one call)."""
-            bound = dict(zip(_MHA_ARGS_AFTER_SELF, args), **kwargs)
+            bound = mha_arguments(args, kwargs)
             query, key, value = bound["query"], bound["key"], bound["value"]
-            q, k, v = (_projected(mha, x, which) for which, x in enumerate((query, key, value)))
+            q, k, v = (projected(mha, x, which) for which, x in enumerate((query, key, value)))
             causal, bias = _mask_facts(
                 bound.get("attn_mask"), bool(bound.get("is_causal")), q.shape[2], k.shape[2], mha.num_heads, q.device
             )
@@ -360,7 +373,7 @@ class _Run:
                 f"attention module {place[1]} of {place[0]!r} uses add_bias_kv or add_zero_attn, which "
                 f"llm-widgets does not recompute yet"
             )
-        q, k = _projected(mha, query, 0), _projected(mha, key, 1)  # [B, H, n, d]
+        q, k = projected(mha, query, 0), projected(mha, key, 1)  # [B, H, n, d]
         causal, bias = _mask_facts(mask, is_causal, q.shape[2], k.shape[2], mha.num_heads, q.device)
         self.captured[place] = LayerAttention(
             q[0].detach(), k[0].detach(), 1 / math.sqrt(q.shape[-1]), None, None, causal, None, bias
@@ -383,7 +396,7 @@ class _Run:
         return (base + edit).to(query.dtype)
 
 
-def _projected(mha: torch.nn.MultiheadAttention, x: torch.Tensor, which: int) -> torch.Tensor:
+def projected(mha: torch.nn.MultiheadAttention, x: torch.Tensor, which: int) -> torch.Tensor:
     """Queries (which=0), keys (1) or values (2) of `x` as the module computes them: [batch, heads, n, head_dim]."""
     if not mha.batch_first:
         x = x.transpose(0, 1)

@@ -139,13 +139,17 @@ class ExplanationView(MatrixWidget):
         found = head_of(name)
         if self.editor is None or not (found or name.startswith("mlp ")):
             return []
+        plain = self.editor.lm.plain  # (its heads are ablated at every position; no AblateMLP)
         if found is not None:
             stack, layer, head = found
-            edit: AblateHead | AblateMLP = AblateHead(layer, head, stack=stack, positions=position)
+            edit: AblateHead | AblateMLP = AblateHead(layer, head, stack=stack, positions=None if plain else position)
+        elif plain:
+            return []
         else:
             edit = AblateMLP(int(name.removeprefix("mlp ")), positions=position)
         self.editor.edits = [e for e in self.editor.edits if e != edit] + [edit]
-        return [f"ablated {name} at position {position} in the editor: now {self.editor.trace.output_text!r}"]
+        where = "at every position" if plain else f"at position {position}"
+        return [f"ablated {name} {where} in the editor: now {self.editor.trace.output_text!r}"]
 
 
 def _stack_of(view: Any) -> str | None:
