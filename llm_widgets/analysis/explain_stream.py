@@ -161,7 +161,7 @@ def seq2seq_blocks(model: Any, stack: str, heads: dict[str, int], plain: bool = 
         remainder=True,
         after=_norms_after(model, blocks[0]),
         plain=plain,
-        batch_first=not plain or stacks[own][0].batch_first,
+        batch_first=not plain or bool(getattr(stacks[own][0], "batch_first", True)),
     )
 
 
@@ -499,7 +499,7 @@ def _fill(trace: Trace, kept: Kept, layer: int, probe: _Probe) -> None:
     spec = kept.spec
     for i in range(min(layer + 1, len(spec.blocks))):  # (block `layer`: what ran before the explained attention)
         for kind, attention in spec.attentions[i]:
-            if spec.plain:
+            if isinstance(attention, torch.nn.MultiheadAttention):
                 _plain_heads(trace, kept, (i, kind), attention)
                 continue
             found = probe.values.get(id(caller(trace.model.model, attention)))
