@@ -215,6 +215,35 @@ def test_smollm2s_induction_head_reads_a_previous_token_head(smollm2):
         assert sum(term for _, term in split) == pytest.approx(total, rel=1e-4, abs=1e-4)
 
 
+def test_a_hybrids_state_space_layer_is_a_component_and_its_own_layer_is_refused():
+    """Jamba: layer 0 is a Mamba layer (no attention to explain), layer 1 attends; what the Mamba
+    mixer adds to the stream is a component of its own."""
+    config = transformers.JambaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        attn_layer_period=2,
+        attn_layer_offset=1,
+        expert_layer_period=2,
+        expert_layer_offset=1,
+        num_experts=2,
+        mamba_d_state=4,
+        mamba_d_conv=2,
+        use_mamba_kernels=False,
+        pad_token_id=0,
+    )
+    trace = build_from(config, transformers.AutoModelForCausalLM, "tiny-jamba").trace(list(range(3, 15)))
+    with pytest.raises(lw.InputError, match="layer 0 has no attention: tiny-jamba is a hybrid model"):
+        trace.explain_attention(0, 1, 10)
+    row = trace.explain_attention(1, 1, 10)
+    assert row.components == ["embedding", "mixer 0", "mlp 0", "biases", "bias"]
+    assert row.residual_error <= 1e-6 * float(row.reference.abs().max())
+    assert abs(row.key_side()["mixer 0"]) > 0
+
+
 def test_bad_input_is_named():
     trace = build("mistral").trace(PROMPT)  # a sliding window of 6
     with pytest.raises(lw.InputError, match="query must be an integer >= 0 and <= 13; got 14"):

@@ -115,10 +115,15 @@ class Blocks:
     batch_first: bool = True  # a plain model's tensors may be [positions, batch, d]
 
     def kinds(self, i: int) -> list[str]:
-        return [kind for kind, _ in self.attentions[i]] + ["mlp"]
+        """What block i adds, in order: its attentions (or, in a hybrid's block without one, its
+        "mixer": a state space or linear attention layer), then its MLP."""
+        attentions = [kind for kind, _ in self.attentions[i]]
+        return (attentions or ["mixer"]) + ["mlp"]
 
     def name(self, kind: str, i: int, head: int | None = None) -> str:
-        """A component's name: "head 3.1", "mlp 3"; "decoder head 3.1", "cross head 3.1"."""
+        """A component's name: "head 3.1", "mlp 3", "mixer 0"; "decoder head 3.1", "cross head 3.1"."""
+        if kind == "mixer":
+            return f"{self.prefix}mixer {i}"
         what = ("cross " if kind == "cross" else self.prefix) + ("mlp" if kind == "mlp" else "head")
         if head is None and kind != "mlp":
             what = what.removesuffix("head") + "attention"
@@ -510,6 +515,9 @@ def _fill(trace: Trace, kept: Kept, layer: int, probe: _Probe) -> None:
             steered = added_by(trace.edits, i, len(trace), trace.n_prompt)
             if steered is not None:
                 kept.steered[i] = steered
+        if not spec.attentions[i] and i + 1 < len(kept.inputs):  # a hybrid's mixer: what the block adds besides
+            rest = kept.inputs[i + 1] - kept.inputs[i] - kept.added.get((i, "mlp"), 0)  # its MLP (and steering)
+            kept.added[(i, "mixer")] = rest - kept.steered.get(i, 0)
         if spec.remainder and spec.mlps[i] is None and i + 1 < len(kept.inputs):
             rest = kept.inputs[i + 1] - kept.inputs[i]
             for kind, _ in spec.attentions[i]:
