@@ -333,3 +333,49 @@ def test_every_generated_token_has_attention(tiny_gpt2):
         )
     uncached = tiny_gpt2.trace("Call me Ishmael.", max_new_tokens=5, use_cache=False)
     torch.testing.assert_close(uncached.attention(2, 1), full.attention(2, 1), atol=1e-5, rtol=0)
+
+
+def _full_walks(monkeypatch, root: torch.nn.Module) -> list[int]:
+    """Counts walks of most of `root`'s module tree (named_modules run through half of it or more)."""
+    total, walks = len(list(root.modules())), [0]
+    original = torch.nn.Module.named_modules
+
+    def counting(self, *args, **kwargs):
+        seen = 0
+        for item in original(self, *args, **kwargs):
+            seen += 1
+            yield item
+        walks[0] += seen >= total // 2
+
+    monkeypatch.setattr(torch.nn.Module, "named_modules", counting)
+    return walks
+
+
+def test_what_the_module_tree_holds_is_worked_out_once_per_model(monkeypatch):
+    """The fixed work of a run (its attention modules, facts, blocks, attention switch) is done once
+    per model: 100 traced runs (plain, generating, edited, steered) walk the tree no more; a
+    registered module or a cast model is seen at the next run."""
+    from llm_widgets.models import structure
+
+    lm = lw.load_model("tiny-gpt2", progress=False)
+    edits = [
+        lw.ScaleAttention(2.0, keys=(1, 3)),
+        lw.AblateHead(1, 0),
+        lw.SteerResidual(torch.ones(lm.facts.hidden_size), [1], 0.5),
+        lw.AblateMLP(0, positions=1),
+    ]
+    settings = [{}, {"max_new_tokens": 3}, {"edits": edits}, {"edits": edits, "max_new_tokens": 2}]
+    for kwargs in settings:
+        lm.trace("one two three four", **kwargs)
+    worked_out = sum(structure.walks.values())
+    walks = _full_walks(monkeypatch, lm.model)
+    for i in range(100):
+        lm.trace("one two three four", **settings[i % len(settings)])
+    assert walks[0] == 0 and sum(structure.walks.values()) == worked_out
+    lm.model.transformer.h[0].attn.add_module("extra", torch.nn.Identity())  # any registration: looked at again
+    assert len(capture.attention_modules(lm.model)) == lm.facts.n_layers and walks[0] > 0
+    del lm.model.transformer.h[0].attn.extra
+    lm.model.half()  # a cast: the first weight's dtype is in the key
+    assert lm.facts.dtype == "float16"
+    lm.model.float()
+    assert lm.facts.dtype == "float32" and lm.trace("one two").tokens == ["one", " two"]

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from ..errors import InputError
+from .structure import remembered
 
 _MLP_NAMES = ("mlp", "feed_forward", "ffn", "block_sparse_moe", "moe", "DenseReluDense")  # (T5's, inside T5LayerFF)
 
@@ -62,7 +63,12 @@ def with_block_output(output: Any, hidden: torch.Tensor) -> Any:
 def anatomy(model: Any, n_layers: int) -> Anatomy:
     """The blocks (the largest ModuleList with one entry per layer), the final norm (the
     first norm registered after them in their parent), the unembedding and the scaling the
-    model's head applies (Gemma 2's softcap, Granite's and Cohere's logit scales)."""
+    model's head applies (Gemma 2's softcap, Granite's and Cohere's logit scales). Found once per
+    model (models.structure)."""
+    return remembered(model, ("anatomy", n_layers), lambda m: _anatomy(m, n_layers))
+
+
+def _anatomy(model: Any, n_layers: int) -> Anatomy:
     parent, blocks, best = None, None, -1
     for module in model.modules():
         for child in module.children():

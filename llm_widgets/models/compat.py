@@ -15,6 +15,8 @@ import torch
 import transformers
 from packaging.version import Version
 
+from .structure import remembered
+
 
 @cache
 def _forward_takes(model_type: type, name: str) -> bool:
@@ -79,14 +81,48 @@ def uses_attention_registry(model: torch.nn.Module) -> bool:
     Pegasus, StableLM, Falcon-H1, ... in 5.24): its attention modules' code tells."""
     if getattr(type(model), "_supports_attention_backend", False):
         return True
-    return any(hasattr(m, "layer_idx") and calls_attention_interface(type(m)) for m in model.modules())
+    return remembered(
+        model,
+        "uses the attention registry",
+        lambda m: any(hasattr(x, "layer_idx") and calls_attention_interface(type(x)) for x in m.modules()),
+    )
 
 
 def set_attention(model: Any, implementation: str | None) -> None:
-    """Switch the model's attention implementation. Models outside the attention registry refuse
-    `set_attn_implementation` (with a log line each time) but read the config at every forward:
-    for them the config is set directly (else Falcon, asked for weights under "sdpa", adds a
-    boolean mask to its eager scores)."""
+    """Switch the model's attention implementation. All a switch changes is each config's
+    `_attn_implementation_internal` (the model's, its sub-models', their sub-configs'), but
+    transformers' `set_attn_implementation` walks the module tree to find them, twice per run: the
+    values one switch left are remembered per model (models.structure) and set directly the next
+    time the configs start from the same values."""
+    configs = remembered(model, "configs", _configs)
+    before = tuple(getattr(c, "_attn_implementation_internal", None) for c in configs)
+    switches = remembered(model, "attention switches", lambda _: {})
+    after = switches.get((before, implementation))
+    if after is None:
+        _switch(model, implementation)
+        switches[(before, implementation)] = tuple(getattr(c, "_attn_implementation_internal", None) for c in configs)
+        return
+    for config, value in zip(configs, after):
+        config._attn_implementation_internal = value
+
+
+def _configs(model: Any) -> tuple[Any, ...]:
+    """Every config the model's modules hold, and their sub-configs, once each."""
+    found: dict[int, Any] = {}
+    queue = [model.config, *(m.config for m in model.modules() if hasattr(getattr(m, "config", None), "sub_configs"))]
+    while queue:
+        config = queue.pop()
+        if config is None or id(config) in found or not hasattr(config, "sub_configs"):
+            continue
+        found[id(config)] = config
+        queue += [getattr(config, key, None) for key in config.sub_configs]
+    return tuple(found.values())
+
+
+def _switch(model: Any, implementation: str | None) -> None:
+    """Models outside the attention registry refuse `set_attn_implementation` (with a log line each
+    time) but read the config at every forward: for them the config is set directly (else Falcon,
+    asked for weights under "sdpa", adds a boolean mask to its eager scores)."""
     can_switch = getattr(type(model), "_can_set_attn_implementation", None)
     if can_switch is None or can_switch():
         model.set_attn_implementation(implementation)

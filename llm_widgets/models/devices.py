@@ -8,11 +8,13 @@ The first parameter's device, the usual answer, is then "meta".
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import torch
 
 from ..errors import InputError
+from .structure import forget, remembered
 
 
 def execution_device(module: torch.nn.Module) -> torch.device | None:
@@ -29,8 +31,8 @@ def input_device(model: Any) -> torch.device:
     for module in (embed, model):
         if module is not None and (device := execution_device(module)) is not None:
             return device
-    weights = list(embed.parameters()) if embed is not None else []
-    for p in [*weights, *model.parameters()]:
+    weights = embed.parameters() if embed is not None else iter(())
+    for p in itertools.chain(weights, model.parameters()):  # (lazily: the first placed weight is the answer)
         if p.device.type != "meta":
             return p.device
     return torch.device("cpu")
@@ -52,13 +54,21 @@ def placement(model: torch.nn.Module) -> str:
     return " + ".join(places) if places else "cpu"
 
 
+def _runnable(model: torch.nn.Module) -> bool:
+    return not any(p.is_meta for p in model.parameters()) or any(
+        getattr(m, "_hf_hook", None) is not None for m in model.modules()
+    )
+
+
 def check_runnable(model: torch.nn.Module) -> None:
     """Refuse, saying what to do, a model whose weights are on the meta device with nothing to load
     them (made under init_empty_weights, or with device="meta"): accelerate's offloaded weights are
-    there too, but its hooks move them in for each call."""
-    if any(p.is_meta for p in model.parameters()) and not any(
-        getattr(m, "_hf_hook", None) is not None for m in model.modules()
-    ):
+    there too, but its hooks move them in for each call. A runnable model is remembered (see
+    structure.py); one that is not is looked at again each time (hooks may have been added since)."""
+    if remembered(model, "runnable", _runnable):
+        return
+    forget(model, "runnable")
+    if not _runnable(model):
         raise InputError(
             f"{type(model).__name__} has weights on the meta device (shapes without values, as "
             f"init_empty_weights or device='meta' make them): there is nothing to run. Load its weights "

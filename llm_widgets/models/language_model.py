@@ -4,7 +4,7 @@ that every other layer needs (layers, heads, context length, attention)."""
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -16,6 +16,7 @@ from ..text import printable
 from .devices import placement
 from .gate import gate
 from .plain import VocabTokenizer, attention_modules, is_encoder_decoder
+from .structure import remembered
 
 if TYPE_CHECKING:  # the result types, for type checkers: the engine (a layer above) makes them
     from ..trace.batch import TraceBatch
@@ -196,6 +197,15 @@ class LanguageModel:
 
     @property
     def facts(self) -> ModelFacts:
+        """Worked out once per model (again when its tree or weights' placement changes); the
+        attention implementation, which a run switches, read each time."""
+        facts = remembered(self.model, ("facts", self.name, self.kind), lambda _: self._facts())
+        if self.plain:
+            return facts
+        attention = str(getattr(self.model.config, "_attn_implementation", None) or "eager")
+        return facts if facts.attn_implementation == attention else replace(facts, attn_implementation=attention)
+
+    def _facts(self) -> ModelFacts:
         model = self.model
         if self.plain:
             return self._plain_facts()

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 import torch
 
 from .compat import set_attention
+from .structure import modules_of
 
 
 @contextmanager
@@ -26,12 +27,13 @@ def model_mode(
     model's attention (e.g. "eager" for attention weights). Afterwards the model is exactly as it was."""
     # each module's own flag, restored exactly (a user's model in training may hold a frozen
     # submodule in eval); train() walks the tree, so it is called only when something changes
-    modules = list(model.modules()) if training is not None else []
+    modules = modules_of(model) if training is not None else ()
     modes = [m.training for m in modules]
     attn_before = getattr(model.config, "_attn_implementation", None) if attn_implementation else None
     switch = attn_implementation is not None and attn_before != attn_implementation
+    changed = training is not None and any(mode != training for mode in modes)
     try:
-        if training is not None and any(mode != training for mode in modes):
+        if changed and training is not None:
             model.train(training)
         if switch:
             set_attention(model, attn_implementation)
@@ -39,6 +41,6 @@ def model_mode(
     finally:
         if switch:
             set_attention(model, attn_before)
-        for module, mode in zip(modules, modes):
+        for module, mode in zip(modules, modes) if changed else ():  # (nothing to put back otherwise)
             if module.training == training:  # (a mode another thread set meanwhile is its own: kept)
                 module.training = mode

@@ -29,7 +29,8 @@ import torch
 
 from ..errors import InputError
 from ..models.anatomy import anatomy
-from ..models.compat import calls_attention_interface
+from ..models.compat import calls_attention_interface, set_attention
+from ..models.structure import remembered
 from .edits import AblateHead, AblateMLP, ScaleAttention, SteerResidual
 from .masks import allowed_mask, edit_bias, spare_fully_masked
 from .steering import ResidualSteering, enclosing_blocks
@@ -119,12 +120,15 @@ class RunState:
         self.head_hook = head_hook
 
     def edits_at(self, place: Place) -> tuple[ScaleAttention, ...]:
-        if place not in self._edits_at:
+        if not self.scale_edits:
+            return ()
+        found = self._edits_at.get(place)
+        if found is None:
             stack, layer = place
-            self._edits_at[place] = tuple(
+            found = self._edits_at[place] = tuple(
                 e for e in self.scale_edits if e.stack in (None, stack) and (e.layers is None or layer in e.layers)
             )
-        return self._edits_at[place]
+        return found
 
     def edited_heads(self, place: Place) -> set[int] | None:
         """The heads this layer's edits name (None: an edit there covers every head)."""
@@ -132,9 +136,10 @@ class RunState:
         return None if any(e.heads is None for e in edits) else {h for e in edits for h in e.heads}
 
     def capture_of(self, place: Place) -> LayerCapture:
-        if place not in self.layers:
-            self.layers[place] = LayerCapture()
-        return self.layers[place]
+        found = self.layers.get(place)
+        if found is None:
+            found = self.layers[place] = LayerCapture()
+        return found
 
     @property
     def changes_attention(self) -> bool:
@@ -264,7 +269,9 @@ class RunState:
     def _capture(self, captured: LayerCapture, module, query, key, kwargs, q_start, k_start, q_len, cross) -> None:
         captured.scaling = kwargs.get("scaling") or query.shape[-1] ** -0.5
         captured.softcap = kwargs.get("softcap")
-        sinks = kwargs.get("s_aux", getattr(module, "sinks", None))
+        sinks = kwargs.get("s_aux")
+        if sinks is None:  # (a parameter of the module, if any: read without nn.Module's slow missing-attribute path)
+            sinks = _own(module, "sinks")
         if captured.sinks is None and isinstance(sinks, torch.Tensor):  # a parameter: copied once a run
             captured.sinks = sinks.detach().float().flatten().to(self.capture_device or sinks.device)
         captured.queries.append((q_start, self._keep(query, query)))  # every batch row: [B, H, n, d]
@@ -423,13 +430,22 @@ def _heads(t: torch.Tensor, index: list[int]) -> torch.Tensor:
 _WRAPPERS: dict[str, Callable] = {}
 
 
+_INNER: dict[tuple[str, type], Callable] = {}  # (implementation, attention class) -> its function
+
+
 def _inner_function(inner: str, module: torch.nn.Module) -> Callable:
+    found = _INNER.get((inner, type(module)))
+    if found is not None:  # (looked up once: this runs at every layer of every forward)
+        return found
     if inner == "eager":
         # each model file has its own eager function (GPT-2's differs from Llama's)
-        return sys.modules[type(module).__module__].eager_attention_forward
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+        found = sys.modules[type(module).__module__].eager_attention_forward
+    else:
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-    return ALL_ATTENTION_FUNCTIONS[inner]
+        found = ALL_ATTENTION_FUNCTIONS[inner]
+    _INNER[(inner, type(module))] = found
+    return found
 
 
 def registered_name(inner: str) -> str:
@@ -453,6 +469,14 @@ def registered_name(inner: str) -> str:
     AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[inner])
     _WRAPPERS[name] = wrapper
     return name
+
+
+def _own(module: torch.nn.Module, name: str) -> Any:
+    """A module's own parameter, buffer or attribute `name`, or None."""
+    for store in (module._parameters, module._buffers, module.__dict__):
+        if name in store:
+            return store[name]
+    return None
 
 
 def _window(kwargs: dict, mask: Any, is_causal: Any, q_len: int, kv_len: int, captured: LayerCapture) -> int | None:
@@ -504,14 +528,23 @@ def _causal_in(mask: Any, q_len: int, kv_len: int) -> bool | None:
 
 
 def attention_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """Modules that call the attention interface: they carry `layer_idx` and the projections."""
-    return [m for m in model.modules() if hasattr(m, "layer_idx") and calls_attention_interface(type(m))]
+    """Modules that call the attention interface: they carry `layer_idx` and the projections (found
+    once per model: models.structure)."""
+    return list(remembered(model, "attention modules", _attention_modules))
+
+
+def _attention_modules(model: torch.nn.Module) -> tuple[torch.nn.Module, ...]:
+    return tuple(m for m in model.modules() if hasattr(m, "layer_idx") and calls_attention_interface(type(m)))
 
 
 def unshowable(model: torch.nn.Module, name: str) -> str | None:
     """Why the trace cannot show this model's attention as one map per layer and head, or None: it
     has no layer that attends, or its attention modules run several times per forward (recurrent
     depth, as HRM's; one block shared by several layers), where one map per module would hide calls."""
+    return remembered(model, ("unshowable", name), lambda m: _unshowable(m, name))
+
+
+def _unshowable(model: torch.nn.Module, name: str) -> str | None:
     modules = attention_modules(model)
     if not modules:
         kinds = getattr(getattr(model, "config", None), "layer_types", None)
@@ -588,11 +621,11 @@ def routed(model: Any, *, additive_mask: bool = False) -> Iterator[str]:
     inner = original.removeprefix(PREFIX)
     if additive_mask and inner not in ("sdpa", "eager"):
         inner = "sdpa"
-    model.set_attn_implementation(registered_name(inner))
+    set_attention(model, registered_name(inner))
     try:
         yield inner
     finally:
-        model.set_attn_implementation(original)
+        set_attention(model, original)
 
 
 @contextmanager

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -62,6 +63,7 @@ def make_record(
     }
 
 
+@functools.lru_cache(maxsize=256)  # (a file system look per name, not per run)
 def _shareable(name: str) -> str:
     """A model's name or source as a record keeps it: a local folder by its own name only (records
     are shared: the sender's file layout stays theirs); a bundled name or a hub id as it is."""
