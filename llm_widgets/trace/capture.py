@@ -594,7 +594,11 @@ def stack_modules(model: Any) -> dict[str, list[torch.nn.Module]]:
     """The attention modules of each stack, in layer order: {"self": [...]}, or an
     encoder-decoder's {"encoder": [...], "decoder": [...], "cross": [...]}. A decoder's
     cross-attention is told by its name (BART's encoder_attn, T5's EncDecAttention, ...), or,
-    failing that, by not being causal."""
+    failing that, by not being causal. Found once per model (models.structure)."""
+    return {name: list(modules) for name, modules in remembered(model, "stack modules", _stack_modules).items()}
+
+
+def _stack_modules(model: Any) -> dict[str, list[torch.nn.Module]]:
     if not getattr(model.config, "is_encoder_decoder", False) or not hasattr(model, "get_encoder"):
         return {SELF: attention_modules(model)}
     encoder = {id(m) for m in model.get_encoder().modules()}
