@@ -113,26 +113,27 @@ class Projector:
         if not self.cross:
             q, _, q0, _ = self.both(stream)
             return q, q0
-        qs, q0 = [], torch.zeros(0)
-        with self._active():
-            for rows in _rows(stream, self.at):
-                q, _ = self._call(self._hidden(rows), torch.zeros(len(rows), len(self.k_at), rows.shape[-1]))
-                q0 = q[0]
-                qs.append(q[1:] - q0)
-        return torch.cat(qs), q0
+        keys = lambda rows: torch.zeros(len(rows), len(self.k_at), rows.shape[-1])  # noqa: E731
+        return self._shares(stream, self.at, lambda rows: self._call(self._hidden(rows), keys(rows))[0])
 
     def keys(self, stream: Stream) -> tuple[torch.Tensor, torch.Tensor]:
         """Each component's share of the keys [m, keys, d], and the constant's [keys, d]."""
         if not self.cross:
             _, k, _, k0 = self.both(stream)
             return k, k0
-        ks, k0 = [], torch.zeros(0)
+        queries = lambda rows: torch.zeros(len(rows), len(self.at), rows.shape[-1])  # noqa: E731
+        return self._shares(stream, self.k_at, lambda rows: self._call(self._hidden(queries(rows)), rows)[1])
+
+    def _shares(self, stream: Stream, at: torch.Tensor, project) -> tuple[torch.Tensor, torch.Tensor]:
+        """A cross-attention's one side: `project` of each chunk of rows (after a zero row, whose
+        result is the constant), less the constant."""
+        shares, constant = [], torch.zeros(0)
         with self._active():
-            for rows in _rows(stream, self.k_at):
-                _, k = self._call(self._hidden(torch.zeros(len(rows), len(self.at), rows.shape[-1])), rows)
-                k0 = k[0]
-                ks.append(k[1:] - k0)
-        return torch.cat(ks), k0
+            for rows in _rows(stream, at):
+                found = project(rows)
+                constant = found[0]
+                shares.append(found[1:] - constant)
+        return torch.cat(shares), constant
 
     @contextlib.contextmanager
     def _active(self) -> Iterator[None]:
