@@ -66,6 +66,11 @@ def test_post_norm_blocks_pass_every_component_through_their_norms():
     assert pair.components[:2] == ["embedding", "head 0.0"] and "mlp 0" in pair.components
     assert float(pair.terms().sum()) == pytest.approx(pair.total, rel=1e-5)
     assert "token embedding" not in pair.components  # (its embeddings are normalised together: one component)
+    deep = trace.explain_attention(1, 1, 3, 2, depth=2)  # a head's share, split by source, through the norms after it
+    assert deep.sources
+    for (side, name), rows in deep.sources.items():
+        total = (deep.key_side() if side == "key" else deep.query_side())[name]
+        assert sum(term for _, term in rows) == pytest.approx(total, rel=1e-4, abs=1e-7)
 
 
 def test_an_edit_is_its_own_term():

@@ -41,6 +41,7 @@ from .explain_stream import (
     caller,
     decoder_only_blocks,
     frozen_of,
+    out_projection,
     out_weight,
     run_kept,
     seq2seq_blocks,
@@ -604,14 +605,15 @@ def _source_vectors(trace: Trace, kept: Kept, name: str, position: int, chain: l
     assert found is not None
     prefix, layer, head = found
     kind = "cross" if prefix == "cross" else "attention"
-    if (layer, kind) not in kept.projection or (layer, kind) not in kept.values:
+    projection = out_projection(kept, (layer, kind))  # (BERT's: its attention module normalises after it)
+    if projection is None or (layer, kind) not in kept.values:
         return None
     source = trace.stack(prefix)
     probs = source.attention(layer, head, source.queries[0] + position)[0]
     values = kept.values[(layer, kind)]
     v = values[head // (source.n_heads // values.shape[0])]  # [T, head dim]
     sources = (probs > 0).nonzero()[:, 0]
-    weight = out_weight(kept.projection[(layer, kind)][0])
+    weight = out_weight(projection[0])
     width = weight.shape[1] // source.n_heads
     if v.shape[-1] != width:
         raise InputError(f"layer {layer}'s values ({v.shape[-1]} wide) are not its heads' out-projection columns")

@@ -719,7 +719,7 @@ def _check_additive(kept: Kept, i: int) -> None:
         )
 
 
-def _out_projection(kept: Kept, at_: Sublayer) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor] | None:
+def out_projection(kept: Kept, at_: Sublayer) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor] | None:
     """An attention's out projection (module, input, output) as rows, where it was seen."""
     if at_ in kept.projection and at_ in kept.added:
         return (*kept.projection[at_], kept.added[at_])
@@ -744,7 +744,7 @@ def _post_stream(kept: Kept, layer: int, upto: list[str], at: torch.Tensor) -> S
         residual = kept.inputs[i]
         for k, (module, u, y) in enumerate(norms):
             kind = kinds[min(k, len(kinds) - 1)]
-            added, last = u - residual, _out_projection(kept, (i, kind))
+            added, last = u - residual, out_projection(kept, (i, kind))
             if kind != "mlp" and last is not None and _close(last[2], added):  # the out projection, by head
                 bias = getattr(last[0], "bias", None)
                 constant = constant + (bias.detach().float() if isinstance(bias, torch.Tensor) else 0)
