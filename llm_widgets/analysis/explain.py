@@ -34,22 +34,22 @@ from .explain_stream import (
     KV_NAMES,
     FrozenNorm,
     Kept,
+    Probe,
+    Stopped,
     Stream,
-    _Probe,
-    _probing,
-    _Stopped,
     caller,
+    close,
     decoder_only_blocks,
     frozen_of,
+    frozen_post,
     out_projection,
     out_weight,
+    probing,
     run_kept,
+    same,
     seq2seq_blocks,
     stream,
 )
-from .explain_stream import _close as close
-from .explain_stream import _frozen_post as frozen_post
-from .explain_stream import _same as same
 
 # --- the explained attention run on the components ---
 
@@ -60,17 +60,14 @@ class Projector:
     stream's positions), and what a zero stream gives (biases, the norm's shift). A cross-attention
     is given the encoder's components as its `kv_name` argument, zeros on the other side."""
 
+    plain = False  # (PlainProjector: nn.MultiheadAttention's)
+
     def __init__(self, model, kept: Kept, attention, head: int, q_at: list[int], k_at: list[int], point, cross: bool):
         assert kept.call is not None  # (run_kept refuses a run without it)
         args, kwargs = kept.call
-        hidden, self.kv_name = self._inputs(args, kwargs)
+        hidden, self.kv_name, _ = call_inputs(kept.call, self.plain)
         self.before, self.qk = _input_norm(kept, attention, kept.row(hidden), point)
         self.cross = cross
-        if self.cross and self.kv_name is None:
-            raise InputError(
-                f"{type(attention).__name__} is not given the encoder's output as {' or '.join(KV_NAMES)}: "
-                f"explain_attention cannot run its keys on the encoder's components"
-            )
         self.at = torch.tensor(sorted({*q_at, *k_at})) if not self.cross else torch.tensor(q_at)
         where = {p: i for i, p in enumerate(self.at.tolist())}
         self.q_index = [where[p] for p in q_at]
@@ -79,15 +76,10 @@ class Projector:
         self.head, self.model, self.attention = head, model, attention
         self.dtype, self.device = hidden.dtype, hidden.device
         self.caller = caller(model, attention)
-        self.probe = _Probe(stop=id(self.caller))
+        self.probe = Probe(stop=id(self.caller))
         self.args, self.kwargs = self._cut(args, kwargs, hidden.shape[1])
         shift = None if self.before is None else self.before.bias
         self.shift = torch.zeros(hidden.shape[-1]) if shift is None else shift
-
-    def _inputs(self, args: tuple, kwargs: dict) -> tuple[torch.Tensor, str | None]:
-        """The explained call's hidden states, and the name it is given the encoder's output by."""
-        hidden = args[0] if args else kwargs["hidden_states"]
-        return hidden, next((name for name in KV_NAMES if isinstance(kwargs.get(name), torch.Tensor)), None)
 
     def _cut(self, args: tuple, kwargs: dict, length: int) -> tuple[tuple, dict]:
         """The call's other arguments cut to the positions run (the hidden states and the encoder's
@@ -138,7 +130,7 @@ class Projector:
 
     @contextlib.contextmanager
     def _active(self) -> Iterator[None]:
-        with _probing(self.model, [self.caller], self.probe), _held_norms(self.qk, self.at):
+        with probing(self.model, [self.caller], self.probe), _held_norms(self.qk, self.at):
             yield
 
     def _hidden(self, rows: torch.Tensor) -> torch.Tensor:
@@ -148,26 +140,30 @@ class Projector:
 
     def _call(self, hidden: torch.Tensor, kv: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The head's query at the query position and keys at the keys, per row: ([rows, d], [rows, keys, d])."""
-        kwargs = dict(self.kwargs)
-        if kv is not None:
-            kwargs[self.kv_name] = kv.to(self.dtype).to(self.device)
-        try:
-            self.attention(hidden.to(self.dtype).to(self.device), *self.args, **kwargs)
-        except _Stopped:
-            pass
-        query, key = self.probe.calls[id(self.caller)]
+        kv = None if kv is None else kv.to(self.dtype).to(self.device)
+        query, key = self._queries_keys(hidden.to(self.dtype).to(self.device), kv)  # [rows, heads, positions, d]
         group = query.shape[1] // key.shape[1]
         q = query[:, self.head, self.q_index[0]].float().cpu()
         k = key[:, self.head // group, self.k_index].float().cpu()
         return q, k
+
+    def _queries_keys(self, hidden: torch.Tensor, kv: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The explained module run on the rows, stopped where its queries and keys arrive."""
+        kwargs = dict(self.kwargs)
+        if kv is not None:
+            kwargs[self.kv_name] = kv
+        try:
+            self.attention(hidden, *self.args, **kwargs)
+        except Stopped:
+            pass
+        return self.probe.calls[id(self.caller)]
 
 
 class PlainProjector(Projector):
     """The same for nn.MultiheadAttention (a plain PyTorch model): its queries and keys are its
     input projections' (a cross-attention's keys read its `key` argument)."""
 
-    def _inputs(self, args: tuple, kwargs: dict) -> tuple[torch.Tensor, str | None]:
-        return mha_arguments(args, kwargs)["query"], "key"
+    plain = True
 
     @contextlib.contextmanager
     def _active(self) -> Iterator[None]:
@@ -176,15 +172,11 @@ class PlainProjector(Projector):
     def _cut(self, args: tuple, kwargs: dict, length: int) -> tuple[tuple, dict]:
         return (), {}
 
-    def _call(self, hidden: torch.Tensor, kv: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _queries_keys(self, hidden: torch.Tensor, kv: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         def heads(x: torch.Tensor, which: int) -> torch.Tensor:  # rows are [rows, positions, d]: the module's layout
-            x = x.to(self.dtype).to(self.device)
             return projected(self.attention, x if self.attention.batch_first else x.transpose(0, 1), which)
 
-        query, key = heads(hidden, 0), heads(hidden if kv is None else kv, 1)
-        q = query[:, self.head, self.q_index[0]].float().cpu()
-        k = key[:, self.head, self.k_index].float().cpu()
-        return q, k
+        return heads(hidden, 0), heads(hidden if kv is None else kv, 1)
 
 
 def _rows(stream: Stream, at: torch.Tensor) -> Iterator[torch.Tensor]:
@@ -400,13 +392,16 @@ def _explain(trace: Trace, layer: int, head: int, query: int, key: Any, depth: i
     side = _Sides(trace, chosen.name, layer, values=depth == 2)
     (q_first, _), (k_first, _) = chosen.queries, chosen.keys
     q_at, k_at = [query - q_first], [j - k_first for j in keys]
+    if side.cross:
+        queries, keys_side = side.q_stream(q_at), side.k_stream(k_at)
+    else:  # one stream, at the positions the projector runs: both sides'
+        queries = keys_side = side.q_stream(sorted({*q_at, *k_at}))
     projector = side.projector(head, q_at, k_at)
     if side.cross:
-        (q, q0), (k, k0) = projector.queries(side.q_stream(q_at)), projector.keys(side.k_stream(k_at))
-        names = (side.q_names, side.k_names)
+        (q, q0), (k, k0) = projector.queries(queries), projector.keys(keys_side)
     else:
-        q, k, q0, k0 = projector.both(side.q_stream(projector.at.tolist()))
-        names = (side.q_names, side.q_names)
+        q, k, q0, k0 = projector.both(queries)
+    names = (queries.names, keys_side.names)
     reference, extra = _reference(chosen, data, layer, head, query, keys)
     explained = key if key is not None else keys[int(reference.argmax())]
     explanation = AttentionExplanation(
@@ -453,20 +448,27 @@ class _Sides:
             encoder = seq2seq_blocks(lm.model, "encoder", heads, plain=lm.plain)
             streams.append((Kept(encoder), len(encoder.blocks)))
         self.kept = run_kept(trace, streams, self.attention, values)
-        self.q_names: list[str] = []
-        self.k_names: list[str] = []
+        assert self.kept[0].call is not None  # (run_kept refuses a run without it)
+        self.call = self.kept[0].call
+        if self.cross and call_inputs(self.call, lm.plain)[1] is None:
+            raise InputError(
+                f"{type(self.attention).__name__} is not given the encoder's output as {' or '.join(KV_NAMES)}: "
+                f"explain_attention cannot run its keys on the encoder's components"
+            )
+        self.point: torch.Tensor | None = None  # the explained attention's stream [T, d], from q_stream
         self.q_chains: dict[str, list[FrozenNorm]] = {}
         self.k_chains: dict[str, list[FrozenNorm]] = {}
 
     def projector(self, head: int, q_at: list[int], k_at: list[int]) -> Projector:
-        point = stream(self.kept[0], self.layer, self.upto, torch.tensor(q_at)).point
+        """The explained attention run on components (after q_stream: the stream it reads is known)."""
+        assert self.point is not None
         kind = PlainProjector if self.trace.model.plain else Projector
-        return kind(self.trace.model.model, self.kept[0], self.attention, head, q_at, k_at, point, self.cross)
+        return kind(self.trace.model.model, self.kept[0], self.attention, head, q_at, k_at, self.point, self.cross)
 
     def q_stream(self, at: list[int]) -> Stream:
         """The explained attention's own stream (its queries' and a self-attention's keys')."""
         found = stream(self.kept[0], self.layer, self.upto, torch.tensor(at))
-        self.q_names, self.q_chains = found.names, found.chains
+        self.point, self.q_chains = found.point, found.chains
         return found
 
     def k_stream(self, at: list[int]) -> Stream:
@@ -474,9 +476,9 @@ class _Sides:
         kept = self.kept[1]
         positions = torch.tensor(at)
         found = stream(kept, len(kept.spec.blocks), [], positions)
-        call = self.kept[0].call
-        assert call is not None and found.point is not None
-        kv = self.kept[0].row(_kv(call, self.trace.model.plain))
+        _, _, given = call_inputs(self.call, self.trace.model.plain)
+        assert found.point is not None and given is not None  # (refused in __init__ otherwise)
+        kv = self.kept[0].row(given)
         norm = next(((m, x, y) for m, x, y in kept.after if same(y, kv) and close(x, found.point)), None)
         if norm is not None:  # (a norm that gave the very tensor: even where it hardly changed it)
             found = found.through(frozen_of(kept, *norm), positions, "encoder final norm bias")
@@ -485,16 +487,19 @@ class _Sides:
                 "the cross-attention's keys do not read the encoder's last block (or a norm after it): "
                 "explain_attention cannot follow the encoder's output into them"
             )
-        self.k_names, self.k_chains = found.names, found.chains
+        self.k_chains = found.chains
         return found
 
 
-def _kv(call: tuple[tuple, dict], plain: bool) -> torch.Tensor:
-    """What the explained cross-attention was given as the encoder's output."""
+def call_inputs(call: tuple[tuple, dict], plain: bool) -> tuple[torch.Tensor, str | None, torch.Tensor | None]:
+    """The explained attention call's hidden states, and the name and value it was given the
+    encoder's output by (a cross-attention's; None for self-attention)."""
     args, kwargs = call
     if plain:
-        return mha_arguments(args, kwargs)["key"]
-    return next(kwargs[name] for name in KV_NAMES if isinstance(kwargs.get(name), torch.Tensor))
+        bound = mha_arguments(args, kwargs)
+        return bound["query"], "key", bound["key"]
+    name = next((name for name in KV_NAMES if isinstance(kwargs.get(name), torch.Tensor)), None)
+    return args[0] if args else kwargs["hidden_states"], name, None if name is None else kwargs[name]
 
 
 def _keys(trace: Trace, chosen, data, query: Any, key: Any) -> list[int]:

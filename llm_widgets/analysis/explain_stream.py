@@ -61,6 +61,12 @@ class FrozenNorm:
         return c if self.weight is None else c * self.weight
 
 
+def bias_of(module: torch.nn.Module) -> torch.Tensor | None:
+    """A module's bias as float32, or None (no bias, or bias=False)."""
+    bias = getattr(module, "bias", None)
+    return bias.detach().float() if isinstance(bias, torch.Tensor) else None
+
+
 def _eps(norm: torch.nn.Module) -> float:
     for name in ("variance_epsilon", "eps", "epsilon", "layer_norm_eps"):
         value = getattr(norm, name, None)
@@ -76,8 +82,7 @@ def freeze(norm: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> FrozenNor
     eps = _eps(norm)
     raw = getattr(norm, "weight", None)
     weights = [None] if raw is None else [raw.detach().float(), 1 + raw.detach().float()]
-    bias = getattr(norm, "bias", None)
-    bias = bias.detach().float() if isinstance(bias, torch.Tensor) else None
+    bias = bias_of(norm)
     size = float(y.abs().max()) + 1e-6
     for centred in (False, True):
         p = x - x.mean(-1, keepdim=True) if centred else x
@@ -188,7 +193,7 @@ def _is_norm(module: torch.nn.Module) -> bool:
 # --- one forward of the traced sequence, kept ---
 
 
-class _Probe:
+class Probe:
     """Stands in for a run's state on some attention modules (capture.py's wrapper calls `attend`):
     keeps each call's queries, keys and values; at `stop` (a module's id) ends the forward there;
     elsewhere hands the call on to the run's own state (an edited run's), if any."""
@@ -203,7 +208,7 @@ class _Probe:
     def attend(self, fn, module, query, key, value, attention_mask, kwargs):
         if id(module) == self.stop:
             self.calls[id(module)] = (query.detach(), key.detach())
-            raise _Stopped
+            raise Stopped
         self.values[id(module)] = value[0].detach().float()
         inner = self.inner.get(id(module))
         if inner is not None:
@@ -211,12 +216,12 @@ class _Probe:
         return fn(module, query, key, value, attention_mask, **kwargs)
 
 
-class _Stopped(Exception):
+class Stopped(Exception):
     """The probe has the queries and keys: the rest of the forward need not run."""
 
 
 @contextlib.contextmanager
-def _probing(model: Any, modules: list[torch.nn.Module], probe: _Probe) -> Iterator[None]:
+def probing(model: Any, modules: list[torch.nn.Module], probe: Probe) -> Iterator[None]:
     """`probe` on `modules` (before a run's own state there, which it hands calls on to), the
     model's attention through our wrapper (already so inside an edited run); all as it was after."""
     previous = {id(m): m.__dict__.get(STATE) for m in modules}
@@ -282,12 +287,8 @@ def caller(model: Any, attention: torch.nn.Module) -> torch.nn.Module:
     return next((m for m in attention_modules(model) if id(m) in inside), attention)
 
 
-def _same(a: torch.Tensor | None, b: torch.Tensor) -> bool:
+def same(a: torch.Tensor | None, b: torch.Tensor) -> bool:
     return a is not None and a.shape == b.shape and torch.equal(a, b)
-
-
-def _row(t: torch.Tensor) -> torch.Tensor:
-    return t[0].detach().float()
 
 
 def _hooks(model: Any, kept: Kept, layer: int, explained: torch.nn.Module | None) -> list:
@@ -343,7 +344,7 @@ def _norm_hook(kept: Kept, i: int, layer: int):
         else:
             kept.block_norms.setdefault(i, []).append((module, x, y))
         for kind in kept.spec.kinds(i):
-            if _same(kept.added.get((i, kind)), x):  # a post-norm of a sublayer: what it adds is its output
+            if same(kept.added.get((i, kind)), x):  # a post-norm of a sublayer: what it adds is its output
                 kept.post_norms.setdefault((i, kind), (module, x, y))
 
     return hook
@@ -369,7 +370,7 @@ def _attention_out(kept: Kept, at: Sublayer):
         kept.added.setdefault(at, out)
         raw = kept.raw_linear.pop(at, None)  # the out projection is the attention's last linear, if it gave the output
         if raw is not None and at not in kept.last_linear and at not in kept.projection:
-            if _same(kept.row(raw[2]), out):
+            if same(kept.row(raw[2]), out):
                 kept.projection[at] = (raw[0], kept.row(raw[1]))
             else:  # (BERT's: a norm inside its attention module comes after it)
                 kept.last_linear[at] = (raw[0], kept.row(raw[1]), kept.row(raw[2]))
@@ -391,7 +392,7 @@ def _call_hook(kept: Kept, stop: bool):
     def hook(_m, args, kwargs):
         kept.call = (args, kwargs)
         if stop:
-            raise _Stopped
+            raise Stopped
 
     return hook
 
@@ -409,11 +410,11 @@ def _embedding_hooks(model: Any, kept: Kept) -> list:
 
     def position(_m, _args, output):
         if not kept.inputs:
-            kept.positions = _row(output) if output.dim() == 3 else None
+            kept.positions = kept.row(output) if output.dim() == 3 else None
 
     def token(_m, _args, output):
         if not kept.inputs:
-            kept.tokens = _row(output) if output.dim() == 3 else None
+            kept.tokens = kept.row(output) if output.dim() == 3 else None
 
     tokens = model.get_input_embeddings()
     embeddings = [m for m in model.modules() if isinstance(m, torch.nn.Embedding) and m is not tokens]
@@ -433,15 +434,15 @@ def run_kept(
         for kept, layer in streams:
             blocks = range(min(layer + 1, len(kept.spec.blocks)))
             watched += [caller(model, m) for i in blocks for _, m in kept.spec.attentions[i]]
-    probe = _Probe(stop=id(watched[0]) if watched else None)
+    probe = Probe(stop=id(watched[0]) if watched else None)
     with _edited(trace):  # our hooks after the edits' own: what a module gave is read as the edits left it
         handles = [
             h for i, (kept, layer) in enumerate(streams) for h in _hooks(model, kept, layer, None if i else explained)
         ]
         try:
-            with _probing(model, list({id(m): m for m in watched}.values()), probe) if watched else _no_fast_path():
+            with probing(model, list({id(m): m for m in watched}.values()), probe) if watched else _no_fast_path():
                 _forward(trace)
-        except _Stopped:
+        except Stopped:
             pass
         finally:
             for handle in handles:
@@ -497,7 +498,7 @@ def _forward(trace: Trace) -> None:
         model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
 
 
-def _fill(trace: Trace, kept: Kept, layer: int, probe: _Probe) -> None:
+def _fill(trace: Trace, kept: Kept, layer: int, probe: Probe) -> None:
     """After the forward: the values each earlier attention computed (a plain model's: its heads'
     outputs too), what a steering edit adds, and (`remainder`) the MLP of a block that has none of
     its own as the rest of what it adds."""
@@ -515,14 +516,20 @@ def _fill(trace: Trace, kept: Kept, layer: int, probe: _Probe) -> None:
             steered = added_by(trace.edits, i, len(trace), trace.n_prompt)
             if steered is not None:
                 kept.steered[i] = steered
-        if not spec.attentions[i] and i + 1 < len(kept.inputs):  # a hybrid's mixer: what the block adds besides
-            rest = kept.inputs[i + 1] - kept.inputs[i] - kept.added.get((i, "mlp"), 0)  # its MLP (and steering)
-            kept.added[(i, "mixer")] = rest - kept.steered.get(i, 0)
-        if spec.remainder and spec.mlps[i] is None and i + 1 < len(kept.inputs):
-            rest = kept.inputs[i + 1] - kept.inputs[i]
-            for kind, _ in spec.attentions[i]:
-                rest = rest - kept.added.get((i, kind), 0)
-            kept.added[(i, "mlp")] = rest
+        if i + 1 < len(kept.inputs) and not spec.attentions[i]:  # a hybrid's mixer
+            _the_rest(kept, i, "mixer")
+        if i + 1 < len(kept.inputs) and spec.remainder and spec.mlps[i] is None:  # BART's fc1 and fc2
+            _the_rest(kept, i, "mlp")
+
+
+def _the_rest(kept: Kept, i: int, kind: str) -> None:
+    """Block i's `kind`, seen by no hook, as what the block adds besides its other sublayers (and a
+    steering edit)."""
+    rest = kept.inputs[i + 1] - kept.inputs[i] - kept.steered.get(i, 0)
+    for other in kept.spec.kinds(i):
+        if other != kind:
+            rest = rest - kept.added.get((i, other), 0)
+    kept.added[(i, kind)] = rest
 
 
 def _plain_heads(trace: Trace, kept: Kept, at: Sublayer, mha: torch.nn.MultiheadAttention) -> None:
@@ -549,7 +556,7 @@ def _plain_heads(trace: Trace, kept: Kept, at: Sublayer, mha: torch.nn.Multihead
     out = torch.nn.functional.linear(
         z, mha.out_proj.weight.detach().float(), None if bias is None else bias.detach().float()
     )
-    if _close(out, kept.added[at]):
+    if close(out, kept.added[at]):
         kept.values[at] = values
         kept.projection[at] = (mha.out_proj, z)
 
@@ -622,7 +629,7 @@ def _embedding_parts(kept: Kept, at: torch.Tensor) -> list[tuple[list[str], Any]
         tokens is not None
         and positions is not None
         and positions.shape == tokens.shape
-        and _close(tokens + positions, kept.inputs[0])  # (not where a norm follows: BERT's)
+        and close(tokens + positions, kept.inputs[0])  # (not where a norm follows: BERT's)
     ):
         position = positions[at]  # learned absolute positions (GPT-2's wpe), as the model added them
         return [
@@ -643,10 +650,9 @@ def _sublayer_part(kept: Kept, at_: Sublayer, at: torch.Tensor, biases: torch.Te
     if kind == "mlp" or projection is None:
         return [([spec.name(kind, i)], lambda: _added(kept, at_)[at][None])], biases
     module, z = projection
-    frozen, shift = _frozen_post(kept, at_)
-    bias = getattr(module, "bias", None)
-    if isinstance(bias, torch.Tensor):
-        bias = bias.detach().float()
+    frozen, shift = frozen_post(kept, at_)
+    bias = bias_of(module)
+    if bias is not None:
         biases = biases + (bias if frozen is None else frozen.linear(bias, frozen.scale[at]))
     if shift is not None:
         biases = biases + shift
@@ -654,7 +660,7 @@ def _sublayer_part(kept: Kept, at_: Sublayer, at: torch.Tensor, biases: torch.Te
     return [([spec.name(kind, i, h) for h in range(n_heads)], heads(module, z, n_heads, at, frozen))], biases
 
 
-def _frozen_post(kept: Kept, at_: Sublayer) -> tuple[FrozenNorm | None, torch.Tensor | None]:
+def frozen_post(kept: Kept, at_: Sublayer) -> tuple[FrozenNorm | None, torch.Tensor | None]:
     found = kept.post_norms.get(at_)
     if found is None:
         return None, None
@@ -688,7 +694,7 @@ def out_weight(module: Any) -> torch.Tensor:
     return weight.t() if type(module).__name__ == "Conv1D" else weight
 
 
-def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
+def close(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.shape == b.shape and float((a - b).abs().max()) <= 1e-4 * (float(b.abs().max()) + 1.0)
 
 
@@ -705,7 +711,7 @@ def _summed(kept: Kept, i: int) -> torch.Tensor:
 
 def _additive(kept: Kept, i: int) -> bool:
     """Block i's output is its input plus what its sublayers add."""
-    return _close(_summed(kept, i), kept.inputs[i + 1])
+    return close(_summed(kept, i), kept.inputs[i + 1])
 
 
 def _check_additive(kept: Kept, i: int) -> None:
@@ -745,9 +751,9 @@ def _post_stream(kept: Kept, layer: int, upto: list[str], at: torch.Tensor) -> S
         for k, (module, u, y) in enumerate(norms):
             kind = kinds[min(k, len(kinds) - 1)]
             added, last = u - residual, out_projection(kept, (i, kind))
-            if kind != "mlp" and last is not None and _close(last[2], added):  # the out projection, by head
-                bias = getattr(last[0], "bias", None)
-                constant = constant + (bias.detach().float() if isinstance(bias, torch.Tensor) else 0)
+            if kind != "mlp" and last is not None and close(last[2], added):  # the out projection, by head
+                bias = bias_of(last[0])
+                constant = constant + (0 if bias is None else bias)
                 n_heads = spec.heads[kind]
                 names = [spec.name(kind, i, h) for h in range(n_heads)]
                 raw.append((names, heads(last[0], last[1], n_heads, at, None), len(chain)))
@@ -757,7 +763,7 @@ def _post_stream(kept: Kept, layer: int, upto: list[str], at: torch.Tensor) -> S
             chain.append(frozen)
             constant = frozen.linear(constant, frozen.scale[at]) + (0 if frozen.bias is None else frozen.bias)
             residual = y
-        if not partial and not _close(residual, kept.inputs[i + 1]):
+        if not partial and not close(residual, kept.inputs[i + 1]):
             return None
     parts = [(names, through(thunk, chain[start:], at)) for names, thunk, start in raw]
     parts.append(([f"{spec.prefix}biases"], lambda: constant[None].clone()))
