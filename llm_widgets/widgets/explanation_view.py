@@ -83,7 +83,7 @@ class ExplanationView(MatrixWidget):
         query, key = view.cell
         try:
             explanation = view.trace.explain_attention(
-                view.layer, view.head, query, None if key < 0 else key, depth=self.depth, stack=_stack_of(view)
+                view.layer, view.head, query, None if key < 0 else key, depth=self.depth, stack=view.stack
             )
         except Exception as error:  # shown in the widget; the previous explanation stays
             self.error = f"{type(error).__name__}: {error}"
@@ -150,12 +150,6 @@ class ExplanationView(MatrixWidget):
         self.editor.edits = [e for e in self.editor.edits if e != edit] + [edit]
         where = "at every position" if plain else f"at position {position}"
         return [f"ablated {name} {where} in the editor: now {self.editor.trace.output_text!r}"]
-
-
-def _stack_of(view: Any) -> str | None:
-    """The kind of attention a followed view shows (None: a decoder-only model's one)."""
-    stack = getattr(view, "stack", "self")
-    return None if stack == "self" else stack
 
 
 def _table(e: AttentionExplanation) -> tuple[torch.Tensor, list[str], list[str]]:
