@@ -12,10 +12,12 @@ profile(model, prompt, max_new_tokens=8)           # profile.py: time and memory
 scaling(model, lengths=[256, 512, 1024])           # scaling.py: how cost grows with length
 steering_vector(model, positive, negative, layer=6)  # steering.py: directions to add to the residual stream
 search_steering(model, prompt, " blue", " red")    # steering_search.py: the edit that makes it answer so
+estimate(patch, model, clean, corrupted, " Mary")    # cost.py: what an expensive call will cost, before it runs
 """
 
 from .attribution import METHODS, Attribution, attribute
 from .compare import Comparison, compare
+from .cost import Estimate, estimate
 from .determinism import Determinism, determinism
 from .diverge import Divergence, diverge
 from .explain import AttentionExplanation, explain_attention
@@ -35,6 +37,7 @@ __all__ = [
     "Comparison",
     "Determinism",
     "Divergence",
+    "Estimate",
     "LogitLens",
     "Patching",
     "Node",
@@ -49,6 +52,7 @@ __all__ = [
     "compare",
     "determinism",
     "diverge",
+    "estimate",
     "explain_attention",
     "logit_lens",
     "patch",

@@ -25,11 +25,14 @@ from .. import checks
 from .._provide import provides
 from ..errors import InputError
 from ..models import LanguageModel
+from ..models.anatomy import anatomy
+from ..models.compat import takes_logits_to_keep
 from ..models.devices import input_device
-from ..models.modes import model_mode
+from ..models.modes import checkpointed, model_mode
 from ..models.plain import input_embedding, logits_of
 from ..trace import Trace
 from ..trace.runner import held
+from .cost import Plan, Work, checked_budget, over_budget, plans, priced
 from .targets import first_token_id
 
 METHODS = ("grad_x_input", "integrated_gradients", "attention_x_grad", "occlusion")
@@ -37,6 +40,16 @@ BASELINES = ("zeros", "eos", "pad")  # what integrated gradients and occlusion r
 
 
 N_STEPS_MAX = 4096  # integrated gradients' steps: each is a forward and a backward of the prompt
+IG_ROWS = 16  # integrated gradients' steps per batch, at most
+
+
+@dataclass(frozen=True)
+class Fit:
+    """How an attribution runs within its memory budget."""
+
+    n_steps: int  # integrated gradients' steps (1 otherwise)
+    rows: int  # inputs per forward (integrated gradients' steps per batch)
+    checkpointed: bool  # the blocks' activations recomputed in the backward, only their inputs kept
 
 
 @dataclass
@@ -76,12 +89,10 @@ class Attribution:
         return f"Attribution({self.method}, step {self.step}, {self.quantity} = {self.score:.3f}; strongest: {top})"
 
 
-@provides(Trace.attribute)
-def attribute(trace: Trace, target, contrast, method, step, n_steps, baseline) -> Attribution:
-    """See Trace.attribute."""
-    if trace.edits:  # (stacklevel 3: the user's call, past Trace.attribute's binding)
+def _checked(trace: Trace, method: str, n_steps: Any, baseline: str) -> None:
+    if trace.edits:  # (stacklevel 4: the user's call, past Trace.attribute's binding)
         warnings.warn(
-            "this trace was run with attention edits; attribution explains the model without them", stacklevel=3
+            "this trace was run with attention edits; attribution explains the model without them", stacklevel=4
         )
     if method not in METHODS:
         raise InputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
@@ -89,23 +100,34 @@ def attribute(trace: Trace, target, contrast, method, step, n_steps, baseline) -
         raise InputError(f"unknown baseline {baseline!r}; choose one of {', '.join(BASELINES)}")
     if method != "integrated_gradients" and n_steps != 64:
         raise InputError(f"n_steps is integrated gradients' setting (its number of steps); {method} takes none")
+    if method == "integrated_gradients":
+        checks.integer(n_steps, "n_steps", low=2, high=N_STEPS_MAX, note=" for integrated gradients")
     if method in ("grad_x_input", "attention_x_grad") and baseline != "zeros":
         raise InputError(f"baseline is the reference of integrated gradients and occlusion; {method} takes none")
+
+
+@provides(Trace.attribute)
+def attribute(trace: Trace, target, contrast, method, step, n_steps, baseline, budget_bytes) -> Attribution:
+    """See Trace.attribute."""
+    _checked(trace, method, n_steps, baseline)
     lm = trace.model
     step, ids, decoder_ids, position = _inputs(trace, step)
     notes: list[str] = []
     target_id, contrast_id = _target_ids(trace, target, contrast, step, notes)
+    fit = _fitting(lm, method, len(ids), n_steps, budget_bytes, notes)
     classifier = lm.kind == "classifier"  # logits [batch, classes]: the text's, no position
+    at = -1 if lm.kind == "causal" else position  # (a causal model's logits: the last position's alone)
 
     def score_of(logits: torch.Tensor) -> torch.Tensor:  # logits [batch, T, vocab] (or [batch, classes]) -> [batch]
-        last = logits.float() if classifier else logits[:, position].float()
+        last = logits.float() if classifier else logits[:, at].float()
         if contrast_id is None:
             return torch.log_softmax(last, dim=-1)[:, target_id]
         return last[:, target_id] - last[:, contrast_id]
 
     model = lm.model
+    blocks = anatomy(model, lm.facts.n_layers).blocks if fit.checkpointed else ()
     # parameters left as they are (requires_grad, .grad): gradients are taken of the inputs alone
-    with held(model, grad=True):
+    with held(model, grad=True), checkpointed(blocks):
         embed = input_embedding(model, len(lm.tokenizer)) if lm.plain else model.get_input_embeddings()
         embeds = embed(ids[None].to(input_device(model))).detach()
         reference = _baseline(lm, embed, ids, embeds, baseline)
@@ -115,8 +137,8 @@ def attribute(trace: Trace, target, contrast, method, step, n_steps, baseline) -
         if method == "attention_x_grad":
             scores, head_importance, logits = _attention_x_grad(lm, ids, embeds, score_of, decoder_ids)
         else:
-            scores, delta, logits = _captum(lm, ids, embeds, score_of, method, n_steps, reference, decoder_ids)
-    probs = torch.softmax((logits if classifier else logits[position]).float(), dim=-1)
+            scores, delta, logits = _captum(lm, ids, embeds, score_of, method, fit, reference, decoder_ids)
+    probs = torch.softmax((logits if classifier else logits[at]).float(), dim=-1)
     name = (lambda i: lm.labels[i]) if lm.labels else (lambda i: lm.tokenizer.decode([i]))
     return Attribution(
         tokens=list(trace.tokens[: len(ids)]),
@@ -214,6 +236,8 @@ def _forward(
         finally:
             swap.remove()
     mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
+    if lm.kind == "causal" and takes_logits_to_keep(model):  # the scored position is the last: its logits alone
+        kwargs["logits_to_keep"] = 1
     if decoder_ids is not None:
         kwargs["decoder_input_ids"] = decoder_ids.expand(len(embeds), -1)  # captum batches the inputs
     return model(inputs_embeds=embeds, attention_mask=mask, use_cache=False, **kwargs)
@@ -231,9 +255,7 @@ def _baseline(lm: LanguageModel, embed, ids, embeds, name: str) -> torch.Tensor:
     return embed(torch.full_like(ids[None], token).to(embeds.device)).detach().to(embeds.dtype)
 
 
-def _captum(
-    lm: LanguageModel, ids, embeds, score_of, method: str, n_steps: int, reference: torch.Tensor, decoder_ids=None
-):
+def _captum(lm: LanguageModel, ids, embeds, score_of, method: str, fit: Fit, reference: torch.Tensor, decoder_ids=None):
     from captum.attr import InputXGradient, IntegratedGradients, Occlusion
 
     seen: dict[str, torch.Tensor] = {}
@@ -253,12 +275,11 @@ def _captum(
     if method == "grad_x_input":
         attr = InputXGradient(forward).attribute(embeds.clone().requires_grad_(True))
     elif method == "integrated_gradients":
-        checks.integer(n_steps, "n_steps", low=2, high=N_STEPS_MAX, note=" for integrated gradients")
         attr, gap = IntegratedGradients(forward).attribute(
             embeds.clone().requires_grad_(True),
             baselines=reference.to(embeds.dtype),
-            n_steps=n_steps,
-            internal_batch_size=min(n_steps, 16),
+            n_steps=fit.n_steps,
+            internal_batch_size=fit.rows,
             return_convergence_delta=True,
         )
         delta = float(gap.abs().max())
@@ -299,3 +320,83 @@ def _attention_x_grad(lm: LanguageModel, ids, embeds, score_of, decoder_ids=None
     heads = torch.stack([c.sum(dim=(1, 2)) for c in contributions]).cpu()  # [layers, heads]
     tokens = torch.stack([c.sum(dim=(0, 1)) for c in contributions]).sum(0)  # per key position
     return tokens, heads, out.logits[0].detach()
+
+
+# --- within a memory budget, and what it will cost (lw.estimate) ---
+
+
+def _work(lm: LanguageModel, method: str, length: int, fit: Fit) -> list[Work]:
+    """The forwards (and backwards) an attribution makes: Captum's, and ours for the logits."""
+    if method == "occlusion":  # the input, then each token replaced
+        return [Work("the input, then each token occluded", length + 1, 1, length)]
+    if method == "attention_x_grad":
+        return [Work("eager forward and backward", 1, 1, length, grad=True, eager=True)]
+    if method == "grad_x_input":
+        return [Work("forward and backward", 1, 1, length, grad=True, checkpointed=fit.checkpointed)]
+    batches, last = divmod(fit.n_steps, fit.rows)
+    work = [
+        Work(
+            f"{fit.n_steps} steps, {fit.rows} a batch",
+            batches,
+            fit.rows,
+            length,
+            grad=True,
+            checkpointed=fit.checkpointed,
+        )
+    ]
+    if last:
+        work.append(Work("the last steps", 1, last, length, grad=True, checkpointed=fit.checkpointed))
+    return work + [Work("the input and the baseline (completeness)", 1, 2, length), Work("the logits", 1, 1, length)]
+
+
+def _surely_fits(lm: LanguageModel, rows: int, length: int, budget: int) -> bool:
+    """A generous bound (every block keeping 64 numbers per token and width) within the budget: no
+    need to measure the model's pace."""
+    facts = lm.facts
+    per_token = facts.n_layers * facts.hidden_size * 4 * 64 + facts.vocab_size * 8
+    return rows * length * per_token <= budget
+
+
+def _fitting(lm: LanguageModel, method: str, length: int, n_steps: int, budget_bytes: Any, notes: list[str]) -> Fit:
+    """The most steps per batch, without checkpointing if it fits, that keep the estimate's peak
+    within the budget; refused, with the estimate, if nothing fits."""
+    budget = checked_budget(budget_bytes, lm.model)
+    steps = n_steps if method == "integrated_gradients" else 1
+    first = Fit(steps, min(steps, IG_ROWS), False)
+    if method == "occlusion" or _surely_fits(lm, first.rows, length, budget):
+        return first
+    can_checkpoint = method != "attention_x_grad" and not lm.plain and lm.kind != "seq2seq"
+    tries = [Fit(steps, r, c) for c in ((False, True) if can_checkpoint else (False,)) for r in _halvings(first.rows)]
+    for fit in tries:
+        if priced("attribute", Plan(lm, _work(lm, method, length, fit))).peak_bytes <= budget:
+            if fit != first:
+                how = "each block's activations recomputed in the backward" if fit.checkpointed else ""
+                rows = f"{fit.rows} integrated-gradients steps a batch" if method == "integrated_gradients" else ""
+                notes.append(f"within budget_bytes: {', '.join(x for x in (rows, how) if x)}")
+            return fit
+    raise over_budget(
+        "trace.attribute",
+        priced("trace.attribute", Plan(lm, _work(lm, method, length, tries[-1]))),
+        budget,
+        "Attribute a shorter prompt (an earlier step reads fewer tokens) or use method='grad_x_input'",
+    )
+
+
+def _halvings(n: int) -> list[int]:
+    out = [n]
+    while out[-1] > 1:
+        out.append(out[-1] // 2)
+    return out
+
+
+@plans(Trace.attribute, attribute)
+def plan_attribute(
+    trace, target=None, contrast=None, method="grad_x_input", step=None, n_steps=64, baseline="zeros", budget_bytes=None
+) -> Plan:
+    """trace.attribute's work, as it would run within its budget."""
+    _checked(trace, method, n_steps, baseline)
+    lm = trace.model
+    ids = _inputs(trace, step)[1]
+    notes: list[str] = []
+    fit = _fitting(lm, method, len(ids), n_steps, budget_bytes, notes)
+    return Plan(lm, _work(lm, method, len(ids), fit), notes=notes)

@@ -23,6 +23,7 @@ from ..trace import Trace
 from ..trace.run import prompt_ids
 from ..trace.runner import held
 from ..trace.trace import decode_each
+from .cost import Plan, Work, first_itemsize, over, plans
 from .patching import (
     DEFAULT_BUDGET,
     _forward_last,
@@ -31,6 +32,7 @@ from .patching import (
     _site_modules,
     capture_site,
     capture_sites,
+    patched_work,
     run_patched,
 )
 
@@ -326,3 +328,40 @@ def _attention_difference(a: LanguageModel, b: LanguageModel, forced: torch.Tens
         for head in range(ta.n_heads):
             out[layer, head] = (ta.attention(layer, head) - tb.attention(layer, head)).abs().max()
     return out
+
+
+def _generation(lm: LanguageModel, prompt: int, new: int, what: str) -> list[Work]:
+    """A greedy generation: the prompt's forward, then one token a step against the cache."""
+    return [
+        Work(f"{what}: prompt", 1, 1, prompt),
+        Work(f"{what}: {new - 1} more tokens", new - 1, 1, 1, past=prompt + new // 2),
+    ]
+
+
+@plans(diverge)
+def plan_diverge(
+    a, b, prompt, max_new_tokens=8, *, sites=SITES, blame=True, alone=True, budget_bytes=DEFAULT_BUDGET
+) -> Plan:
+    """lw.diverge's work: both generations, both teacher-forced runs with every site kept, the
+    patched layers, each head's attention in both, per site."""
+    _check_pair(a, b)
+    ids = _prompt_within_context(a, b, prompt, max_new_tokens)
+    sites = (sites,) if isinstance(sites, str) else tuple(sites)
+    T, n = len(ids), max_new_tokens
+    forced = T + n - 1
+    work = _generation(a, T, n, "a generates") + [over(w, model=b) for w in _generation(b, T, n, "b generates")]
+    for lm in (a, b):
+        work += [
+            Work("teacher-forced logits, then every site kept", 2, 1, forced, logits=n, model=lm),
+            Work("traced for attention", 1, 1, forced, model=lm),
+            Work("each head's attention", lm.facts.n_layers * lm.facts.n_heads, 1, forced, kind="attention", model=lm),
+        ]
+    patches = [(layer, slice(None), None) for layer in range(b.facts.n_layers)]
+    for _ in sites if blame else ():
+        work += [over(w, model=b) for w in patched_work(b, forced, patches, budget_bytes, n, 0, "layers patched")]
+        if alone:
+            work += [Work("modules alone", 1, 1, forced, model=m) for m in (a, b)]
+            work += [over(w, model=a) for w in patched_work(a, forced, patches, budget_bytes, n, 0, "alone, patched")]
+    itemsize = first_itemsize(a.model)
+    kept = 2 * len(sites) * a.facts.n_layers * forced * a.facts.hidden_size * itemsize
+    return Plan(a, work, kept_bytes=kept)

@@ -29,6 +29,7 @@ from ..errors import InputError
 from ..trace import Trace
 from ..trace.plain import mha_arguments, projected
 from ..trace.runner import held
+from .cost import Plan, Work, plans
 from .explain_stream import (
     CHUNK_TOKENS,
     KV_NAMES,
@@ -627,3 +628,37 @@ def _source_vectors(trace: Trace, kept: Kept, name: str, position: int, chain: l
         if frozen is not None:
             written = frozen.linear(written, frozen.scale[position])
     return written, (sources + source.keys[0]).tolist()
+
+
+# An explanation's own work besides the forward, per number of the residual stream's components it
+# projects (components x positions x width), and at depth 2 per number of the sources it splits
+# (earlier heads x key positions x source positions x head width): benchmarks/bench_estimate.py, 2-core CPU
+EXPLAIN_ELEMENT_S = 12e-9
+SOURCE_ELEMENT_S = 4e-9
+
+
+@plans(Trace.explain_attention, explain_attention)
+def plan_explain(trace, layer, head, query, key=None, depth=1, *, stack=None) -> Plan:
+    """trace.explain_attention's work: one forward stopped at the explained attention, every earlier
+    component of the stream projected at the query's and the keys' positions (depth 2: each earlier
+    head's part at the keys split by the tokens it read)."""
+    chosen = trace.stack(stack)
+    checks.integer(layer, "layer", low=0, high=chosen.n_layers - 1)
+    data = chosen.layer(layer)
+    keys = _keys(trace, chosen, data, query, key)
+    lm = trace.model
+    facts = lm.facts
+    heads = layer * chosen.n_heads
+    components = heads + layer + 3  # earlier heads and MLPs, the embeddings, biases, edits
+    positions = len(keys) + 1
+    elements = components * positions * facts.hidden_size
+    extra = elements * EXPLAIN_ELEMENT_S
+    kept = 2 * elements * 4
+    if depth == 2:
+        sources = heads * len(keys) * len(trace) * facts.head_dim
+        extra += sources * SOURCE_ELEMENT_S
+        kept += 4 * sources
+    share = (layer + 0.5) / max(chosen.n_layers, 1)
+    return Plan(
+        lm, [Work("the forward to the attention, the components", 1, 1, len(trace), share=share, extra_s=extra)], kept
+    )

@@ -19,11 +19,13 @@ from .. import checks
 from .._provide import provides
 from ..errors import InputError
 from ..models.anatomy import anatomy, block_output
+from ..models.compat import takes_logits_to_keep
 from ..models.devices import input_device
 from ..trace import Trace
 from ..trace.capture import RunState, instrument
 from ..trace.runner import held
 from ..trace.trace import decode_each
+from .cost import Plan, Work, ceil_div, first_itemsize, model_of, plans
 from .targets import first_token_id
 
 POSITION_BLOCK = 256  # positions decoded at once: at most POSITION_BLOCK x vocabulary logits
@@ -93,7 +95,9 @@ def residual_streams(trace: Trace, positions: torch.Tensor | None = None) -> lis
     with held(model), edited:
         handles = [block.register_forward_hook(keeper(i)) for i, block in enumerate(parts.blocks)]
         try:
-            model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
+            # (the logits read are the lens's own: the model's head runs on one position)
+            keep = {"logits_to_keep": 1} if takes_logits_to_keep(model) else {}
+            model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False, **keep)
         finally:
             for handle in handles:
                 handle.remove()
@@ -160,3 +164,25 @@ def logit_lens(trace: Trace, k: int, target: Any, positions: Any) -> LogitLens:
         notes=notes,
         trace=trace,
     )
+
+
+@plans(Trace.logit_lens, logit_lens)
+def plan_lens(trace, k=5, target=None, positions=None) -> Plan:
+    """The lens's work: the run with every block's output kept at the positions read, then each layer's
+    positions through the final norm and the unembedding, a block of positions at a time."""
+    lm = model_of(trace, "trace")
+    n = len(trace)
+    read = (
+        n
+        if positions is None or positions == "all"
+        else len(checks.integers(positions, "positions", low=-n, high=n - 1))
+    )
+    facts = lm.facts
+    blocks = ceil_div(read, POSITION_BLOCK)
+    work = [
+        Work("the run, each block's output kept", 1, 1, n),
+        Work(
+            "each layer's positions unembedded", facts.n_layers * blocks, min(read, POSITION_BLOCK), 0, kind="unembed"
+        ),
+    ]
+    return Plan(lm, work, kept_bytes=facts.n_layers * read * facts.hidden_size * first_itemsize(lm.model))

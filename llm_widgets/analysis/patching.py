@@ -33,6 +33,7 @@ from ..trace import Trace, prompt_ids
 from ..trace.capture import RunState, instrument
 from ..trace.runner import held
 from ..trace.trace import decode_each
+from .cost import Plan, Work, first_itemsize, model_of, plans
 from .targets import first_token_id
 
 SITES = ("residual", "attention", "mlp", "heads")
@@ -618,3 +619,76 @@ def ablation_sweep(
         mlp=mlp,
         method=method,
     )
+
+
+# --- what a patch or a sweep will cost (lw.estimate) ---
+
+
+def patched_work(lm: LanguageModel, length: int, patches: list, budget: int, keep: int, extra: int, what: str):
+    """The patched forwards `_run_all` makes, as Work: chunks of the same rows and first layer merged."""
+    n_layers = max(1, lm.facts.n_layers)
+    size = _rows_per_chunk(lm, length, budget, keep)
+    counts: dict[tuple[int, int], int] = {}
+    for chunk in _layer_chunks(patches, size, length):
+        key = (len(chunk) + extra, patches[chunk[0]][0])
+        counts[key] = counts.get(key, 0) + 1
+    return [
+        Work(what, n, rows, length, share=(n_layers - layer) / n_layers, below=layer / n_layers, logits=keep)
+        for (rows, layer), n in sorted(counts.items())
+    ]
+
+
+@plans(patch)
+def plan_patch(
+    model,
+    clean,
+    corrupted,
+    target=None,
+    contrast=None,
+    *,
+    site="residual",
+    per_position=False,
+    positions=None,
+    budget_bytes=DEFAULT_BUDGET,
+    progress=True,
+) -> Plan:
+    """lw.patch's work: the clean run kept at every layer, the corrupted run, the patched batches."""
+    _check_model(model, site)
+    lm = model
+    clean_ids, _ = _paired_ids(lm, clean, corrupted)
+    scoring = _score(lm, target, contrast, positions, clean_ids, [])
+    keep, facts, T = getattr(scoring.score, "keep", 1), lm.facts, len(clean_ids)
+    patches, _ = _cells(site, facts.n_layers, facts.n_heads, T, per_position)
+    extra = 2 if site == "residual" else 1  # the unpatched reference (and the clean-restoring one) in each batch
+    work = [Work("clean and corrupted runs", 2, 1, T, logits=keep)]
+    work += patched_work(lm, T, patches, budget_bytes, keep, extra, f"{len(patches):,} patched runs")
+    kept = facts.n_layers * T * facts.hidden_size * first_itemsize(lm.model)
+    return Plan(lm, work, kept_bytes=kept)
+
+
+@plans(ablation_sweep)
+def plan_sweep(
+    trace,
+    target=None,
+    contrast=None,
+    *,
+    method="zero",
+    layers=True,
+    positions=None,
+    budget_bytes=DEFAULT_BUDGET,
+    progress=True,
+) -> Plan:
+    """lw.ablation_sweep's work: one run, every head ablated, then every layer's attention and MLP."""
+    lm = model_of(trace, "trace")
+    prompt = trace.input_ids[: trace.n_prompt]
+    scoring = _score(
+        lm, trace.next_token_id if positions is None and target is None else target, contrast, positions, prompt, []
+    )
+    keep, facts, T = getattr(scoring.score, "keep", 1), lm.facts, len(prompt)
+    heads = [(l, h, None) for l in range(facts.n_layers) for h in range(facts.n_heads)]
+    work = [Work("the run", 1, 1, T, logits=keep)]
+    work += patched_work(lm, T, heads, budget_bytes, keep, 1, f"{len(heads):,} heads ablated")
+    if layers:
+        whole = [(l, slice(None), None) for l in range(facts.n_layers)]
+        work += 2 * patched_work(lm, T, whole, budget_bytes, keep, 1, "each layer's attention, then MLP, zeroed")
+    return Plan(lm, work)

@@ -35,9 +35,11 @@ from ..models import LanguageModel
 from ..models.anatomy import anatomy
 from ..models.compat import output_cache
 from ..models.devices import input_device
+from ..models.structure import modules_of
 from ..trace import Trace, prompt_ids
 from ..trace.edits import validate_edits
 from ..trace.runner import held
+from .cost import Plan, Work, over, plans
 
 ROOT = "<model>"  # the root module's range name (its children may be called "model")
 COLUMNS = ["module", "depth", "kind", "calls", "total_s", "self_s", "prefill_s", "decode_s", "flops", "peak_bytes"]
@@ -518,3 +520,32 @@ def profile_trace(trace: Trace) -> Profile:
     """trace.profile(): the trace's prompt, generation length and edits, profiled."""
     generated = len(trace.generated_ids)
     return profile(trace.model, trace.input_ids[: trace.n_prompt].tolist(), max_new_tokens=generated, edits=trace.edits)
+
+
+HOOK_S = 4e-6  # one module's pre and post hooks of the clock, per call (the 2-core CPU)
+PROFILER_MODES = 2.0  # torch.profiler with memory events, per op, in dispatch modes' time (bench_estimate)
+
+
+def _run_work(lm: LanguageModel, length: int, new: int, **extra: Any) -> list[Work]:
+    """The forwards of one profiled run: the prompt, then one token a step."""
+    work = [Work("the prompt", 1, 1, length, logits=1 if new else length, **extra)]
+    if new > 1:
+        work.append(Work(f"{new - 1} more tokens", new - 1, 1, 1, past=length + new // 2, **extra))
+    return work
+
+
+@plans(profile)
+def plan_profile(model, prompt, *, max_new_tokens=0, edits=(), repeats=3, flops=True, memory=True) -> Plan:
+    """lw.profile's work: a warm-up and `repeats` runs under the module clock, a run under the FLOP
+    counter, one under torch.profiler."""
+    if not isinstance(model, LanguageModel):
+        raise WrongTypeError(f"profile takes an lw.LanguageModel (from lw.load_model); got {type(model).__name__}")
+    checks.integer(repeats, "repeats", low=1)
+    T = len(prompt_ids(model, prompt))
+    hooks = len(modules_of(model.model)) * HOOK_S
+    work = [over(w, count=w.count * (1 + repeats)) for w in _run_work(model, T, max_new_tokens, extra_s=hooks)]
+    if flops:
+        work += [over(w, what=w.what + ", FLOPs counted") for w in _run_work(model, T, max_new_tokens, modes=1.0)]
+    if memory:
+        work += [over(w, what=w.what + ", profiled") for w in _run_work(model, T, max_new_tokens, modes=PROFILER_MODES)]
+    return Plan(model, work)

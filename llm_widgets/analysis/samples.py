@@ -44,6 +44,7 @@ from ..trace.runner import held
 from ..trace.seq2seq import decoder_start
 from ..trace.shared_cache import unshared, widen
 from ..trace.trace import decode_each
+from .cost import Plan, Work, kv_bytes, plans
 from .targets import first_token_id
 
 ALTERNATIVES = 5  # the top next tokens kept per node
@@ -579,3 +580,34 @@ def _prefix_cache(tree: SampleTree, row: int | None, length: int) -> tuple[Any, 
                 tree.notes.append("force runs the prefix again: this model's sliding-window cache cannot go back")
             return None, 0
     return cache, held_length
+
+
+# Python per answer per step besides the forward (drawing, describing the distribution, the tree),
+# and per vocabulary entry per answer per step (the softmaxes, top-k and sampling over the logits):
+# measured on the 2-core CPU (benchmarks/bench_estimate.py)
+DRAW_S = 60e-6
+DRAW_S_PER_ENTRY = 6e-9
+
+
+@plans(sample_tree)
+def plan_sample_tree(
+    model, prompt, n=32, max_new_tokens=16, *, temperature=1.0, top_p=1.0, top_k=0, seed=None, scorer=None, **settings
+) -> Plan:
+    """lw.sample_tree's work: the prompt once, then each step's `n` rows against the shared cache."""
+    if not isinstance(model, LanguageModel):
+        raise WrongTypeError(f"sample_tree takes an lw.LanguageModel; got {type(model).__name__}")
+    _settings(model, n, max_new_tokens, temperature, top_p, top_k, seed, settings)
+    T = len(prompt_ids(model, prompt))
+    per_step = n * (DRAW_S + DRAW_S_PER_ENTRY * model.facts.vocab_size)
+    work = [
+        Work("the prompt", 1, 1, T),
+        Work(
+            f"{max_new_tokens - 1} more steps of {n} answers",
+            max_new_tokens - 1,
+            n,
+            1,
+            past=T + max_new_tokens // 2,
+            extra_s=per_step,
+        ),
+    ]
+    return Plan(model, work, kept_bytes=kv_bytes(model) * (T + n * max_new_tokens))

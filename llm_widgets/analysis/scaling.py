@@ -22,7 +22,7 @@ from ..models.anatomy import anatomy
 from ..models.devices import input_device
 from ..models.modes import model_mode
 from ..trace.runner import held
-from .profile import allocation_levels
+from .cost import Plan, Work, over, peak_allocated, plans
 
 COMPONENTS = ("attention", "mlp", "rest", "total")
 
@@ -194,18 +194,29 @@ def _measure(net, parts, ids, repeats: int, memory: bool, device) -> tuple[dict[
     finally:
         for handle in handles:
             handle.remove()
-    peak = _peak_bytes(net, ids, device) if memory else 0
+    peak = peak_allocated(lambda: net(input_ids=ids, use_cache=False), device)[1] if memory else 0
     return {c: statistics.median(v) for c, v in samples.items()}, peak
 
 
-def _peak_bytes(net, ids, device) -> int:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        net(input_ids=ids, use_cache=False)
-        return torch.cuda.max_memory_allocated(device) - base
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        net(input_ids=ids, use_cache=False)
-    return max(allocation_levels(prof.events(), cuda=False)[1], default=0)
+@plans(scaling)
+def plan_scaling(
+    model,
+    lengths=(256, 512, 1024, 2048),
+    *,
+    batch_sizes=(1,),
+    implementations=("sdpa", "eager"),
+    repeats=3,
+    memory=True,
+) -> Plan:
+    """lw.scaling's work: per implementation, batch size and length, a warm-up and `repeats` timed
+    forwards with hooks on attention and MLP, and a forward under the memory counter."""
+    lengths, batch_sizes, implementations = _checked(model, lengths, batch_sizes, implementations, repeats)
+    work = [
+        Work(f"{impl}, {batch} x {n}", 1 + repeats, batch, n, logits=n, implementation=impl)
+        for impl in implementations
+        for batch in batch_sizes
+        for n in lengths
+    ]
+    if memory:
+        work += [over(w, what=w.what + ", memory", count=1, modes=1.0) for w in work]
+    return Plan(model, work)

@@ -36,6 +36,7 @@ from ..trace.direction import Direction
 from ..trace.edits import ScaleAttention, SteerResidual, as_spans, validate_edits
 from ..trace.run import prompt_ids
 from ..trace.runner import held
+from .cost import Plan, Work, plans
 from .steering import typical_length
 from .targets import first_token_id
 
@@ -298,6 +299,11 @@ def _default_direction(lm: LanguageModel, want_id: int, avoid_id: int | None) ->
     return Direction(vector, model=lm.name, name=name)
 
 
+def spread(n_layers: int) -> list[int]:
+    """The blocks a direction without a layer of its own is tried after: DEPTHS of the way through."""
+    return sorted({min(n_layers - 1, max(0, round(f * n_layers) - 1)) for f in DEPTHS})
+
+
 def _direction_proposals(lm: LanguageModel, directions: Sequence[Direction], norms: list[float]) -> list[tuple]:
     """Each direction after a few blocks (its own layer, or spread through the model), at strengths
     that make it a share of the residual stream's length there."""
@@ -309,7 +315,7 @@ def _direction_proposals(lm: LanguageModel, directions: Sequence[Direction], nor
         d.check_for(lm.name, lm.facts.hidden_size)
         if d.norm == 0:
             raise InputError(f"direction {d.name!r} is the zero vector: it steers nothing")
-        layers = [d.layer] if d.layer is not None else sorted({min(n - 1, max(0, round(f * n) - 1)) for f in DEPTHS})
+        layers = [d.layer] if d.layer is not None else spread(n)
         for layer in layers:
             for share in SHARES:
                 strength = float(f"{share * norms[layer] / d.norm:.3g}")
@@ -362,3 +368,63 @@ def _heads_edit(spans, pairs: list[tuple[int, int]], factor: float) -> tuple[str
     if len(names) > 3:
         heads += f" and {len(names) - 3} more"
     return (f"x{factor:g} attention to the span, {heads}", "attention", edits)
+
+
+def _attention_calls(n_layers: int, n_heads: int, factors: int, budget: int) -> list[int]:
+    """The candidates each of _attention_search's scoring calls gets (its branches, counted)."""
+    sets = len([k for k in SET_SIZES if k <= n_layers * n_heads]) * factors
+    heads = n_layers * n_heads
+    if heads + sets <= budget:
+        together = len([k for k in SET_SIZES if k <= heads]) * factors
+        return [heads, min(together, budget - heads)]
+    if n_layers + sets > budget:
+        return [min(factors + n_layers, budget)]
+    room = (budget - n_layers - sets) // n_heads
+    singles = room * n_heads
+    order = singles or heads
+    together = len([k for k in SET_SIZES if k <= order]) * factors
+    return [n_layers, singles, min(together, budget - n_layers - singles)]
+
+
+@plans(search_steering)
+def plan_search(
+    model,
+    prompt,
+    want,
+    avoid=None,
+    span=None,
+    *,
+    directions=None,
+    factors=(2.0, 5.0, 10.0),
+    budget=256,
+    batch_size=16,
+    continuation=16,
+    metric=None,
+) -> Plan:
+    """lw.search_steering's work: the model's own continuation (traced), the plain run, then the
+    candidates in batches, each batch one row up to the first block its candidates edit (on
+    average half-way: attention candidates reach from the first block to the last)."""
+    lm, ids, _, _ = _checked(model, prompt, want, avoid)
+    spans = _settings(budget, batch_size, continuation, metric, span, factors)
+    T, n_layers = len(ids), lm.facts.n_layers
+    length = T + continuation
+    given = list(directions) if directions is not None else [None]
+    layers = sum(1 if getattr(d, "layer", None) is not None else len(spread(n_layers)) for d in given)
+    n_directions = min(layers * len(SHARES), budget // 2 if spans else budget)
+    calls = [n_directions]
+    if spans is not None and budget > n_directions:
+        calls += _attention_calls(n_layers, lm.facts.n_heads, len(factors), budget - n_directions)
+    batches = [min(batch_size, n - i) for n in calls for i in range(0, n, batch_size)]
+    keep = continuation + 1
+    work = [
+        Work("the continuation, traced", 1, 1, T),
+        # (a trace's last step runs the last token too, for its attention)
+        Work("the continuation, traced", continuation, 1, 1, past=T + continuation // 2),
+        Work("the plain run, twice", 2, 1, length, logits=keep),
+    ]
+    sizes = {rows: batches.count(rows) for rows in set(batches)}
+    work += [
+        Work(f"candidates, {rows} a batch", count, rows, length, share=0.5, below=0.5, logits=keep)
+        for rows, count in sorted(sizes.items())
+    ]
+    return Plan(lm, work)

@@ -7,10 +7,11 @@ errors and interrupts too.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 import torch
+import torch.utils.checkpoint
 
 from .compat import set_attention
 from .structure import modules_of
@@ -44,3 +45,34 @@ def model_mode(
         for module, mode in zip(modules, modes) if changed else ():  # (nothing to put back otherwise)
             if module.training == training:  # (a mode another thread set meanwhile is its own: kept)
                 module.training = mode
+
+
+_MISSING = object()
+
+
+@contextmanager
+def checkpointed(blocks: Iterable[torch.nn.Module]) -> Iterator[None]:
+    """Within the block, each of `blocks` keeps only its input for a backward and runs again during
+    it (torch's non-reentrant activation checkpointing): a long prompt's backward holds one block's
+    activations at a time instead of all of them. Values and gradients are those of the plain run.
+    The blocks' own forward is put back afterwards (an instance's own, as accelerate sets, too)."""
+    changed: list[tuple[torch.nn.Module, object]] = []
+    try:
+        for block in blocks:
+            own = block.__dict__.get("forward", _MISSING)
+            forward = block.forward
+
+            def run(*args, _forward=forward, **kwargs):
+                if not torch.is_grad_enabled():
+                    return _forward(*args, **kwargs)
+                return torch.utils.checkpoint.checkpoint(_forward, *args, use_reentrant=False, **kwargs)
+
+            changed.append((block, own))
+            block.forward = run
+        yield
+    finally:
+        for block, own in reversed(changed):
+            if own is _MISSING:
+                del block.forward
+            else:
+                block.forward = own

@@ -200,6 +200,7 @@ class Trace:
         step: int | None = None,
         n_steps: int = 64,
         baseline: str = "zeros",
+        budget_bytes: int | None = None,
     ) -> Attribution:
         """Which input tokens drove the token at `step` (0: right after the prompt).
 
@@ -208,6 +209,10 @@ class Trace:
         "grad_x_input", "integrated_gradients" (n_steps steps from `baseline`: "zeros", or
         every position holding the "eos" or "pad" token's embedding),
         "attention_x_grad" (also head importance [layers, heads]) or "occlusion".
+        budget_bytes: the memory the computation may take (default: half of what the device
+        has free); on a long prompt its backward then keeps only each block's input and
+        recomputes the rest, integrated gradients batch fewer steps, and a computation
+        that cannot fit is refused with its estimate (`lw.estimate(trace.attribute, ...)`).
         Returns an `Attribution`; the model's parameters are untouched.
         Implemented by llm_widgets.analysis (the layer above).
         """
