@@ -63,7 +63,7 @@ def test_each_plan_makes_the_forwards_its_call_makes(llama):
     b = lw.LanguageModel(other, ToyTokenizer(), name="other")
     calls = [
         (lw.patch, (llama, ids, list(range(4, 16)), 7), {"progress": False}),
-        (lw.patch, (llama, ids, list(range(4, 16)), 7), {"site": "heads", "progress": False, "budget_bytes": 1 << 16}),
+        (lw.patch, (llama, ids, list(range(4, 16)), 7), {"site": "heads", "progress": False, "budget_bytes": 1 << 17}),
         (lw.ablation_sweep, (tr,), {"progress": False}),
         (tr.attribute, (), {}),
         (tr.attribute, (), {"method": "integrated_gradients", "n_steps": 20}),
@@ -115,8 +115,10 @@ def test_a_budget_recomputes_blocks_and_the_scores_stay_the_same(llama):
     assert any("recomputed" in note for note in fitted.notes), fitted.notes
     assert cost.peak_bytes > one.peak_bytes
     torch.testing.assert_close(fitted.scores, plain.scores, rtol=1e-5, atol=1e-6)
-    with pytest.raises(lw.InputError, match=r"would need about .* over its budget_bytes of 100 B"):
+    with pytest.raises(lw.InputError, match=r"trace.attribute would need about .* over its budget_bytes of 100 B"):
         tr.attribute(budget_bytes=100)
+    with pytest.raises(lw.InputError, match=r"lw.patch would need about .* over its budget_bytes of 1.0 KiB"):
+        lw.patch(llama, list(range(3, 15)), list(range(4, 16)), 7, budget_bytes=1024)
 
 
 def test_checkpointed_blocks_get_their_own_forward_back_after_an_error(llama):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import llm_widgets as lw
-from llm_widgets.analysis.patching import _site_modules, capture_site, run_patched
+from llm_widgets.analysis.patching import _site_modules, capture_site, kept_bytes, row_bytes, run_patched
 from llm_widgets.models.anatomy import anatomy
 from tests.test_trace_architectures import CONFIGS, MASKED, PROMPT, build
 
@@ -103,7 +103,9 @@ def test_patching_is_the_same_on_sdpa_and_eager():
 
 def test_batched_patching_equals_one_forward_per_patch():
     lm = build("qwen2")  # GQA: 4 query heads over 2 key/value heads
-    result = lw.patch(lm, CLEAN, CORRUPTED, TARGET, CONTRAST, site="heads", progress=False, budget_bytes=1)
+    n = len(CLEAN)
+    one_row = kept_bytes(lm, n) + row_bytes(lm, n)  # a patched row at a time (and its reference)
+    result = lw.patch(lm, CLEAN, CORRUPTED, TARGET, CONTRAST, site="heads", progress=False, budget_bytes=one_row)
     batched = lw.patch(lm, CLEAN, CORRUPTED, TARGET, CONTRAST, site="heads", progress=False)
     torch.testing.assert_close(result.raw, batched.raw, atol=1e-5, rtol=0)
     assert result.effect.shape == (2, 4)

@@ -23,16 +23,17 @@ from ..trace import Trace
 from ..trace.run import prompt_ids
 from ..trace.runner import held
 from ..trace.trace import decode_each
-from .cost import Plan, Work, first_itemsize, over, plans
+from .cost import Plan, Work, estimate, first_itemsize, over, plans
 from .patching import (
-    DEFAULT_BUDGET,
     _forward_last,
     _layer_chunks,
     _rows_per_chunk,
     _site_modules,
     capture_site,
     capture_sites,
+    chunk_budget,
     patched_work,
+    planned_budget,
     run_patched,
 )
 
@@ -154,7 +155,7 @@ def diverge(
     sites: Any = SITES,
     blame: bool = True,
     alone: bool = True,
-    budget_bytes: int = DEFAULT_BUDGET,
+    budget_bytes: int | None = None,
 ) -> Divergence:
     """Where b parts from a on `prompt`: a generates `max_new_tokens` greedily, b is fed a's tokens
     and compared at every generated token and every layer; with `blame`, each layer's `sites`
@@ -165,7 +166,6 @@ def diverge(
     checks.integer(max_new_tokens, "max_new_tokens", low=1)
     checks.flag(blame, "blame")
     checks.flag(alone, "alone")
-    checks.integer(budget_bytes, "budget_bytes", low=1)
     sites = (sites,) if isinstance(sites, str) else tuple(sites) if isinstance(sites, (list, tuple)) else None
     if not sites or any(s not in SITES for s in sites):
         raise InputError(f"sites must be some of {', '.join(SITES)}; got {sites!r}")
@@ -200,7 +200,16 @@ def diverge(
         )
         result.lens_kl = {"a": _lens_kl(a, forced, keep, lb), "b": _lens_kl(b, forced, keep, la, against_final=True)}
         return result
-    _layers(result, a, b, forced, sites, la, keep, (blame, alone), budget_bytes)
+    settings = {"sites": sites, "blame": blame, "alone": alone, "budget_bytes": budget_bytes}
+    budget = chunk_budget(
+        b,
+        budget_bytes,
+        len(forced),
+        keep,
+        _kept(a, sites, len(forced)),
+        lambda: estimate(diverge, a, b, prompt, max_new_tokens, **settings),
+    )
+    _layers(result, a, b, forced, sites, la, keep, (blame, alone), budget)
     return result
 
 
@@ -339,9 +348,7 @@ def _generation(lm: LanguageModel, prompt: int, new: int, what: str) -> list[Wor
 
 
 @plans(diverge)
-def plan_diverge(
-    a, b, prompt, max_new_tokens=8, *, sites=SITES, blame=True, alone=True, budget_bytes=DEFAULT_BUDGET
-) -> Plan:
+def plan_diverge(a, b, prompt, max_new_tokens=8, *, sites=SITES, blame=True, alone=True, budget_bytes=None) -> Plan:
     """lw.diverge's work: both generations, both teacher-forced runs with every site kept, the
     patched layers, each head's attention in both, per site."""
     _check_pair(a, b)
@@ -357,11 +364,16 @@ def plan_diverge(
             Work("each head's attention", lm.facts.n_layers * lm.facts.n_heads, 1, forced, kind="attention", model=lm),
         ]
     patches = [(layer, slice(None), None) for layer in range(b.facts.n_layers)]
+    budget = planned_budget(b, budget_bytes, _kept(a, sites, forced))
     for _ in sites if blame else ():
-        work += [over(w, model=b) for w in patched_work(b, forced, patches, budget_bytes, n, 0, "layers patched")]
+        work += [over(w, model=b) for w in patched_work(b, forced, patches, budget, n, 0, "layers patched")]
         if alone:
             work += [Work("modules alone", 1, 1, forced, model=m) for m in (a, b)]
-            work += [over(w, model=a) for w in patched_work(a, forced, patches, budget_bytes, n, 0, "alone, patched")]
-    itemsize = first_itemsize(a.model)
-    kept = 2 * len(sites) * a.facts.n_layers * forced * a.facts.hidden_size * itemsize
-    return Plan(a, work, kept_bytes=kept)
+            work += [over(w, model=a) for w in patched_work(a, forced, patches, budget, n, 0, "alone, patched")]
+    return Plan(a, work, kept_bytes=_kept(a, sites, forced))
+
+
+def _kept(a: LanguageModel, sites: Any, length: int) -> int:
+    """Both models' outputs at every site and layer."""
+    sites = (sites,) if isinstance(sites, str) else tuple(sites)
+    return 2 * len(sites) * a.facts.n_layers * length * a.facts.hidden_size * first_itemsize(a.model)

@@ -33,7 +33,18 @@ from ..trace import Trace, prompt_ids
 from ..trace.capture import RunState, instrument
 from ..trace.runner import held
 from ..trace.trace import decode_each
-from .cost import Plan, Work, first_itemsize, model_of, plans
+from .cost import (
+    Estimate,
+    Plan,
+    Work,
+    default_budget,
+    describe_bytes,
+    estimate,
+    first_itemsize,
+    model_of,
+    over_budget,
+    plans,
+)
 from .targets import first_token_id
 
 SITES = ("residual", "attention", "mlp", "heads")
@@ -158,13 +169,42 @@ def _layer_chunks(patches: list[tuple[int, Any, Any]], size: int, length: int) -
         start = stop
 
 
-def _rows_per_chunk(lm: LanguageModel, length: int, budget: int, keep: int = 1) -> int:
-    """Patched rows per forward: activations of one row are about length x hidden x 24 floats
-    (residual, attention, MLP intermediates) plus the logits of the last `keep` positions."""
+def row_bytes(lm: LanguageModel, length: int, keep: int = 1) -> int:
+    """One patched row's activations: about length x hidden x 24 numbers (residual, attention, MLP
+    intermediates) plus the logits of the last `keep` positions."""
     facts = lm.facts
-    itemsize = torch.finfo(next(lm.model.parameters()).dtype).bits // 8
-    per_row = length * max(facts.hidden_size, 1) * 24 * itemsize + keep * facts.vocab_size * 4
-    return max(1, min(512, budget // per_row))
+    return length * max(facts.hidden_size, 1) * 24 * first_itemsize(lm.model) + keep * facts.vocab_size * 4
+
+
+def _rows_per_chunk(lm: LanguageModel, length: int, budget: int, keep: int = 1) -> int:
+    """Patched rows per forward within `budget` bytes."""
+    return max(1, min(512, budget // row_bytes(lm, length, keep)))
+
+
+def _budget_of(lm: LanguageModel, budget_bytes: Any) -> int:
+    """`budget_bytes` checked, or by default DEFAULT_BUDGET (half of the free memory if that is less)."""
+    if budget_bytes is None:
+        return min(DEFAULT_BUDGET, default_budget(lm.model))
+    return checks.integer(budget_bytes, "budget_bytes", low=1)
+
+
+def chunk_budget(
+    lm: LanguageModel, budget_bytes: Any, length: int, keep: int, kept: int, estimated: Callable[[], Estimate]
+) -> int:
+    """The bytes a batch of patched rows may take: `budget_bytes` (default: DEFAULT_BUDGET, or half of
+    the free memory if less) less what the call keeps (`kept`). When that leaves no room for one row,
+    refused with the call's estimate (`estimated()`)."""
+    budget = _budget_of(lm, budget_bytes)
+    if kept + row_bytes(lm, length, keep) > budget:
+        cost = estimated()
+        raise over_budget(
+            cost.call,
+            cost,
+            budget,
+            f"It keeps {describe_bytes(kept)} and runs batches of rows of {length} tokens: "
+            f"give a shorter prompt",
+        )
+    return budget - kept
 
 
 def _forward_last(model: torch.nn.Module, ids: torch.Tensor, keep: int = 1) -> torch.Tensor:
@@ -458,7 +498,7 @@ def patch(
     site: str = "residual",
     per_position: bool = False,
     positions: Any = None,
-    budget_bytes: int = DEFAULT_BUDGET,
+    budget_bytes: int | None = None,
     progress: bool = True,
 ) -> Patching:
     """Activation patching from the `clean` prompt into the `corrupted` one (strings, token ids or
@@ -468,11 +508,11 @@ def patch(
     Effect: (patched - corrupted) / (clean - corrupted) of logit(target) - logit(contrast), or of
     log p(target) without a contrast; with `positions` (a (start, stop) span or a list, and target
     None) of the mean log p of the clean prompt's next token at those positions (a behaviour spread
-    over a sequence). Patched runs go as batches within `budget_bytes`."""
+    over a sequence). Patched runs go as batches within `budget_bytes` (default: 1 GiB, or half of
+    the free memory if less; a prompt too long for it is refused with the estimate, lw.estimate)."""
     _check_model(model, site)
     lm = model
     clean_ids, corrupted_ids = _paired_ids(lm, clean, corrupted)
-    checks.integer(budget_bytes, "budget_bytes", low=1)
     checks.flag(per_position, "per_position")
     checks.flag(progress, "progress")
     if per_position and site != "heads":
@@ -481,6 +521,15 @@ def patch(
     scoring = _score(lm, target, contrast, positions, clean_ids, notes)
     score, keep = scoring.score, getattr(scoring.score, "keep", 1)
     facts, T = lm.facts, len(clean_ids)
+    settings = {"site": site, "per_position": per_position, "positions": positions, "budget_bytes": budget_bytes}
+    budget = chunk_budget(
+        lm,
+        budget_bytes,
+        T,
+        keep,
+        kept_bytes(lm, T),
+        lambda: estimate(patch, lm, clean, corrupted, target, contrast, **settings),
+    )
     parts = anatomy(lm.model, facts.n_layers)
     device = input_device(lm.model)
     clean_ids, corrupted_ids = clean_ids[None].to(device), corrupted_ids[None].to(device)
@@ -489,7 +538,7 @@ def patch(
         corrupted_logits = _forward_last(lm.model, corrupted_ids, keep)
         clean_score, corrupted_score = float(score(clean_logits)), float(score(corrupted_logits))
         patches, shape = _cells(site, facts.n_layers, source[0].shape[1] if site == "heads" else 0, T, per_position)
-        raw, change, gap = _run_all(lm, corrupted_ids, site, patches, source, score, budget_bytes, progress, "patching")
+        raw, change, gap = _run_all(lm, corrupted_ids, site, patches, source, score, budget, progress, "patching")
     effect = _normalised(change, gap, clean_score, corrupted_score, notes).reshape(shape)
     raw = raw.reshape(shape)
     tok = lm.tokenizer
@@ -570,7 +619,7 @@ def ablation_sweep(
     method: str = "zero",
     layers: bool = True,
     positions: Any = None,
-    budget_bytes: int = DEFAULT_BUDGET,
+    budget_bytes: int | None = None,
     progress: bool = True,
 ) -> Sweep:
     """Remove every head in turn (and, with layers=True, every layer's attention and MLP output)
@@ -582,7 +631,6 @@ def ablation_sweep(
     if not isinstance(trace, Trace):
         raise WrongTypeError(f"ablation_sweep takes a Trace (from model.trace(...)); got {type(trace).__name__}")
     checks.choice(method, "method", ("zero", "mean"))
-    checks.integer(budget_bytes, "budget_bytes", low=1)
     checks.flag(layers, "layers")
     checks.flag(progress, "progress")
     lm = trace.model
@@ -594,15 +642,24 @@ def ablation_sweep(
     scoring = _score(lm, target, contrast, positions, prompt, notes)
     score = scoring.score
     facts = lm.facts
+    settings = {"method": method, "layers": layers, "positions": positions, "budget_bytes": budget_bytes}
+    budget = chunk_budget(
+        lm,
+        budget_bytes,
+        len(prompt),
+        getattr(score, "keep", 1),
+        0,
+        lambda: estimate(ablation_sweep, trace, target, contrast, **settings),
+    )
     device = input_device(lm.model)
     ids = prompt[None].to(device)
     with held(lm.model):
         base = float(score(_forward_last(lm.model, ids, getattr(score, "keep", 1))))
         heads = [(l, h, None) for l in range(facts.n_layers) for h in range(facts.n_heads)]
         head_scores, change, _ = _run_all(
-            lm, ids, "heads", heads, None, score, budget_bytes, progress, "ablating heads", mode=method
+            lm, ids, "heads", heads, None, score, budget, progress, "ablating heads", mode=method
         )
-        attention, mlp = _layer_sweep(lm, ids, score, budget_bytes, notes) if layers else (None, None)
+        attention, mlp = _layer_sweep(lm, ids, score, budget, notes) if layers else (None, None)
     return Sweep(
         site="ablation",
         effect=change.reshape(facts.n_layers, facts.n_heads),
@@ -638,6 +695,16 @@ def patched_work(lm: LanguageModel, length: int, patches: list, budget: int, kee
     ]
 
 
+def kept_bytes(lm: LanguageModel, length: int) -> int:
+    """What patching keeps from the clean run: one site's output at every layer."""
+    return lm.facts.n_layers * length * lm.facts.hidden_size * first_itemsize(lm.model)
+
+
+def planned_budget(lm: LanguageModel, budget_bytes: Any, kept: int) -> int:
+    """The chunks' budget as the call works it out (without refusing: the estimate says why it would)."""
+    return max(1, _budget_of(lm, budget_bytes) - kept)
+
+
 @plans(patch)
 def plan_patch(
     model,
@@ -649,7 +716,7 @@ def plan_patch(
     site="residual",
     per_position=False,
     positions=None,
-    budget_bytes=DEFAULT_BUDGET,
+    budget_bytes=None,
     progress=True,
 ) -> Plan:
     """lw.patch's work: the clean run kept at every layer, the corrupted run, the patched batches."""
@@ -661,9 +728,9 @@ def plan_patch(
     patches, _ = _cells(site, facts.n_layers, facts.n_heads, T, per_position)
     extra = 2 if site == "residual" else 1  # the unpatched reference (and the clean-restoring one) in each batch
     work = [Work("clean and corrupted runs", 2, 1, T, logits=keep)]
-    work += patched_work(lm, T, patches, budget_bytes, keep, extra, f"{len(patches):,} patched runs")
-    kept = facts.n_layers * T * facts.hidden_size * first_itemsize(lm.model)
-    return Plan(lm, work, kept_bytes=kept)
+    budget = planned_budget(lm, budget_bytes, kept_bytes(lm, T))
+    work += patched_work(lm, T, patches, budget, keep, extra, f"{len(patches):,} patched runs")
+    return Plan(lm, work, kept_bytes=kept_bytes(lm, T))
 
 
 @plans(ablation_sweep)
@@ -675,7 +742,7 @@ def plan_sweep(
     method="zero",
     layers=True,
     positions=None,
-    budget_bytes=DEFAULT_BUDGET,
+    budget_bytes=None,
     progress=True,
 ) -> Plan:
     """lw.ablation_sweep's work: one run, every head ablated, then every layer's attention and MLP."""
@@ -687,8 +754,9 @@ def plan_sweep(
     keep, facts, T = getattr(scoring.score, "keep", 1), lm.facts, len(prompt)
     heads = [(l, h, None) for l in range(facts.n_layers) for h in range(facts.n_heads)]
     work = [Work("the run", 1, 1, T, logits=keep)]
-    work += patched_work(lm, T, heads, budget_bytes, keep, 1, f"{len(heads):,} heads ablated")
+    budget = planned_budget(lm, budget_bytes, 0)
+    work += patched_work(lm, T, heads, budget, keep, 1, f"{len(heads):,} heads ablated")
     if layers:
         whole = [(l, slice(None), None) for l in range(facts.n_layers)]
-        work += 2 * patched_work(lm, T, whole, budget_bytes, keep, 1, "each layer's attention, then MLP, zeroed")
+        work += 2 * patched_work(lm, T, whole, budget, keep, 1, "each layer's attention, then MLP, zeroed")
     return Plan(lm, work)
