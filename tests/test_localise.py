@@ -238,3 +238,19 @@ def test_compare_view_of_an_editor(tiny_gpt2):
     assert len(view.values) == 4 and max(max(r) for r in view.values) > 0
     view.selected = [1, 2]
     assert view.detail[0].startswith("layer 1 head 2")
+
+
+def test_part_of_the_map_patched_equals_the_same_cells_of_the_whole():
+    """`layers` and `at` patch part of the map (NaN elsewhere); positions before the prompts' first
+    difference are 0 without a run, as a run gives them."""
+    lm = build("llama")
+    whole = lw.patch(lm, CLEAN, CORRUPTED, TARGET, CONTRAST, progress=False)
+    part = lw.patch(lm, CLEAN, CORRUPTED, TARGET, CONTRAST, layers=[1], at=(4, len(CLEAN)), progress=False)
+    torch.testing.assert_close(part.effect[1, 4:], whole.effect[1, 4:], atol=1e-4, rtol=0)
+    assert part.effect[0].isnan().all() and part.effect[1, :4].isnan().all()
+    assert whole.effect[:, :5].eq(0).all()  # the swapped token is at position 5
+    assert part.top(3)[0][0][0] == 1
+    heads = lw.patch(lm, CLEAN, CORRUPTED, TARGET, CONTRAST, site="heads", per_position=True, at=[5, 7], progress=False)
+    assert heads.effect[:, :, [5, 7]].isfinite().all() and heads.effect[:, :, 6].isnan().all()
+    with pytest.raises(lw.InputError, match="at"):
+        lw.patch(lm, CLEAN, CORRUPTED, TARGET, CONTRAST, at=(3, 99), progress=False)

@@ -77,9 +77,12 @@ class Patching:
     model_name: str = ""
 
     def top(self, k: int = 10) -> list[tuple[tuple[int, ...], float]]:
-        """The k cells with the largest |effect|: ((layer, position-or-head), effect)."""
+        """The k cells with the largest |effect|: ((layer, position-or-head), effect); cells not
+        patched (NaN: layers or positions left out with `layers` / `at`) never."""
         flat = self.effect.flatten()
-        order = torch.argsort(flat.abs(), descending=True)[:k].tolist()
+        order = torch.argsort(flat.abs().nan_to_num(-1.0), descending=True)[
+            : min(k, int((~flat.isnan()).sum()))
+        ].tolist()
         return [
             (tuple(int(i) for i in torch.unravel_index(torch.tensor(o), self.effect.shape)), float(flat[o]))
             for o in order
@@ -201,8 +204,7 @@ def chunk_budget(
             cost.call,
             cost,
             budget,
-            f"It keeps {describe_bytes(kept)} and runs batches of rows of {length} tokens: "
-            f"give a shorter prompt",
+            f"It keeps {describe_bytes(kept)} and runs batches of rows of {length} tokens: give a shorter prompt",
         )
     return budget - kept
 
@@ -378,15 +380,66 @@ def _paired_ids(lm: LanguageModel, clean: Any, corrupted: Any) -> tuple[torch.Te
     return clean_ids, corrupted_ids
 
 
-def _cells(site: str, n_layers: int, n_heads: int, n: int, per_position: bool) -> tuple[list, tuple[int, ...]]:
-    """The patches of a whole map (layer, where, None) and the map's shape: layer x position, or for
-    heads layer x head (x position). n_heads: from the captured tensor, never the config."""
-    if site != "heads":
-        return [(l, p, None) for l in range(n_layers) for p in range(n)], (n_layers, n)
-    if per_position:
-        cells = [(l, (h, p), None) for l in range(n_layers) for h in range(n_heads) for p in range(n)]
-        return cells, (n_layers, n_heads, n)
-    return [(l, h, None) for l in range(n_layers) for h in range(n_heads)], (n_layers, n_heads)
+@dataclass
+class _Cells:
+    """The patches of a map (layer, where, None), where each lands in the map (flat indices), and the
+    cells known without a run: before the prompts' first difference nothing differs to patch (0)."""
+
+    patches: list
+    run: list[int]
+    unchanged: list[int]
+    shape: tuple[int, ...]
+
+
+def _cells(site, n_layers, n_heads, n, per_position, layers=None, at=None, first=0) -> _Cells:
+    """The cells of a map, layer x position, or for heads layer x head (x position), at `layers`
+    and positions `at` (default all). n_heads: from the captured tensor, never the config."""
+    layers = range(n_layers) if layers is None else layers
+    at = range(n) if at is None else at
+    if site == "heads" and not per_position:
+        where = slice(None) if len(at) == n else list(at)
+        cells = [
+            ((l, h if len(at) == n else (h, where), None), l * n_heads + h) for l in layers for h in range(n_heads)
+        ]
+        return _Cells([c for c, _ in cells], [i for _, i in cells], [], (n_layers, n_heads))
+    heads = range(n_heads) if site == "heads" else [None]
+    shape = (n_layers, n_heads, n) if site == "heads" else (n_layers, n)
+    run, unchanged, patches = [], [], []
+    for l in layers:
+        for h in heads:
+            for p in at:
+                index = (l * n_heads + h) * n + p if h is not None else l * n + p
+                if p < first:
+                    unchanged.append(index)
+                else:
+                    run.append(index)
+                    patches.append((l, (h, p) if h is not None else p, None))
+    return _Cells(patches, run, unchanged, shape)
+
+
+def _patched_positions(at: Any, length: int) -> list[int] | None:
+    """`at`: a (start, stop) span or a list of positions of the prompt (None: all)."""
+    if at is None:
+        return None
+    if isinstance(at, tuple) and len(at) == 2 and all(checks.is_int(p) for p in at):
+        if not 0 <= at[0] < at[1] <= length:
+            raise InputError(f"at {at} must be a span within the prompt's 0 to {length} (stop exclusive)")
+        return list(range(*at))
+    return sorted(set(checks.integers(at, "at", low=0, high=length - 1)))
+
+
+def _first_difference(clean: torch.Tensor, corrupted: torch.Tensor) -> int:
+    """The first position where the prompts differ (before it a causal model's runs are the same)."""
+    differ = (clean != corrupted).nonzero()
+    return int(differ[0, 0]) if len(differ) else len(clean)
+
+
+def _filled(values: torch.Tensor, cells: _Cells, known: float) -> torch.Tensor:
+    """The map: the run cells' values, `known` where nothing could change, NaN where not asked."""
+    out = torch.full((math.prod(cells.shape),), math.nan)
+    out[cells.run] = values.float()
+    out[cells.unchanged] = known
+    return out.reshape(cells.shape)
 
 
 def _layer_sweep(lm: LanguageModel, ids, score, budget: int, notes: list[str]):
@@ -498,6 +551,8 @@ def patch(
     site: str = "residual",
     per_position: bool = False,
     positions: Any = None,
+    layers: Any = None,
+    at: Any = None,
     budget_bytes: int | None = None,
     progress: bool = True,
 ) -> Patching:
@@ -508,8 +563,11 @@ def patch(
     Effect: (patched - corrupted) / (clean - corrupted) of logit(target) - logit(contrast), or of
     log p(target) without a contrast; with `positions` (a (start, stop) span or a list, and target
     None) of the mean log p of the clean prompt's next token at those positions (a behaviour spread
-    over a sequence). Patched runs go as batches within `budget_bytes` (default: 1 GiB, or half of
-    the free memory if less; a prompt too long for it is refused with the estimate, lw.estimate)."""
+    over a sequence). `layers` (a list) and `at` (the positions patched: a span or a list) patch
+    part of the map (the rest is NaN): on a long prompt, the last positions of a few layers. Positions
+    before the prompts' first difference are 0 without a run (nothing differs there yet). Patched
+    runs go as batches within `budget_bytes` (default: 1 GiB, or half of the free memory if less; a
+    prompt too long for it is refused with the estimate, lw.estimate)."""
     _check_model(model, site)
     lm = model
     clean_ids, corrupted_ids = _paired_ids(lm, clean, corrupted)
@@ -521,31 +579,27 @@ def patch(
     scoring = _score(lm, target, contrast, positions, clean_ids, notes)
     score, keep = scoring.score, getattr(scoring.score, "keep", 1)
     facts, T = lm.facts, len(clean_ids)
-    settings = {"site": site, "per_position": per_position, "positions": positions, "budget_bytes": budget_bytes}
-    budget = chunk_budget(
-        lm,
-        budget_bytes,
-        T,
-        keep,
-        kept_bytes(lm, T),
-        lambda: estimate(patch, lm, clean, corrupted, target, contrast, **settings),
-    )
+    chosen = _chosen(lm, layers, at, T)
+    settings = dict(site=site, per_position=per_position, positions=positions, layers=layers, at=at)
+    estimated = lambda: estimate(patch, lm, clean, corrupted, target, contrast, budget_bytes=budget_bytes, **settings)  # noqa: E731
+    budget = chunk_budget(lm, budget_bytes, T, keep, kept_bytes(lm, T), estimated)
     parts = anatomy(lm.model, facts.n_layers)
     device = input_device(lm.model)
+    first = _first_difference(clean_ids, corrupted_ids)
     clean_ids, corrupted_ids = clean_ids[None].to(device), corrupted_ids[None].to(device)
     with held(lm.model):
         source, clean_logits = capture_site(lm, clean_ids, site, parts, keep)
         corrupted_logits = _forward_last(lm.model, corrupted_ids, keep)
         clean_score, corrupted_score = float(score(clean_logits)), float(score(corrupted_logits))
-        patches, shape = _cells(site, facts.n_layers, source[0].shape[1] if site == "heads" else 0, T, per_position)
-        raw, change, gap = _run_all(lm, corrupted_ids, site, patches, source, score, budget, progress, "patching")
-    effect = _normalised(change, gap, clean_score, corrupted_score, notes).reshape(shape)
-    raw = raw.reshape(shape)
+        n_heads = source[0].shape[1] if site == "heads" else 0
+        cells = _cells(site, facts.n_layers, n_heads, T, per_position, *chosen, first=first)
+        raw, change, gap = _run_all(lm, corrupted_ids, site, cells.patches, source, score, budget, progress, "patching")
+    effect = _filled(_normalised(change, gap, clean_score, corrupted_score, notes), cells, 0.0)
     tok = lm.tokenizer
     return Patching(
         site=site,
         effect=effect,
-        raw=raw,
+        raw=_filled(raw, cells, corrupted_score),
         **scoring.fields(tok),
         clean_score=clean_score,
         corrupted_score=corrupted_score,
@@ -555,6 +609,13 @@ def patch(
         axes=("layer", "head") if site == "heads" else ("layer", "position"),
         model_name=lm.name,
     )
+
+
+def _chosen(lm: LanguageModel, layers: Any, at: Any, length: int) -> tuple[list[int] | None, list[int] | None]:
+    """The layers and positions to patch, checked (None: all)."""
+    if layers is not None:
+        layers = sorted(set(checks.integers(layers, "layers", low=0, high=lm.facts.n_layers - 1)))
+    return layers, _patched_positions(at, length)
 
 
 def _run_all(lm, ids, site, patches, source, score, budget, progress, what, mode="patch"):
@@ -582,6 +643,8 @@ def _run_all(lm, ids, site, patches, source, score, budget, progress, what, mode
     finally:
         if bar is not None:
             bar.close()
+    if not patches:  # (every cell known without a run)
+        return torch.zeros(0), torch.zeros(0), None if restore is None else torch.zeros(0)
     return torch.cat(scores), torch.cat(changes), None if restore is None else torch.cat(gaps)
 
 
@@ -716,16 +779,21 @@ def plan_patch(
     site="residual",
     per_position=False,
     positions=None,
+    layers=None,
+    at=None,
     budget_bytes=None,
     progress=True,
 ) -> Plan:
     """lw.patch's work: the clean run kept at every layer, the corrupted run, the patched batches."""
     _check_model(model, site)
     lm = model
-    clean_ids, _ = _paired_ids(lm, clean, corrupted)
+    clean_ids, corrupted_ids = _paired_ids(lm, clean, corrupted)
     scoring = _score(lm, target, contrast, positions, clean_ids, [])
     keep, facts, T = getattr(scoring.score, "keep", 1), lm.facts, len(clean_ids)
-    patches, _ = _cells(site, facts.n_layers, facts.n_heads, T, per_position)
+    first = _first_difference(clean_ids, corrupted_ids)
+    patches = _cells(
+        site, facts.n_layers, facts.n_heads, T, per_position, *_chosen(lm, layers, at, T), first=first
+    ).patches
     extra = 2 if site == "residual" else 1  # the unpatched reference (and the clean-restoring one) in each batch
     work = [Work("clean and corrupted runs", 2, 1, T, logits=keep)]
     budget = planned_budget(lm, budget_bytes, kept_bytes(lm, T))
