@@ -14,7 +14,9 @@ training mode, the attention implementation.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
@@ -107,9 +109,10 @@ def _checked(trace: Trace, method: str, n_steps: Any, baseline: str) -> None:
 
 
 @provides(Trace.attribute)
-def attribute(trace: Trace, target, contrast, method, step, n_steps, baseline, budget_bytes) -> Attribution:
+def attribute(trace: Trace, target, contrast, method, step, n_steps, baseline, budget_bytes, progress) -> Attribution:
     """See Trace.attribute."""
     _checked(trace, method, n_steps, baseline)
+    checks.flag(progress, "progress")
     lm = trace.model
     step, ids, decoder_ids, position = _inputs(trace, step)
     notes: list[str] = []
@@ -127,7 +130,8 @@ def attribute(trace: Trace, target, contrast, method, step, n_steps, baseline, b
     model = lm.model
     blocks = anatomy(model, lm.facts.n_layers).blocks if fit.checkpointed else ()
     # parameters left as they are (requires_grad, .grad): gradients are taken of the inputs alone
-    with held(model, grad=True), checkpointed(blocks):
+    bar = _bar(model, method, fit, len(ids)) if progress else contextlib.nullcontext()
+    with held(model, grad=True), checkpointed(blocks), bar:
         embed = input_embedding(model, len(lm.tokenizer)) if lm.plain else model.get_input_embeddings()
         embeds = embed(ids[None].to(input_device(model))).detach()
         reference = _baseline(lm, embed, ids, embeds, baseline)
@@ -382,6 +386,34 @@ def _fitting(lm: LanguageModel, method: str, length: int, n_steps: int, budget_b
     )
 
 
+@contextlib.contextmanager
+def _bar(model: torch.nn.Module, method: str, fit: Fit, length: int) -> Iterator[None]:
+    """A progress bar over the inputs the model is run on (integrated gradients' steps, occlusion's
+    tokens), counted at each forward."""
+    total = fit.n_steps if method == "integrated_gradients" else length if method == "occlusion" else 0
+    if total < 2:
+        yield
+        return
+    from tqdm.auto import tqdm
+
+    what = "integrated gradients" if method == "integrated_gradients" else "occluding tokens"
+    with tqdm(total=total, desc=what, unit="input") as bar:
+
+        def count(_module, args, kwargs) -> None:
+            bar.update(min(_rows(args, kwargs), total - bar.n))
+
+        handle = model.register_forward_pre_hook(count, with_kwargs=True)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+
+def _rows(args: tuple, kwargs: dict) -> int:
+    first = kwargs.get("inputs_embeds", kwargs.get("input_ids", args[0] if args else None))
+    return len(first) if isinstance(first, torch.Tensor) else 1
+
+
 def _halvings(n: int) -> list[int]:
     out = [n]
     while out[-1] > 1:
@@ -391,7 +423,15 @@ def _halvings(n: int) -> list[int]:
 
 @plans(Trace.attribute, attribute)
 def plan_attribute(
-    trace, target=None, contrast=None, method="grad_x_input", step=None, n_steps=64, baseline="zeros", budget_bytes=None
+    trace,
+    target=None,
+    contrast=None,
+    method="grad_x_input",
+    step=None,
+    n_steps=64,
+    baseline="zeros",
+    budget_bytes=None,
+    progress=True,
 ) -> Plan:
     """trace.attribute's work, as it would run within its budget."""
     _checked(trace, method, n_steps, baseline)

@@ -201,6 +201,7 @@ class Trace:
         n_steps: int = 64,
         baseline: str = "zeros",
         budget_bytes: int | None = None,
+        progress: bool = True,
     ) -> Attribution:
         """Which input tokens drove the token at `step` (0: right after the prompt).
 
@@ -213,6 +214,7 @@ class Trace:
         has free); on a long prompt its backward then keeps only each block's input and
         recomputes the rest, integrated gradients batch fewer steps, and a computation
         that cannot fit is refused with its estimate (`lw.estimate(trace.attribute, ...)`).
+        progress: a progress bar over integrated gradients' steps and occlusion's tokens.
         Returns an `Attribution`; the model's parameters are untouched.
         Implemented by llm_widgets.analysis (the layer above).
         """

@@ -109,8 +109,8 @@ class AttributionView(Answers, StaticFallback, anywidget.AnyWidget):
             return
         self.busy = True
         try:
-            new = self.trace.attribute(
-                self._explicit_target, contrast=a.contrast_id, method=self.method, step=self.step
+            new = self.trace.attribute(  # (the view shows it is busy: no progress bar in the cell's output)
+                self._explicit_target, contrast=a.contrast_id, method=self.method, step=self.step, progress=False
             )
         except Exception as error:  # shown in the widget; the previous attribution stays
             with self.hold_sync():
