@@ -57,6 +57,11 @@ def cases(lm: lw.LanguageModel, other: lw.LanguageModel) -> dict[str, list[tuple
         "sample_tree (16 new tokens)": [
             (f"n={n}", lw.sample_tree, (lm, words(32)), {"n": n, "max_new_tokens": 16, "seed": 0}) for n in (8, 32)
         ],
+        "debug": [(f"{n} tokens", lw.debug, (lm, words(n)), {}) for n in (256, 1024)],
+        "explain_attention (pair)": [
+            (f"{n} tokens", tr[n].explain_attention, (20, 3, n - 1, 1), {}) for n in (256, 1024)
+        ],
+        "explain_attention (row)": [(f"{n} tokens", tr[n].explain_attention, (20, 3, n - 1), {}) for n in (256, 1024)],
         "search_steering": [
             (f"budget {b}", lw.search_steering, (lm, words(24), " blue", " red"), {"budget": b, "continuation": 8})
             for b in (32, 96)
@@ -64,8 +69,32 @@ def cases(lm: lw.LanguageModel, other: lw.LanguageModel) -> dict[str, list[tuple
     }
 
 
-def measure(call, args, kwargs, device) -> tuple[float, int]:
+def long_cases(lm: lw.LanguageModel, budget: int) -> dict[str, list[tuple]]:
+    """Attribution and residual patching at 4,096 and 8,192 tokens within `budget` bytes."""
+    out: dict[str, list[tuple]] = {"attribute (grad x input)": [], "attribute (integrated gradients, 8 steps)": []}
+    out["patch (residual, layers 10 and 20, last 4 positions)"] = []
+    for n in (4096, 8192):
+        tr = lm.trace(words(n))
+        out["attribute (grad x input)"].append((f"{n} tokens", tr.attribute, (), {"budget_bytes": budget}))
+        if n == 4096:  # (8 steps at 8,192 tokens: about 4 minutes here)
+            ig = {"method": "integrated_gradients", "n_steps": 8, "budget_bytes": budget}
+            out["attribute (integrated gradients, 8 steps)"].append((f"{n} tokens", tr.attribute, (), ig))
+        clean = words(n, 1)
+        corrupted = clean[: n - 8] + words(8, 2)
+        settings = {"layers": [10, 20], "at": (n - 4, n), "budget_bytes": budget, "progress": False}
+        out["patch (residual, layers 10 and 20, last 4 positions)"].append(
+            (f"{n} tokens", lw.patch, (lm, clean, corrupted, " the"), settings)
+        )
+    return out
+
+
+def measure(call, args, kwargs, device, once: bool) -> tuple[float, int]:
+    """Wall time of a run, then the peak of a second run under the memory counter (its Python per op
+    would show in a short run's time); `once`: one run, both measured (a long run hardly feels it)."""
     start = time.perf_counter()
+    if once:
+        peak = peak_allocated(lambda: call(*args, **kwargs), device)[1]
+        return time.perf_counter() - start, peak
     call(*args, **kwargs)
     seconds = time.perf_counter() - start
     return seconds, peak_allocated(lambda: call(*args, **kwargs), device)[1]
@@ -74,6 +103,8 @@ def measure(call, args, kwargs, device) -> tuple[float, int]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--only", nargs="*", default=None, help="names (or the start of names) of the calls to run")
+    parser.add_argument("--long", action="store_true", help="attribution and patching at 4,096 and 8,192 tokens")
+    parser.add_argument("--budget", type=float, default=2.0, help="GiB the long calls may take")
     args = parser.parse_args()
     lm = lw.load_model("smollm2-135m", progress=False)
     noisy = copy.deepcopy(lm.model)
@@ -86,12 +117,14 @@ def main() -> None:
     print(f"calibration: {time.perf_counter() - start:.2f} s\n")
     print("| call | size | predicted s | measured s | ratio | predicted peak | measured peak | ratio |")
     print("|---|---|---|---|---|---|---|---|")
-    for name, runs in cases(lm, other).items():
+    budget = int(args.budget * 2**30)
+    todo = long_cases(lm, budget) if args.long else cases(lm, other)
+    for name, runs in todo.items():
         if args.only and not any(name.startswith(o) for o in args.only):
             continue
         for size, call, a, k in runs:
             guess = lw.estimate(call, *a, **k)
-            seconds, peak = measure(call, a, k, device)
+            seconds, peak = measure(call, a, k, device, once=args.long)
             times = f"{guess.seconds:.2f} | {seconds:.2f} | {guess.seconds / seconds:.2f}"
             ratio = guess.peak_bytes / max(peak, 1)
             peaks = f"{describe_bytes(guess.peak_bytes)} | {describe_bytes(peak)} | {ratio:.2f}"

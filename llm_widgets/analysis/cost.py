@@ -27,7 +27,7 @@ from torch.utils._pytree import tree_leaves
 from .. import checks
 from ..errors import InputError, WrongTypeError
 from ..models import LanguageModel
-from ..models.compat import takes_logits_to_keep
+from ..models.compat import cache_kwargs, output_cache, takes_logits_to_keep
 from ..models.devices import input_device
 from ..models.modes import model_mode
 from ..trace import Trace
@@ -37,6 +37,9 @@ _PLANNERS: dict[Any, Callable[..., Plan]] = {}
 # Recomputing one head's probabilities from kept queries and keys, against the model's own fused
 # attention per (query, key) pair and head: a float32 matmul, a softmax and their copies in Python.
 ATTENTION_REDO = 3.0
+# A decoding step's cache grows by torch.cat, which reads and writes all of it: seconds per byte of
+# cache (measured on the 2-core CPU: SmolLM2, 32 rows decoding against 48 tokens)
+COPY_S_PER_BYTE = 0.4e-9
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,8 @@ class Work:
     checkpointed: bool = False
     eager: bool = False  # attention as one score matrix per layer (attention weights asked for)
     logits: int = 1  # positions per row whose logits are computed
+    copied: int | None = None  # tokens of each row's cache a step copies (default: all, past + tokens)
+    logit_copies: float = 1.0  # vocabulary-sized float32 tensors per such position alive at once (a softmax: 2)
     model: LanguageModel | None = None  # another model than the plan's (lw.diverge's second)
     extra_s: float = 0.0  # Python work per forward that no forward measures (hooks that copy, scoring)
     modes: float = 0.0  # Python dispatch modes watching every op (FLOP counting, memory counting, the profiler)
@@ -88,8 +93,10 @@ class Pace:
     pair_bytes: float
     saved_token_bytes: float  # held for the backward, per token, every block
     saved_pair_bytes: float
-    logit_bytes: float  # per position whose logits are computed
+    logit_bytes: float  # per position whose logits are computed (float32)
     eager_pair_bytes: float  # one layer's score and probability matrices, per (query, key) pair
+    kv_token_bytes: float  # the KV cache's bytes per token (a decoding step copies it: its cat)
+    step_s: float  # a decoding step's own work beyond its forward (the cache's update, the masks)
     ops: int  # aten ops in one forward
     op_s: float  # a Python dispatch mode's time per op
     n_layers: int
@@ -103,27 +110,32 @@ class Pace:
             return w.count * (w.rows * self.pair_s * w.tokens * (w.past + w.tokens) * ATTENTION_REDO + w.extra_s)
         one = (self.overhead_s if w.kind == "forward" else 0.0) + (w.rows * w.share + w.below) * per_row
         one += w.rows * w.logits * self.logit_s + w.modes * self.ops * self.op_s
+        if w.past:  # a step against the cache, which grows by a copy
+            copied = w.past + w.tokens if w.copied is None else w.copied
+            one += self.step_s + w.rows * copied * self.kv_token_bytes * COPY_S_PER_BYTE
         if w.grad:
             one *= self.grad_factor + (1.0 if w.checkpointed else 0.0)
         return w.count * (one + w.extra_s)
 
     def bytes(self, w: Work) -> float:
-        """The peak one forward of `w` allocates above what was held before it."""
+        """The peak one forward of `w` allocates above what was held before it: the blocks' transient
+        work or, after them, the logits (and what is computed from them), whichever is larger, over
+        what a backward keeps."""
         keys = w.past + w.tokens
-        logits = w.rows * w.logits * self.logit_bytes
+        logits = w.rows * w.logits * self.logit_bytes * w.logit_copies
         if w.kind == "attention":  # one head's scores, probabilities and a copy at a time
             return 3.0 * 4 * w.rows * w.tokens * keys
-        if w.eager and not self.pair_bytes:  # (calibrated on blockwise attention: add the score matrices)
-            w = replace(w, eager=False)
-            eager = self.eager_pair_bytes * w.rows * w.tokens * keys
-            return self.bytes(w) + eager * (self.n_layers if w.grad else 1)
+        pairs = self.pair_bytes + (self.eager_pair_bytes if w.eager and not self.pair_bytes else 0.0)
+        transient = self.base_bytes + w.rows * (self.token_bytes * w.tokens + pairs * w.tokens * keys)
         if not w.grad:
-            return self.base_bytes + w.rows * (self.token_bytes * w.tokens + self.pair_bytes * w.tokens * keys) + logits
-        saved = w.rows * w.share * (self.saved_token_bytes * w.tokens + self.saved_pair_bytes * w.tokens * keys)
+            return max(transient, logits)
+        saved_pairs = self.saved_pair_bytes + (
+            self.eager_pair_bytes * self.n_layers if w.eager and not self.saved_pair_bytes else 0.0
+        )
+        saved = w.rows * w.share * (self.saved_token_bytes * w.tokens + saved_pairs * w.tokens * keys)
         if w.checkpointed:  # every block's input, and one block's activations at a time
             saved = w.rows * self.n_layers * w.share * self.input_bytes * w.tokens + saved / max(1, self.n_layers)
-        transient = self.base_bytes + w.rows * (self.token_bytes * w.tokens + self.pair_bytes * w.tokens * keys)
-        return saved + transient + logits
+        return saved + max(transient, logits)
 
 
 @dataclass
@@ -362,44 +374,50 @@ def pace_of(lm: LanguageModel, implementation: str | None = None) -> Pace:
     return kept[key]
 
 
-CALIBRATION_LENGTHS = (32, 256, 1024)  # three lengths fit overhead, per token and per pair
+CALIBRATION_LENGTHS = (16, 128, 512)  # timed: the fixed part, per token (and per pair, where it shows)
+MEMORY_LENGTHS = (64, 256)  # memory is a line in the length: two short runs tell it
 
 
 def calibrate(lm: LanguageModel) -> Pace:
-    """Time forwards at three lengths (each the best of two) and one forward with a backward; the
-    peak bytes of a forward at two shorter lengths, with and without gradients. The forwards compute
-    the last position's logits only (where the model can), as the analyses do; the unembedding's
-    cost per position is the body's per token scaled by their sizes."""
+    """Time forwards at three lengths and one with a backward; count the peak bytes of a forward at
+    two lengths, with and without gradients. The forwards compute the last position's logits only
+    (where the model can), as the analyses do; the unembedding's cost per position, and attention's
+    per query-key pair where short runs hide it, are the per-token cost scaled by their multiplies."""
     start = time.perf_counter()
     model, facts = lm.model, lm.facts
     context = facts.context_length or 1024
     lengths = [max(2, min(n, context)) for n in CALIBRATION_LENGTHS]
-    short = [max(2, n // 2) for n in lengths[1:]]  # (memory is a line in the length: shorter runs tell it)
+    short = [max(2, min(n, context)) for n in MEMORY_LENGTHS]
     with held(model):
         _timed(lm, lengths[0])  # (the first forward sets up kernels and caches)
-        times = [min(_timed(lm, n) for _ in range(2)) for n in lengths]
+        times = [min(_timed(lm, n) for _ in range(2 if n < lengths[-1] else 1)) for n in lengths]
+        step = min(_decoding_step(lm, lengths[1]) for _ in range(2))
         mem, ops, mode_s = zip(*(_peak(lm, n, grad=False) for n in short))
     with held(model, grad=True):
-        grad_time = min(_timed(lm, lengths[1], grad=True) for _ in range(2))
-        saved = [_peak(lm, n, grad=True)[0] for n in short]
-    overhead, token_s, pair_s = _fit_times(lengths, times)
+        grad_time = _timed(lm, lengths[1], grad=True)
+        saved = [_peak(lm, n, grad=True)[0] for n in (short[0], short[0] * 2)]
+    eager = getattr(getattr(model, "config", None), "_attn_implementation", None) == "eager"
+    overhead, token_s, pair_s = _fit_times(lengths, times, _pair_ratio(lm), free=eager)
+    logit_s = token_s * _head_ratio(lm)
     base_bytes, token_bytes = _fit_line(short, list(mem))
     plain_s = overhead + token_s * short[0] + pair_s * short[0] * (short[0] + 1) / 2
-    saved_base, saved_token = _fit_line(short, saved)
+    saved_token = _fit_line([short[0], short[0] * 2], saved)[1]
     pair_bytes, saved_pair = _pair_bytes(lm)
     return Pace(
         overhead_s=overhead,
         token_s=token_s,
         pair_s=pair_s,
-        logit_s=token_s * _head_ratio(lm),
+        logit_s=logit_s,
         grad_factor=max(1.0, grad_time / max(times[1], 1e-9)),
         base_bytes=base_bytes,
         token_bytes=token_bytes,
         pair_bytes=pair_bytes,
         saved_token_bytes=max(saved_token - token_bytes, 0.0),
         saved_pair_bytes=saved_pair,
-        logit_bytes=facts.vocab_size * 8.0,  # the logits and their float32 softmax
+        logit_bytes=facts.vocab_size * 4.0,
         eager_pair_bytes=2.0 * facts.n_heads * first_itemsize(model),
+        kv_token_bytes=kv_bytes(lm),
+        step_s=max(0.0, step - overhead - token_s - logit_s - lengths[1] * kv_bytes(lm) * COPY_S_PER_BYTE),
         ops=ops[0],
         op_s=max(mode_s[0] - plain_s, 0.0) / max(ops[0], 1),
         n_layers=max(1, facts.n_layers),
@@ -421,15 +439,27 @@ def _head_ratio(lm: LanguageModel) -> float:
     return head / body
 
 
-def _fit_times(lengths: list[int], times: list[float]) -> tuple[float, float, float]:
-    """overhead + b T + c T(T+1)/2 through the three points; b and c kept >= 0."""
+def _pair_ratio(lm: LanguageModel) -> float:
+    """Attention's multiplies per (query, key) pair over the blocks' per token (their weights)."""
+    facts = lm.facts
+    body = max(facts.n_parameters - facts.hidden_size * facts.vocab_size, 1)
+    return 2.0 * facts.n_layers * facts.n_heads * facts.head_dim / body
+
+
+def _fit_times(lengths: list[int], times: list[float], ratio: float, free: bool) -> tuple[float, float, float]:
+    """overhead + b T + c T(T+1)/2 through the three points, with c = `ratio` x b: runs short enough
+    for a calibration hide attention's growth on a fused kernel (a free fit of c swings fivefold
+    between runs). `free`: c fitted too (eager attention, whose score matrices show early)."""
     a = torch.tensor([[1.0, n, n * (n + 1) / 2] for n in lengths], dtype=torch.float64)
     y = torch.tensor(times, dtype=torch.float64)
-    coef = torch.linalg.lstsq(a, y).solution.tolist()
-    if coef[2] < 0 or coef[1] < 0:  # noise: fit overhead and per token alone
-        coef = torch.linalg.lstsq(a[:, :2], y).solution.tolist() + [0.0]
-        coef[1] = max(coef[1], 0.0)
-    return max(coef[0], 0.0), coef[1], coef[2]
+    if free:
+        overhead, b, c = torch.linalg.lstsq(a, y).solution.tolist()
+        if b > 0 and c >= ratio * b:
+            return max(overhead, 0.0), b, c
+    x = a[:, 1:2] + ratio * a[:, 2:3]
+    overhead, b = torch.linalg.lstsq(torch.cat([a[:, :1], x], 1), y).solution.tolist()
+    b = max(b, 0.0)
+    return max(overhead, 0.0), b, ratio * b
 
 
 def _fit_line(lengths: list[int], peaks: list[int]) -> tuple[float, float]:
@@ -475,6 +505,24 @@ def _call(lm: LanguageModel, ids: torch.Tensor, grad: bool) -> None:
     embeds = model.get_input_embeddings()(ids).detach().requires_grad_(True)
     logits = model(inputs_embeds=embeds, **kwargs).logits
     torch.autograd.grad(logits[:, -1].float().logsumexp(-1).sum(), embeds)
+
+
+def _decoding_step(lm: LanguageModel, n: int) -> float:
+    """Seconds of one step of one token against the cache of `n` (0 for a model without a cache)."""
+    if lm.plain or lm.kind != "causal":
+        return 0.0
+    model = lm.model
+    ids = _ids(lm, n)
+    cache = output_cache(model(input_ids=ids, use_cache=True, **_last(model)))
+    start = time.perf_counter()
+    model(input_ids=ids[:, -1:], use_cache=True, **cache_kwargs(model, cache), **_last(model))
+    if ids.device.type == "cuda":
+        torch.cuda.synchronize(ids.device)
+    return time.perf_counter() - start
+
+
+def _last(model: torch.nn.Module) -> dict[str, Any]:
+    return {"logits_to_keep": 1} if takes_logits_to_keep(model) else {}
 
 
 def _timed(lm: LanguageModel, n: int, grad: bool = False) -> float:

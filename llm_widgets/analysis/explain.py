@@ -635,6 +635,7 @@ def _source_vectors(trace: Trace, kept: Kept, name: str, position: int, chain: l
 # (earlier heads x key positions x source positions x head width): benchmarks/bench_estimate.py, 2-core CPU
 EXPLAIN_ELEMENT_S = 12e-9
 SOURCE_ELEMENT_S = 4e-9
+KEPT_COPIES = 7  # the kept forward's residual-stream-sized tensors per block up to the explained one
 
 
 @plans(Trace.explain_attention, explain_attention)
@@ -651,9 +652,10 @@ def plan_explain(trace, layer, head, query, key=None, depth=1, *, stack=None) ->
     heads = layer * chosen.n_heads
     components = heads + layer + 3  # earlier heads and MLPs, the embeddings, biases, edits
     positions = len(keys) + 1
-    elements = components * positions * facts.hidden_size
-    extra = elements * EXPLAIN_ELEMENT_S
-    kept = 2 * elements * 4
+    width = facts.hidden_size * 4
+    extra = components * positions * facts.hidden_size * EXPLAIN_ELEMENT_S
+    # the kept forward's streams at every position, and the components at the positions explained
+    kept = KEPT_COPIES * (layer + 1) * len(trace) * width + 0.85 * components * min(positions, 512) * width
     if depth == 2:
         sources = heads * len(keys) * len(trace) * facts.head_dim
         extra += sources * SOURCE_ELEMENT_S

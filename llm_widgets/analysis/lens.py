@@ -166,6 +166,9 @@ def logit_lens(trace: Trace, k: int, target: Any, positions: Any) -> LogitLens:
     )
 
 
+READ_S_PER_ENTRY = 2e-9  # the softmax, top-k and rank over each position's logits (2-core CPU)
+
+
 @plans(Trace.logit_lens, logit_lens)
 def plan_lens(trace, k=5, target=None, positions=None) -> Plan:
     """The lens's work: the run with every block's output kept at the positions read, then each layer's
@@ -182,7 +185,13 @@ def plan_lens(trace, k=5, target=None, positions=None) -> Plan:
     work = [
         Work("the run, each block's output kept", 1, 1, n),
         Work(
-            "each layer's positions unembedded", facts.n_layers * blocks, min(read, POSITION_BLOCK), 0, kind="unembed"
+            "each layer's positions unembedded",
+            facts.n_layers * blocks,
+            min(read, POSITION_BLOCK),
+            0,
+            kind="unembed",
+            logit_copies=3,
+            extra_s=min(read, POSITION_BLOCK) * facts.vocab_size * READ_S_PER_ENTRY,
         ),
     ]
     return Plan(lm, work, kept_bytes=facts.n_layers * read * facts.hidden_size * first_itemsize(lm.model))

@@ -104,7 +104,8 @@ def _scorer(target_id: int, contrast_id: int | None) -> Callable[[torch.Tensor],
     def score(last_logits: torch.Tensor) -> torch.Tensor:  # [rows, vocab] -> [rows]
         last_logits = last_logits.float()
         if contrast_id is None:
-            return torch.log_softmax(last_logits, dim=-1)[:, target_id]
+            # (a copy: the column alone, not a view that keeps each batch's [rows, vocab] alive to the end)
+            return torch.log_softmax(last_logits, dim=-1)[:, target_id].clone()
         return last_logits[:, target_id] - last_logits[:, contrast_id]
 
     return score
@@ -753,7 +754,16 @@ def patched_work(lm: LanguageModel, length: int, patches: list, budget: int, kee
         key = (len(chunk) + extra, patches[chunk[0]][0])
         counts[key] = counts.get(key, 0) + 1
     return [
-        Work(what, n, rows, length, share=(n_layers - layer) / n_layers, below=layer / n_layers, logits=keep)
+        Work(
+            what,
+            n,
+            rows,
+            length,
+            share=(n_layers - layer) / n_layers,
+            below=layer / n_layers,
+            logits=keep,
+            logit_copies=2,
+        )
         for (rows, layer), n in sorted(counts.items())
     ]
 

@@ -39,7 +39,7 @@ from ..models.structure import modules_of
 from ..trace import Trace, prompt_ids
 from ..trace.edits import validate_edits
 from ..trace.runner import held
-from .cost import Plan, Work, over, plans
+from .cost import Plan, Work, kv_bytes, over, plans
 
 ROOT = "<model>"  # the root module's range name (its children may be called "model")
 COLUMNS = ["module", "depth", "kind", "calls", "total_s", "self_s", "prefill_s", "decode_s", "flops", "peak_bytes"]
@@ -524,6 +524,7 @@ def profile_trace(trace: Trace) -> Profile:
 
 HOOK_S = 4e-6  # one module's pre and post hooks of the clock, per call (the 2-core CPU)
 PROFILER_MODES = 2.0  # torch.profiler with memory events, per op, in dispatch modes' time (bench_estimate)
+PROFILER_S = 1.2  # its start, stop and the Chrome trace written and read back (2-core CPU, bench_estimate)
 
 
 def _run_work(lm: LanguageModel, length: int, new: int, **extra: Any) -> list[Work]:
@@ -547,5 +548,6 @@ def plan_profile(model, prompt, *, max_new_tokens=0, edits=(), repeats=3, flops=
     if flops:
         work += [over(w, what=w.what + ", FLOPs counted") for w in _run_work(model, T, max_new_tokens, modes=1.0)]
     if memory:
-        work += [over(w, what=w.what + ", profiled") for w in _run_work(model, T, max_new_tokens, modes=PROFILER_MODES)]
-    return Plan(model, work)
+        profiled = _run_work(model, T, max_new_tokens, modes=PROFILER_MODES)
+        work += [over(profiled[0], what="the prompt, profiled", extra_s=PROFILER_S), *profiled[1:]]
+    return Plan(model, work, kept_bytes=kv_bytes(model) * (T + max_new_tokens))

@@ -585,7 +585,7 @@ def _prefix_cache(tree: SampleTree, row: int | None, length: int) -> tuple[Any, 
 # Python per answer per step besides the forward (drawing, describing the distribution, the tree),
 # and per vocabulary entry per answer per step (the softmaxes, top-k and sampling over the logits):
 # measured on the 2-core CPU (benchmarks/bench_estimate.py)
-DRAW_S = 60e-6
+DRAW_S = 500e-6
 DRAW_S_PER_ENTRY = 6e-9
 
 
@@ -607,6 +607,8 @@ def plan_sample_tree(
             n,
             1,
             past=T + max_new_tokens // 2,
+            copied=max_new_tokens // 2,  # (the prompt's keys and values are held once, not copied)
+            logit_copies=6,  # the step's logits, processed, their softmaxes and what is drawn from them
             extra_s=per_step,
         ),
     ]

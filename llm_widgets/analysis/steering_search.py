@@ -424,7 +424,7 @@ def plan_search(
     ]
     sizes = {rows: batches.count(rows) for rows in set(batches)}
     work += [
-        Work(f"candidates, {rows} a batch", count, rows, length, share=0.5, below=0.5, logits=keep)
+        Work(f"candidates, {rows} a batch", count, rows, length, share=0.5, below=0.5, logits=keep, logit_copies=3)
         for rows, count in sorted(sizes.items())
     ]
     return Plan(lm, work)

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from .. import checks
-from ..analysis.cost import Plan, Work, plans
+from ..analysis.cost import Plan, Work, kv_bytes, plans
 from ..errors import InputError, WrongTypeError
 from ..models import LanguageModel
 from ..models.plain import input_embedding, logits_of
@@ -421,4 +421,4 @@ def plan_debug(
         work.append(
             Work("one token a step, recorded", max_new_tokens - 1, 1, 1, past=T + max_new_tokens // 2, extra_s=steps)
         )
-    return Plan(model, work)
+    return Plan(model, work, kept_bytes=kv_bytes(model) * (T + max_new_tokens) if max_new_tokens else 0)
