@@ -13,7 +13,6 @@ linear layers and attention at any length; its memory, a part per token and a pa
 
 from __future__ import annotations
 
-import math
 import time
 import weakref
 from collections.abc import Callable
@@ -565,11 +564,3 @@ def kv_bytes(lm: LanguageModel) -> int:
 
 def over(work: Work, **changes: Any) -> Work:
     return replace(work, **changes)
-
-
-def ceil_div(a: int, b: int) -> int:
-    return -(-a // max(b, 1))
-
-
-def log2(n: int) -> int:
-    return max(0, math.ceil(math.log2(max(n, 1))))

@@ -25,7 +25,7 @@ from ..trace import Trace
 from ..trace.capture import RunState, instrument
 from ..trace.runner import held
 from ..trace.trace import decode_each
-from .cost import Plan, Work, ceil_div, first_itemsize, model_of, plans
+from .cost import Plan, Work, first_itemsize, model_of, plans
 from .targets import first_token_id
 
 POSITION_BLOCK = 256  # positions decoded at once: at most POSITION_BLOCK x vocabulary logits
@@ -181,17 +181,11 @@ def plan_lens(trace, k=5, target=None, positions=None) -> Plan:
         else len(checks.integers(positions, "positions", low=-n, high=n - 1))
     )
     facts = lm.facts
-    blocks = ceil_div(read, POSITION_BLOCK)
-    work = [
-        Work("the run, each block's output kept", 1, 1, n),
-        Work(
-            "each layer's positions unembedded",
-            facts.n_layers * blocks,
-            min(read, POSITION_BLOCK),
-            0,
-            kind="unembed",
-            logit_copies=3,
-            extra_s=min(read, POSITION_BLOCK) * facts.vocab_size * READ_S_PER_ENTRY,
-        ),
-    ]
+    full, rest = divmod(read, POSITION_BLOCK)
+    work = [Work("the run, each block's output kept", 1, 1, n)]
+    for count, rows in ((full, POSITION_BLOCK), (1 if rest else 0, rest)):
+        if count:
+            extra = rows * facts.vocab_size * READ_S_PER_ENTRY
+            what = f"each layer's positions unembedded, {rows} at a time"
+            work.append(Work(what, facts.n_layers * count, rows, 0, kind="unembed", logit_copies=2.5, extra_s=extra))
     return Plan(lm, work, kept_bytes=facts.n_layers * read * facts.hidden_size * first_itemsize(lm.model))
