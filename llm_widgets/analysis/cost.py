@@ -87,6 +87,7 @@ class Pace:
     pair_s: float  # per (query, key) pair through every block
     logit_s: float  # per position whose logits are computed
     grad_factor: float  # a forward with a backward to the inputs, over the forward alone
+    attention_grad_factor: float  # the same for attention alone (a fused kernel's backward)
     base_bytes: float  # transient whatever the length (a forward's fixed buffers)
     token_bytes: float  # transient per token, no gradients
     pair_bytes: float
@@ -104,16 +105,20 @@ class Pace:
 
     def seconds(self, w: Work) -> float:
         pairs = w.tokens * (w.past + (w.tokens + 1) / 2)
-        per_row = self.token_s * w.tokens + self.pair_s * pairs
         if w.kind == "attention":  # (whole rows, none skipped as causal attention skips)
             return w.count * (w.rows * self.pair_s * w.tokens * (w.past + w.tokens) * ATTENTION_REDO + w.extra_s)
-        one = (self.overhead_s if w.kind == "forward" else 0.0) + (w.rows * w.share + w.below) * per_row
-        one += w.rows * w.logits * self.logit_s + w.modes * self.ops * self.op_s
+        rows = w.rows * w.share + w.below
+        linear = (self.overhead_s if w.kind == "forward" else 0.0) + rows * self.token_s * w.tokens
+        linear += w.rows * w.logits * self.logit_s + w.modes * self.ops * self.op_s
+        attention = rows * self.pair_s * pairs
         if w.past:  # a step against the cache, which grows by a copy
             copied = w.past + w.tokens if w.copied is None else w.copied
-            one += self.step_s + w.rows * copied * self.kv_token_bytes * COPY_S_PER_BYTE
-        if w.grad:
-            one *= self.grad_factor + (1.0 if w.checkpointed else 0.0)
+            linear += self.step_s + w.rows * copied * self.kv_token_bytes * COPY_S_PER_BYTE
+        if w.grad:  # (a checkpointed backward runs each block's forward again)
+            again = 1.0 if w.checkpointed else 0.0
+            linear *= self.grad_factor + again
+            attention *= self.attention_grad_factor + again
+        one = linear + attention
         return w.count * (one + w.extra_s)
 
     def bytes(self, w: Work) -> float:
@@ -396,7 +401,8 @@ def calibrate(lm: LanguageModel) -> Pace:
         grad_time = _timed(lm, lengths[1], grad=True)
         saved = [_peak(lm, n, grad=True)[0] for n in (short[0], short[0] * 2)]
     eager = getattr(getattr(model, "config", None), "_attn_implementation", None) == "eager"
-    overhead, token_s, pair_s = _fit_times(lengths, times, _pair_ratio(lm), free=eager)
+    attention = (1.0, 3.0) if lm.plain else _attention_pace(lm)
+    overhead, token_s, pair_s = _fit_times(lengths, times, _pair_ratio(lm) * attention[0], free=eager)
     logit_s = token_s * _head_ratio(lm)
     base_bytes, token_bytes = _fit_line(short, list(mem))
     plain_s = overhead + token_s * short[0] + pair_s * short[0] * (short[0] + 1) / 2
@@ -408,6 +414,7 @@ def calibrate(lm: LanguageModel) -> Pace:
         pair_s=pair_s,
         logit_s=logit_s,
         grad_factor=max(1.0, grad_time / max(times[1], 1e-9)),
+        attention_grad_factor=attention[1],
         base_bytes=base_bytes,
         token_bytes=token_bytes,
         pair_bytes=pair_bytes,
@@ -436,6 +443,39 @@ def _head_ratio(lm: LanguageModel) -> float:
     head = facts.hidden_size * facts.vocab_size
     body = max(facts.n_parameters - head, head // 8)  # (the input embedding, counted here, does no multiply)
     return head / body
+
+
+ATTENTION_PROBE = 1024  # query and key positions of the attention kernel timed in calibration
+
+
+def _attention_pace(lm: LanguageModel) -> tuple[float, float]:
+    """How much slower than the blocks' matrix multiplies, per multiply, the attention kernel runs
+    (SDPA, causal, the model's heads at 1,024 positions), and its forward with a backward over its
+    forward: long prompts spend their time there, and short calibration runs hide it."""
+    facts = lm.facts
+    first = next(lm.model.parameters())
+    heads, size, n = facts.n_heads, facts.head_dim, ATTENTION_PROBE
+    g = torch.Generator(device=first.device).manual_seed(0)
+    q, k, v = (torch.randn(1, heads, n, size, generator=g, device=first.device, dtype=first.dtype) for _ in range(3))
+    x = torch.randn(n, facts.hidden_size, generator=g, device=first.device, dtype=first.dtype)
+    w = torch.randn(facts.hidden_size, facts.hidden_size, generator=g, device=first.device, dtype=first.dtype)
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    with torch.no_grad():
+        matmul = min(_clocked(lambda: x @ w, first.device) for _ in range(3)) / (n * facts.hidden_size**2)
+        forward = min(_clocked(lambda: sdpa(q, k, v, is_causal=True), first.device) for _ in range(2))
+    q.requires_grad_(True)
+    with torch.enable_grad():
+        both = _clocked(lambda: sdpa(q, k, v, is_causal=True).sum().backward(), first.device)
+    per_multiply = forward / (heads * size * n * (n + 1))  # (QK and PV, each n(n+1)/2 rows x keys)
+    return max(1.0, per_multiply / matmul), max(2.0, both / forward)
+
+
+def _clocked(run: Callable[[], Any], device: torch.device) -> float:
+    start = time.perf_counter()
+    run()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
 
 
 def _pair_ratio(lm: LanguageModel) -> float:
