@@ -12,6 +12,7 @@ import copy
 import time
 import warnings
 
+import captum.attr  # noqa: F401  (imported here: the first attribution in a process would pay for it)
 import torch
 
 import llm_widgets as lw
@@ -62,8 +63,8 @@ def cases(lm: lw.LanguageModel, other: lw.LanguageModel) -> dict[str, list[tuple
             (f"{n} tokens", tr[n].explain_attention, (20, 3, n - 1, 1), {}) for n in (256, 1024)
         ],
         "explain_attention (row)": [(f"{n} tokens", tr[n].explain_attention, (20, 3, n - 1), {}) for n in (256, 1024)],
-        "search_steering": [
-            (f"budget {b}", lw.search_steering, (lm, words(24), " blue", " red"), {"budget": b, "continuation": 8})
+        "search_steering (a span)": [
+            (f"budget {b}", lw.search_steering, (lm, words(24), " blue", " red"), {"span": (2, 10), "budget": b})
             for b in (32, 96)
         ],
     }

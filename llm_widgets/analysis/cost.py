@@ -6,13 +6,17 @@ are n_steps forwards and backwards; a sample tree decodes n rows a token at a ti
 call registers a planner (`@plans(patch)`) that lists that work without running it, reusing the
 call's own chunking, so the plan is the call's plan. The time and memory of one forward of a
 given shape come from a `Pace`: a short calibration of this model on this machine (forwards at three
-lengths, one backward, the allocator's peak of each, about a second on the 2-core CPU), kept per
-model. A forward costs overhead + tokens x (per token) + query-key pairs x (per pair), which covers the
-linear layers and attention at any length; its memory, a part per token and a part per pair.
+lengths, a decoding step, the attention kernel alone, one backward, and the peak tensor bytes of a
+forward with and without gradients: about 3.5 s for SmolLM2 on the 2-core CPU), kept per model. A
+forward costs a fixed part + tokens x (per token) + query-key pairs x (per pair), which covers the
+linear layers and attention at any length; its memory, a part per token (and per pair where the
+attention is eager), or its logits if they are larger. The constants below that no calibration
+measures were measured against the calls on the 2-core CPU (benchmarks/bench_estimate.py).
 """
 
 from __future__ import annotations
 
+import inspect
 import time
 import weakref
 from collections.abc import Callable
@@ -219,6 +223,13 @@ def estimate(call: Any, *args: Any, **kwargs: Any) -> Estimate:
     qualified = getattr(target, "__qualname__", str(target))
     owner, _, name = qualified.rpartition(".")
     return priced(f"{owner.lower()}.{name}" if owner else f"lw.{name}", plan)
+
+
+def deferred(call: Any, scope: dict[str, Any]) -> Callable[[], Estimate]:
+    """estimate(call, ...) for later, with the call's own arguments read from its `scope` (its
+    locals()): a call refusing its budget names its estimate."""
+    names = inspect.signature(call).parameters
+    return lambda: estimate(call, **{name: scope[name] for name in names})
 
 
 def priced(call: str, plan: Plan) -> Estimate:
@@ -445,12 +456,13 @@ def _head_ratio(lm: LanguageModel) -> float:
     return head / body
 
 
-ATTENTION_PROBE = 1024  # query and key positions of the attention kernel timed in calibration
+ATTENTION_PROBE = 2048  # query and key positions of the attention kernel timed in calibration (its speed per
+# multiply still grows with the length: 1.8e-11 s at 1,024, 1.4e-11 at 2,048, 1.3e-11 at 4,096 on 2 cores)
 
 
 def _attention_pace(lm: LanguageModel) -> tuple[float, float]:
     """How much slower than the blocks' matrix multiplies, per multiply, the attention kernel runs
-    (SDPA, causal, the model's heads at 1,024 positions), and its forward with a backward over its
+    (SDPA, causal, the model's heads at 2,048 positions), and its forward with a backward over its
     forward: long prompts spend their time there, and short calibration runs hide it."""
     facts = lm.facts
     first = next(lm.model.parameters())

@@ -23,7 +23,7 @@ from ..trace import Trace
 from ..trace.run import prompt_ids
 from ..trace.runner import held
 from ..trace.trace import decode_each
-from .cost import Plan, Work, estimate, first_itemsize, over, plans
+from .cost import Plan, Work, deferred, first_itemsize, over, plans
 from .patching import (
     _forward_last,
     _layer_chunks,
@@ -200,15 +200,8 @@ def diverge(
         )
         result.lens_kl = {"a": _lens_kl(a, forced, keep, lb), "b": _lens_kl(b, forced, keep, la, against_final=True)}
         return result
-    settings = {"sites": sites, "blame": blame, "alone": alone, "budget_bytes": budget_bytes}
-    budget = chunk_budget(
-        b,
-        budget_bytes,
-        len(forced),
-        keep,
-        _kept(a, sites, len(forced)),
-        lambda: estimate(diverge, a, b, prompt, max_new_tokens, **settings),
-    )
+    kept = _kept(a, sites, len(forced))
+    budget = chunk_budget(b, budget_bytes, len(forced), keep, kept, deferred(diverge, locals()))
     _layers(result, a, b, forced, sites, la, keep, (blame, alone), budget)
     return result
 

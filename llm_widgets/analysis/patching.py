@@ -38,8 +38,8 @@ from .cost import (
     Plan,
     Work,
     default_budget,
+    deferred,
     describe_bytes,
-    estimate,
     first_itemsize,
     model_of,
     over_budget,
@@ -564,28 +564,20 @@ def patch(
     Effect: (patched - corrupted) / (clean - corrupted) of logit(target) - logit(contrast), or of
     log p(target) without a contrast; with `positions` (a (start, stop) span or a list, and target
     None) of the mean log p of the clean prompt's next token at those positions (a behaviour spread
-    over a sequence). `layers` (a list) and `at` (the positions patched: a span or a list) patch
-    part of the map (the rest is NaN): on a long prompt, the last positions of a few layers. Positions
-    before the prompts' first difference are 0 without a run (nothing differs there yet). Patched
-    runs go as batches within `budget_bytes` (default: 1 GiB, or half of the free memory if less; a
-    prompt too long for it is refused with the estimate, lw.estimate)."""
-    _check_model(model, site)
+    over a sequence). `layers` and `at` (positions: a span or a list) patch part of the map (the
+    rest NaN); positions before the prompts' first difference are 0 without a run. Batches of
+    patched runs stay within `budget_bytes` (default: 1 GiB, or half the free memory if less; a
+    prompt too long for it is refused with its estimate, lw.estimate)."""
+    _check_patch(model, site, per_position, progress)
     lm = model
     clean_ids, corrupted_ids = _paired_ids(lm, clean, corrupted)
-    checks.flag(per_position, "per_position")
-    checks.flag(progress, "progress")
-    if per_position and site != "heads":
-        raise InputError(f"per_position splits heads by position (site='heads'); site {site!r} is per position already")
     notes: list[str] = []
     scoring = _score(lm, target, contrast, positions, clean_ids, notes)
     score, keep = scoring.score, getattr(scoring.score, "keep", 1)
     facts, T = lm.facts, len(clean_ids)
     chosen = _chosen(lm, layers, at, T)
-    settings = dict(site=site, per_position=per_position, positions=positions, layers=layers, at=at)
-    estimated = lambda: estimate(patch, lm, clean, corrupted, target, contrast, budget_bytes=budget_bytes, **settings)  # noqa: E731
-    budget = chunk_budget(lm, budget_bytes, T, keep, kept_bytes(lm, T), estimated)
-    parts = anatomy(lm.model, facts.n_layers)
-    device = input_device(lm.model)
+    budget = chunk_budget(lm, budget_bytes, T, keep, kept_bytes(lm, T), deferred(patch, locals()))
+    parts, device = anatomy(lm.model, facts.n_layers), input_device(lm.model)
     first = _first_difference(clean_ids, corrupted_ids)
     clean_ids, corrupted_ids = clean_ids[None].to(device), corrupted_ids[None].to(device)
     with held(lm.model):
@@ -610,6 +602,14 @@ def patch(
         axes=("layer", "head") if site == "heads" else ("layer", "position"),
         model_name=lm.name,
     )
+
+
+def _check_patch(model: Any, site: str, per_position: Any, progress: Any) -> None:
+    _check_model(model, site)
+    checks.flag(per_position, "per_position")
+    checks.flag(progress, "progress")
+    if per_position and site != "heads":
+        raise InputError(f"per_position splits heads by position (site='heads'); site {site!r} is per position already")
 
 
 def _chosen(lm: LanguageModel, layers: Any, at: Any, length: int) -> tuple[list[int] | None, list[int] | None]:
@@ -706,19 +706,12 @@ def ablation_sweep(
     scoring = _score(lm, target, contrast, positions, prompt, notes)
     score = scoring.score
     facts = lm.facts
-    settings = {"method": method, "layers": layers, "positions": positions, "budget_bytes": budget_bytes}
-    budget = chunk_budget(
-        lm,
-        budget_bytes,
-        len(prompt),
-        getattr(score, "keep", 1),
-        0,
-        lambda: estimate(ablation_sweep, trace, target, contrast, **settings),
-    )
+    keep = getattr(score, "keep", 1)
+    budget = chunk_budget(lm, budget_bytes, len(prompt), keep, 0, deferred(ablation_sweep, locals()))
     device = input_device(lm.model)
     ids = prompt[None].to(device)
     with held(lm.model):
-        base = float(score(_forward_last(lm.model, ids, getattr(score, "keep", 1))))
+        base = float(score(_forward_last(lm.model, ids, keep)))
         heads = [(l, h, None) for l in range(facts.n_layers) for h in range(facts.n_heads)]
         head_scores, change, _ = _run_all(
             lm, ids, "heads", heads, None, score, budget, progress, "ablating heads", mode=method

@@ -75,4 +75,4 @@ def checkpointed(blocks: Iterable[torch.nn.Module]) -> Iterator[None]:
             if own is _MISSING:
                 del block.forward
             else:
-                block.forward = own
+                block.__dict__["forward"] = own
