@@ -10,7 +10,6 @@ import warnings
 
 import pytest
 import torch
-import transformers
 from torch.profiler import ProfilerActivity, profile
 
 import llm_widgets as lw
@@ -18,21 +17,12 @@ from llm_widgets.analysis.cost import peak_allocated
 from llm_widgets.analysis.profile import allocation_levels
 from llm_widgets.models.modes import checkpointed
 
-from .test_trace_architectures import VOCAB, ToyTokenizer
+from .test_trace_architectures import ToyTokenizer, build
 
 
 @pytest.fixture(scope="module")
 def llama() -> lw.LanguageModel:
-    config = transformers.LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=64,
-        intermediate_size=96,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-    )
-    torch.manual_seed(0)
-    return lw.LanguageModel(transformers.AutoModelForCausalLM.from_config(config).eval(), ToyTokenizer(), name="llama")
+    return build("llama")
 
 
 def forwards(lm: lw.LanguageModel, call, *args, **kwargs) -> int:
@@ -59,7 +49,7 @@ def test_each_plan_makes_the_forwards_its_call_makes(llama):
     tr = llama.trace(ids, max_new_tokens=1)
     other = copy.deepcopy(llama.model)
     with torch.no_grad():
-        other.model.layers[1].mlp.down_proj.weight.mul_(1.5)
+        other.model.layers[0].mlp.down_proj.weight.mul_(1.5)
     b = lw.LanguageModel(other, ToyTokenizer(), name="other")
     calls = [
         (lw.patch, (llama, ids, list(range(4, 16)), 7), {"progress": False}),
@@ -76,8 +66,8 @@ def test_each_plan_makes_the_forwards_its_call_makes(llama):
         (lw.search_steering, (llama, ids, 7, 9), {"span": (2, 5), "budget": 40, "batch_size": 8, "continuation": 4}),
         (lw.debug, (llama, ids), {"max_new_tokens": 3}),
         (lw.debug, (llama, ids), {"backward": 7}),
-        (tr.explain_attention, (2, 1, 11), {}),
-        (tr.explain_attention, (2, 1, 11, 4), {"depth": 2}),
+        (tr.explain_attention, (1, 1, 11), {}),
+        (tr.explain_attention, (1, 1, 11, 4), {"depth": 2}),
     ]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
