@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
@@ -130,8 +130,7 @@ def attribute(trace: Trace, target, contrast, method, step, n_steps, baseline, b
     model = lm.model
     blocks = anatomy(model, lm.facts.n_layers).blocks if fit.checkpointed else ()
     # parameters left as they are (requires_grad, .grad): gradients are taken of the inputs alone
-    bar = _bar(model, method, fit, len(ids)) if progress else contextlib.nullcontext()
-    with held(model, grad=True), checkpointed(blocks), bar:
+    with held(model, grad=True), checkpointed(blocks), _bar(method, fit, len(ids), progress) as count:
         embed = input_embedding(model, len(lm.tokenizer)) if lm.plain else model.get_input_embeddings()
         embeds = embed(ids[None].to(input_device(model))).detach()
         reference = _baseline(lm, embed, ids, embeds, baseline)
@@ -141,7 +140,7 @@ def attribute(trace: Trace, target, contrast, method, step, n_steps, baseline, b
         if method == "attention_x_grad":
             scores, head_importance, logits = _attention_x_grad(lm, ids, embeds, score_of, decoder_ids)
         else:
-            scores, delta, logits = _captum(lm, ids, embeds, score_of, method, fit, reference, decoder_ids)
+            scores, delta, logits = _captum(lm, ids, embeds, score_of, method, fit, reference, decoder_ids, count)
     probs = torch.softmax((logits if classifier else logits[at]).float(), dim=-1)
     name = (lambda i: lm.labels[i]) if lm.labels else (lambda i: lm.tokenizer.decode([i]))
     return Attribution(
@@ -259,7 +258,7 @@ def _baseline(lm: LanguageModel, embed, ids, embeds, name: str) -> torch.Tensor:
     return embed(torch.full_like(ids[None], token).to(embeds.device)).detach().to(embeds.dtype)
 
 
-def _captum(lm: LanguageModel, ids, embeds, score_of, method: str, fit: Fit, reference: torch.Tensor, decoder_ids=None):
+def _captum(lm: LanguageModel, ids, embeds, score_of, method: str, fit: Fit, reference, decoder_ids=None, count=None):
     from captum.attr import InputXGradient, IntegratedGradients, Occlusion
 
     seen: dict[str, torch.Tensor] = {}
@@ -267,6 +266,8 @@ def _captum(lm: LanguageModel, ids, embeds, score_of, method: str, fit: Fit, ref
     model_dtype = embeds.dtype
 
     def forward(x):  # (captum's arithmetic in float32 on the CPU; the model gets its own dtype)
+        if count is not None:
+            count(len(x))
         logits = _forward(lm, x.to(model_dtype), ids, decoder_ids).logits
         if len(x) == 1 and "logits" not in seen and torch.equal(x.detach(), embeds):  # the input itself: keep
             seen["logits"] = logits[0].detach()
@@ -387,31 +388,25 @@ def _fitting(lm: LanguageModel, method: str, length: int, n_steps: int, budget_b
 
 
 @contextlib.contextmanager
-def _bar(model: torch.nn.Module, method: str, fit: Fit, length: int) -> Iterator[None]:
+def _bar(method: str, fit: Fit, length: int, enabled: bool) -> Iterator[Callable[[int], None]]:
     """A progress bar over the inputs the model is run on (integrated gradients' steps, occlusion's
-    tokens), counted at each forward."""
+    tokens): the context gives the function that counts them, called by the forward Captum runs (a
+    hook on the model would meet other threads' forwards waiting at its gate)."""
     total = fit.n_steps if method == "integrated_gradients" else length if method == "occlusion" else 0
-    if total < 2:
-        yield
+    if not enabled or total < 2:
+        yield lambda _rows: None
         return
     from tqdm.auto import tqdm
 
     what = "integrated gradients" if method == "integrated_gradients" else "occluding tokens"
     with tqdm(total=total, desc=what, unit="input") as bar:
 
-        def count(_module, args, kwargs) -> None:
-            bar.update(min(_rows(args, kwargs), total - bar.n))
+        def count(rows: int) -> None:
+            bar.update(
+                min(rows, total - bar.n)
+            )  # (Captum's last forwards, completeness and the logits: past the total)
 
-        handle = model.register_forward_pre_hook(count, with_kwargs=True)
-        try:
-            yield
-        finally:
-            handle.remove()
-
-
-def _rows(args: tuple, kwargs: dict) -> int:
-    first = kwargs.get("inputs_embeds", kwargs.get("input_ids", args[0] if args else None))
-    return len(first) if isinstance(first, torch.Tensor) else 1
+        yield count
 
 
 def _halvings(n: int) -> list[int]:
