@@ -483,6 +483,9 @@ def _attention_pace(lm: LanguageModel) -> tuple[float, float]:
 
 
 def _clocked(run: Callable[[], Any], device: torch.device) -> float:
+    """Seconds of run(), the GPU's queue drained before and after."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     start = time.perf_counter()
     run()
     if device.type == "cuda":
@@ -548,8 +551,8 @@ def _call(lm: LanguageModel, ids: torch.Tensor, grad: bool) -> None:
     kwargs: dict[str, Any] = {"use_cache": False}
     if lm.kind == "seq2seq":
         kwargs["decoder_input_ids"] = ids[:, :1]
-    elif takes_logits_to_keep(model):
-        kwargs["logits_to_keep"] = 1
+    else:
+        kwargs.update(_last(model))
     if not grad:
         model(input_ids=ids, **kwargs)
         return
@@ -565,11 +568,9 @@ def _decoding_step(lm: LanguageModel, n: int) -> float:
     model = lm.model
     ids = _ids(lm, n)
     cache = output_cache(model(input_ids=ids, use_cache=True, **_last(model)))
-    start = time.perf_counter()
-    model(input_ids=ids[:, -1:], use_cache=True, **cache_kwargs(model, cache), **_last(model))
-    if ids.device.type == "cuda":
-        torch.cuda.synchronize(ids.device)
-    return time.perf_counter() - start
+    return _clocked(
+        lambda: model(input_ids=ids[:, -1:], use_cache=True, **cache_kwargs(model, cache), **_last(model)), ids.device
+    )
 
 
 def _last(model: torch.nn.Module) -> dict[str, Any]:
@@ -578,14 +579,7 @@ def _last(model: torch.nn.Module) -> dict[str, Any]:
 
 def _timed(lm: LanguageModel, n: int, grad: bool = False) -> float:
     ids = _ids(lm, n)
-    device = ids.device
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    _call(lm, ids, grad)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - start
+    return _clocked(lambda: _call(lm, ids, grad), ids.device)
 
 
 def _peak(lm: LanguageModel, n: int, grad: bool) -> tuple[int, int, float]:

@@ -366,7 +366,6 @@ def plan_diverge(a, b, prompt, max_new_tokens=8, *, sites=SITES, blame=True, alo
     return Plan(a, work, kept_bytes=_kept(a, sites, forced))
 
 
-def _kept(a: LanguageModel, sites: Any, length: int) -> int:
+def _kept(a: LanguageModel, sites: tuple[str, ...], length: int) -> int:
     """Both models' outputs at every site and layer."""
-    sites = (sites,) if isinstance(sites, str) else tuple(sites)
     return 2 * len(sites) * a.facts.n_layers * length * a.facts.hidden_size * first_itemsize(a.model)
