@@ -379,3 +379,16 @@ def test_what_the_module_tree_holds_is_worked_out_once_per_model(monkeypatch):
     assert lm.facts.dtype == "float16"
     lm.model.float()
     assert lm.facts.dtype == "float32" and lm.trace("one two").tokens == ["one", " two"]
+
+
+def test_a_forward_that_slices_its_layers_keeps_the_facts(monkeypatch, smollm2):
+    """Llama's forward slices its ModuleList of layers, which registers every layer on a new list
+    each run: registrations outside a kept tree leave its facts as they were."""
+    from llm_widgets.models import structure
+
+    smollm2.trace("one two", max_new_tokens=2)
+    worked_out = sum(structure.walks.values())
+    walks = _full_walks(monkeypatch, smollm2.model)
+    for _ in range(5):
+        smollm2.trace("one two", max_new_tokens=2)
+    assert walks[0] == 0 and sum(structure.walks.values()) == worked_out

@@ -5,8 +5,10 @@ walk, more when each module is looked at), and a traced run used to walk it a do
 attention modules, its facts, where its weights are, its modes. Such facts are now kept per model
 and worked out again only when the tree may have changed. Torch calls a global hook whenever any
 module registers a submodule, a parameter or a buffer (peft's adapters, a quantiser's replaced
-layers, a resized embedding, weights loaded with `assign=True` all do), and a moved or cast model
-(`model.to`, `.half()`, `to_empty`) changes its first weight's device or dtype: both are in the key.
+layers, a resized embedding, weights loaded with `assign=True` all do); those made on a module of
+a tree whose facts are kept count, others not (Llama's forward slices its ModuleList of layers,
+which registers them all on a new list, every run). A moved or cast model (`model.to`, `.half()`,
+`to_empty`) changes its first weight's device or dtype: both are in the key.
 """
 
 from __future__ import annotations
@@ -21,11 +23,13 @@ from torch.nn.modules import module as torch_module
 
 T = TypeVar("T")
 
-_tree = [0]  # how many registrations torch has made anywhere since import: any change to any tree moves it
+_tree = [0]  # registrations on kept trees' modules since import: a change to any of them moves it
+_watched: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()  # the modules of every tree with kept facts
 
 
-def _registered(*_args) -> None:
-    _tree[0] += 1  # (a hook returning None keeps what was registered)
+def _registered(module: torch.nn.Module, *_args) -> None:
+    if module in _watched:
+        _tree[0] += 1  # (a hook returning None keeps what was registered)
 
 
 torch_module.register_module_module_registration_hook(_registered)
@@ -33,21 +37,26 @@ torch_module.register_module_parameter_registration_hook(_registered)
 torch_module.register_module_buffer_registration_hook(_registered)
 
 _kept: weakref.WeakKeyDictionary[torch.nn.Module, dict] = weakref.WeakKeyDictionary()
+_TREE = object()  # a kept model's (registrations counted, first weight): no fact has this name
 walks: collections.Counter[Hashable] = collections.Counter()  # facts worked out, by name (tests count them)
 
 
 def remembered(model: torch.nn.Module, what: Hashable, compute: Callable[[torch.nn.Module], T]) -> T:
     """compute(model), worked out again only when the model's tree or weights' placement may have
     changed since it last was (see the module's docstring)."""
-    first = next(model.parameters(), None)
-    key = (
-        _tree[0],
-        None if first is None else (first.device, first.dtype),
-        id(getattr(model, "hf_device_map", None)),  # (accelerate's dispatch sets it)
-    )
     facts = _kept.get(model)
     if facts is None:
         facts = _kept.setdefault(model, {})
+    tree = facts.get(_TREE)
+    if tree is None or tree[0] != _tree[0]:  # (its first weight, found once per state of the trees)
+        _watched.update(model.modules())
+        tree = facts[_TREE] = (_tree[0], next(model.parameters(), None))
+    first = tree[1]
+    key = (
+        tree[0],
+        None if first is None else (first.device, first.dtype),
+        id(getattr(model, "hf_device_map", None)),  # (accelerate's dispatch sets it)
+    )
     found = facts.get(what)
     if found is not None and found[0] == key:
         return found[1]
