@@ -135,6 +135,30 @@ def test_recomputed_attention_equals_eager(arch, lm):
     torch.testing.assert_close(tr.attention(1, 2, queries=(5, 9), keys=(2, 7)), tr.attention(1, 2)[5:9, 2:7])
 
 
+def _max_pooled(full: torch.Tensor, size: int) -> torch.Tensor:
+    rows, cols = (torch.linspace(0, n, min(n, size) + 1).round().long().tolist() for n in full.shape)
+    return torch.tensor([[full[a:b, c:d].max().item() for c, d in zip(cols, cols[1:])] for a, b in zip(rows, rows[1:])])
+
+
+@pytest.mark.parametrize("budget", [None, 3 * 14], ids=["one block", "blocks of 3 rows"])
+def test_pooled_maps_are_the_max_of_the_attention(arch, lm, budget, monkeypatch):
+    """Overview and grid normalise whole rows in one pass (keys first, pooled as log-probabilities,
+    a causal block's keys cut at its last row); a span of keys goes tile by tile: both are the
+    max-pool of the attention, edits, sliding windows and soft caps included."""
+    from llm_widgets.trace import attention
+
+    if budget is not None:
+        monkeypatch.setattr(attention, "_budget", lambda device: budget * lm.facts.n_heads)
+    tr = lm.trace(PROMPT, edits=[lw.ScaleAttention(4.0, keys=(2, 6), layers=[1], heads=[2])])
+    grid = tr.attention_grid(size=5).view(tr.n_layers, tr.n_heads, 5, 5)
+    for layer, head in [(0, 0), (1, 2), (1, 3)]:
+        full = tr.attention(layer, head)
+        torch.testing.assert_close(tr.attention_overview(layer, head, size=5), _max_pooled(full, 5))
+        torch.testing.assert_close(grid[layer, head], _max_pooled(full, 5))
+        span = tr.attention_overview(layer, head, size=4, keys=(3, 14))  # not whole rows: tile by tile
+        torch.testing.assert_close(span, _max_pooled(full[:, 3:], 4))
+
+
 def test_edits_match_with_and_without_cache(arch, lm):
     if arch in MASKED:
         pytest.skip("masked models do not generate")

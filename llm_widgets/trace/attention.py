@@ -4,7 +4,9 @@ A layer keeps its post-rotary queries [heads, n, d] and keys [kv_heads, n, d],
 not probabilities. An `AttentionStack` computes the probabilities of the heads
 and tile asked for, normalising each row over all its keys blockwise, so no
 n x n matrix of a whole layer (or even a head) is held unless a caller asks for
-exactly that tile.
+exactly that tile. Pooled maps (a head's overview, the grid of every head) take
+whole rows at once where they fit: scores once, softmax and max-pool in the
+same pass, where a tile needs its rows' normalisers first.
 
 A decoder-only or encoder-only model has one stack, "self". An encoder-decoder
 has three over the trace's one sequence (the source tokens, then the decoder's):
@@ -15,6 +17,7 @@ queries and keys are spans of it.
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -137,12 +140,26 @@ def _bias(chunks: list[tuple[int, int, torch.Tensor]], n_queries: int, n_keys: i
     return whole
 
 
-def pooling_bins(n: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Split n positions into min(n, size) near-equal bins: (edges [bins + 1], bin of each position).
+def pooling_bins(n: int, size: int) -> torch.Tensor:
+    """Edges [bins + 1] that split n positions into min(n, size) near-equal bins.
     The front end's binRange (js/lib/heatmap.ts) splits the same way."""
-    bins = min(n, size)
-    edges = torch.linspace(0, n, bins + 1).round().long()
-    return edges, torch.bucketize(torch.arange(n), edges[1:], right=True)
+    return torch.linspace(0, n, min(n, size) + 1).round().long()
+
+
+def _pool_into(target: torch.Tensor, x: torch.Tensor, edges: torch.Tensor, first: int, dim: int) -> None:
+    """Max-pool x, which holds positions first, first + 1, ... along `dim`, into the bins of
+    `target` between `edges` (bins x only partly covers keep the larger of theirs and x's).
+    Each bin's positions are gathered, the last repeated up to the widest bin's width (a repeat
+    leaves a max as it is): one gather and one max, where a scatter would visit every element."""
+    n = x.shape[dim]
+    bounds = edges.tolist()
+    b0, b1 = bisect.bisect_right(bounds, first) - 1, bisect.bisect_left(bounds, first + n)
+    local = (edges[b0 : b1 + 1] - first).clamp(0, n)
+    width = int((local[1:] - local[:-1]).max())
+    gather = (local[:-1, None] + torch.arange(width)).minimum(local[1:, None] - 1).flatten()
+    pooled = x.index_select(dim, gather.to(x.device)).unflatten(dim, (b1 - b0, width)).amax(dim + 1)
+    part = target.narrow(dim, b0, b1 - b0)
+    torch.maximum(part, pooled, out=part)
 
 
 def stack_spans(n_source: int, length: int) -> dict[str, tuple[tuple[int, int], tuple[int, int]]]:
@@ -288,7 +305,7 @@ class AttentionStack:
         q0, q1 = self.queries
         n = q1 - q0
         exact = n <= EXACT_GRID
-        rows = torch.arange(q0, q1) if exact else q0 + pooling_bins(n, size)[0][1:] - 1
+        rows = torch.arange(q0, q1) if exact else q0 + pooling_bins(n, size)[1:] - 1
         bins = min(len(rows), size) if exact else len(rows)
         n_keys = self.keys[1] - self.keys[0]
         blank = torch.zeros(self.n_heads, bins, min(n_keys, size))  # a layer without attention (a hybrid's)
@@ -308,26 +325,59 @@ class AttentionStack:
         else each row is its own bin."""
         k0, k1 = keys
         dev = self._device(layer)
-        k_edges, k_bin = pooling_bins(k1 - k0, size)
-        k_bins = len(k_edges) - 1
-        if exact_rows:
-            q_edges, q_bin = pooling_bins(len(q_pos), size)
-            q_bins = len(q_edges) - 1
-        else:
-            q_bins, q_bin = len(q_pos), torch.arange(len(q_pos))
-        k_bin, q_bin = k_bin.to(dev), q_bin.to(dev)
-        out = torch.zeros(len(heads), q_bins, k_bins, device=dev)
-        q_block, k_block = _blocks(_budget(dev) // len(heads), len(q_pos), k1 - k0)
+        k_edges = pooling_bins(k1 - k0, size)
+        q_edges = pooling_bins(len(q_pos), size) if exact_rows else torch.arange(len(q_pos) + 1)
+        out = torch.zeros(len(heads), len(q_edges) - 1, len(k_edges) - 1, device=dev)
+        budget = _budget(dev) // len(heads)
+        whole = self._whole_rows(layer, keys, budget)
+        q_block = whole or _blocks(budget, len(q_pos), k1 - k0)[0]
         for qs in range(0, len(q_pos), q_block):
             rows_pos = q_pos[qs : qs + q_block]
-            rows = torch.zeros(len(heads), len(rows_pos), k_bins, device=dev)
-            for ks in range(k0, k1, k_block):
-                k_pos = torch.arange(ks, min(k1, ks + k_block))
-                probs = self._probs(layer, heads, rows_pos, k_pos)
-                rows.scatter_reduce_(2, k_bin[ks - k0 : ks - k0 + len(k_pos)].expand_as(probs), probs, reduce="amax")
-            index = q_bin[qs : qs + len(rows_pos)][None, :, None].expand_as(rows)
-            out.scatter_reduce_(1, index, rows, reduce="amax")
+            if whole:
+                rows = self._pooled_whole_rows(layer, heads, rows_pos, k_edges)
+            else:
+                rows = self._pooled_tiles(layer, heads, rows_pos, keys, k_edges, budget)
+            _pool_into(out, rows, q_edges, qs, dim=1)
         return out
+
+    def _whole_rows(self, layer: int, keys: tuple[int, int], budget: int) -> int:
+        """Rows per block if whole rows fit the budget and are normalised in the same pass
+        (all the stack's keys, no sink sharing the softmax, captured queries and keys); else 0."""
+        if self._eager is not None or keys != self.keys or self.layer(layer).sinks is not None:
+            return 0
+        return budget // (keys[1] - keys[0])
+
+    def _pooled_whole_rows(
+        self, layer: int, heads: list[int], rows_pos: torch.Tensor, k_edges: torch.Tensor
+    ) -> torch.Tensor:
+        """[heads, rows, key bins] for rows whose every key is in one block: the scores computed
+        once, keys first in memory so that pooling a bin gathers contiguous rows; the max is taken on
+        log-probabilities (exp is monotonic) and only the pooled cells are exponentiated. A causal
+        layer's keys stop at the block's last row: the bins after it stay 0."""
+        k0, k1 = self.keys
+        stop = min(k1, int(rows_pos.max()) + 1) if self.layer(layer).is_causal else k1
+        scores = self._scores(layer, heads, rows_pos, torch.arange(k0, stop), keys_first=True)
+        pooled = torch.full((len(heads), len(k_edges) - 1, len(rows_pos)), float("-inf"), device=scores.device)
+        _pool_into(pooled, torch.log_softmax(scores, dim=1), k_edges, 0, dim=1)
+        return pooled.exp_().transpose(1, 2)
+
+    def _pooled_tiles(
+        self,
+        layer: int,
+        heads: list[int],
+        rows_pos: torch.Tensor,
+        keys: tuple[int, int],
+        k_edges: torch.Tensor,
+        budget: int,
+    ) -> torch.Tensor:
+        """[heads, rows, key bins] blockwise over keys, rows normalised by their kept logsumexp."""
+        k0, k1 = keys
+        k_block = _blocks(budget, len(rows_pos), k1 - k0)[1]
+        rows = torch.zeros(len(heads), len(rows_pos), len(k_edges) - 1, device=self._device(layer))
+        for ks in range(k0, k1, k_block):
+            k_pos = torch.arange(ks, min(k1, ks + k_block))
+            _pool_into(rows, self._probs(layer, heads, rows_pos, k_pos), k_edges, ks - k0, dim=2)
+        return rows
 
     def _device(self, layer: int) -> torch.device:
         return self._eager[layer].device if self._eager is not None else self.layer(layer).queries.device
@@ -340,8 +390,11 @@ class AttentionStack:
         lse = self._row_logsumexp(layer, heads, q_pos)  # kept per row: cheap on the next tile
         return torch.exp(self._scores(layer, heads, q_pos, k_pos) - lse[:, :, None])
 
-    def _scores(self, layer: int, heads: list[int], q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
-        """Masked, edited scores [heads, nq, nk] in float32, exactly as the run's softmax saw them."""
+    def _scores(
+        self, layer: int, heads: list[int], q_pos: torch.Tensor, k_pos: torch.Tensor, keys_first: bool = False
+    ) -> torch.Tensor:
+        """Masked, edited scores [heads, nq, nk] in float32, exactly as the run's softmax saw them
+        ([heads, nk, nq] when keys_first)."""
         data = self.layer(layer)
         # query heads per key/value head, from what the layer produced: configs can disagree with the
         # tensors (Falcon's multi_query beside num_kv_heads, GPTBigCode's multi_query)
@@ -351,16 +404,26 @@ class AttentionStack:
         q_at, k_at = q_pos - self.queries[0], k_pos - self.keys[0]  # where the stack's tensors hold them
         q = _rows(data.queries, heads, q_at).float()
         k = _rows(data.keys, [h // group for h in heads], k_at).float()
-        scores = (q @ k.transpose(1, 2)) * data.scaling
-        if data.bias is not None:
-            scores = scores + data.bias[heads][:, q_at][:, :, k_at].to(dev)
-        if data.softcap:
+        left, right = (k, q) if keys_first else (q, k)
+
+        def oriented(t: torch.Tensor) -> torch.Tensor:  # a [.., nq, nk] term laid onto the scores
+            return t.transpose(-1, -2) if keys_first else t
+
+        bias = None if data.bias is None else data.bias[heads][:, q_at][:, :, k_at].to(dev)
+        edit = self._edit_bias(layer, heads, q_pos, k_pos)
+        masked = ~allowed_mask(q_pos, k_pos, data.is_causal, data.sliding_window)
+        if data.softcap:  # the cap bends the scaled (and position-biased) scores before the edits
+            scores = (left @ right.transpose(1, 2)) * data.scaling
+            scores = scores if bias is None else scores + oriented(bias)
             scores = torch.tanh(scores / data.softcap) * data.softcap
-        allowed = allowed_mask(q_pos, k_pos, data.is_causal, data.sliding_window)
-        bias = self._edit_bias(layer, heads, q_pos, k_pos)
-        if bias is not None:
-            scores = scores + bias
-        return scores.masked_fill(~allowed, float("-inf"))
+            scores = scores if edit is None else scores + oriented(edit)
+            return scores.masked_fill_(oriented(masked), float("-inf"))
+        # otherwise every term adds: scaling, biases and the mask in the matmul's one pass
+        added = torch.zeros(masked.shape, device=dev).masked_fill_(masked, float("-inf"))
+        for term in (bias, edit):
+            added = added if term is None else added + term
+        added = oriented(added).contiguous().expand(len(heads), left.shape[1], right.shape[1])
+        return torch.baddbmm(added, left, right.transpose(1, 2), alpha=data.scaling)
 
     def _head_edits(self, layer: int, head: int) -> tuple[ScaleAttention, ...]:
         """This head's ScaleAttention edits on this layer, as single-head edits."""
@@ -424,7 +487,11 @@ class AttentionStack:
 
 
 def _rows(t: torch.Tensor, heads: list[int], pos: torch.Tensor) -> torch.Tensor:
-    """t[heads][:, pos] for t [H, T, d], gathering positions before heads: no copy of all T."""
+    """t[heads][:, pos] for t [H, T, d], gathering positions before heads: no copy of all T;
+    a view when the positions are a run and the heads all of t's."""
+    if len(pos) > 1 and int(pos[-1] - pos[0]) == len(pos) - 1 and bool((pos.diff() == 1).all()):
+        t = t[:, int(pos[0]) : int(pos[-1]) + 1]
+        return t if heads == list(range(t.shape[0])) else t[heads]
     if len(heads) == 1:
         return t[heads[0], pos][None]
     return t[:, pos][heads]
