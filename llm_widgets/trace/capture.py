@@ -187,7 +187,7 @@ class RunState:
             self._capture(captured, module, query, key, kwargs, q_start, k_start, q_len, stack == "cross")
             captured.is_causal = bool(is_causal)
         edits = self.edits_at(place)
-        heads = self.edited_heads(place) if self.inner == "sdpa" else None
+        heads = self.edited_heads(place) if edits and self.inner == "sdpa" else None
         if edits:
             q_off, k_off = self.offsets[stack]
 
@@ -370,18 +370,15 @@ class RunState:
             )
         r0, r1 = rows
         dtype, device = query.dtype, query.device
-        q_pos = torch.arange(q_start + r0, q_start + r1, device=device)
-        k_pos = torch.arange(k_start, k_start + kv_len, device=device)
-        if mask is None:  # plain causal (or bidirectional): SDPA's flag, spelt out
-            mask = torch.where(allowed_mask(q_pos, k_pos, is_causal, sliding_window), 0.0, torch.finfo(dtype).min).to(
-                dtype
-            )[None, None]
-        else:
-            mask = mask[:, :, r0:r1] if mask.shape[2] > 1 else mask
-            if mask.dtype == torch.bool:
-                mask = torch.where(mask, 0.0, torch.finfo(dtype).min).to(dtype)
+
+        def positions() -> tuple[torch.Tensor, torch.Tensor]:  # (made only where needed: not in a decoding step)
+            return (
+                torch.arange(q_start + r0, q_start + r1, device=device),
+                torch.arange(k_start, k_start + kv_len, device=device),
+            )
+
         if any(edit.queries is not None for edit in edits):
-            bias = edit_bias(edits, query.shape[1], q_pos, k_pos)
+            bias = edit_bias(edits, query.shape[1], *positions())
         else:  # keys only (the usual case): one bias row per layer for the whole run, sliced per call
             if place not in self.key_bias:
                 everywhere = torch.arange(self.length, device=device)
@@ -389,11 +386,22 @@ class RunState:
             bias = self.key_bias[place][:, :, k_start : k_start + kv_len]
         if q_heads is not None and bias.shape[0] > 1:
             bias = bias[q_heads]
-        if any(edit.factor == 0 for edit in edits):  # only then does it matter which keys a row may see
+        if mask is None and _sees_every_key(q_start + r0, r1 - r0, k_start, kv_len, is_causal, sliding_window):
+            allowed = None  # the model's own mask would be all zeros (a decoding step's usual case)
+        elif mask is None:  # plain causal (or bidirectional): SDPA's flag, spelt out
+            allowed = allowed_mask(*positions(), is_causal, sliding_window)
+            mask = torch.where(allowed, 0.0, torch.finfo(dtype).min).to(dtype)[None, None]
+        else:
+            mask = mask[:, :, r0:r1] if mask.shape[2] > 1 else mask
+            if mask.dtype == torch.bool:
+                mask = torch.where(mask, 0.0, torch.finfo(dtype).min).to(dtype)
             allowed = mask[0, 0] > torch.finfo(mask.dtype).min / 2
+        if any(edit.factor == 0 for edit in edits):  # only then does it matter which keys a row may see
+            allowed = torch.ones(1, kv_len, dtype=torch.bool, device=device) if allowed is None else allowed
             bias, spared = spare_fully_masked(bias, allowed.expand(r1 - r0, -1))
             self.fully_masked_rows |= spared
-        return mask + bias.to(dtype)[None]
+        bias = bias.to(dtype)[None]
+        return bias if mask is None else mask + bias
 
     def _ablate(self, place: Place, out: torch.Tensor, start: int) -> torch.Tensor:
         """The heads' outputs [batch, q, heads, head_dim] of queries from position `start` on, the
@@ -407,6 +415,18 @@ class RunState:
                 mean = self.head_means.setdefault((place, edit.head), out[:, :, edit.head].mean(dim=1, keepdim=True))
                 out[:, rows, edit.head] = mean.expand_as(out[:, rows, edit.head])
         return out
+
+
+def _sees_every_key(
+    q_first: int, q_len: int, k_first: int, kv_len: int, is_causal: bool, sliding_window: int | None
+) -> bool:
+    """Whether a single query sees all the call's keys (no key after it, none out of its window):
+    its mask is all zeros, nothing to build."""
+    if q_len != 1:
+        return False
+    return (not is_causal or k_first + kv_len - 1 <= q_first) and (
+        not sliding_window or k_first > q_first - sliding_window
+    )
 
 
 def _rows_in(spans, start: int, n: int) -> torch.Tensor:
