@@ -13,6 +13,12 @@ to 32k) --dtype bfloat16 --lengths 4096 16384 32768. Eager (b) is skipped where
 its T x T weights of every layer would not fit.
 
     .venv/bin/python benchmarks/bench_trace.py [--repeats 3] [--lengths 256 1024] [--new-tokens 20]
+
+The fixed cost on its own (a trace minus the model's forward at 8 tokens; target < 1 ms), and the
+Python per layer per decoding step:
+
+    .venv/bin/python benchmarks/bench_trace.py --models tiny-gpt2 smollm2-135m --fixed 300
+    .venv/bin/python benchmarks/bench_trace.py --models tiny-gpt2 --decoding --repeats 15 --new-tokens 40
 """
 
 from __future__ import annotations
@@ -294,7 +300,67 @@ def bench(lm: lw.LanguageModel, length: int, repeats: int, new_tokens: int) -> l
         f"{t['gen_plain']:.3f} s | **{t['gen_edited'] / t['gen_plain']:.2f}x** (target <= 1.10x) "
         f"| {m['gen_edited']:.0f} vs {m['gen_plain']:.0f} MiB |",
         f"| {lm.name} | {length} | (d) first paint: a head's 512 x 512 overview + the {lm.facts.n_layers} x "
-        f"{lm.facts.n_heads} grid | {t['paint']:.3f} s | | {m['paint']:.0f} MiB |",
+        f"{lm.facts.n_heads} grid; trace + paint vs plain | {t['paint']:.3f} s; {t['traced'] + t['paint']:.3f} s vs "
+        f"{t['plain']:.3f} s | **{(t['traced'] + t['paint']) / t['plain']:.2f}x** (target <= 1.10x) "
+        f"| {m['paint']:.0f} MiB |",
+    ]
+    for row in rows:
+        print(row, flush=True)
+    return rows
+
+
+def fixed_cost(lm: lw.LanguageModel, runs: int) -> str:
+    """A trace minus the model's own forward at 8 tokens: median of `runs` alternating pairs."""
+    model, device = lm.model, next(lm.model.parameters()).device
+    ids = torch.randint(100, 1000, (1, 8), generator=torch.Generator().manual_seed(0)).to(device)
+    last = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+    cases = {"plain": lambda: model(input_ids=ids, use_cache=False, **last), "traced": lambda: lm.trace(ids[0])}
+    with torch.no_grad():
+        for fn in cases.values():
+            fn()
+        t, _ = alternate(cases, runs, device)
+    row = (
+        f"| {lm.name} | 8 | fixed cost of a trace (trace minus forward, median of {runs}) | "
+        f"{t['traced'] * 1e3:.2f} ms vs {t['plain'] * 1e3:.2f} ms | **{(t['traced'] - t['plain']) * 1e3:.2f} ms** "
+        "(target < 1 ms) | |"
+    )
+    print(row, flush=True)
+    return row
+
+
+def decoding_cost(lm: lw.LanguageModel, repeats: int, new_tokens: int) -> list[str]:
+    """Python per layer per generated token: traced generation (plain, and with an edit on one head
+    of every layer) minus plain generate of one more token (the trace's extra step runs the last
+    token), over layers x steps."""
+    model, device = lm.model, next(lm.model.parameters()).device
+    ids = torch.randint(100, 1000, (1, 8), generator=torch.Generator().manual_seed(0)).to(device)
+    n_layers, steps = lm.facts.n_layers, new_tokens + 1
+    edits = [lw.ScaleAttention(3.0, keys=(0, 4), layers=[layer], heads=[0]) for layer in range(n_layers)]
+    settings = {"max_new_tokens": new_tokens, "min_new_tokens": new_tokens}
+
+    def plain():
+        with torch.no_grad():
+            model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=steps,
+                min_new_tokens=steps,
+                do_sample=False,
+                pad_token_id=lm.tokenizer.eos_token_id,
+            )
+
+    cases = {
+        "plain": plain,
+        "traced": lambda: lm.trace(ids[0], **settings),
+        "edited": lambda: lm.trace(ids[0], edits=edits, **settings),
+    }
+    for fn in cases.values():
+        fn()
+    t, _ = alternate(cases, repeats, device)
+    rows = [
+        f"| {lm.name} | 8 + {new_tokens} | (c') decoding, {what}: Python per layer per step | "
+        f"{t[case]:.3f} s vs {t['plain']:.3f} s | **{(t[case] - t['plain']) / (n_layers * steps) * 1e6:.0f} us** | |"
+        for case, what in (("traced", "no edits"), ("edited", "an edit on one head of every layer"))
     ]
     for row in rows:
         print(row, flush=True)
@@ -309,6 +375,8 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["gpt2-small", "smollm2-135m"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--fixed", type=int, metavar="RUNS", help="only the fixed cost of a trace, over RUNS pairs")
+    parser.add_argument("--decoding", action="store_true", help="only Python per layer per decoding step")
     args = parser.parse_args()
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
@@ -336,8 +404,13 @@ def main() -> None:
             )
         else:
             lm = lw.load_model(name, dtype=dtype, device=device)
-        for length in args.lengths:
-            (bench_seq2seq if lm.kind == "seq2seq" else bench)(lm, length, args.repeats, args.new_tokens)
+        if args.fixed:
+            fixed_cost(lm, args.fixed)
+        elif args.decoding:
+            decoding_cost(lm, args.repeats, args.new_tokens)
+        else:
+            for length in args.lengths:
+                (bench_seq2seq if lm.kind == "seq2seq" else bench)(lm, length, args.repeats, args.new_tokens)
         del lm
 
 
