@@ -18,6 +18,7 @@ queries and keys are spans of it.
 from __future__ import annotations
 
 import bisect
+import functools
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -140,26 +141,34 @@ def _bias(chunks: list[tuple[int, int, torch.Tensor]], n_queries: int, n_keys: i
     return whole
 
 
+@functools.lru_cache(maxsize=64)
 def pooling_bins(n: int, size: int) -> torch.Tensor:
-    """Edges [bins + 1] that split n positions into min(n, size) near-equal bins.
-    The front end's binRange (js/lib/heatmap.ts) splits the same way."""
+    """Edges [bins + 1] that split n positions into min(n, size) near-equal bins (kept: do not
+    change it). The front end's binRange (js/lib/heatmap.ts) splits the same way."""
     return torch.linspace(0, n, min(n, size) + 1).round().long()
 
 
-def _pool_into(target: torch.Tensor, x: torch.Tensor, edges: torch.Tensor, first: int, dim: int) -> None:
-    """Max-pool x, which holds positions first, first + 1, ... along `dim`, into the bins of
-    `target` between `edges` (bins x only partly covers keep the larger of theirs and x's).
-    Each bin's positions are gathered, the last repeated up to the widest bin's width (a repeat
-    leaves a max as it is): one gather and one max, where a scatter would visit every element."""
-    n = x.shape[dim]
-    bounds = edges.tolist()
-    b0, b1 = bisect.bisect_right(bounds, first) - 1, bisect.bisect_left(bounds, first + n)
-    local = (edges[b0 : b1 + 1] - first).clamp(0, n)
-    width = int((local[1:] - local[:-1]).max())
-    gather = (local[:-1, None] + torch.arange(width)).minimum(local[1:, None] - 1).flatten()
+def _pool_into(target: torch.Tensor, x: torch.Tensor, bins: tuple[int, int], first: int, dim: int) -> None:
+    """Max-pool x, which holds positions first, first + 1, ... along `dim`, into `target`'s bins:
+    pooling_bins(*bins) (bins x only partly covers keep the larger of theirs and x's)."""
+    b0, b1, width, gather = _gather_plan(*bins, first, x.shape[dim])
     pooled = x.index_select(dim, gather.to(x.device)).unflatten(dim, (b1 - b0, width)).amax(dim + 1)
     part = target.narrow(dim, b0, b1 - b0)
     torch.maximum(part, pooled, out=part)
+
+
+@functools.lru_cache(maxsize=256)
+def _gather_plan(n: int, size: int, first: int, count: int) -> tuple[int, int, int, torch.Tensor]:
+    """For positions first .. first + count - 1 of pooling_bins(n, size): the bins they touch
+    [b0, b1), the widest one's width, and the positions to gather, each bin's own, its last repeated
+    up to that width (a repeat leaves a max as it is): one gather and one max, where a scatter
+    would visit every element. Kept: the grid asks the same of every layer."""
+    edges = pooling_bins(n, size)
+    bounds = edges.tolist()
+    b0, b1 = bisect.bisect_right(bounds, first) - 1, bisect.bisect_left(bounds, first + count)
+    local = (edges[b0 : b1 + 1] - first).clamp(0, count)
+    width = int((local[1:] - local[:-1]).max())
+    return b0, b1, width, (local[:-1, None] + torch.arange(width)).minimum(local[1:, None] - 1).flatten()
 
 
 def stack_spans(n_source: int, length: int) -> dict[str, tuple[tuple[int, int], tuple[int, int]]]:
@@ -325,19 +334,19 @@ class AttentionStack:
         else each row is its own bin."""
         k0, k1 = keys
         dev = self._device(layer)
-        k_edges = pooling_bins(k1 - k0, size)
-        q_edges = pooling_bins(len(q_pos), size) if exact_rows else torch.arange(len(q_pos) + 1)
-        out = torch.zeros(len(heads), len(q_edges) - 1, len(k_edges) - 1, device=dev)
+        k_bins = (k1 - k0, size)
+        q_bins = (len(q_pos), size if exact_rows else len(q_pos))  # (each row its own bin, or pooled)
+        out = torch.zeros(len(heads), min(q_bins), min(k_bins), device=dev)
         budget = _budget(dev) // len(heads)
         whole = self._whole_rows(layer, keys, budget)
         q_block = whole or _blocks(budget, len(q_pos), k1 - k0)[0]
         for qs in range(0, len(q_pos), q_block):
             rows_pos = q_pos[qs : qs + q_block]
             if whole:
-                rows = self._pooled_whole_rows(layer, heads, rows_pos, k_edges)
+                rows = self._pooled_whole_rows(layer, heads, rows_pos, k_bins)
             else:
-                rows = self._pooled_tiles(layer, heads, rows_pos, keys, k_edges, budget)
-            _pool_into(out, rows, q_edges, qs, dim=1)
+                rows = self._pooled_tiles(layer, heads, rows_pos, keys, k_bins, budget)
+            _pool_into(out, rows, q_bins, qs, dim=1)
         return out
 
     def _whole_rows(self, layer: int, keys: tuple[int, int], budget: int) -> int:
@@ -348,7 +357,7 @@ class AttentionStack:
         return budget // (keys[1] - keys[0])
 
     def _pooled_whole_rows(
-        self, layer: int, heads: list[int], rows_pos: torch.Tensor, k_edges: torch.Tensor
+        self, layer: int, heads: list[int], rows_pos: torch.Tensor, k_bins: tuple[int, int]
     ) -> torch.Tensor:
         """[heads, rows, key bins] for rows whose every key is in one block: the scores computed
         once, keys first in memory so that pooling a bin gathers contiguous rows; the max is taken on
@@ -357,8 +366,8 @@ class AttentionStack:
         k0, k1 = self.keys
         stop = min(k1, int(rows_pos.max()) + 1) if self.layer(layer).is_causal else k1
         scores = self._scores(layer, heads, rows_pos, torch.arange(k0, stop), keys_first=True)
-        pooled = torch.full((len(heads), len(k_edges) - 1, len(rows_pos)), float("-inf"), device=scores.device)
-        _pool_into(pooled, torch.log_softmax(scores, dim=1), k_edges, 0, dim=1)
+        pooled = torch.full((len(heads), min(k_bins), len(rows_pos)), float("-inf"), device=scores.device)
+        _pool_into(pooled, torch.log_softmax(scores, dim=1), k_bins, 0, dim=1)
         return pooled.exp_().transpose(1, 2)
 
     def _pooled_tiles(
@@ -367,16 +376,16 @@ class AttentionStack:
         heads: list[int],
         rows_pos: torch.Tensor,
         keys: tuple[int, int],
-        k_edges: torch.Tensor,
+        k_bins: tuple[int, int],
         budget: int,
     ) -> torch.Tensor:
         """[heads, rows, key bins] blockwise over keys, rows normalised by their kept logsumexp."""
         k0, k1 = keys
         k_block = _blocks(budget, len(rows_pos), k1 - k0)[1]
-        rows = torch.zeros(len(heads), len(rows_pos), len(k_edges) - 1, device=self._device(layer))
+        rows = torch.zeros(len(heads), len(rows_pos), min(k_bins), device=self._device(layer))
         for ks in range(k0, k1, k_block):
             k_pos = torch.arange(ks, min(k1, ks + k_block))
-            _pool_into(rows, self._probs(layer, heads, rows_pos, k_pos), k_edges, ks - k0, dim=2)
+            _pool_into(rows, self._probs(layer, heads, rows_pos, k_pos), k_bins, ks - k0, dim=2)
         return rows
 
     def _device(self, layer: int) -> torch.device:
