@@ -132,15 +132,11 @@ def logit_lens(trace: Trace, k: int, target: Any, positions: Any) -> LogitLens:
         for hidden in streams:
             ids_l, probs_l, tp_l, tr_l = [], [], [], []
             for start in range(0, len(pos), POSITION_BLOCK):
-                logits = parts.logits(hidden[start : start + POSITION_BLOCK]).float()
-                probs = torch.softmax(logits, dim=-1)
-                p, i = probs.topk(k, dim=-1)
-                ids_l.append(i.cpu())
-                probs_l.append(p.cpu())
-                if target_id is not None:
-                    t = probs[:, target_id]
-                    tp_l.append(t.cpu())
-                    tr_l.append((probs > t[:, None]).sum(-1).cpu())
+                i, p, t, r = _read(parts, hidden[start : start + POSITION_BLOCK], k, target_id)
+                ids_l.append(i)
+                probs_l.append(p)
+                tp_l.append(t)
+                tr_l.append(r)
             top_ids.append(torch.cat(ids_l))
             top_probs.append(torch.cat(probs_l))
             if target_id is not None:
@@ -169,6 +165,18 @@ def logit_lens(trace: Trace, k: int, target: Any, positions: Any) -> LogitLens:
 READ_S_PER_ENTRY = 2e-9  # the softmax, top-k and rank over each position's logits (2-core CPU)
 
 
+def _read(parts, hidden: torch.Tensor, k: int, target_id: int | None) -> tuple[torch.Tensor, ...]:
+    """One block of positions through the final norm and unembedding: (top ids, top probabilities,
+    the target's probability, its rank), on the CPU. A function of its own so that its
+    [positions, vocabulary] logits and probabilities are freed before the next block's are made."""
+    probs = torch.softmax(parts.logits(hidden).float(), dim=-1)
+    p, i = probs.topk(k, dim=-1)
+    if target_id is None:
+        return i.cpu(), p.cpu(), torch.empty(0), torch.empty(0)
+    t = probs[:, target_id]
+    return i.cpu(), p.cpu(), t.cpu(), (probs > t[:, None]).sum(-1).cpu()
+
+
 @plans(Trace.logit_lens, logit_lens)
 def plan_lens(trace, k=5, target=None, positions=None) -> Plan:
     """The lens's work: the run with every block's output kept at the positions read, then each layer's
@@ -187,5 +195,6 @@ def plan_lens(trace, k=5, target=None, positions=None) -> Plan:
         if count:
             extra = rows * facts.vocab_size * READ_S_PER_ENTRY
             what = f"each layer's positions unembedded, {rows} at a time"
-            work.append(Work(what, facts.n_layers * count, rows, 0, kind="unembed", logit_copies=2.5, extra_s=extra))
+            # alive at once: a block's logits and their softmax (_read frees both before the next block)
+            work.append(Work(what, facts.n_layers * count, rows, 0, kind="unembed", logit_copies=2, extra_s=extra))
     return Plan(lm, work, kept_bytes=facts.n_layers * read * facts.hidden_size * first_itemsize(lm.model))
