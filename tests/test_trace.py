@@ -381,6 +381,22 @@ def test_what_the_module_tree_holds_is_worked_out_once_per_model(monkeypatch):
     assert lm.facts.dtype == "float32" and lm.trace("one two").tokens == ["one", " two"]
 
 
+def test_kept_facts_follow_weights_put_in_place_without_registering():
+    """`to_empty` puts new parameters in place without registering them: the key reads the first
+    weight where it sits, so facts about a model made on the meta device are worked out again."""
+    import transformers
+
+    from llm_widgets.models import structure
+
+    config = transformers.GPT2Config(vocab_size=96, n_embd=32, n_layer=2, n_head=4, n_positions=64)
+    with torch.device("meta"):
+        model = transformers.GPT2LMHeadModel(config)
+    device = lambda m: next(m.parameters()).device  # noqa: E731
+    assert structure.remembered(model, "device", device).type == "meta"
+    model.to_empty(device="cpu")
+    assert structure.remembered(model, "device", device).type == "cpu"
+
+
 def test_a_forward_that_slices_its_layers_keeps_the_facts(monkeypatch, smollm2):
     """Llama's forward slices its ModuleList of layers, which registers every layer on a new list
     each run: registrations outside a kept tree leave its facts as they were."""

@@ -48,10 +48,12 @@ def remembered(model: torch.nn.Module, what: Hashable, compute: Callable[[torch.
     if facts is None:
         facts = _kept.setdefault(model, {})
     tree = facts.get(_TREE)
-    if tree is None or tree[0] != _tree[0]:  # (its first weight, found once per state of the trees)
+    if tree is None or tree[0] != _tree[0]:  # (where its first weight sits, found once per state of the trees)
         _watched.update(model.modules())
-        tree = facts[_TREE] = (_tree[0], next(model.parameters(), None))
-    first = tree[1]
+        tree = facts[_TREE] = (_tree[0], *_first_weight(model))
+    _, owner, name = tree
+    # read where it sits each time: `to_empty` and some casts put a new tensor there without registering it
+    first = None if owner is None else owner._parameters.get(name)
     key = (
         tree[0],
         None if first is None else (first.device, first.dtype),
@@ -64,6 +66,14 @@ def remembered(model: torch.nn.Module, what: Hashable, compute: Callable[[torch.
     value = compute(model)
     facts[what] = (key, value)
     return value
+
+
+def _first_weight(model: torch.nn.Module) -> tuple[torch.nn.Module | None, str]:
+    """The module holding the model's first parameter, and its name there (None: no parameters)."""
+    for path, _ in model.named_parameters():
+        owner, _, name = path.rpartition(".")
+        return model.get_submodule(owner), name
+    return None, ""
 
 
 def forget(model: torch.nn.Module, what: Hashable) -> None:
