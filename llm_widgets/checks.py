@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any, TypeGuard
 
 from .errors import InputError, WrongTypeError
@@ -99,4 +100,15 @@ def fits_context(prompt_tokens: int, max_new_tokens: int, context: int | None, m
         raise InputError(
             f"the prompt ({prompt_tokens} tokens) plus max_new_tokens ({max_new_tokens}) is {total} tokens, "
             f"longer than the context of {model_name} ({context}); shorten one of them"
+        )
+
+
+def folder_exists(path: Any, what: str) -> None:
+    """Refuse to write `path` into a folder that is not there, naming it (the error a writer raises
+    otherwise may name a temporary file of its own)."""
+    folder = Path(path).parent
+    if not folder.is_dir():
+        raise InputError(
+            f"cannot save {what} as {str(path)!r}: the folder {str(folder)!r} does not exist; "
+            f"create it first (Path({str(folder)!r}).mkdir(parents=True))"
         )

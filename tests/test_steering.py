@@ -159,6 +159,8 @@ def test_plain_pytorch_models_steer_exactly(kind):
 def test_directions_save_load_and_refuse_what_does_not_belong(tmp_path, tiny_gpt2):
     width = tiny_gpt2.facts.hidden_size
     d = lw.Direction(_direction(width), model=tiny_gpt2.name, layer=1, name="test")
+    with pytest.raises(lw.InputError, match="the folder .*missing' does not exist; create it first"):
+        d.save(tmp_path / "missing" / "d.safetensors")  # (safetensors would name a temporary file of its own)
     path = d.save(tmp_path / "d.safetensors")
     back = lw.Direction.load(path)
     assert back == d and back.layer == 1 and back.model == tiny_gpt2.name

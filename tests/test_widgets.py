@@ -221,6 +221,8 @@ def test_save_png_svg_html_keep_the_selection(view, tmp_path):
         png, svg, page = (view.save(tmp_path / f"fig.{ext}") for ext in ("png", "svg", "html"))
     finally:
         view.zoom, view.query = [], -1
+    with pytest.raises(lw.InputError, match="cannot save the figure as .*: the folder .* does not exist"):
+        view.save(tmp_path / "missing" / "fig.png")
     image = Image.open(png)
     assert image.format == "PNG" and image.width > 400 and len(np.unique(np.asarray(image.convert("L")))) > 10
     text = svg.read_text()

@@ -123,6 +123,7 @@ class Profile:
     def save_chrome_trace(self, path: str | Path) -> Path:
         """The memory pass as a Chrome trace (JSON): open it in Perfetto (ui.perfetto.dev) or HTA."""
         path = Path(path)
+        checks.folder_exists(path, "the Chrome trace")
         path.write_text(self.chrome_trace)
         return path
 

@@ -52,6 +52,7 @@ class Scaling:
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
+        checks.folder_exists(path, "the plot")
         path.write_bytes(self.render(path.suffix.lower().lstrip(".")))
         return path
 

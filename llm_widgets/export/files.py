@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .. import checks
 from ..errors import InputError
 
 FORMATS = (".png", ".svg", ".html")
@@ -29,5 +30,6 @@ def write(path: str | Path, render_as: Callable[[str], bytes]) -> Path:
     suffix = path.suffix.lower()
     if suffix not in FORMATS:
         raise InputError(f"cannot save {path.name!r}: the file name must end in .png, .svg or .html")
+    checks.folder_exists(path, "the figure")
     path.write_bytes(render_as(suffix[1:]))
     return path

@@ -8,6 +8,7 @@ import io
 import json
 from pathlib import Path
 
+from .. import checks
 from ..analysis import Profile
 from ..errors import InputError
 from .text import plain_label, xml_text
@@ -132,5 +133,6 @@ def save(profile: Profile, path: str | Path, zoom: str = "") -> Path:
     path = Path(path)
     if path.suffix.lower() not in FORMATS:
         raise InputError(f"cannot save {path.name!r}: the name must end in .png, .svg, .html or .json (Chrome trace)")
+    checks.folder_exists(path, "the profile")
     path.write_bytes(render(profile, path.suffix.lower()[1:], zoom))
     return path

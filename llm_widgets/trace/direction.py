@@ -141,6 +141,7 @@ class Direction:
         from safetensors.torch import save_file
 
         path = Path(path)
+        checks.folder_exists(path, "the direction")
         metadata = {"format": FORMAT, "name": self.name, "width": str(len(self))}
         if self.model is not None:
             metadata["model"] = self.model
