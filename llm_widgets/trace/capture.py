@@ -386,18 +386,20 @@ class RunState:
             bias = self.key_bias[place][:, :, k_start : k_start + kv_len]
         if q_heads is not None and bias.shape[0] > 1:
             bias = bias[q_heads]
-        if mask is None and _sees_every_key(q_start + r0, r1 - r0, k_start, kv_len, is_causal, sliding_window):
-            allowed = None  # the model's own mask would be all zeros (a decoding step's usual case)
-        elif mask is None:  # plain causal (or bidirectional): SDPA's flag, spelt out
-            allowed = allowed_mask(*positions(), is_causal, sliding_window)
-            mask = torch.where(allowed, 0.0, torch.finfo(dtype).min).to(dtype)[None, None]
-        else:
+        # a single query that sees every key: the model's own mask would be all zeros (a decoding step)
+        every = mask is None and _sees_every_key(q_start + r0, r1 - r0, k_start, kv_len, is_causal, sliding_window)
+        if mask is None and not every:  # plain causal (or bidirectional): SDPA's flag, spelt out
+            mask = torch.where(allowed_mask(*positions(), is_causal, sliding_window), 0.0, torch.finfo(dtype).min)
+            mask = mask.to(dtype)[None, None]
+        elif mask is not None:
             mask = mask[:, :, r0:r1] if mask.shape[2] > 1 else mask
             if mask.dtype == torch.bool:
                 mask = torch.where(mask, 0.0, torch.finfo(dtype).min).to(dtype)
-            allowed = mask[0, 0] > torch.finfo(mask.dtype).min / 2
         if any(edit.factor == 0 for edit in edits):  # only then does it matter which keys a row may see
-            allowed = torch.ones(1, kv_len, dtype=torch.bool, device=device) if allowed is None else allowed
+            if mask is None:
+                allowed = torch.ones(1, kv_len, dtype=torch.bool, device=device)
+            else:
+                allowed = mask[0, 0] > torch.finfo(mask.dtype).min / 2
             bias, spared = spare_fully_masked(bias, allowed.expand(r1 - r0, -1))
             self.fully_masked_rows |= spared
         bias = bias.to(dtype)[None]
