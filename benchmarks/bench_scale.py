@@ -21,7 +21,7 @@ import torch
 import llm_widgets as lw
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_trace import alternate, first_paint  # noqa: E402  (the same clock, memory sampling and paint)
+from bench_trace import alternate, first_paint, plain_generate  # noqa: E402  (the same clock, memory sampling and paint)
 
 TEXT = (
     "It is a truth universally acknowledged, that a single man in possession of a good fortune, "
@@ -60,15 +60,7 @@ def bench(lm: lw.LanguageModel, length: int, repeats: int, new_tokens: int) -> l
         first_paint(traces.pop())
 
     def generate_plain():
-        with torch.no_grad():
-            model.generate(
-                input_ids=batch,
-                attention_mask=torch.ones_like(batch),
-                max_new_tokens=new_tokens,
-                min_new_tokens=new_tokens,
-                do_sample=False,
-                pad_token_id=lm.tokenizer.eos_token_id,
-            )
+        plain_generate(lm, batch, new_tokens)
 
     def regenerate():  # what a slider's release does: the editor reruns with the new edits and publishes them
         flip[0] ^= 1

@@ -216,6 +216,19 @@ def first_paint(tr: lw.Trace) -> None:
     tr.attention_grid(24)
 
 
+def plain_generate(lm: lw.LanguageModel, ids: torch.Tensor, new_tokens: int) -> None:
+    """Plain greedy `generate` of exactly `new_tokens` tokens: what traced generation is measured against."""
+    with torch.no_grad():
+        lm.model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=False,
+            pad_token_id=lm.tokenizer.eos_token_id,
+        )
+
+
 def twelve_heads(facts) -> list:
     """12 (layer, head) pairs spread over the model, each emphasising the first 8 keys."""
     pairs = [
@@ -254,18 +267,8 @@ def bench(lm: lw.LanguageModel, length: int, repeats: int, new_tokens: int) -> l
         finally:
             model.set_attn_implementation(original)
 
-    pad = lm.tokenizer.eos_token_id
-
     def generate_plain():
-        with torch.no_grad():
-            model.generate(
-                input_ids=ids,
-                attention_mask=torch.ones_like(ids),
-                max_new_tokens=new_tokens,
-                min_new_tokens=new_tokens,
-                do_sample=False,
-                pad_token_id=pad,
-            )
+        plain_generate(lm, ids, new_tokens)
 
     edits = twelve_heads(lm.facts)
 
@@ -332,25 +335,14 @@ def decoding_cost(lm: lw.LanguageModel, repeats: int, new_tokens: int) -> list[s
     """Python per layer per generated token: traced generation (plain, and with an edit on one head
     of every layer) minus plain generate of one more token (the trace's extra step runs the last
     token), over layers x steps."""
-    model, device = lm.model, next(lm.model.parameters()).device
+    device = next(lm.model.parameters()).device
     ids = torch.randint(100, 1000, (1, 8), generator=torch.Generator().manual_seed(0)).to(device)
     n_layers, steps = lm.facts.n_layers, new_tokens + 1
     edits = [lw.ScaleAttention(3.0, keys=(0, 4), layers=[layer], heads=[0]) for layer in range(n_layers)]
     settings = {"max_new_tokens": new_tokens, "min_new_tokens": new_tokens}
 
-    def plain():
-        with torch.no_grad():
-            model.generate(
-                input_ids=ids,
-                attention_mask=torch.ones_like(ids),
-                max_new_tokens=steps,
-                min_new_tokens=steps,
-                do_sample=False,
-                pad_token_id=lm.tokenizer.eos_token_id,
-            )
-
     cases = {
-        "plain": plain,
+        "plain": lambda: plain_generate(lm, ids, steps),
         "traced": lambda: lm.trace(ids[0], **settings),
         "edited": lambda: lm.trace(ids[0], edits=edits, **settings),
     }

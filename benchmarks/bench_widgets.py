@@ -36,6 +36,9 @@ import torch
 
 import llm_widgets as lw
 
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_trace import plain_generate  # noqa: E402  (the same baseline as the trace's)
+
 TEXT = (
     "It is a truth universally acknowledged, that a single man in possession of a good fortune, "
     "must be in want of a wife. "
@@ -81,17 +84,6 @@ DOG = (7, 12)  # the tokens of "the word 'dog'"
 NEW_TOKENS = 20
 
 
-def plain_generate(model, ids: torch.Tensor) -> None:
-    model.model.generate(
-        input_ids=ids,
-        attention_mask=torch.ones_like(ids),
-        max_new_tokens=NEW_TOKENS,
-        min_new_tokens=NEW_TOKENS,
-        do_sample=False,
-        pad_token_id=model.tokenizer.eos_token_id,
-    )
-
-
 def slider(model_name: str, repeats: int = 5) -> None:
     model = lw.load_model(model_name, progress=False)
     editor = lw.AttentionEditor(model, EDITOR_PROMPT, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS)
@@ -105,7 +97,7 @@ def slider(model_name: str, repeats: int = 5) -> None:
         t_ours = time.perf_counter() - start
         assert not editor.error and len(editor.new_tokens) == NEW_TOKENS and state
         start = time.perf_counter()
-        plain_generate(model, ids)
+        plain_generate(model, ids, NEW_TOKENS)
         t_plain = time.perf_counter() - start
         if i:
             ours.append(t_ours)
