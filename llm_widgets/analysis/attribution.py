@@ -402,9 +402,8 @@ def _bar(method: str, fit: Fit, length: int, enabled: bool) -> Iterator[Callable
     with tqdm(total=total, desc=what, unit="input") as bar:
 
         def count(rows: int) -> None:
-            bar.update(
-                min(rows, total - bar.n)
-            )  # (Captum's last forwards, completeness and the logits: past the total)
+            # (Captum's last forwards, for completeness and the logits, run past the total)
+            bar.update(min(rows, total - bar.n))
 
         yield count
 
